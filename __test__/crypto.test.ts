@@ -1,0 +1,217 @@
+/**
+ * The browser-safe SHA-256 / HMAC-SHA256 and the frame encoder, checked against node:crypto
+ * and the shared wire vectors (shared/vectors/wire-v1.json).
+ */
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../src/errors';
+import { encodeMove, encodeMoveInto, frameLength, parseHeader } from '../src/encode';
+import { hmacSha256, sha256 } from '../src/sha256';
+import type { EncodeMoveInput } from '../src/types';
+
+const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
+const unhex = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'hex'));
+
+/** Every length 0..300 (all block and padding edges: 55, 56, 63, 64, 65, 119, 120, 127, 128...). */
+const LENGTHS = Array.from({ length: 301 }, (_, i) => i);
+
+describe('sha256', () => {
+  it('matches node:crypto on random inputs of every length 0..300', () => {
+    for (const n of LENGTHS) {
+      const data = randomBytes(n);
+      expect(hex(sha256(data)), `length ${n}`).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+  });
+
+  it('matches the FIPS 180-2 examples', () => {
+    const abc = new TextEncoder().encode('abc');
+    expect(hex(sha256(abc))).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+    expect(hex(sha256(new Uint8Array(0)))).toBe('e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+  });
+
+  it('hashes a view without reading outside it', () => {
+    const backing = randomBytes(200);
+    const view = new Uint8Array(backing.buffer, backing.byteOffset + 13, 120);
+    expect(hex(sha256(view))).toBe(createHash('sha256').update(view).digest('hex'));
+  });
+
+  it('handles a large input (many blocks)', () => {
+    const data = randomBytes(1 << 20);
+    expect(hex(sha256(data))).toBe(createHash('sha256').update(data).digest('hex'));
+  });
+});
+
+describe('hmacSha256', () => {
+  it('matches node:crypto for keys of 16..64 bytes and many message lengths', () => {
+    for (let keyLength = 16; keyLength <= 64; keyLength++) {
+      const key = randomBytes(keyLength);
+      for (const n of [0, 1, 55, 56, 63, 64, 65, 120, 127, 128, 129, 300]) {
+        const data = randomBytes(n);
+        expect(hex(hmacSha256(key, data)), `key ${keyLength}, length ${n}`).toBe(createHmac('sha256', key).update(data).digest('hex'));
+      }
+    }
+  });
+
+  it('matches node:crypto for keys shorter than 16 and longer than 64 bytes', () => {
+    for (const keyLength of [0, 1, 15, 65, 100, 128, 200]) {
+      const key = randomBytes(keyLength);
+      const data = randomBytes(77);
+      expect(hex(hmacSha256(key, data)), `key ${keyLength}`).toBe(createHmac('sha256', key).update(data).digest('hex'));
+    }
+  });
+
+  it('matches RFC 4231 test case 2', () => {
+    const mac = hmacSha256(new TextEncoder().encode('Jefe'), new TextEncoder().encode('what do ya want for nothing?'));
+    expect(hex(mac)).toBe('5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843');
+  });
+
+  it('is unaffected by interleaved sha256 calls (shared scratch state)', () => {
+    const key = randomBytes(32);
+    const data = randomBytes(90);
+    const first = hex(hmacSha256(key, data));
+    sha256(randomBytes(70));
+    expect(hex(hmacSha256(key, data))).toBe(first);
+  });
+});
+
+interface WireVector {
+  note: string;
+  room: number;
+  player: number;
+  seq: number;
+  tick: number;
+  kind: number;
+  payload: string;
+  key?: string;
+  frame: string;
+}
+
+/** The wire vectors: a copy inside the repository if there is one, else the shared original. */
+function loadVectors(): WireVector[] {
+  const candidates = [join(__dirname, 'vectors', 'wire-v1.json'), join(__dirname, '..', '..', 'shared', 'vectors', 'wire-v1.json')];
+  const path = candidates.find((p) => existsSync(p));
+  if (path === undefined) throw new Error(`wire-v1.json not found in ${candidates.join(', ')}`);
+  return (JSON.parse(readFileSync(path, 'utf8')) as { vectors: WireVector[] }).vectors;
+}
+
+const VECTORS = loadVectors();
+
+function inputOf(v: WireVector): EncodeMoveInput {
+  return {
+    room: v.room,
+    player: v.player,
+    seq: v.seq,
+    tick: v.tick,
+    kind: v.kind,
+    payload: unhex(v.payload),
+    ...(v.key === undefined ? {} : { key: unhex(v.key) }),
+  };
+}
+
+describe('encodeMove', () => {
+  it('has wire vectors to check', () => {
+    expect(VECTORS.length).toBeGreaterThanOrEqual(7);
+  });
+
+  for (const v of VECTORS) {
+    it(`matches the wire vector: ${v.note}`, () => {
+      expect(hex(encodeMove(inputOf(v)))).toBe(v.frame);
+    });
+  }
+
+  it('encodeMoveInto writes the same bytes at an offset and returns the length', () => {
+    const out = new Uint8Array(4096).fill(0xee);
+    let at = 3;
+    for (const v of VECTORS) {
+      const written = encodeMoveInto(inputOf(v), out, at);
+      expect(written).toBe(v.frame.length / 2);
+      expect(hex(out.subarray(at, at + written))).toBe(v.frame);
+      at += written;
+    }
+    expect(out[2]).toBe(0xee);
+    expect(out[at]).toBe(0xee);
+  });
+
+  it('defaults tick, kind and payload to 0 / empty', () => {
+    const frame = encodeMove({ room: 1, player: 1, seq: 1 });
+    expect(hex(frame)).toBe(VECTORS[0]!.frame);
+  });
+
+  it('parseHeader reads the fields back, and null below 24 bytes', () => {
+    for (const v of VECTORS) {
+      const frame = unhex(v.frame);
+      expect(parseHeader(frame)).toEqual({
+        room: v.room,
+        player: v.player,
+        seq: v.seq,
+        tick: v.tick,
+        kind: v.kind,
+        len: v.payload.length / 2,
+        flags: v.key === undefined ? 0 : 1,
+      });
+    }
+    const two = new Uint8Array(100);
+    two.set(unhex(VECTORS[1]!.frame), 30);
+    expect(parseHeader(two, 30)?.room).toBe(42);
+    expect(parseHeader(new Uint8Array(23))).toBeNull();
+    expect(parseHeader(new Uint8Array(30), 7)).toBeNull();
+  });
+
+  it('frameLength is 56 + payload length, checked', () => {
+    expect(frameLength(0)).toBe(56);
+    expect(frameLength(65535)).toBe(65591);
+    expect(() => frameLength(65536)).toThrow(RangeError);
+    expect(() => frameLength(-1)).toThrow(RangeError);
+    expect(() => frameLength(1.5)).toThrow(RangeError);
+  });
+
+  const base: EncodeMoveInput = { room: 1, player: 2, seq: 3 };
+  const cases: [string, Record<string, unknown>, typeof TypeError | typeof RangeError][] = [
+    ['room', { room: -1 }, RangeError],
+    ['room', { room: 2 ** 32 }, RangeError],
+    ['room', { room: 1.5 }, TypeError],
+    ['room', { room: '1' }, TypeError],
+    ['player', { player: 2 ** 32 }, RangeError],
+    ['player', { player: undefined }, TypeError],
+    ['seq', { seq: 0 }, RangeError],
+    ['seq', { seq: 2 ** 32 }, RangeError],
+    ['tick', { tick: -1 }, RangeError],
+    ['tick', { tick: Number.NaN }, TypeError],
+    ['kind', { kind: 65536 }, RangeError],
+    ['kind', { kind: 1n }, TypeError],
+    ['payload', { payload: new Uint8Array(65536) }, RangeError],
+    ['payload', { payload: [1, 2, 3] }, TypeError],
+    ['key', { key: new Uint8Array(15) }, RangeError],
+    ['key', { key: new Uint8Array(65) }, RangeError],
+    ['key', { key: 'secret-key-000000' }, TypeError],
+  ];
+  for (const [field, patch, kind] of cases) {
+    it(`refuses ${field} = ${String(Object.values(patch)[0]).slice(0, 20)} with ${kind.name}`, () => {
+      const input = { ...base, ...patch } as unknown as EncodeMoveInput;
+      let caught: unknown;
+      try {
+        encodeMove(input);
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(kind);
+      expect(caught).toMatchObject({ code: ErrorCode.InvalidArgument, field });
+      expect((caught as Error).message).toContain(`encodeMove: ${field}`);
+    });
+  }
+
+  it('names the range in integer messages', () => {
+    expect(() => encodeMove({ ...base, room: -1 })).toThrow('encodeMove: room must be an integer in 0..=4294967295');
+    expect(() => encodeMove({ ...base, seq: 0 })).toThrow('encodeMove: seq must be an integer in 1..=4294967295');
+  });
+
+  it('refuses a non-object input and a short output buffer', () => {
+    expect(() => encodeMove(null as unknown as EncodeMoveInput)).toThrow(TypeError);
+    expect(() => encodeMoveInto(base, new Uint8Array(55), 0)).toThrow(expect.objectContaining({ field: 'out', code: ErrorCode.InvalidArgument }));
+    expect(() => encodeMoveInto(base, new Uint8Array(100), 45)).toThrow(RangeError);
+    expect(() => encodeMoveInto(base, new Uint8Array(100), -1)).toThrow(expect.objectContaining({ field: 'offset' }));
+    expect(encodeMoveInto(base, new Uint8Array(100), 44)).toBe(56);
+  });
+});

@@ -1,0 +1,333 @@
+//! The shard's ingress arena: a single-producer, single-consumer bump-pointer ring of
+//! move records.
+//!
+//! `dispatch` (the producer, on the JavaScript thread) bump-allocates a record at the
+//! head and copies the frame into it: no heap allocation, no lock, one release store.
+//! The shard worker (the consumer) reads records in order, validates the frame in place
+//! and frees the record by advancing the tail.
+//!
+//! Record layout (8-byte aligned): `u32` frame length, `u32` reserved, `u64` sequence
+//! number, the frame. A record never wraps: when it does not fit before the end of the
+//! ring, the producer writes a skip marker and starts the record at offset 0.
+//!
+//! # Backpressure
+//! [`Producer::try_push`] refuses (returning the record size it needed) when the ring
+//! lacks space; nothing is written then.
+//!
+//! # Safety fence
+//! This module and [`crate::inbox`] are the only places with `unsafe`. The invariant
+//! that makes it sound: the producer writes only to `[head, tail + cap)`, the consumer
+//! reads only `[tail, head)`, and each side publishes its position with a release store
+//! that the other side reads with an acquire load.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 16;
+const SKIP_MARKER: u32 = u32::MAX;
+
+/// Bytes a frame of `frame_len` occupies in the ring (without a possible skip).
+pub const fn record_size(frame_len: usize) -> usize {
+    (RECORD_HEADER + frame_len + 7) & !7
+}
+
+#[repr(align(64))]
+struct Padded(AtomicUsize);
+
+struct Ring {
+    buf: Box<[UnsafeCell<u8>]>,
+    cap: usize,
+    head: Padded,
+    tail: Padded,
+}
+
+// SAFETY: the buffer is shared between exactly one producer and one consumer, which touch
+// disjoint byte ranges synchronised by the acquire/release positions (module docs).
+unsafe impl Sync for Ring {}
+// SAFETY: as above; the ring owns its buffer.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    fn ptr(&self, offset: usize) -> *mut u8 {
+        debug_assert!(offset <= self.cap, "one past the end at most");
+        UnsafeCell::raw_get(self.buf.as_ptr().wrapping_add(offset))
+    }
+}
+
+/// Creates a ring of `cap` bytes (rounded down to a multiple of 8, at least 64).
+pub fn ring(cap: usize) -> (Producer, Consumer) {
+    let cap = (cap & !7).max(64);
+    let buf: Box<[UnsafeCell<u8>]> = (0..cap).map(|_| UnsafeCell::new(0)).collect();
+    let ring = Arc::new(Ring {
+        buf,
+        cap,
+        head: Padded(AtomicUsize::new(0)),
+        tail: Padded(AtomicUsize::new(0)),
+    });
+    (
+        Producer {
+            ring: Arc::clone(&ring),
+            head: 0,
+            tail_cache: 0,
+        },
+        Consumer {
+            ring,
+            tail: 0,
+            head_cache: 0,
+        },
+    )
+}
+
+/// The writing end (one thread).
+pub struct Producer {
+    ring: Arc<Ring>,
+    head: usize,
+    tail_cache: usize,
+}
+
+/// The ring lacks space for a record of `needed` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    pub needed: usize,
+}
+
+impl Producer {
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
+    /// Bytes in use (records not yet freed by the consumer), as last seen.
+    pub fn used(&self) -> usize {
+        self.head - self.ring.tail.0.load(Ordering::Acquire)
+    }
+
+    /// Copies `frame` into a new record tagged `seq`. O(1), no allocation.
+    ///
+    /// # Errors
+    /// [`Full`] when the ring has no room; nothing is written.
+    pub fn try_push(&mut self, seq: u64, frame: &[u8]) -> Result<(), Full> {
+        let cap = self.ring.cap;
+        let need = record_size(frame.len());
+        let off = self.head % cap;
+        let skip = if off + need > cap { cap - off } else { 0 };
+        let total = skip + need;
+        if total > cap || frame.len() > u32::MAX as usize - 1 {
+            return Err(Full { needed: total });
+        }
+        if self.head + total - self.tail_cache > cap {
+            self.tail_cache = self.ring.tail.0.load(Ordering::Acquire);
+            if self.head + total - self.tail_cache > cap {
+                return Err(Full { needed: total });
+            }
+        }
+        let start = if skip > 0 {
+            self.write(off, &SKIP_MARKER.to_le_bytes());
+            0
+        } else {
+            off
+        };
+        let len = frame.len() as u32;
+        self.write(start, &len.to_le_bytes());
+        self.write(start + 8, &seq.to_le_bytes());
+        self.write(start + RECORD_HEADER, frame);
+        self.head += total;
+        self.ring.head.0.store(self.head, Ordering::Release);
+        Ok(())
+    }
+
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset + bytes.len() <= self.ring.cap,
+            "arena write out of bounds"
+        );
+        // SAFETY: bounds checked above; `[offset, offset + len)` lies in the free region
+        // `[head, tail + cap)` that only the producer touches (checked in `try_push`), and
+        // `bytes` cannot overlap the ring (it is a caller-owned slice).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.ptr(offset), bytes.len())
+        };
+    }
+}
+
+/// The reading end (one thread).
+pub struct Consumer {
+    ring: Arc<Ring>,
+    tail: usize,
+    head_cache: usize,
+}
+
+/// A record at the tail of the ring.
+pub struct Record<'a> {
+    pub seq: u64,
+    pub frame: &'a [u8],
+    /// Bytes to [`Consumer::advance`] past this record (including any skip before it).
+    pub size: usize,
+}
+
+impl Consumer {
+    /// Whether a record is ready (refreshing the producer's position).
+    pub fn is_empty(&mut self) -> bool {
+        if self.tail != self.head_cache {
+            return false;
+        }
+        self.head_cache = self.ring.head.0.load(Ordering::Acquire);
+        self.tail == self.head_cache
+    }
+
+    /// The oldest record, if any. Call [`Consumer::advance`] with its `size` to free it.
+    pub fn peek(&mut self) -> Option<Record<'_>> {
+        if self.is_empty() {
+            return None;
+        }
+        let cap = self.ring.cap;
+        let mut off = self.tail % cap;
+        let mut skip = 0;
+        if self.read_u32(off) == SKIP_MARKER {
+            skip = cap - off;
+            off = 0;
+        }
+        let len = self.read_u32(off) as usize;
+        let seq = u64::from_le_bytes(self.read::<8>(off + 8));
+        let start = off + RECORD_HEADER;
+        assert!(start + len <= cap, "corrupt arena record");
+        // SAFETY: `[start, start + len)` lies inside the published region `[tail, head)`,
+        // which the producer never writes until the consumer advances past it; bounds
+        // checked by the assert above.
+        let frame = unsafe { std::slice::from_raw_parts(self.ring.ptr(start).cast_const(), len) };
+        Some(Record {
+            seq,
+            frame,
+            size: skip + record_size(len),
+        })
+    }
+
+    /// Frees `size` bytes at the tail (the size of the record just processed).
+    pub fn advance(&mut self, size: usize) {
+        self.tail += size;
+        debug_assert!(self.tail <= self.head_cache);
+        self.ring.tail.0.store(self.tail, Ordering::Release);
+    }
+
+    fn read<const N: usize>(&self, offset: usize) -> [u8; N] {
+        assert!(offset + N <= self.ring.cap, "arena read out of bounds");
+        let mut out = [0; N];
+        // SAFETY: bounds checked; the bytes lie in the published region `[tail, head)`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring.ptr(offset).cast_const(), out.as_mut_ptr(), N)
+        };
+        out
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        u32::from_le_bytes(self.read::<4>(offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn push_peek_advance_in_order() {
+        let (mut p, mut c) = ring(256);
+        assert!(c.peek().is_none());
+        p.try_push(1, b"abc").unwrap();
+        p.try_push(2, &[9; 40]).unwrap();
+        let r = c.peek().unwrap();
+        assert_eq!((r.seq, r.frame), (1, &b"abc"[..]));
+        let size = r.size;
+        c.advance(size);
+        let r = c.peek().unwrap();
+        assert_eq!((r.seq, r.frame.len()), (2, 40));
+        let size = r.size;
+        c.advance(size);
+        assert!(c.peek().is_none());
+        assert_eq!(p.used(), 0);
+    }
+
+    #[test]
+    fn full_and_wrap_with_skip_marker() {
+        let (mut p, mut c) = ring(128);
+        // 16 + 40 = 56 bytes per record: two fit (112), the third does not.
+        p.try_push(1, &[1; 40]).unwrap();
+        p.try_push(2, &[2; 40]).unwrap();
+        assert_eq!(p.try_push(3, &[3; 40]), Err(Full { needed: 16 + 56 }));
+        let size = c.peek().unwrap().size;
+        c.advance(size);
+        // head at 112: 16 bytes left before the end, so the record skips to 0.
+        p.try_push(3, &[3; 40]).unwrap();
+        let size = c.peek().unwrap().size;
+        c.advance(size);
+        let r = c.peek().unwrap();
+        assert_eq!((r.seq, r.frame), (3, &[3u8; 40][..]));
+        assert_eq!(r.size, 16 + 56);
+    }
+
+    /// Property: any interleaving of pushes and pops returns exactly the pushed frames in
+    /// order, and `used` never exceeds the capacity. Sizes are drawn to hit the wrap edge.
+    #[test]
+    fn prop_fifo_against_a_model() {
+        let mut rng = crate::testutil::Rng::new(99);
+        for round in 0..50 {
+            let cap = 64 + 8 * rng.below(64) as usize;
+            let (mut p, mut c) = ring(cap);
+            let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+            let mut seq = 0;
+            for _ in 0..5_000 {
+                if rng.below(2) == 0 {
+                    let len = rng.below(cap as u64 / 2) as usize;
+                    let frame: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    seq += 1;
+                    if p.try_push(seq, &frame).is_ok() {
+                        model.push_back((seq, frame));
+                    }
+                    assert!(p.used() <= p.capacity(), "round {round}");
+                } else if let Some(r) = c.peek() {
+                    let (s, f) = model
+                        .pop_front()
+                        .expect("ring returned a record the model lacks");
+                    assert_eq!((r.seq, r.frame), (s, &f[..]));
+                    let size = r.size;
+                    c.advance(size);
+                } else {
+                    assert!(model.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_transfer_every_record_in_order() {
+        let (mut p, mut c) = ring(4096);
+        let n = 200_000u64;
+        let t = std::thread::spawn(move || {
+            let mut next = 1;
+            while next <= n {
+                if let Some(r) = c.peek() {
+                    assert_eq!(r.seq, next);
+                    assert_eq!(r.frame.len(), (next % 97) as usize);
+                    assert!(r.frame.iter().all(|&b| b == next as u8));
+                    let size = r.size;
+                    c.advance(size);
+                    next += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let mut seq = 1;
+        while seq <= n {
+            let frame = vec![seq as u8; (seq % 97) as usize];
+            if p.try_push(seq, &frame).is_ok() {
+                seq += 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,366 @@
+//! The napi-rs binding: conversions only. All logic lives in [`crate::core`].
+//!
+//! - `dispatch` borrows the frame as `&[u8]` for the call (no reference is created).
+//! - Room memory is exposed once per allocation as an external `ArrayBuffer` whose
+//!   finalizer holds an `Arc` to it, so the memory outlives every JavaScript view.
+//! - Workers wake JavaScript through one weak `ThreadsafeFunction` (it never keeps the
+//!   process alive), called at most once per batch of news.
+//! - An environment cleanup hook stops the workers before the environment goes away
+//!   (process exit, worker thread termination).
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi::CleanupEnvHook;
+
+use crate::core::{Config, Core, Stopper};
+use crate::inbox::{Batch, RoomMemory};
+use crate::outbox::Delivery;
+use crate::verdict::Status as EngineStatus;
+
+/// Engine configuration, resolved and validated by `src/options.ts`.
+#[napi(object)]
+pub struct NativeConfig {
+    pub worker_threads: u32,
+    pub shards: u32,
+    pub channel_capacity: u32,
+    pub arena_bytes: u32,
+    pub room_bytes: u32,
+    pub max_payload: u32,
+    pub max_batch_moves: u32,
+    pub pin_cores: Option<Vec<u32>>,
+    pub max_blocking_threads: u32,
+    pub thread_name: String,
+}
+
+/// An accepted move that failed validation.
+#[napi(object)]
+pub struct NativeRejection {
+    pub room: u32,
+    pub player: u32,
+    pub seq: u32,
+    pub reason: u32,
+}
+
+/// Result of `drain`: `status` 0 and a window of room memory, or a `Status` code.
+#[napi(object)]
+pub struct NativeDrain {
+    pub status: u32,
+    pub mem_id: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub count: u32,
+    pub rejections: Vec<NativeRejection>,
+}
+
+/// A delivery: `kind` 0 = push batch, 1 = flush `token` answered.
+#[napi(object)]
+pub struct NativeDelivery {
+    pub kind: u32,
+    pub token: f64,
+    pub room: u32,
+    pub mem_id: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub count: u32,
+    pub rejections: Vec<NativeRejection>,
+    pub last: bool,
+}
+
+/// Result of `dispatchStream`.
+#[napi(object)]
+pub struct NativeStream {
+    pub consumed: f64,
+    pub accepted: u32,
+    pub rejected: u32,
+    pub backpressure: bool,
+    pub malformed: bool,
+}
+
+/// Counters (numbers are exact up to 2^53).
+#[napi(object)]
+pub struct NativeCounters {
+    pub dispatched: f64,
+    pub accepted: f64,
+    pub verdicts: Vec<f64>,
+    pub reasons: Vec<f64>,
+    pub delivered: f64,
+    pub rejected: f64,
+    pub batches: f64,
+}
+
+fn rejections(b: &Batch) -> Vec<NativeRejection> {
+    b.rejections
+        .iter()
+        .map(|r| NativeRejection {
+            room: r.room,
+            player: r.player,
+            seq: r.seq,
+            reason: r.reason as u32,
+        })
+        .collect()
+}
+
+#[expect(clippy::cast_precision_loss, reason = "counters stay far below 2^53")]
+fn num(n: u64) -> f64 {
+    n as f64
+}
+
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The dispatcher class behind `src/native.ts`.
+#[napi(custom_finalize)]
+pub struct NativeDispatcher {
+    core: Core,
+    cleanup: Option<CleanupEnvHook<Arc<Stopper>>>,
+}
+
+#[napi]
+impl NativeDispatcher {
+    /// Starts the runtime and workers. `wake` is called (on the JavaScript thread) when
+    /// `poll()` has news.
+    #[napi(constructor)]
+    pub fn new(env: Env, config: NativeConfig, wake: Function<(), ()>) -> Result<Self> {
+        let cfg = Config {
+            worker_threads: config.worker_threads as usize,
+            shards: config.shards as usize,
+            channel_capacity: config.channel_capacity as usize,
+            arena_bytes: config.arena_bytes as usize,
+            room_bytes: config.room_bytes as usize,
+            max_payload: config.max_payload as usize,
+            max_batch_moves: config.max_batch_moves,
+            pin_cores: config
+                .pin_cores
+                .map(|v| v.into_iter().map(|c| c as usize).collect()),
+            max_blocking_threads: config.max_blocking_threads as usize,
+            thread_name: config.thread_name,
+        };
+        let tsfn = wake
+            .build_threadsafe_function::<()>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let core = Core::new(
+            cfg,
+            Box::new(move || {
+                // NonBlocking: the outbox coalesces wake-ups, so at most one call is queued.
+                let _ = tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            }),
+        )
+        .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+        let stopper = core.stopper();
+        let cleanup = env.add_env_cleanup_hook(stopper, |s| s.stop(true))?;
+        Ok(Self {
+            core,
+            cleanup: Some(cleanup),
+        })
+    }
+
+    /// Checks and queues one frame. Returns a `Verdict`.
+    #[napi]
+    pub fn dispatch(&mut self, frame: &[u8]) -> u32 {
+        self.core.dispatch(frame, None) as u32
+    }
+
+    /// Like `dispatch`, refusing frames whose player is not `sender`.
+    #[napi]
+    pub fn dispatch_from(&mut self, frame: &[u8], sender: u32) -> u32 {
+        self.core.dispatch(frame, Some(sender)) as u32
+    }
+
+    /// Dispatches back-to-back frames. `sender < 0`: no sender check.
+    #[napi]
+    pub fn dispatch_stream(&mut self, chunk: &[u8], sender: f64) -> NativeStream {
+        let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
+            #[expect(clippy::cast_sign_loss, reason = "range checked above")]
+            Some(sender as u32)
+        } else {
+            None
+        };
+        let o = self.core.dispatch_stream(chunk, sender);
+        NativeStream {
+            #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
+            consumed: o.consumed as f64,
+            accepted: o.accepted,
+            rejected: o.rejected,
+            backpressure: o.backpressure,
+            malformed: o.malformed,
+        }
+    }
+
+    /// Opens a room: `auth` 0 = SHA-256, 1 = HMAC-SHA256.
+    #[napi]
+    pub fn open_room(&mut self, room: u32, auth: u32, push: bool) -> u32 {
+        self.core.open_room(room, auth == 1, push) as u32
+    }
+
+    /// Registers a player (with its HMAC key in HMAC rooms).
+    #[napi]
+    pub fn join(&mut self, room: u32, player: u32, key: Option<&[u8]>) -> u32 {
+        self.core.join(room, player, key) as u32
+    }
+
+    /// Forgets a player.
+    #[napi]
+    pub fn leave(&mut self, room: u32, player: u32) -> u32 {
+        self.core.leave(room, player) as u32
+    }
+
+    /// Closes a room (pending moves are still delivered).
+    #[napi]
+    pub fn close_room(&mut self, room: u32) -> u32 {
+        self.core.close_room(room) as u32
+    }
+
+    /// Pull rooms: everything validated since the last drain.
+    #[napi]
+    pub fn drain(&mut self, room: u32) -> NativeDrain {
+        match self.core.drain(room) {
+            Ok((b, _)) => NativeDrain {
+                status: EngineStatus::Ok as u32,
+                mem_id: b.mem_id,
+                offset: u32_of(b.offset),
+                length: u32_of(b.length),
+                count: b.count,
+                rejections: rejections(&b),
+            },
+            Err(status) => NativeDrain {
+                status: status as u32,
+                mem_id: 0,
+                offset: 0,
+                length: 0,
+                count: 0,
+                rejections: Vec::new(),
+            },
+        }
+    }
+
+    /// The room's memory as an `ArrayBuffer`. Call once per `memId`: V8 refuses two live
+    /// external buffers over one address, so `src/native.ts` caches the result.
+    #[napi]
+    pub fn room_buffer<'env>(
+        &self,
+        env: &'env Env,
+        room: u32,
+        mem_id: u32,
+    ) -> Result<ArrayBuffer<'env>> {
+        let inbox = self
+            .core
+            .inbox(room)
+            .ok_or_else(|| Error::new(Status::InvalidArg, format!("room {room} has no memory")))?;
+        let mem: Arc<RoomMemory> = Arc::clone(inbox.memory());
+        if mem.id() != mem_id {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("room {room} memory {mem_id} is gone"),
+            ));
+        }
+        let (ptr, len) = (mem.as_ptr(), mem.len());
+        // SAFETY: `ptr` points to `len` bytes owned by `mem`; the finalizer keeps an `Arc`
+        // to it, so the memory stays valid for the ArrayBuffer's whole life, and its address
+        // is not reused while the ArrayBuffer is alive. `src/native.ts` creates one
+        // ArrayBuffer per allocation (cached by `memId`), so no two live external buffers
+        // share this address.
+        unsafe { ArrayBuffer::from_external(env, ptr, len, mem, |_env, mem| drop(mem)) }
+    }
+
+    /// Push rooms: JavaScript released the room's outstanding batch.
+    #[napi]
+    pub fn release(&mut self, room: u32) {
+        self.core.release(room);
+    }
+
+    /// Every shard answers `token` (through `poll`) once everything before it is delivered.
+    #[napi]
+    pub fn request_flush(&mut self, token: f64) {
+        #[expect(
+            clippy::cast_sign_loss,
+            clippy::cast_possible_truncation,
+            reason = "tokens are small positive integers"
+        )]
+        self.core.request_flush(token as u64);
+    }
+
+    /// Push batches and flush answers, in order.
+    #[napi]
+    pub fn poll(&mut self) -> Vec<NativeDelivery> {
+        self.core
+            .poll()
+            .into_iter()
+            .map(|d| match d {
+                Delivery::Batch(b) => NativeDelivery {
+                    kind: 0,
+                    token: 0.0,
+                    room: b.room,
+                    mem_id: b.mem_id,
+                    offset: u32_of(b.offset),
+                    length: u32_of(b.length),
+                    count: b.count,
+                    rejections: rejections(&b),
+                    last: b.last,
+                },
+                Delivery::Flushed { token } => NativeDelivery {
+                    kind: 1,
+                    token: num(token),
+                    room: 0,
+                    mem_id: 0,
+                    offset: 0,
+                    length: 0,
+                    count: 0,
+                    rejections: Vec::new(),
+                    last: false,
+                },
+            })
+            .collect()
+    }
+
+    /// The counters the guarantees are stated in.
+    #[napi]
+    pub fn counters(&self) -> NativeCounters {
+        let c = self.core.counters();
+        NativeCounters {
+            dispatched: num(c.dispatched),
+            accepted: num(c.accepted),
+            verdicts: c.verdicts.iter().copied().map(num).collect(),
+            reasons: c.reasons.iter().copied().map(num).collect(),
+            delivered: num(c.delivered),
+            rejected: num(c.rejected),
+            batches: num(c.batches),
+        }
+    }
+
+    /// Stops the workers after they finish what is queued. Idempotent.
+    #[napi]
+    pub fn shutdown(&mut self, env: Env) -> Result<()> {
+        self.core.shutdown();
+        if let Some(hook) = self.cleanup.take() {
+            env.remove_env_cleanup_hook(hook)?;
+        }
+        Ok(())
+    }
+
+    /// Test hook: stop (`true`) or resume validation.
+    #[napi]
+    pub fn pause(&mut self, paused: bool) {
+        self.core.pause(paused);
+    }
+}
+
+impl ObjectFinalize for NativeDispatcher {
+    fn finalize(mut self, env: Env) -> Result<()> {
+        self.core.shutdown();
+        if let Some(hook) = self.cleanup.take() {
+            env.remove_env_cleanup_hook(hook)?;
+        }
+        Ok(())
+    }
+}
+
+/// Calibration for benchmarks: an N-API call that borrows a buffer and does nothing.
+#[napi]
+pub fn empty_call(buf: &[u8]) -> u32 {
+    u32_of(buf.len())
+}

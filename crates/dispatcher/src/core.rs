@@ -1,0 +1,883 @@
+//! The dispatcher as the JavaScript thread sees it, and the tokio runtime of its workers.
+//!
+//! [`Core`] is owned by one thread (the JavaScript thread that created it). Its
+//! [`Core::dispatch`] does the O(1) synchronous checks of `docs/architecture.md`, reserves
+//! the room's budget, copies the frame into the shard's arena and wakes the worker if it
+//! sleeps. It never blocks and allocates nothing.
+//!
+//! # Ordering
+//! Every operation on a room goes to the room's shard with the next sequence number of
+//! that shard; the worker takes moves and control operations in that order.
+//!
+//! # Backpressure
+//! A full queue (`channel_capacity` moves in flight), a full arena or a full room budget
+//! answers [`Verdict::Backpressure`] and keeps nothing.
+//!
+//! # Shutdown
+//! [`Core::shutdown`] stops the workers after they have processed everything queued, and
+//! joins them. It is idempotent and also runs on drop. Pull rooms can still be drained
+//! afterwards: room memory lives as long as the room (or a JavaScript view of it).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::arena::{self, Producer};
+use crate::auth::PlayerKey;
+use crate::frame::{self, FrameError};
+use crate::inbox::{Batch, Inbox};
+use crate::outbox::{Delivery, Outbox, Waker};
+use crate::shard::{Control, Shared, Worker};
+use crate::verdict::{Reason, Status, Verdict};
+use crate::IdHashBuilder;
+
+/// Resolved configuration (validated by the TypeScript layer, re-checked by [`Config::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub worker_threads: usize,
+    pub shards: usize,
+    pub channel_capacity: usize,
+    pub arena_bytes: usize,
+    pub room_bytes: usize,
+    pub max_payload: usize,
+    pub max_batch_moves: u32,
+    pub pin_cores: Option<Vec<usize>>,
+    pub max_blocking_threads: usize,
+    pub thread_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_threads: 1,
+            shards: 1,
+            channel_capacity: 65_536,
+            arena_bytes: 8 << 20,
+            room_bytes: 256 << 10,
+            max_payload: 1024,
+            max_batch_moves: 4096,
+            pin_cores: None,
+            max_blocking_threads: 4,
+            thread_name: "move-disp".to_owned(),
+        }
+    }
+}
+
+/// An option out of range. Names the field; never carries data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "options.{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every field against the ranges documented in `src/types.ts`.
+    ///
+    /// # Errors
+    /// The first field out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let max_frame = frame::FRAME_OVERHEAD + self.max_payload;
+        let checks: [(&'static str, usize, usize, usize); 8] = [
+            ("workerThreads", self.worker_threads, 1, 64),
+            ("shards", self.shards, 1, 256),
+            ("channelCapacity", self.channel_capacity, 1, 1 << 24),
+            ("maxPayload", self.max_payload, 0, frame::MAX_WIRE_PAYLOAD),
+            (
+                "arenaBytes",
+                self.arena_bytes,
+                (64 << 10).max(2 * (arena::record_size(max_frame) + 8)),
+                1 << 30,
+            ),
+            (
+                "roomBytes",
+                self.room_bytes,
+                (4 << 10).max(max_frame),
+                64 << 20,
+            ),
+            ("maxBatchMoves", self.max_batch_moves as usize, 1, 1 << 20),
+            ("maxBlockingThreads", self.max_blocking_threads, 1, 512),
+        ];
+        for (field, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError {
+                    field,
+                    message: format!("must be in {min}..={max}, got {value}"),
+                });
+            }
+        }
+        if self.thread_name.is_empty() || self.thread_name.contains('\0') {
+            return Err(ConfigError {
+                field: "threadName",
+                message: "must be a non-empty string without NUL".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counters kept by the JavaScript thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dispatched: u64,
+    pub accepted: u64,
+    pub verdicts: [u64; Verdict::COUNT],
+    pub reasons: [u64; Reason::COUNT],
+    pub delivered: u64,
+    pub rejected: u64,
+    pub batches: u64,
+}
+
+/// Result of [`Core::dispatch_stream`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOutcome {
+    pub consumed: usize,
+    pub accepted: u32,
+    pub rejected: u32,
+    pub backpressure: bool,
+    pub malformed: bool,
+}
+
+struct Room {
+    shard: usize,
+    hmac: bool,
+    push: bool,
+    /// `false` after `closeRoom`: frames answer `UnknownRoom`, pending moves still flow.
+    open: bool,
+    players: HashSet<u32, IdHashBuilder>,
+    inbox: Arc<Inbox>,
+}
+
+struct ShardHandle {
+    shared: Arc<Shared>,
+    producer: Producer,
+    next_seq: u64,
+}
+
+/// The runtime and the means to stop it; shared with the environment cleanup hook.
+pub struct Stopper {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    shards: Vec<Arc<Shared>>,
+    outbox: Arc<Outbox>,
+}
+
+impl Stopper {
+    /// Stops the workers (after they process what is queued) and joins their threads.
+    /// `silent`: do not wake JavaScript any more (its environment is going away).
+    pub fn stop(&self, silent: bool) {
+        if silent {
+            self.outbox.disable_waker();
+        }
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(runtime) = runtime else { return };
+        for s in &self.shards {
+            s.paused.store(false, Ordering::SeqCst);
+            s.stop.store(true, Ordering::SeqCst);
+            s.poke();
+        }
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+
+    /// Whether the workers have been stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
+    }
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The dispatcher, JavaScript-thread side.
+pub struct Core {
+    cfg: Config,
+    rooms: HashMap<u32, Room, IdHashBuilder>,
+    shards: Vec<ShardHandle>,
+    outbox: Arc<Outbox>,
+    stopper: Arc<Stopper>,
+    closed: bool,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("cfg", &self.cfg)
+            .field("rooms", &self.rooms.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Moves or controls a worker takes per turn before it checks for deliveries and yields.
+const TURN: usize = 256;
+/// Empty polls a worker spins through before it parks.
+const SPINS: u32 = 2_000;
+
+impl Core {
+    /// Starts the workers. `waker` is called (from worker threads) when [`Core::poll`] has news.
+    ///
+    /// # Errors
+    /// A field out of range, or the runtime could not start (threads refused by the OS).
+    pub fn new(cfg: Config, waker: Waker) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let outbox = Arc::new(Outbox::new(waker));
+        let runtime = build_runtime(&cfg)?;
+        let mut shards = Vec::with_capacity(cfg.shards);
+        for _ in 0..cfg.shards {
+            let shared = Arc::new(Shared::default());
+            let (producer, consumer) = arena::ring(cfg.arena_bytes);
+            let worker = Worker::new(
+                Arc::clone(&shared),
+                consumer,
+                Arc::clone(&outbox),
+                cfg.max_batch_moves,
+            );
+            runtime.spawn(run_worker(worker));
+            shards.push(ShardHandle {
+                shared,
+                producer,
+                next_seq: 0,
+            });
+        }
+        let stopper = Arc::new(Stopper {
+            runtime: Mutex::new(Some(runtime)),
+            shards: shards.iter().map(|s| Arc::clone(&s.shared)).collect(),
+            outbox: Arc::clone(&outbox),
+        });
+        Ok(Self {
+            cfg,
+            rooms: HashMap::default(),
+            shards,
+            outbox,
+            stopper,
+            closed: false,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The handle that stops the workers (for environment cleanup hooks).
+    pub fn stopper(&self) -> Arc<Stopper> {
+        Arc::clone(&self.stopper)
+    }
+
+    /// Checks `frame` and queues it. `sender`: the player id the connection proved.
+    pub fn dispatch(&mut self, frame: &[u8], sender: Option<u32>) -> Verdict {
+        let v = self.dispatch_inner(frame, sender);
+        self.counters.dispatched += 1;
+        self.counters.verdicts[v as usize] += 1;
+        v
+    }
+
+    #[inline]
+    fn dispatch_inner(&mut self, bytes: &[u8], sender: Option<u32>) -> Verdict {
+        if self.closed {
+            return Verdict::Closed;
+        }
+        let h = match frame::check(bytes, self.cfg.max_payload) {
+            Ok(h) => h,
+            Err(FrameError::Oversize { .. }) => return Verdict::Oversize,
+            Err(_) => return Verdict::Malformed,
+        };
+        let Some(room) = self.rooms.get(&h.room).filter(|r| r.open) else {
+            return Verdict::UnknownRoom;
+        };
+        if h.is_hmac() != room.hmac {
+            return Verdict::AuthMismatch;
+        }
+        if sender.is_some_and(|s| s != h.player) {
+            return Verdict::WrongSender;
+        }
+        let shard = &mut self.shards[room.shard];
+        if shard.shared.in_flight.load(Ordering::Acquire) >= self.cfg.channel_capacity {
+            return Verdict::Backpressure;
+        }
+        if !room.inbox.try_reserve(bytes.len()) {
+            return Verdict::Backpressure;
+        }
+        shard.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if shard.producer.try_push(shard.next_seq, bytes).is_err() {
+            shard.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            room.inbox.unreserve(bytes.len());
+            return Verdict::Backpressure;
+        }
+        shard.next_seq += 1;
+        shard.shared.wake();
+        self.counters.accepted += 1;
+        Verdict::Accepted
+    }
+
+    /// Dispatches back-to-back frames from `chunk`. Stops before a partial frame, at a frame
+    /// that meets backpressure (not consumed), or at bytes that are not a header (`malformed`).
+    pub fn dispatch_stream(&mut self, chunk: &[u8], sender: Option<u32>) -> StreamOutcome {
+        let mut out = StreamOutcome::default();
+        loop {
+            let rest = chunk.get(out.consumed..).unwrap_or_default();
+            let len = match frame::read_header(rest) {
+                Ok(h) => h.frame_len(),
+                Err(FrameError::Short { .. }) => break,
+                Err(_) => {
+                    out.malformed = true;
+                    self.counters.dispatched += 1;
+                    self.counters.verdicts[Verdict::Malformed as usize] += 1;
+                    break;
+                }
+            };
+            let Some(frame) = rest.get(..len) else { break };
+            match self.dispatch(frame, sender) {
+                Verdict::Accepted => out.accepted += 1,
+                Verdict::Backpressure => {
+                    out.backpressure = true;
+                    break;
+                }
+                _ => out.rejected += 1,
+            }
+            out.consumed += len;
+        }
+        out
+    }
+
+    fn push_control(&mut self, shard: usize, control: Control) {
+        let s = &mut self.shards[shard];
+        s.shared.push_control(s.next_seq, control);
+        s.next_seq += 1;
+        s.shared.wake();
+    }
+
+    /// Opens `room` (or reopens a closing one, keeping its pending moves ahead).
+    pub fn open_room(&mut self, room: u32, hmac: bool, push: bool) -> Status {
+        if self.closed {
+            return Status::Closed;
+        }
+        let shard = room as usize % self.cfg.shards;
+        let inbox = match self.rooms.get_mut(&room) {
+            Some(r) if r.open => return Status::RoomExists,
+            Some(r) => {
+                r.open = true;
+                r.hmac = hmac;
+                r.push = push;
+                Arc::clone(&r.inbox)
+            }
+            None => {
+                let inbox = Arc::new(Inbox::new(room, self.cfg.room_bytes));
+                self.rooms.insert(
+                    room,
+                    Room {
+                        shard,
+                        hmac,
+                        push,
+                        open: true,
+                        players: HashSet::default(),
+                        inbox: Arc::clone(&inbox),
+                    },
+                );
+                inbox
+            }
+        };
+        self.push_control(shard, Control::OpenRoom { inbox, hmac, push });
+        Status::Ok
+    }
+
+    fn open_room_mut(&mut self, room: u32) -> Result<&mut Room, Status> {
+        if self.closed {
+            return Err(Status::Closed);
+        }
+        self.rooms
+            .get_mut(&room)
+            .filter(|r| r.open)
+            .ok_or(Status::UnknownRoom)
+    }
+
+    /// Registers `player` (again: replaces the key, keeps the window).
+    pub fn join(&mut self, room: u32, player: u32, key: Option<&[u8]>) -> Status {
+        let r = match self.open_room_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        if key.is_some() != r.hmac {
+            return Status::WrongDelivery;
+        }
+        let key = match key.map(PlayerKey::new).transpose() {
+            Ok(k) => k,
+            Err(_) => return Status::WrongDelivery,
+        };
+        r.players.insert(player);
+        let shard = r.shard;
+        self.push_control(shard, Control::Join { room, player, key });
+        Status::Ok
+    }
+
+    /// Forgets `player` (its key is zeroised when the worker drops it).
+    pub fn leave(&mut self, room: u32, player: u32) -> Status {
+        let r = match self.open_room_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        if !r.players.remove(&player) {
+            return Status::UnknownPlayer;
+        }
+        let shard = r.shard;
+        self.push_control(shard, Control::Leave { room, player });
+        Status::Ok
+    }
+
+    /// Closes `room`: frames answer `UnknownRoom` from now on; pending moves are delivered.
+    pub fn close_room(&mut self, room: u32) -> Status {
+        let r = match self.open_room_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        r.open = false;
+        r.players.clear();
+        let shard = r.shard;
+        self.push_control(shard, Control::CloseRoom { room });
+        Status::Ok
+    }
+
+    /// Pull rooms: everything validated since the last drain.
+    ///
+    /// # Errors
+    /// `UnknownRoom` (never opened, or closed and fully drained: then it is forgotten),
+    /// `WrongDelivery` for push rooms.
+    pub fn drain(&mut self, room: u32) -> Result<(Batch, Arc<Inbox>), Status> {
+        let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
+        if r.push {
+            return Err(Status::WrongDelivery);
+        }
+        let inbox = Arc::clone(&r.inbox);
+        let batch = inbox.drain();
+        if batch.count == 0 && batch.rejections.is_empty() {
+            if !r.open && inbox.is_closed() && inbox.reserved() == 0 {
+                self.rooms.remove(&room);
+                return Err(Status::UnknownRoom);
+            }
+        } else {
+            self.count_delivery(&batch);
+        }
+        Ok((batch, inbox))
+    }
+
+    fn count_delivery(&mut self, batch: &Batch) {
+        self.counters.delivered += u64::from(batch.count);
+        self.counters.batches += 1;
+    }
+
+    /// The inbox of `room` (open or closing), to expose its memory.
+    pub fn inbox(&self, room: u32) -> Option<&Arc<Inbox>> {
+        self.rooms.get(&room).map(|r| &r.inbox)
+    }
+
+    /// Push rooms: JavaScript is done with the room's outstanding batch.
+    pub fn release(&mut self, room: u32) {
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        if r.inbox.release_push() {
+            let s = &self.shards[r.shard].shared;
+            s.kick.store(true, Ordering::SeqCst);
+            s.poke();
+        } else if !r.open && r.inbox.is_closed() && r.inbox.reserved() == 0 {
+            self.rooms.remove(&room);
+        }
+    }
+
+    /// Asks every shard to answer `token` once everything queued before is delivered.
+    pub fn request_flush(&mut self, token: u64) {
+        if self.stopper.is_stopped() {
+            self.outbox.expect_flush(token, 1);
+            self.outbox.publish(&mut Vec::new(), &[token]);
+            return;
+        }
+        self.outbox.expect_flush(token, self.shards.len());
+        for shard in 0..self.shards.len() {
+            self.push_control(shard, Control::Flush { token });
+        }
+    }
+
+    /// Deliveries ready for JavaScript, in order; counts delivered push moves.
+    pub fn poll(&mut self) -> Vec<Delivery> {
+        let items = self.outbox.take();
+        for d in &items {
+            if let Delivery::Batch(b) = d {
+                self.count_delivery(b);
+            }
+        }
+        items
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        for s in &self.shards {
+            for (i, r) in s.shared.reasons.iter().enumerate() {
+                c.reasons[i] += r.load(Ordering::Relaxed);
+            }
+        }
+        c.rejected = c.reasons.iter().sum();
+        c
+    }
+
+    /// Stops (`true`) or resumes validation; a test hook for filling queues deterministically.
+    pub fn pause(&mut self, paused: bool) {
+        for s in &self.shards {
+            s.shared.paused.store(paused, Ordering::SeqCst);
+            s.shared.poke();
+        }
+    }
+
+    /// Refuses new frames, lets the workers finish what is queued, and joins them.
+    pub fn shutdown(&mut self) {
+        self.closed = true;
+        self.stopper.stop(false);
+    }
+
+    /// Whether [`Core::shutdown`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.closed = true;
+        self.stopper.stop(true);
+    }
+}
+
+fn build_runtime(cfg: &Config) -> Result<tokio::runtime::Runtime, ConfigError> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(cfg.worker_threads)
+        .max_blocking_threads(cfg.max_blocking_threads)
+        .thread_name(cfg.thread_name.clone());
+    if let Some(cores) = cfg.pin_cores.clone().filter(|c| !c.is_empty()) {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        builder.on_thread_start(move || {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            pin_current_thread(cores[i % cores.len()]);
+        });
+    }
+    builder.build().map_err(|e| ConfigError {
+        field: "workerThreads",
+        message: format!("the runtime could not start: {e}"),
+    })
+}
+
+/// Pins the calling thread to `core` (Linux); a no-op elsewhere or if the OS refuses.
+#[cfg(target_os = "linux")]
+fn pin_current_thread(core: usize) {
+    // SAFETY: `cpu_set_t` is a plain bit array for which all-zero is valid; CPU_SET only
+    // writes inside it for `core < CPU_SETSIZE` (checked); sched_setaffinity reads it.
+    unsafe {
+        if core >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_current_thread(_core: usize) {}
+
+/// The worker loop: take work in turns, deliver when the queue runs dry, spin briefly,
+/// then park until the producer wakes it.
+async fn run_worker(mut w: Worker) {
+    let shared = Arc::clone(w.shared());
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            while w.run(usize::MAX) > 0 {}
+            w.deliver();
+            return;
+        }
+        if shared.paused.load(Ordering::Acquire) {
+            if w.may_sleep() {
+                shared.notify.notified().await;
+            }
+            continue;
+        }
+        let n = w.run(TURN);
+        if n == TURN {
+            if shared.kick.load(Ordering::Acquire) {
+                w.deliver();
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // The queue ran dry: deliver (smart batching, no timers).
+        w.deliver();
+        let mut spins = 0;
+        while spins < SPINS
+            && !w.has_work()
+            && !shared.kick.load(Ordering::Acquire)
+            && !shared.stop.load(Ordering::Acquire)
+        {
+            std::hint::spin_loop();
+            spins += 1;
+        }
+        if spins < SPINS {
+            continue;
+        }
+        if w.may_sleep() {
+            shared.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth;
+    use crate::frame::{Header, FLAG_HMAC};
+    use std::sync::atomic::AtomicUsize;
+
+    fn frame(room: u32, player: u32, seq: u32, payload: &[u8], key: Option<&PlayerKey>) -> Vec<u8> {
+        let h = Header {
+            flags: if key.is_some() { FLAG_HMAC } else { 0 },
+            room,
+            player,
+            seq,
+            tick: 0,
+            kind: 1,
+            len: payload.len() as u16,
+        };
+        let mut f = frame::encode_unsigned(&h, payload).unwrap();
+        auth::sign(&mut f, key);
+        f
+    }
+
+    fn core(cfg: Config) -> (Core, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&wakes);
+        let c = Core::new(
+            cfg,
+            Box::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        (c, wakes)
+    }
+
+    fn flush(c: &mut Core, token: u64) -> Vec<Delivery> {
+        c.request_flush(token);
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            got.extend(c.poll());
+            if got.iter().any(|d| *d == Delivery::Flushed { token }) {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("flush {token} never answered");
+    }
+
+    #[test]
+    fn accepts_validates_and_drains_in_order() {
+        let (mut c, _) = core(Config::default());
+        assert_eq!(c.open_room(1, false, false), Status::Ok);
+        assert_eq!(c.join(1, 7, None), Status::Ok);
+        let frames: Vec<Vec<u8>> = (1..=100)
+            .map(|s| frame(1, 7, s, &[s as u8; 10], None))
+            .collect();
+        for f in &frames {
+            assert_eq!(c.dispatch(f, Some(7)), Verdict::Accepted);
+        }
+        assert_eq!(
+            c.dispatch(&frames[0], Some(7)),
+            Verdict::Accepted,
+            "replays are caught later"
+        );
+        flush(&mut c, 1);
+        let (b, inbox) = c.drain(1).unwrap();
+        assert_eq!(b.count, 100);
+        assert_eq!(b.rejections.len(), 1);
+        assert_eq!(b.rejections[0].reason, Reason::Replay);
+        assert_eq!(inbox.memory().to_vec(b.offset, b.length), frames.concat());
+        let k = c.counters();
+        assert_eq!(k.accepted, 101);
+        assert_eq!(k.delivered + k.rejected, 101);
+        c.shutdown();
+        assert_eq!(c.dispatch(&frames[0], None), Verdict::Closed);
+    }
+
+    #[test]
+    fn sync_verdicts() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false);
+        c.open_room(2, true, false);
+        let ok = frame(1, 7, 1, b"x", None);
+        assert_eq!(c.dispatch(&[], None), Verdict::Malformed);
+        assert_eq!(c.dispatch(&ok[..30], None), Verdict::Malformed);
+        assert_eq!(
+            c.dispatch(&frame(1, 7, 0, b"x", None), None),
+            Verdict::Malformed
+        );
+        assert_eq!(
+            c.dispatch(&frame(1, 7, 1, &[0; 1025], None), None),
+            Verdict::Oversize
+        );
+        assert_eq!(
+            c.dispatch(&frame(3, 7, 1, b"x", None), None),
+            Verdict::UnknownRoom
+        );
+        assert_eq!(
+            c.dispatch(&frame(2, 7, 1, b"x", None), None),
+            Verdict::AuthMismatch
+        );
+        assert_eq!(c.dispatch(&ok, Some(8)), Verdict::WrongSender);
+        assert_eq!(c.dispatch(&ok, None), Verdict::Accepted);
+        assert_eq!(c.counters().verdicts.iter().sum::<u64>(), 8);
+    }
+
+    #[test]
+    fn backpressure_queue_room_and_arena() {
+        let cfg = Config {
+            channel_capacity: 64,
+            arena_bytes: 64 << 10,
+            room_bytes: 4096,
+            ..Config::default()
+        };
+        let (mut c, _) = core(cfg);
+        c.open_room(1, false, false);
+        c.open_room(2, false, false);
+        c.pause(true);
+        // Room budget: 4096 / 60-byte frames = 68 frames, but the queue stops at 64.
+        let mut accepted = 0;
+        for s in 1..=100 {
+            if c.dispatch(&frame(1, 7, s, b"abcd", None), None) == Verdict::Accepted {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 64);
+        c.pause(false);
+        flush(&mut c, 1);
+        // Room budget alone (undrained room): 4096 / 60 = 68.
+        let mut accepted = 0;
+        for s in 1..=100 {
+            if c.dispatch(&frame(2, 7, s, b"abcd", None), None) == Verdict::Accepted {
+                accepted += 1;
+            }
+            if s % 32 == 0 {
+                flush(&mut c, 100 + u64::from(s));
+            }
+        }
+        assert_eq!(accepted, 4096 / 60);
+        assert!(c.drain(2).is_ok());
+        assert_eq!(
+            c.dispatch(&frame(2, 7, 500, b"abcd", None), None),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
+    fn push_rooms_deliver_and_flush_waits_for_release() {
+        let (mut c, wakes) = core(Config::default());
+        c.open_room(5, false, true);
+        c.join(5, 1, None);
+        for s in 1..=10 {
+            assert_eq!(
+                c.dispatch(&frame(5, 1, s, b"p", None), None),
+                Verdict::Accepted
+            );
+        }
+        let got = flush(&mut c, 9);
+        let batches: Vec<&Batch> = got
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Batch(b) => Some(b),
+                Delivery::Flushed { .. } => None,
+            })
+            .collect();
+        assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 10);
+        assert!(wakes.load(Ordering::SeqCst) >= 1);
+        assert_eq!(c.drain(5).unwrap_err(), Status::WrongDelivery);
+        c.release(5);
+    }
+
+    #[test]
+    fn hmac_rooms_check_keys() {
+        let (mut c, _) = core(Config::default());
+        let k1 = PlayerKey::new(&[1; 32]).unwrap();
+        let k2 = PlayerKey::new(&[2; 32]).unwrap();
+        c.open_room(4, true, false);
+        assert_eq!(c.join(4, 1, None), Status::WrongDelivery);
+        assert_eq!(c.join(4, 1, Some(&[1; 32])), Status::Ok);
+        assert_eq!(
+            c.dispatch(&frame(4, 1, 1, b"m", Some(&k1)), None),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            c.dispatch(&frame(4, 1, 2, b"m", Some(&k2)), None),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            c.dispatch(&frame(4, 2, 1, b"m", Some(&k1)), None),
+            Verdict::Accepted
+        );
+        flush(&mut c, 1);
+        let (b, _) = c.drain(4).unwrap();
+        assert_eq!(b.count, 1);
+        let reasons: Vec<Reason> = b.rejections.iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, vec![Reason::BadTag, Reason::UnknownPlayer]);
+    }
+
+    #[test]
+    fn close_room_delivers_pending_then_forgets() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false);
+        c.join(1, 1, None);
+        assert_eq!(
+            c.dispatch(&frame(1, 1, 1, b"a", None), None),
+            Verdict::Accepted
+        );
+        assert_eq!(c.close_room(1), Status::Ok);
+        assert_eq!(
+            c.dispatch(&frame(1, 1, 2, b"a", None), None),
+            Verdict::UnknownRoom
+        );
+        flush(&mut c, 1);
+        assert_eq!(c.drain(1).unwrap().0.count, 1);
+        assert_eq!(c.drain(1).unwrap_err(), Status::UnknownRoom);
+        assert_eq!(c.open_room(1, false, false), Status::Ok);
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let bad = Config {
+            channel_capacity: 0,
+            ..Config::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "channelCapacity");
+        let bad = Config {
+            room_bytes: 100,
+            ..Config::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "roomBytes");
+    }
+}

@@ -1,0 +1,377 @@
+//! A room's inbox: two halves of room memory that JavaScript reads in place.
+//!
+//! The shard worker appends validated frames to the *fill* half. Delivering a batch
+//! (`drain` for pull rooms, a push delivery for push rooms) swaps the halves: the fill
+//! half becomes the batch, back to back in dispatch order, and the previous batch's half
+//! is reused for filling. That is why a batch is valid until the room's next delivery.
+//!
+//! # Budget
+//! `reserved` counts the bytes of every accepted move of the room not yet handed to
+//! JavaScript (in flight, validated, or rejected). `dispatch` refuses a move that would
+//! push it past the half size, so the fill half can never overflow: the worker's append
+//! cannot fail.
+//!
+//! # Memory exposed to JavaScript
+//! [`RoomMemory`] is one allocation, shared through an `Arc` by the inbox and by the
+//! external `ArrayBuffer` that exposes it. It is freed only when both are gone, so an
+//! address is never handed to V8 twice while alive.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::verdict::Reason;
+
+static NEXT_MEMORY_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One zero-initialised allocation of room memory (two halves).
+pub struct RoomMemory {
+    ptr: *mut u8,
+    len: usize,
+    id: u32,
+}
+
+// SAFETY: the memory is a plain byte buffer; writers are serialised by the inbox mutex
+// (the worker writes only the fill half), readers are JavaScript reading delivered halves.
+unsafe impl Send for RoomMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RoomMemory {}
+
+impl RoomMemory {
+    fn new(len: usize) -> Self {
+        let boxed: Box<[u8]> = vec![0u8; len.max(1)].into_boxed_slice();
+        let len = boxed.len();
+        let ptr = Box::into_raw(boxed).cast::<u8>();
+        Self {
+            ptr,
+            len,
+            id: NEXT_MEMORY_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Base address (for exposing the memory as an external `ArrayBuffer`).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the allocation is empty (never: at least 1 byte is allocated).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Process-unique id of this allocation.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Copies `bytes` to `offset`.
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset + bytes.len() <= self.len,
+            "room memory write out of bounds"
+        );
+        // SAFETY: bounds checked; the caller holds the inbox lock and writes only the fill
+        // half, which JavaScript has not been handed since the last swap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
+    }
+
+    /// Reads `len` bytes at `offset` into a vector (tests and the pure-Rust API).
+    pub fn to_vec(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= self.len, "room memory read out of bounds");
+        // SAFETY: bounds checked; callers read delivered halves, which the worker does not
+        // write until the next swap.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset), len) }.to_vec()
+    }
+}
+
+impl Drop for RoomMemory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from `Box::into_raw` of a `Box<[u8]>` of exactly `len`
+        // bytes in `new`, and are freed only here, once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+/// An accepted move that failed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub room: u32,
+    pub player: u32,
+    pub seq: u32,
+    pub reason: Reason,
+}
+
+/// A delivered window of room memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub room: u32,
+    pub mem_id: u32,
+    pub offset: usize,
+    pub length: usize,
+    pub count: u32,
+    pub rejections: Vec<Rejection>,
+    /// The room is closed and nothing else is pending: this is its last batch.
+    pub last: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    fill: usize,
+    fill_len: usize,
+    fill_count: u32,
+    /// Bytes of accepted and rejected frames in the fill half's batch (its budget cost).
+    fill_cost: usize,
+    rejections: Vec<Rejection>,
+    /// A push batch is out with JavaScript and not yet released.
+    out_held: bool,
+    /// The worker processed `closeRoom` (and no `openRoom` since).
+    closed: bool,
+    /// Push deliveries so far (flush tracking).
+    generation: u64,
+}
+
+/// The inbox of one room.
+pub struct Inbox {
+    room: u32,
+    half: usize,
+    mem: Arc<RoomMemory>,
+    reserved: AtomicUsize,
+    state: Mutex<State>,
+    /// Worker bookkeeping: the room is on its shard's list of push rooms to deliver.
+    pub(crate) dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("room", &self.room)
+            .field("half", &self.half)
+            .field("reserved", &self.reserved.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// An inbox whose halves hold `half` bytes each.
+    pub fn new(room: u32, half: usize) -> Self {
+        Self {
+            room,
+            half,
+            mem: Arc::new(RoomMemory::new(2 * half)),
+            reserved: AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// The room id.
+    pub fn room(&self) -> u32 {
+        self.room
+    }
+
+    /// The memory both halves live in.
+    pub fn memory(&self) -> &Arc<RoomMemory> {
+        &self.mem
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` inconsistent in a way that
+        // matters more than losing the room, so recover the guard instead of propagating.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Producer side: reserves `bytes` of budget, or refuses if the room is full.
+    /// Only the JavaScript thread reserves; workers only release, so check-then-add is exact.
+    pub fn try_reserve(&self, bytes: usize) -> bool {
+        let now = self.reserved.load(Ordering::Acquire);
+        if now + bytes > self.half {
+            return false;
+        }
+        self.reserved.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back a reservation that was never used (the move was refused after reserving).
+    pub fn unreserve(&self, bytes: usize) {
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes reserved (in flight + undelivered).
+    pub fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Worker: appends a validated frame to the fill half. Returns whether the room now
+    /// holds `batch_full` moves or more.
+    pub fn push_frame(&self, frame: &[u8], batch_full: u32) -> bool {
+        let mut s = self.lock();
+        let at = s.fill * self.half + s.fill_len;
+        assert!(
+            s.fill_len + frame.len() <= self.half,
+            "room budget violated"
+        );
+        self.mem.write(at, frame);
+        s.fill_len += frame.len();
+        s.fill_count += 1;
+        s.fill_cost += frame.len();
+        s.fill_count >= batch_full
+    }
+
+    /// Worker: records a rejected move (its bytes stay reserved until delivered).
+    pub fn push_rejection(&self, rejection: Rejection, frame_len: usize) {
+        let mut s = self.lock();
+        s.rejections.push(rejection);
+        s.fill_cost += frame_len;
+    }
+
+    /// Whether anything awaits delivery.
+    pub fn has_pending(&self) -> bool {
+        let s = self.lock();
+        s.fill_count > 0 || !s.rejections.is_empty()
+    }
+
+    /// Worker: marks the room closed (`true`) or reopened (`false`).
+    pub fn set_closed(&self, closed: bool) {
+        self.lock().closed = closed;
+    }
+
+    /// Whether the worker has processed `closeRoom`.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Pull delivery: swaps the halves and returns what was validated since the last call.
+    /// An empty inbox is not swapped (the previous batch stays valid).
+    pub fn drain(&self) -> Batch {
+        let mut s = self.lock();
+        self.take(&mut s)
+    }
+
+    /// Push delivery: like [`Inbox::drain`] but only when the previous push batch was
+    /// released; marks the new batch as held. Returns `None` when nothing can be delivered.
+    pub fn deliver_push(&self) -> Option<Batch> {
+        let mut s = self.lock();
+        if s.out_held || (s.fill_count == 0 && s.rejections.is_empty()) {
+            return None;
+        }
+        s.out_held = true;
+        s.generation += 1;
+        Some(self.take(&mut s))
+    }
+
+    /// JavaScript released the outstanding push batch. Returns whether moves are waiting.
+    pub fn release_push(&self) -> bool {
+        let mut s = self.lock();
+        s.out_held = false;
+        s.fill_count > 0 || !s.rejections.is_empty()
+    }
+
+    /// Push deliveries made so far.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn take(&self, s: &mut State) -> Batch {
+        let empty = s.fill_count == 0 && s.rejections.is_empty();
+        let offset = s.fill * self.half;
+        let batch = Batch {
+            room: self.room,
+            mem_id: self.mem.id(),
+            offset,
+            length: s.fill_len,
+            count: s.fill_count,
+            rejections: std::mem::take(&mut s.rejections),
+            last: false,
+        };
+        if !empty {
+            s.fill ^= 1;
+            s.fill_len = 0;
+            s.fill_count = 0;
+            let cost = std::mem::take(&mut s.fill_cost);
+            let left = self.reserved.fetch_sub(cost, Ordering::AcqRel) - cost;
+            return Batch {
+                last: s.closed && left == 0,
+                ..batch
+            };
+        }
+        Batch {
+            last: s.closed && self.reserved() == 0,
+            ..batch
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_swaps_halves_and_returns_the_budget() {
+        let inbox = Inbox::new(3, 4096);
+        assert!(inbox.try_reserve(100));
+        assert!(inbox.try_reserve(60));
+        inbox.push_frame(&[1; 100], 10);
+        inbox.push_rejection(
+            Rejection {
+                room: 3,
+                player: 1,
+                seq: 2,
+                reason: Reason::BadTag,
+            },
+            60,
+        );
+        let b = inbox.drain();
+        assert_eq!(
+            (b.offset, b.length, b.count, b.rejections.len()),
+            (0, 100, 1, 1)
+        );
+        assert_eq!(inbox.memory().to_vec(b.offset, 100), vec![1; 100]);
+        assert_eq!(inbox.reserved(), 0);
+        // Next batch goes to the other half.
+        assert!(inbox.try_reserve(10));
+        inbox.push_frame(&[2; 10], 10);
+        let b = inbox.drain();
+        assert_eq!((b.offset, b.length), (4096, 10));
+        // Empty drain does not swap.
+        let e = inbox.drain();
+        assert_eq!((e.offset, e.count), (0, 0));
+    }
+
+    #[test]
+    fn reservation_is_bounded_by_the_half() {
+        let inbox = Inbox::new(1, 4096);
+        assert!(inbox.try_reserve(4000));
+        assert!(!inbox.try_reserve(97));
+        assert!(inbox.try_reserve(96));
+        inbox.unreserve(96);
+        assert_eq!(inbox.reserved(), 4000);
+    }
+
+    #[test]
+    fn push_batches_wait_for_release() {
+        let inbox = Inbox::new(1, 4096);
+        assert!(inbox.try_reserve(8));
+        inbox.push_frame(&[1; 8], 100);
+        assert!(inbox.deliver_push().is_some());
+        assert!(inbox.try_reserve(8));
+        inbox.push_frame(&[2; 8], 100);
+        assert!(inbox.deliver_push().is_none(), "previous batch still held");
+        assert!(inbox.release_push());
+        let b = inbox.deliver_push().unwrap();
+        assert_eq!(inbox.memory().to_vec(b.offset, b.length), vec![2; 8]);
+        assert_eq!(inbox.generation(), 2);
+    }
+
+    #[test]
+    fn memory_ids_are_unique() {
+        let a = Inbox::new(1, 4096);
+        let b = Inbox::new(1, 4096);
+        assert_ne!(a.memory().id(), b.memory().id());
+    }
+}

@@ -1,0 +1,67 @@
+//! move-dispatcher: the Rust data plane behind the `move-dispatcher` npm package.
+//!
+//! Layers (see `docs/architecture.md`):
+//! - [`frame`]: wire format v1, checked parser;
+//! - [`auth`]: SHA-256 / HMAC-SHA256 tags, constant-time comparison;
+//! - [`window`]: anti-replay sliding window;
+//! - [`arena`]: the shard's ingress ring (bump-pointer, single producer/consumer);
+//! - [`inbox`]: room memory that JavaScript reads in place;
+//! - [`shard`]: the worker: validation, room inboxes, push delivery;
+//! - [`outbox`]: deliveries waiting for JavaScript;
+//! - [`core`]: the dispatcher as seen from the JavaScript thread, and its tokio runtime;
+//! - `binding` (feature `napi`): the napi-rs class over [`core::Core`].
+//!
+//! Only [`arena`] and [`inbox`] (and the memory bridge in `binding`) contain `unsafe`.
+
+#[cfg(feature = "napi")]
+#[macro_use]
+extern crate napi_derive;
+
+#[cfg(all(
+    feature = "napi",
+    not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
+))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+pub mod arena;
+pub mod auth;
+pub mod core;
+pub mod frame;
+pub mod inbox;
+pub mod outbox;
+pub mod shard;
+pub mod verdict;
+pub mod window;
+
+#[cfg(feature = "napi")]
+mod binding;
+
+#[cfg(test)]
+mod testutil;
+
+/// Hasher for `u32` ids: one multiply (Fibonacci hashing). The maps it serves hold only
+/// ids the server itself registered (`openRoom`, `join`); a client can choose the ids it
+/// looks up but cannot insert colliding keys, so a keyed hash (`SipHash`) would buy
+/// nothing here but latency on every dispatch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Builds [`IdHasher`]s.
+pub type IdHashBuilder = std::hash::BuildHasherDefault<IdHasher>;

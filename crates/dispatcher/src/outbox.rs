@@ -1,0 +1,109 @@
+//! Deliveries waiting for JavaScript: push batches and flush answers, in order.
+//!
+//! Workers append; the JavaScript thread takes everything at once in `poll()`. A wake-up
+//! (one ThreadsafeFunction call) is sent only when the outbox goes from "seen" to
+//! "has news", so there is at most one call in flight however many batches arrive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::inbox::Batch;
+
+/// Something JavaScript must see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A push room's batch.
+    Batch(Batch),
+    /// Every shard has answered flush `token`.
+    Flushed { token: u64 },
+}
+
+/// How the outbox tells JavaScript to poll.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct Inner {
+    items: Vec<Delivery>,
+    /// Flush token -> shards yet to answer.
+    flushes: HashMap<u64, usize>,
+}
+
+/// The shared outbox of one dispatcher.
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    wake_pending: AtomicBool,
+    enabled: AtomicBool,
+    waker: Waker,
+}
+
+impl Outbox {
+    /// An outbox that calls `waker` when it has news.
+    pub fn new(waker: Waker) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            wake_pending: AtomicBool::new(false),
+            enabled: AtomicBool::new(true),
+            waker,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops calling the waker (the JavaScript environment is going away).
+    pub fn disable_waker(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+    }
+
+    fn wake(&self) {
+        if self.enabled.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::AcqRel) {
+            (self.waker)();
+        }
+    }
+
+    /// Registers a flush that `shards` shards will answer.
+    pub fn expect_flush(&self, token: u64, shards: usize) {
+        self.lock().flushes.insert(token, shards);
+    }
+
+    /// Appends `batches` (moved out of the vector) and the answers of `flushed` tokens.
+    pub fn publish(&self, batches: &mut Vec<Batch>, flushed: &[u64]) {
+        if batches.is_empty() && flushed.is_empty() {
+            return;
+        }
+        {
+            let mut inner = self.lock();
+            inner.items.extend(batches.drain(..).map(Delivery::Batch));
+            for &token in flushed {
+                let done = match inner.flushes.get_mut(&token) {
+                    Some(left) => {
+                        *left = left.saturating_sub(1);
+                        *left == 0
+                    }
+                    None => true,
+                };
+                if done {
+                    inner.flushes.remove(&token);
+                    inner.items.push(Delivery::Flushed { token });
+                }
+            }
+        }
+        self.wake();
+    }
+
+    /// Everything waiting, in order.
+    pub fn take(&self) -> Vec<Delivery> {
+        self.wake_pending.store(false, Ordering::Release);
+        std::mem::take(&mut self.lock().items)
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}

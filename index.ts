@@ -1,0 +1,31 @@
+/**
+ * move-dispatcher: a Rust data plane for Node.js real-time servers.
+ *
+ * ```ts
+ * import { Dispatcher, Verdict, encodeMove } from 'move-dispatcher';
+ * const d = new Dispatcher();
+ * d.openRoom(1);
+ * d.join(1, 7);
+ * d.dispatch(encodeMove({ room: 1, player: 7, seq: 1, payload }), 7) === Verdict.Accepted;
+ * await d.flush();
+ * for (const move of d.drain(1)) console.log(move.player, move.seq, move.payload);
+ * ```
+ */
+export { Dispatcher } from './src/dispatcher';
+export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './src/constants';
+export { ErrorCode } from './src/errors';
+export { encodeMove, encodeMoveInto, frameLength, parseHeader } from './src/encode';
+export { DEFAULTS } from './src/options';
+export type {
+  AuthMode,
+  DeliveryMode,
+  DispatcherOptions,
+  DispatcherStats,
+  EncodeMoveInput,
+  JoinOptions,
+  MoveBatch,
+  MoveView,
+  Rejection,
+  RoomOptions,
+  StreamResult,
+} from './src/types';

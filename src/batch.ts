@@ -1,0 +1,159 @@
+/**
+ * `MoveBatch`: a window of room memory holding validated frames back to back.
+ * JavaScript reads the frames in place; iteration reuses one view object and
+ * allocates nothing per move (the payload view is created only when read).
+ */
+import { HEADER_BYTES, TAG_BYTES } from './constants';
+import type { RawBatch, RawRejection } from './engine';
+import { ErrorCode, stateError } from './errors';
+import type { MoveBatch as MoveBatchType, MoveView, Rejection } from './types';
+
+/** The view handed out by iteration; its fields move from frame to frame. */
+class FrameView implements MoveView {
+  frameOffset = 0;
+  frameLength = 0;
+  constructor(
+    private readonly bytes: Uint8Array,
+    private readonly dv: DataView,
+  ) {}
+
+  get room(): number {
+    return this.dv.getUint32(this.frameOffset + 4, true);
+  }
+  get player(): number {
+    return this.dv.getUint32(this.frameOffset + 8, true);
+  }
+  get seq(): number {
+    return this.dv.getUint32(this.frameOffset + 12, true);
+  }
+  get tick(): number {
+    return this.dv.getUint32(this.frameOffset + 16, true);
+  }
+  get kind(): number {
+    return this.dv.getUint16(this.frameOffset + 20, true);
+  }
+  get payload(): Uint8Array {
+    const start = this.frameOffset + HEADER_BYTES;
+    return this.bytes.subarray(start, this.frameOffset + this.frameLength - TAG_BYTES);
+  }
+}
+
+/** Called when a batch is released (push rooms hand the half back to the worker). */
+export type ReleaseHook = () => void;
+
+export class MoveBatch implements MoveBatchType {
+  readonly room: number | undefined;
+  readonly count: number;
+  readonly buffer: ArrayBuffer;
+  readonly offset: number;
+  readonly length: number;
+  readonly rejections: readonly Rejection[];
+  #released = false;
+  #onRelease: ReleaseHook | undefined;
+
+  constructor(raw: RawBatch, onRelease?: ReleaseHook) {
+    this.room = raw.room;
+    this.count = raw.count;
+    this.buffer = raw.buffer;
+    this.offset = raw.offset;
+    this.length = raw.length;
+    this.rejections = raw.rejections as readonly RawRejection[] as readonly Rejection[];
+    this.#onRelease = onRelease;
+  }
+
+  get released(): boolean {
+    return this.#released;
+  }
+
+  /** Frees the batch's memory for reuse. Idempotent. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    const hook = this.#onRelease;
+    this.#onRelease = undefined;
+    hook?.();
+  }
+
+  /** @internal Marks the batch invalid without running its hook (the room's next drain did it). */
+  invalidate(): void {
+    this.#released = true;
+    this.#onRelease = undefined;
+  }
+
+  /** A batch with the same moves and rejections in memory of its own; it never needs releasing. */
+  copy(): MoveBatch {
+    this.#check();
+    const buffer = this.buffer.slice(this.offset, this.offset + this.length);
+    return new MoveBatch({
+      room: this.room ?? 0,
+      buffer,
+      offset: 0,
+      length: this.length,
+      count: this.count,
+      rejections: this.rejections.map((r) => ({ ...r })),
+    });
+  }
+
+  /** The frames as one `Uint8Array` view (no copy). */
+  bytes(): Uint8Array {
+    this.#check();
+    return new Uint8Array(this.buffer, this.offset, this.length);
+  }
+
+  /**
+   * Iterates the moves in dispatch order. One view object and one iterator result are
+   * reused for every step, so iteration allocates nothing per move.
+   */
+  [Symbol.iterator](): Iterator<MoveView> {
+    this.#check();
+    return new FrameIterator(this, () => this.#released);
+  }
+
+  #check(): void {
+    if (this.#released) {
+      throw stateError(ErrorCode.BatchReleased, 'this batch was released (or the room was drained again); call copy() to keep moves longer', {
+        ...(this.room === undefined ? {} : { room: this.room }),
+      });
+    }
+  }
+}
+
+/** Iterator that reuses its result object (no allocation per `next()`). */
+class FrameIterator implements Iterator<MoveView> {
+  readonly #bytes: Uint8Array;
+  readonly #view: FrameView;
+  readonly #result: IteratorYieldResult<MoveView>;
+  readonly #end: number;
+  readonly #isReleased: () => boolean;
+  readonly #batch: MoveBatch;
+  #at: number;
+
+  constructor(batch: MoveBatch, isReleased: () => boolean) {
+    this.#batch = batch;
+    this.#bytes = new Uint8Array(batch.buffer);
+    this.#view = new FrameView(this.#bytes, new DataView(batch.buffer));
+    this.#result = { value: this.#view, done: false };
+    this.#at = batch.offset;
+    this.#end = batch.offset + batch.length;
+    this.#isReleased = isReleased;
+  }
+
+  next(): IteratorResult<MoveView> {
+    if (this.#at >= this.#end) return { value: undefined, done: true };
+    if (this.#isReleased()) {
+      throw stateError(ErrorCode.BatchReleased, 'this batch was released during iteration', {
+        ...(this.#batch.room === undefined ? {} : { room: this.#batch.room }),
+      });
+    }
+    const at = this.#at;
+    const len = this.#bytes[at + 22]! | (this.#bytes[at + 23]! << 8);
+    this.#view.frameOffset = at;
+    this.#view.frameLength = HEADER_BYTES + len + TAG_BYTES;
+    this.#at = at + this.#view.frameLength;
+    return this.#result;
+  }
+
+  [Symbol.iterator](): Iterator<MoveView> {
+    return this;
+  }
+}

@@ -1,0 +1,399 @@
+/**
+ * `Dispatcher`: the public API. It validates every argument, then drives one engine
+ * (native addon or pure TypeScript twin), and owns push delivery (`onBatch`,
+ * `batches()`), `flush()`, `dispatchAsync()` and `close()`.
+ */
+import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
+import { type Engine, type RawBatch, Status } from './engine';
+import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
+import { MoveBatch } from './batch';
+import { JsEngine } from './js-engine';
+import { loadNativeEngine } from './native';
+import { describe, resolveOptions } from './options';
+import type { DispatcherOptions, DispatcherStats, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
+
+const U32_MAX = 0xffff_ffff;
+
+function checkId(value: unknown, field: string, method: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > U32_MAX) {
+    const fn = typeof value === 'number' ? rangeError : typeError;
+    throw fn(ErrorCode.InvalidArgument, `${method}: ${field} must be an integer in 0..=4294967295, got ${describe(value)}`, { field });
+  }
+  return value;
+}
+
+function checkBytes(value: unknown, field: string, method: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw typeError(ErrorCode.InvalidArgument, `${method}: ${field} must be a Uint8Array (or Buffer), got ${describe(value)}`, { field });
+  }
+  return value;
+}
+
+function checkSender(sender: unknown, method: string): number {
+  return sender === undefined ? -1 : checkId(sender, 'sender', method);
+}
+
+/** Waits for an abort or a wake-up; resolves `true` when aborted. */
+interface Waiter {
+  resolve: () => void;
+}
+
+export class Dispatcher {
+  /** Which engine runs this dispatcher. */
+  readonly engine: 'native' | 'js';
+  readonly #engine: Engine;
+  readonly #onBatch: ((batch: MoveBatchType) => void) | undefined;
+  readonly #onError: (error: unknown) => void;
+  /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
+  readonly #lastDrain = new Map<number, MoveBatch>();
+  /** Push batches waiting for a `batches()` consumer. */
+  readonly #pending: MoveBatch[] = [];
+  readonly #batchWaiters: Waiter[] = [];
+  readonly #flushes = new Map<number, () => void>();
+  /** `dispatchAsync` calls waiting for capacity, in call order. */
+  readonly #asyncQueue: { frame: Uint8Array; sender: number; resolve: (v: Verdict) => void }[] = [];
+  #asyncTimer: ReturnType<typeof setTimeout> | undefined;
+  #nextToken = 1;
+  /**
+   * Keeps the process alive while a flush or close is pending: the engine's wake-up is
+   * weak (it never holds the process open by itself), but an awaited flush must finish.
+   */
+  #keepAlive: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #polling = false;
+
+  constructor(options?: DispatcherOptions) {
+    const { engine, config } = resolveOptions(options);
+    this.engine = engine;
+    this.#onBatch = options?.onBatch;
+    this.#onError =
+      options?.onError ??
+      ((error: unknown) => {
+        process.emitWarning(`move-dispatcher: onBatch threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+      });
+    const wake = (): void => this.#poll();
+    this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
+  }
+
+  /** Opens a room on its shard. Throws `ERR_MOVE_DISPATCHER_ROOM_EXISTS` if it is open. */
+  openRoom(room: number, options: RoomOptions = {}): void {
+    checkId(room, 'room', 'openRoom');
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `openRoom: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
+    const auth = options.auth ?? 'sha256';
+    if (auth !== 'sha256' && auth !== 'hmac-sha256') {
+      throw typeError(ErrorCode.InvalidArgument, `openRoom: auth must be 'sha256' or 'hmac-sha256', got ${describe(auth)}`, { field: 'auth' });
+    }
+    const delivery = options.delivery ?? 'pull';
+    if (delivery !== 'pull' && delivery !== 'push') {
+      throw typeError(ErrorCode.InvalidArgument, `openRoom: delivery must be 'pull' or 'push', got ${describe(delivery)}`, { field: 'delivery' });
+    }
+    this.#status(this.#engine.openRoom(room, auth === 'hmac-sha256' ? AUTH_HMAC : AUTH_SHA256, delivery === 'push'), 'openRoom', room);
+  }
+
+  /**
+   * Registers `player` in `room` (ordered with the moves around it). In `hmac-sha256` rooms
+   * `key` (16–64 bytes) is required; joining again replaces the key and keeps the replay window.
+   */
+  join(room: number, player: number, options: JoinOptions = {}): void {
+    checkId(room, 'room', 'join');
+    checkId(player, 'player', 'join');
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `join: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
+    let key: Uint8Array | null = null;
+    if (options.key !== undefined) {
+      key = checkBytes(options.key, 'key', 'join');
+      if (key.length < MIN_KEY_BYTES || key.length > MAX_KEY_BYTES) {
+        throw rangeError(ErrorCode.InvalidArgument, `join: key must be ${MIN_KEY_BYTES}–${MAX_KEY_BYTES} bytes, got ${key.length}`, { field: 'key' });
+      }
+    }
+    this.#status(this.#engine.join(room, player, key), 'join', room, player);
+  }
+
+  /** Removes `player` from `room` (its key is zeroised; later moves are rejected `UnknownPlayer`). */
+  leave(room: number, player: number): void {
+    checkId(room, 'room', 'leave');
+    checkId(player, 'player', 'leave');
+    this.#status(this.#engine.leave(room, player), 'leave', room, player);
+  }
+
+  /** Closes `room`: later frames answer `UnknownRoom`; moves accepted before are still delivered. */
+  closeRoom(room: number): void {
+    checkId(room, 'room', 'closeRoom');
+    this.#status(this.#engine.closeRoom(room), 'closeRoom', room);
+  }
+
+  /**
+   * Checks `frame` synchronously and queues it for validation. Never blocks, never throws
+   * for any bytes. `sender`: the player id the connection proved (`WrongSender` otherwise).
+   */
+  dispatch(frame: Uint8Array, sender?: number): Verdict {
+    if (!(frame instanceof Uint8Array)) checkBytes(frame, 'frame', 'dispatch');
+    return this.#engine.dispatch(frame, sender === undefined ? -1 : checkSender(sender, 'dispatch')) as Verdict;
+  }
+
+  /** Dispatches back-to-back frames; a trailing partial frame is not consumed. */
+  dispatchStream(chunk: Uint8Array, sender?: number): StreamResult {
+    checkBytes(chunk, 'chunk', 'dispatchStream');
+    return this.#engine.dispatchStream(chunk, checkSender(sender, 'dispatchStream'));
+  }
+
+  /**
+   * Like `dispatch`, but waits for capacity instead of answering `Backpressure`. Calls resolve
+   * in call order. A room that is never drained keeps its callers waiting.
+   */
+  dispatchAsync(frame: Uint8Array, sender?: number): Promise<Verdict> {
+    checkBytes(frame, 'frame', 'dispatchAsync');
+    const from = checkSender(sender, 'dispatchAsync');
+    if (this.#asyncQueue.length === 0) {
+      const verdict = this.#engine.dispatch(frame, from) as Verdict;
+      if (verdict !== Verdict.Backpressure) return Promise.resolve(verdict);
+    }
+    return new Promise<Verdict>((resolve) => {
+      this.#asyncQueue.push({ frame, sender: from, resolve });
+      this.#scheduleAsyncRetry(0);
+    });
+  }
+
+  /** Pull rooms: every move validated since the last drain. Invalidates the previous batch. */
+  drain(room: number): MoveBatchType {
+    checkId(room, 'room', 'drain');
+    const raw = this.#engine.drain(room);
+    if (typeof raw === 'number') {
+      this.#status(raw as Status, 'drain', room);
+      throw stateError(ErrorCode.UnknownRoom, `drain: unexpected engine status ${raw}`, { room });
+    }
+    if (raw.count === 0 && raw.rejections.length === 0) {
+      return new MoveBatch(raw);
+    }
+    this.#lastDrain.get(room)?.invalidate();
+    const batch = new MoveBatch(raw);
+    this.#lastDrain.set(room, batch);
+    return batch;
+  }
+
+  /** Resolves once every move accepted before the call is delivered (push) or drainable (pull). */
+  flush(): Promise<void> {
+    if (this.#closed && this.#closing === undefined) return Promise.resolve();
+    return this.#requestFlush();
+  }
+
+  #requestFlush(): Promise<void> {
+    const token = this.#nextToken++;
+    this.#keepAlive ??= setInterval(() => {}, 1 << 30);
+    return new Promise<void>((resolve) => {
+      this.#flushes.set(token, () => {
+        this.#flushes.delete(token);
+        if (this.#flushes.size === 0 && this.#keepAlive !== undefined) {
+          clearInterval(this.#keepAlive);
+          this.#keepAlive = undefined;
+        }
+        resolve();
+      });
+      this.#engine.requestFlush(token);
+    });
+  }
+
+  /**
+   * Push rooms: an async iterator of batches. Each batch is released when the loop asks for
+   * the next one (or ends). Ends when `signal` aborts or the dispatcher is closed.
+   */
+  async *batches(options: { signal?: AbortSignal } = {}): AsyncGenerator<MoveBatchType, void, undefined> {
+    const signal = options.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw typeError(ErrorCode.InvalidArgument, `batches: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });
+    }
+    let current: MoveBatch | undefined;
+    try {
+      for (;;) {
+        current?.release();
+        current = undefined;
+        if (signal?.aborted) return;
+        const next = this.#pending.shift();
+        if (next !== undefined) {
+          current = next;
+          yield next;
+          continue;
+        }
+        if (this.#closed && this.#closing === undefined) return;
+        await new Promise<void>((resolve) => {
+          const waiter: Waiter = { resolve };
+          const onAbort = (): void => resolve();
+          signal?.addEventListener('abort', onAbort, { once: true });
+          waiter.resolve = () => {
+            signal?.removeEventListener('abort', onAbort);
+            resolve();
+          };
+          this.#batchWaiters.push(waiter);
+        });
+      }
+    } finally {
+      current?.release();
+    }
+  }
+
+  /** Counters the guarantees are stated in. */
+  stats(): DispatcherStats {
+    const c = this.#engine.counters();
+    const verdicts = Object.fromEntries(VERDICT_NAMES.map((name, i) => [name, c.verdicts[i] ?? 0])) as DispatcherStats['verdicts'];
+    const reasons = Object.fromEntries(REASON_NAMES.map((name, i) => [name, c.reasons[i] ?? 0])) as DispatcherStats['reasons'];
+    return {
+      engine: this.engine,
+      dispatched: c.dispatched,
+      accepted: c.accepted,
+      verdicts,
+      reasons,
+      delivered: c.delivered,
+      rejected: c.rejected,
+      batches: c.batches,
+    };
+  }
+
+  /** The counters in the Prometheus text exposition format. */
+  metrics(): string {
+    const s = this.stats();
+    const lines: string[] = [];
+    const counter = (name: string, help: string, rows: [string, number][]): void => {
+      lines.push(`# HELP move_dispatcher_${name} ${help}`, `# TYPE move_dispatcher_${name} counter`);
+      for (const [labels, value] of rows) lines.push(`move_dispatcher_${name}${labels} ${value}`);
+    };
+    counter('dispatched_total', 'Frames passed to dispatch.', [['', s.dispatched]]);
+    counter(
+      'verdicts_total',
+      'Synchronous verdicts by kind.',
+      Object.entries(s.verdicts).map(([k, v]) => [`{verdict="${k}"}`, v]),
+    );
+    counter(
+      'rejections_total',
+      'Accepted moves rejected by validation, by reason.',
+      Object.entries(s.reasons).map(([k, v]) => [`{reason="${k}"}`, v]),
+    );
+    counter('delivered_total', 'Moves delivered to JavaScript.', [['', s.delivered]]);
+    counter('batches_total', 'Batches delivered to JavaScript.', [['', s.batches]]);
+    return `${lines.join('\n')}\n`;
+  }
+
+  /**
+   * Refuses new frames, delivers everything accepted, stops the threads. Later calls answer
+   * `Verdict.Closed` (dispatch) or throw `ERR_MOVE_DISPATCHER_CLOSED`; pull rooms can still
+   * be drained. Idempotent.
+   */
+  close(): Promise<void> {
+    if (this.#closing !== undefined) return this.#closing;
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
+    this.#closing = (async () => {
+      // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
+      // by the engine: they answer Closed.
+      for (const item of this.#asyncQueue.splice(0)) item.resolve(Verdict.Closed);
+      await this.#requestFlush();
+      this.#engine.shutdown();
+      this.#poll();
+    })().finally(() => {
+      this.#closing = undefined;
+      for (const w of this.#batchWaiters.splice(0)) w.resolve();
+    });
+    return this.#closing;
+  }
+
+  /** @internal Test hook: stops (`true`) or resumes asynchronous validation. */
+  _pauseForTesting(paused: boolean): void {
+    this.#engine.pause(paused);
+  }
+
+  #status(status: Status, method: string, room: number, player?: number): void {
+    if (status === Status.Ok) return;
+    const fields = { room, ...(player === undefined ? {} : { player }) };
+    const fail = (code: ErrorCodeType, message: string, field: string): never => {
+      throw rangeError(code, `${method}: ${message}`, { ...fields, field });
+    };
+    switch (status) {
+      case Status.UnknownRoom:
+        fail(ErrorCode.UnknownRoom, `room ${room} is not open`, 'room');
+        break;
+      case Status.RoomExists:
+        fail(ErrorCode.RoomExists, `room ${room} is already open`, 'room');
+        break;
+      case Status.UnknownPlayer:
+        fail(ErrorCode.UnknownPlayer, `player ${player} has not joined room ${room}`, 'player');
+        break;
+      case Status.WrongDelivery:
+        if (method === 'join') {
+          throw typeError(ErrorCode.InvalidArgument, `join: room ${room} does not take this key: a key is required in hmac-sha256 rooms and refused in sha256 rooms`, {
+            ...fields,
+            field: 'key',
+          });
+        }
+        throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onBatch / batches()`, { ...fields, field: 'room' });
+      case Status.Closed:
+        throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
+      default:
+        throw stateError(ErrorCode.Closed, `${method}: unexpected engine status ${String(status)}`, fields);
+    }
+  }
+
+  /** Takes deliveries from the engine: push batches go to onBatch or the batches() queue. */
+  #poll(): void {
+    if (this.#polling) return;
+    this.#polling = true;
+    try {
+      for (let deliveries = this.#engine.poll(); deliveries.length > 0; deliveries = this.#engine.poll()) {
+        for (const d of deliveries) {
+          if (d.type === 'batch') this.#deliver(d.batch);
+          else this.#flushes.get(d.token)?.();
+        }
+      }
+    } finally {
+      this.#polling = false;
+    }
+    if (this.#asyncQueue.length > 0) this.#scheduleAsyncRetry(0);
+  }
+
+  #deliver(raw: RawBatch): void {
+    const room = raw.room;
+    const batch = new MoveBatch(raw, () => this.#engine.release(room));
+    const onBatch = this.#onBatch;
+    if (onBatch !== undefined) {
+      try {
+        onBatch(batch);
+      } catch (error) {
+        try {
+          this.#onError(error);
+        } catch {
+          // The error reporter itself threw: nothing sensible is left to do with it.
+        }
+      } finally {
+        batch.release();
+      }
+      return;
+    }
+    this.#pending.push(batch);
+    this.#batchWaiters.shift()?.resolve();
+  }
+
+  #scheduleAsyncRetry(delayMs: number): void {
+    if (this.#asyncTimer !== undefined) return;
+    this.#asyncTimer = setTimeout(() => {
+      this.#asyncTimer = undefined;
+      this.#retryAsync();
+    }, delayMs);
+  }
+
+  #retryAsync(): void {
+    while (this.#asyncQueue.length > 0) {
+      const head = this.#asyncQueue[0]!;
+      const verdict = this.#engine.dispatch(head.frame, head.sender) as Verdict;
+      if (verdict === Verdict.Backpressure) {
+        this.#scheduleAsyncRetry(1);
+        return;
+      }
+      this.#asyncQueue.shift();
+      head.resolve(verdict);
+    }
+  }
+}
+
+export type { ErrorCodeType };

@@ -1,0 +1,121 @@
+/**
+ * The low-level engine contract. `Dispatcher` (src/dispatcher.ts) validates every
+ * argument and option, then drives one `Engine`: the native addon (src/native.ts)
+ * or the pure TypeScript twin (src/js-engine.ts). Both must behave identically;
+ * the conformance and differential tests hold them to it.
+ *
+ * Engines never throw for anything a caller controls: control calls answer a
+ * `Status` code that `Dispatcher` turns into a typed error.
+ */
+
+/** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`, `release`). */
+export const Status = {
+  Ok: 0,
+  UnknownRoom: 1,
+  RoomExists: 2,
+  UnknownPlayer: 3,
+  WrongDelivery: 4,
+  Closed: 5,
+} as const;
+export type Status = (typeof Status)[keyof typeof Status];
+
+/** Resolved engine configuration (every option has a value). */
+export interface EngineConfig {
+  workerThreads: number;
+  shards: number;
+  /** Moves in flight per shard (dispatched, not yet validated). */
+  channelCapacity: number;
+  /** Bytes of each shard's ingress arena (frames awaiting validation). */
+  arenaBytes: number;
+  /** Bytes a room may hold undelivered (in flight + validated, not yet drained). */
+  roomBytes: number;
+  maxPayload: number;
+  /** Flush a push room's batch once it holds this many moves. */
+  maxBatchMoves: number;
+  /** false, or the list of CPU ids, one per worker thread, round-robin. */
+  pinCores: number[] | null;
+  maxBlockingThreads: number;
+  threadName: string;
+}
+
+/** One asynchronous rejection: an accepted move that failed validation. */
+export interface RawRejection {
+  room: number;
+  player: number;
+  seq: number;
+  /** A `Reason` value. */
+  reason: number;
+}
+
+/**
+ * A window of room memory holding `count` validated frames back to back,
+ * in dispatch order, from `offset` to `offset + length` of `buffer`.
+ */
+export interface RawBatch {
+  room: number;
+  buffer: ArrayBuffer;
+  offset: number;
+  length: number;
+  count: number;
+  rejections: RawRejection[];
+}
+
+/** What the engine hands to JavaScript asynchronously (push batches, flush completions). */
+export type Delivery =
+  | { type: 'batch'; batch: RawBatch }
+  | { type: 'flushed'; token: number };
+
+export interface StreamResult {
+  /** Bytes consumed from the start of the chunk (whole frames only). */
+  consumed: number;
+  accepted: number;
+  /** Frames consumed but refused (any verdict other than Accepted/Backpressure). */
+  rejected: number;
+  /** Stopped at a frame that met Backpressure (not consumed: send it again). */
+  backpressure: boolean;
+  /** Stopped at a header that cannot be framed (bad magic/version/flags): the stream is desynchronised. */
+  malformed: boolean;
+}
+
+/** Counters the guarantees are stated in. */
+export interface EngineCounters {
+  dispatched: number;
+  accepted: number;
+  /** Indexed by `Verdict` value. */
+  verdicts: number[];
+  /** Indexed by `Reason` value. */
+  reasons: number[];
+  /** Moves delivered to JavaScript (in batches). */
+  delivered: number;
+  /** Accepted moves rejected by validation (sum of `reasons`). */
+  rejected: number;
+  batches: number;
+}
+
+export interface Engine {
+  readonly kind: 'native' | 'js';
+  /** `sender < 0` means no sender check. Returns a `Verdict`. */
+  dispatch(frame: Uint8Array, sender: number): number;
+  dispatchStream(chunk: Uint8Array, sender: number): StreamResult;
+  openRoom(room: number, auth: number, push: boolean): Status;
+  /** `key` is null in sha256 rooms. Joining again replaces the key and keeps the replay window. */
+  join(room: number, player: number, key: Uint8Array | null): Status;
+  leave(room: number, player: number): Status;
+  closeRoom(room: number): Status;
+  /** Pull rooms: everything validated since the last drain (invalidates the previous batch). */
+  drain(room: number): RawBatch | Status;
+  /** Push rooms: JavaScript is done with the room's outstanding batch. */
+  release(room: number): void;
+  /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */
+  requestFlush(token: number): void;
+  /** Deliveries ready for JavaScript, in order. */
+  poll(): Delivery[];
+  counters(): EngineCounters;
+  /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */
+  shutdown(): void;
+  /** Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
+  pause(paused: boolean): void;
+}
+
+/** Called by an engine (possibly many times) when `poll()` has something new. */
+export type WakeFn = () => void;

@@ -1,0 +1,637 @@
+/**
+ * `JsEngine`: the pure TypeScript twin of the native engine, and the tuned pure-Node
+ * baseline the benchmarks compare against. It implements docs/architecture.md exactly;
+ * the conformance and differential tests hold both engines to the same answers.
+ *
+ * # Threads
+ * None: the "shard workers" run on the JS thread, in one `setImmediate` round scheduled
+ * when work arrives (no timers). A round processes everything queued on every ready
+ * shard, then delivers push batches and answers flushes, then calls `wake()` once.
+ *
+ * # Backpressure
+ * The same accounting as the native engine, so both refuse at the same points: moves in
+ * flight per shard against `channelCapacity`; ingress ring bytes per shard
+ * (`align8(16 + frame.length)` per record, the ring's tail skipped when a record does not
+ * fit before its end); bytes reserved per room against `roomBytes`.
+ *
+ * # Allocation
+ * `dispatch` allocates nothing: the frame is copied into the shard's preallocated ring and
+ * queued in typed arrays. Validation allocates what `node:crypto` needs (views, digests).
+ *
+ * # Shutdown
+ * `shutdown()` stops processing and makes `dispatch` answer `Closed`; pull rooms can
+ * still be drained.
+ */
+import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, Verdict, WIRE_VERSION } from './constants';
+import { readU32LE } from './encode';
+import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
+import { RECORD_HEADER_BYTES } from './options';
+
+/** Smallest ingress record (empty payload): bounds how many moves a ring can hold. */
+const MIN_RECORD = align8(RECORD_HEADER_BYTES + FRAME_OVERHEAD);
+/** Room memory before a room's first validated move. */
+const NO_BYTES = new Uint8Array(0);
+/** `validate()` answer for a move that passed. */
+const VALID = -1;
+
+/** One-shot SHA-256 through `node:crypto` (`crypto.hash` where this Node.js has it). */
+const sha256Digest: (data: Uint8Array) => Uint8Array =
+  typeof hash === 'function' ? (data) => hash('sha256', data, 'buffer') : (data) => createHash('sha256').update(data).digest();
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+/** Worker-side state of one player in one room: its key and its anti-replay window. */
+class Player {
+  /** Highest seq accepted so far (0: none yet). */
+  top = 0;
+  /** The window bitmap, 128 bits: bit i of `w0..w3` (i = 0 in `w0`'s low bit) marks `top - i` as seen. */
+  w0 = 0;
+  w1 = 0;
+  w2 = 0;
+  w3 = 0;
+
+  constructor(public key: KeyObject | null) {}
+
+  /** The replay window (architecture.md "Validation" step 3): true if `seq` is accepted, and records it. */
+  accept(seq: number): boolean {
+    if (seq > this.top) {
+      this.shift(seq - this.top);
+      this.w0 |= 1;
+      this.top = seq;
+      return true;
+    }
+    const age = this.top - seq;
+    if (age >= REPLAY_WINDOW) return false;
+    const mask = 1 << (age & 31);
+    switch (age >>> 5) {
+      case 0:
+        if ((this.w0 & mask) !== 0) return false;
+        this.w0 |= mask;
+        return true;
+      case 1:
+        if ((this.w1 & mask) !== 0) return false;
+        this.w1 |= mask;
+        return true;
+      case 2:
+        if ((this.w2 & mask) !== 0) return false;
+        this.w2 |= mask;
+        return true;
+      default:
+        if ((this.w3 & mask) !== 0) return false;
+        this.w3 |= mask;
+        return true;
+    }
+  }
+
+  /** Ages every mark by `n` seqs (bit i moves to bit i + n; bits past 127 fall off). */
+  private shift(n: number): void {
+    if (n >= REPLAY_WINDOW) {
+      this.w0 = this.w1 = this.w2 = this.w3 = 0;
+      return;
+    }
+    let a = this.w0;
+    let b = this.w1;
+    let c = this.w2;
+    let d = this.w3;
+    for (; n >= 32; n -= 32) {
+      d = c;
+      c = b;
+      b = a;
+      a = 0;
+    }
+    if (n > 0) {
+      const back = 32 - n;
+      d = (d << n) | (c >>> back);
+      c = (c << n) | (b >>> back);
+      b = (b << n) | (a >>> back);
+      a <<= n;
+    }
+    this.w0 = a;
+    this.w1 = b;
+    this.w2 = c;
+    this.w3 = d;
+  }
+}
+
+/** A room: the dispatch-side view (open, auth, reserved bytes, members) and the worker-side view (players, halves). */
+class Room {
+  /** False once `closeRoom` was called (until reopened): frames answer `UnknownRoom`. */
+  open = true;
+  /** Bytes of accepted frames not yet handed to JavaScript (in flight, validated or rejected). */
+  reserved = 0;
+  /** Dispatch-side membership, for `leave`'s `UnknownPlayer`. */
+  readonly members = new Set<number>();
+  /** Worker-side players, updated in order with the moves by the shard's controls. */
+  readonly players = new Map<number, Player>();
+  /** The two halves, `2 * roomBytes`, allocated on the first validated move. */
+  bytes: Uint8Array<ArrayBuffer> = NO_BYTES;
+  /** Offset of the fill half in `bytes` (0 or `roomBytes`). */
+  fillBase = 0;
+  fillLen = 0;
+  fillCount = 0;
+  rejections: RawRejection[] = [];
+  /** Frame bytes of `rejections` (still reserved until delivered). */
+  rejectedBytes = 0;
+  /** Push rooms: a delivered batch JavaScript has not released yet. */
+  outstanding = false;
+  /** Push rooms: listed in the shard's `pushPending`. */
+  listed = false;
+
+  constructor(
+    readonly id: number,
+    readonly shard: Shard,
+    /** 1 for HMAC-SHA256 (flags bit 0), 0 for SHA-256. */
+    public auth: number,
+    public push: boolean,
+  ) {}
+
+  /** Validated moves or rejections wait for delivery. */
+  hasContent(): boolean {
+    return this.fillCount > 0 || this.rejections.length > 0;
+  }
+}
+
+const OP_JOIN = 0;
+const OP_LEAVE = 1;
+const OP_CLOSE = 2;
+const OP_FLUSH = 3;
+
+/** One `requestFlush`: answered once every shard has passed its marker. */
+interface FlushRequest {
+  readonly token: number;
+  remaining: number;
+}
+
+/** A control call queued on a shard, taken after the shard's first `at` moves. */
+type Control =
+  | { readonly at: number; readonly op: typeof OP_JOIN | typeof OP_LEAVE | typeof OP_CLOSE; readonly room: Room; readonly player: number; readonly key: KeyObject | null }
+  | { readonly at: number; readonly op: typeof OP_FLUSH; readonly request: FlushRequest };
+
+/** One shard: its ingress ring, its move queue (typed arrays) and its control queue. */
+class Shard {
+  /** Ingress ring, `arenaBytes`, allocated on the first accepted move. */
+  ring = NO_BYTES;
+  /** Per queued move: offset of the frame in `ring`, and ring bytes it holds (skip + record). */
+  starts = new Int32Array(0);
+  costs = new Int32Array(0);
+  rooms: (Room | undefined)[] = [];
+  head = 0;
+  tail = 0;
+  /** Moves ever queued / ever validated: `enqueued - processed` are in flight. */
+  enqueued = 0;
+  processed = 0;
+  /** Ring write position and bytes in use. */
+  writePos = 0;
+  used = 0;
+  readonly controls: Control[] = [];
+  controlHead = 0;
+  /** Push rooms with content waiting for delivery. */
+  readonly pushPending: Room[] = [];
+  /** Listed in the engine's ready list. */
+  ready = false;
+
+  /** Allocates the ring and a queue as long as the most moves the ring and `channelCapacity` allow. */
+  allocate(config: EngineConfig): void {
+    const slots = Math.min(config.channelCapacity, Math.floor(config.arenaBytes / MIN_RECORD));
+    this.ring = new Uint8Array(config.arenaBytes);
+    this.starts = new Int32Array(slots);
+    this.costs = new Int32Array(slots);
+    this.rooms = new Array<Room | undefined>(slots).fill(undefined);
+  }
+}
+
+/** The pure TypeScript engine (see the module documentation). */
+export class JsEngine implements Engine {
+  readonly kind = 'js' as const;
+  readonly #config: EngineConfig;
+  readonly #wake: WakeFn;
+  readonly #shards: Shard[];
+  readonly #rooms = new Map<number, Room>();
+  /** Shards with work, processed by the next round (and a spare list swapped in per round). */
+  #ready: Shard[] = [];
+  #spare: Shard[] = [];
+  #outbox: Delivery[] = [];
+  #immediate: ReturnType<typeof setImmediate> | null = null;
+  #paused = false;
+  #shut = false;
+  readonly #verdicts = [0, 0, 0, 0, 0, 0, 0, 0];
+  readonly #reasons = [0, 0, 0];
+  #delivered = 0;
+  #batches = 0;
+
+  constructor(config: EngineConfig, wake: WakeFn) {
+    this.#config = config;
+    this.#wake = wake;
+    this.#shards = Array.from({ length: config.shards }, () => new Shard());
+  }
+
+  dispatch(frame: Uint8Array, sender: number): number {
+    const verdict = this.#check(frame, 0, frame.length, sender);
+    this.#verdicts[verdict]!++;
+    return verdict;
+  }
+
+  dispatchStream(chunk: Uint8Array, sender: number): StreamResult {
+    const end = chunk.length;
+    let at = 0;
+    let accepted = 0;
+    let rejected = 0;
+    let backpressure = false;
+    let malformed = false;
+    while (end - at >= HEADER_BYTES) {
+      if (!headerOk(chunk, at)) {
+        malformed = true;
+        this.#verdicts[this.#shut ? Verdict.Closed : Verdict.Malformed]!++;
+        break;
+      }
+      const length = FRAME_OVERHEAD + payloadLength(chunk, at);
+      if (end - at < length) break;
+      const verdict = this.#check(chunk, at, length, sender);
+      this.#verdicts[verdict]!++;
+      if (verdict === Verdict.Backpressure) {
+        backpressure = true;
+        break;
+      }
+      if (verdict === Verdict.Accepted) accepted++;
+      else rejected++;
+      at += length;
+    }
+    return { consumed: at, accepted, rejected, backpressure, malformed };
+  }
+
+  openRoom(room: number, auth: number, push: boolean): Status {
+    if (this.#shut) return Status.Closed;
+    const flag = auth === AUTH_HMAC ? FLAG_HMAC : 0;
+    const existing = this.#rooms.get(room);
+    if (existing === undefined) {
+      this.#rooms.set(room, new Room(room, this.#shards[room % this.#config.shards]!, flag, push));
+      return Status.Ok;
+    }
+    if (existing.open) return Status.RoomExists;
+    this.#reopen(existing, flag, push);
+    return Status.Ok;
+  }
+
+  join(room: number, player: number, key: Uint8Array | null): Status {
+    const r = this.#openRoom(room);
+    if (typeof r === 'number') return r;
+    if ((key === null) !== (r.auth === 0)) return Status.WrongDelivery;
+    r.members.add(player);
+    // createSecretKey copies the bytes: the caller's buffer is never kept.
+    this.#control(r, OP_JOIN, player, key === null ? null : createSecretKey(key));
+    return Status.Ok;
+  }
+
+  leave(room: number, player: number): Status {
+    const r = this.#openRoom(room);
+    if (typeof r === 'number') return r;
+    if (!r.members.delete(player)) return Status.UnknownPlayer;
+    this.#control(r, OP_LEAVE, player, null);
+    return Status.Ok;
+  }
+
+  closeRoom(room: number): Status {
+    const r = this.#openRoom(room);
+    if (typeof r === 'number') return r;
+    r.open = false;
+    r.members.clear();
+    this.#control(r, OP_CLOSE, 0, null);
+    this.#forgetIfDone(r);
+    return Status.Ok;
+  }
+
+  drain(room: number): RawBatch | Status {
+    const r = this.#rooms.get(room);
+    if (r === undefined) return Status.UnknownRoom;
+    if (r.push) return Status.WrongDelivery;
+    const batch = this.#takeBatch(r);
+    this.#forgetIfDone(r);
+    return batch;
+  }
+
+  release(room: number): void {
+    const r = this.#rooms.get(room);
+    if (r === undefined || !r.push || !r.outstanding) return;
+    r.outstanding = false;
+    if (r.hasContent()) this.#schedule(r.shard);
+    else this.#forgetIfDone(r);
+  }
+
+  requestFlush(token: number): void {
+    if (this.#shut) {
+      // Nothing will run again: answer now, but never call wake() from inside a call.
+      this.#outbox.push({ type: 'flushed', token });
+      queueMicrotask(this.#wake);
+      return;
+    }
+    const request: FlushRequest = { token, remaining: this.#shards.length };
+    for (const shard of this.#shards) {
+      shard.controls.push({ at: shard.enqueued, op: OP_FLUSH, request });
+      this.#schedule(shard);
+    }
+  }
+
+  poll(): Delivery[] {
+    const out = this.#outbox;
+    this.#outbox = [];
+    return out;
+  }
+
+  counters(): EngineCounters {
+    const verdicts = this.#verdicts.slice();
+    const reasons = this.#reasons.slice();
+    return {
+      dispatched: verdicts.reduce((a, b) => a + b, 0),
+      accepted: verdicts[Verdict.Accepted]!,
+      verdicts,
+      reasons,
+      delivered: this.#delivered,
+      rejected: reasons.reduce((a, b) => a + b, 0),
+      batches: this.#batches,
+    };
+  }
+
+  shutdown(): void {
+    if (this.#shut) return;
+    this.#shut = true;
+    if (this.#immediate !== null) clearImmediate(this.#immediate);
+    this.#immediate = null;
+    for (const room of this.#rooms.values()) room.players.clear();
+  }
+
+  pause(paused: boolean): void {
+    this.#paused = paused;
+    if (!paused && this.#ready.length > 0) this.#scheduleRound();
+  }
+
+  // ---- dispatch side -------------------------------------------------------------------
+
+  /** The sync checks of architecture.md, in order; queues the frame when they pass. */
+  #check(buf: Uint8Array, at: number, length: number, sender: number): Verdict {
+    if (this.#shut) return Verdict.Closed;
+    if (length < HEADER_BYTES || !headerOk(buf, at)) return Verdict.Malformed;
+    const len = payloadLength(buf, at);
+    if (len > this.#config.maxPayload) return Verdict.Oversize;
+    if (length !== FRAME_OVERHEAD + len) return Verdict.Malformed;
+    if ((buf[at + 12]! | buf[at + 13]! | buf[at + 14]! | buf[at + 15]!) === 0) return Verdict.Malformed;
+    const room = this.#rooms.get(readU32LE(buf, at + 4));
+    if (room === undefined || !room.open) return Verdict.UnknownRoom;
+    if ((buf[at + 3]! & FLAG_HMAC) !== room.auth) return Verdict.AuthMismatch;
+    if (sender >= 0 && sender !== readU32LE(buf, at + 8)) return Verdict.WrongSender;
+    return this.#enqueue(room, buf, at, length);
+  }
+
+  /** Capacity checks (queue, ring, room), then the copy into the ring. */
+  #enqueue(room: Room, buf: Uint8Array, at: number, length: number): Verdict {
+    const shard = room.shard;
+    const cap = this.#config.arenaBytes;
+    if (shard.enqueued - shard.processed >= this.#config.channelCapacity) return Verdict.Backpressure;
+    const record = align8(RECORD_HEADER_BYTES + length);
+    const skip = shard.writePos + record > cap ? cap - shard.writePos : 0;
+    if (shard.used + skip + record > cap) return Verdict.Backpressure;
+    if (room.reserved + length > this.#config.roomBytes) return Verdict.Backpressure;
+    if (shard.ring.length === 0) shard.allocate(this.#config);
+    const start = skip === 0 ? shard.writePos : 0;
+    shard.ring.set(at === 0 && length === buf.length ? buf : buf.subarray(at, at + length), start);
+    shard.writePos = start + record === cap ? 0 : start + record;
+    shard.used += skip + record;
+    const slot = shard.tail;
+    shard.starts[slot] = start;
+    shard.costs[slot] = skip + record;
+    shard.rooms[slot] = room;
+    shard.tail = slot + 1 === shard.starts.length ? 0 : slot + 1;
+    shard.enqueued++;
+    room.reserved += length;
+    this.#schedule(shard);
+    return Verdict.Accepted;
+  }
+
+  /** The room if it is open, or the status a control call answers. */
+  #openRoom(room: number): Room | Status {
+    if (this.#shut) return Status.Closed;
+    const r = this.#rooms.get(room);
+    return r === undefined || !r.open ? Status.UnknownRoom : r;
+  }
+
+  /**
+   * `openRoom` of a closing room: its pending moves stay ahead of the new ones. When the
+   * delivery mode changes, the pending moves move to fresh memory, so a batch JavaScript
+   * still holds (the last pull batch, or an unreleased push batch) is never overwritten.
+   */
+  #reopen(room: Room, flag: number, push: boolean): void {
+    room.open = true;
+    room.auth = flag;
+    if (room.push === push) return;
+    room.push = push;
+    room.outstanding = false;
+    if (room.bytes.length > 0) {
+      const fresh = new Uint8Array(2 * this.#config.roomBytes);
+      fresh.set(room.bytes.subarray(room.fillBase, room.fillBase + room.fillLen));
+      room.bytes = fresh;
+      room.fillBase = 0;
+    }
+    if (push && room.hasContent()) {
+      this.#listPush(room);
+      this.#schedule(room.shard);
+    }
+  }
+
+  #control(room: Room, op: typeof OP_JOIN | typeof OP_LEAVE | typeof OP_CLOSE, player: number, key: KeyObject | null): void {
+    const shard = room.shard;
+    shard.controls.push({ at: shard.enqueued, op, room, player, key });
+    this.#schedule(shard);
+  }
+
+  /** A closed room with nothing left to deliver is forgotten (drain then answers `UnknownRoom`). */
+  #forgetIfDone(room: Room): void {
+    if (!room.open && room.reserved === 0 && !room.outstanding && this.#rooms.get(room.id) === room) {
+      this.#rooms.delete(room.id);
+    }
+  }
+
+  #schedule(shard: Shard): void {
+    if (!shard.ready) {
+      shard.ready = true;
+      this.#ready.push(shard);
+    }
+    if (this.#immediate === null && !this.#paused && !this.#shut) this.#scheduleRound();
+  }
+
+  #scheduleRound(): void {
+    this.#immediate = setImmediate(this.#round);
+  }
+
+  // ---- worker side ---------------------------------------------------------------------
+
+  /** One processing round: every ready shard, then one `wake()` if something is ready for `poll()`. */
+  readonly #round = (): void => {
+    this.#immediate = null;
+    if (this.#paused || this.#shut) return;
+    const before = this.#outbox.length;
+    const shards = this.#ready;
+    this.#ready = this.#spare;
+    for (const shard of shards) {
+      shard.ready = false;
+      this.#process(shard);
+    }
+    shards.length = 0;
+    this.#spare = shards;
+    if (this.#outbox.length > before) this.#wake();
+  };
+
+  /** Takes the shard's moves and controls in call order until dry (or blocked at a flush marker), then delivers. */
+  #process(shard: Shard): void {
+    for (;;) {
+      const control = shard.controls[shard.controlHead];
+      if (control !== undefined && control.at === shard.processed) {
+        if (!this.#apply(shard, control)) return;
+        shard.controlHead++;
+      } else if (shard.processed !== shard.enqueued) {
+        this.#processMove(shard);
+      } else {
+        break;
+      }
+    }
+    shard.controls.length = 0;
+    shard.controlHead = 0;
+    this.#deliverPending(shard);
+  }
+
+  /** Applies one control; false when a flush marker must wait for a push room's release. */
+  #apply(shard: Shard, control: Control): boolean {
+    if (control.op === OP_FLUSH) return this.#passFlushMarker(shard, control.request);
+    const room = control.room;
+    switch (control.op) {
+      case OP_JOIN: {
+        const player = room.players.get(control.player);
+        if (player === undefined) room.players.set(control.player, new Player(control.key));
+        else player.key = control.key;
+        break;
+      }
+      case OP_LEAVE:
+        room.players.delete(control.player);
+        break;
+      case OP_CLOSE:
+        room.players.clear();
+        break;
+    }
+    return true;
+  }
+
+  /** Delivers the shard's push rooms; answers the marker unless one of them waits for a release. */
+  #passFlushMarker(shard: Shard, request: FlushRequest): boolean {
+    this.#deliverPending(shard);
+    if (shard.pushPending.length > 0) return false;
+    if (--request.remaining === 0) this.#outbox.push({ type: 'flushed', token: request.token });
+    return true;
+  }
+
+  /** Validates the move at the head of the shard's queue and frees its ring record. */
+  #processMove(shard: Shard): void {
+    const slot = shard.head;
+    const start = shard.starts[slot]!;
+    const room = shard.rooms[slot]!;
+    shard.rooms[slot] = undefined;
+    shard.head = slot + 1 === shard.starts.length ? 0 : slot + 1;
+    shard.processed++;
+    const ring = shard.ring;
+    const len = payloadLength(ring, start);
+    const player = readU32LE(ring, start + 8);
+    const seq = readU32LE(ring, start + 12);
+    const reason = this.#validate(room, ring, start, len, player, seq);
+    if (reason === VALID) this.#append(room, ring, start, FRAME_OVERHEAD + len);
+    else this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
+    shard.used -= shard.costs[slot]!;
+  }
+
+  /** Validation steps 1–3: a `Reason`, or `VALID`. */
+  #validate(room: Room, ring: Uint8Array, start: number, len: number, playerId: number, seq: number): number {
+    const player = room.players.get(playerId);
+    if (player === undefined) return Reason.UnknownPlayer;
+    const bodyEnd = start + HEADER_BYTES + len;
+    const body = ring.subarray(start, bodyEnd);
+    let digest: Uint8Array;
+    if ((ring[start + 3]! & FLAG_HMAC) === 0) {
+      digest = sha256Digest(body);
+    } else {
+      if (player.key === null) return Reason.BadTag;
+      digest = createHmac('sha256', player.key).update(body).digest();
+    }
+    if (!timingSafeEqual(digest, ring.subarray(bodyEnd, bodyEnd + 32))) return Reason.BadTag;
+    return player.accept(seq) ? VALID : Reason.Replay;
+  }
+
+  #append(room: Room, ring: Uint8Array, start: number, length: number): void {
+    if (room.bytes.length === 0) room.bytes = new Uint8Array(2 * this.#config.roomBytes);
+    room.bytes.set(ring.subarray(start, start + length), room.fillBase + room.fillLen);
+    room.fillLen += length;
+    room.fillCount++;
+    if (!room.push) return;
+    if (room.fillCount >= this.#config.maxBatchMoves && !room.outstanding) this.#deliverPush(room);
+    else this.#listPush(room);
+  }
+
+  #reject(room: Room, player: number, seq: number, reason: number, length: number): void {
+    room.rejections.push({ room: room.id, player, seq, reason });
+    room.rejectedBytes += length;
+    this.#reasons[reason]!++;
+    if (room.push) this.#listPush(room);
+  }
+
+  #listPush(room: Room): void {
+    if (room.listed) return;
+    room.listed = true;
+    room.shard.pushPending.push(room);
+  }
+
+  /** Delivers every listed push room that has content and no unreleased batch; keeps the others listed. */
+  #deliverPending(shard: Shard): void {
+    const list = shard.pushPending;
+    let kept = 0;
+    for (const room of list) {
+      if (room.push && room.hasContent() && room.outstanding) {
+        list[kept++] = room;
+        continue;
+      }
+      room.listed = false;
+      if (room.push && room.hasContent()) this.#deliverPush(room);
+      else this.#forgetIfDone(room);
+    }
+    list.length = kept;
+  }
+
+  #deliverPush(room: Room): void {
+    this.#outbox.push({ type: 'batch', batch: this.#takeBatch(room) });
+    room.outstanding = true;
+  }
+
+  /** Hands out the fill half (swapping halves unless it is empty) and the rejections. */
+  #takeBatch(room: Room): RawBatch {
+    const count = room.fillCount;
+    const length = room.fillLen;
+    const batch: RawBatch = { room: room.id, buffer: room.bytes.buffer, offset: room.fillBase, length, count, rejections: room.rejections };
+    if (count > 0) {
+      room.fillBase = room.fillBase === 0 ? this.#config.roomBytes : 0;
+      room.fillLen = 0;
+      room.fillCount = 0;
+      this.#delivered += count;
+      this.#batches++;
+    }
+    room.reserved -= length + room.rejectedBytes;
+    room.rejections = [];
+    room.rejectedBytes = 0;
+    return batch;
+  }
+}
+
+/** Magic, version and flags (only bit 0 may be set). */
+function headerOk(buf: Uint8Array, at: number): boolean {
+  return buf[at] === MAGIC_0 && buf[at + 1] === MAGIC_1 && buf[at + 2] === WIRE_VERSION && (buf[at + 3]! & ~FLAG_HMAC) === 0;
+}
+
+function payloadLength(buf: Uint8Array, at: number): number {
+  return buf[at + 22]! | (buf[at + 23]! << 8);
+}

@@ -1,0 +1,119 @@
+/**
+ * Option validation and defaults. Every problem throws a `TypeError` or
+ * `RangeError` with `code: 'ERR_MOVE_DISPATCHER_INVALID_OPTION'` and `field`.
+ */
+import { availableParallelism } from 'node:os';
+import { FRAME_OVERHEAD, MAX_WIRE_PAYLOAD } from './constants';
+import type { EngineConfig } from './engine';
+import { ErrorCode, rangeError, typeError } from './errors';
+import type { DispatcherOptions } from './types';
+
+/** Documented defaults (see README "Options"). */
+export const DEFAULTS = {
+  channelCapacity: 65_536,
+  arenaBytes: 8 << 20,
+  roomBytes: 256 << 10,
+  maxPayload: 1024,
+  maxBatchMoves: 4096,
+  maxBlockingThreads: 4,
+  threadName: 'move-disp',
+} as const;
+
+/** Bytes of a move record's header in the ingress arena. */
+export const RECORD_HEADER_BYTES = 16;
+
+function integer(options: DispatcherOptions, field: keyof DispatcherOptions, min: number, max: number, fallback: number): number {
+  const value: unknown = options[field];
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw typeError(ErrorCode.InvalidOption, `options.${field} must be an integer, got ${describe(value)}`, { field });
+  }
+  if (value < min || value > max) {
+    throw rangeError(ErrorCode.InvalidOption, `options.${field} must be in ${min}..=${max}, got ${value}`, { field });
+  }
+  return value;
+}
+
+/** A short, safe description of a value for error messages (never prints buffer contents). */
+export function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'number') return Number.isNaN(value) ? 'NaN' : String(value);
+  if (typeof value === 'string') return JSON.stringify(value.length > 32 ? `${value.slice(0, 32)}…` : value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (typeof value === 'object') return (value as object).constructor?.name ?? 'object';
+  return typeof value;
+}
+
+/** The machine's usable cores. */
+export function cores(): number {
+  return Math.max(1, availableParallelism());
+}
+
+/** Validates the constructor options and fills in defaults. */
+export function resolveOptions(input: unknown): { engine: 'native' | 'js'; config: EngineConfig } {
+  if (input === undefined) input = {};
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw typeError(ErrorCode.InvalidOption, `options must be an object, got ${describe(input)}`, { field: 'options' });
+  }
+  const options = input as DispatcherOptions;
+  const engine = options.engine ?? 'native';
+  if (engine !== 'native' && engine !== 'js') {
+    throw typeError(ErrorCode.InvalidOption, `options.engine must be 'native' or 'js', got ${describe(engine)}`, { field: 'engine' });
+  }
+  for (const fn of ['onBatch', 'onError'] as const) {
+    if (options[fn] !== undefined && typeof options[fn] !== 'function') {
+      throw typeError(ErrorCode.InvalidOption, `options.${fn} must be a function, got ${describe(options[fn])}`, { field: fn });
+    }
+  }
+  const n = cores();
+  const shards = integer(options, 'shards', 1, 256, Math.min(n, 64));
+  const workerThreads = integer(options, 'workerThreads', 1, 64, Math.max(1, Math.min(shards, n)));
+  const channelCapacity = integer(options, 'channelCapacity', 1, 1 << 24, DEFAULTS.channelCapacity);
+  const maxPayload = integer(options, 'maxPayload', 0, MAX_WIRE_PAYLOAD, DEFAULTS.maxPayload);
+  const maxFrame = FRAME_OVERHEAD + maxPayload;
+  const minArena = Math.max(64 << 10, 2 * (RECORD_HEADER_BYTES + maxFrame + 8));
+  const arenaBytes = integer(options, 'arenaBytes', minArena, 1 << 30, Math.max(DEFAULTS.arenaBytes, minArena));
+  const minRoom = Math.max(4 << 10, maxFrame);
+  const roomBytes = integer(options, 'roomBytes', minRoom, 64 << 20, Math.max(DEFAULTS.roomBytes, minRoom));
+  const maxBatchMoves = integer(options, 'maxBatchMoves', 1, 1 << 20, DEFAULTS.maxBatchMoves);
+  const maxBlockingThreads = integer(options, 'maxBlockingThreads', 1, 512, DEFAULTS.maxBlockingThreads);
+  const threadName = options.threadName ?? DEFAULTS.threadName;
+  if (typeof threadName !== 'string' || threadName.length === 0 || threadName.length > 64 || threadName.includes('\0')) {
+    throw typeError(ErrorCode.InvalidOption, `options.threadName must be a non-empty string of at most 64 characters without NUL, got ${describe(threadName)}`, {
+      field: 'threadName',
+    });
+  }
+  return {
+    engine,
+    config: {
+      workerThreads,
+      shards,
+      channelCapacity,
+      arenaBytes,
+      roomBytes,
+      maxPayload,
+      maxBatchMoves,
+      pinCores: resolvePinCores(options.pinCores, workerThreads, n),
+      maxBlockingThreads,
+      threadName,
+    },
+  };
+}
+
+function resolvePinCores(value: unknown, workers: number, n: number): number[] | null {
+  if (value === undefined || value === false) return null;
+  if (value === true) {
+    return Array.from({ length: workers }, (_, i) => i % n);
+  }
+  if (!Array.isArray(value) || value.length === 0) {
+    throw typeError(ErrorCode.InvalidOption, `options.pinCores must be a boolean or a non-empty array of core ids, got ${describe(value)}`, {
+      field: 'pinCores',
+    });
+  }
+  return value.map((core: unknown) => {
+    if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= 1024) {
+      throw rangeError(ErrorCode.InvalidOption, `options.pinCores entries must be core ids in 0..1024, got ${describe(core)}`, { field: 'pinCores' });
+    }
+    return core;
+  });
+}

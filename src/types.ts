@@ -1,0 +1,139 @@
+/**
+ * Public types of move-dispatcher. Everything here is part of the contract
+ * (shared/DESIGN.md section 4).
+ */
+import type { Reason, Verdict } from './constants';
+
+/** Room authentication mode. */
+export type AuthMode = 'sha256' | 'hmac-sha256';
+/** Room delivery mode: `pull` rooms are drained by the game loop, `push` rooms deliver to `onBatch` / `batches()`. */
+export type DeliveryMode = 'pull' | 'push';
+
+export interface DispatcherOptions {
+  /** `'native'` (default): the Rust addon. `'js'`: the same contract in pure TypeScript. */
+  engine?: 'native' | 'js';
+  /** Tokio worker threads (native). Default: `min(shards, cores)`, at least 1. Range 1..=64. */
+  workerThreads?: number;
+  /** Shards: independent queues, arenas and workers; a room lives on `room % shards`. Default: number of cores (≤ 64). Range 1..=256. */
+  shards?: number;
+  /** Moves in flight per shard before `Backpressure`. Default 65,536. Range 1..=2^24. */
+  channelCapacity?: number;
+  /** Bytes of each shard's ingress arena. Default 8 MiB. Range 64 KiB..=1 GiB, and at least 2 × (72 + maxPayload). */
+  arenaBytes?: number;
+  /** Bytes a room may hold undelivered before `Backpressure` (two halves of this size are allocated per room, touched lazily). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
+  roomBytes?: number;
+  /** Largest payload accepted, in bytes. Default 1024. Range 0..=65535. */
+  maxPayload?: number;
+  /** A push batch is delivered once it holds this many moves, even if the queue is not dry. Default 4096. Range 1..=2^20. */
+  maxBatchMoves?: number;
+  /** Pin worker threads to cores: `true` = one core per worker in order, or an explicit list. Default false. */
+  pinCores?: boolean | number[];
+  /** Tokio blocking-thread cap (native). Default 4. Range 1..=512. */
+  maxBlockingThreads?: number;
+  /** Name prefix of the native threads (≤ 15 bytes shown by the OS). Default `'move-disp'`. */
+  threadName?: string;
+  /**
+   * Push delivery: called with each batch of validated moves of `push` rooms. The batch is
+   * released when the callback returns (call `batch.copy()` to keep its data). A throw is
+   * reported through `onError` (or `process.emitWarning`) and does not stop delivery.
+   */
+  onBatch?: (batch: MoveBatch) => void;
+  /** Called with errors thrown by `onBatch`. Default: `process.emitWarning`. */
+  onError?: (error: unknown) => void;
+}
+
+export interface RoomOptions {
+  /** Default `'sha256'`. */
+  auth?: AuthMode;
+  /** Default `'pull'`. */
+  delivery?: DeliveryMode;
+}
+
+export interface JoinOptions {
+  /** HMAC key, 16–64 bytes; required in `hmac-sha256` rooms, refused in `sha256` rooms. */
+  key?: Uint8Array;
+}
+
+/** An accepted move that failed asynchronous validation. */
+export interface Rejection {
+  room: number;
+  player: number;
+  seq: number;
+  reason: Reason;
+}
+
+/** A reused, read-only view of one move inside a batch (valid during one iteration step). */
+export interface MoveView {
+  readonly room: number;
+  readonly player: number;
+  readonly seq: number;
+  readonly tick: number;
+  readonly kind: number;
+  /** The payload, a view into the batch memory (no copy). Each step of the iteration returns a new view object only when read. */
+  readonly payload: Uint8Array;
+  /** Offset of the frame in `batch.buffer`. */
+  readonly frameOffset: number;
+  /** Length of the whole frame (56 + payload length). */
+  readonly frameLength: number;
+}
+
+/**
+ * Validated moves of one room, back to back in arena memory that JavaScript reads in place:
+ * frames from `offset` to `offset + length` of `buffer`, in dispatch order.
+ * Valid until `release()` or the room's next `drain()`; `copy()` keeps the data longer.
+ */
+export interface MoveBatch extends Iterable<MoveView> {
+  readonly room: number | undefined;
+  readonly count: number;
+  readonly buffer: ArrayBuffer;
+  readonly offset: number;
+  readonly length: number;
+  readonly rejections: readonly Rejection[];
+  /** True once released or invalidated; reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
+  readonly released: boolean;
+  release(): void;
+  /** A batch with the same moves in memory of its own, valid forever. */
+  copy(): MoveBatch;
+  [Symbol.iterator](): Iterator<MoveView>;
+}
+
+export interface StreamResult {
+  /** Bytes consumed from the start of the chunk (whole frames only); keep the rest. */
+  consumed: number;
+  accepted: number;
+  rejected: number;
+  /** Stopped at a frame that met `Backpressure` (it was not consumed). */
+  backpressure: boolean;
+  /** Stopped at bytes that are not a frame header: the stream is out of sync, drop the connection. */
+  malformed: boolean;
+}
+
+/** Counters the guarantees are stated in. After `flush()` (and draining pull rooms): accepted = delivered + rejected. */
+export interface DispatcherStats {
+  engine: 'native' | 'js';
+  /** Frames passed to dispatch / dispatchStream / dispatchAsync (each one counts once per verdict). */
+  dispatched: number;
+  accepted: number;
+  /** Count per verdict name. */
+  verdicts: Record<keyof typeof Verdict, number>;
+  /** Count per reason name. */
+  reasons: Record<keyof typeof Reason, number>;
+  /** Moves handed to JavaScript in batches. */
+  delivered: number;
+  /** Accepted moves rejected by validation. */
+  rejected: number;
+  /** Batches handed to JavaScript (non-empty drains and push batches). */
+  batches: number;
+}
+
+export interface EncodeMoveInput {
+  room: number;
+  player: number;
+  seq: number;
+  tick?: number;
+  kind?: number;
+  payload?: Uint8Array;
+  /** HMAC key (16–64 bytes): makes an HMAC-SHA256 frame (flags bit 0). Absent: SHA-256. */
+  key?: Uint8Array;
+}
+

@@ -349,7 +349,8 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
   // -------------------------------------------------------------------------------------
   describe('any bytes get a verdict, never an exception', () => {
     it('empty, random garbage, mutated frames, huge, detached', async () => {
-      const d = basic({ maxPayload: 256 });
+      // push room 2 needs a consumer: flush() waits until push moves reach JavaScript
+      const d = basic({ maxPayload: 256, onBatch: () => undefined });
       d.openRoom(2, { auth: 'hmac-sha256', delivery: 'push' });
       d.join(2, 7, { key: keyFor(7) });
       const rng = new Rng(0xdecaf);
@@ -985,12 +986,18 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       ac.abort();
       await expect(Promise.race([idle, sleep(5000).then(() => 'timeout')])).resolves.toBe('ended');
 
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      // a new loop after the aborted one must still be woken by the next batch
       let kept: MoveBatch | undefined;
-      for await (const b of d.batches()) {
-        kept = b;
-        break;
-      }
+      const second = (async () => {
+        for await (const b of d.batches()) {
+          kept = b;
+          break;
+        }
+        return 'ended';
+      })();
+      await sleep(20);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      await expect(Promise.race([second, sleep(5000).then(() => 'timeout: a batches() loop started after an aborted one was never woken')])).resolves.toBe('ended');
       expect(kept!.count).toBe(1);
       expect(kept!.released).toBe(true);
       // the room takes moves again after the release
@@ -1002,8 +1009,9 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
           after.push(b.copy());
           ac2.abort();
         }
+        return 'ended';
       })();
-      await loop;
+      await expect(Promise.race([loop, sleep(5000).then(() => 'timeout')])).resolves.toBe('ended');
       expect(after.flatMap((b) => movesOf(b).map((m) => m.seq))).toEqual([2]);
     });
 
@@ -1132,11 +1140,19 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(s.accepted).toBe(s.delivered + s.rejected);
     });
 
-    it('a closed room with nothing pending is forgotten at once', () => {
+    it('a closed room with nothing pending is forgotten at once', async () => {
       const d = basic();
       d.closeRoom(1);
       expectCode(() => d.drain(1), ErrorCode.UnknownRoom);
       expectCode(() => d.leave(1, 7), ErrorCode.UnknownRoom);
+      // also when its earlier moves were all drained before closeRoom (no flush in between)
+      d.openRoom(2);
+      d.join(2, 7);
+      expect(d.dispatch(frame({ room: 2, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      await d.flush();
+      expect(d.drain(2).count).toBe(1);
+      d.closeRoom(2);
+      expectCode(() => d.drain(2), ErrorCode.UnknownRoom);
     });
 
     it('push room: pending moves still reach onBatch', async () => {
@@ -1451,10 +1467,10 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
 
     it('bad auth / delivery strings and room options', () => {
       const d = make();
-      for (const auth of ['sha-256', 'hmac', 'SHA256', '', 1, null]) {
+      for (const auth of ['sha-256', 'hmac', 'SHA256', '', 1, {}]) {
         expectArgError(() => d.openRoom(1, { auth: auth as 'sha256' }), ErrorCode.InvalidArgument, 'auth');
       }
-      for (const delivery of ['pulled', 'Push', '', 0, null]) {
+      for (const delivery of ['pulled', 'Push', '', 0, {}]) {
         expectArgError(() => d.openRoom(1, { delivery: delivery as 'pull' }), ErrorCode.InvalidArgument, 'delivery');
       }
       // nothing was opened by the failed calls

@@ -67,7 +67,11 @@ export function useDispatchers(engine: EngineName): (options?: DispatcherOptions
       } catch {
         // closed already
       }
-      await d.close().catch(() => undefined);
+      const closed = await Promise.race([d.close().then(
+        () => true,
+        () => true,
+      ), sleep(10_000).then(() => false)]);
+      if (!closed) throw new Error(`close() of a ${engine} dispatcher did not resolve within 10 s (a push batch nobody consumes?)`);
     }
   });
   return (options: DispatcherOptions = {}) => {

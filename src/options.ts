@@ -66,7 +66,8 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
     }
   }
   const n = cores();
-  const shards = integer(options, 'shards', 1, 256, Math.min(n, 64));
+  // One core stays with the JavaScript thread: on 2 cores, one shard and one worker.
+  const shards = integer(options, 'shards', 1, 256, Math.max(1, Math.min(n - 1, 64)));
   const workerThreads = integer(options, 'workerThreads', 1, 64, Math.max(1, Math.min(shards, n)));
   const channelCapacity = integer(options, 'channelCapacity', 1, 1 << 24, DEFAULTS.channelCapacity);
   const maxPayload = integer(options, 'maxPayload', 0, MAX_WIRE_PAYLOAD, DEFAULTS.maxPayload);

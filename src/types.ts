@@ -14,7 +14,7 @@ export interface DispatcherOptions {
   engine?: 'native' | 'js';
   /** Tokio worker threads (native). Default: `min(shards, cores)`, at least 1. Range 1..=64. */
   workerThreads?: number;
-  /** Shards: independent queues, arenas and workers; a room lives on `room % shards`. Default: number of cores (≤ 64). Range 1..=256. */
+  /** Shards: independent queues, arenas and workers; a room lives on `room % shards`. Default: cores − 1 (at least 1, at most 64), so the JavaScript thread keeps a core. Range 1..=256. */
   shards?: number;
   /** Moves in flight per shard before `Backpressure`. Default 65,536. Range 1..=2^24. */
   channelCapacity?: number;

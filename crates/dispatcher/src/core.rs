@@ -231,7 +231,7 @@ impl std::fmt::Debug for Core {
 /// Moves or controls a worker takes per turn before it checks for deliveries and yields.
 const TURN: usize = 256;
 /// Empty polls a worker spins through before it parks.
-const SPINS: u32 = 2_000;
+const SPINS: u32 = 200;
 
 impl Core {
     /// Starts the workers. `waker` is called (from worker threads) when [`Core::poll`] has news.

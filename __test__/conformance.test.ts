@@ -1216,10 +1216,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
         expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
         expect(d.dispatch(frame({ room: 2, player: 7, seq }))).toBe(Verdict.Accepted);
       }
-      const closing = d.close();
-      // refused from the call on
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 51 }))).toBe(Verdict.Closed);
-      await closing;
+      await d.close();
       expect(sink.rooms.get(2)!.moves.map((m) => m.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
       // anything answers Closed, even bytes that are not a frame (check 1 comes first)
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 52 }))).toBe(Verdict.Closed);
@@ -1239,6 +1236,16 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(s.verdicts.Closed).toBeGreaterThanOrEqual(4);
       // idempotent
       await d.close();
+    });
+
+    it('frames are refused from the moment close() is called, before it resolves', async () => {
+      const d = basic();
+      const closing = d.close();
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Closed);
+      expect(d.dispatchStream(frame({ room: 1, player: 7, seq: 2 })).accepted).toBe(0);
+      expectCode(() => d.openRoom(5), ErrorCode.Closed);
+      await closing;
+      expect(d.stats().accepted).toBe(0);
     });
 
     it('moves still in the queue when close() is called are validated and delivered', async () => {
@@ -1296,13 +1303,17 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
         frame({ room: 2, player: 7, seq: 1 }), // AuthMismatch
         frame({ room: 1, player: 8, seq: 1 }), // WrongSender (sender 7)
         frame({ room: 2, player: 7, seq: 1, key: keyFor(7), payload: 5 }),
+        frame({ room: 1, player: 7, seq: 0 }), // Malformed, but it has a frame's shape
+        frame({ room: 1, player: 7, seq: 3, payload: 1100 }), // Oversize (maxPayload 1024): its length is known
         frame({ room: 1, player: 7, seq: 2 }),
       ];
       const chunk = concat(parts);
-      expect(d.dispatchStream(chunk, 7)).toEqual({ consumed: chunk.length, accepted: 3, rejected: 3, backpressure: false, malformed: false });
+      expect(d.dispatchStream(chunk, 7)).toEqual({ consumed: chunk.length, accepted: 3, rejected: 5, backpressure: false, malformed: false });
       const s = d.stats();
-      expect(s.dispatched).toBe(6);
-      expect(s.verdicts).toMatchObject({ Accepted: 3, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1 });
+      expect(s.dispatched).toBe(8);
+      expect(s.verdicts).toMatchObject({ Accepted: 3, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1, Malformed: 1, Oversize: 1 });
+      const c = await flushDrain(d, 1);
+      expect(c.moves.map((m) => m.seq)).toEqual([1, 2]);
     });
 
     it('a trailing partial frame is not consumed', () => {
@@ -1485,7 +1496,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expectArgError(() => d.join(1, 7, {}), ErrorCode.InvalidArgument, 'key');
       for (const n of [0, 1, 15, 65, 128]) expectArgError(() => d.join(1, 7, { key: new Uint8Array(n) }), ErrorCode.InvalidArgument, 'key');
       for (const key of ['0123456789abcdef', 16, [1, 2, 3], new ArrayBuffer(32)]) {
-        expectArgError(() => d.join(1, 7, { key: key as Uint8Array }), ErrorCode.InvalidArgument, 'key');
+        expectArgError(() => d.join(1, 7, { key: key as unknown as Uint8Array }), ErrorCode.InvalidArgument, 'key');
       }
       expectArgError(() => d.join(2, 7, { key: keyFor(7) }), ErrorCode.InvalidArgument, 'key');
       // none of these joined anyone
@@ -1522,6 +1533,8 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
           { shards: 1, channelCapacity: 1, arenaBytes: 64 << 10, roomBytes: 4096, maxPayload: 0, maxBatchMoves: 1 },
           { maxPayload: 65535 },
           { shards: 3, workerThreads: 1, maxBlockingThreads: 1, pinCores: false },
+          { shards: 2, workerThreads: 2, pinCores: true },
+          { shards: 1, workerThreads: 1, pinCores: [0] },
         ];
         for (const options of ok) {
           const d = make(options);
@@ -1566,9 +1579,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
     });
   });
 
-  it('stats() names every verdict and reason', () => {
+  it('stats() names every verdict and reason; metrics() is Prometheus text', () => {
     const d = make();
     const s = d.stats();
+    const text = d.metrics();
+    expect(typeof text).toBe('string');
+    expect(text).toMatch(/^# (HELP|TYPE) /m);
+    expect(text).toMatch(/^move_dispatcher_\w+(\{[^}]*\})? \d+(\.\d+)?$/m);
     expect(Object.keys(s.verdicts).sort()).toEqual(Object.keys(Verdict).sort());
     expect(Object.keys(s.reasons).sort()).toEqual(Object.keys(Reason).sort());
     expect(verdictName(Verdict.WrongSender)).toBe('WrongSender');

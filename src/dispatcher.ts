@@ -220,13 +220,18 @@ export class Dispatcher {
         }
         if (this.#closed && this.#closing === undefined) return;
         await new Promise<void>((resolve) => {
-          const waiter: Waiter = { resolve };
-          const onAbort = (): void => resolve();
-          signal?.addEventListener('abort', onAbort, { once: true });
-          waiter.resolve = () => {
-            signal?.removeEventListener('abort', onAbort);
+          const waiter: Waiter = {
+            resolve: () => {
+              signal?.removeEventListener('abort', onAbort);
+              resolve();
+            },
+          };
+          const onAbort = (): void => {
+            const at = this.#batchWaiters.indexOf(waiter);
+            if (at >= 0) this.#batchWaiters.splice(at, 1);
             resolve();
           };
+          signal?.addEventListener('abort', onAbort, { once: true });
           this.#batchWaiters.push(waiter);
         });
       }
@@ -285,6 +290,7 @@ export class Dispatcher {
     if (this.#closing !== undefined) return this.#closing;
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
+    this.#engine.closeInput();
     this.#closing = (async () => {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
       // by the engine: they answer Closed.

@@ -111,6 +111,8 @@ export interface Engine {
   /** Deliveries ready for JavaScript, in order. */
   poll(): Delivery[];
   counters(): EngineCounters;
+  /** From now on dispatch answers Closed and control calls Status.Closed; queued work still runs. */
+  closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */
   shutdown(): void;
   /** Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */

@@ -183,8 +183,9 @@ class Shard {
   /** Moves ever queued / ever validated: `enqueued - processed` are in flight. */
   enqueued = 0;
   processed = 0;
-  /** Ring write position and bytes in use. */
+  /** Where the next record starts in `ring` (before any skip at the wrap). */
   writePos = 0;
+  /** Ring bytes held by queued records, skipped tails included. */
   used = 0;
   readonly controls: Control[] = [];
   controlHead = 0;
@@ -217,6 +218,8 @@ export class JsEngine implements Engine {
   #immediate: ReturnType<typeof setImmediate> | null = null;
   #paused = false;
   #shut = false;
+  /** `closeInput()` or `shutdown()` ran: new frames answer Closed, control calls Status.Closed. */
+  #refusing = false;
   readonly #verdicts = [0, 0, 0, 0, 0, 0, 0, 0];
   readonly #reasons = [0, 0, 0];
   #delivered = 0;
@@ -244,7 +247,7 @@ export class JsEngine implements Engine {
     while (end - at >= HEADER_BYTES) {
       if (!headerOk(chunk, at)) {
         malformed = true;
-        this.#verdicts[this.#shut ? Verdict.Closed : Verdict.Malformed]!++;
+        this.#verdicts[this.#refusing ? Verdict.Closed : Verdict.Malformed]!++;
         break;
       }
       const length = FRAME_OVERHEAD + payloadLength(chunk, at);
@@ -263,7 +266,7 @@ export class JsEngine implements Engine {
   }
 
   openRoom(room: number, auth: number, push: boolean): Status {
-    if (this.#shut) return Status.Closed;
+    if (this.#refusing) return Status.Closed;
     const flag = auth === AUTH_HMAC ? FLAG_HMAC : 0;
     const existing = this.#rooms.get(room);
     if (existing === undefined) {
@@ -354,8 +357,13 @@ export class JsEngine implements Engine {
     };
   }
 
+  closeInput(): void {
+    this.#refusing = true;
+  }
+
   shutdown(): void {
     if (this.#shut) return;
+    this.#refusing = true;
     this.#shut = true;
     if (this.#immediate !== null) clearImmediate(this.#immediate);
     this.#immediate = null;
@@ -371,7 +379,7 @@ export class JsEngine implements Engine {
 
   /** The sync checks of architecture.md, in order; queues the frame when they pass. */
   #check(buf: Uint8Array, at: number, length: number, sender: number): Verdict {
-    if (this.#shut) return Verdict.Closed;
+    if (this.#refusing) return Verdict.Closed;
     if (length < HEADER_BYTES || !headerOk(buf, at)) return Verdict.Malformed;
     const len = payloadLength(buf, at);
     if (len > this.#config.maxPayload) return Verdict.Oversize;
@@ -411,7 +419,7 @@ export class JsEngine implements Engine {
 
   /** The room if it is open, or the status a control call answers. */
   #openRoom(room: number): Room | Status {
-    if (this.#shut) return Status.Closed;
+    if (this.#refusing) return Status.Closed;
     const r = this.#rooms.get(room);
     return r === undefined || !r.open ? Status.UnknownRoom : r;
   }

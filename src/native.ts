@@ -18,8 +18,6 @@ interface NativeDelivery {
   length: number;
   count: number;
   rejections: RawRejection[];
-  /** The room is closed and this was its last batch: its memory can be forgotten. */
-  last: boolean;
 }
 
 /** The result of the binding's `drain`. */
@@ -44,9 +42,11 @@ interface NativeDispatcherInstance {
   drain(room: number): NativeDrain;
   roomBuffer(room: number, memId: number): ArrayBuffer;
   release(room: number): void;
+  hasRoom(room: number): boolean;
   requestFlush(token: number): void;
   poll(): NativeDelivery[];
   counters(): EngineCounters;
+  closeInput(): void;
   shutdown(): void;
   pause(paused: boolean): void;
 }
@@ -90,6 +90,8 @@ class NativeEngine implements Engine {
   readonly #n: NativeDispatcherInstance;
   /** Room memory exposed to JavaScript: room -> [memId, ArrayBuffer]. */
   readonly #buffers = new Map<number, { memId: number; buffer: ArrayBuffer }>();
+  /** Rooms closed while moves were pending: their memory is dropped once they are forgotten. */
+  readonly #closing = new Set<number>();
 
   constructor(config: EngineConfig, wake: WakeFn) {
     const b = loadBinding();
@@ -106,6 +108,7 @@ class NativeEngine implements Engine {
     return this.#n.dispatchStream(chunk, sender);
   }
   openRoom(room: number, auth: number, push: boolean): Status {
+    this.#closing.delete(room);
     return this.#n.openRoom(room, auth, push) as Status;
   }
   join(room: number, player: number, key: Uint8Array | null): Status {
@@ -115,16 +118,15 @@ class NativeEngine implements Engine {
     return this.#n.leave(room, player) as Status;
   }
   closeRoom(room: number): Status {
-    return this.#n.closeRoom(room) as Status;
+    const status = this.#n.closeRoom(room) as Status;
+    this.#forgetIfGone(room);
+    return status;
   }
 
   drain(room: number): RawBatch | Status {
     const r = this.#n.drain(room);
-    if (r.status !== 0) {
-      // The room is gone (closed and drained): drop its memory so GC can free it.
-      this.#buffers.delete(room);
-      return r.status as Status;
-    }
+    if (r.status !== 0) return r.status as Status;
+    if (this.#closing.has(room)) this.#forgetIfGone(room);
     const batch: RawBatch = {
       room,
       buffer: this.#buffer(room, r.memId),
@@ -138,6 +140,7 @@ class NativeEngine implements Engine {
 
   release(room: number): void {
     this.#n.release(room);
+    if (this.#closing.has(room)) this.#forgetIfGone(room);
   }
   requestFlush(token: number): void {
     this.#n.requestFlush(token);
@@ -162,7 +165,6 @@ class NativeEngine implements Engine {
                 rejections: d.rejections,
               },
             };
-      if (d.last) this.#buffers.delete(d.room);
     }
     return out;
   }
@@ -170,11 +172,27 @@ class NativeEngine implements Engine {
   counters(): EngineCounters {
     return this.#n.counters();
   }
+  closeInput(): void {
+    this.#n.closeInput();
+  }
   shutdown(): void {
     this.#n.shutdown();
   }
   pause(paused: boolean): void {
     this.#n.pause(paused);
+  }
+
+  /**
+   * Drops our reference to a forgotten room's memory, so GC can free it once no batch
+   * holds it. Rooms closed with moves pending are checked again on drain / release.
+   */
+  #forgetIfGone(room: number): void {
+    if (this.#n.hasRoom(room)) {
+      this.#closing.add(room);
+    } else {
+      this.#closing.delete(room);
+      this.#buffers.delete(room);
+    }
   }
 
   /** The room's memory as an ArrayBuffer, created once per allocation. */

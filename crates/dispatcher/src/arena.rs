@@ -147,7 +147,7 @@ impl Producer {
         // `[head, tail + cap)` that only the producer touches (checked in `try_push`), and
         // `bytes` cannot overlap the ring (it is a caller-owned slice).
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.ptr(offset), bytes.len())
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.ptr(offset), bytes.len());
         };
     }
 }
@@ -178,6 +178,10 @@ impl Consumer {
     }
 
     /// The oldest record, if any. Call [`Consumer::advance`] with its `size` to free it.
+    ///
+    /// # Panics
+    /// Only if the ring's own invariants are broken (a record header pointing past the end),
+    /// which the producer never writes.
     pub fn peek(&mut self) -> Option<Record<'_>> {
         if self.is_empty() {
             return None;
@@ -216,7 +220,7 @@ impl Consumer {
         let mut out = [0; N];
         // SAFETY: bounds checked; the bytes lie in the published region `[tail, head)`.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ring.ptr(offset).cast_const(), out.as_mut_ptr(), N)
+            std::ptr::copy_nonoverlapping(self.ring.ptr(offset).cast_const(), out.as_mut_ptr(), N);
         };
         out
     }

@@ -65,7 +65,6 @@ pub struct NativeDelivery {
     pub length: u32,
     pub count: u32,
     pub rejections: Vec<NativeRejection>,
-    pub last: bool,
 }
 
 /// Result of `dispatchStream`.
@@ -267,6 +266,12 @@ impl NativeDispatcher {
         unsafe { ArrayBuffer::from_external(env, ptr, len, mem, |_env, mem| drop(mem)) }
     }
 
+    /// Whether the room is open or still closing (its memory is still in use).
+    #[napi]
+    pub fn has_room(&self, room: u32) -> bool {
+        self.core.has_room(room)
+    }
+
     /// Push rooms: JavaScript released the room's outstanding batch.
     #[napi]
     pub fn release(&mut self, room: u32) {
@@ -300,7 +305,6 @@ impl NativeDispatcher {
                     length: u32_of(b.length),
                     count: b.count,
                     rejections: rejections(&b),
-                    last: b.last,
                 },
                 Delivery::Flushed { token } => NativeDelivery {
                     kind: 1,
@@ -311,7 +315,6 @@ impl NativeDispatcher {
                     length: 0,
                     count: 0,
                     rejections: Vec::new(),
-                    last: false,
                 },
             })
             .collect()
@@ -330,6 +333,13 @@ impl NativeDispatcher {
             rejected: num(c.rejected),
             batches: num(c.batches),
         }
+    }
+
+    /// From now on frames answer `Closed` and control calls `Status::Closed`; queued work
+    /// is still validated and delivered.
+    #[napi]
+    pub fn close_input(&mut self) {
+        self.core.close_input();
     }
 
     /// Stops the workers after they finish what is queued. Idempotent.

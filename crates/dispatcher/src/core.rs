@@ -156,6 +156,14 @@ struct Room {
     inbox: Arc<Inbox>,
 }
 
+impl Room {
+    /// Closed, with nothing in flight, undelivered or out with JavaScript: the room can be
+    /// forgotten (a later `openRoom` starts afresh).
+    fn forgettable(&self) -> bool {
+        !self.open && self.inbox.reserved() == 0 && !self.inbox.is_held()
+    }
+}
+
 struct ShardHandle {
     shared: Arc<Shared>,
     producer: Producer,
@@ -216,6 +224,9 @@ pub struct Core {
     stopper: Arc<Stopper>,
     closed: bool,
     counters: Counters,
+    /// The inbox of the room the last `drain` forgot: JavaScript may still need to expose
+    /// the memory of that final batch (see [`Core::inbox`]).
+    retired: Option<Arc<Inbox>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -272,6 +283,7 @@ impl Core {
             stopper,
             closed: false,
             counters: Counters::default(),
+            retired: None,
         })
     }
 
@@ -421,13 +433,19 @@ impl Core {
         if key.is_some() != r.hmac {
             return Status::WrongDelivery;
         }
-        let key = match key.map(PlayerKey::new).transpose() {
-            Ok(k) => k,
-            Err(_) => return Status::WrongDelivery,
+        let Ok(key) = key.map(PlayerKey::new).transpose() else {
+            return Status::WrongDelivery;
         };
         r.players.insert(player);
         let shard = r.shard;
-        self.push_control(shard, Control::Join { room, player, key });
+        self.push_control(
+            shard,
+            Control::Join {
+                room,
+                player,
+                key: key.map(Box::new),
+            },
+        );
         Status::Ok
     }
 
@@ -454,6 +472,9 @@ impl Core {
         r.open = false;
         r.players.clear();
         let shard = r.shard;
+        if r.forgettable() {
+            self.rooms.remove(&room);
+        }
         self.push_control(shard, Control::CloseRoom { room });
         Status::Ok
     }
@@ -470,12 +491,12 @@ impl Core {
         }
         let inbox = Arc::clone(&r.inbox);
         let batch = inbox.drain();
-        if batch.count == 0 && batch.rejections.is_empty() {
-            if !r.open && inbox.is_closed() && inbox.reserved() == 0 {
-                self.rooms.remove(&room);
-                return Err(Status::UnknownRoom);
-            }
-        } else {
+        self.retired = None;
+        if r.forgettable() {
+            self.rooms.remove(&room);
+            self.retired = Some(Arc::clone(&inbox));
+        }
+        if batch.count > 0 || !batch.rejections.is_empty() {
             self.count_delivery(&batch);
         }
         Ok((batch, inbox))
@@ -486,9 +507,18 @@ impl Core {
         self.counters.batches += 1;
     }
 
-    /// The inbox of `room` (open or closing), to expose its memory.
+    /// Whether `room` is open or still has moves on their way (closing).
+    pub fn has_room(&self, room: u32) -> bool {
+        self.rooms.contains_key(&room)
+    }
+
+    /// The inbox of `room` (open or closing, or forgotten by the last `drain`), to expose
+    /// its memory.
     pub fn inbox(&self, room: u32) -> Option<&Arc<Inbox>> {
-        self.rooms.get(&room).map(|r| &r.inbox)
+        self.rooms
+            .get(&room)
+            .map(|r| &r.inbox)
+            .or_else(|| self.retired.as_ref().filter(|i| i.room() == room))
     }
 
     /// Push rooms: JavaScript is done with the room's outstanding batch.
@@ -500,7 +530,7 @@ impl Core {
             let s = &self.shards[r.shard].shared;
             s.kick.store(true, Ordering::SeqCst);
             s.poke();
-        } else if !r.open && r.inbox.is_closed() && r.inbox.reserved() == 0 {
+        } else if r.forgettable() {
             self.rooms.remove(&room);
         }
     }
@@ -547,6 +577,11 @@ impl Core {
             s.shared.paused.store(paused, Ordering::SeqCst);
             s.shared.poke();
         }
+    }
+
+    /// Refuses new frames (`Closed`) and control calls from now on; queued work still runs.
+    pub fn close_input(&mut self) {
+        self.closed = true;
     }
 
     /// Refuses new frames, lets the workers finish what is queued, and joins them.
@@ -684,12 +719,20 @@ mod tests {
         (c, wakes)
     }
 
+    /// Requests a flush and polls until it is answered, releasing push batches as they
+    /// arrive (as `Dispatcher` does after `onBatch` returns).
     fn flush(c: &mut Core, token: u64) -> Vec<Delivery> {
         c.request_flush(token);
         let mut got = Vec::new();
         for _ in 0..10_000 {
-            got.extend(c.poll());
-            if got.iter().any(|d| *d == Delivery::Flushed { token }) {
+            let news = c.poll();
+            for d in &news {
+                if let Delivery::Batch(b) = d {
+                    c.release(b.room);
+                }
+            }
+            got.extend(news);
+            if got.contains(&Delivery::Flushed { token }) {
                 return got;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -817,7 +860,48 @@ mod tests {
         assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 10);
         assert!(wakes.load(Ordering::SeqCst) >= 1);
         assert_eq!(c.drain(5).unwrap_err(), Status::WrongDelivery);
+    }
+
+    #[test]
+    fn flush_waits_for_an_unreleased_push_batch() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(5, false, true);
+        c.join(5, 1, None);
+        assert_eq!(
+            c.dispatch(&frame(5, 1, 1, b"p", None), None),
+            Verdict::Accepted
+        );
+        let first = flush(&mut c, 1);
+        assert!(first
+            .iter()
+            .any(|d| matches!(d, Delivery::Batch(b) if b.count == 1)));
+        // The test's flush released that batch; deliver one more and hold it.
+        assert_eq!(
+            c.dispatch(&frame(5, 1, 2, b"p", None), None),
+            Verdict::Accepted
+        );
+        let mut held = false;
+        for _ in 0..5_000 {
+            if c.poll().iter().any(|d| matches!(d, Delivery::Batch(_))) {
+                held = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(held);
+        assert_eq!(
+            c.dispatch(&frame(5, 1, 3, b"p", None), None),
+            Verdict::Accepted
+        );
+        c.request_flush(2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !c.poll().contains(&Delivery::Flushed { token: 2 }),
+            "flush answered while a batch was held"
+        );
         c.release(5);
+        let got = flush(&mut c, 3);
+        assert!(got.contains(&Delivery::Flushed { token: 2 }));
     }
 
     #[test]
@@ -865,6 +949,9 @@ mod tests {
         assert_eq!(c.drain(1).unwrap().0.count, 1);
         assert_eq!(c.drain(1).unwrap_err(), Status::UnknownRoom);
         assert_eq!(c.open_room(1, false, false), Status::Ok);
+        // Nothing pending: forgotten at once.
+        assert_eq!(c.close_room(1), Status::Ok);
+        assert!(!c.has_room(1));
     }
 
     #[test]

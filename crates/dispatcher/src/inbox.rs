@@ -80,6 +80,9 @@ impl RoomMemory {
     }
 
     /// Reads `len` bytes at `offset` into a vector (tests and the pure-Rust API).
+    ///
+    /// # Panics
+    /// If `offset + len` exceeds the allocation.
     pub fn to_vec(&self, offset: usize, len: usize) -> Vec<u8> {
         assert!(offset + len <= self.len, "room memory read out of bounds");
         // SAFETY: bounds checked; callers read delivered halves, which the worker does not
@@ -114,8 +117,6 @@ pub struct Batch {
     pub length: usize,
     pub count: u32,
     pub rejections: Vec<Rejection>,
-    /// The room is closed and nothing else is pending: this is its last batch.
-    pub last: bool,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +210,9 @@ impl Inbox {
 
     /// Worker: appends a validated frame to the fill half. Returns whether the room now
     /// holds `batch_full` moves or more.
+    ///
+    /// # Panics
+    /// If the frame does not fit the fill half, which the budget reserved at dispatch rules out.
     pub fn push_frame(&self, frame: &[u8], batch_full: u32) -> bool {
         let mut s = self.lock();
         let at = s.fill * self.half + s.fill_len;
@@ -272,38 +276,33 @@ impl Inbox {
         s.fill_count > 0 || !s.rejections.is_empty()
     }
 
+    /// Whether a push batch is out with JavaScript, not yet released.
+    pub fn is_held(&self) -> bool {
+        self.lock().out_held
+    }
+
     /// Push deliveries made so far.
     pub fn generation(&self) -> u64 {
         self.lock().generation
     }
 
     fn take(&self, s: &mut State) -> Batch {
-        let empty = s.fill_count == 0 && s.rejections.is_empty();
-        let offset = s.fill * self.half;
         let batch = Batch {
             room: self.room,
             mem_id: self.mem.id(),
-            offset,
+            offset: s.fill * self.half,
             length: s.fill_len,
             count: s.fill_count,
             rejections: std::mem::take(&mut s.rejections),
-            last: false,
         };
-        if !empty {
+        if batch.count > 0 || !batch.rejections.is_empty() {
             s.fill ^= 1;
             s.fill_len = 0;
             s.fill_count = 0;
-            let cost = std::mem::take(&mut s.fill_cost);
-            let left = self.reserved.fetch_sub(cost, Ordering::AcqRel) - cost;
-            return Batch {
-                last: s.closed && left == 0,
-                ..batch
-            };
+            self.reserved
+                .fetch_sub(std::mem::take(&mut s.fill_cost), Ordering::AcqRel);
         }
-        Batch {
-            last: s.closed && self.reserved() == 0,
-            ..batch
-        }
+        batch
     }
 }
 

@@ -37,7 +37,7 @@ pub enum Control {
     Join {
         room: u32,
         player: u32,
-        key: Option<PlayerKey>,
+        key: Option<Box<PlayerKey>>,
     },
     Leave {
         room: u32,
@@ -143,7 +143,7 @@ impl Shared {
 }
 
 struct Player {
-    key: Option<PlayerKey>,
+    key: Option<Box<PlayerKey>>,
     window: ReplayWindow,
 }
 
@@ -283,7 +283,7 @@ impl Worker {
         let outcome = match room.players.get_mut(&h.player) {
             None => Err(Reason::UnknownPlayer),
             Some(p) => {
-                if !auth::verify(bytes, if room.hmac { p.key.as_ref() } else { None }) {
+                if !auth::verify(bytes, if room.hmac { p.key.as_deref() } else { None }) {
                     Err(Reason::BadTag)
                 } else if p.window.accept(h.seq).is_err() {
                     Err(Reason::Replay)

@@ -1,6 +1,6 @@
 //! Small deterministic helpers for tests (no dependencies).
 
-/// SplitMix64: a seeded pseudo-random generator, good enough for property tests.
+/// `SplitMix64`: a seeded pseudo-random generator, good enough for property tests.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 

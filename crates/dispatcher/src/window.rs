@@ -1,4 +1,4 @@
-//! Anti-replay sliding window, as in IPsec (RFC 4303 §3.4.3) and DTLS.
+//! Anti-replay sliding window, as in `IPsec` (RFC 4303 §3.4.3) and DTLS.
 //!
 //! Tracks the highest sequence number accepted (`top`) and a bitmap of the
 //! [`WIDTH`] sequence numbers ending at `top`. A sequence number is accepted once;

@@ -1,9 +1,9 @@
 /**
  * The browser-safe SHA-256 / HMAC-SHA256 and the frame encoder, checked against node:crypto
- * and the shared wire vectors (shared/vectors/wire-v1.json).
+ * and the wire vectors (crates/dispatcher/tests/wire-v1.json, a copy of shared/vectors/wire-v1.json).
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../src/errors';
@@ -88,11 +88,9 @@ interface WireVector {
   frame: string;
 }
 
-/** The wire vectors: a copy inside the repository if there is one, else the shared original. */
+/** The wire vectors (the repository's copy of shared/vectors/wire-v1.json, also read by the Rust tests). */
 function loadVectors(): WireVector[] {
-  const candidates = [join(__dirname, 'vectors', 'wire-v1.json'), join(__dirname, '..', '..', 'shared', 'vectors', 'wire-v1.json')];
-  const path = candidates.find((p) => existsSync(p));
-  if (path === undefined) throw new Error(`wire-v1.json not found in ${candidates.join(', ')}`);
+  const path = join(__dirname, '..', 'crates', 'dispatcher', 'tests', 'wire-v1.json');
   return (JSON.parse(readFileSync(path, 'utf8')) as { vectors: WireVector[] }).vectors;
 }
 

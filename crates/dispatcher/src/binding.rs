@@ -8,7 +8,7 @@
 //! - An environment cleanup hook stops the workers before the environment goes away
 //!   (process exit, worker thread termination).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
@@ -114,7 +114,7 @@ fn u32_of(n: usize) -> u32 {
 #[napi(custom_finalize)]
 pub struct NativeDispatcher {
     core: Core,
-    cleanup: Option<CleanupEnvHook<Arc<Stopper>>>,
+    cleanup: Option<CleanupEnvHook<Weak<Stopper>>>,
 }
 
 #[napi]
@@ -150,8 +150,14 @@ impl NativeDispatcher {
             }),
         )
         .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
-        let stopper = core.stopper();
-        let cleanup = env.add_env_cleanup_hook(stopper, |s| s.stop(true))?;
+        // The hook holds a `Weak`: napi-rs does not free the hook's data when the hook is
+        // removed, so a strong reference would keep the stopped runtime's state alive.
+        let stopper = Arc::downgrade(&core.stopper());
+        let cleanup = env.add_env_cleanup_hook(stopper, |s| {
+            if let Some(s) = s.upgrade() {
+                s.stop(true);
+            }
+        })?;
         Ok(Self {
             core,
             cleanup: Some(cleanup),

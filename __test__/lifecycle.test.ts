@@ -1,0 +1,45 @@
+/**
+ * Process and thread lifecycle of the native engine (child-process tests): an open
+ * dispatcher with moves in flight never hangs or crashes the process on exit, and
+ * dispatchers in several worker threads can be terminated mid-traffic.
+ */
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const FIXTURES = join(__dirname, 'fixtures');
+
+function run(script: string, ...args: string[]): { status: number | null; signal: NodeJS.Signals | null; ms: number; out: string } {
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, [join(FIXTURES, script), ...args], { encoding: 'utf8', timeout: 20_000 });
+  return { status: r.status, signal: r.signal, ms: Date.now() - t0, out: `${r.stdout}${r.stderr}` };
+}
+
+describe('native engine lifecycle', () => {
+  it('a script that ends with an open dispatcher and moves in flight exits promptly', () => {
+    const r = run('exit.cjs', 'natural');
+    expect(r.signal, r.out).toBeNull();
+    expect(r.status, r.out).toBe(0);
+    expect(r.ms).toBeLessThan(5_000);
+  });
+
+  it('process.exit() with an open dispatcher exits with its code, no crash', () => {
+    const r = run('exit.cjs', 'exit');
+    expect(r.signal, r.out).toBeNull();
+    expect(r.status, r.out).toBe(0);
+  });
+
+  it('an uncaught exception with an open dispatcher exits with code 1, no crash', () => {
+    const r = run('exit.cjs', 'throw');
+    expect(r.signal, r.out).toBeNull();
+    expect(r.status, r.out).toBe(1);
+    expect(r.out).toContain('boom (expected by the test)');
+  });
+
+  it('dispatchers in 4 worker threads at once, terminated mid-traffic, 5 rounds', () => {
+    const r = run('workers.cjs');
+    expect(r.signal, r.out).toBeNull();
+    expect(r.status, r.out).toBe(0);
+    expect(r.out).toContain('ok');
+  });
+});

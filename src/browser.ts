@@ -1,0 +1,11 @@
+/**
+ * The browser (and any-runtime) entry: frame encoding and the shared vocabularies, with no
+ * Node.js imports anywhere in its import graph (checked by `__test__/browser.test.ts`).
+ * Bundlers pick it through the `browser` condition of the package's `exports`; it is also
+ * reachable as `move-dispatcher/encode`.
+ */
+export { encodeMove, encodeMoveInto, frameLength, parseHeader, type FrameHeader } from './encode';
+export { hmacSha256, sha256 } from './sha256';
+export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './constants';
+export { ErrorCode } from './errors';
+export type { EncodeMoveInput } from './types';

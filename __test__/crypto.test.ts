@@ -3,13 +3,12 @@
  * and the wire vectors (crates/dispatcher/tests/wire-v1.json, a copy of shared/vectors/wire-v1.json).
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../src/errors';
 import { encodeMove, encodeMoveInto, frameLength, parseHeader } from '../src/encode';
 import { hmacSha256, sha256 } from '../src/sha256';
 import type { EncodeMoveInput } from '../src/types';
+import { type WireVector, loadWireVectors } from './helpers';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 const unhex = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'hex'));
@@ -76,25 +75,7 @@ describe('hmacSha256', () => {
   });
 });
 
-interface WireVector {
-  note: string;
-  room: number;
-  player: number;
-  seq: number;
-  tick: number;
-  kind: number;
-  payload: string;
-  key?: string;
-  frame: string;
-}
-
-/** The wire vectors (the repository's copy of shared/vectors/wire-v1.json, also read by the Rust tests). */
-function loadVectors(): WireVector[] {
-  const path = join(__dirname, '..', 'crates', 'dispatcher', 'tests', 'wire-v1.json');
-  return (JSON.parse(readFileSync(path, 'utf8')) as { vectors: WireVector[] }).vectors;
-}
-
-const VECTORS = loadVectors();
+const VECTORS = loadWireVectors();
 
 function inputOf(v: WireVector): EncodeMoveInput {
   return {

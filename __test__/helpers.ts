@@ -4,6 +4,8 @@
  * and the engine list with the "skip native only outside CI" rule.
  */
 import { createHash, createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { Dispatcher, ErrorCode, Verdict } from '../index';
 import type { DispatcherOptions, MoveBatch, Rejection } from '../index';
@@ -426,4 +428,25 @@ export async function until(cond: () => boolean, timeoutMs = 10_000, what = 'con
 
 export function verdictName(v: number): string {
   return Object.entries(Verdict).find(([, value]) => value === v)?.[0] ?? `?${v}`;
+}
+
+/** One entry of the wire vectors (shared/vectors/wire-v1.json). */
+export interface WireVector {
+  note: string;
+  room: number;
+  player: number;
+  seq: number;
+  tick: number;
+  kind: number;
+  payload: string;
+  key?: string;
+  frame: string;
+}
+
+/** The wire vectors: the repository's copy of shared/vectors/wire-v1.json, also read by the Rust tests. */
+export function loadWireVectors(): WireVector[] {
+  const path = join(__dirname, '..', 'crates', 'dispatcher', 'tests', 'wire-v1.json');
+  const vectors = (JSON.parse(readFileSync(path, 'utf8')) as { vectors: WireVector[] }).vectors;
+  if (vectors.length === 0) throw new Error(`no vectors in ${path}`);
+  return vectors;
 }

@@ -4,62 +4,11 @@
  * node:crypto agrees with.
  */
 import { createHash, createHmac } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Reason, Verdict, encodeMove } from '../index';
-import { ENGINES, HEADER, Rng, concat, flushAndDrain, frame, hex, keyFor, parse, skipReason, tagValid, useDispatchers } from './helpers';
+import { ENGINES, HEADER, Rng, concat, flushAndDrain, frame, hex, keyFor, loadWireVectors, parse, skipReason, tagValid, useDispatchers } from './helpers';
 
-interface Vector {
-  note: string;
-  room: number;
-  player: number;
-  seq: number;
-  tick: number;
-  kind: number;
-  payload: string;
-  key?: string;
-  frame: string;
-}
-
-function loadVectors(): Vector[] {
-  const candidates = [join(__dirname, '..', '..', 'shared', 'vectors', 'wire-v1.json'), '/work/shared/vectors/wire-v1.json'];
-  for (const path of candidates) {
-    try {
-      return (JSON.parse(readFileSync(path, 'utf8')) as { vectors: Vector[] }).vectors;
-    } catch {
-      // try the next location
-    }
-  }
-  return [];
-}
-
-/** The published vectors, embedded so the suite also runs where shared/ is absent. */
-const EMBEDDED: Vector[] = [
-  {
-    note: 'empty payload, SHA-256',
-    room: 1,
-    player: 1,
-    seq: 1,
-    tick: 0,
-    kind: 0,
-    payload: '',
-    frame: '4d560100010000000100000001000000000000000000000023df35acf922324881b1e46ac8b141a54571423ff8dad6fe417c0048158a4c00',
-  },
-  {
-    note: 'HMAC-SHA256, 32-byte key',
-    room: 3,
-    player: 20,
-    seq: 1,
-    tick: 10,
-    kind: 2,
-    payload: '6d6f7665',
-    key: '0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b',
-    frame: '4d5601010300000014000000010000000a000000020004006d6f7665a1ae346d312e37edb5ed9630f9a12fcf303f626b474afe54e5c067005fcadd4e',
-  },
-];
-
-const VECTORS = loadVectors().length > 0 ? loadVectors() : EMBEDDED;
+const VECTORS = loadWireVectors();
 const fromHex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
 describe('encodeMove against node:crypto', () => {

@@ -7,6 +7,7 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
+import type { StreamResult } from './types';
 
 /** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`, `release`). */
 export const Status = {
@@ -65,17 +66,7 @@ export type Delivery =
   | { type: 'batch'; batch: RawBatch }
   | { type: 'flushed'; token: number };
 
-export interface StreamResult {
-  /** Bytes consumed from the start of the chunk (whole frames only). */
-  consumed: number;
-  accepted: number;
-  /** Frames consumed but refused (any verdict other than Accepted/Backpressure). */
-  rejected: number;
-  /** Stopped at a frame that met Backpressure (not consumed: send it again). */
-  backpressure: boolean;
-  /** Stopped at a header that cannot be framed (bad magic/version/flags): the stream is desynchronised. */
-  malformed: boolean;
-}
+export type { StreamResult } from './types';
 
 /** Counters the guarantees are stated in. */
 export interface EngineCounters {

@@ -572,10 +572,27 @@ impl Core {
     }
 
     /// Stops (`true`) or resumes validation; a test hook for filling queues deterministically.
+    /// Pausing waits (up to a second) until every worker has acknowledged, so no move
+    /// dispatched after the call is validated before `pause(false)`.
     pub fn pause(&mut self, paused: bool) {
         for s in &self.shards {
+            if !paused {
+                s.shared.paused_ack.store(false, Ordering::SeqCst);
+            }
             s.shared.paused.store(paused, Ordering::SeqCst);
             s.shared.poke();
+        }
+        if !paused || self.stopper.is_stopped() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self
+            .shards
+            .iter()
+            .any(|s| !s.shared.paused_ack.load(Ordering::SeqCst))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::yield_now();
         }
     }
 
@@ -651,6 +668,7 @@ async fn run_worker(mut w: Worker) {
             return;
         }
         if shared.paused.load(Ordering::Acquire) {
+            shared.paused_ack.store(true, Ordering::SeqCst);
             if w.may_sleep() {
                 shared.notify.notified().await;
             }

@@ -79,6 +79,8 @@ pub struct Shared {
     pub sleeping: AtomicBool,
     pub notify: tokio::sync::Notify,
     pub paused: AtomicBool,
+    /// The worker saw `paused` and is idle until it is cleared.
+    pub paused_ack: AtomicBool,
     pub stop: AtomicBool,
     /// A push batch was released: try delivering again.
     pub kick: AtomicBool,
@@ -95,6 +97,7 @@ impl Default for Shared {
             sleeping: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
+            paused_ack: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             kick: AtomicBool::new(false),
             reasons: Default::default(),
@@ -226,7 +229,9 @@ impl Worker {
     /// Returns how many it processed. Delivers push batches whenever one fills.
     pub fn run(&mut self, budget: usize) -> usize {
         let mut done = 0;
-        while done < budget {
+        // `paused` is checked per item so that a pause takes effect at once (tests rely on
+        // it to fill queues deterministically); it is a relaxed load of a line nobody writes.
+        while done < budget && !self.shared.paused.load(Ordering::Relaxed) {
             let next_control = self.shared.next_control.load(Ordering::Acquire);
             let took_move = match self.consumer.peek() {
                 Some(record) if record.seq < next_control => {

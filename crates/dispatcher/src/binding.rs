@@ -8,6 +8,7 @@
 //! - An environment cleanup hook stops the workers before the environment goes away
 //!   (process exit, worker thread termination).
 
+use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use napi::bindgen_prelude::*;
@@ -17,7 +18,7 @@ use napi::CleanupEnvHook;
 use crate::core::{Config, Core, Stopper};
 use crate::inbox::{Batch, RoomMemory};
 use crate::outbox::Delivery;
-use crate::verdict::Status as EngineStatus;
+use crate::verdict::{Status as EngineStatus, Verdict};
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
 #[napi(object)]
@@ -110,10 +111,54 @@ fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// The dispatcher class behind `src/native.ts`.
+/// Cores owned by this JavaScript thread, by id. The hot path (`dispatch*`) is exported as
+/// plain functions that take the id: napi-rs class methods register every `&self` /
+/// `&mut self` borrow in a global, mutex-guarded table (~200 ns per call here), while a
+/// thread-local slot costs a few nanoseconds. Each JavaScript thread (main or worker) has
+/// its own slab; a core never leaves the thread that created it.
+struct Slab {
+    cores: Vec<Option<Core>>,
+    free: Vec<u32>,
+}
+
+thread_local! {
+    static CORES: RefCell<Slab> = const { RefCell::new(Slab { cores: Vec::new(), free: Vec::new() }) };
+}
+
+fn insert_core(core: Core) -> u32 {
+    CORES.with_borrow_mut(|slab| {
+        if let Some(id) = slab.free.pop() {
+            slab.cores[id as usize] = Some(core);
+            id
+        } else {
+            slab.cores.push(Some(core));
+            u32_of(slab.cores.len() - 1)
+        }
+    })
+}
+
+fn remove_core(id: u32) -> Option<Core> {
+    CORES.with_borrow_mut(|slab| {
+        let core = slab.cores.get_mut(id as usize)?.take()?;
+        slab.free.push(id);
+        Some(core)
+    })
+}
+
+/// Runs `f` on core `id`; `None` if it is gone (finalized).
+fn with_core<R>(id: u32, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+    CORES.with_borrow_mut(|slab| {
+        slab.cores
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .map(f)
+    })
+}
+
+/// The dispatcher class behind `src/native.ts`: owns a core in this thread's slab.
 #[napi(custom_finalize)]
 pub struct NativeDispatcher {
-    core: Core,
+    id: u32,
     cleanup: Option<CleanupEnvHook<Weak<Stopper>>>,
 }
 
@@ -159,71 +204,45 @@ impl NativeDispatcher {
             }
         })?;
         Ok(Self {
-            core,
+            id: insert_core(core),
             cleanup: Some(cleanup),
         })
     }
 
-    /// Checks and queues one frame. Returns a `Verdict`.
-    #[napi]
-    pub fn dispatch(&mut self, frame: &[u8]) -> u32 {
-        self.core.dispatch(frame, None) as u32
-    }
-
-    /// Like `dispatch`, refusing frames whose player is not `sender`.
-    #[napi]
-    pub fn dispatch_from(&mut self, frame: &[u8], sender: u32) -> u32 {
-        self.core.dispatch(frame, Some(sender)) as u32
-    }
-
-    /// Dispatches back-to-back frames. `sender < 0`: no sender check.
-    #[napi]
-    pub fn dispatch_stream(&mut self, chunk: &[u8], sender: f64) -> NativeStream {
-        let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
-            #[expect(clippy::cast_sign_loss, reason = "range checked above")]
-            Some(sender as u32)
-        } else {
-            None
-        };
-        let o = self.core.dispatch_stream(chunk, sender);
-        NativeStream {
-            #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
-            consumed: o.consumed as f64,
-            accepted: o.accepted,
-            rejected: o.rejected,
-            backpressure: o.backpressure,
-            malformed: o.malformed,
-        }
+    /// The id the hot-path functions (`dispatch`, `dispatchFrom`, `dispatchStream`) take.
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// Opens a room: `auth` 0 = SHA-256, 1 = HMAC-SHA256.
     #[napi]
-    pub fn open_room(&mut self, room: u32, auth: u32, push: bool) -> u32 {
-        self.core.open_room(room, auth == 1, push) as u32
+    pub fn open_room(&self, room: u32, auth: u32, push: bool) -> u32 {
+        self.status(|c| c.open_room(room, auth == 1, push))
     }
 
     /// Registers a player (with its HMAC key in HMAC rooms).
     #[napi]
-    pub fn join(&mut self, room: u32, player: u32, key: Option<&[u8]>) -> u32 {
-        self.core.join(room, player, key) as u32
+    pub fn join(&self, room: u32, player: u32, key: Option<&[u8]>) -> u32 {
+        self.status(|c| c.join(room, player, key))
     }
 
     /// Forgets a player.
     #[napi]
-    pub fn leave(&mut self, room: u32, player: u32) -> u32 {
-        self.core.leave(room, player) as u32
+    pub fn leave(&self, room: u32, player: u32) -> u32 {
+        self.status(|c| c.leave(room, player))
     }
 
     /// Closes a room (pending moves are still delivered).
     #[napi]
-    pub fn close_room(&mut self, room: u32) -> u32 {
-        self.core.close_room(room) as u32
+    pub fn close_room(&self, room: u32) -> u32 {
+        self.status(|c| c.close_room(room))
     }
 
     /// Pull rooms: everything validated since the last drain.
     #[napi]
-    pub fn drain(&mut self, room: u32) -> NativeDrain {
-        match self.core.drain(room) {
+    pub fn drain(&self, room: u32) -> NativeDrain {
+        match with_core(self.id, |c| c.drain(room)).unwrap_or(Err(EngineStatus::Closed)) {
             Ok((b, _)) => NativeDrain {
                 status: EngineStatus::Ok as u32,
                 mem_id: b.mem_id,
@@ -252,11 +271,12 @@ impl NativeDispatcher {
         room: u32,
         mem_id: u32,
     ) -> Result<ArrayBuffer<'env>> {
-        let inbox = self
-            .core
-            .inbox(room)
-            .ok_or_else(|| Error::new(Status::InvalidArg, format!("room {room} has no memory")))?;
-        let mem: Arc<RoomMemory> = Arc::clone(inbox.memory());
+        let mem: Arc<RoomMemory> =
+            with_core(self.id, |c| c.inbox(room).map(|i| Arc::clone(i.memory())))
+                .flatten()
+                .ok_or_else(|| {
+                    Error::new(Status::InvalidArg, format!("room {room} has no memory"))
+                })?;
         if mem.id() != mem_id {
             return Err(Error::new(
                 Status::InvalidArg,
@@ -275,31 +295,32 @@ impl NativeDispatcher {
     /// Whether the room is open or still closing (its memory is still in use).
     #[napi]
     pub fn has_room(&self, room: u32) -> bool {
-        self.core.has_room(room)
+        with_core(self.id, |c| c.has_room(room)).unwrap_or(false)
     }
 
     /// Push rooms: JavaScript released the room's outstanding batch.
     #[napi]
-    pub fn release(&mut self, room: u32) {
-        self.core.release(room);
+    pub fn release(&self, room: u32) {
+        with_core(self.id, |c| c.release(room));
     }
 
     /// Every shard answers `token` (through `poll`) once everything before it is delivered.
     #[napi]
-    pub fn request_flush(&mut self, token: f64) {
+    pub fn request_flush(&self, token: f64) {
         #[expect(
             clippy::cast_sign_loss,
             clippy::cast_possible_truncation,
             reason = "tokens are small positive integers"
         )]
-        self.core.request_flush(token as u64);
+        let token = token as u64;
+        with_core(self.id, |c| c.request_flush(token));
     }
 
     /// Push batches and flush answers, in order.
     #[napi]
-    pub fn poll(&mut self) -> Vec<NativeDelivery> {
-        self.core
-            .poll()
+    pub fn poll(&self) -> Vec<NativeDelivery> {
+        with_core(self.id, Core::poll)
+            .unwrap_or_default()
             .into_iter()
             .map(|d| match d {
                 Delivery::Batch(b) => NativeDelivery {
@@ -329,7 +350,7 @@ impl NativeDispatcher {
     /// The counters the guarantees are stated in.
     #[napi]
     pub fn counters(&self) -> NativeCounters {
-        let c = self.core.counters();
+        let c = with_core(self.id, |c| c.counters()).unwrap_or_default();
         NativeCounters {
             dispatched: num(c.dispatched),
             accepted: num(c.accepted),
@@ -344,14 +365,14 @@ impl NativeDispatcher {
     /// From now on frames answer `Closed` and control calls `Status::Closed`; queued work
     /// is still validated and delivered.
     #[napi]
-    pub fn close_input(&mut self) {
-        self.core.close_input();
+    pub fn close_input(&self) {
+        with_core(self.id, Core::close_input);
     }
 
     /// Stops the workers after they finish what is queued. Idempotent.
     #[napi]
     pub fn shutdown(&mut self, env: Env) -> Result<()> {
-        self.core.shutdown();
+        with_core(self.id, Core::shutdown);
         if let Some(hook) = self.cleanup.take() {
             env.remove_env_cleanup_hook(hook)?;
         }
@@ -360,18 +381,55 @@ impl NativeDispatcher {
 
     /// Test hook: stop (`true`) or resume validation.
     #[napi]
-    pub fn pause(&mut self, paused: bool) {
-        self.core.pause(paused);
+    pub fn pause(&self, paused: bool) {
+        with_core(self.id, |c| c.pause(paused));
+    }
+
+    fn status(&self, f: impl FnOnce(&mut Core) -> EngineStatus) -> u32 {
+        with_core(self.id, f).unwrap_or(EngineStatus::Closed) as u32
     }
 }
 
 impl ObjectFinalize for NativeDispatcher {
     fn finalize(mut self, env: Env) -> Result<()> {
-        self.core.shutdown();
+        // Dropping the core stops its workers (and joins them).
+        drop(remove_core(self.id));
         if let Some(hook) = self.cleanup.take() {
             env.remove_env_cleanup_hook(hook)?;
         }
         Ok(())
+    }
+}
+
+/// Checks and queues one frame on core `id`. Returns a `Verdict` (`Closed` if the core is gone).
+#[napi]
+pub fn dispatch(id: u32, frame: &[u8]) -> u32 {
+    with_core(id, |c| c.dispatch(frame, None)).unwrap_or(Verdict::Closed) as u32
+}
+
+/// Like `dispatch`, refusing frames whose player is not `sender`.
+#[napi]
+pub fn dispatch_from(id: u32, frame: &[u8], sender: u32) -> u32 {
+    with_core(id, |c| c.dispatch(frame, Some(sender))).unwrap_or(Verdict::Closed) as u32
+}
+
+/// Dispatches back-to-back frames. `sender < 0`: no sender check.
+#[napi]
+pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
+    let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
+        #[expect(clippy::cast_sign_loss, reason = "range checked above")]
+        Some(sender as u32)
+    } else {
+        None
+    };
+    let o = with_core(id, |c| c.dispatch_stream(chunk, sender)).unwrap_or_default();
+    NativeStream {
+        #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
+        consumed: o.consumed as f64,
+        accepted: o.accepted,
+        rejected: o.rejected,
+        backpressure: o.backpressure,
+        malformed: o.malformed,
     }
 }
 

@@ -168,6 +168,22 @@ struct ShardHandle {
     shared: Arc<Shared>,
     producer: Producer,
     next_seq: u64,
+    /// Moves pushed into the arena (the queue's write count).
+    pushed: u64,
+    /// Last value read from `shared.consumed` (refreshed only when the queue looks full).
+    consumed_cache: u64,
+}
+
+impl ShardHandle {
+    /// Whether `capacity` moves are in flight. Reads the worker's counter only when the
+    /// cached one says full, so the hot path does not share a cache line with the worker.
+    fn queue_full(&mut self, capacity: u64) -> bool {
+        if self.pushed - self.consumed_cache < capacity {
+            return false;
+        }
+        self.consumed_cache = self.shared.consumed.0.load(Ordering::Acquire);
+        self.pushed - self.consumed_cache >= capacity
+    }
 }
 
 /// The runtime and the means to stop it; shared with the environment cleanup hook.
@@ -268,6 +284,8 @@ impl Core {
                 shared,
                 producer,
                 next_seq: 0,
+                pushed: 0,
+                consumed_cache: 0,
             });
         }
         let stopper = Arc::new(Stopper {
@@ -325,18 +343,17 @@ impl Core {
             return Verdict::WrongSender;
         }
         let shard = &mut self.shards[room.shard];
-        if shard.shared.in_flight.load(Ordering::Acquire) >= self.cfg.channel_capacity {
+        if shard.queue_full(self.cfg.channel_capacity as u64) {
             return Verdict::Backpressure;
         }
         if !room.inbox.try_reserve(bytes.len()) {
             return Verdict::Backpressure;
         }
-        shard.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         if shard.producer.try_push(shard.next_seq, bytes).is_err() {
-            shard.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
         }
+        shard.pushed += 1;
         shard.next_seq += 1;
         shard.shared.wake();
         self.counters.accepted += 1;
@@ -668,10 +685,10 @@ async fn run_worker(mut w: Worker) {
             return;
         }
         if shared.paused.load(Ordering::Acquire) {
+            // Park without announcing sleep: dispatches while paused must not pay for a
+            // wake-up each. `pause(false)` and `stop` poke the worker unconditionally.
             shared.paused_ack.store(true, Ordering::SeqCst);
-            if w.may_sleep() {
-                shared.notify.notified().await;
-            }
+            shared.notify.notified().await;
             continue;
         }
         let n = w.run(TURN);

@@ -140,7 +140,9 @@ pub struct Inbox {
     room: u32,
     half: usize,
     mem: Arc<RoomMemory>,
-    reserved: AtomicUsize,
+    /// Written per move by the producer only; kept off the line of `state`, which the worker
+    /// locks per move.
+    reserved: crate::shard::Padded<AtomicUsize>,
     state: Mutex<State>,
     /// Worker bookkeeping: the room is on its shard's list of push rooms to deliver.
     pub(crate) dirty: AtomicBool,
@@ -151,7 +153,7 @@ impl std::fmt::Debug for Inbox {
         f.debug_struct("Inbox")
             .field("room", &self.room)
             .field("half", &self.half)
-            .field("reserved", &self.reserved.load(Ordering::Relaxed))
+            .field("reserved", &self.reserved.0.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +165,7 @@ impl Inbox {
             room,
             half,
             mem: Arc::new(RoomMemory::new(2 * half)),
-            reserved: AtomicUsize::new(0),
+            reserved: crate::shard::Padded(AtomicUsize::new(0)),
             state: Mutex::new(State::default()),
             dirty: AtomicBool::new(false),
         }
@@ -190,22 +192,22 @@ impl Inbox {
     /// Producer side: reserves `bytes` of budget, or refuses if the room is full.
     /// Only the JavaScript thread reserves; workers only release, so check-then-add is exact.
     pub fn try_reserve(&self, bytes: usize) -> bool {
-        let now = self.reserved.load(Ordering::Acquire);
+        let now = self.reserved.0.load(Ordering::Acquire);
         if now + bytes > self.half {
             return false;
         }
-        self.reserved.fetch_add(bytes, Ordering::AcqRel);
+        self.reserved.0.fetch_add(bytes, Ordering::AcqRel);
         true
     }
 
     /// Gives back a reservation that was never used (the move was refused after reserving).
     pub fn unreserve(&self, bytes: usize) {
-        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        self.reserved.0.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Bytes reserved (in flight + undelivered).
     pub fn reserved(&self) -> usize {
-        self.reserved.load(Ordering::Acquire)
+        self.reserved.0.load(Ordering::Acquire)
     }
 
     /// Worker: appends a validated frame to the fill half. Returns whether the room now
@@ -300,6 +302,7 @@ impl Inbox {
             s.fill_len = 0;
             s.fill_count = 0;
             self.reserved
+                .0
                 .fetch_sub(std::mem::take(&mut s.fill_cost), Ordering::AcqRel);
         }
         batch

@@ -15,7 +15,7 @@
 //! is kept; control operations and deliveries may allocate.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::arena::Consumer;
@@ -67,14 +67,21 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// A value alone on its cache line (no false sharing between producer and worker).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
 /// State shared by the producer (JavaScript thread) and the worker of one shard.
 #[derive(Debug)]
 pub struct Shared {
     controls: Mutex<VecDeque<(u64, Control)>>,
     /// Sequence number of the oldest queued control, or `u64::MAX`.
     next_control: AtomicU64,
-    /// Moves dispatched and not yet validated.
-    pub in_flight: AtomicUsize,
+    /// Moves the worker has taken from the arena (validated or rejected). Written only by
+    /// the worker, on a cache line of its own; the producer compares it with its own count
+    /// of moves pushed, and reads it only when its cached copy says the queue is full.
+    pub consumed: Padded<AtomicU64>,
     /// The worker is parked (or about to be) and needs a notification.
     pub sleeping: AtomicBool,
     pub notify: tokio::sync::Notify,
@@ -93,7 +100,7 @@ impl Default for Shared {
         Self {
             controls: Mutex::new(VecDeque::new()),
             next_control: AtomicU64::new(u64::MAX),
-            in_flight: AtomicUsize::new(0),
+            consumed: Padded(AtomicU64::new(0)),
             sleeping: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
@@ -248,7 +255,8 @@ impl Worker {
                         &mut self.full,
                     );
                     self.consumer.advance(size);
-                    self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let n = self.shared.consumed.0.load(Ordering::Relaxed);
+                    self.shared.consumed.0.store(n + 1, Ordering::Release);
                     true
                 }
                 _ => false,

@@ -166,7 +166,7 @@ pub struct NativeDispatcher {
 impl NativeDispatcher {
     /// Starts the runtime and workers. `wake` is called (on the JavaScript thread) when
     /// `poll()` has news.
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(env: Env, config: NativeConfig, wake: Function<(), ()>) -> Result<Self> {
         let cfg = Config {
             worker_threads: config.worker_threads as usize,
@@ -210,37 +210,37 @@ impl NativeDispatcher {
     }
 
     /// The id the hot-path functions (`dispatch`, `dispatchFrom`, `dispatchStream`) take.
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn id(&self) -> u32 {
         self.id
     }
 
     /// Opens a room: `auth` 0 = SHA-256, 1 = HMAC-SHA256.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn open_room(&self, room: u32, auth: u32, push: bool) -> u32 {
         self.status(|c| c.open_room(room, auth == 1, push))
     }
 
     /// Registers a player (with its HMAC key in HMAC rooms).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn join(&self, room: u32, player: u32, key: Option<&[u8]>) -> u32 {
         self.status(|c| c.join(room, player, key))
     }
 
     /// Forgets a player.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn leave(&self, room: u32, player: u32) -> u32 {
         self.status(|c| c.leave(room, player))
     }
 
     /// Closes a room (pending moves are still delivered).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn close_room(&self, room: u32) -> u32 {
         self.status(|c| c.close_room(room))
     }
 
     /// Pull rooms: everything validated since the last drain.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn drain(&self, room: u32) -> NativeDrain {
         match with_core(self.id, |c| c.drain(room)).unwrap_or(Err(EngineStatus::Closed)) {
             Ok((b, _)) => NativeDrain {
@@ -264,7 +264,7 @@ impl NativeDispatcher {
 
     /// The room's memory as an `ArrayBuffer`. Call once per `memId`: V8 refuses two live
     /// external buffers over one address, so `src/native.ts` caches the result.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn room_buffer<'env>(
         &self,
         env: &'env Env,
@@ -293,19 +293,19 @@ impl NativeDispatcher {
     }
 
     /// Whether the room is open or still closing (its memory is still in use).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn has_room(&self, room: u32) -> bool {
         with_core(self.id, |c| c.has_room(room)).unwrap_or(false)
     }
 
     /// Push rooms: JavaScript released the room's outstanding batch.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn release(&self, room: u32) {
         with_core(self.id, |c| c.release(room));
     }
 
     /// Every shard answers `token` (through `poll`) once everything before it is delivered.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn request_flush(&self, token: f64) {
         #[expect(
             clippy::cast_sign_loss,
@@ -317,7 +317,7 @@ impl NativeDispatcher {
     }
 
     /// Push batches and flush answers, in order.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn poll(&self) -> Vec<NativeDelivery> {
         with_core(self.id, Core::poll)
             .unwrap_or_default()
@@ -348,7 +348,7 @@ impl NativeDispatcher {
     }
 
     /// The counters the guarantees are stated in.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn counters(&self) -> NativeCounters {
         let c = with_core(self.id, |c| c.counters()).unwrap_or_default();
         NativeCounters {
@@ -364,13 +364,13 @@ impl NativeDispatcher {
 
     /// From now on frames answer `Closed` and control calls `Status::Closed`; queued work
     /// is still validated and delivered.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn close_input(&self) {
         with_core(self.id, Core::close_input);
     }
 
     /// Stops the workers after they finish what is queued. Idempotent.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn shutdown(&mut self, env: Env) -> Result<()> {
         with_core(self.id, Core::shutdown);
         if let Some(hook) = self.cleanup.take() {
@@ -380,7 +380,7 @@ impl NativeDispatcher {
     }
 
     /// Test hook: stop (`true`) or resume validation.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn pause(&self, paused: bool) {
         with_core(self.id, |c| c.pause(paused));
     }
@@ -402,19 +402,19 @@ impl ObjectFinalize for NativeDispatcher {
 }
 
 /// Checks and queues one frame on core `id`. Returns a `Verdict` (`Closed` if the core is gone).
-#[napi]
+#[napi(catch_unwind)]
 pub fn dispatch(id: u32, frame: &[u8]) -> u32 {
     with_core(id, |c| c.dispatch(frame, None)).unwrap_or(Verdict::Closed) as u32
 }
 
 /// Like `dispatch`, refusing frames whose player is not `sender`.
-#[napi]
+#[napi(catch_unwind)]
 pub fn dispatch_from(id: u32, frame: &[u8], sender: u32) -> u32 {
     with_core(id, |c| c.dispatch(frame, Some(sender))).unwrap_or(Verdict::Closed) as u32
 }
 
 /// Dispatches back-to-back frames. `sender < 0`: no sender check.
-#[napi]
+#[napi(catch_unwind)]
 pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
     let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
         #[expect(clippy::cast_sign_loss, reason = "range checked above")]
@@ -434,7 +434,7 @@ pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
 }
 
 /// Calibration for benchmarks: an N-API call that borrows a buffer and does nothing.
-#[napi]
+#[napi(catch_unwind)]
 pub fn empty_call(buf: &[u8]) -> u32 {
     u32_of(buf.len())
 }

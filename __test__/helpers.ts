@@ -430,18 +430,8 @@ export function verdictName(v: number): string {
   return Object.entries(Verdict).find(([, value]) => value === v)?.[0] ?? `?${v}`;
 }
 
-/** One entry of the wire vectors (shared/vectors/wire-v1.json). */
-export interface WireVector {
-  note: string;
-  room: number;
-  player: number;
-  seq: number;
-  tick: number;
-  kind: number;
-  payload: string;
-  key?: string;
-  frame: string;
-}
+/** One entry of the wire vectors (shared/vectors/wire-v1.json): fields as `parse` gives them, hex strings. */
+export type WireVector = Omit<ParsedFrame, 'frameLength'> & { note: string; key?: string; frame: string };
 
 /** The wire vectors: the repository's copy of shared/vectors/wire-v1.json, also read by the Rust tests. */
 export function loadWireVectors(): WireVector[] {

@@ -40,6 +40,7 @@ interface NativeDispatcherInstance {
   closeRoom(room: number): number;
   drain(room: number): NativeDrain;
   roomBuffer(room: number, memId: number): ArrayBuffer;
+  copyBatch(room: number, memId: number, offset: number, length: number): ArrayBuffer;
   release(room: number): void;
   hasRoom(room: number): boolean;
   requestFlush(token: number): void;
@@ -97,6 +98,12 @@ class NativeEngine implements Engine {
   readonly #buffers = new Map<number, { memId: number; buffer: ArrayBuffer }>();
   /** Rooms closed while moves were pending: their memory is dropped once they are forgotten. */
   readonly #closing = new Set<number>();
+  /**
+   * Copy each batch out of room memory instead of exposing it: for runtimes that refuse
+   * external ArrayBuffers (Electron, V8 sandbox; detected on first use), or on request with
+   * `MOVE_DISPATCHER_COPY_BATCHES=1`.
+   */
+  #copyMode = process.env.MOVE_DISPATCHER_COPY_BATCHES === '1';
 
   constructor(config: EngineConfig, wake: WakeFn) {
     const b = loadBinding();
@@ -136,15 +143,7 @@ class NativeEngine implements Engine {
     const r = this.#n.drain(room);
     if (r.status !== 0) return r.status as Status;
     if (this.#closing.has(room)) this.#forgetIfGone(room);
-    const batch: RawBatch = {
-      room,
-      buffer: this.#buffer(room, r.memId),
-      offset: r.offset,
-      length: r.length,
-      count: r.count,
-      rejections: r.rejections,
-    };
-    return batch;
+    return this.#window(room, r);
   }
 
   release(room: number): void {
@@ -163,17 +162,7 @@ class NativeEngine implements Engine {
       out[i] =
         d.kind === 1
           ? { type: 'flushed', token: d.token }
-          : {
-              type: 'batch',
-              batch: {
-                room: d.room,
-                buffer: this.#buffer(d.room, d.memId),
-                offset: d.offset,
-                length: d.length,
-                count: d.count,
-                rejections: d.rejections,
-              },
-            };
+          : { type: 'batch', batch: this.#window(d.room, d) };
     }
     return out;
   }
@@ -204,11 +193,30 @@ class NativeEngine implements Engine {
     }
   }
 
-  /** The room's memory as an ArrayBuffer, created once per allocation. */
-  #buffer(room: number, memId: number): ArrayBuffer {
+  /** A batch over the room's memory (or over a copy of the batch, in copy mode). */
+  #window(room: number, w: { memId: number; offset: number; length: number; count: number; rejections: RawRejection[] }): RawBatch {
+    const { memId, offset, length, count, rejections } = w;
+    if (!this.#copyMode) {
+      const buffer = this.#buffer(room, memId);
+      if (buffer !== undefined) return { room, buffer, offset, length, count, rejections };
+    }
+    return { room, buffer: this.#n.copyBatch(room, memId, offset, length), offset: 0, length, count, rejections };
+  }
+
+  /** The room's memory as an ArrayBuffer, created once per allocation; undefined once copy mode is on. */
+  #buffer(room: number, memId: number): ArrayBuffer | undefined {
     const cached = this.#buffers.get(room);
     if (cached !== undefined && cached.memId === memId) return cached.buffer;
-    const buffer = this.#n.roomBuffer(room, memId);
+    let buffer: ArrayBuffer;
+    try {
+      buffer = this.#n.roomBuffer(room, memId);
+    } catch (error) {
+      if (error instanceof Error && error.message.startsWith('NO_EXTERNAL_BUFFERS')) {
+        this.#copyMode = true;
+        return undefined;
+      }
+      throw error;
+    }
     this.#buffers.set(room, { memId, buffer });
     return buffer;
   }

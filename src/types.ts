@@ -94,6 +94,8 @@ export interface MoveBatch extends Iterable<MoveView> {
   release(): void;
   /** A batch with the same moves in memory of its own, valid forever. */
   copy(): MoveBatch;
+  /** The frames as one `Uint8Array` view over `buffer` (no copy). */
+  bytes(): Uint8Array;
   [Symbol.iterator](): Iterator<MoveView>;
 }
 

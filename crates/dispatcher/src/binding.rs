@@ -264,6 +264,11 @@ impl NativeDispatcher {
 
     /// The room's memory as an `ArrayBuffer`. Call once per `memId`: V8 refuses two live
     /// external buffers over one address, so `src/native.ts` caches the result.
+    ///
+    /// # Errors
+    /// The room or allocation is gone, or the runtime does not allow external buffers
+    /// (Electron, V8 sandbox): then the message starts with `NO_EXTERNAL_BUFFERS` and
+    /// JavaScript switches to [`NativeDispatcher::copy_batch`].
     #[napi(catch_unwind)]
     pub fn room_buffer<'env>(
         &self,
@@ -271,25 +276,45 @@ impl NativeDispatcher {
         room: u32,
         mem_id: u32,
     ) -> Result<ArrayBuffer<'env>> {
-        let mem: Arc<RoomMemory> =
-            with_core(self.id, |c| c.inbox(room).map(|i| Arc::clone(i.memory())))
-                .flatten()
-                .ok_or_else(|| {
-                    Error::new(Status::InvalidArg, format!("room {room} has no memory"))
-                })?;
-        if mem.id() != mem_id {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("room {room} memory {mem_id} is gone"),
-            ));
-        }
+        let mem = self.memory(room, mem_id)?;
         let (ptr, len) = (mem.as_ptr(), mem.len());
         // SAFETY: `ptr` points to `len` bytes owned by `mem`; the finalizer keeps an `Arc`
         // to it, so the memory stays valid for the ArrayBuffer's whole life, and its address
         // is not reused while the ArrayBuffer is alive. `src/native.ts` creates one
         // ArrayBuffer per allocation (cached by `memId`), so no two live external buffers
         // share this address.
-        unsafe { ArrayBuffer::from_external(env, ptr, len, mem, |_env, mem| drop(mem)) }
+        let buffer =
+            unsafe { ArrayBuffer::from_external(env, ptr, len, mem, |_env, mem| drop(mem)) }?;
+        if buffer.as_ptr() != ptr.cast_const() {
+            // napi-rs fell back to a copy: a snapshot would never see later batches.
+            return Err(Error::new(
+                Status::GenericFailure,
+                "NO_EXTERNAL_BUFFERS: this runtime refuses external ArrayBuffers; batches will be copied".to_owned(),
+            ));
+        }
+        Ok(buffer)
+    }
+
+    /// A copy of `length` bytes at `offset` of the room's memory, for runtimes without
+    /// external buffers (or `MOVE_DISPATCHER_COPY_BATCHES=1`).
+    #[napi(catch_unwind)]
+    pub fn copy_batch<'env>(
+        &self,
+        env: &'env Env,
+        room: u32,
+        mem_id: u32,
+        offset: u32,
+        length: u32,
+    ) -> Result<ArrayBuffer<'env>> {
+        let mem = self.memory(room, mem_id)?;
+        let (offset, length) = (offset as usize, length as usize);
+        if offset.checked_add(length).is_none_or(|end| end > mem.len()) {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("batch {offset}+{length} is outside room {room}'s memory"),
+            ));
+        }
+        ArrayBuffer::from_data(env, mem.to_vec(offset, length))
     }
 
     /// Whether the room is open or still closing (its memory is still in use).
@@ -383,6 +408,19 @@ impl NativeDispatcher {
     #[napi(catch_unwind)]
     pub fn pause(&self, paused: bool) {
         with_core(self.id, |c| c.pause(paused));
+    }
+
+    fn memory(&self, room: u32, mem_id: u32) -> Result<Arc<RoomMemory>> {
+        let mem = with_core(self.id, |c| c.inbox(room).map(|i| Arc::clone(i.memory())))
+            .flatten()
+            .ok_or_else(|| Error::new(Status::InvalidArg, format!("room {room} has no memory")))?;
+        if mem.id() != mem_id {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("room {room} memory {mem_id} is gone"),
+            ));
+        }
+        Ok(mem)
     }
 
     fn status(&self, f: impl FnOnce(&mut Core) -> EngineStatus) -> u32 {

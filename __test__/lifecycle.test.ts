@@ -10,8 +10,12 @@ import { describe, expect, it } from 'vitest';
 const FIXTURES = join(__dirname, 'fixtures');
 
 function run(script: string, ...args: string[]): { status: number | null; signal: NodeJS.Signals | null; ms: number; out: string } {
+  return runWith([], script, ...args);
+}
+
+function runWith(flags: string[], script: string, ...args: string[]): { status: number | null; signal: NodeJS.Signals | null; ms: number; out: string } {
   const t0 = Date.now();
-  const r = spawnSync(process.execPath, [join(FIXTURES, script), ...args], { encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(process.execPath, [...flags, join(FIXTURES, script), ...args], { encoding: 'utf8', timeout: 20_000 });
   return { status: r.status, signal: r.signal, ms: Date.now() - t0, out: `${r.stdout}${r.stderr}` };
 }
 
@@ -41,5 +45,13 @@ describe('native engine lifecycle', () => {
     expect(r.signal, r.out).toBeNull();
     expect(r.status, r.out).toBe(0);
     expect(r.out).toContain('ok');
+  });
+
+  it('abandoned dispatchers (closed or not) are garbage-collected and their threads stop', () => {
+    const r = runWith(['--expose-gc'], 'gc.cjs');
+    expect(r.status, r.out).toBe(0);
+    const got = JSON.parse(r.out.trim().split('\n').pop()!) as { finalized: number; of: number; threadsBefore: number; threadsAfter: number };
+    expect(got.finalized, r.out).toBe(got.of);
+    expect(got.threadsAfter, r.out).toBe(0);
   });
 });

@@ -3,6 +3,7 @@
  * (native addon or pure TypeScript twin), and owns push delivery (`onBatch`,
  * `batches()`), `flush()`, `dispatchAsync()` and `close()`.
  */
+import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
 import { type Engine, type RawBatch, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
@@ -23,7 +24,8 @@ function checkId(value: unknown, field: string, method: string): number {
 }
 
 function checkBytes(value: unknown, field: string, method: string): Uint8Array {
-  if (!(value instanceof Uint8Array)) {
+  // `isUint8Array` also accepts views from another realm (vm contexts), which instanceof misses.
+  if (!(value instanceof Uint8Array) && !isUint8Array(value)) {
     throw typeError(ErrorCode.InvalidArgument, `${method}: ${field} must be a Uint8Array (or Buffer), got ${describe(value)}`, { field });
   }
   return value;
@@ -46,6 +48,8 @@ export class Dispatcher {
   readonly #onError: (error: unknown) => void;
   /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
   readonly #lastDrain = new Map<number, MoveBatch>();
+  /** Rooms closed with moves possibly pending: their `#lastDrain` entry goes once they are forgotten. */
+  readonly #closingRooms = new Set<number>();
   /** Push batches waiting for a `batches()` consumer. */
   readonly #pending: MoveBatch[] = [];
   readonly #batchWaiters: Waiter[] = [];
@@ -72,7 +76,14 @@ export class Dispatcher {
       ((error: unknown) => {
         process.emitWarning(`move-dispatcher: onBatch threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
       });
-    const wake = (): void => this.#poll();
+    // The engine's wake-up holds this function for the dispatcher's whole life; through a
+    // WeakRef it does not keep the dispatcher itself reachable, so an abandoned dispatcher
+    // is garbage-collected (and its native threads stopped by the finalizer).
+    const self = new WeakRef(this);
+    const wake = (): void => {
+      const d = self.deref();
+      if (d !== undefined) d.#poll();
+    };
     this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
   }
 
@@ -91,6 +102,7 @@ export class Dispatcher {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: delivery must be 'pull' or 'push', got ${describe(delivery)}`, { field: 'delivery' });
     }
     this.#status(this.#engine.openRoom(room, auth === 'hmac-sha256' ? AUTH_HMAC : AUTH_SHA256, delivery === 'push'), 'openRoom', room);
+    this.#closingRooms.delete(room);
   }
 
   /**
@@ -124,6 +136,16 @@ export class Dispatcher {
   closeRoom(room: number): void {
     checkId(room, 'room', 'closeRoom');
     this.#status(this.#engine.closeRoom(room), 'closeRoom', room);
+    this.#closingRooms.add(room);
+    this.#forgetIfGone(room);
+  }
+
+  /** Drops our reference to a forgotten room's last batch (the batch itself stays valid). */
+  #forgetIfGone(room: number): void {
+    if (!this.#engine.hasRoom(room)) {
+      this.#closingRooms.delete(room);
+      this.#lastDrain.delete(room);
+    }
   }
 
   /**
@@ -163,6 +185,8 @@ export class Dispatcher {
     checkId(room, 'room', 'drain');
     const raw = this.#engine.drain(room);
     if (typeof raw === 'number') {
+      this.#closingRooms.delete(room);
+      this.#lastDrain.delete(room);
       this.#status(raw as Status, 'drain', room);
       throw stateError(ErrorCode.UnknownRoom, `drain: unexpected engine status ${raw}`, { room });
     }
@@ -172,6 +196,7 @@ export class Dispatcher {
     this.#lastDrain.get(room)?.invalidate();
     const batch = new MoveBatch(raw);
     this.#lastDrain.set(room, batch);
+    if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
     return batch;
   }
 
@@ -291,6 +316,9 @@ export class Dispatcher {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     this.#engine.closeInput();
+    // Push batches nobody has consumed yet would hold their rooms, and the flush below would
+    // wait for them forever: keep copies for a later batches() loop and release the memory.
+    for (let i = 0; i < this.#pending.length; i++) this.#pending[i] = this.#detach(this.#pending[i]!);
     this.#closing = (async () => {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
       // by the engine: they answer Closed.
@@ -327,6 +355,13 @@ export class Dispatcher {
         fail(ErrorCode.UnknownPlayer, `player ${player} has not joined room ${room}`, 'player');
         break;
       case Status.WrongDelivery:
+        if (method === 'openRoom') {
+          throw typeError(
+            ErrorCode.WrongDelivery,
+            `openRoom: room ${room} is still delivering moves accepted before closeRoom by its previous delivery mode; reopen it with the same delivery, or after flush() and its last drain`,
+            { ...fields, field: 'delivery' },
+          );
+        }
         if (method === 'join') {
           throw typeError(ErrorCode.InvalidArgument, `join: room ${room} does not take this key: a key is required in hmac-sha256 rooms and refused in sha256 rooms`, {
             ...fields,
@@ -376,8 +411,15 @@ export class Dispatcher {
       }
       return;
     }
-    this.#pending.push(batch);
+    this.#pending.push(this.#closed ? this.#detach(batch) : batch);
     this.#batchWaiters.shift()?.resolve();
+  }
+
+  /** A copy of `batch` that owns its memory; the original is released. */
+  #detach(batch: MoveBatch): MoveBatch {
+    const copy = batch.copy();
+    batch.release();
+    return copy;
   }
 
   #scheduleAsyncRetry(delayMs: number): void {

@@ -97,6 +97,8 @@ export interface Engine {
   drain(room: number): RawBatch | Status;
   /** Push rooms: JavaScript is done with the room's outstanding batch. */
   release(room: number): void;
+  /** Whether the room is open or still closing (not yet forgotten). */
+  hasRoom(room: number): boolean;
   /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */
   requestFlush(token: number): void;
   /** Deliveries ready for JavaScript, in order. */

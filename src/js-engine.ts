@@ -274,7 +274,10 @@ export class JsEngine implements Engine {
       return Status.Ok;
     }
     if (existing.open) return Status.RoomExists;
-    this.#reopen(existing, flag, push);
+    // A closing room's pending moves are on their way by its current delivery mode.
+    if (existing.push !== push) return Status.WrongDelivery;
+    existing.open = true;
+    existing.auth = flag;
     return Status.Ok;
   }
 
@@ -321,6 +324,10 @@ export class JsEngine implements Engine {
     r.outstanding = false;
     if (r.hasContent()) this.#schedule(r.shard);
     else this.#forgetIfDone(r);
+  }
+
+  hasRoom(room: number): boolean {
+    return this.#rooms.has(room);
   }
 
   requestFlush(token: number): void {
@@ -422,29 +429,6 @@ export class JsEngine implements Engine {
     if (this.#refusing) return Status.Closed;
     const r = this.#rooms.get(room);
     return r === undefined || !r.open ? Status.UnknownRoom : r;
-  }
-
-  /**
-   * `openRoom` of a closing room: its pending moves stay ahead of the new ones. When the
-   * delivery mode changes, the pending moves move to fresh memory, so a batch JavaScript
-   * still holds (the last pull batch, or an unreleased push batch) is never overwritten.
-   */
-  #reopen(room: Room, flag: number, push: boolean): void {
-    room.open = true;
-    room.auth = flag;
-    if (room.push === push) return;
-    room.push = push;
-    room.outstanding = false;
-    if (room.bytes.length > 0) {
-      const fresh = new Uint8Array(2 * this.#config.roomBytes);
-      fresh.set(room.bytes.subarray(room.fillBase, room.fillBase + room.fillLen));
-      room.bytes = fresh;
-      room.fillBase = 0;
-    }
-    if (push && room.hasContent()) {
-      this.#listPush(room);
-      this.#schedule(room.shard);
-    }
   }
 
   #control(room: Room, op: typeof OP_JOIN | typeof OP_LEAVE | typeof OP_CLOSE, player: number, key: KeyObject | null): void {

@@ -142,8 +142,14 @@ class NativeEngine implements Engine {
   drain(room: number): RawBatch | Status {
     const r = this.#n.drain(room);
     if (r.status !== 0) return r.status as Status;
+    // Window first: the room's memory must come from the cache even if this drain was its last.
+    const batch = this.#window(room, r);
     if (this.#closing.has(room)) this.#forgetIfGone(room);
-    return this.#window(room, r);
+    return batch;
+  }
+
+  hasRoom(room: number): boolean {
+    return this.#n.hasRoom(room);
   }
 
   release(room: number): void {

@@ -56,10 +56,51 @@ impl Ring {
     }
 }
 
-/// Creates a ring of `cap` bytes (rounded down to a multiple of 8, at least 64).
-pub fn ring(cap: usize) -> (Producer, Consumer) {
+/// The arena's memory could not be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocError {
+    pub bytes: usize,
+}
+
+/// `cap` zeroed bytes from the allocator, untouched (pages become resident on first write).
+fn zeroed(cap: usize) -> Result<Box<[UnsafeCell<u8>]>, AllocError> {
+    let layout = std::alloc::Layout::array::<u8>(cap).map_err(|_| AllocError { bytes: cap })?;
+    // SAFETY: `cap >= 64`, so the layout is non-zero-sized as `alloc_zeroed` requires.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(AllocError { bytes: cap });
+    }
+    // SAFETY: `ptr` is a live, zeroed allocation of `cap` bytes with the layout of `[u8]`;
+    // `UnsafeCell<u8>` is `repr(transparent)` over `u8`, so the slice has the same layout
+    // and the box frees it with the layout it was allocated with.
+    Ok(unsafe {
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            ptr.cast::<UnsafeCell<u8>>(),
+            cap,
+        ))
+    })
+}
+
+/// Creates a ring of `cap` bytes (rounded down to a multiple of 8, at least 64). Its pages
+/// are touched only as records reach them.
+///
+/// # Errors
+/// [`AllocError`] if the allocator refuses (never aborts).
+pub fn try_ring(cap: usize) -> Result<(Producer, Consumer), AllocError> {
     let cap = (cap & !7).max(64);
-    let buf: Box<[UnsafeCell<u8>]> = (0..cap).map(|_| UnsafeCell::new(0)).collect();
+    let buf = zeroed(cap)?;
+    Ok(ring_over(buf, cap))
+}
+
+/// [`try_ring`] for tests: panics if the allocation fails.
+///
+/// # Panics
+/// If the allocator refuses `cap` bytes.
+pub fn ring(cap: usize) -> (Producer, Consumer) {
+    try_ring(cap).expect("arena allocation")
+}
+
+fn ring_over(buf: Box<[UnsafeCell<u8>]>, cap: usize) -> (Producer, Consumer) {
     let ring = Arc::new(Ring {
         buf,
         cap,
@@ -102,6 +143,23 @@ impl Producer {
     /// Bytes in use (records not yet freed by the consumer), as last seen.
     pub fn used(&self) -> usize {
         self.head - self.ring.tail.0.load(Ordering::Acquire)
+    }
+
+    /// Whether a record for a frame of `frame_len` bytes fits now (a following
+    /// [`Producer::try_push`] of that frame cannot fail).
+    pub fn fits(&mut self, frame_len: usize) -> bool {
+        let cap = self.ring.cap;
+        let need = record_size(frame_len);
+        let off = self.head % cap;
+        let total = need + if off + need > cap { cap - off } else { 0 };
+        if total > cap {
+            return false;
+        }
+        if self.head + total - self.tail_cache <= cap {
+            return true;
+        }
+        self.tail_cache = self.ring.tail.0.load(Ordering::Acquire);
+        self.head + total - self.tail_cache <= cap
     }
 
     /// Copies `frame` into a new record tagged `seq`. O(1), no allocation.

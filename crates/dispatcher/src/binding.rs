@@ -138,21 +138,33 @@ fn insert_core(core: Core) -> u32 {
 }
 
 fn remove_core(id: u32) -> Option<Core> {
-    CORES.with_borrow_mut(|slab| {
-        let core = slab.cores.get_mut(id as usize)?.take()?;
-        slab.free.push(id);
-        Some(core)
-    })
+    // `try_with` / `try_borrow_mut`: a finalizer must never panic, whether the thread is
+    // tearing down (slab gone) or, in principle, another call holds the slab (none does: no
+    // closure below calls into JavaScript).
+    CORES
+        .try_with(|slab| {
+            let mut slab = slab.try_borrow_mut().ok()?;
+            let core = slab.cores.get_mut(id as usize)?.take()?;
+            slab.free.push(id);
+            Some(core)
+        })
+        .ok()
+        .flatten()
 }
 
-/// Runs `f` on core `id`; `None` if it is gone (finalized).
+/// Runs `f` on core `id`; `None` if it is gone (finalized), the slab is busy, or the thread
+/// is tearing down.
 fn with_core<R>(id: u32, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
-    CORES.with_borrow_mut(|slab| {
-        slab.cores
-            .get_mut(id as usize)
-            .and_then(Option::as_mut)
-            .map(f)
-    })
+    CORES
+        .try_with(|slab| {
+            let mut slab = slab.try_borrow_mut().ok()?;
+            slab.cores
+                .get_mut(id as usize)
+                .and_then(Option::as_mut)
+                .map(f)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The dispatcher class behind `src/native.ts`: owns a core in this thread's slab.

@@ -14,9 +14,10 @@
 //! answers [`Verdict::Backpressure`] and keeps nothing.
 //!
 //! # Shutdown
-//! [`Core::shutdown`] stops the workers after they have processed everything queued, and
-//! joins them. It is idempotent and also runs on drop. Pull rooms can still be drained
-//! afterwards: room memory lives as long as the room (or a JavaScript view of it).
+//! [`Core::shutdown`] stops the workers and joins them; what is still queued then is
+//! dropped, so callers flush first (`Dispatcher.close` does). It is idempotent and also
+//! runs on drop. Pull rooms can still be drained afterwards: room memory lives as long as
+//! the room (or a JavaScript view of it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -194,8 +195,9 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    /// Stops the workers (after they process what is queued) and joins their threads.
-    /// `silent`: do not wake JavaScript any more (its environment is going away).
+    /// Stops the workers and joins their threads (tasks parked at that moment are dropped
+    /// with whatever they still had queued). `silent`: do not wake JavaScript any more (its
+    /// environment is going away).
     pub fn stop(&self, silent: bool) {
         if silent {
             self.outbox.disable_waker();
@@ -272,7 +274,11 @@ impl Core {
         let mut shards = Vec::with_capacity(cfg.shards);
         for _ in 0..cfg.shards {
             let shared = Arc::new(Shared::default());
-            let (producer, consumer) = arena::ring(cfg.arena_bytes);
+            let (producer, consumer) =
+                arena::try_ring(cfg.arena_bytes).map_err(|e| ConfigError {
+                    field: "arenaBytes",
+                    message: format!("could not allocate {} bytes for a shard arena", e.bytes),
+                })?;
             let worker = Worker::new(
                 Arc::clone(&shared),
                 consumer,
@@ -343,13 +349,15 @@ impl Core {
             return Verdict::WrongSender;
         }
         let shard = &mut self.shards[room.shard];
-        if shard.queue_full(self.cfg.channel_capacity as u64) {
+        // Causes in the documented order: queue, arena, room budget.
+        if shard.queue_full(self.cfg.channel_capacity as u64) || !shard.producer.fits(bytes.len()) {
             return Verdict::Backpressure;
         }
         if !room.inbox.try_reserve(bytes.len()) {
             return Verdict::Backpressure;
         }
         if shard.producer.try_push(shard.next_seq, bytes).is_err() {
+            debug_assert!(false, "fits() said the record fits");
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
         }
@@ -398,6 +406,8 @@ impl Core {
     }
 
     /// Opens `room` (or reopens a closing one, keeping its pending moves ahead).
+    /// A closing room cannot change its delivery mode (`WrongDelivery`): its pending moves
+    /// are on their way by the old one.
     pub fn open_room(&mut self, room: u32, hmac: bool, push: bool) -> Status {
         if self.closed {
             return Status::Closed;
@@ -405,6 +415,7 @@ impl Core {
         let shard = room as usize % self.cfg.shards;
         let inbox = match self.rooms.get_mut(&room) {
             Some(r) if r.open => return Status::RoomExists,
+            Some(r) if r.push != push => return Status::WrongDelivery,
             Some(r) => {
                 r.open = true;
                 r.hmac = hmac;
@@ -618,10 +629,19 @@ impl Core {
         self.closed = true;
     }
 
-    /// Refuses new frames, lets the workers finish what is queued, and joins them.
+    /// Refuses new frames, stops the workers and joins them, then drops what only they
+    /// needed: the arenas and the wake-up callback (which holds a JavaScript function).
+    /// Call after a flush to have everything queued delivered first (`Dispatcher.close`).
     pub fn shutdown(&mut self) {
         self.closed = true;
         self.stopper.stop(false);
+        self.outbox.drop_waker();
+        for s in &mut self.shards {
+            // A minimal ring in place of the arena frees its memory; nothing pushes any more.
+            if let Ok((p, _)) = arena::try_ring(0) {
+                s.producer = p;
+            }
+        }
     }
 
     /// Whether [`Core::shutdown`] ran.
@@ -676,12 +696,40 @@ fn pin_current_thread(_core: usize) {}
 
 /// The worker loop: take work in turns, deliver when the queue runs dry, spin briefly,
 /// then park until the producer wakes it.
-async fn run_worker(mut w: Worker) {
+async fn run_worker(w: Worker) {
+    // A panic here is a bug in this crate. Unwinding out of the task would leave the shard
+    // dead and every later flush hanging; stop the process with the reason instead.
+    let outcome = std::panic::AssertUnwindSafe(worker_loop(w));
+    if let Err(panic) = futures_catch_unwind(outcome).await {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("move-dispatcher: a shard worker panicked ({msg}); aborting to avoid losing moves silently");
+        std::process::abort();
+    }
+}
+
+/// `catch_unwind` for a future, without a dependency: polls it inside `catch_unwind`.
+async fn futures_catch_unwind<F: std::future::Future>(
+    fut: std::panic::AssertUnwindSafe<F>,
+) -> std::thread::Result<F::Output> {
+    let mut fut = Box::pin(fut.0);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    })
+    .await
+}
+
+async fn worker_loop(mut w: Worker) {
     let shared = Arc::clone(w.shared());
     loop {
         if shared.stop.load(Ordering::Acquire) {
-            while w.run(usize::MAX) > 0 {}
-            w.deliver();
             return;
         }
         if shared.paused.load(Ordering::Acquire) {
@@ -987,6 +1035,40 @@ mod tests {
         // Nothing pending: forgotten at once.
         assert_eq!(c.close_room(1), Status::Ok);
         assert!(!c.has_room(1));
+    }
+
+    /// A move must never overtake a control call queued just before it (found in review:
+    /// with one load of the control sequence, a worker preempted between the load and its
+    /// `peek` validated the move first). `leave` then a move: `UnknownPlayer`; `join` then
+    /// a move: accepted.
+    #[test]
+    fn controls_and_moves_stay_in_order_under_load() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false);
+        c.join(1, 1, None);
+        let rounds = 20_000u32;
+        for i in 0..rounds {
+            c.leave(1, 1);
+            assert_eq!(
+                c.dispatch(&frame(1, 1, 2 * i + 1, b"x", None), None),
+                Verdict::Accepted
+            );
+            c.join(1, 1, None);
+            assert_eq!(
+                c.dispatch(&frame(1, 1, 2 * i + 2, b"x", None), None),
+                Verdict::Accepted
+            );
+            if i % 1000 == 999 {
+                flush(&mut c, u64::from(i));
+                let (b, _) = c.drain(1).unwrap();
+                assert_eq!(b.count, 1000, "round {i}");
+                assert!(b
+                    .rejections
+                    .iter()
+                    .all(|r| r.reason == Reason::UnknownPlayer && r.seq % 2 == 1));
+                assert_eq!(b.rejections.len(), 1000);
+            }
+        }
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Inbox {
     }
 
     /// Worker: appends a validated frame to the fill half. Returns whether the room now
-    /// holds `batch_full` moves or more.
+    /// holds `batch_full` moves or more and can be delivered (no push batch held).
     ///
     /// # Panics
     /// If the frame does not fit the fill half, which the budget reserved at dispatch rules out.
@@ -226,7 +226,7 @@ impl Inbox {
         s.fill_len += frame.len();
         s.fill_count += 1;
         s.fill_cost += frame.len();
-        s.fill_count >= batch_full
+        s.fill_count >= batch_full && !s.out_held
     }
 
     /// Worker: records a rejected move (its bytes stay reserved until delivered).

@@ -34,7 +34,8 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     wake_pending: AtomicBool,
     enabled: AtomicBool,
-    waker: Waker,
+    /// `None` once dropped at shutdown (it holds a JavaScript function).
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Outbox {
@@ -44,7 +45,7 @@ impl Outbox {
             inner: Mutex::new(Inner::default()),
             wake_pending: AtomicBool::new(false),
             enabled: AtomicBool::new(true),
-            waker,
+            waker: Mutex::new(Some(waker)),
         }
     }
 
@@ -59,9 +60,27 @@ impl Outbox {
         self.enabled.store(false, Ordering::SeqCst);
     }
 
+    /// Drops the waker (and the JavaScript function it holds); later news is only polled.
+    pub fn drop_waker(&self) {
+        self.disable_waker();
+        drop(
+            self.waker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+
     fn wake(&self) {
         if self.enabled.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::AcqRel) {
-            (self.waker)();
+            if let Some(waker) = self
+                .waker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+            {
+                waker();
+            }
         }
     }
 

@@ -239,9 +239,14 @@ impl Worker {
         // `paused` is checked per item so that a pause takes effect at once (tests rely on
         // it to fill queues deterministically); it is a relaxed load of a line nobody writes.
         while done < budget && !self.shared.paused.load(Ordering::Relaxed) {
-            let next_control = self.shared.next_control.load(Ordering::Acquire);
+            // Two loads of `next_control`, one on each side of `peek`: with no record, the
+            // first says whether a control is due (a move queued before it would be visible
+            // to `peek`); with a record, the second is compared, because a control queued
+            // before that record is visible once the record is. One load alone, on either
+            // side, lets a move overtake a control queued just before it.
+            let control_before = self.shared.next_control.load(Ordering::Acquire);
             let took_move = match self.consumer.peek() {
-                Some(record) if record.seq < next_control => {
+                Some(record) if record.seq < self.shared.next_control.load(Ordering::Acquire) => {
                     let size = record.size;
                     // Re-borrow the frame through a raw split: `record` borrows the
                     // consumer, which `validate` does not touch.
@@ -262,7 +267,9 @@ impl Worker {
                 _ => false,
             };
             if !took_move {
-                if next_control == u64::MAX {
+                // Only the load made before `peek` may send us to the control queue: a
+                // control seen later could have a move queued before it that `peek` missed.
+                if control_before == u64::MAX {
                     break;
                 }
                 if let Some(c) = self.shared.pop_control() {
@@ -307,6 +314,8 @@ impl Worker {
         };
         match outcome {
             Ok(()) => {
+                // `full` only when the batch can go now: a held room would make every
+                // following move trigger a pointless delivery pass.
                 if room.inbox.push_frame(bytes, batch_full) && room.push {
                     *full = true;
                 }
@@ -411,7 +420,10 @@ impl Worker {
             if blocked {
                 return true;
             }
-            let done = f.waits.iter().all(|(inbox, gen)| inbox.generation() > *gen);
+            let done = f
+                .waits
+                .iter()
+                .all(|(inbox, gen)| inbox.generation() > *gen || !inbox.has_pending());
             if done {
                 tokens.push(f.token);
             } else {

@@ -1,0 +1,67 @@
+/**
+ * Regressions found in review, on both engines where the behaviour is shared.
+ */
+import { describe, expect, it } from 'vitest';
+import { Dispatcher, ErrorCode, Verdict, encodeMove } from '../index';
+
+const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array([seq & 0xff]) });
+
+describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
+  it('a closing room cannot be reopened with another delivery mode; the same mode works', async () => {
+    const d = new Dispatcher({ engine, shards: 1, onBatch: () => {} });
+    d.openRoom(1, { delivery: 'pull' });
+    d.join(1, 1);
+    d._pauseForTesting(true);
+    expect(d.dispatch(move(1, 1))).toBe(Verdict.Accepted);
+    d.closeRoom(1);
+    let error: unknown;
+    try {
+      d.openRoom(1, { delivery: 'push' });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(TypeError);
+    expect((error as { code: string; field: string }).code).toBe(ErrorCode.WrongDelivery);
+    expect((error as { field: string }).field).toBe('delivery');
+    d.openRoom(1, { delivery: 'pull' });
+    d.join(1, 1);
+    expect(d.dispatch(move(1, 2))).toBe(Verdict.Accepted);
+    d._pauseForTesting(false);
+    await d.flush();
+    expect([...d.drain(1)].length).toBe(2);
+    await d.close();
+  });
+
+  it('close() resolves with a push room that has no consumer; a later batches() loop still gets the moves', async () => {
+    const d = new Dispatcher({ engine, shards: 1, maxBatchMoves: 2 });
+    d.openRoom(1, { delivery: 'push' });
+    d.join(1, 1);
+    for (let s = 1; s <= 10; s++) expect(d.dispatch(move(1, s))).toBe(Verdict.Accepted);
+    await Promise.race([d.close(), new Promise((_, reject) => setTimeout(() => reject(new Error('close() hung')), 5_000))]);
+    const seqs: number[] = [];
+    for await (const b of d.batches()) for (const m of b) seqs.push(m.seq);
+    expect(seqs).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    const s = d.stats();
+    expect(s.accepted).toBe(s.delivered + s.rejected);
+  });
+});
+
+describe('native room memory', () => {
+  it('the last drain of a closed room reads the same ArrayBuffer as earlier drains', async () => {
+    const d = new Dispatcher({ shards: 1 });
+    d.openRoom(1);
+    d.join(1, 1);
+    d.dispatch(move(1, 1));
+    await d.flush();
+    const first = d.drain(1);
+    const buffer = first.buffer;
+    d.dispatch(move(1, 2));
+    d.closeRoom(1);
+    await d.flush();
+    const last = d.drain(1);
+    expect(last.count).toBe(1);
+    expect(last.buffer).toBe(buffer);
+    expect(() => d.drain(1)).toThrow(expect.objectContaining({ code: ErrorCode.UnknownRoom }));
+    await d.close();
+  });
+});

@@ -27,5 +27,9 @@ export type {
   MoveView,
   Rejection,
   RoomOptions,
+  RoomStats,
+  RuntimeStats,
+  ShardStats,
+  StatsOptions,
   StreamResult,
 } from './src/types';

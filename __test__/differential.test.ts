@@ -7,7 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, Verdict } from '../index';
-import type { DispatcherOptions, MoveBatch, Rejection } from '../index';
+import type { DispatcherOptions, DispatcherStats, MoveBatch, Rejection } from '../index';
 import { NATIVE_LOAD_ERROR, Rng, bytesOf, concat, corrupt, frame, hex, IN_CI, keyFor, patch, plainRejections, retag, verdictName } from './helpers';
 
 const OPS = 120_000;
@@ -362,9 +362,23 @@ describe('differential: js engine vs native engine', () => {
 
       // `batches` depends on worker timing (how many moves each push batch or unflushed drain
       // caught); every other counter must match exactly.
-      const { batches: _ba, ...sa } = js.d.stats();
-      const { batches: _bb, ...sb } = native.d.stats();
-      expect({ ...sb, engine: 'js' }).toEqual(sa);
+      // High-water marks are upper bounds on native, and the runtime differs by engine:
+      // compare the counters.
+      const counters = (s: DispatcherStats) => ({
+        dispatched: s.dispatched,
+        accepted: s.accepted,
+        verdicts: s.verdicts,
+        reasons: s.reasons,
+        delivered: s.delivered,
+        rejected: s.rejected,
+        backpressure: s.backpressure,
+        queueDepths: s.shards.map((x) => x.queueDepth),
+        arenaUsed: s.shards.map((x) => x.arena.used),
+        rooms: s.rooms,
+      });
+      const sa = js.d.stats();
+      const sb = native.d.stats();
+      expect(counters(sb)).toEqual(counters(sa));
       expect(sa.accepted).toBe(sa.delivered + sa.rejected);
       // the trace really exercised the contract
       expect(sa.dispatched).toBeGreaterThan(OPS * 0.8);

@@ -5,13 +5,14 @@
  */
 import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
-import { type Engine, type RawBatch, Status } from './engine';
+import { type Engine, type EngineConfig, type RawBatch, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
 import { MoveBatch } from './batch';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
+import { renderMetrics } from './metrics';
 import { describe, resolveOptions } from './options';
-import type { DispatcherOptions, DispatcherStats, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
+import type { DispatcherOptions, DispatcherStats, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -44,6 +45,7 @@ export class Dispatcher {
   /** Which engine runs this dispatcher. */
   readonly engine: 'native' | 'js';
   readonly #engine: Engine;
+  readonly #config: EngineConfig;
   readonly #onBatch: ((batch: MoveBatchType) => void) | undefined;
   readonly #onError: (error: unknown) => void;
   /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
@@ -70,6 +72,7 @@ export class Dispatcher {
   constructor(options?: DispatcherOptions) {
     const { engine, config } = resolveOptions(options);
     this.engine = engine;
+    this.#config = config;
     this.#onBatch = options?.onBatch;
     this.#onError =
       options?.onError ??
@@ -265,9 +268,28 @@ export class Dispatcher {
     }
   }
 
-  /** Counters the guarantees are stated in. */
-  stats(): DispatcherStats {
+  /**
+   * A snapshot: counters, queues and arenas per shard, the fullest rooms, the runtime.
+   * `{ reset: true }` starts new high-water intervals after it.
+   */
+  stats(options: StatsOptions = {}): DispatcherStats {
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `stats: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
+    const top = options.topRooms ?? 10;
+    if (!Number.isInteger(top) || top < 0 || top > 1_000_000) {
+      throw rangeError(ErrorCode.InvalidArgument, `stats: topRooms must be an integer in 0..=1000000, got ${describe(top)}`, { field: 'topRooms' });
+    }
     const c = this.#engine.counters();
+    const shards = this.#engine.shardStats().map((s, shard) => ({
+      shard,
+      queueDepth: s.queueDepth,
+      queueHighWater: s.queueHighWater,
+      arena: { capacity: s.arenaCapacity, used: s.arenaUsed, highWater: s.arenaHighWater, wraps: s.arenaWraps },
+    }));
+    const rooms = this.#engine.roomStats(top);
+    if (options.reset === true) this.#engine.resetHighWater();
+    const cfg = this.#config;
     const verdicts = Object.fromEntries(VERDICT_NAMES.map((name, i) => [name, c.verdicts[i] ?? 0])) as DispatcherStats['verdicts'];
     const reasons = Object.fromEntries(REASON_NAMES.map((name, i) => [name, c.reasons[i] ?? 0])) as DispatcherStats['reasons'];
     return {
@@ -279,31 +301,22 @@ export class Dispatcher {
       delivered: c.delivered,
       rejected: c.rejected,
       batches: c.batches,
+      backpressure: { queue: c.backpressure[0] ?? 0, arena: c.backpressure[1] ?? 0, room: c.backpressure[2] ?? 0 },
+      shards,
+      rooms,
+      runtime: {
+        workerThreads: this.engine === 'js' ? 0 : cfg.workerThreads,
+        maxBlockingThreads: cfg.maxBlockingThreads,
+        shards: cfg.shards,
+        pinnedCores: this.engine === 'js' ? null : cfg.pinCores,
+        threadName: cfg.threadName,
+      },
     };
   }
 
   /** The counters in the Prometheus text exposition format. */
   metrics(): string {
-    const s = this.stats();
-    const lines: string[] = [];
-    const counter = (name: string, help: string, rows: [string, number][]): void => {
-      lines.push(`# HELP move_dispatcher_${name} ${help}`, `# TYPE move_dispatcher_${name} counter`);
-      for (const [labels, value] of rows) lines.push(`move_dispatcher_${name}${labels} ${value}`);
-    };
-    counter('dispatched_total', 'Frames passed to dispatch.', [['', s.dispatched]]);
-    counter(
-      'verdicts_total',
-      'Synchronous verdicts by kind.',
-      Object.entries(s.verdicts).map(([k, v]) => [`{verdict="${k}"}`, v]),
-    );
-    counter(
-      'rejections_total',
-      'Accepted moves rejected by validation, by reason.',
-      Object.entries(s.reasons).map(([k, v]) => [`{reason="${k}"}`, v]),
-    );
-    counter('delivered_total', 'Moves delivered to JavaScript.', [['', s.delivered]]);
-    counter('batches_total', 'Batches delivered to JavaScript.', [['', s.batches]]);
-    return `${lines.join('\n')}\n`;
+    return renderMetrics(this.stats());
   }
 
   /**

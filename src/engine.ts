@@ -81,6 +81,18 @@ export interface EngineCounters {
   /** Accepted moves rejected by validation (sum of `reasons`). */
   rejected: number;
   batches: number;
+  /** `Backpressure` by cause: [queue, arena, room budget]. */
+  backpressure: number[];
+}
+
+/** One shard's queue and arena. High-water marks are exact on the js engine and upper bounds on the native one. */
+export interface EngineShardStats {
+  queueDepth: number;
+  queueHighWater: number;
+  arenaCapacity: number;
+  arenaUsed: number;
+  arenaHighWater: number;
+  arenaWraps: number;
 }
 
 export interface Engine {
@@ -104,6 +116,11 @@ export interface Engine {
   /** Deliveries ready for JavaScript, in order. */
   poll(): Delivery[];
   counters(): EngineCounters;
+  shardStats(): EngineShardStats[];
+  /** The `top` rooms with the most undelivered bytes, largest first (ties: lower id first); empty rooms left out. */
+  roomStats(top: number): { room: number; bytes: number }[];
+  /** Starts new high-water intervals. */
+  resetHighWater(): void;
   /** From now on dispatch answers Closed and control calls Status.Closed; queued work still runs. */
   closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */

@@ -25,7 +25,7 @@
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
-import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
+import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { RECORD_HEADER_BYTES } from './options';
 
 /** Smallest ingress record (empty payload): bounds how many moves a ring can hold. */
@@ -187,6 +187,10 @@ class Shard {
   writePos = 0;
   /** Ring bytes held by queued records, skipped tails included. */
   used = 0;
+  /** High-water marks since the last reset, and times the write position went back to 0. */
+  depthHighWater = 0;
+  usedHighWater = 0;
+  wraps = 0;
   readonly controls: Control[] = [];
   controlHead = 0;
   /** Push rooms with content waiting for delivery. */
@@ -221,6 +225,8 @@ export class JsEngine implements Engine {
   /** `closeInput()` or `shutdown()` ran: new frames answer Closed, control calls Status.Closed. */
   #refusing = false;
   readonly #verdicts = [0, 0, 0, 0, 0, 0, 0, 0];
+  /** `Backpressure` by cause: queue, arena, room budget. */
+  readonly #pressure = [0, 0, 0];
   readonly #reasons = [0, 0, 0];
   #delivered = 0;
   #batches = 0;
@@ -350,6 +356,36 @@ export class JsEngine implements Engine {
     return out;
   }
 
+  #pressed(cause: 0 | 1 | 2): Verdict {
+    this.#pressure[cause]!++;
+    return Verdict.Backpressure;
+  }
+
+  shardStats(): EngineShardStats[] {
+    return this.#shards.map((s) => ({
+      queueDepth: s.enqueued - s.processed,
+      queueHighWater: s.depthHighWater,
+      arenaCapacity: this.#config.arenaBytes,
+      arenaUsed: s.used,
+      arenaHighWater: s.usedHighWater,
+      arenaWraps: s.wraps,
+    }));
+  }
+
+  roomStats(top: number): { room: number; bytes: number }[] {
+    const rows: { room: number; bytes: number }[] = [];
+    for (const r of this.#rooms.values()) if (r.reserved > 0) rows.push({ room: r.id, bytes: r.reserved });
+    rows.sort((a, b) => b.bytes - a.bytes || a.room - b.room);
+    return rows.slice(0, top);
+  }
+
+  resetHighWater(): void {
+    for (const s of this.#shards) {
+      s.depthHighWater = 0;
+      s.usedHighWater = 0;
+    }
+  }
+
   counters(): EngineCounters {
     const verdicts = this.#verdicts.slice();
     const reasons = this.#reasons.slice();
@@ -361,6 +397,7 @@ export class JsEngine implements Engine {
       delivered: this.#delivered,
       rejected: reasons.reduce((a, b) => a + b, 0),
       batches: this.#batches,
+      backpressure: this.#pressure.slice(),
     };
   }
 
@@ -403,11 +440,12 @@ export class JsEngine implements Engine {
   #enqueue(room: Room, buf: Uint8Array, at: number, length: number): Verdict {
     const shard = room.shard;
     const cap = this.#config.arenaBytes;
-    if (shard.enqueued - shard.processed >= this.#config.channelCapacity) return Verdict.Backpressure;
+    if (shard.enqueued - shard.processed >= this.#config.channelCapacity) return this.#pressed(0);
     const record = align8(RECORD_HEADER_BYTES + length);
     const skip = shard.writePos + record > cap ? cap - shard.writePos : 0;
-    if (shard.used + skip + record > cap) return Verdict.Backpressure;
-    if (room.reserved + length > this.#config.roomBytes) return Verdict.Backpressure;
+    if (shard.used + skip + record > cap) return this.#pressed(1);
+    if (room.reserved + length > this.#config.roomBytes) return this.#pressed(2);
+    if (skip > 0 || shard.writePos + record === cap) shard.wraps++;
     if (shard.ring.length === 0) shard.allocate(this.#config);
     const start = skip === 0 ? shard.writePos : 0;
     shard.ring.set(at === 0 && length === buf.length ? buf : buf.subarray(at, at + length), start);
@@ -419,6 +457,8 @@ export class JsEngine implements Engine {
     shard.rooms[slot] = room;
     shard.tail = slot + 1 === shard.starts.length ? 0 : slot + 1;
     shard.enqueued++;
+    shard.depthHighWater = Math.max(shard.depthHighWater, shard.enqueued - shard.processed);
+    shard.usedHighWater = Math.max(shard.usedHighWater, shard.used);
     room.reserved += length;
     this.#schedule(shard);
     return Verdict.Accepted;

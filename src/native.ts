@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Delivery, Engine, EngineConfig, EngineCounters, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
+import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
 import { ErrorCode, stateError } from './errors';
 
 /** One delivery as the binding returns it. */
@@ -46,6 +46,9 @@ interface NativeDispatcherInstance {
   requestFlush(token: number): void;
   poll(): NativeDelivery[];
   counters(): EngineCounters;
+  shardStats(): EngineShardStats[];
+  roomStats(top: number): { room: number; bytes: number }[];
+  resetHighWater(): void;
   closeInput(): void;
   shutdown(): void;
   pause(paused: boolean): void;
@@ -175,6 +178,15 @@ class NativeEngine implements Engine {
 
   counters(): EngineCounters {
     return this.#n.counters();
+  }
+  shardStats(): EngineShardStats[] {
+    return this.#n.shardStats();
+  }
+  roomStats(top: number): { room: number; bytes: number }[] {
+    return this.#n.roomStats(top);
+  }
+  resetHighWater(): void {
+    this.#n.resetHighWater();
   }
   closeInput(): void {
     this.#n.closeInput();

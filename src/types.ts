@@ -110,6 +110,49 @@ export interface StreamResult {
   malformed: boolean;
 }
 
+/** Options of `stats()`. */
+export interface StatsOptions {
+  /** Start new intervals for the high-water marks after this snapshot. Default false. */
+  reset?: boolean;
+  /** How many rooms `rooms` lists (those holding the most undelivered bytes). Default 10. */
+  topRooms?: number;
+}
+
+/** One shard's queue and ingress arena. */
+export interface ShardStats {
+  shard: number;
+  /** Moves dispatched and not yet taken by the worker. */
+  queueDepth: number;
+  /** Highest queue depth since the last reset (native: an upper bound, refreshed every 64 moves). */
+  queueHighWater: number;
+  arena: {
+    capacity: number;
+    /** Bytes holding frames not yet validated. */
+    used: number;
+    /** Highest `used` since the last reset (native: an upper bound, like `queueHighWater`). */
+    highWater: number;
+    /** Times the arena's bump pointer went back to its start (ring rotations). */
+    wraps: number;
+  };
+}
+
+/** A room's undelivered bytes: in flight, validated and rejected, not yet handed to JavaScript. */
+export interface RoomStats {
+  room: number;
+  bytes: number;
+}
+
+/** How the engine runs. */
+export interface RuntimeStats {
+  /** Tokio worker threads (0 on the js engine: it runs on the JavaScript thread). */
+  workerThreads: number;
+  maxBlockingThreads: number;
+  shards: number;
+  /** Core of each worker thread, in order, or null when not pinned. */
+  pinnedCores: number[] | null;
+  threadName: string;
+}
+
 /** Counters the guarantees are stated in. After `flush()` (and draining pull rooms): accepted = delivered + rejected. */
 export interface DispatcherStats {
   engine: 'native' | 'js';
@@ -126,6 +169,12 @@ export interface DispatcherStats {
   rejected: number;
   /** Batches handed to JavaScript (non-empty drains and push batches). */
   batches: number;
+  /** `Backpressure` verdicts by cause (they add up to `verdicts.Backpressure`). */
+  backpressure: { queue: number; arena: number; room: number };
+  shards: ShardStats[];
+  /** The rooms holding the most undelivered bytes, largest first (see `StatsOptions.topRooms`). */
+  rooms: RoomStats[];
+  runtime: RuntimeStats;
 }
 
 export interface EncodeMoveInput {

@@ -112,6 +112,7 @@ fn ring_over(buf: Box<[UnsafeCell<u8>]>, cap: usize) -> (Producer, Consumer) {
             ring: Arc::clone(&ring),
             head: 0,
             tail_cache: 0,
+            wraps: 0,
         },
         Consumer {
             ring,
@@ -126,6 +127,7 @@ pub struct Producer {
     ring: Arc<Ring>,
     head: usize,
     tail_cache: usize,
+    wraps: u64,
 }
 
 /// The ring lacks space for a record of `needed` bytes.
@@ -140,9 +142,25 @@ impl Producer {
         self.ring.cap
     }
 
-    /// Bytes in use (records not yet freed by the consumer), as last seen.
+    /// Bytes in use (records not yet freed by the consumer).
     pub fn used(&self) -> usize {
         self.head - self.ring.tail.0.load(Ordering::Acquire)
+    }
+
+    /// Bytes in use as last seen by the producer: an upper bound of [`Producer::used`] that
+    /// costs no shared read.
+    pub fn used_upper_bound(&self) -> usize {
+        self.head - self.tail_cache
+    }
+
+    /// Refreshes the producer's view of the consumer's position.
+    pub fn refresh(&mut self) {
+        self.tail_cache = self.ring.tail.0.load(Ordering::Acquire);
+    }
+
+    /// Times the write position went back to the start of the ring.
+    pub fn wraps(&self) -> u64 {
+        self.wraps
     }
 
     /// Whether a record for a frame of `frame_len` bytes fits now (a following
@@ -180,6 +198,9 @@ impl Producer {
             if self.head + total - self.tail_cache > cap {
                 return Err(Full { needed: total });
             }
+        }
+        if off + total >= cap {
+            self.wraps += 1;
         }
         let start = if skip > 0 {
             self.write(off, &SKIP_MARKER.to_le_bytes());

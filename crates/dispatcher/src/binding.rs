@@ -88,6 +88,26 @@ pub struct NativeCounters {
     pub delivered: f64,
     pub rejected: f64,
     pub batches: f64,
+    /// `Backpressure` by cause: queue, arena, room budget.
+    pub backpressure: Vec<f64>,
+}
+
+/// One shard's queue and arena (see `core::ShardStats`).
+#[napi(object)]
+pub struct NativeShardStats {
+    pub queue_depth: f64,
+    pub queue_high_water: f64,
+    pub arena_capacity: f64,
+    pub arena_used: f64,
+    pub arena_high_water: f64,
+    pub arena_wraps: f64,
+}
+
+/// A room's undelivered bytes.
+#[napi(object)]
+pub struct NativeRoomStats {
+    pub room: u32,
+    pub bytes: f64,
 }
 
 fn rejections(b: &Batch) -> Vec<NativeRejection> {
@@ -396,7 +416,44 @@ impl NativeDispatcher {
             delivered: num(c.delivered),
             rejected: num(c.rejected),
             batches: num(c.batches),
+            backpressure: c.backpressure.iter().copied().map(num).collect(),
         }
+    }
+
+    /// Queue and arena figures per shard.
+    #[napi(catch_unwind)]
+    pub fn shard_stats(&self) -> Vec<NativeShardStats> {
+        with_core(self.id, |c| c.shard_stats())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| NativeShardStats {
+                queue_depth: num(s.queue_depth),
+                queue_high_water: num(s.queue_high_water),
+                arena_capacity: num(s.arena_capacity as u64),
+                arena_used: num(s.arena_used as u64),
+                arena_high_water: num(s.arena_high_water as u64),
+                arena_wraps: num(s.arena_wraps),
+            })
+            .collect()
+    }
+
+    /// The `top` rooms with the most undelivered bytes.
+    #[napi(catch_unwind)]
+    pub fn room_stats(&self, top: u32) -> Vec<NativeRoomStats> {
+        with_core(self.id, |c| c.room_stats(top as usize))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(room, bytes)| NativeRoomStats {
+                room,
+                bytes: num(bytes as u64),
+            })
+            .collect()
+    }
+
+    /// Starts new high-water intervals.
+    #[napi(catch_unwind)]
+    pub fn reset_high_water(&self) {
+        with_core(self.id, Core::reset_high_water);
     }
 
     /// From now on frames answer `Closed` and control calls `Status::Closed`; queued work

@@ -135,7 +135,38 @@ pub struct Counters {
     pub delivered: u64,
     pub rejected: u64,
     pub batches: u64,
+    /// `Backpressure` by cause: queue, arena, room budget.
+    pub backpressure: [u64; 3],
 }
+
+/// Cause of a `Backpressure` verdict (index into [`Counters::backpressure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Pressure {
+    Queue = 0,
+    Arena = 1,
+    Room = 2,
+}
+
+/// One shard's queue and arena, as seen by the producer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Moves dispatched and not yet taken by the worker.
+    pub queue_depth: u64,
+    /// Highest queue depth seen at a dispatch (an upper bound: the producer refreshes its
+    /// view of the worker's progress every [`DEPTH_REFRESH`] moves, or when the queue looks full).
+    pub queue_high_water: u64,
+    pub arena_capacity: usize,
+    /// Bytes of the arena holding records not yet freed by the worker.
+    pub arena_used: usize,
+    /// Highest arena use seen at a dispatch (an upper bound, like `queue_high_water`).
+    pub arena_high_water: usize,
+    /// Times the arena's write position went back to its start.
+    pub arena_wraps: u64,
+}
+
+/// How often (in moves) the producer refreshes its view of the worker's progress.
+pub const DEPTH_REFRESH: u64 = 64;
 
 /// Result of [`Core::dispatch_stream`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -171,8 +202,11 @@ struct ShardHandle {
     next_seq: u64,
     /// Moves pushed into the arena (the queue's write count).
     pushed: u64,
-    /// Last value read from `shared.consumed` (refreshed only when the queue looks full).
+    /// Last value read from `shared.consumed` (refreshed when the queue looks full, and
+    /// every [`DEPTH_REFRESH`] moves for the high-water marks).
     consumed_cache: u64,
+    depth_high_water: u64,
+    arena_high_water: usize,
 }
 
 impl ShardHandle {
@@ -292,6 +326,8 @@ impl Core {
                 next_seq: 0,
                 pushed: 0,
                 consumed_cache: 0,
+                depth_high_water: 0,
+                arena_high_water: 0,
             });
         }
         let stopper = Arc::new(Stopper {
@@ -350,10 +386,17 @@ impl Core {
         }
         let shard = &mut self.shards[room.shard];
         // Causes in the documented order: queue, arena, room budget.
-        if shard.queue_full(self.cfg.channel_capacity as u64) || !shard.producer.fits(bytes.len()) {
-            return Verdict::Backpressure;
-        }
-        if !room.inbox.try_reserve(bytes.len()) {
+        let pressure = if shard.queue_full(self.cfg.channel_capacity as u64) {
+            Some(Pressure::Queue)
+        } else if !shard.producer.fits(bytes.len()) {
+            Some(Pressure::Arena)
+        } else if !room.inbox.try_reserve(bytes.len()) {
+            Some(Pressure::Room)
+        } else {
+            None
+        };
+        if let Some(p) = pressure {
+            self.counters.backpressure[p as usize] += 1;
             return Verdict::Backpressure;
         }
         if shard.producer.try_push(shard.next_seq, bytes).is_err() {
@@ -363,6 +406,16 @@ impl Core {
         }
         shard.pushed += 1;
         shard.next_seq += 1;
+        if shard.pushed.is_multiple_of(DEPTH_REFRESH) {
+            shard.consumed_cache = shard.shared.consumed.0.load(Ordering::Acquire);
+            shard.producer.refresh();
+        }
+        shard.depth_high_water = shard
+            .depth_high_water
+            .max(shard.pushed - shard.consumed_cache);
+        shard.arena_high_water = shard
+            .arena_high_water
+            .max(shard.producer.used_upper_bound());
         shard.shared.wake();
         self.counters.accepted += 1;
         Verdict::Accepted
@@ -597,6 +650,43 @@ impl Core {
         }
         c.rejected = c.reasons.iter().sum();
         c
+    }
+
+    /// Queue and arena figures per shard.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .map(|s| ShardStats {
+                queue_depth: s.pushed - s.shared.consumed.0.load(Ordering::Acquire),
+                queue_high_water: s.depth_high_water,
+                arena_capacity: s.producer.capacity(),
+                arena_used: s.producer.used(),
+                arena_high_water: s.arena_high_water,
+                arena_wraps: s.producer.wraps(),
+            })
+            .collect()
+    }
+
+    /// Starts new high-water intervals (after a `stats({ reset: true })` snapshot).
+    pub fn reset_high_water(&mut self) {
+        for s in &mut self.shards {
+            s.depth_high_water = 0;
+            s.arena_high_water = 0;
+        }
+    }
+
+    /// The `top` rooms with the most undelivered bytes (in flight, validated, or rejected and
+    /// not yet handed to JavaScript), largest first; rooms holding nothing are left out.
+    pub fn room_stats(&self, top: usize) -> Vec<(u32, usize)> {
+        let mut v: Vec<(u32, usize)> = self
+            .rooms
+            .iter()
+            .map(|(&id, r)| (id, r.inbox.reserved()))
+            .filter(|&(_, bytes)| bytes > 0)
+            .collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(top);
+        v
     }
 
     /// Stops (`true`) or resumes validation; a test hook for filling queues deterministically.

@@ -26,6 +26,7 @@ export type {
   MoveBatch,
   MoveView,
   Rejection,
+  RateLimit,
   RoomOptions,
   RoomStats,
   RuntimeStats,

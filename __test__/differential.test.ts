@@ -383,7 +383,7 @@ describe('differential: js engine vs native engine', () => {
       // the trace really exercised the contract
       expect(sa.dispatched).toBeGreaterThan(OPS * 0.8);
       for (const name of Object.keys(Verdict)) {
-        if (name === 'Backpressure' || name === 'Closed') continue;
+        if (name === 'Backpressure' || name === 'Closed' || name === 'RateLimited') continue; // off in this trace: rate limits depend on time
         expect(sa.verdicts[name as keyof typeof Verdict], `verdict ${name} occurred`).toBeGreaterThan(100);
       }
       for (const reason of ['BadTag', 'UnknownPlayer', 'Replay'] as const) expect(sa.reasons[reason], `reason ${reason} occurred`).toBeGreaterThan(100);

@@ -47,6 +47,8 @@ export const Verdict = {
   AuthMismatch: 6,
   /** `sender` was given and differs from the frame's player. */
   WrongSender: 7,
+  /** The sender spent its rate limit in this room (`openRoom(room, { rateLimit })`); nothing was kept. */
+  RateLimited: 8,
 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
@@ -60,6 +62,7 @@ export const VERDICT_NAMES = [
   'UnknownRoom',
   'AuthMismatch',
   'WrongSender',
+  'RateLimited',
 ] as const satisfies readonly (keyof typeof Verdict)[];
 
 /** Why an accepted move was rejected by validation (reported in `MoveBatch.rejections`). */

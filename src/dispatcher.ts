@@ -12,7 +12,7 @@ import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
 import { describe, resolveOptions } from './options';
-import type { DispatcherOptions, DispatcherStats, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
+import type { DispatcherOptions, DispatcherStats, RateLimit, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -30,6 +30,25 @@ function checkBytes(value: unknown, field: string, method: string): Uint8Array {
     throw typeError(ErrorCode.InvalidArgument, `${method}: ${field} must be a Uint8Array (or Buffer), got ${describe(value)}`, { field });
   }
   return value;
+}
+
+function checkRateLimit(value: unknown): RateLimit | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'object' || value === null) {
+    throw typeError(ErrorCode.InvalidArgument, `openRoom: rateLimit must be an object { perSecond, burst }, got ${describe(value)}`, { field: 'rateLimit' });
+  }
+  const { perSecond, burst } = value as Partial<RateLimit>;
+  if (typeof perSecond !== 'number' || !Number.isFinite(perSecond) || perSecond <= 0 || perSecond > 1e9) {
+    throw rangeError(ErrorCode.InvalidArgument, `openRoom: rateLimit.perSecond must be a number in (0, 1e9], got ${describe(perSecond)}`, {
+      field: 'rateLimit.perSecond',
+    });
+  }
+  if (typeof burst !== 'number' || !Number.isInteger(burst) || burst < 1 || burst > 1e9) {
+    throw rangeError(ErrorCode.InvalidArgument, `openRoom: rateLimit.burst must be an integer in 1..=1e9, got ${describe(burst)}`, {
+      field: 'rateLimit.burst',
+    });
+  }
+  return { perSecond, burst };
 }
 
 function checkSender(sender: unknown, method: string): number {
@@ -104,7 +123,8 @@ export class Dispatcher {
     if (delivery !== 'pull' && delivery !== 'push') {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: delivery must be 'pull' or 'push', got ${describe(delivery)}`, { field: 'delivery' });
     }
-    this.#status(this.#engine.openRoom(room, auth === 'hmac-sha256' ? AUTH_HMAC : AUTH_SHA256, delivery === 'push'), 'openRoom', room);
+    const rate = checkRateLimit(options.rateLimit);
+    this.#status(this.#engine.openRoom(room, auth === 'hmac-sha256' ? AUTH_HMAC : AUTH_SHA256, delivery === 'push', rate), 'openRoom', room);
     this.#closingRooms.delete(room);
   }
 

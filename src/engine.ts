@@ -7,7 +7,7 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
-import type { StreamResult } from './types';
+import type { RateLimit, StreamResult } from './types';
 
 /** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`, `release`). */
 export const Status = {
@@ -100,7 +100,8 @@ export interface Engine {
   /** `sender < 0` means no sender check. Returns a `Verdict`. */
   dispatch(frame: Uint8Array, sender: number): number;
   dispatchStream(chunk: Uint8Array, sender: number): StreamResult;
-  openRoom(room: number, auth: number, push: boolean): Status;
+  /** `rate`: per-player token bucket, or null for none. */
+  openRoom(room: number, auth: number, push: boolean, rate?: RateLimit | null): Status;
   /** `key` is null in sha256 rooms. Joining again replaces the key and keeps the replay window. */
   join(room: number, player: number, key: Uint8Array | null): Status;
   leave(room: number, player: number): Status;

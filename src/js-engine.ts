@@ -23,10 +23,11 @@
  * still be drained.
  */
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, Verdict, WIRE_VERSION } from './constants';
+import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
 import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { RECORD_HEADER_BYTES } from './options';
+import type { RateLimit } from './types';
 
 /** Smallest ingress record (empty payload): bounds how many moves a ring can hold. */
 const MIN_RECORD = align8(RECORD_HEADER_BYTES + FRAME_OVERHEAD);
@@ -117,13 +118,30 @@ class Player {
 }
 
 /** A room: the dispatch-side view (open, auth, reserved bytes, members) and the worker-side view (players, halves). */
+/** A player's token bucket. */
+interface Bucket {
+  tokens: number;
+  /** `performance.now()` of the last refill. */
+  at: number;
+}
+
+/** Refills `b` for the time elapsed; whether a token is available. */
+function refill(b: Bucket, rate: RateLimit): boolean {
+  const now = performance.now();
+  b.tokens = Math.min(rate.burst, b.tokens + ((now - b.at) / 1000) * rate.perSecond);
+  b.at = now;
+  return b.tokens >= 1;
+}
+
 class Room {
   /** False once `closeRoom` was called (until reopened): frames answer `UnknownRoom`. */
   open = true;
   /** Bytes of accepted frames not yet handed to JavaScript (in flight, validated or rejected). */
   reserved = 0;
-  /** Dispatch-side membership, for `leave`'s `UnknownPlayer`. */
-  readonly members = new Set<number>();
+  /** Dispatch-side membership (for `leave`'s `UnknownPlayer`), with each member's rate-limit bucket. */
+  readonly members = new Map<number, Bucket>();
+  /** Per-player rate limit, or null. */
+  rate: RateLimit | null = null;
   /** Worker-side players, updated in order with the moves by the shard's controls. */
   readonly players = new Map<number, Player>();
   /** The two halves, `2 * roomBytes`, allocated on the first validated move. */
@@ -224,7 +242,7 @@ export class JsEngine implements Engine {
   #shut = false;
   /** `closeInput()` or `shutdown()` ran: new frames answer Closed, control calls Status.Closed. */
   #refusing = false;
-  readonly #verdicts = [0, 0, 0, 0, 0, 0, 0, 0];
+  readonly #verdicts = new Array<number>(VERDICT_NAMES.length).fill(0);
   /** `Backpressure` by cause: queue, arena, room budget. */
   readonly #pressure = [0, 0, 0];
   readonly #reasons = [0, 0, 0];
@@ -271,12 +289,14 @@ export class JsEngine implements Engine {
     return { consumed: at, accepted, rejected, backpressure, malformed };
   }
 
-  openRoom(room: number, auth: number, push: boolean): Status {
+  openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
     if (this.#refusing) return Status.Closed;
     const flag = auth === AUTH_HMAC ? FLAG_HMAC : 0;
     const existing = this.#rooms.get(room);
     if (existing === undefined) {
-      this.#rooms.set(room, new Room(room, this.#shards[room % this.#config.shards]!, flag, push));
+      const r = new Room(room, this.#shards[room % this.#config.shards]!, flag, push);
+      r.rate = rate;
+      this.#rooms.set(room, r);
       return Status.Ok;
     }
     if (existing.open) return Status.RoomExists;
@@ -284,6 +304,7 @@ export class JsEngine implements Engine {
     if (existing.push !== push) return Status.WrongDelivery;
     existing.open = true;
     existing.auth = flag;
+    existing.rate = rate;
     return Status.Ok;
   }
 
@@ -291,7 +312,8 @@ export class JsEngine implements Engine {
     const r = this.#openRoom(room);
     if (typeof r === 'number') return r;
     if ((key === null) !== (r.auth === 0)) return Status.WrongDelivery;
-    r.members.add(player);
+    // Joining again (key rotation) keeps the bucket: it cannot refill a rate limit.
+    if (!r.members.has(player)) r.members.set(player, { tokens: r.rate?.burst ?? 0, at: performance.now() });
     // createSecretKey copies the bytes: the caller's buffer is never kept.
     this.#control(r, OP_JOIN, player, key === null ? null : createSecretKey(key));
     return Status.Ok;
@@ -433,7 +455,13 @@ export class JsEngine implements Engine {
     if (room === undefined || !room.open) return Verdict.UnknownRoom;
     if ((buf[at + 3]! & FLAG_HMAC) !== room.auth) return Verdict.AuthMismatch;
     if (sender >= 0 && sender !== readU32LE(buf, at + 8)) return Verdict.WrongSender;
-    return this.#enqueue(room, buf, at, length);
+    // Rate limit: keyed by the proven sender (else the frame's player); non-members are not
+    // limited here (validation rejects them).
+    const bucket = room.rate === null ? undefined : room.members.get(sender >= 0 ? sender : readU32LE(buf, at + 8));
+    if (bucket !== undefined && !refill(bucket, room.rate!)) return Verdict.RateLimited;
+    const verdict = this.#enqueue(room, buf, at, length);
+    if (bucket !== undefined && verdict === Verdict.Accepted) bucket.tokens -= 1;
+    return verdict;
   }
 
   /** Capacity checks (queue, ring, room), then the copy into the ring. */

@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
 import { ErrorCode, stateError } from './errors';
+import type { RateLimit } from './types';
 
 /** One delivery as the binding returns it. */
 interface NativeDelivery {
@@ -34,7 +35,7 @@ interface NativeDrain {
 interface NativeDispatcherInstance {
   /** The id the hot-path functions of the binding take. */
   readonly id: number;
-  openRoom(room: number, auth: number, push: boolean): number;
+  openRoom(room: number, auth: number, push: boolean, ratePerSecond: number, rateBurst: number): number;
   join(room: number, player: number, key: Uint8Array | null): number;
   leave(room: number, player: number): number;
   closeRoom(room: number): number;
@@ -126,9 +127,9 @@ class NativeEngine implements Engine {
   dispatchStream(chunk: Uint8Array, sender: number): StreamResult {
     return this.#b.dispatchStream(this.#id, chunk, sender);
   }
-  openRoom(room: number, auth: number, push: boolean): Status {
+  openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
     this.#closing.delete(room);
-    return this.#n.openRoom(room, auth, push) as Status;
+    return this.#n.openRoom(room, auth, push, rate?.perSecond ?? 0, rate?.burst ?? 0) as Status;
   }
   join(room: number, player: number, key: Uint8Array | null): Status {
     return this.#n.join(room, player, key) as Status;

@@ -47,6 +47,18 @@ export interface RoomOptions {
   auth?: AuthMode;
   /** Default `'pull'`. */
   delivery?: DeliveryMode;
+  /**
+   * Per-player token bucket, keyed by the `sender` given to dispatch (the frame's player when
+   * none is given): `perSecond` moves a second on average, bursts of up to `burst`. A frame
+   * without a token answers `Verdict.RateLimited` and spends nothing. Off by default.
+   */
+  rateLimit?: RateLimit;
+}
+
+/** A rate limit: `perSecond` > 0 (finite), `burst` an integer ≥ 1. */
+export interface RateLimit {
+  perSecond: number;
+  burst: number;
 }
 
 export interface JoinOptions {

@@ -15,7 +15,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::CleanupEnvHook;
 
-use crate::core::{Config, Core, Stopper};
+use crate::core::{Config, Core, RateLimit, Stopper};
 use crate::inbox::{Batch, RoomMemory};
 use crate::outbox::Delivery;
 use crate::verdict::{Status as EngineStatus, Verdict};
@@ -247,10 +247,21 @@ impl NativeDispatcher {
         self.id
     }
 
-    /// Opens a room: `auth` 0 = SHA-256, 1 = HMAC-SHA256.
+    /// Opens a room: `auth` 0 = SHA-256, 1 = HMAC-SHA256; `rate_per_second` 0 = no rate limit.
     #[napi(catch_unwind)]
-    pub fn open_room(&self, room: u32, auth: u32, push: bool) -> u32 {
-        self.status(|c| c.open_room(room, auth == 1, push))
+    pub fn open_room(
+        &self,
+        room: u32,
+        auth: u32,
+        push: bool,
+        rate_per_second: f64,
+        rate_burst: f64,
+    ) -> u32 {
+        let rate = (rate_per_second > 0.0).then_some(RateLimit {
+            per_second: rate_per_second,
+            burst: rate_burst.max(1.0),
+        });
+        self.status(|c| c.open_room(room, auth == 1, push, rate))
     }
 
     /// Registers a player (with its HMAC key in HMAC rooms).

@@ -19,10 +19,10 @@
 //! runs on drop. Pull rooms can still be drained afterwards: room memory lives as long as
 //! the room (or a JavaScript view of it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::arena::{self, Producer};
 use crate::auth::PlayerKey;
@@ -184,8 +184,41 @@ struct Room {
     push: bool,
     /// `false` after `closeRoom`: frames answer `UnknownRoom`, pending moves still flow.
     open: bool,
-    players: HashSet<u32, IdHashBuilder>,
+    /// Members, each with its rate-limit bucket (unused when `rate` is `None`).
+    players: HashMap<u32, Bucket, IdHashBuilder>,
+    rate: Option<RateLimit>,
     inbox: Arc<Inbox>,
+}
+
+/// A room's per-player rate limit: `per_second` tokens a second, at most `burst` saved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// A player's token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Option<RateLimit>) -> Self {
+        Self {
+            tokens: rate.map_or(0.0, |r| r.burst),
+            at: Instant::now(),
+        }
+    }
+
+    /// Refills for the time elapsed; whether a token is available.
+    fn ready(&mut self, rate: RateLimit, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.at = now;
+        self.tokens >= 1.0
+    }
 }
 
 impl Room {
@@ -375,7 +408,7 @@ impl Core {
             Err(FrameError::Oversize { .. }) => return Verdict::Oversize,
             Err(_) => return Verdict::Malformed,
         };
-        let Some(room) = self.rooms.get(&h.room).filter(|r| r.open) else {
+        let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
             return Verdict::UnknownRoom;
         };
         if h.is_hmac() != room.hmac {
@@ -383,6 +416,17 @@ impl Core {
         }
         if sender.is_some_and(|s| s != h.player) {
             return Verdict::WrongSender;
+        }
+        // Rate limit: keyed by the proven sender (the frame's player when none is given);
+        // frames of non-members are not limited here (validation rejects them).
+        let mut bucket = None;
+        if let Some(rate) = room.rate {
+            if let Some(b) = room.players.get_mut(&sender.unwrap_or(h.player)) {
+                if !b.ready(rate, Instant::now()) {
+                    return Verdict::RateLimited;
+                }
+                bucket = Some(b);
+            }
         }
         let shard = &mut self.shards[room.shard];
         // Causes in the documented order: queue, arena, room budget.
@@ -403,6 +447,9 @@ impl Core {
             debug_assert!(false, "fits() said the record fits");
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
+        }
+        if let Some(b) = bucket {
+            b.tokens -= 1.0;
         }
         shard.pushed += 1;
         shard.next_seq += 1;
@@ -461,7 +508,13 @@ impl Core {
     /// Opens `room` (or reopens a closing one, keeping its pending moves ahead).
     /// A closing room cannot change its delivery mode (`WrongDelivery`): its pending moves
     /// are on their way by the old one.
-    pub fn open_room(&mut self, room: u32, hmac: bool, push: bool) -> Status {
+    pub fn open_room(
+        &mut self,
+        room: u32,
+        hmac: bool,
+        push: bool,
+        rate: Option<RateLimit>,
+    ) -> Status {
         if self.closed {
             return Status::Closed;
         }
@@ -473,6 +526,7 @@ impl Core {
                 r.open = true;
                 r.hmac = hmac;
                 r.push = push;
+                r.rate = rate;
                 Arc::clone(&r.inbox)
             }
             None => {
@@ -484,7 +538,8 @@ impl Core {
                         hmac,
                         push,
                         open: true,
-                        players: HashSet::default(),
+                        players: HashMap::default(),
+                        rate,
                         inbox: Arc::clone(&inbox),
                     },
                 );
@@ -517,7 +572,11 @@ impl Core {
         let Ok(key) = key.map(PlayerKey::new).transpose() else {
             return Status::WrongDelivery;
         };
-        r.players.insert(player);
+        // Joining again (key rotation) keeps the bucket: it cannot refill a rate limit.
+        let rate = r.rate;
+        r.players
+            .entry(player)
+            .or_insert_with(|| Bucket::full(rate));
         let shard = r.shard;
         self.push_control(
             shard,
@@ -536,7 +595,7 @@ impl Core {
             Ok(r) => r,
             Err(s) => return s,
         };
-        if !r.players.remove(&player) {
+        if r.players.remove(&player).is_none() {
             return Status::UnknownPlayer;
         }
         let shard = r.shard;
@@ -916,7 +975,7 @@ mod tests {
     #[test]
     fn accepts_validates_and_drains_in_order() {
         let (mut c, _) = core(Config::default());
-        assert_eq!(c.open_room(1, false, false), Status::Ok);
+        assert_eq!(c.open_room(1, false, false, None), Status::Ok);
         assert_eq!(c.join(1, 7, None), Status::Ok);
         let frames: Vec<Vec<u8>> = (1..=100)
             .map(|s| frame(1, 7, s, &[s as u8; 10], None))
@@ -945,8 +1004,8 @@ mod tests {
     #[test]
     fn sync_verdicts() {
         let (mut c, _) = core(Config::default());
-        c.open_room(1, false, false);
-        c.open_room(2, true, false);
+        c.open_room(1, false, false, None);
+        c.open_room(2, true, false, None);
         let ok = frame(1, 7, 1, b"x", None);
         assert_eq!(c.dispatch(&[], None), Verdict::Malformed);
         assert_eq!(c.dispatch(&ok[..30], None), Verdict::Malformed);
@@ -980,8 +1039,8 @@ mod tests {
             ..Config::default()
         };
         let (mut c, _) = core(cfg);
-        c.open_room(1, false, false);
-        c.open_room(2, false, false);
+        c.open_room(1, false, false, None);
+        c.open_room(2, false, false, None);
         c.pause(true);
         // Room budget: 4096 / 60-byte frames = 68 frames, but the queue stops at 64.
         let mut accepted = 0;
@@ -1014,7 +1073,7 @@ mod tests {
     #[test]
     fn push_rooms_deliver_and_flush_waits_for_release() {
         let (mut c, wakes) = core(Config::default());
-        c.open_room(5, false, true);
+        c.open_room(5, false, true, None);
         c.join(5, 1, None);
         for s in 1..=10 {
             assert_eq!(
@@ -1038,7 +1097,7 @@ mod tests {
     #[test]
     fn flush_waits_for_an_unreleased_push_batch() {
         let (mut c, _) = core(Config::default());
-        c.open_room(5, false, true);
+        c.open_room(5, false, true, None);
         c.join(5, 1, None);
         assert_eq!(
             c.dispatch(&frame(5, 1, 1, b"p", None), None),
@@ -1082,7 +1141,7 @@ mod tests {
         let (mut c, _) = core(Config::default());
         let k1 = PlayerKey::new(&[1; 32]).unwrap();
         let k2 = PlayerKey::new(&[2; 32]).unwrap();
-        c.open_room(4, true, false);
+        c.open_room(4, true, false, None);
         assert_eq!(c.join(4, 1, None), Status::WrongDelivery);
         assert_eq!(c.join(4, 1, Some(&[1; 32])), Status::Ok);
         assert_eq!(
@@ -1107,7 +1166,7 @@ mod tests {
     #[test]
     fn close_room_delivers_pending_then_forgets() {
         let (mut c, _) = core(Config::default());
-        c.open_room(1, false, false);
+        c.open_room(1, false, false, None);
         c.join(1, 1, None);
         assert_eq!(
             c.dispatch(&frame(1, 1, 1, b"a", None), None),
@@ -1121,7 +1180,7 @@ mod tests {
         flush(&mut c, 1);
         assert_eq!(c.drain(1).unwrap().0.count, 1);
         assert_eq!(c.drain(1).unwrap_err(), Status::UnknownRoom);
-        assert_eq!(c.open_room(1, false, false), Status::Ok);
+        assert_eq!(c.open_room(1, false, false, None), Status::Ok);
         // Nothing pending: forgotten at once.
         assert_eq!(c.close_room(1), Status::Ok);
         assert!(!c.has_room(1));
@@ -1134,7 +1193,7 @@ mod tests {
     #[test]
     fn controls_and_moves_stay_in_order_under_load() {
         let (mut c, _) = core(Config::default());
-        c.open_room(1, false, false);
+        c.open_room(1, false, false, None);
         c.join(1, 1, None);
         let rounds = 20_000u32;
         for i in 0..rounds {
@@ -1158,6 +1217,43 @@ mod tests {
                     .all(|r| r.reason == Reason::UnknownPlayer && r.seq % 2 == 1));
                 assert_eq!(b.rejections.len(), 1000);
             }
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_the_burst_then_refills() {
+        let (mut c, _) = core(Config::default());
+        let rate = RateLimit {
+            per_second: 1000.0,
+            burst: 5.0,
+        };
+        c.open_room(1, false, false, Some(rate));
+        c.join(1, 7, None);
+        let verdicts: Vec<Verdict> = (1..=7)
+            .map(|s| c.dispatch(&frame(1, 7, s, b"x", None), Some(7)))
+            .collect();
+        assert_eq!(&verdicts[..5], &[Verdict::Accepted; 5]);
+        assert_eq!(&verdicts[5..], &[Verdict::RateLimited; 2]);
+        // Refused moves spend nothing; a refill of 1 ms gives one token back.
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(
+            c.dispatch(&frame(1, 7, 8, b"x", None), Some(7)),
+            Verdict::Accepted
+        );
+        assert_eq!(c.counters().verdicts[Verdict::RateLimited as usize], 2);
+        // Other players have their own bucket; rooms without a limit have none.
+        c.join(1, 8, None);
+        assert_eq!(
+            c.dispatch(&frame(1, 8, 1, b"x", None), Some(8)),
+            Verdict::Accepted
+        );
+        c.open_room(2, false, false, None);
+        c.join(2, 7, None);
+        for s in 1..=50 {
+            assert_eq!(
+                c.dispatch(&frame(2, 7, s, b"x", None), Some(7)),
+                Verdict::Accepted
+            );
         }
     }
 

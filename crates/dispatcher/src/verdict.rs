@@ -21,11 +21,13 @@ pub enum Verdict {
     AuthMismatch = 6,
     /// The frame's player is not the connection's proven sender.
     WrongSender = 7,
+    /// The sender spent its room's rate limit (token bucket); nothing was kept.
+    RateLimited = 8,
 }
 
 impl Verdict {
     /// Number of verdicts.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 }
 
 /// Why an accepted move failed validation.

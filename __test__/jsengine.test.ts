@@ -9,6 +9,7 @@ import { AUTH_HMAC, AUTH_SHA256, Reason, REPLAY_WINDOW, Verdict } from '../src/c
 import { encodeMove } from '../src/encode';
 import { type Delivery, type EngineConfig, type RawBatch, Status } from '../src/engine';
 import { JsEngine } from '../src/js-engine';
+import { RECORD_HEADER_BYTES } from '../src/options';
 import type { EncodeMoveInput } from '../src/types';
 
 function config(overrides: Partial<EngineConfig> = {}): EngineConfig {
@@ -271,7 +272,7 @@ describe('JsEngine backpressure', () => {
     e.shutdown();
   });
 
-  it('accounts the ingress ring exactly: align8(16 + length) records, the tail skipped at the wrap', async () => {
+  it('accounts the ingress ring exactly: align8(24 + length) records, the tail skipped at the wrap', async () => {
     // A reference model of architecture.md "Ingress arena", fed random frame sizes.
     const arenaBytes = 2000;
     const { e } = engine({ arenaBytes, channelCapacity: 1 << 20, roomBytes: 1 << 24, maxPayload: 300 });
@@ -291,7 +292,7 @@ describe('JsEngine backpressure', () => {
       e.pause(true);
       for (let i = 0; i < 20; i++) {
         const f = frame({ seq: ++seq, size: rand(301) });
-        const record = (16 + f.length + 7) & ~7;
+        const record = (RECORD_HEADER_BYTES + f.length + 7) & ~7;
         const skip = pos + record > arenaBytes ? arenaBytes - pos : 0;
         const expected = used + skip + record > arenaBytes ? Verdict.Backpressure : Verdict.Accepted;
         expect(e.dispatch(f, -1), `round ${round} frame ${i}`).toBe(expected);

@@ -5,8 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { Dispatcher, Verdict, encodeMove } from '../index';
 
 const move = (room: number, seq: number, payload = 4) => encodeMove({ room, player: 1, seq, payload: new Uint8Array(payload) });
-/** Bytes a frame of `payload` bytes takes in the arena: align8(16 + 56 + payload). */
-const record = (payload: number) => (16 + 56 + payload + 7) & ~7;
+/** Bytes a frame of `payload` bytes takes in the arena: align8(24 + 56 + payload). */
+const record = (payload: number) => (24 + 56 + payload + 7) & ~7;
 
 describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
   it('backpressure by cause, queue depth and arena use, high-water marks and reset', async () => {

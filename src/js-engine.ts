@@ -11,7 +11,7 @@
  * # Backpressure
  * The same accounting as the native engine, so both refuse at the same points: moves in
  * flight per shard against `channelCapacity`; ingress ring bytes per shard
- * (`align8(16 + frame.length)` per record, the ring's tail skipped when a record does not
+ * (`align8(24 + frame.length)` per record, the ring's tail skipped when a record does not
  * fit before its end); bytes reserved per room against `roomBytes`.
  *
  * # Allocation

@@ -20,7 +20,7 @@ export const DEFAULTS = {
 } as const;
 
 /** Bytes of a move record's header in the ingress arena. */
-export const RECORD_HEADER_BYTES = 16;
+export const RECORD_HEADER_BYTES = 24;
 
 function integer(options: DispatcherOptions, field: keyof DispatcherOptions, min: number, max: number, fallback: number): number {
   const value: unknown = options[field];
@@ -72,7 +72,8 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   const channelCapacity = integer(options, 'channelCapacity', 1, 1 << 24, DEFAULTS.channelCapacity);
   const maxPayload = integer(options, 'maxPayload', 0, MAX_WIRE_PAYLOAD, DEFAULTS.maxPayload);
   const maxFrame = FRAME_OVERHEAD + maxPayload;
-  const minArena = Math.max(64 << 10, 2 * (RECORD_HEADER_BYTES + maxFrame + 8));
+  // Two of the largest records (align8(header + frame)) plus slack, as the Rust core checks.
+  const minArena = Math.max(64 << 10, 2 * (((RECORD_HEADER_BYTES + maxFrame + 7) & ~7) + 8));
   const arenaBytes = integer(options, 'arenaBytes', minArena, 1 << 30, Math.max(DEFAULTS.arenaBytes, minArena));
   const minRoom = Math.max(4 << 10, maxFrame);
   const roomBytes = integer(options, 'roomBytes', minRoom, 64 << 20, Math.max(DEFAULTS.roomBytes, minRoom));

@@ -7,7 +7,7 @@
 //! and frees the record by advancing the tail.
 //!
 //! Record layout (8-byte aligned): `u32` frame length, `u32` reserved, `u64` sequence
-//! number, the frame. A record never wraps: when it does not fit before the end of the
+//! number, `u64` dispatch time ([`crate::clock::now_ns`]), the frame. A record never wraps: when it does not fit before the end of the
 //! ring, the producer writes a skip marker and starts the record at offset 0.
 //!
 //! # Backpressure
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Bytes of a record header.
-pub const RECORD_HEADER: usize = 16;
+pub const RECORD_HEADER: usize = 24;
 const SKIP_MARKER: u32 = u32::MAX;
 
 /// Bytes a frame of `frame_len` occupies in the ring (without a possible skip).
@@ -184,7 +184,7 @@ impl Producer {
     ///
     /// # Errors
     /// [`Full`] when the ring has no room; nothing is written.
-    pub fn try_push(&mut self, seq: u64, frame: &[u8]) -> Result<(), Full> {
+    pub fn try_push(&mut self, seq: u64, stamp: u64, frame: &[u8]) -> Result<(), Full> {
         let cap = self.ring.cap;
         let need = record_size(frame.len());
         let off = self.head % cap;
@@ -211,6 +211,7 @@ impl Producer {
         let len = frame.len() as u32;
         self.write(start, &len.to_le_bytes());
         self.write(start + 8, &seq.to_le_bytes());
+        self.write(start + 16, &stamp.to_le_bytes());
         self.write(start + RECORD_HEADER, frame);
         self.head += total;
         self.ring.head.0.store(self.head, Ordering::Release);
@@ -241,6 +242,8 @@ pub struct Consumer {
 /// A record at the tail of the ring.
 pub struct Record<'a> {
     pub seq: u64,
+    /// When the move was dispatched ([`crate::clock::now_ns`]).
+    pub stamp: u64,
     pub frame: &'a [u8],
     /// Bytes to [`Consumer::advance`] past this record (including any skip before it).
     pub size: usize,
@@ -274,6 +277,7 @@ impl Consumer {
         }
         let len = self.read_u32(off) as usize;
         let seq = u64::from_le_bytes(self.read::<8>(off + 8));
+        let stamp = u64::from_le_bytes(self.read::<8>(off + 16));
         let start = off + RECORD_HEADER;
         assert!(start + len <= cap, "corrupt arena record");
         // SAFETY: `[start, start + len)` lies inside the published region `[tail, head)`,
@@ -282,6 +286,7 @@ impl Consumer {
         let frame = unsafe { std::slice::from_raw_parts(self.ring.ptr(start).cast_const(), len) };
         Some(Record {
             seq,
+            stamp,
             frame,
             size: skip + record_size(len),
         })
@@ -318,8 +323,8 @@ mod tests {
     fn push_peek_advance_in_order() {
         let (mut p, mut c) = ring(256);
         assert!(c.peek().is_none());
-        p.try_push(1, b"abc").unwrap();
-        p.try_push(2, &[9; 40]).unwrap();
+        p.try_push(1, 0, b"abc").unwrap();
+        p.try_push(2, 0, &[9; 40]).unwrap();
         let r = c.peek().unwrap();
         assert_eq!((r.seq, r.frame), (1, &b"abc"[..]));
         let size = r.size;
@@ -334,20 +339,20 @@ mod tests {
 
     #[test]
     fn full_and_wrap_with_skip_marker() {
-        let (mut p, mut c) = ring(128);
-        // 16 + 40 = 56 bytes per record: two fit (112), the third does not.
-        p.try_push(1, &[1; 40]).unwrap();
-        p.try_push(2, &[2; 40]).unwrap();
-        assert_eq!(p.try_push(3, &[3; 40]), Err(Full { needed: 16 + 56 }));
+        let (mut p, mut c) = ring(144);
+        // 24 + 40 = 64 bytes per record: two fit (128), the third does not.
+        p.try_push(1, 0, &[1; 40]).unwrap();
+        p.try_push(2, 0, &[2; 40]).unwrap();
+        assert_eq!(p.try_push(3, 0, &[3; 40]), Err(Full { needed: 16 + 64 }));
         let size = c.peek().unwrap().size;
         c.advance(size);
-        // head at 112: 16 bytes left before the end, so the record skips to 0.
-        p.try_push(3, &[3; 40]).unwrap();
+        // head at 128: 16 bytes left before the end, so the record skips to 0.
+        p.try_push(3, 0, &[3; 40]).unwrap();
         let size = c.peek().unwrap().size;
         c.advance(size);
         let r = c.peek().unwrap();
         assert_eq!((r.seq, r.frame), (3, &[3u8; 40][..]));
-        assert_eq!(r.size, 16 + 56);
+        assert_eq!(r.size, 16 + 64);
     }
 
     /// Property: any interleaving of pushes and pops returns exactly the pushed frames in
@@ -365,7 +370,7 @@ mod tests {
                     let len = rng.below(cap as u64 / 2) as usize;
                     let frame: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                     seq += 1;
-                    if p.try_push(seq, &frame).is_ok() {
+                    if p.try_push(seq, 0, &frame).is_ok() {
                         model.push_back((seq, frame));
                     }
                     assert!(p.used() <= p.capacity(), "round {round}");
@@ -405,7 +410,7 @@ mod tests {
         let mut seq = 1;
         while seq <= n {
             let frame = vec![seq as u8; (seq % 97) as usize];
-            if p.try_push(seq, &frame).is_ok() {
+            if p.try_push(seq, 0, &frame).is_ok() {
                 seq += 1;
             } else {
                 std::hint::spin_loop();

@@ -443,7 +443,11 @@ impl Core {
             self.counters.backpressure[p as usize] += 1;
             return Verdict::Backpressure;
         }
-        if shard.producer.try_push(shard.next_seq, bytes).is_err() {
+        if shard
+            .producer
+            .try_push(shard.next_seq, crate::clock::now_ns(), bytes)
+            .is_err()
+        {
             debug_assert!(false, "fits() said the record fits");
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;

@@ -26,6 +26,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod arena;
 pub mod auth;
+pub mod clock;
 pub mod core;
 pub mod frame;
 pub mod inbox;

@@ -9,9 +9,13 @@
 //! - [`shard`]: the worker: validation, room inboxes, push delivery;
 //! - [`outbox`]: deliveries waiting for JavaScript;
 //! - [`core`]: the dispatcher as seen from the JavaScript thread, and its tokio runtime;
+//! - [`latency`]: HDR histograms recorded without locks, snapshotted from another thread;
+//! - [`alloc`]: jemalloc figures and the hot-path allocation counter;
+//! - [`clock`]: the process-wide monotonic nanosecond clock;
 //! - `binding` (feature `napi`): the napi-rs class over [`core::Core`].
 //!
-//! Only [`arena`] and [`inbox`] (and the memory bridge in `binding`) contain `unsafe`.
+//! Only [`arena`] and [`inbox`] (and the memory bridge in `binding`, and the `GlobalAlloc`
+//! wrapper in [`alloc`]) contain `unsafe`.
 
 #[cfg(all(feature = "napi", not(test)))]
 #[macro_use]
@@ -22,14 +26,24 @@ extern crate napi_derive;
     not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
 ))]
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: alloc::Counting<tikv_jemallocator::Jemalloc> =
+    alloc::Counting::new(tikv_jemallocator::Jemalloc);
 
+#[cfg(all(
+    feature = "napi",
+    any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")
+))]
+#[global_allocator]
+static GLOBAL: alloc::Counting<std::alloc::System> = alloc::Counting::new(std::alloc::System);
+
+pub mod alloc;
 pub mod arena;
 pub mod auth;
 pub mod clock;
 pub mod core;
 pub mod frame;
 pub mod inbox;
+pub mod latency;
 pub mod outbox;
 pub mod shard;
 pub mod verdict;

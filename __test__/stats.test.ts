@@ -87,3 +87,54 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
     await d.close();
   });
 });
+
+describe('stats latency and allocator [native]', () => {
+  it('histograms count every move once, their buckets rebuild them, and reset starts a new interval', async () => {
+    const d = new Dispatcher({ shards: 2 });
+    for (const r of [1, 2]) {
+      d.openRoom(r);
+      d.join(r, 1);
+    }
+    const n = 500;
+    for (let s = 1; s <= n; s++) for (const r of [1, 2]) expect(d.dispatch(move(r, s))).toBe(Verdict.Accepted);
+    d.dispatch(move(1, 1)); // a replay: validated, then rejected
+    await d.flush();
+    const b1 = d.drain(1);
+    const b2 = d.drain(2);
+    expect(b1.count + b2.count).toBe(2 * n);
+    const s = d.stats({ reset: true });
+    const l = s.latency!;
+    expect(l.validatedNs.count).toBe(2 * n + 1);
+    expect(l.deliveredNs.count).toBe(2 * n);
+    expect(l.batchSize.count).toBe(2);
+    expect(l.batchSize.max).toBe(n);
+    expect(l.arenaAllocNs.count).toBeGreaterThanOrEqual(Math.floor((2 * n) / 64));
+    for (const h of [l.validatedNs, l.deliveredNs, l.batchSize, l.arenaAllocNs]) {
+      expect(h.buckets.reduce((a, [, c]) => a + c, 0)).toBe(h.count);
+      expect(h.min).toBeLessThanOrEqual(h.p50);
+      expect(h.p50).toBeLessThanOrEqual(h.p90);
+      expect(h.p90).toBeLessThanOrEqual(h.p99);
+      expect(h.p99).toBeLessThanOrEqual(h.p999);
+      expect(h.p999).toBeLessThanOrEqual(h.max);
+    }
+    // delivered ≥ validated for the same moves: every delivery comes after its validation
+    expect(l.deliveredNs.min).toBeGreaterThanOrEqual(l.validatedNs.min);
+    const after = d.stats().latency!;
+    expect(after.validatedNs.count).toBe(0);
+    expect(after.deliveredNs.count).toBe(0);
+    // metrics() histograms are never reset
+    expect(d.metrics()).toContain(`move_dispatcher_validated_latency_seconds_count ${2 * n + 1}`);
+    const a = s.allocator!;
+    expect(a.jemalloc!.allocated).toBeGreaterThan(0);
+    expect(a.jemalloc!.resident).toBeGreaterThanOrEqual(a.jemalloc!.active);
+    expect(typeof a.hotPathAllocations).toBe('number');
+    await d.close();
+  });
+
+  it('the js engine reports no histograms or allocator figures', async () => {
+    const d = new Dispatcher({ engine: 'js' });
+    expect(d.stats().latency).toBeNull();
+    expect(d.stats().allocator).toBeNull();
+    await d.close();
+  });
+});

@@ -308,6 +308,8 @@ export class Dispatcher {
       arena: { capacity: s.arenaCapacity, used: s.arenaUsed, highWater: s.arenaHighWater, wraps: s.arenaWraps },
     }));
     const rooms = this.#engine.roomStats(top);
+    const latency = this.#engine.latencies(options.reset === true);
+    const allocator = this.#engine.allocator();
     if (options.reset === true) this.#engine.resetHighWater();
     const cfg = this.#config;
     const verdicts = Object.fromEntries(VERDICT_NAMES.map((name, i) => [name, c.verdicts[i] ?? 0])) as DispatcherStats['verdicts'];
@@ -331,12 +333,14 @@ export class Dispatcher {
         pinnedCores: this.engine === 'js' ? null : cfg.pinCores,
         threadName: cfg.threadName,
       },
+      latency,
+      allocator,
     };
   }
 
   /** The counters in the Prometheus text exposition format. */
   metrics(): string {
-    return renderMetrics(this.stats());
+    return renderMetrics(this.stats(), this.#engine.promHistograms());
   }
 
   /**

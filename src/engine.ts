@@ -7,7 +7,23 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
-import type { RateLimit, StreamResult } from './types';
+import type { AllocatorStats, LatencyStats, RateLimit, StreamResult } from './types';
+
+/** A histogram as Prometheus needs it: cumulative counts at the bounds `le` (in the histogram's unit). */
+export interface PromHistogram {
+  le: number[];
+  cumulative: number[];
+  count: number;
+  sum: number;
+}
+
+/** The histograms `metrics()` exposes. */
+export interface PromHistograms {
+  validated: PromHistogram;
+  delivered: PromHistogram;
+  batchSize: PromHistogram;
+  arenaAlloc: PromHistogram;
+}
 
 /** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`, `release`). */
 export const Status = {
@@ -122,6 +138,11 @@ export interface Engine {
   roomStats(top: number): { room: number; bytes: number }[];
   /** Starts new high-water intervals. */
   resetHighWater(): void;
+  /** Histograms for `stats()` (null where the engine keeps none); `reset` starts new intervals. */
+  latencies(reset: boolean): LatencyStats | null;
+  /** Histograms for `metrics()` at fixed bounds, never reset (null where none are kept). */
+  promHistograms(): PromHistograms | null;
+  allocator(): AllocatorStats | null;
   /** From now on dispatch answers Closed and control calls Status.Closed; queued work still runs. */
   closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */

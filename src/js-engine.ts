@@ -25,9 +25,9 @@
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
-import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
+import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { RECORD_HEADER_BYTES } from './options';
-import type { RateLimit } from './types';
+import type { AllocatorStats, LatencyStats, RateLimit } from './types';
 
 /** Smallest ingress record (empty payload): bounds how many moves a ring can hold. */
 const MIN_RECORD = align8(RECORD_HEADER_BYTES + FRAME_OVERHEAD);
@@ -399,6 +399,18 @@ export class JsEngine implements Engine {
     for (const r of this.#rooms.values()) if (r.reserved > 0) rows.push({ room: r.id, bytes: r.reserved });
     rows.sort((a, b) => b.bytes - a.bytes || a.room - b.room);
     return rows.slice(0, top);
+  }
+
+  latencies(): LatencyStats | null {
+    return null;
+  }
+
+  promHistograms(): PromHistograms | null {
+    return null;
+  }
+
+  allocator(): AllocatorStats | null {
+    return null;
   }
 
   resetHighWater(): void {

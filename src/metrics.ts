@@ -3,6 +3,7 @@
  * HELP and TYPE lines, counters ending in `_total`, gauges, and a `shard` label where a
  * figure is per shard.
  */
+import type { PromHistogram, PromHistograms } from './engine';
 import type { DispatcherStats } from './types';
 
 type Row = [labels: string, value: number];
@@ -17,6 +18,15 @@ class Exposition {
     return this;
   }
 
+  /** A histogram: `_bucket{le}` (cumulative, `+Inf` last), `_sum`, `_count`; values divided by `scale`. */
+  histogram(name: string, help: string, h: PromHistogram, scale: number): this {
+    const full = `move_dispatcher_${name}`;
+    this.#lines.push(`# HELP ${full} ${help}`, `# TYPE ${full} histogram`);
+    h.le.forEach((le, i) => this.#lines.push(`${full}_bucket{le="${le / scale}"} ${h.cumulative[i] ?? 0}`));
+    this.#lines.push(`${full}_bucket{le="+Inf"} ${h.count}`, `${full}_sum ${h.sum / scale}`, `${full}_count ${h.count}`);
+    return this;
+  }
+
   toString(): string {
     return `${this.#lines.join('\n')}\n`;
   }
@@ -25,9 +35,9 @@ class Exposition {
 const byShard = (s: DispatcherStats, pick: (x: DispatcherStats['shards'][number]) => number): Row[] =>
   s.shards.map((x) => [`{shard="${x.shard}"}`, pick(x)]);
 
-/** The Prometheus text for a snapshot. */
-export function renderMetrics(s: DispatcherStats): string {
-  return new Exposition()
+/** The Prometheus text for a snapshot (and the engine's never-reset histograms, if it keeps them). */
+export function renderMetrics(s: DispatcherStats, histograms: PromHistograms | null): string {
+  const e = new Exposition()
     .metric('dispatched_total', 'counter', 'Frames passed to dispatch.', [['', s.dispatched]])
     .metric('verdicts_total', 'counter', 'Synchronous verdicts, by verdict.', Object.entries(s.verdicts).map(([k, v]) => [`{verdict="${k}"}`, v]))
     .metric('backpressure_total', 'counter', 'Backpressure verdicts, by cause.', Object.entries(s.backpressure).map(([k, v]) => [`{cause="${k}"}`, v]))
@@ -39,6 +49,25 @@ export function renderMetrics(s: DispatcherStats): string {
     .metric('arena_capacity_bytes', 'gauge', 'Size of the shard ingress arena.', byShard(s, (x) => x.arena.capacity))
     .metric('arena_used_bytes', 'gauge', 'Arena bytes holding frames not yet validated.', byShard(s, (x) => x.arena.used))
     .metric('arena_high_water_bytes', 'gauge', 'Highest arena use since the last reset.', byShard(s, (x) => x.arena.highWater))
-    .metric('arena_wraps_total', 'counter', 'Times the arena bump pointer went back to its start.', byShard(s, (x) => x.arena.wraps))
-    .toString();
+    .metric('arena_wraps_total', 'counter', 'Times the arena bump pointer went back to its start.', byShard(s, (x) => x.arena.wraps));
+  if (histograms !== null) {
+    const NS = 1e9;
+    e.histogram('validated_latency_seconds', 'Dispatch to validated by the shard worker.', histograms.validated, NS)
+      .histogram('delivered_latency_seconds', 'Dispatch to handed to JavaScript (drain or onBatch).', histograms.delivered, NS)
+      .histogram('arena_alloc_seconds', 'Arena allocation time, every 64th dispatch.', histograms.arenaAlloc, NS)
+      .histogram('batch_size_moves', 'Moves per delivered batch.', histograms.batchSize, 1);
+  }
+  const a = s.allocator;
+  if (a?.jemalloc) {
+    const j = a.jemalloc;
+    e.metric('jemalloc_allocated_bytes', 'gauge', 'jemalloc stats.allocated.', [['', j.allocated]])
+      .metric('jemalloc_active_bytes', 'gauge', 'jemalloc stats.active.', [['', j.active]])
+      .metric('jemalloc_resident_bytes', 'gauge', 'jemalloc stats.resident.', [['', j.resident]])
+      .metric('jemalloc_mapped_bytes', 'gauge', 'jemalloc stats.mapped.', [['', j.mapped]])
+      .metric('jemalloc_retained_bytes', 'gauge', 'jemalloc stats.retained.', [['', j.retained]]);
+  }
+  if (a?.hotPathAllocations !== null && a?.hotPathAllocations !== undefined) {
+    e.metric('hot_path_allocations_total', 'counter', 'Heap allocations made on the hot path (dispatch, validation).', [['', a.hotPathAllocations]]);
+  }
+  return e.toString();
 }

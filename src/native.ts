@@ -5,9 +5,9 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
+import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, PromHistograms, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
 import { ErrorCode, stateError } from './errors';
-import type { RateLimit } from './types';
+import type { AllocatorStats, HistogramStats, LatencyStats, RateLimit } from './types';
 
 /** One delivery as the binding returns it. */
 interface NativeDelivery {
@@ -50,6 +50,8 @@ interface NativeDispatcherInstance {
   shardStats(): EngineShardStats[];
   roomStats(top: number): { room: number; bytes: number }[];
   resetHighWater(): void;
+  latencies(reset: boolean): NativeLatencies | null;
+  promHistograms(): PromHistograms | null;
   closeInput(): void;
   shutdown(): void;
   pause(paused: boolean): void;
@@ -62,6 +64,25 @@ interface Binding {
   dispatchFrom(id: number, frame: Uint8Array, sender: number): number;
   dispatchStream(id: number, chunk: Uint8Array, sender: number): StreamResult;
   emptyCall(buf: Uint8Array): number;
+  allocatorStats(): AllocatorStats;
+}
+
+interface NativeHistogram extends Omit<HistogramStats, 'buckets'> {
+  /** Flattened `[value, count, value, count, …]`. */
+  buckets: number[];
+}
+
+interface NativeLatencies {
+  validated: NativeHistogram;
+  delivered: NativeHistogram;
+  batchSize: NativeHistogram;
+  arenaAlloc: NativeHistogram;
+}
+
+function histogram(h: NativeHistogram): HistogramStats {
+  const buckets: [number, number][] = [];
+  for (let i = 0; i + 1 < h.buckets.length; i += 2) buckets.push([h.buckets[i]!, h.buckets[i + 1]!]);
+  return { ...h, buckets };
 }
 
 let binding: Binding | undefined;
@@ -188,6 +209,22 @@ class NativeEngine implements Engine {
   }
   resetHighWater(): void {
     this.#n.resetHighWater();
+  }
+  latencies(reset: boolean): LatencyStats | null {
+    const l = this.#n.latencies(reset);
+    if (l === null || l === undefined) return null;
+    return {
+      validatedNs: histogram(l.validated),
+      deliveredNs: histogram(l.delivered),
+      arenaAllocNs: histogram(l.arenaAlloc),
+      batchSize: histogram(l.batchSize),
+    };
+  }
+  promHistograms(): PromHistograms | null {
+    return this.#n.promHistograms() ?? null;
+  }
+  allocator(): AllocatorStats | null {
+    return this.#b.allocatorStats();
   }
   closeInput(): void {
     this.#n.closeInput();

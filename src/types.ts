@@ -154,6 +154,42 @@ export interface RoomStats {
   bytes: number;
 }
 
+/** One HDR histogram (3 significant digits): summary and the non-empty buckets, enough to rebuild it. */
+export interface HistogramStats {
+  count: number;
+  min: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  /** The 99.9th percentile. */
+  p999: number;
+  max: number;
+  mean: number;
+  sum: number;
+  /** `[highest value of the bucket, count]` for each non-empty bucket, ascending. */
+  buckets: [number, number][];
+}
+
+/** Latency (nanoseconds) and batch-size histograms since the last reset (native engine). */
+export interface LatencyStats {
+  /** Dispatch → validated by the shard worker. */
+  validatedNs: HistogramStats;
+  /** Dispatch → handed to JavaScript (`drain()` returns, or a push batch reaches `onBatch`). */
+  deliveredNs: HistogramStats;
+  /** Arena allocation (the bump-pointer copy of a frame), timed on every 64th dispatch. */
+  arenaAllocNs: HistogramStats;
+  /** Moves per delivered batch. */
+  batchSize: HistogramStats;
+}
+
+/** Allocator figures of the process (native engine). */
+export interface AllocatorStats {
+  /** jemalloc `stats.*` in bytes (epoch advanced per snapshot), or null where jemalloc is not the allocator. */
+  jemalloc: { allocated: number; active: number; resident: number; mapped: number; retained: number } | null;
+  /** Heap allocations made on the hot path (dispatch, validation) since the process started, counted by the global allocator; null if not measured. */
+  hotPathAllocations: number | null;
+}
+
 /** How the engine runs. */
 export interface RuntimeStats {
   /** Tokio worker threads (0 on the js engine: it runs on the JavaScript thread). */
@@ -187,6 +223,10 @@ export interface DispatcherStats {
   /** The rooms holding the most undelivered bytes, largest first (see `StatsOptions.topRooms`). */
   rooms: RoomStats[];
   runtime: RuntimeStats;
+  /** Histograms (native engine; null on the js engine, which does not keep them). */
+  latency: LatencyStats | null;
+  /** Allocator figures (native engine; null on the js engine). */
+  allocator: AllocatorStats | null;
 }
 
 export interface EncodeMoveInput {

@@ -15,8 +15,10 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::CleanupEnvHook;
 
-use crate::core::{Config, Core, RateLimit, Stopper};
+use crate::alloc::{counting_installed, hot_path_allocations, jemalloc_stats};
+use crate::core::{Config, Core, RateLimit, Stopper, View};
 use crate::inbox::{Batch, RoomMemory};
+use crate::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
 use crate::outbox::Delivery;
 use crate::verdict::{Status as EngineStatus, Verdict};
 
@@ -101,6 +103,96 @@ pub struct NativeShardStats {
     pub arena_used: f64,
     pub arena_high_water: f64,
     pub arena_wraps: f64,
+}
+
+/// One HDR histogram: summary (in the histogram's unit) and the non-empty buckets as
+/// `[highestValue, count, highestValue, count, …]`, enough to rebuild it.
+#[napi(object)]
+pub struct NativeHistogram {
+    pub count: f64,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub sum: f64,
+    pub buckets: Vec<f64>,
+}
+
+/// The histograms of a snapshot (nanoseconds, except `batch_size` in moves).
+#[napi(object)]
+pub struct NativeLatencies {
+    pub validated: NativeHistogram,
+    pub delivered: NativeHistogram,
+    pub batch_size: NativeHistogram,
+    pub arena_alloc: NativeHistogram,
+}
+
+/// Cumulative counts of one histogram at the Prometheus bounds `le`.
+#[napi(object)]
+pub struct NativePromHistogram {
+    pub le: Vec<f64>,
+    pub cumulative: Vec<f64>,
+    pub count: f64,
+    pub sum: f64,
+}
+
+/// The histograms for `metrics()` (never reset).
+#[napi(object)]
+pub struct NativePromHistograms {
+    pub validated: NativePromHistogram,
+    pub delivered: NativePromHistogram,
+    pub batch_size: NativePromHistogram,
+    pub arena_alloc: NativePromHistogram,
+}
+
+/// Allocator figures: jemalloc's (when it serves the heap) and the hot-path counter.
+#[napi(object)]
+pub struct NativeAllocator {
+    pub jemalloc: Option<NativeJemalloc>,
+    /// Heap allocations made on the hot path since the process started (`None`: not measured).
+    pub hot_path_allocations: Option<f64>,
+}
+
+/// jemalloc `stats.*`, in bytes.
+#[napi(object)]
+pub struct NativeJemalloc {
+    pub allocated: f64,
+    pub active: f64,
+    pub resident: f64,
+    pub mapped: f64,
+    pub retained: f64,
+}
+
+fn histogram(s: &Snapshot) -> NativeHistogram {
+    let m = s.summary();
+    NativeHistogram {
+        count: num(m.count),
+        min: num(m.min),
+        p50: num(m.p50),
+        p90: num(m.p90),
+        p99: num(m.p99),
+        p999: num(m.p999),
+        max: num(m.max),
+        mean: m.mean,
+        sum: num(m.sum),
+        buckets: s
+            .buckets()
+            .into_iter()
+            .flat_map(|(v, c)| [num(v), num(c)])
+            .collect(),
+    }
+}
+
+fn prom(s: &Snapshot, le: &[u64]) -> NativePromHistogram {
+    NativePromHistogram {
+        le: le.iter().copied().map(num).collect(),
+        cumulative: s.cumulative_counts(le).into_iter().map(num).collect(),
+        count: num(s.count()),
+        sum: num(s.sum()),
+    }
 }
 
 /// A room's undelivered bytes.
@@ -461,6 +553,34 @@ impl NativeDispatcher {
             .collect()
     }
 
+    /// Latency and size histograms for `stats()`; `reset` starts new intervals after it.
+    #[napi(catch_unwind)]
+    pub fn latencies(&self, reset: bool) -> Option<NativeLatencies> {
+        with_core(self.id, |c| {
+            let l = c.latencies(View::Stats, reset);
+            NativeLatencies {
+                validated: histogram(&l.validated),
+                delivered: histogram(&l.delivered),
+                batch_size: histogram(&l.batch_size),
+                arena_alloc: histogram(&l.arena_alloc),
+            }
+        })
+    }
+
+    /// Histograms for `metrics()`: cumulative counts at fixed bounds, never reset.
+    #[napi(catch_unwind)]
+    pub fn prom_histograms(&self) -> Option<NativePromHistograms> {
+        with_core(self.id, |c| {
+            let l = c.latencies(View::Metrics, false);
+            NativePromHistograms {
+                validated: prom(&l.validated, &LATENCY_LE_NS),
+                delivered: prom(&l.delivered, &LATENCY_LE_NS),
+                batch_size: prom(&l.batch_size, &SIZE_LE),
+                arena_alloc: prom(&l.arena_alloc, &LATENCY_LE_NS),
+            }
+        })
+    }
+
     /// Starts new high-water intervals.
     #[napi(catch_unwind)]
     pub fn reset_high_water(&self) {
@@ -548,6 +668,22 @@ pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
         rejected: o.rejected,
         backpressure: o.backpressure,
         malformed: o.malformed,
+    }
+}
+
+/// Allocator figures (process-wide): jemalloc's statistics (epoch advanced per call) and
+/// the hot-path allocation counter.
+#[napi(catch_unwind)]
+pub fn allocator_stats() -> NativeAllocator {
+    NativeAllocator {
+        jemalloc: jemalloc_stats().map(|j| NativeJemalloc {
+            allocated: num(j.allocated),
+            active: num(j.active),
+            resident: num(j.resident),
+            mapped: num(j.mapped),
+            retained: num(j.retained),
+        }),
+        hot_path_allocations: counting_installed().then(|| num(hot_path_allocations())),
     }
 }
 

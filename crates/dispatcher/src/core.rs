@@ -24,10 +24,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::alloc::HotPath;
 use crate::arena::{self, Producer};
 use crate::auth::PlayerKey;
 use crate::frame::{self, FrameError};
 use crate::inbox::{Batch, Inbox};
+use crate::latency::{self, Observer, Recorder, Scale, Snapshot};
 use crate::outbox::{Delivery, Outbox, Waker};
 use crate::shard::{Control, Shared, Worker};
 use crate::verdict::{Reason, Status, Verdict};
@@ -240,6 +242,9 @@ struct ShardHandle {
     consumed_cache: u64,
     depth_high_water: u64,
     arena_high_water: usize,
+    /// Dispatch → validated, recorded by the worker: one observer for `stats` (reset on
+    /// request), one for `metrics` (never reset, as Prometheus histograms must be).
+    validated: [Observer; 2],
 }
 
 impl ShardHandle {
@@ -312,7 +317,50 @@ pub struct Core {
     /// The inbox of the room the last `drain` forgot: JavaScript may still need to expose
     /// the memory of that final batch (see [`Core::inbox`]).
     retired: Option<Arc<Inbox>>,
+    /// Histograms recorded on the JavaScript thread.
+    delivered: Histo,
+    batch_size: Histo,
+    arena_alloc: Histo,
 }
+
+/// A recorder with its two observers (`stats`, `metrics`).
+struct Histo {
+    recorder: Recorder,
+    observers: [Observer; 2],
+}
+
+impl Histo {
+    fn new(scale: Scale) -> Self {
+        let (recorder, observer) = latency::pair(scale);
+        Self {
+            recorder,
+            observers: [observer.clone(), observer],
+        }
+    }
+}
+
+/// Which observers a snapshot reads: `stats()` intervals or the never-reset `metrics()` ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Stats = 0,
+    Metrics = 1,
+}
+
+/// The histograms of one snapshot.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Dispatch → validated (ns), all shards merged.
+    pub validated: Snapshot,
+    /// Dispatch → handed to JavaScript by `drain()` or a push delivery (ns).
+    pub delivered: Snapshot,
+    /// Moves per delivered batch.
+    pub batch_size: Snapshot,
+    /// Arena allocation (the bump-pointer push of a record), ns; every 64th dispatch.
+    pub arena_alloc: Snapshot,
+}
+
+/// One in how many dispatches times its arena allocation.
+pub const ARENA_SAMPLE: u64 = 64;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -346,11 +394,13 @@ impl Core {
                     field: "arenaBytes",
                     message: format!("could not allocate {} bytes for a shard arena", e.bytes),
                 })?;
+            let (validated, observer) = latency::pair(Scale::LATENCY_NS);
             let worker = Worker::new(
                 Arc::clone(&shared),
                 consumer,
                 Arc::clone(&outbox),
                 cfg.max_batch_moves,
+                validated,
             );
             runtime.spawn(run_worker(worker));
             shards.push(ShardHandle {
@@ -361,6 +411,7 @@ impl Core {
                 consumed_cache: 0,
                 depth_high_water: 0,
                 arena_high_water: 0,
+                validated: [observer.clone(), observer],
             });
         }
         let stopper = Arc::new(Stopper {
@@ -377,6 +428,9 @@ impl Core {
             closed: false,
             counters: Counters::default(),
             retired: None,
+            delivered: Histo::new(Scale::LATENCY_NS),
+            batch_size: Histo::new(Scale::SIZE),
+            arena_alloc: Histo::new(Scale::LATENCY_NS),
         })
     }
 
@@ -392,6 +446,8 @@ impl Core {
 
     /// Checks `frame` and queues it. `sender`: the player id the connection proved.
     pub fn dispatch(&mut self, frame: &[u8], sender: Option<u32>) -> Verdict {
+        // The hot path: dispatch must not allocate (counted by the global allocator).
+        let _hot = HotPath::enter();
         let v = self.dispatch_inner(frame, sender);
         self.counters.dispatched += 1;
         self.counters.verdicts[v as usize] += 1;
@@ -443,14 +499,21 @@ impl Core {
             self.counters.backpressure[p as usize] += 1;
             return Verdict::Backpressure;
         }
+        let stamp = crate::clock::now_ns();
         if shard
             .producer
-            .try_push(shard.next_seq, crate::clock::now_ns(), bytes)
+            .try_push(shard.next_seq, stamp, bytes)
             .is_err()
         {
             debug_assert!(false, "fits() said the record fits");
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
+        }
+        if shard.pushed.is_multiple_of(ARENA_SAMPLE) {
+            // The dispatch stamp doubles as the start of the allocation.
+            self.arena_alloc
+                .recorder
+                .record(crate::clock::now_ns().saturating_sub(stamp));
         }
         if let Some(b) = bucket {
             b.tokens -= 1.0;
@@ -634,21 +697,48 @@ impl Core {
             return Err(Status::WrongDelivery);
         }
         let inbox = Arc::clone(&r.inbox);
-        let batch = inbox.drain();
+        let mut batch = inbox.drain();
         self.retired = None;
         if r.forgettable() {
             self.rooms.remove(&room);
             self.retired = Some(Arc::clone(&inbox));
         }
         if batch.count > 0 || !batch.rejections.is_empty() {
-            self.count_delivery(&batch);
+            self.count_delivery(&mut batch);
         }
+        // The stamps are read; hand them back for reuse (the rejections go with the batch).
+        inbox.recycle(Vec::new(), std::mem::take(&mut batch.stamps));
         Ok((batch, inbox))
     }
 
-    fn count_delivery(&mut self, batch: &Batch) {
+    /// Counts a batch handed to JavaScript and records its latencies (from each move's
+    /// dispatch stamp to now) and size.
+    fn count_delivery(&mut self, batch: &mut Batch) {
         self.counters.delivered += u64::from(batch.count);
         self.counters.batches += 1;
+        if batch.count > 0 {
+            let now = crate::clock::now_ns();
+            for &stamp in &batch.stamps {
+                self.delivered.recorder.record(now.saturating_sub(stamp));
+            }
+            self.batch_size.recorder.record(u64::from(batch.count));
+        }
+    }
+
+    /// The latency and size histograms. `reset` (with [`View::Stats`]) starts new intervals.
+    pub fn latencies(&mut self, view: View, reset: bool) -> Latencies {
+        let v = view as usize;
+        let mut validated = Snapshot::empty(Scale::LATENCY_NS);
+        for s in &mut self.shards {
+            // Same scale by construction: merging cannot fail.
+            let _ = validated.merge(&s.validated[v].snapshot(reset));
+        }
+        Latencies {
+            validated,
+            delivered: self.delivered.observers[v].snapshot(reset),
+            batch_size: self.batch_size.observers[v].snapshot(reset),
+            arena_alloc: self.arena_alloc.observers[v].snapshot(reset),
+        }
     }
 
     /// Whether `room` is open or still has moves on their way (closing).
@@ -694,10 +784,13 @@ impl Core {
 
     /// Deliveries ready for JavaScript, in order; counts delivered push moves.
     pub fn poll(&mut self) -> Vec<Delivery> {
-        let items = self.outbox.take();
-        for d in &items {
+        let mut items = self.outbox.take();
+        for d in &mut items {
             if let Delivery::Batch(b) = d {
                 self.count_delivery(b);
+                if let Some(inbox) = self.inbox(b.room) {
+                    inbox.recycle(Vec::new(), std::mem::take(&mut b.stamps));
+                }
             }
         }
         items

@@ -117,6 +117,9 @@ pub struct Batch {
     pub length: usize,
     pub count: u32,
     pub rejections: Vec<Rejection>,
+    /// Dispatch time of each move ([`crate::clock::now_ns`]), in order; hand it back with
+    /// [`Inbox::recycle`] once read, so the vectors are reused instead of reallocated.
+    pub stamps: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +130,10 @@ struct State {
     /// Bytes of accepted and rejected frames in the fill half's batch (its budget cost).
     fill_cost: usize,
     rejections: Vec<Rejection>,
+    stamps: Vec<u64>,
+    /// Emptied vectors handed back by [`Inbox::recycle`], reused by the next batch.
+    spare_rejections: Vec<Rejection>,
+    spare_stamps: Vec<u64>,
     /// A push batch is out with JavaScript and not yet released.
     out_held: bool,
     /// The worker processed `closeRoom` (and no `openRoom` since).
@@ -215,8 +222,9 @@ impl Inbox {
     ///
     /// # Panics
     /// If the frame does not fit the fill half, which the budget reserved at dispatch rules out.
-    pub fn push_frame(&self, frame: &[u8], batch_full: u32) -> bool {
+    pub fn push_frame(&self, frame: &[u8], stamp: u64, batch_full: u32) -> bool {
         let mut s = self.lock();
+        s.stamps.push(stamp);
         let at = s.fill * self.half + s.fill_len;
         assert!(
             s.fill_len + frame.len() <= self.half,
@@ -283,6 +291,20 @@ impl Inbox {
         self.lock().out_held
     }
 
+    /// Takes back a delivered batch's vectors (emptied) for reuse: steady-state delivery then
+    /// allocates nothing.
+    pub fn recycle(&self, mut rejections: Vec<Rejection>, mut stamps: Vec<u64>) {
+        rejections.clear();
+        stamps.clear();
+        let mut s = self.lock();
+        if rejections.capacity() > s.spare_rejections.capacity() {
+            s.spare_rejections = rejections;
+        }
+        if stamps.capacity() > s.spare_stamps.capacity() {
+            s.spare_stamps = stamps;
+        }
+    }
+
     /// Push deliveries made so far.
     pub fn generation(&self) -> u64 {
         self.lock().generation
@@ -295,7 +317,11 @@ impl Inbox {
             offset: s.fill * self.half,
             length: s.fill_len,
             count: s.fill_count,
-            rejections: std::mem::take(&mut s.rejections),
+            rejections: std::mem::replace(
+                &mut s.rejections,
+                std::mem::take(&mut s.spare_rejections),
+            ),
+            stamps: std::mem::replace(&mut s.stamps, std::mem::take(&mut s.spare_stamps)),
         };
         if batch.count > 0 || !batch.rejections.is_empty() {
             s.fill ^= 1;
@@ -318,7 +344,7 @@ mod tests {
         let inbox = Inbox::new(3, 4096);
         assert!(inbox.try_reserve(100));
         assert!(inbox.try_reserve(60));
-        inbox.push_frame(&[1; 100], 10);
+        inbox.push_frame(&[1; 100], 0, 10);
         inbox.push_rejection(
             Rejection {
                 room: 3,
@@ -337,7 +363,7 @@ mod tests {
         assert_eq!(inbox.reserved(), 0);
         // Next batch goes to the other half.
         assert!(inbox.try_reserve(10));
-        inbox.push_frame(&[2; 10], 10);
+        inbox.push_frame(&[2; 10], 0, 10);
         let b = inbox.drain();
         assert_eq!((b.offset, b.length), (4096, 10));
         // Empty drain does not swap.
@@ -359,10 +385,10 @@ mod tests {
     fn push_batches_wait_for_release() {
         let inbox = Inbox::new(1, 4096);
         assert!(inbox.try_reserve(8));
-        inbox.push_frame(&[1; 8], 100);
+        inbox.push_frame(&[1; 8], 0, 100);
         assert!(inbox.deliver_push().is_some());
         assert!(inbox.try_reserve(8));
-        inbox.push_frame(&[2; 8], 100);
+        inbox.push_frame(&[2; 8], 0, 100);
         assert!(inbox.deliver_push().is_none(), "previous batch still held");
         assert!(inbox.release_push());
         let b = inbox.deliver_push().unwrap();

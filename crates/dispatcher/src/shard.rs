@@ -18,10 +18,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::alloc::HotPath;
 use crate::arena::Consumer;
 use crate::auth::{self, PlayerKey};
 use crate::frame;
 use crate::inbox::{Batch, Inbox, Rejection};
+use crate::latency::Recorder;
 use crate::outbox::Outbox;
 use crate::verdict::Reason;
 use crate::window::ReplayWindow;
@@ -183,6 +185,8 @@ pub struct Worker {
     full: bool,
     scratch_batches: Vec<Batch>,
     scratch_tokens: Vec<u64>,
+    /// Dispatch → validated, nanoseconds.
+    validated: Recorder,
 }
 
 impl Worker {
@@ -192,6 +196,7 @@ impl Worker {
         consumer: Consumer,
         outbox: Arc<Outbox>,
         batch_full: u32,
+        validated: Recorder,
     ) -> Self {
         Self {
             shared,
@@ -204,6 +209,7 @@ impl Worker {
             full: false,
             scratch_batches: Vec::new(),
             scratch_tokens: Vec::new(),
+            validated,
         }
     }
 
@@ -250,15 +256,21 @@ impl Worker {
                     let size = record.size;
                     // Re-borrow the frame through a raw split: `record` borrows the
                     // consumer, which `validate` does not touch.
-                    let frame = record.frame;
+                    let (frame, stamp) = (record.frame, record.stamp);
+                    // The hot path: validation must not allocate in steady state (counted).
+                    let hot = HotPath::enter();
                     Self::validate(
                         &mut self.rooms,
                         &mut self.dirty,
                         &self.shared,
                         frame,
+                        stamp,
                         self.batch_full,
                         &mut self.full,
                     );
+                    drop(hot);
+                    self.validated
+                        .record(crate::clock::now_ns().saturating_sub(stamp));
                     self.consumer.advance(size);
                     let n = self.shared.consumed.0.load(Ordering::Relaxed);
                     self.shared.consumed.0.store(n + 1, Ordering::Release);
@@ -289,6 +301,7 @@ impl Worker {
         dirty: &mut Vec<Arc<Inbox>>,
         shared: &Shared,
         bytes: &[u8],
+        stamp: u64,
         batch_full: u32,
         full: &mut bool,
     ) {
@@ -316,7 +329,7 @@ impl Worker {
             Ok(()) => {
                 // `full` only when the batch can go now: a held room would make every
                 // following move trigger a pointless delivery pass.
-                if room.inbox.push_frame(bytes, batch_full) && room.push {
+                if room.inbox.push_frame(bytes, stamp, batch_full) && room.push {
                     *full = true;
                 }
             }

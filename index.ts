@@ -25,6 +25,7 @@ export type {
   JoinOptions,
   MoveBatch,
   MoveView,
+  OverloadEvent,
   Rejection,
   RateLimit,
   RoomOptions,

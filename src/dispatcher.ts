@@ -12,7 +12,7 @@ import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
 import { describe, resolveOptions } from './options';
-import type { DispatcherOptions, DispatcherStats, RateLimit, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
+import type { DispatcherOptions, DispatcherStats, OverloadEvent, RateLimit, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -67,6 +67,8 @@ export class Dispatcher {
   readonly #config: EngineConfig;
   readonly #onBatch: ((batch: MoveBatchType) => void) | undefined;
   readonly #onError: (error: unknown) => void;
+  readonly #onOverload: ((event: OverloadEvent) => void) | undefined;
+  readonly #onRecovered: ((event: OverloadEvent) => void) | undefined;
   /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
   readonly #lastDrain = new Map<number, MoveBatch>();
   /** Rooms closed with moves possibly pending: their `#lastDrain` entry goes once they are forgotten. */
@@ -93,6 +95,8 @@ export class Dispatcher {
     this.engine = engine;
     this.#config = config;
     this.#onBatch = options?.onBatch;
+    this.#onOverload = options?.onOverload;
+    this.#onRecovered = options?.onRecovered;
     this.#onError =
       options?.onError ??
       ((error: unknown) => {
@@ -421,13 +425,28 @@ export class Dispatcher {
       for (let deliveries = this.#engine.poll(); deliveries.length > 0; deliveries = this.#engine.poll()) {
         for (const d of deliveries) {
           if (d.type === 'batch') this.#deliver(d.batch);
-          else this.#flushes.get(d.token)?.();
+          else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
+          else this.#notify(d.event);
         }
       }
     } finally {
       this.#polling = false;
     }
     if (this.#asyncQueue.length > 0) this.#scheduleAsyncRetry(0);
+  }
+
+  #notify(event: OverloadEvent): void {
+    const fn = event.recovered ? this.#onRecovered : this.#onOverload;
+    if (fn === undefined) return;
+    try {
+      fn(event);
+    } catch (error) {
+      try {
+        this.#onError(error);
+      } catch {
+        // The error reporter itself threw: nothing sensible is left to do with it.
+      }
+    }
   }
 
   #deliver(raw: RawBatch): void {

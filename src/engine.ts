@@ -7,7 +7,7 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
-import type { AllocatorStats, LatencyStats, RateLimit, StreamResult } from './types';
+import type { AllocatorStats, LatencyStats, OverloadEvent, RateLimit, StreamResult } from './types';
 
 /** A histogram as Prometheus needs it: cumulative counts at the bounds `le` (in the histogram's unit). */
 export interface PromHistogram {
@@ -53,6 +53,9 @@ export interface EngineConfig {
   pinCores: number[] | null;
   maxBlockingThreads: number;
   threadName: string;
+  /** Overload marks (0 = off). */
+  overloadQueueDepth: number;
+  overloadRoomBytes: number;
 }
 
 /** One asynchronous rejection: an accepted move that failed validation. */
@@ -80,7 +83,8 @@ export interface RawBatch {
 /** What the engine hands to JavaScript asynchronously (push batches, flush completions). */
 export type Delivery =
   | { type: 'batch'; batch: RawBatch }
-  | { type: 'flushed'; token: number };
+  | { type: 'flushed'; token: number }
+  | { type: 'overload'; event: OverloadEvent };
 
 export type { StreamResult } from './types';
 

@@ -157,6 +157,8 @@ class Room {
   outstanding = false;
   /** Push rooms: listed in the shard's `pushPending`. */
   listed = false;
+  /** Reported overloaded, not yet recovered. */
+  overloaded = false;
 
   constructor(
     readonly id: number,
@@ -209,6 +211,8 @@ class Shard {
   depthHighWater = 0;
   usedHighWater = 0;
   wraps = 0;
+  /** Reported overloaded, not yet recovered. */
+  overloaded = false;
   readonly controls: Control[] = [];
   controlHead = 0;
   /** Push rooms with content waiting for delivery. */
@@ -237,6 +241,9 @@ export class JsEngine implements Engine {
   #ready: Shard[] = [];
   #spare: Shard[] = [];
   #outbox: Delivery[] = [];
+  /** Rooms reported overloaded and not yet recovered. */
+  #overloadedRooms: Room[] = [];
+  #eventWakeQueued = false;
   #immediate: ReturnType<typeof setImmediate> | null = null;
   #paused = false;
   #shut = false;
@@ -343,6 +350,7 @@ export class JsEngine implements Engine {
     if (r.push) return Status.WrongDelivery;
     const batch = this.#takeBatch(r);
     this.#forgetIfDone(r);
+    this.#checkRecovery();
     return batch;
   }
 
@@ -359,6 +367,7 @@ export class JsEngine implements Engine {
   }
 
   requestFlush(token: number): void {
+    this.#checkRecovery();
     if (this.#shut) {
       // Nothing will run again: answer now, but never call wake() from inside a call.
       this.#outbox.push({ type: 'flushed', token });
@@ -373,14 +382,62 @@ export class JsEngine implements Engine {
   }
 
   poll(): Delivery[] {
+    this.#checkRecovery();
     const out = this.#outbox;
     this.#outbox = [];
     return out;
   }
 
-  #pressed(cause: 0 | 1 | 2): Verdict {
+  #pressed(room: Room, cause: 0 | 1 | 2): Verdict {
     this.#pressure[cause]!++;
+    this.#watch(room);
     return Verdict.Backpressure;
+  }
+
+  /** Reports the room's shard queue or the room itself when it reaches its overload mark. */
+  #watch(room: Room): void {
+    const { overloadQueueDepth: q, overloadRoomBytes: rb } = this.#config;
+    const shard = room.shard;
+    const depth = shard.enqueued - shard.processed;
+    if (q > 0 && !shard.overloaded && depth >= q) {
+      shard.overloaded = true;
+      this.#event('shard', this.#shards.indexOf(shard), false, depth, q);
+    }
+    if (rb > 0 && !room.overloaded && room.reserved >= rb) {
+      room.overloaded = true;
+      this.#overloadedRooms.push(room);
+      this.#event('room', room.id, false, room.reserved, rb);
+    }
+  }
+
+  /** Recovery: an overloaded shard or room back at half its mark (or a room forgotten). */
+  #checkRecovery(): void {
+    const { overloadQueueDepth: q, overloadRoomBytes: rb } = this.#config;
+    this.#shards.forEach((shard, i) => {
+      const depth = shard.enqueued - shard.processed;
+      if (shard.overloaded && depth <= q / 2) {
+        shard.overloaded = false;
+        this.#event('shard', i, true, depth, q);
+      }
+    });
+    this.#overloadedRooms = this.#overloadedRooms.filter((room) => {
+      if (room.reserved > rb / 2 && this.#rooms.get(room.id) === room) return true;
+      room.overloaded = false;
+      this.#event('room', room.id, true, room.reserved, rb);
+      return false;
+    });
+  }
+
+  #event(subject: 'shard' | 'room', id: number, recovered: boolean, depth: number, threshold: number): void {
+    this.#outbox.push({ type: 'overload', event: { subject, id, recovered, depth, threshold, p99WaitNs: null } });
+    if (!this.#eventWakeQueued) {
+      // Never wake JavaScript from inside dispatch: notify on the next microtask.
+      this.#eventWakeQueued = true;
+      queueMicrotask(() => {
+        this.#eventWakeQueued = false;
+        this.#wake();
+      });
+    }
   }
 
   shardStats(): EngineShardStats[] {
@@ -480,11 +537,11 @@ export class JsEngine implements Engine {
   #enqueue(room: Room, buf: Uint8Array, at: number, length: number): Verdict {
     const shard = room.shard;
     const cap = this.#config.arenaBytes;
-    if (shard.enqueued - shard.processed >= this.#config.channelCapacity) return this.#pressed(0);
+    if (shard.enqueued - shard.processed >= this.#config.channelCapacity) return this.#pressed(room, 0);
     const record = align8(RECORD_HEADER_BYTES + length);
     const skip = shard.writePos + record > cap ? cap - shard.writePos : 0;
-    if (shard.used + skip + record > cap) return this.#pressed(1);
-    if (room.reserved + length > this.#config.roomBytes) return this.#pressed(2);
+    if (shard.used + skip + record > cap) return this.#pressed(room, 1);
+    if (room.reserved + length > this.#config.roomBytes) return this.#pressed(room, 2);
     if (skip > 0 || shard.writePos + record === cap) shard.wraps++;
     if (shard.ring.length === 0) shard.allocate(this.#config);
     const start = skip === 0 ? shard.writePos : 0;
@@ -501,6 +558,7 @@ export class JsEngine implements Engine {
     shard.usedHighWater = Math.max(shard.usedHighWater, shard.used);
     room.reserved += length;
     this.#schedule(shard);
+    this.#watch(room);
     return Verdict.Accepted;
   }
 

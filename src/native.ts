@@ -7,10 +7,14 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, PromHistograms, RawBatch, RawRejection, Status, StreamResult, WakeFn } from './engine';
 import { ErrorCode, stateError } from './errors';
-import type { AllocatorStats, HistogramStats, LatencyStats, RateLimit } from './types';
+import type { AllocatorStats, HistogramStats, LatencyStats, OverloadEvent, RateLimit } from './types';
+
+/** The binding's overload event (`subject` is a plain string there). */
+type OverloadEventNative = Omit<OverloadEvent, 'subject' | 'p99WaitNs'> & { subject: string; p99WaitNs: number };
 
 /** One delivery as the binding returns it. */
 interface NativeDelivery {
+  event?: OverloadEventNative;
   kind: number;
   token: number;
   room: number;
@@ -191,7 +195,9 @@ class NativeEngine implements Engine {
     for (let i = 0; i < raw.length; i++) {
       const d = raw[i]!;
       out[i] =
-        d.kind === 1
+        d.kind === 2 && d.event !== undefined
+          ? { type: 'overload', event: { ...d.event, subject: d.event.subject === 'room' ? 'room' : 'shard' } }
+          : d.kind === 1
           ? { type: 'flushed', token: d.token }
           : { type: 'batch', batch: this.#window(d.room, d) };
     }

@@ -79,6 +79,24 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   const roomBytes = integer(options, 'roomBytes', minRoom, 64 << 20, Math.max(DEFAULTS.roomBytes, minRoom));
   const maxBatchMoves = integer(options, 'maxBatchMoves', 1, 1 << 20, DEFAULTS.maxBatchMoves);
   const maxBlockingThreads = integer(options, 'maxBlockingThreads', 1, 512, DEFAULTS.maxBlockingThreads);
+  for (const fn of ['onOverload', 'onRecovered'] as const) {
+    if (options[fn] !== undefined && typeof options[fn] !== 'function') {
+      throw typeError(ErrorCode.InvalidOption, `options.${fn} must be a function, got ${describe(options[fn])}`, { field: fn });
+    }
+  }
+  const overload: unknown = options.overload ?? {};
+  if (typeof overload !== 'object' || overload === null) {
+    throw typeError(ErrorCode.InvalidOption, `options.overload must be an object { queueDepth, roomBytes }, got ${describe(overload)}`, { field: 'overload' });
+  }
+  const marks = overload as Record<string, unknown>;
+  const mark = (key: 'queueDepth' | 'roomBytes', max: number, fallback: number): number => {
+    const value = marks[key];
+    if (value === undefined) return fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > max) {
+      throw rangeError(ErrorCode.InvalidOption, `options.overload.${key} must be an integer in 0..=${max}, got ${describe(value)}`, { field: `overload.${key}` });
+    }
+    return value;
+  };
   const threadName = options.threadName ?? DEFAULTS.threadName;
   if (typeof threadName !== 'string' || threadName.length === 0 || threadName.length > 64 || threadName.includes('\0')) {
     throw typeError(ErrorCode.InvalidOption, `options.threadName must be a non-empty string of at most 64 characters without NUL, got ${describe(threadName)}`, {
@@ -98,6 +116,8 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
       pinCores: resolvePinCores(options.pinCores, workerThreads, n),
       maxBlockingThreads,
       threadName,
+      overloadQueueDepth: mark('queueDepth', channelCapacity, Math.ceil(0.75 * channelCapacity)),
+      overloadRoomBytes: mark('roomBytes', roomBytes, Math.floor(0.75 * roomBytes)),
     },
   };
 }

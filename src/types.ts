@@ -38,8 +38,32 @@ export interface DispatcherOptions {
    * reported through `onError` (or `process.emitWarning`) and does not stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
-  /** Called with errors thrown by `onBatch`. Default: `process.emitWarning`. */
+  /** Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`. Default: `process.emitWarning`. */
   onError?: (error: unknown) => void;
+  /**
+   * Overload marks: a shard whose queue reaches `queueDepth` moves, or a room holding
+   * `roomBytes` undelivered bytes, is reported to `onOverload`; `onRecovered` follows once it
+   * falls to half the mark. Defaults: 75% of `channelCapacity` and of `roomBytes`; 0 turns a
+   * mark off. Recovery is noticed on `drain()`, push deliveries and `flush()`.
+   */
+  overload?: { queueDepth?: number; roomBytes?: number };
+  /** A shard queue or a room crossed its overload mark (asynchronous, never inside `dispatch`). */
+  onOverload?: (event: OverloadEvent) => void;
+  /** A shard queue or a room reported by `onOverload` fell back to half its mark. */
+  onRecovered?: (event: OverloadEvent) => void;
+}
+
+/** An overload or recovery notification, for the control plane (stop placing rooms on a hot shard, kick a flooding player). */
+export interface OverloadEvent {
+  subject: 'shard' | 'room';
+  /** The shard index or the room id. */
+  id: number;
+  recovered: boolean;
+  /** Queue depth in moves (shard) or undelivered bytes (room) when noticed. */
+  depth: number;
+  threshold: number;
+  /** p99 of dispatch → validated (shard) or dispatch → delivered (room), ns, since the subject's previous event; null on the js engine. */
+  p99WaitNs: number | null;
 }
 
 export interface RoomOptions {

@@ -19,7 +19,7 @@ use crate::alloc::{counting_installed, hot_path_allocations, jemalloc_stats};
 use crate::core::{Config, Core, RateLimit, Stopper, View};
 use crate::inbox::{Batch, RoomMemory};
 use crate::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
-use crate::outbox::Delivery;
+use crate::outbox::{Delivery, Subject};
 use crate::verdict::{Status as EngineStatus, Verdict};
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
@@ -35,6 +35,10 @@ pub struct NativeConfig {
     pub pin_cores: Option<Vec<u32>>,
     pub max_blocking_threads: u32,
     pub thread_name: String,
+    /// Queue depth at which a shard is reported overloaded (0 = off).
+    pub overload_queue_depth: u32,
+    /// Undelivered bytes at which a room is reported overloaded (0 = off).
+    pub overload_room_bytes: u32,
 }
 
 /// An accepted move that failed validation.
@@ -59,7 +63,9 @@ pub struct NativeDrain {
 
 /// A delivery: `kind` 0 = push batch, 1 = flush `token` answered.
 #[napi(object)]
+#[derive(Default)]
 pub struct NativeDelivery {
+    /// 0 = push batch, 1 = flush answered, 2 = overload event.
     pub kind: u32,
     pub token: f64,
     pub room: u32,
@@ -68,6 +74,19 @@ pub struct NativeDelivery {
     pub length: u32,
     pub count: u32,
     pub rejections: Vec<NativeRejection>,
+    pub event: Option<NativeOverload>,
+}
+
+/// An overload (or recovery) notification.
+#[napi(object)]
+pub struct NativeOverload {
+    /// `"shard"` or `"room"`.
+    pub subject: String,
+    pub id: u32,
+    pub recovered: bool,
+    pub depth: f64,
+    pub threshold: f64,
+    pub p99_wait_ns: f64,
 }
 
 /// Result of `dispatchStream`.
@@ -305,6 +324,8 @@ impl NativeDispatcher {
                 .map(|v| v.into_iter().map(|c| c as usize).collect()),
             max_blocking_threads: config.max_blocking_threads as usize,
             thread_name: config.thread_name,
+            overload_queue_depth: u64::from(config.overload_queue_depth),
+            overload_room_bytes: config.overload_room_bytes as usize,
         };
         let tsfn = wake
             .build_threadsafe_function::<()>()
@@ -492,17 +513,31 @@ impl NativeDispatcher {
                     length: u32_of(b.length),
                     count: b.count,
                     rejections: rejections(&b),
+                    ..NativeDelivery::default()
                 },
                 Delivery::Flushed { token } => NativeDelivery {
                     kind: 1,
                     token: num(token),
-                    room: 0,
-                    mem_id: 0,
-                    offset: 0,
-                    length: 0,
-                    count: 0,
-                    rejections: Vec::new(),
+                    ..NativeDelivery::default()
                 },
+                Delivery::Overload(e) => {
+                    let (subject, id) = match e.subject {
+                        Subject::Shard(i) => ("shard", i),
+                        Subject::Room(r) => ("room", r),
+                    };
+                    NativeDelivery {
+                        kind: 2,
+                        event: Some(NativeOverload {
+                            subject: subject.to_owned(),
+                            id,
+                            recovered: e.recovered,
+                            depth: num(e.depth),
+                            threshold: num(e.threshold),
+                            p99_wait_ns: num(e.p99_wait_ns),
+                        }),
+                        ..NativeDelivery::default()
+                    }
+                }
             })
             .collect()
     }

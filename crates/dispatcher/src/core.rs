@@ -30,7 +30,7 @@ use crate::auth::PlayerKey;
 use crate::frame::{self, FrameError};
 use crate::inbox::{Batch, Inbox};
 use crate::latency::{self, Observer, Recorder, Scale, Snapshot};
-use crate::outbox::{Delivery, Outbox, Waker};
+use crate::outbox::{Delivery, Outbox, OverloadEvent, Subject, Waker};
 use crate::shard::{Control, Shared, Worker};
 use crate::verdict::{Reason, Status, Verdict};
 use crate::IdHashBuilder;
@@ -48,6 +48,10 @@ pub struct Config {
     pub pin_cores: Option<Vec<usize>>,
     pub max_blocking_threads: usize,
     pub thread_name: String,
+    /// Queue depth (moves) at which a shard is reported overloaded; 0 = never.
+    pub overload_queue_depth: u64,
+    /// Undelivered bytes at which a room is reported overloaded; 0 = never.
+    pub overload_room_bytes: usize,
 }
 
 impl Default for Config {
@@ -63,6 +67,8 @@ impl Default for Config {
             pin_cores: None,
             max_blocking_threads: 4,
             thread_name: "move-disp".to_owned(),
+            overload_queue_depth: 0,
+            overload_room_bytes: 0,
         }
     }
 }
@@ -180,12 +186,18 @@ pub struct StreamOutcome {
     pub malformed: bool,
 }
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent properties of a room, not states"
+)]
 struct Room {
     shard: usize,
     hmac: bool,
     push: bool,
     /// `false` after `closeRoom`: frames answer `UnknownRoom`, pending moves still flow.
     open: bool,
+    /// Reported overloaded, not yet recovered.
+    overloaded: bool,
     /// Members, each with its rate-limit bucket (unused when `rate` is `None`).
     players: HashMap<u32, Bucket, IdHashBuilder>,
     rate: Option<RateLimit>,
@@ -243,8 +255,11 @@ struct ShardHandle {
     depth_high_water: u64,
     arena_high_water: usize,
     /// Dispatch → validated, recorded by the worker: one observer for `stats` (reset on
-    /// request), one for `metrics` (never reset, as Prometheus histograms must be).
-    validated: [Observer; 2],
+    /// request), one for `metrics` (never reset, as Prometheus histograms must be), one for
+    /// overload events (reset at each event of the shard).
+    validated: [Observer; 3],
+    /// Reported overloaded, not yet recovered.
+    overloaded: bool,
 }
 
 impl ShardHandle {
@@ -321,12 +336,14 @@ pub struct Core {
     delivered: Histo,
     batch_size: Histo,
     arena_alloc: Histo,
+    /// Rooms reported overloaded and not yet recovered (checked on drain, poll and flush).
+    overloaded_rooms: Vec<u32>,
 }
 
-/// A recorder with its two observers (`stats`, `metrics`).
+/// A recorder with its observers (`stats`, `metrics`, overload events).
 struct Histo {
     recorder: Recorder,
-    observers: [Observer; 2],
+    observers: [Observer; 3],
 }
 
 impl Histo {
@@ -334,7 +351,7 @@ impl Histo {
         let (recorder, observer) = latency::pair(scale);
         Self {
             recorder,
-            observers: [observer.clone(), observer],
+            observers: [observer.clone(), observer.clone(), observer],
         }
     }
 }
@@ -344,6 +361,8 @@ impl Histo {
 pub enum View {
     Stats = 0,
     Metrics = 1,
+    /// Internal: the interval since a subject's last overload event.
+    Overload = 2,
 }
 
 /// The histograms of one snapshot.
@@ -411,7 +430,8 @@ impl Core {
                 consumed_cache: 0,
                 depth_high_water: 0,
                 arena_high_water: 0,
-                validated: [observer.clone(), observer],
+                validated: [observer.clone(), observer.clone(), observer],
+                overloaded: false,
             });
         }
         let stopper = Arc::new(Stopper {
@@ -431,6 +451,7 @@ impl Core {
             delivered: Histo::new(Scale::LATENCY_NS),
             batch_size: Histo::new(Scale::SIZE),
             arena_alloc: Histo::new(Scale::LATENCY_NS),
+            overloaded_rooms: Vec::new(),
         })
     }
 
@@ -497,6 +518,12 @@ impl Core {
         };
         if let Some(p) = pressure {
             self.counters.backpressure[p as usize] += 1;
+            let shard_id = room.shard;
+            let (room_id, room_over) = (h.room, self.room_over(h.room));
+            self.check_shard_overload(shard_id);
+            if room_over {
+                self.raise_room(room_id);
+            }
             return Verdict::Backpressure;
         }
         let stamp = crate::clock::now_ns();
@@ -531,6 +558,20 @@ impl Core {
             .arena_high_water
             .max(shard.producer.used_upper_bound());
         shard.shared.wake();
+        // Overload marks (recovery is checked on drain, poll and flush, off the hot path).
+        let watch_queue = self.cfg.overload_queue_depth > 0
+            && !shard.overloaded
+            && shard.pushed - shard.consumed_cache >= self.cfg.overload_queue_depth;
+        let watch_room = self.cfg.overload_room_bytes > 0
+            && !room.overloaded
+            && room.inbox.reserved() >= self.cfg.overload_room_bytes;
+        let (shard_id, room_id) = (room.shard, h.room);
+        if watch_queue {
+            self.check_shard_overload(shard_id);
+        }
+        if watch_room {
+            self.raise_room(room_id);
+        }
         self.counters.accepted += 1;
         Verdict::Accepted
     }
@@ -605,6 +646,7 @@ impl Core {
                         hmac,
                         push,
                         open: true,
+                        overloaded: false,
                         players: HashMap::default(),
                         rate,
                         inbox: Arc::clone(&inbox),
@@ -708,6 +750,7 @@ impl Core {
         }
         // The stamps are read; hand them back for reuse (the rejections go with the batch).
         inbox.recycle(Vec::new(), std::mem::take(&mut batch.stamps));
+        self.check_recovery();
         Ok((batch, inbox))
     }
 
@@ -771,6 +814,7 @@ impl Core {
 
     /// Asks every shard to answer `token` once everything queued before is delivered.
     pub fn request_flush(&mut self, token: u64) {
+        self.check_recovery();
         if self.stopper.is_stopped() {
             self.outbox.expect_flush(token, 1);
             self.outbox.publish(&mut Vec::new(), &[token]);
@@ -784,6 +828,7 @@ impl Core {
 
     /// Deliveries ready for JavaScript, in order; counts delivered push moves.
     pub fn poll(&mut self) -> Vec<Delivery> {
+        self.check_recovery();
         let mut items = self.outbox.take();
         for d in &mut items {
             if let Delivery::Batch(b) = d {
@@ -867,6 +912,93 @@ impl Core {
             && std::time::Instant::now() < deadline
         {
             std::thread::yield_now();
+        }
+    }
+
+    fn room_over(&self, room: u32) -> bool {
+        self.cfg.overload_room_bytes > 0
+            && self.rooms.get(&room).is_some_and(|r| {
+                !r.overloaded && r.inbox.reserved() >= self.cfg.overload_room_bytes
+            })
+    }
+
+    /// Reports shard `i` overloaded when its (fresh) depth reaches the mark, recovered when
+    /// it falls to half of it.
+    fn check_shard_overload(&mut self, i: usize) {
+        let mark = self.cfg.overload_queue_depth;
+        if mark == 0 {
+            return;
+        }
+        let s = &mut self.shards[i];
+        s.consumed_cache = s.shared.consumed.0.load(Ordering::Acquire);
+        let depth = s.pushed - s.consumed_cache;
+        let flip = if s.overloaded {
+            depth <= mark / 2
+        } else {
+            depth >= mark
+        };
+        if !flip {
+            return;
+        }
+        s.overloaded = !s.overloaded;
+        let p99 = s.validated[View::Overload as usize]
+            .snapshot(true)
+            .summary()
+            .p99;
+        self.outbox.publish_event(OverloadEvent {
+            subject: Subject::Shard(u32::try_from(i).unwrap_or(u32::MAX)),
+            recovered: !s.overloaded,
+            depth,
+            threshold: mark,
+            p99_wait_ns: p99,
+        });
+    }
+
+    fn raise_room(&mut self, room: u32) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.overloaded = true;
+        let depth = r.inbox.reserved() as u64;
+        self.overloaded_rooms.push(room);
+        self.room_event(room, false, depth);
+    }
+
+    fn room_event(&mut self, room: u32, recovered: bool, depth: u64) {
+        let p99 = self.delivered.observers[View::Overload as usize]
+            .snapshot(true)
+            .summary()
+            .p99;
+        self.outbox.publish_event(OverloadEvent {
+            subject: Subject::Room(room),
+            recovered,
+            depth,
+            threshold: self.cfg.overload_room_bytes as u64,
+            p99_wait_ns: p99,
+        });
+    }
+
+    /// Recovery checks for overloaded shards and rooms (on drain, poll and flush).
+    fn check_recovery(&mut self) {
+        for i in 0..self.shards.len() {
+            if self.shards[i].overloaded {
+                self.check_shard_overload(i);
+            }
+        }
+        let mut k = 0;
+        while k < self.overloaded_rooms.len() {
+            let room = self.overloaded_rooms[k];
+            let bytes = self.rooms.get(&room).map(|r| r.inbox.reserved());
+            match bytes {
+                Some(b) if b > self.cfg.overload_room_bytes / 2 => k += 1,
+                _ => {
+                    self.overloaded_rooms.swap_remove(k);
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.overloaded = false;
+                    }
+                    self.room_event(room, true, bytes.unwrap_or(0) as u64);
+                }
+            }
         }
     }
 
@@ -1183,7 +1315,7 @@ mod tests {
             .iter()
             .filter_map(|d| match d {
                 Delivery::Batch(b) => Some(b),
-                Delivery::Flushed { .. } => None,
+                _ => None,
             })
             .collect();
         assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 10);

@@ -11,12 +11,38 @@ use std::sync::{Mutex, MutexGuard};
 use crate::inbox::Batch;
 
 /// Something JavaScript must see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
     /// A push room's batch.
     Batch(Batch),
     /// Every shard has answered flush `token`.
     Flushed { token: u64 },
+    /// A shard queue or a room crossed its overload mark (`recovered: false`), or fell back
+    /// to half of it (`recovered: true`).
+    Overload(OverloadEvent),
+}
+
+/// What crossed its mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A shard's queue; depth in moves.
+    Shard(u32),
+    /// A room's undelivered bytes.
+    Room(u32),
+}
+
+/// An overload or recovery notification for the control plane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverloadEvent {
+    pub subject: Subject,
+    pub recovered: bool,
+    /// Queue depth (moves) or room bytes when detected.
+    pub depth: u64,
+    /// The overload mark it is compared with.
+    pub threshold: u64,
+    /// p99 of dispatch → validated (shard) or dispatch → delivered (room) since the
+    /// subject's previous event, in nanoseconds; 0 if nothing was recorded.
+    pub p99_wait_ns: u64,
 }
 
 /// How the outbox tells JavaScript to poll.
@@ -111,6 +137,12 @@ impl Outbox {
                 }
             }
         }
+        self.wake();
+    }
+
+    /// Appends an overload or recovery event.
+    pub fn publish_event(&self, event: OverloadEvent) {
+        self.lock().items.push(Delivery::Overload(event));
         self.wake();
     }
 

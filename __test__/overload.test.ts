@@ -1,0 +1,79 @@
+/**
+ * Overload signals for the control plane, on both engines: a shard queue or a room crossing
+ * its mark is reported once (not before), and recovery follows at half the mark.
+ */
+import { describe, expect, it } from 'vitest';
+import { Dispatcher, type OverloadEvent, Verdict, encodeMove } from '../index';
+
+const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array(4) });
+const tick = () => new Promise((r) => setTimeout(r, 20));
+
+describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
+  it('a shard queue: reported at the mark, not before; recovered at half of it', async () => {
+    const events: OverloadEvent[] = [];
+    const d = new Dispatcher({
+      engine,
+      shards: 1,
+      channelCapacity: 16,
+      overload: { queueDepth: 4, roomBytes: 0 },
+      onOverload: (e) => events.push(e),
+      onRecovered: (e) => events.push(e),
+    });
+    d.openRoom(1);
+    d.join(1, 1);
+    d._pauseForTesting(true);
+    for (let s = 1; s <= 3; s++) expect(d.dispatch(move(1, s))).toBe(Verdict.Accepted);
+    await tick();
+    expect(events).toEqual([]);
+    expect(d.dispatch(move(1, 4))).toBe(Verdict.Accepted);
+    expect(events).toEqual([]); // never inside dispatch
+    await tick();
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ subject: 'shard', id: 0, recovered: false, depth: 4, threshold: 4 });
+    expect(d.dispatch(move(1, 5))).toBe(Verdict.Accepted);
+    await tick();
+    expect(events).toHaveLength(1); // once, until it recovers
+    d._pauseForTesting(false);
+    await d.flush();
+    await tick();
+    expect(events).toHaveLength(2);
+    expect(events[1]).toMatchObject({ subject: 'shard', id: 0, recovered: true, threshold: 4 });
+    expect(events[1]!.depth).toBeLessThanOrEqual(2);
+    if (engine === 'native') expect(events[1]!.p99WaitNs).toBeGreaterThan(0);
+    else expect(events[1]!.p99WaitNs).toBeNull();
+    await d.close();
+  });
+
+  it('a room: reported when its undelivered bytes reach the mark; recovered after drain', async () => {
+    const events: OverloadEvent[] = [];
+    const d = new Dispatcher({
+      engine,
+      shards: 1,
+      roomBytes: 4096,
+      overload: { roomBytes: 600, queueDepth: 0 },
+      onOverload: (e) => events.push(e),
+      onRecovered: (e) => events.push(e),
+    });
+    d.openRoom(7);
+    d.join(7, 1);
+    // 60-byte frames: 9 = 540 bytes stay under the mark, the 10th reaches 600
+    for (let s = 1; s <= 9; s++) expect(d.dispatch(move(7, s))).toBe(Verdict.Accepted);
+    await d.flush();
+    await tick();
+    expect(events).toEqual([]);
+    expect(d.dispatch(move(7, 10))).toBe(Verdict.Accepted);
+    await tick();
+    expect(events).toEqual([expect.objectContaining({ subject: 'room', id: 7, recovered: false, depth: 600, threshold: 600 })]);
+    await d.flush();
+    expect(d.drain(7).count).toBe(10);
+    await tick();
+    expect(events[1]).toMatchObject({ subject: 'room', id: 7, recovered: true, depth: 0 });
+    await d.close();
+  });
+
+  it('validates the marks and the callbacks', () => {
+    expect(() => new Dispatcher({ engine, overload: { queueDepth: -1 } })).toThrow(expect.objectContaining({ field: 'overload.queueDepth' }));
+    expect(() => new Dispatcher({ engine, channelCapacity: 8, overload: { queueDepth: 9 } })).toThrow(expect.objectContaining({ field: 'overload.queueDepth' }));
+    expect(() => new Dispatcher({ engine, onOverload: 3 as never })).toThrow(expect.objectContaining({ field: 'onOverload' }));
+  });
+});

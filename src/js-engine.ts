@@ -26,6 +26,7 @@ import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type Ke
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
 import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
+import { LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
 import { RECORD_HEADER_BYTES } from './options';
 import type { AllocatorStats, LatencyStats, RateLimit } from './types';
 
@@ -157,6 +158,8 @@ class Room {
   outstanding = false;
   /** Push rooms: listed in the shard's `pushPending`. */
   listed = false;
+  /** Dispatch time (`performance.now()`) of each move in the fill half. */
+  stamps: number[] = [];
   /** Reported overloaded, not yet recovered. */
   overloaded = false;
 
@@ -197,6 +200,8 @@ class Shard {
   /** Per queued move: offset of the frame in `ring`, and ring bytes it holds (skip + record). */
   starts = new Int32Array(0);
   costs = new Int32Array(0);
+  /** Per queued move: `performance.now()` at dispatch. */
+  stamps = new Float64Array(0);
   rooms: (Room | undefined)[] = [];
   head = 0;
   tail = 0;
@@ -226,6 +231,7 @@ class Shard {
     this.ring = new Uint8Array(config.arenaBytes);
     this.starts = new Int32Array(slots);
     this.costs = new Int32Array(slots);
+    this.stamps = new Float64Array(slots);
     this.rooms = new Array<Room | undefined>(slots).fill(undefined);
   }
 }
@@ -241,6 +247,11 @@ export class JsEngine implements Engine {
   #ready: Shard[] = [];
   #spare: Shard[] = [];
   #outbox: Delivery[] = [];
+  /** Histograms (nanoseconds, except batch sizes), as the native engine keeps them. */
+  readonly #validatedNs = new LogHistogram(60e9);
+  readonly #deliveredNs = new LogHistogram(60e9);
+  readonly #arenaAllocNs = new LogHistogram(60e9);
+  readonly #batchSize = new LogHistogram(1 << 20);
   /** Rooms reported overloaded and not yet recovered. */
   #overloadedRooms: Room[] = [];
   #eventWakeQueued = false;
@@ -458,12 +469,22 @@ export class JsEngine implements Engine {
     return rows.slice(0, top);
   }
 
-  latencies(): LatencyStats | null {
-    return null;
+  latencies(reset: boolean): LatencyStats | null {
+    return {
+      validatedNs: this.#validatedNs.snapshot(reset),
+      deliveredNs: this.#deliveredNs.snapshot(reset),
+      arenaAllocNs: this.#arenaAllocNs.snapshot(reset),
+      batchSize: this.#batchSize.snapshot(reset),
+    };
   }
 
   promHistograms(): PromHistograms | null {
-    return null;
+    return {
+      validated: this.#validatedNs.cumulative(LATENCY_LE_NS),
+      delivered: this.#deliveredNs.cumulative(LATENCY_LE_NS),
+      arenaAlloc: this.#arenaAllocNs.cumulative(LATENCY_LE_NS),
+      batchSize: this.#batchSize.cumulative(SIZE_LE),
+    };
   }
 
   allocator(): AllocatorStats | null {
@@ -545,11 +566,15 @@ export class JsEngine implements Engine {
     if (skip > 0 || shard.writePos + record === cap) shard.wraps++;
     if (shard.ring.length === 0) shard.allocate(this.#config);
     const start = skip === 0 ? shard.writePos : 0;
+    const now = performance.now();
     shard.ring.set(at === 0 && length === buf.length ? buf : buf.subarray(at, at + length), start);
+    // Arena allocation time, on every 64th move (as the native engine samples it).
+    if ((shard.enqueued & 63) === 0) this.#arenaAllocNs.record((performance.now() - now) * 1e6);
     shard.writePos = start + record === cap ? 0 : start + record;
     shard.used += skip + record;
     const slot = shard.tail;
     shard.starts[slot] = start;
+    shard.stamps[slot] = now;
     shard.costs[slot] = skip + record;
     shard.rooms[slot] = room;
     shard.tail = slot + 1 === shard.starts.length ? 0 : slot + 1;
@@ -672,7 +697,12 @@ export class JsEngine implements Engine {
     const player = readU32LE(ring, start + 8);
     const seq = readU32LE(ring, start + 12);
     const reason = this.#validate(room, ring, start, len, player, seq);
-    if (reason === VALID) this.#append(room, ring, start, FRAME_OVERHEAD + len);
+    const stamp = shard.stamps[slot]!;
+    this.#validatedNs.record((performance.now() - stamp) * 1e6);
+    if (reason === VALID) {
+      this.#append(room, ring, start, FRAME_OVERHEAD + len);
+      room.stamps.push(stamp);
+    }
     else this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
     shard.used -= shard.costs[slot]!;
   }
@@ -744,6 +774,11 @@ export class JsEngine implements Engine {
     const length = room.fillLen;
     const batch: RawBatch = { room: room.id, buffer: room.bytes.buffer, offset: room.fillBase, length, count, rejections: room.rejections };
     if (count > 0) {
+      // Delivered now: drain() returns it, or the push round hands it to onBatch before it ends.
+      const now = performance.now();
+      for (const stamp of room.stamps) this.#deliveredNs.record((now - stamp) * 1e6);
+      room.stamps.length = 0;
+      this.#batchSize.record(count);
       room.fillBase = room.fillBase === 0 ? this.#config.roomBytes : 0;
       room.fillLen = 0;
       room.fillCount = 0;

@@ -194,7 +194,7 @@ export interface HistogramStats {
   buckets: [number, number][];
 }
 
-/** Latency (nanoseconds) and batch-size histograms since the last reset (native engine). */
+/** Latency (nanoseconds) and batch-size histograms since the last reset. */
 export interface LatencyStats {
   /** Dispatch → validated by the shard worker. */
   validatedNs: HistogramStats;
@@ -247,7 +247,7 @@ export interface DispatcherStats {
   /** The rooms holding the most undelivered bytes, largest first (see `StatsOptions.topRooms`). */
   rooms: RoomStats[];
   runtime: RuntimeStats;
-  /** Histograms (native engine; null on the js engine, which does not keep them). */
+  /** Histograms (both engines; the js engine's come from `performance.now()`). */
   latency: LatencyStats | null;
   /** Allocator figures (native engine; null on the js engine). */
   allocator: AllocatorStats | null;

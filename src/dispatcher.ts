@@ -437,9 +437,13 @@ export class Dispatcher {
 
   #notify(event: OverloadEvent): void {
     const fn = event.recovered ? this.#onRecovered : this.#onOverload;
-    if (fn === undefined) return;
+    if (fn !== undefined) this.#guard(() => fn(event));
+  }
+
+  /** Runs a user callback; a throw goes to `onError` and never reaches the engine. */
+  #guard(callback: () => void): void {
     try {
-      fn(event);
+      callback();
     } catch (error) {
       try {
         this.#onError(error);
@@ -454,17 +458,8 @@ export class Dispatcher {
     const batch = new MoveBatch(raw, () => this.#engine.release(room));
     const onBatch = this.#onBatch;
     if (onBatch !== undefined) {
-      try {
-        onBatch(batch);
-      } catch (error) {
-        try {
-          this.#onError(error);
-        } catch {
-          // The error reporter itself threw: nothing sensible is left to do with it.
-        }
-      } finally {
-        batch.release();
-      }
+      this.#guard(() => onBatch(batch));
+      batch.release();
       return;
     }
     this.#pending.push(this.#closed ? this.#detach(batch) : batch);

@@ -3,7 +3,7 @@
  * the sorted samples, within the 3-significant-digit precision.
  */
 import { describe, expect, it } from 'vitest';
-import { LATENCY_LE_NS, LogHistogram } from '../src/histogram';
+import { CoarseHistogram, LATENCY_LE_NS, LogHistogram } from '../src/histogram';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -64,5 +64,42 @@ describe('LogHistogram', () => {
     expect(c.count).toBe(11);
     expect(c.cumulative[LATENCY_LE_NS.indexOf(100)]).toBe(10);
     expect(c.cumulative[c.cumulative.length - 1]).toBe(11);
+  });
+});
+
+describe('CoarseHistogram (per-subject overload waits)', () => {
+  it('quantiles are the sample of that rank, at most 25% above it', () => {
+    for (const [seed, n] of [
+      [1, 1],
+      [2, 9],
+      [3, 1000],
+      [4, 50_000],
+    ] as const) {
+      const next = rng(seed);
+      const values = Array.from({ length: n }, () => Math.floor(next() ** 4 * 5e9));
+      const h = new CoarseHistogram();
+      for (const v of values) h.record(v);
+      values.sort((a, b) => a - b);
+      expect(h.count).toBe(n);
+      for (const q of [0, 0.5, 0.9, 0.99, 1]) {
+        const exact = values[Math.min(n, Math.max(1, Math.ceil(q * n))) - 1]!;
+        const got = h.quantile(q);
+        expect(got).toBeGreaterThanOrEqual(exact);
+        expect(got - exact).toBeLessThanOrEqual(exact / 4);
+      }
+    }
+  });
+
+  it('bucket bounds map back to their buckets; clear empties it', () => {
+    for (let i = 0; i < 200; i++) {
+      const hi = CoarseHistogram.highest(i);
+      expect(CoarseHistogram.index(hi)).toBe(i);
+      expect(CoarseHistogram.index(hi + 1)).toBe(i + 1);
+    }
+    const h = new CoarseHistogram();
+    expect(h.quantile(0.99)).toBe(0);
+    h.record(5);
+    h.clear();
+    expect(h.count).toBe(0);
   });
 });

@@ -24,8 +24,12 @@ describe.each(['js', 'native'] as const)('metrics [%s]', (engine) => {
     expect(text).toContain('move_dispatcher_verdicts_total{verdict="Malformed"} 1');
     expect(text).toContain('move_dispatcher_delivered_total 5');
     expect(text).toMatch(/move_dispatcher_arena_capacity_bytes\{shard="1"\} \d+/);
+    // dispatch → validated per shard (room 1 lives on shard 1 of 2).
+    expect(text).toContain('move_dispatcher_validated_latency_seconds_count{shard="0"} 0');
+    expect(text).toContain('move_dispatcher_validated_latency_seconds_count{shard="1"} 5');
+    expect(text).toMatch(/move_dispatcher_validated_latency_seconds_bucket\{shard="1",le="\+Inf"\} 5/);
     for (const line of text.trimEnd().split('\n')) {
-      expect(line).toMatch(/^(# (HELP|TYPE) move_dispatcher_\w+ .+|move_dispatcher_\w+(\{[^}]*\})? \d+(\.\d+)?)$/);
+      expect(line).toMatch(/^(# (HELP|TYPE) move_dispatcher_\w+ .+|move_dispatcher_\w+(\{[^}]*\})? -?\d+(\.\d+)?(e[+-]?\d+)?)$/);
     }
     await d.close();
   });

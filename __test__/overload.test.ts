@@ -39,8 +39,8 @@ describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
     expect(events).toHaveLength(2);
     expect(events[1]).toMatchObject({ subject: 'shard', id: 0, recovered: true, threshold: 4 });
     expect(events[1]!.depth).toBeLessThanOrEqual(2);
-    if (engine === 'native') expect(events[1]!.p99WaitNs).toBeGreaterThan(0);
-    else expect(events[1]!.p99WaitNs).toBeNull();
+    // The shard's own dispatch → validated waits since the overload event (all 5 moves).
+    expect(events[1]!.p99WaitNs).toBeGreaterThan(0);
     await d.close();
   });
 
@@ -68,7 +68,87 @@ describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
     expect(d.drain(7).count).toBe(10);
     await tick();
     expect(events[1]).toMatchObject({ subject: 'room', id: 7, recovered: true, depth: 0 });
+    // The room's own dispatch → delivered waits (its 10 moves, held for > 20 ms before the drain).
+    expect(events[1]!.p99WaitNs).toBeGreaterThan(10e6);
     await d.close();
+  });
+
+  it("a room's p99 wait is its own: a busy neighbour does not lend it its waits", async () => {
+    const events: OverloadEvent[] = [];
+    const d = new Dispatcher({
+      engine,
+      shards: 1,
+      roomBytes: 4096,
+      overload: { roomBytes: 600, queueDepth: 0 },
+      onOverload: (e) => events.push(e),
+      onRecovered: (e) => events.push(e),
+    });
+    d.openRoom(1);
+    d.join(1, 1);
+    d.openRoom(2);
+    d.join(2, 1);
+    // Room 2's moves wait ~60 ms before their drain; room 1's are drained at once.
+    for (let s = 1; s <= 5; s++) d.dispatch(move(2, s));
+    await new Promise((r) => setTimeout(r, 60));
+    await d.flush();
+    d.drain(2);
+    for (let s = 1; s <= 10; s++) d.dispatch(move(1, s));
+    await d.flush();
+    d.drain(1);
+    await tick();
+    const recovered = events.find((e) => e.subject === 'room' && e.id === 1 && e.recovered);
+    expect(recovered).toBeDefined();
+    expect(recovered!.p99WaitNs).toBeGreaterThan(0);
+    expect(recovered!.p99WaitNs).toBeLessThan(50e6);
+    await d.close();
+  });
+
+  it('a recovery noticed by a drain after close() is still reported', async () => {
+    const events: OverloadEvent[] = [];
+    const d = new Dispatcher({
+      engine,
+      shards: 1,
+      roomBytes: 4096,
+      overload: { roomBytes: 600, queueDepth: 0 },
+      onOverload: (e) => events.push(e),
+      onRecovered: (e) => events.push(e),
+    });
+    d.openRoom(7);
+    d.join(7, 1);
+    for (let s = 1; s <= 10; s++) d.dispatch(move(7, s));
+    await d.close();
+    expect(events.map((e) => e.recovered)).toEqual([false]);
+    expect(d.drain(7).count).toBe(10);
+    await tick();
+    expect(events.map((e) => e.recovered)).toEqual([false, true]);
+  });
+
+  it('a throwing callback is reported by name (default: a process warning) and delivery goes on', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      const d = new Dispatcher({
+        engine,
+        shards: 1,
+        roomBytes: 4096,
+        overload: { roomBytes: 600, queueDepth: 0 },
+        onOverload: () => {
+          throw new Error('boom');
+        },
+      });
+      d.openRoom(7);
+      d.join(7, 1);
+      for (let s = 1; s <= 10; s++) d.dispatch(move(7, s));
+      await d.flush();
+      await tick();
+      expect(d.drain(7).count).toBe(10);
+      await d.close();
+      await tick();
+      expect(warnings.some((m) => m.includes('onOverload threw') && m.includes('boom'))).toBe(true);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('validates the marks and the callbacks', () => {

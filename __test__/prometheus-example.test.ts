@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { Counter, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { registerDispatcherCollector, serveMetrics } from '../examples/prometheus';
+import { p99Between, registerDispatcherCollector, serveMetrics } from '../examples/prometheus';
 import { Dispatcher, encodeMove } from '../index';
 
 const promtool = spawnSync('promtool', ['--version']).status === 0;
@@ -39,5 +39,39 @@ describe('examples/prometheus', () => {
       expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
       expect(r.status).toBe(0);
     }
+  });
+
+  it('scrapes never reset what other readers see (high-water marks, histogram intervals)', async () => {
+    const registry = new Registry();
+    const d = new Dispatcher({ shards: 1 });
+    registerDispatcherCollector(registry, d);
+    d.openRoom(1);
+    d.join(1, 1);
+    d._pauseForTesting(true);
+    for (let seq = 1; seq <= 50; seq++) d.dispatch(encodeMove({ room: 1, player: 1, seq }));
+    d._pauseForTesting(false);
+    await d.flush();
+    d.drain(1);
+    const before = d.stats({ topRooms: 0 });
+    await registry.metrics();
+    await registry.metrics();
+    const after = d.stats({ topRooms: 0 });
+    expect(after.shards[0]!.queueHighWater).toBe(before.shards[0]!.queueHighWater);
+    expect(after.shards[0]!.queueHighWater).toBeGreaterThanOrEqual(50);
+    expect(after.latency!.deliveredNs.count).toBe(50);
+    await d.close();
+  });
+
+  it('p99Between reads the samples recorded between two snapshots', () => {
+    const h = (buckets: [number, number][]) => {
+      const count = buckets.reduce((a, [, n]) => a + n, 0);
+      return { count, min: 0, p50: 0, p90: 0, p99: 0, p999: 0, max: 0, mean: 0, sum: 0, buckets };
+    };
+    const first = h([[10, 100], [1000, 1]]);
+    const second = h([[10, 100], [500, 99], [1000, 1], [9000, 2]]);
+    // Between them: 99 samples of 500 and 2 of 9000; rank ceil(0.99 * 101) = 100 is 9000.
+    expect(p99Between(first, second)).toBe(9000);
+    expect(p99Between(undefined, first)).toBe(10);
+    expect(p99Between(second, second)).toBe(0);
   });
 });

@@ -123,7 +123,10 @@ describe.each(['js', 'native'] as const)('stats latency and allocator [%s]', (en
     expect(after.validatedNs.count).toBe(0);
     expect(after.deliveredNs.count).toBe(0);
     // metrics() histograms are never reset
-    expect(d.metrics()).toContain(`move_dispatcher_validated_latency_seconds_count ${2 * n + 1}`);
+    const text = d.metrics();
+    const perShard = [...text.matchAll(/^move_dispatcher_validated_latency_seconds_count\{shard="\d+"\} (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(perShard).toHaveLength(s.shards.length);
+    expect(perShard.reduce((a, b) => a + b, 0)).toBe(2 * n + 1);
     if (engine === 'native') {
       const a = s.allocator!;
       expect(a.jemalloc!.allocated).toBeGreaterThan(0);

@@ -9,9 +9,34 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
-import { Dispatcher, encodeMove } from '../index';
+import { Dispatcher, encodeMove, type HistogramStats } from '../index';
 
-/** Registers prom-client gauges that read `dispatcher.stats()` at scrape time. */
+/**
+ * The p99 of the samples recorded between two snapshots of the same never-reset histogram
+ * (bucket counts only grow), so that a collector never has to reset `stats()`, which would
+ * also restart the high-water marks every other reader sees.
+ */
+export function p99Between(before: HistogramStats | undefined, after: HistogramStats): number {
+  const seen = new Map(before?.buckets ?? []);
+  const delta: [number, number][] = [];
+  let count = 0;
+  for (const [value, n] of after.buckets) {
+    const d = n - (seen.get(value) ?? 0);
+    if (d > 0) {
+      delta.push([value, d]);
+      count += d;
+    }
+  }
+  const rank = Math.ceil(0.99 * count);
+  let acc = 0;
+  for (const [value, n] of delta) {
+    acc += n;
+    if (acc >= rank) return value;
+  }
+  return 0;
+}
+
+/** Registers prom-client gauges that read `dispatcher.stats()` at scrape time (never resetting it). */
 export function registerDispatcherCollector(registry: Registry, dispatcher: Dispatcher): void {
   new Gauge({
     name: 'game_dispatcher_queue_depth',
@@ -22,13 +47,16 @@ export function registerDispatcherCollector(registry: Registry, dispatcher: Disp
       for (const s of dispatcher.stats({ topRooms: 0 }).shards) this.set({ shard: String(s.shard) }, s.queueDepth);
     },
   });
+  let previous: HistogramStats | undefined;
   new Gauge({
     name: 'game_dispatcher_delivered_p99_seconds',
-    help: 'p99 dispatch to JavaScript latency since the previous scrape.',
+    help: 'p99 dispatch to JavaScript latency since the previous scrape (0 if no moves).',
     registers: [registry],
     collect() {
-      const l = dispatcher.stats({ topRooms: 0, reset: true }).latency;
-      this.set(l === null ? 0 : l.deliveredNs.p99 / 1e9);
+      const l = dispatcher.stats({ topRooms: 0 }).latency;
+      if (l === null) return;
+      this.set(p99Between(previous, l.deliveredNs) / 1e9);
+      previous = l.deliveredNs;
     },
   });
 }

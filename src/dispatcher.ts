@@ -66,7 +66,7 @@ export class Dispatcher {
   readonly #engine: Engine;
   readonly #config: EngineConfig;
   readonly #onBatch: ((batch: MoveBatchType) => void) | undefined;
-  readonly #onError: (error: unknown) => void;
+  readonly #onError: ((error: unknown) => void) | undefined;
   readonly #onOverload: ((event: OverloadEvent) => void) | undefined;
   readonly #onRecovered: ((event: OverloadEvent) => void) | undefined;
   /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
@@ -97,11 +97,7 @@ export class Dispatcher {
     this.#onBatch = options?.onBatch;
     this.#onOverload = options?.onOverload;
     this.#onRecovered = options?.onRecovered;
-    this.#onError =
-      options?.onError ??
-      ((error: unknown) => {
-        process.emitWarning(`move-dispatcher: onBatch threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-      });
+    this.#onError = options?.onError;
     // The engine's wake-up holds this function for the dispatcher's whole life; through a
     // WeakRef it does not keep the dispatcher itself reachable, so an abandoned dispatcher
     // is garbage-collected (and its native threads stopped by the finalizer).
@@ -224,6 +220,8 @@ export class Dispatcher {
     const batch = new MoveBatch(raw);
     this.#lastDrain.set(room, batch);
     if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
+    // After close() the engine no longer wakes us: deliver the recoveries this drain noticed.
+    if (this.#closed && this.#closing === undefined) queueMicrotask(() => this.#poll());
     return batch;
   }
 
@@ -297,6 +295,10 @@ export class Dispatcher {
    * `{ reset: true }` starts new high-water intervals after it.
    */
   stats(options: StatsOptions = {}): DispatcherStats {
+    return this.#snapshot(options, true);
+  }
+
+  #snapshot(options: StatsOptions, withLatency: boolean): DispatcherStats {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `stats: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
@@ -312,7 +314,7 @@ export class Dispatcher {
       arena: { capacity: s.arenaCapacity, used: s.arenaUsed, highWater: s.arenaHighWater, wraps: s.arenaWraps },
     }));
     const rooms = this.#engine.roomStats(top);
-    const latency = this.#engine.latencies(options.reset === true);
+    const latency = withLatency ? this.#engine.latencies(options.reset === true) : null;
     const allocator = this.#engine.allocator();
     if (options.reset === true) this.#engine.resetHighWater();
     const cfg = this.#config;
@@ -344,7 +346,8 @@ export class Dispatcher {
 
   /** The counters in the Prometheus text exposition format. */
   metrics(): string {
-    return renderMetrics(this.stats(), this.#engine.promHistograms());
+    // Never resets anything; the histograms come from the engine's never-reset views.
+    return renderMetrics(this.#snapshot({ topRooms: 0 }, false), this.#engine.promHistograms());
   }
 
   /**
@@ -437,16 +440,20 @@ export class Dispatcher {
 
   #notify(event: OverloadEvent): void {
     const fn = event.recovered ? this.#onRecovered : this.#onOverload;
-    if (fn !== undefined) this.#guard(() => fn(event));
+    if (fn !== undefined) this.#guard(() => fn(event), event.recovered ? 'onRecovered' : 'onOverload');
   }
 
-  /** Runs a user callback; a throw goes to `onError` and never reaches the engine. */
-  #guard(callback: () => void): void {
+  /**
+   * Runs a user callback; a throw goes to `onError` (default: a process warning naming the
+   * callback) and never reaches the engine.
+   */
+  #guard(callback: () => void, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
     try {
       callback();
     } catch (error) {
       try {
-        this.#onError(error);
+        if (this.#onError !== undefined) this.#onError(error);
+        else process.emitWarning(`move-dispatcher: ${name} threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
       } catch {
         // The error reporter itself threw: nothing sensible is left to do with it.
       }
@@ -458,7 +465,7 @@ export class Dispatcher {
     const batch = new MoveBatch(raw, () => this.#engine.release(room));
     const onBatch = this.#onBatch;
     if (onBatch !== undefined) {
-      this.#guard(() => onBatch(batch));
+      this.#guard(() => onBatch(batch), 'onBatch');
       batch.release();
       return;
     }

@@ -19,7 +19,8 @@ export interface PromHistogram {
 
 /** The histograms `metrics()` exposes. */
 export interface PromHistograms {
-  validated: PromHistogram;
+  /** One per shard (exported with a `shard` label). */
+  validated: PromHistogram[];
   delivered: PromHistogram;
   batchSize: PromHistogram;
   arenaAlloc: PromHistogram;

@@ -52,16 +52,24 @@ export class LogHistogram {
 
   /** The interval since the last reset; `reset` starts a new one after it. */
   snapshot(reset: boolean): HistogramStats {
+    return LogHistogram.merged([this], reset);
+  }
+
+  /** The intervals of several histograms of the same range (one per shard), merged. */
+  static merged(hists: readonly LogHistogram[], reset: boolean): HistogramStats {
     const buckets: [number, number][] = [];
     let count = 0;
-    for (let i = 0; i < this.#counts.length; i++) {
-      const c = this.#counts[i]! - this.#base[i]!;
+    const size = Math.max(0, ...hists.map((h) => h.#counts.length));
+    for (let i = 0; i < size; i++) {
+      let c = 0;
+      for (const h of hists) c += (h.#counts[i] ?? 0) - (h.#base[i] ?? 0);
       if (c > 0) {
         buckets.push([LogHistogram.highest(i), c]);
         count += c;
       }
     }
-    const sum = this.#sum - this.#baseSum;
+    let sum = 0;
+    for (const h of hists) sum += h.#sum - h.#baseSum;
     const at = (q: number): number => {
       if (count === 0) return 0;
       const rank = Math.max(1, Math.ceil(q * count));
@@ -86,8 +94,10 @@ export class LogHistogram {
       buckets,
     };
     if (reset) {
-      this.#base.set(this.#counts);
-      this.#baseSum = this.#sum;
+      for (const h of hists) {
+        h.#base.set(h.#counts);
+        h.#baseSum = h.#sum;
+      }
     }
     return stats;
   }
@@ -106,6 +116,61 @@ export class LogHistogram {
     }
     while (k < le.length) cumulative[k++] = count;
     return { le: [...le], cumulative, count, sum: this.#sum };
+  }
+}
+
+/**
+ * A small, coarse histogram for one subject among thousands (a room's or a shard's recent
+ * waits, for overload events): 4 buckets per power of two, so a quantile is at most 25%
+ * above the sample of its rank. The twin of the native engine's `latency::Coarse`.
+ */
+export class CoarseHistogram {
+  readonly #counts = new Float64Array(256);
+  #total = 0;
+
+  static index(value: number): number {
+    const v = value <= 0 ? 0 : Math.floor(value);
+    if (v < 4) return v;
+    let e = Math.floor(Math.log2(v));
+    // log2 rounds near powers of two: correct it exactly.
+    if (2 ** e > v) e--;
+    else if (2 ** (e + 1) <= v) e++;
+    e = Math.min(63, e);
+    const sub = Math.floor(v / 2 ** (e - 2)) & 3;
+    return Math.min(255, 4 * (e - 1) + sub);
+  }
+
+  /** The highest value of bucket `i`. */
+  static highest(i: number): number {
+    if (i < 4) return i;
+    const e = Math.floor(i / 4) + 1;
+    return (4 + (i % 4) + 1) * 2 ** (e - 2) - 1;
+  }
+
+  record(value: number): void {
+    this.#counts[CoarseHistogram.index(value)]! += 1;
+    this.#total++;
+  }
+
+  get count(): number {
+    return this.#total;
+  }
+
+  /** The highest value of the bucket holding the sample of rank `ceil(q * count)`; 0 when empty. */
+  quantile(q: number): number {
+    if (this.#total === 0) return 0;
+    const rank = Math.min(this.#total, Math.max(1, Math.ceil(q * this.#total)));
+    let seen = 0;
+    for (let i = 0; i < this.#counts.length; i++) {
+      seen += this.#counts[i]!;
+      if (seen >= rank) return CoarseHistogram.highest(i);
+    }
+    return CoarseHistogram.highest(this.#counts.length - 1);
+  }
+
+  clear(): void {
+    this.#counts.fill(0);
+    this.#total = 0;
   }
 }
 

@@ -26,7 +26,7 @@ import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type Ke
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
 import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
-import { LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
+import { CoarseHistogram, LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
 import { RECORD_HEADER_BYTES } from './options';
 import type { AllocatorStats, LatencyStats, RateLimit } from './types';
 
@@ -162,6 +162,8 @@ class Room {
   stamps: number[] = [];
   /** Reported overloaded, not yet recovered. */
   overloaded = false;
+  /** Dispatch → delivered of this room's moves since its last overload event (null: events off). */
+  waits: CoarseHistogram | null = null;
 
   constructor(
     readonly id: number,
@@ -218,6 +220,9 @@ class Shard {
   wraps = 0;
   /** Reported overloaded, not yet recovered. */
   overloaded = false;
+  /** Dispatch → validated on this shard: since creation (metrics, stats) and since its last overload event. */
+  readonly validatedNs = new LogHistogram(60e9);
+  readonly waits = new CoarseHistogram();
   readonly controls: Control[] = [];
   controlHead = 0;
   /** Push rooms with content waiting for delivery. */
@@ -248,7 +253,6 @@ export class JsEngine implements Engine {
   #spare: Shard[] = [];
   #outbox: Delivery[] = [];
   /** Histograms (nanoseconds, except batch sizes), as the native engine keeps them. */
-  readonly #validatedNs = new LogHistogram(60e9);
   readonly #deliveredNs = new LogHistogram(60e9);
   readonly #arenaAllocNs = new LogHistogram(60e9);
   readonly #batchSize = new LogHistogram(1 << 20);
@@ -314,6 +318,13 @@ export class JsEngine implements Engine {
     if (existing === undefined) {
       const r = new Room(room, this.#shards[room % this.#config.shards]!, flag, push);
       r.rate = rate;
+      if (this.#config.overloadRoomBytes > 0) r.waits = new CoarseHistogram();
+      // A room forgotten while overloaded comes back overloaded: one subject, one recovery.
+      const k = this.#overloadedRooms.findIndex((o) => o.id === room);
+      if (k >= 0) {
+        this.#overloadedRooms[k] = r;
+        r.overloaded = true;
+      }
       this.#rooms.set(room, r);
       return Status.Ok;
     }
@@ -412,12 +423,12 @@ export class JsEngine implements Engine {
     const depth = shard.enqueued - shard.processed;
     if (q > 0 && !shard.overloaded && depth >= q) {
       shard.overloaded = true;
-      this.#event('shard', this.#shards.indexOf(shard), false, depth, q);
+      this.#event('shard', this.#shards.indexOf(shard), false, depth, q, shard.waits);
     }
     if (rb > 0 && !room.overloaded && room.reserved >= rb) {
       room.overloaded = true;
       this.#overloadedRooms.push(room);
-      this.#event('room', room.id, false, room.reserved, rb);
+      this.#event('room', room.id, false, room.reserved, rb, room.waits);
     }
   }
 
@@ -428,19 +439,22 @@ export class JsEngine implements Engine {
       const depth = shard.enqueued - shard.processed;
       if (shard.overloaded && depth <= q / 2) {
         shard.overloaded = false;
-        this.#event('shard', i, true, depth, q);
+        this.#event('shard', i, true, depth, q, shard.waits);
       }
     });
     this.#overloadedRooms = this.#overloadedRooms.filter((room) => {
       if (room.reserved > rb / 2 && this.#rooms.get(room.id) === room) return true;
       room.overloaded = false;
-      this.#event('room', room.id, true, room.reserved, rb);
+      this.#event('room', room.id, true, room.reserved, rb, room.waits);
       return false;
     });
   }
 
-  #event(subject: 'shard' | 'room', id: number, recovered: boolean, depth: number, threshold: number): void {
-    this.#outbox.push({ type: 'overload', event: { subject, id, recovered, depth, threshold, p99WaitNs: null } });
+  #event(subject: 'shard' | 'room', id: number, recovered: boolean, depth: number, threshold: number, waits: CoarseHistogram | null): void {
+    // The p99 wait since the subject's previous event (0 if nothing was recorded).
+    const p99WaitNs = waits === null ? 0 : waits.quantile(0.99);
+    waits?.clear();
+    this.#outbox.push({ type: 'overload', event: { subject, id, recovered, depth, threshold, p99WaitNs } });
     if (!this.#eventWakeQueued) {
       // Never wake JavaScript from inside dispatch: notify on the next microtask.
       this.#eventWakeQueued = true;
@@ -471,7 +485,10 @@ export class JsEngine implements Engine {
 
   latencies(reset: boolean): LatencyStats | null {
     return {
-      validatedNs: this.#validatedNs.snapshot(reset),
+      validatedNs: LogHistogram.merged(
+        this.#shards.map((s) => s.validatedNs),
+        reset,
+      ),
       deliveredNs: this.#deliveredNs.snapshot(reset),
       arenaAllocNs: this.#arenaAllocNs.snapshot(reset),
       batchSize: this.#batchSize.snapshot(reset),
@@ -480,7 +497,7 @@ export class JsEngine implements Engine {
 
   promHistograms(): PromHistograms | null {
     return {
-      validated: this.#validatedNs.cumulative(LATENCY_LE_NS),
+      validated: this.#shards.map((s) => s.validatedNs.cumulative(LATENCY_LE_NS)),
       delivered: this.#deliveredNs.cumulative(LATENCY_LE_NS),
       arenaAlloc: this.#arenaAllocNs.cumulative(LATENCY_LE_NS),
       batchSize: this.#batchSize.cumulative(SIZE_LE),
@@ -698,7 +715,9 @@ export class JsEngine implements Engine {
     const seq = readU32LE(ring, start + 12);
     const reason = this.#validate(room, ring, start, len, player, seq);
     const stamp = shard.stamps[slot]!;
-    this.#validatedNs.record((performance.now() - stamp) * 1e6);
+    const waitNs = (performance.now() - stamp) * 1e6;
+    shard.validatedNs.record(waitNs);
+    shard.waits.record(waitNs);
     if (reason === VALID) {
       this.#append(room, ring, start, FRAME_OVERHEAD + len);
       room.stamps.push(stamp);
@@ -776,15 +795,21 @@ export class JsEngine implements Engine {
     if (count > 0) {
       // Delivered now: drain() returns it, or the push round hands it to onBatch before it ends.
       const now = performance.now();
-      for (const stamp of room.stamps) this.#deliveredNs.record((now - stamp) * 1e6);
+      const waits = room.waits;
+      for (const stamp of room.stamps) {
+        const ns = (now - stamp) * 1e6;
+        this.#deliveredNs.record(ns);
+        waits?.record(ns);
+      }
       room.stamps.length = 0;
       this.#batchSize.record(count);
       room.fillBase = room.fillBase === 0 ? this.#config.roomBytes : 0;
       room.fillLen = 0;
       room.fillCount = 0;
       this.#delivered += count;
-      this.#batches++;
     }
+    // Like the native engine: a batch counts when it hands out moves or rejections.
+    if (count > 0 || room.rejections.length > 0) this.#batches++;
     room.reserved -= length + room.rejectedBytes;
     room.rejections = [];
     room.rejectedBytes = 0;

@@ -18,12 +18,20 @@ class Exposition {
     return this;
   }
 
-  /** A histogram: `_bucket{le}` (cumulative, `+Inf` last), `_sum`, `_count`; values divided by `scale`. */
-  histogram(name: string, help: string, h: PromHistogram, scale: number): this {
+  /**
+   * A histogram: `_bucket{le}` (cumulative, `+Inf` last), `_sum`, `_count`; values divided
+   * by `scale`. Several series (one per shard) share the HELP and TYPE lines, each with its
+   * own `labels` (like `shard="0"`).
+   */
+  histogram(name: string, help: string, series: readonly (readonly [labels: string, h: PromHistogram])[], scale: number): this {
     const full = `move_dispatcher_${name}`;
     this.#lines.push(`# HELP ${full} ${help}`, `# TYPE ${full} histogram`);
-    h.le.forEach((le, i) => this.#lines.push(`${full}_bucket{le="${le / scale}"} ${h.cumulative[i] ?? 0}`));
-    this.#lines.push(`${full}_bucket{le="+Inf"} ${h.count}`, `${full}_sum ${h.sum / scale}`, `${full}_count ${h.count}`);
+    for (const [labels, h] of series) {
+      const pre = labels === '' ? '' : `${labels},`;
+      const braces = labels === '' ? '' : `{${labels}}`;
+      h.le.forEach((le, i) => this.#lines.push(`${full}_bucket{${pre}le="${le / scale}"} ${h.cumulative[i] ?? 0}`));
+      this.#lines.push(`${full}_bucket{${pre}le="+Inf"} ${h.count}`, `${full}_sum${braces} ${h.sum / scale}`, `${full}_count${braces} ${h.count}`);
+    }
     return this;
   }
 
@@ -52,10 +60,16 @@ export function renderMetrics(s: DispatcherStats, histograms: PromHistograms | n
     .metric('arena_wraps_total', 'counter', 'Times the arena bump pointer went back to its start.', byShard(s, (x) => x.arena.wraps));
   if (histograms !== null) {
     const NS = 1e9;
-    e.histogram('validated_latency_seconds', 'Dispatch to validated by the shard worker.', histograms.validated, NS)
-      .histogram('delivered_latency_seconds', 'Dispatch to handed to JavaScript (drain or onBatch).', histograms.delivered, NS)
-      .histogram('arena_alloc_seconds', 'Arena allocation time, every 64th dispatch.', histograms.arenaAlloc, NS)
-      .histogram('batch_size_moves', 'Moves per delivered batch.', histograms.batchSize, 1);
+    const one = (h: PromHistogram): [string, PromHistogram][] => [['', h]];
+    e.histogram(
+      'validated_latency_seconds',
+      'Dispatch to validated by the shard worker.',
+      histograms.validated.map((h, shard) => [`shard="${shard}"`, h] as const),
+      NS,
+    )
+      .histogram('delivered_latency_seconds', 'Dispatch to handed to JavaScript (drain or onBatch).', one(histograms.delivered), NS)
+      .histogram('arena_alloc_seconds', 'Arena allocation time, every 64th dispatch.', one(histograms.arenaAlloc), NS)
+      .histogram('batch_size_moves', 'Moves per delivered batch.', one(histograms.batchSize), 1);
   }
   const a = s.allocator;
   if (a?.jemalloc) {

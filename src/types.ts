@@ -62,8 +62,12 @@ export interface OverloadEvent {
   /** Queue depth in moves (shard) or undelivered bytes (room) when noticed. */
   depth: number;
   threshold: number;
-  /** p99 of dispatch → validated (shard) or dispatch → delivered (room), ns, since the subject's previous event; null on the js engine. */
-  p99WaitNs: number | null;
+  /**
+   * p99 of the subject's own waits since its previous event, in ns: dispatch → validated on
+   * that shard, or dispatch → delivered of that room's moves (0 if none were recorded).
+   * Shards use the HDR histograms; rooms a coarse per-room one (at most 25% above).
+   */
+  p99WaitNs: number;
 }
 
 export interface RoomOptions {

@@ -161,7 +161,8 @@ pub struct NativePromHistogram {
 /// The histograms for `metrics()` (never reset).
 #[napi(object)]
 pub struct NativePromHistograms {
-    pub validated: NativePromHistogram,
+    /// One per shard, in shard order.
+    pub validated: Vec<NativePromHistogram>,
     pub delivered: NativePromHistogram,
     pub batch_size: NativePromHistogram,
     pub arena_alloc: NativePromHistogram,
@@ -196,7 +197,7 @@ fn histogram(s: &Snapshot) -> NativeHistogram {
         p999: num(m.p999),
         max: num(m.max),
         mean: m.mean,
-        sum: num(m.sum),
+        sum: m.sum,
         buckets: s
             .buckets()
             .into_iter()
@@ -210,7 +211,7 @@ fn prom(s: &Snapshot, le: &[u64]) -> NativePromHistogram {
         le: le.iter().copied().map(num).collect(),
         cumulative: s.cumulative_counts(le).into_iter().map(num).collect(),
         count: num(s.count()),
-        sum: num(s.sum()),
+        sum: s.sum(),
     }
 }
 
@@ -219,6 +220,50 @@ fn prom(s: &Snapshot, le: &[u64]) -> NativePromHistogram {
 pub struct NativeRoomStats {
     pub room: u32,
     pub bytes: f64,
+}
+
+/// One delivery for JavaScript; a batch's rejection list goes back to its inbox for reuse.
+fn delivery(core: &Core, d: Delivery) -> NativeDelivery {
+    match d {
+        Delivery::Batch(mut b) => {
+            let list = rejections(&b);
+            core.recycle_rejections(b.room, std::mem::take(&mut b.rejections));
+            NativeDelivery {
+                kind: 0,
+                token: 0.0,
+                room: b.room,
+                mem_id: b.mem_id,
+                offset: u32_of(b.offset),
+                length: u32_of(b.length),
+                count: b.count,
+                rejections: list,
+                ..NativeDelivery::default()
+            }
+        }
+        Delivery::Flushed { token } => NativeDelivery {
+            kind: 1,
+            token: num(token),
+            ..NativeDelivery::default()
+        },
+        Delivery::Overload(e) => {
+            let (subject, id) = match e.subject {
+                Subject::Shard(i) => ("shard", i),
+                Subject::Room(r) => ("room", r),
+            };
+            NativeDelivery {
+                kind: 2,
+                event: Some(NativeOverload {
+                    subject: subject.to_owned(),
+                    id,
+                    recovered: e.recovered,
+                    depth: num(e.depth),
+                    threshold: num(e.threshold),
+                    p99_wait_ns: num(e.p99_wait_ns),
+                }),
+                ..NativeDelivery::default()
+            }
+        }
+    }
 }
 
 fn rejections(b: &Batch) -> Vec<NativeRejection> {
@@ -398,14 +443,21 @@ impl NativeDispatcher {
     /// Pull rooms: everything validated since the last drain.
     #[napi(catch_unwind)]
     pub fn drain(&self, room: u32) -> NativeDrain {
-        match with_core(self.id, |c| c.drain(room)).unwrap_or(Err(EngineStatus::Closed)) {
-            Ok((b, _)) => NativeDrain {
+        let drained = with_core(self.id, |c| {
+            c.drain(room).map(|(mut b, _)| {
+                let list = rejections(&b);
+                c.recycle_rejections(room, std::mem::take(&mut b.rejections));
+                (b, list)
+            })
+        });
+        match drained.unwrap_or(Err(EngineStatus::Closed)) {
+            Ok((b, rejections)) => NativeDrain {
                 status: EngineStatus::Ok as u32,
                 mem_id: b.mem_id,
                 offset: u32_of(b.offset),
                 length: u32_of(b.length),
                 count: b.count,
-                rejections: rejections(&b),
+                rejections,
             },
             Err(status) => NativeDrain {
                 status: status as u32,
@@ -500,46 +552,14 @@ impl NativeDispatcher {
     /// Push batches and flush answers, in order.
     #[napi(catch_unwind)]
     pub fn poll(&self) -> Vec<NativeDelivery> {
-        with_core(self.id, Core::poll)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| match d {
-                Delivery::Batch(b) => NativeDelivery {
-                    kind: 0,
-                    token: 0.0,
-                    room: b.room,
-                    mem_id: b.mem_id,
-                    offset: u32_of(b.offset),
-                    length: u32_of(b.length),
-                    count: b.count,
-                    rejections: rejections(&b),
-                    ..NativeDelivery::default()
-                },
-                Delivery::Flushed { token } => NativeDelivery {
-                    kind: 1,
-                    token: num(token),
-                    ..NativeDelivery::default()
-                },
-                Delivery::Overload(e) => {
-                    let (subject, id) = match e.subject {
-                        Subject::Shard(i) => ("shard", i),
-                        Subject::Room(r) => ("room", r),
-                    };
-                    NativeDelivery {
-                        kind: 2,
-                        event: Some(NativeOverload {
-                            subject: subject.to_owned(),
-                            id,
-                            recovered: e.recovered,
-                            depth: num(e.depth),
-                            threshold: num(e.threshold),
-                            p99_wait_ns: num(e.p99_wait_ns),
-                        }),
-                        ..NativeDelivery::default()
-                    }
-                }
-            })
-            .collect()
+        with_core(self.id, |c| {
+            let items = c.poll();
+            items
+                .into_iter()
+                .map(|d| delivery(c, d))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
     }
 
     /// The counters the guarantees are stated in.
@@ -606,9 +626,9 @@ impl NativeDispatcher {
     #[napi(catch_unwind)]
     pub fn prom_histograms(&self) -> Option<NativePromHistograms> {
         with_core(self.id, |c| {
-            let l = c.latencies(View::Metrics, false);
+            let (by_shard, l) = c.metric_latencies();
             NativePromHistograms {
-                validated: prom(&l.validated, &LATENCY_LE_NS),
+                validated: by_shard.iter().map(|s| prom(s, &LATENCY_LE_NS)).collect(),
                 delivered: prom(&l.delivered, &LATENCY_LE_NS),
                 batch_size: prom(&l.batch_size, &SIZE_LE),
                 arena_alloc: prom(&l.arena_alloc, &LATENCY_LE_NS),

@@ -3,7 +3,8 @@
 //! [`Core`] is owned by one thread (the JavaScript thread that created it). Its
 //! [`Core::dispatch`] does the O(1) synchronous checks of `docs/architecture.md`, reserves
 //! the room's budget, copies the frame into the shard's arena and wakes the worker if it
-//! sleeps. It never blocks and allocates nothing.
+//! sleeps. It never blocks and allocates nothing (overload marks are only flagged there;
+//! their events are published by the next poll, drain or flush).
 //!
 //! # Ordering
 //! Every operation on a room goes to the room's shard with the next sequence number of
@@ -22,14 +23,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::alloc::HotPath;
 use crate::arena::{self, Producer};
 use crate::auth::PlayerKey;
 use crate::frame::{self, FrameError};
-use crate::inbox::{Batch, Inbox};
-use crate::latency::{self, Observer, Recorder, Scale, Snapshot};
+use crate::inbox::{Batch, Inbox, Rejection};
+use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
 use crate::outbox::{Delivery, Outbox, OverloadEvent, Subject, Waker};
 use crate::shard::{Control, Shared, Worker};
 use crate::verdict::{Reason, Status, Verdict};
@@ -196,8 +197,11 @@ struct Room {
     push: bool,
     /// `false` after `closeRoom`: frames answer `UnknownRoom`, pending moves still flow.
     open: bool,
-    /// Reported overloaded, not yet recovered.
+    /// Reported overloaded (or about to be), not yet recovered.
     overloaded: bool,
+    /// Dispatch → delivered of this room's moves since its last overload event (for the
+    /// event's p99); `None` when room overload events are off.
+    waits: Option<Box<Coarse>>,
     /// Members, each with its rate-limit bucket (unused when `rate` is `None`).
     players: HashMap<u32, Bucket, IdHashBuilder>,
     rate: Option<RateLimit>,
@@ -215,22 +219,28 @@ pub struct RateLimit {
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    at: Instant,
+    /// [`crate::clock::now_ns`] of the last refill.
+    at: u64,
 }
 
 impl Bucket {
     fn full(rate: Option<RateLimit>) -> Self {
         Self {
             tokens: rate.map_or(0.0, |r| r.burst),
-            at: Instant::now(),
+            at: crate::clock::now_ns(),
         }
     }
 
-    /// Refills for the time elapsed; whether a token is available.
-    fn ready(&mut self, rate: RateLimit, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+    /// Refills for the time elapsed until `now` ([`crate::clock::now_ns`]); whether a token
+    /// is available.
+    fn ready(&mut self, rate: RateLimit, now: u64) -> bool {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds to seconds; exact below 104 days between two frames"
+        )]
+        let elapsed = now.saturating_sub(self.at) as f64 / 1e9;
         self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
-        self.at = now;
+        self.at = self.at.max(now);
         self.tokens >= 1.0
     }
 }
@@ -258,8 +268,11 @@ struct ShardHandle {
     /// request), one for `metrics` (never reset, as Prometheus histograms must be), one for
     /// overload events (reset at each event of the shard).
     validated: [Observer; 3],
-    /// Reported overloaded, not yet recovered.
+    /// Reported overloaded (or about to be), not yet recovered.
     overloaded: bool,
+    /// Crossed its mark inside `dispatch` at this depth; the event is published by the next
+    /// `poll`, `drain` or flush (publishing allocates, `dispatch` must not).
+    raise_pending: Option<u64>,
 }
 
 impl ShardHandle {
@@ -336,8 +349,11 @@ pub struct Core {
     delivered: Histo,
     batch_size: Histo,
     arena_alloc: Histo,
-    /// Rooms reported overloaded and not yet recovered (checked on drain, poll and flush).
-    overloaded_rooms: Vec<u32>,
+    /// Rooms reported overloaded and not yet recovered, each with the depth at which it
+    /// crossed its mark while that event is still to be published (on drain, poll and
+    /// flush). Ids are distinct; spare capacity for every known room is kept, so `dispatch`
+    /// never grows it.
+    overloaded_rooms: Vec<(u32, Option<u64>)>,
 }
 
 /// A recorder with its observers (`stats`, `metrics`, overload events).
@@ -432,6 +448,7 @@ impl Core {
                 arena_high_water: 0,
                 validated: [observer.clone(), observer.clone(), observer],
                 overloaded: false,
+                raise_pending: None,
             });
         }
         let stopper = Arc::new(Stopper {
@@ -496,10 +513,14 @@ impl Core {
         }
         // Rate limit: keyed by the proven sender (the frame's player when none is given);
         // frames of non-members are not limited here (validation rejects them).
+        // One clock read per move: the rate limit's `now` is the dispatch stamp.
+        let mut now = None;
         let mut bucket = None;
         if let Some(rate) = room.rate {
             if let Some(b) = room.players.get_mut(&sender.unwrap_or(h.player)) {
-                if !b.ready(rate, Instant::now()) {
+                let t = crate::clock::now_ns();
+                now = Some(t);
+                if !b.ready(rate, t) {
                     return Verdict::RateLimited;
                 }
                 bucket = Some(b);
@@ -518,15 +539,19 @@ impl Core {
         };
         if let Some(p) = pressure {
             self.counters.backpressure[p as usize] += 1;
-            let shard_id = room.shard;
-            let (room_id, room_over) = (h.room, self.room_over(h.room));
-            self.check_shard_overload(shard_id);
-            if room_over {
-                self.raise_room(room_id);
-            }
+            // Backpressure may come before a mark is reached (a small arena), or at it.
+            mark_shard(shard, self.cfg.overload_queue_depth, &self.outbox);
+            mark_room(
+                room,
+                h.room,
+                self.cfg.overload_room_bytes,
+                &mut self.overloaded_rooms,
+                &self.outbox,
+                &shard.shared,
+            );
             return Verdict::Backpressure;
         }
-        let stamp = crate::clock::now_ns();
+        let stamp = now.unwrap_or_else(crate::clock::now_ns);
         if shard
             .producer
             .try_push(shard.next_seq, stamp, bytes)
@@ -558,20 +583,20 @@ impl Core {
             .arena_high_water
             .max(shard.producer.used_upper_bound());
         shard.shared.wake();
-        // Overload marks (recovery is checked on drain, poll and flush, off the hot path).
-        let watch_queue = self.cfg.overload_queue_depth > 0
-            && !shard.overloaded
-            && shard.pushed - shard.consumed_cache >= self.cfg.overload_queue_depth;
-        let watch_room = self.cfg.overload_room_bytes > 0
-            && !room.overloaded
-            && room.inbox.reserved() >= self.cfg.overload_room_bytes;
-        let (shard_id, room_id) = (room.shard, h.room);
-        if watch_queue {
-            self.check_shard_overload(shard_id);
+        // Overload marks: only flagged here; events are published (and recovery checked) on
+        // drain, poll and flush, off the hot path.
+        let mark = self.cfg.overload_queue_depth;
+        if mark > 0 && !shard.overloaded && shard.pushed - shard.consumed_cache >= mark {
+            mark_shard(shard, mark, &self.outbox);
         }
-        if watch_room {
-            self.raise_room(room_id);
-        }
+        mark_room(
+            room,
+            h.room,
+            self.cfg.overload_room_bytes,
+            &mut self.overloaded_rooms,
+            &self.outbox,
+            &shard.shared,
+        );
         self.counters.accepted += 1;
         Verdict::Accepted
     }
@@ -646,12 +671,17 @@ impl Core {
                         hmac,
                         push,
                         open: true,
-                        overloaded: false,
+                        // A room forgotten while overloaded comes back overloaded: its
+                        // recovery is still to be reported, once.
+                        overloaded: self.overloaded_rooms.iter().any(|e| e.0 == room),
+                        waits: (self.cfg.overload_room_bytes > 0).then(Box::default),
                         players: HashMap::default(),
                         rate,
                         inbox: Arc::clone(&inbox),
                     },
                 );
+                // Room for every known room to be flagged inside `dispatch` without growing.
+                self.overloaded_rooms.reserve(self.rooms.len());
                 inbox
             }
         };
@@ -740,17 +770,18 @@ impl Core {
         }
         let inbox = Arc::clone(&r.inbox);
         let mut batch = inbox.drain();
-        self.retired = None;
-        if r.forgettable() {
-            self.rooms.remove(&room);
-            self.retired = Some(Arc::clone(&inbox));
-        }
         if batch.count > 0 || !batch.rejections.is_empty() {
             self.count_delivery(&mut batch);
         }
-        // The stamps are read; hand them back for reuse (the rejections go with the batch).
+        // The stamps are read; hand them back for reuse (the rejections go with the batch,
+        // and come back through `recycle_rejections`).
         inbox.recycle(Vec::new(), std::mem::take(&mut batch.stamps));
-        self.check_recovery();
+        self.overload_events();
+        self.retired = None;
+        if self.rooms.get(&room).is_some_and(Room::forgettable) {
+            self.rooms.remove(&room);
+            self.retired = Some(Arc::clone(&inbox));
+        }
         Ok((batch, inbox))
     }
 
@@ -765,17 +796,45 @@ impl Core {
                 self.delivered.recorder.record(now.saturating_sub(stamp));
             }
             self.batch_size.recorder.record(u64::from(batch.count));
+            if let Some(waits) = self
+                .rooms
+                .get_mut(&batch.room)
+                .and_then(|r| r.waits.as_deref_mut())
+            {
+                for &stamp in &batch.stamps {
+                    waits.record(now.saturating_sub(stamp));
+                }
+            }
         }
     }
 
-    /// The latency and size histograms. `reset` (with [`View::Stats`]) starts new intervals.
+    /// The latency and size histograms, shards merged. `reset` (with [`View::Stats`])
+    /// starts new intervals.
     pub fn latencies(&mut self, view: View, reset: bool) -> Latencies {
         let v = view as usize;
         let mut validated = Snapshot::empty(Scale::LATENCY_NS);
         for s in &mut self.shards {
-            // Same scale by construction: merging cannot fail.
-            let _ = validated.merge(&s.validated[v].snapshot(reset));
+            // Same scale by construction: adding cannot fail.
+            let _ = s.validated[v].snapshot_into(&mut validated, reset);
         }
+        self.thread_latencies(view, reset, validated)
+    }
+
+    /// The never-reset histograms for `metrics()`: dispatch → validated per shard (in shard
+    /// order) and the others.
+    pub fn metric_latencies(&mut self) -> (Vec<Snapshot>, Latencies) {
+        let v = View::Metrics as usize;
+        let by_shard = self
+            .shards
+            .iter_mut()
+            .map(|s| s.validated[v].snapshot(false))
+            .collect();
+        let empty = Snapshot::empty(Scale::LATENCY_NS);
+        (by_shard, self.thread_latencies(View::Metrics, false, empty))
+    }
+
+    fn thread_latencies(&mut self, view: View, reset: bool, validated: Snapshot) -> Latencies {
+        let v = view as usize;
         Latencies {
             validated,
             delivered: self.delivered.observers[v].snapshot(reset),
@@ -814,7 +873,7 @@ impl Core {
 
     /// Asks every shard to answer `token` once everything queued before is delivered.
     pub fn request_flush(&mut self, token: u64) {
-        self.check_recovery();
+        self.overload_events();
         if self.stopper.is_stopped() {
             self.outbox.expect_flush(token, 1);
             self.outbox.publish(&mut Vec::new(), &[token]);
@@ -828,9 +887,19 @@ impl Core {
 
     /// Deliveries ready for JavaScript, in order; counts delivered push moves.
     pub fn poll(&mut self) -> Vec<Delivery> {
-        self.check_recovery();
         let mut items = self.outbox.take();
-        for d in &mut items {
+        self.count_batches(&mut items);
+        // After the batches: their moves count in the rooms' waits and depths.
+        self.overload_events();
+        // The events just published, and whatever the workers delivered meanwhile.
+        let mut more = self.outbox.take();
+        self.count_batches(&mut more);
+        items.append(&mut more);
+        items
+    }
+
+    fn count_batches(&mut self, items: &mut [Delivery]) {
+        for d in items {
             if let Delivery::Batch(b) = d {
                 self.count_delivery(b);
                 if let Some(inbox) = self.inbox(b.room) {
@@ -838,7 +907,16 @@ impl Core {
                 }
             }
         }
-        items
+    }
+
+    /// Hands back a delivered batch's rejection list (read and emptied by the caller) to
+    /// its room's inbox, so the worker reuses the allocation.
+    pub fn recycle_rejections(&self, room: u32, rejections: Vec<Rejection>) {
+        if rejections.capacity() > 0 {
+            if let Some(inbox) = self.inbox(room) {
+                inbox.recycle(rejections, Vec::new());
+            }
+        }
     }
 
     /// A snapshot of the counters.
@@ -915,90 +993,90 @@ impl Core {
         }
     }
 
-    fn room_over(&self, room: u32) -> bool {
-        self.cfg.overload_room_bytes > 0
-            && self.rooms.get(&room).is_some_and(|r| {
-                !r.overloaded && r.inbox.reserved() >= self.cfg.overload_room_bytes
-            })
-    }
-
-    /// Reports shard `i` overloaded when its (fresh) depth reaches the mark, recovered when
-    /// it falls to half of it.
-    fn check_shard_overload(&mut self, i: usize) {
+    /// Publishes the overload events flagged inside `dispatch` (with the p99 wait since the
+    /// subject's previous event), then the recoveries: a shard whose queue fell to half its
+    /// mark, a room whose undelivered bytes did (or that was forgotten). Runs on drain,
+    /// poll and flush.
+    fn overload_events(&mut self) {
         let mark = self.cfg.overload_queue_depth;
-        if mark == 0 {
-            return;
-        }
-        let s = &mut self.shards[i];
-        s.consumed_cache = s.shared.consumed.0.load(Ordering::Acquire);
-        let depth = s.pushed - s.consumed_cache;
-        let flip = if s.overloaded {
-            depth <= mark / 2
-        } else {
-            depth >= mark
-        };
-        if !flip {
-            return;
-        }
-        s.overloaded = !s.overloaded;
-        let p99 = s.validated[View::Overload as usize]
-            .snapshot(true)
-            .summary()
-            .p99;
-        self.outbox.publish_event(OverloadEvent {
-            subject: Subject::Shard(u32::try_from(i).unwrap_or(u32::MAX)),
-            recovered: !s.overloaded,
-            depth,
-            threshold: mark,
-            p99_wait_ns: p99,
-        });
-    }
-
-    fn raise_room(&mut self, room: u32) {
-        let Some(r) = self.rooms.get_mut(&room) else {
-            return;
-        };
-        r.overloaded = true;
-        let depth = r.inbox.reserved() as u64;
-        self.overloaded_rooms.push(room);
-        self.room_event(room, false, depth);
-    }
-
-    fn room_event(&mut self, room: u32, recovered: bool, depth: u64) {
-        let p99 = self.delivered.observers[View::Overload as usize]
-            .snapshot(true)
-            .summary()
-            .p99;
-        self.outbox.publish_event(OverloadEvent {
-            subject: Subject::Room(room),
-            recovered,
-            depth,
-            threshold: self.cfg.overload_room_bytes as u64,
-            p99_wait_ns: p99,
-        });
-    }
-
-    /// Recovery checks for overloaded shards and rooms (on drain, poll and flush).
-    fn check_recovery(&mut self) {
-        for i in 0..self.shards.len() {
-            if self.shards[i].overloaded {
-                self.check_shard_overload(i);
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            let subject = Subject::Shard(u32::try_from(i).unwrap_or(u32::MAX));
+            if let Some(depth) = s.raise_pending.take() {
+                let p99_wait_ns = s.validated[View::Overload as usize]
+                    .snapshot(true)
+                    .summary()
+                    .p99;
+                self.outbox.publish_event(OverloadEvent {
+                    subject,
+                    recovered: false,
+                    depth,
+                    threshold: mark,
+                    p99_wait_ns,
+                });
             }
-        }
-        let mut k = 0;
-        while k < self.overloaded_rooms.len() {
-            let room = self.overloaded_rooms[k];
-            let bytes = self.rooms.get(&room).map(|r| r.inbox.reserved());
-            match bytes {
-                Some(b) if b > self.cfg.overload_room_bytes / 2 => k += 1,
-                _ => {
-                    self.overloaded_rooms.swap_remove(k);
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        r.overloaded = false;
-                    }
-                    self.room_event(room, true, bytes.unwrap_or(0) as u64);
+            if s.overloaded {
+                s.consumed_cache = s.shared.consumed.0.load(Ordering::Acquire);
+                let depth = s.pushed - s.consumed_cache;
+                if depth <= mark / 2 {
+                    s.overloaded = false;
+                    let p99_wait_ns = s.validated[View::Overload as usize]
+                        .snapshot(true)
+                        .summary()
+                        .p99;
+                    self.outbox.publish_event(OverloadEvent {
+                        subject,
+                        recovered: true,
+                        depth,
+                        threshold: mark,
+                        p99_wait_ns,
+                    });
                 }
             }
+        }
+        let threshold = self.cfg.overload_room_bytes;
+        let mut k = 0;
+        while k < self.overloaded_rooms.len() {
+            let (id, pending) = self.overloaded_rooms[k];
+            let room = self.rooms.get_mut(&id);
+            let bytes = room.as_ref().map_or(0, |r| r.inbox.reserved());
+            let p99 = |room: Option<&mut Room>| {
+                room.and_then(|r| r.waits.as_deref_mut()).map_or(0, |w| {
+                    let p = w.value_at_quantile(0.99);
+                    w.clear();
+                    p
+                })
+            };
+            let event = |recovered, depth| OverloadEvent {
+                subject: Subject::Room(id),
+                recovered,
+                depth,
+                threshold: threshold as u64,
+                p99_wait_ns: 0,
+            };
+            if let Some(depth) = pending {
+                self.overloaded_rooms[k].1 = None;
+                self.outbox.publish_event(OverloadEvent {
+                    p99_wait_ns: p99(room),
+                    ..event(false, depth)
+                });
+                continue; // checked for recovery on the next pass of the loop
+            }
+            if bytes > threshold / 2 {
+                k += 1;
+                continue;
+            }
+            self.overloaded_rooms.swap_remove(k);
+            if let Some(r) = room.as_deref() {
+                debug_assert!(r.overloaded);
+            }
+            let mut room = room;
+            if let Some(r) = room.as_deref_mut() {
+                r.overloaded = false;
+            }
+            self.outbox.publish_event(OverloadEvent {
+                p99_wait_ns: p99(room),
+                ..event(true, bytes as u64)
+            });
         }
     }
 
@@ -1032,6 +1110,45 @@ impl Drop for Core {
     fn drop(&mut self) {
         self.closed = true;
         self.stopper.stop(true);
+    }
+}
+
+/// Flags `shard` overloaded when its (fresh) depth reaches `mark` (0 = off) and asks for a
+/// wake-up, so that JavaScript polls and the event is published. Allocates nothing.
+fn mark_shard(shard: &mut ShardHandle, mark: u64, outbox: &Outbox) {
+    if mark == 0 || shard.overloaded {
+        return;
+    }
+    shard.consumed_cache = shard.shared.consumed.0.load(Ordering::Acquire);
+    let depth = shard.pushed - shard.consumed_cache;
+    if depth >= mark {
+        shard.overloaded = true;
+        shard.raise_pending = Some(depth);
+        outbox.request_wake();
+        shard.shared.poke();
+    }
+}
+
+/// Flags `room` overloaded when its undelivered bytes reach `mark` (0 = off), like
+/// [`mark_shard`]. `list` has spare capacity for it (see `Core::overloaded_rooms`).
+fn mark_room(
+    room: &mut Room,
+    id: u32,
+    mark: usize,
+    list: &mut Vec<(u32, Option<u64>)>,
+    outbox: &Outbox,
+    shared: &Shared,
+) {
+    if mark == 0 || room.overloaded {
+        return;
+    }
+    let bytes = room.inbox.reserved();
+    if bytes >= mark {
+        room.overloaded = true;
+        debug_assert!(list.len() < list.capacity(), "no spare capacity");
+        list.push((id, Some(bytes as u64)));
+        outbox.request_wake();
+        shared.poke();
     }
 }
 
@@ -1106,10 +1223,13 @@ async fn futures_catch_unwind<F: std::future::Future>(
 
 async fn worker_loop(mut w: Worker) {
     let shared = Arc::clone(w.shared());
+    let outbox = Arc::clone(w.outbox());
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
+        // Wake-ups the JavaScript thread asked for from inside `dispatch` (overload marks).
+        outbox.serve_wake_request();
         if shared.paused.load(Ordering::Acquire) {
             // Park without announcing sleep: dispatches while paused must not pay for a
             // wake-up each. `pause(false)` and `stop` poke the worker unconditionally.
@@ -1498,5 +1618,94 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(bad.validate().unwrap_err().field, "roomBytes");
+    }
+
+    fn events(items: &[Delivery]) -> Vec<OverloadEvent> {
+        items
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Overload(e) => Some(*e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A room mark crossed inside `dispatch` is only flagged there: the outbox stays empty
+    /// until a poll, a worker sends the wake-up, and the event names the depth at crossing.
+    #[test]
+    fn overload_is_flagged_in_dispatch_and_published_by_poll() {
+        let cfg = Config {
+            shards: 1,
+            overload_room_bytes: 1_000,
+            ..Config::default()
+        };
+        let (mut c, wakes) = core(cfg);
+        c.open_room(1, false, false, None);
+        c.join(1, 7, None);
+        let f = frame(1, 7, 1, &[0; 200], None);
+        let need = 1_000_usize.div_ceil(f.len());
+        for seq in 1..=u32::try_from(need).unwrap() {
+            let f = frame(1, 7, seq, &[0; 200], None);
+            assert_eq!(c.dispatch(&f, Some(7)), Verdict::Accepted);
+        }
+        assert!(c.outbox.take().is_empty(), "published inside dispatch");
+        for _ in 0..2_000 {
+            if wakes.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            wakes.load(Ordering::SeqCst) > 0,
+            "no worker sent the wake-up"
+        );
+        let raised = events(&c.poll());
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].subject, Subject::Room(1));
+        assert!(!raised[0].recovered);
+        assert!(raised[0].depth >= 1_000);
+        flush(&mut c, 1);
+        c.drain(1).unwrap();
+        let recovered = events(&c.poll());
+        assert_eq!(recovered.len(), 1);
+        assert!(recovered[0].recovered);
+        assert!(recovered[0].p99_wait_ns > 0, "the room's own waits");
+        c.shutdown();
+    }
+
+    /// A room closed, forgotten and opened again under the same id, overloading each time,
+    /// is one subject: its events alternate, overload then recovered, never two of a kind.
+    #[test]
+    fn reopened_room_recovers_once() {
+        let cfg = Config {
+            shards: 1,
+            overload_room_bytes: 500,
+            ..Config::default()
+        };
+        let (mut c, _) = core(cfg);
+        let mut all = Vec::new();
+        let mut seq = 0;
+        for _ in 0..3 {
+            assert_eq!(c.open_room(1, false, true, None), Status::Ok);
+            c.join(1, 7, None);
+            for _ in 0..5 {
+                seq += 1;
+                let f = frame(1, 7, seq, &[0; 200], None);
+                assert_eq!(c.dispatch(&f, Some(7)), Verdict::Accepted);
+            }
+            // Publishes the overload; the batch is delivered and released in the same poll
+            // as the flush answer, so no recovery check ran since.
+            all.extend(events(&flush(&mut c, u64::from(seq))));
+            c.close_room(1);
+            assert!(!c.has_room(1), "released and closed: forgotten");
+        }
+        all.extend(events(&c.poll()));
+        let flips: Vec<bool> = all.iter().map(|e| e.recovered).collect();
+        assert!(!flips.is_empty());
+        assert!(
+            flips.windows(2).all(|w| w[0] != w[1]) && !flips[0] && *flips.last().unwrap(),
+            "events do not alternate: {flips:?}"
+        );
+        c.shutdown();
     }
 }

@@ -5,7 +5,7 @@
 //! the JavaScript thread), and an [`Observer`] for the thread that reports (`stats()`,
 //! `metrics()`). [`Observer::snapshot`] returns a [`Snapshot`]: an
 //! [`hdrhistogram::Histogram`] with count, min, p50, p90, p99, p99.9, max, mean, the exact
-//! sum, and its bucket counts ([`Snapshot::buckets`] rebuilds it;
+//! sum (an `f64`: it never wraps), and its bucket counts ([`Snapshot::buckets`] rebuilds it;
 //! [`Snapshot::cumulative_counts`] gives Prometheus `_bucket{le=…}` values). Snapshots of
 //! several recorders (one per shard) merge with [`Snapshot::merge`].
 //!
@@ -76,7 +76,7 @@
 //! let s = observer.snapshot(true);
 //! assert_eq!(s.count(), 1000);
 //! assert_eq!(s.summary().p50, 500);
-//! assert_eq!(s.sum(), 500_500);
+//! assert_eq!(s.sum(), 500_500.0);
 //! assert_eq!(observer.snapshot(false).count(), 0); // a new interval began
 //! ```
 
@@ -275,7 +275,9 @@ pub const SIZE_LE: [u64; 21] = {
 #[derive(Debug)]
 struct Cells {
     counts: Box<[AtomicU64]>,
-    /// Running (wrapping) sum of the recorded values.
+    /// Running sum of the recorded values: the bits of an `f64`, so that it never wraps
+    /// (a `u64` of nanoseconds would after ~200 days at a million 1 ms samples a second) and
+    /// stays a plain number for JavaScript and Prometheus. Exact up to 2^53.
     sum: AtomicU64,
 }
 
@@ -292,13 +294,13 @@ struct Cells {
 pub fn pair(scale: Scale) -> (Recorder, Observer) {
     let cells = Arc::new(Cells {
         counts: (0..scale.len).map(|_| AtomicU64::new(0)).collect(),
-        sum: AtomicU64::new(0),
+        sum: AtomicU64::new(0_f64.to_bits()),
     });
     let observer = Observer {
         cells: Arc::clone(&cells),
         scale,
         baseline: Vec::new(),
-        baseline_sum: 0,
+        baseline_sum: 0.0,
     };
     (Recorder { cells, scale }, observer)
 }
@@ -334,10 +336,13 @@ impl Recorder {
                 Ordering::Relaxed,
             );
         }
-        let sum = cells.sum.load(Ordering::Relaxed);
-        cells
-            .sum
-            .store(sum.wrapping_add(value.wrapping_mul(n)), Ordering::Relaxed);
+        let sum = f64::from_bits(cells.sum.load(Ordering::Relaxed));
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "the sum is a float by design (exact up to 2^53)"
+        )]
+        let added = value as f64 * n as f64;
+        cells.sum.store((sum + added).to_bits(), Ordering::Relaxed);
     }
 
     /// Counts `d` in nanoseconds (saturating at `u64::MAX` ns, then at [`Scale::high`]).
@@ -363,7 +368,7 @@ impl Recorder {
             cells: Arc::clone(&self.cells),
             scale: self.scale,
             baseline: Vec::new(),
-            baseline_sum: 0,
+            baseline_sum: 0.0,
         };
         o.reset();
         o
@@ -381,7 +386,7 @@ pub struct Observer {
     /// Counts at the start of the interval: `(bucket, count)` for every non-empty bucket, by
     /// bucket.
     baseline: Vec<(usize, u64)>,
-    baseline_sum: u64,
+    baseline_sum: f64,
 }
 
 impl Observer {
@@ -426,12 +431,12 @@ impl Observer {
     fn add_to(&mut self, s: &mut Snapshot, reset: bool) {
         let hist = &mut s.hist;
         let sum = self.collect(reset, |value, n| hist.saturating_record_n(value, n));
-        s.sum = s.sum.wrapping_add(sum);
+        s.sum += sum;
     }
 
     /// Calls `each(lowest value of the bucket, count)` for every bucket with samples in the
     /// interval; returns the interval's sum.
-    fn collect(&mut self, reset: bool, mut each: impl FnMut(u64, u64)) -> u64 {
+    fn collect(&mut self, reset: bool, mut each: impl FnMut(u64, u64)) -> f64 {
         let mut next = Vec::with_capacity(if reset { self.baseline.len() } else { 0 });
         let mut base = self.baseline.iter().peekable();
         for (i, count) in self.cells.counts.iter().enumerate() {
@@ -450,8 +455,8 @@ impl Observer {
                 next.push((i, now));
             }
         }
-        let sum = self.cells.sum.load(Ordering::Relaxed);
-        let delta = sum.wrapping_sub(self.baseline_sum);
+        let sum = f64::from_bits(self.cells.sum.load(Ordering::Relaxed));
+        let delta = sum - self.baseline_sum;
         if reset {
             self.baseline = next;
             self.baseline_sum = sum;
@@ -498,8 +503,8 @@ pub struct Summary {
     pub max: u64,
     /// Mean of the bucket midpoints (`HdrHistogram`'s mean).
     pub mean: f64,
-    /// Exact (wrapping) sum of the recorded values.
-    pub sum: u64,
+    /// Sum of the recorded values (exact up to 2^53; never wraps).
+    pub sum: f64,
 }
 
 /// The samples of one interval (of one recorder, or merged from several).
@@ -507,7 +512,7 @@ pub struct Summary {
 pub struct Snapshot {
     scale: Scale,
     hist: Histogram<u64>,
-    sum: u64,
+    sum: f64,
 }
 
 impl Snapshot {
@@ -519,7 +524,7 @@ impl Snapshot {
         Self {
             scale,
             hist: scale.histogram(),
-            sum: 0,
+            sum: 0.0,
         }
     }
 
@@ -540,7 +545,7 @@ impl Snapshot {
     /// let s = o.snapshot(false);
     /// assert_eq!(Snapshot::from_buckets(s.scale(), &s.buckets(), s.sum()), s);
     /// ```
-    pub fn from_buckets(scale: Scale, buckets: &[(u64, u64)], sum: u64) -> Self {
+    pub fn from_buckets(scale: Scale, buckets: &[(u64, u64)], sum: f64) -> Self {
         let mut s = Self::empty(scale);
         for &(value, n) in buckets {
             s.hist.saturating_record_n(value.min(scale.high), n);
@@ -562,7 +567,7 @@ impl Snapshot {
             return Err(mismatch);
         }
         self.hist.add(&other.hist).map_err(|_| mismatch)?;
-        self.sum = self.sum.wrapping_add(other.sum);
+        self.sum += other.sum;
         Ok(())
     }
 
@@ -576,8 +581,9 @@ impl Snapshot {
         self.hist.len()
     }
 
-    /// Exact (wrapping) sum of the samples; see the module docs on consistency.
-    pub fn sum(&self) -> u64 {
+    /// Sum of the samples (exact up to 2^53, never wraps); see the module docs on
+    /// consistency.
+    pub fn sum(&self) -> f64 {
         self.sum
     }
 
@@ -674,7 +680,113 @@ impl Snapshot {
     }
 }
 
+/// A small, coarse histogram for one subject among thousands (a room's recent waits):
+/// 4 buckets per power of two (a quantile is at most 25% above the sample of its rank),
+/// 1 KiB, single-threaded. For the precise, shared histograms use [`pair`].
+#[derive(Clone)]
+pub struct Coarse {
+    counts: [u32; Coarse::BUCKETS],
+    total: u64,
+}
+
+impl Coarse {
+    const BUCKETS: usize = 256;
+
+    /// Empty.
+    pub fn new() -> Self {
+        Self {
+            counts: [0; Self::BUCKETS],
+            total: 0,
+        }
+    }
+
+    /// 0..=3 exactly, then 4 buckets per power of two: `[4+k, 5+k) << (e-2)` for `k` in 0..4.
+    fn index(value: u64) -> usize {
+        if value < 4 {
+            // Lossless: value < 4.
+            return usize::try_from(value).unwrap_or(0);
+        }
+        let e = value.ilog2(); // >= 2
+        let sub = (value >> (e - 2)) & 3;
+        // At most 4 * 62 + 3 = 251.
+        usize::try_from(4 * u64::from(e - 1) + sub).unwrap_or(Self::BUCKETS - 1)
+    }
+
+    /// The highest value of bucket `i`.
+    fn highest(i: usize) -> u64 {
+        let i = i as u64;
+        if i < 4 {
+            return i;
+        }
+        let e = i / 4 + 1;
+        let low = (4 + i % 4) << (e - 2);
+        low.saturating_add((1_u64 << (e - 2)) - 1)
+    }
+
+    /// Counts one sample (a saturated bucket stops counting; the quantiles stay right).
+    #[inline]
+    pub fn record(&mut self, value: u64) {
+        let c = &mut self.counts[Self::index(value)];
+        if *c < u32::MAX {
+            *c += 1;
+            self.total += 1;
+        }
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The highest value of the bucket holding the sample of rank `ceil(q * count)`;
+    /// 0 without samples.
+    pub fn value_at_quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "a rank between 1 and the count"
+        )]
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= rank {
+                return Self::highest(i);
+            }
+        }
+        Self::highest(Self::BUCKETS - 1)
+    }
+
+    /// Forgets every sample.
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl Default for Coarse {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Coarse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coarse")
+            .field("count", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    clippy::cast_precision_loss,
+    reason = "sums compared exactly: every test sum is an integer below 2^53"
+)]
 mod tests {
     use super::*;
     use crate::testutil::Rng;
@@ -761,8 +873,8 @@ mod tests {
         let sum = values
             .iter()
             .map(|&v| v.min(Scale::LATENCY_NS.high()))
-            .fold(0_u64, u64::wrapping_add);
-        assert_eq!(s.sum(), sum);
+            .sum::<u64>();
+        assert_eq!(s.sum(), sum as f64, "exact below 2^53");
         let sm = s.summary();
         assert_eq!(sm.count, 200_000);
         assert_eq!(sm.p999, h.value_at_quantile(0.999));
@@ -811,7 +923,7 @@ mod tests {
             assert!(h.equivalent(sm.min, values[0]) && sm.min <= values[0]);
             let exact_mean = values.iter().sum::<u64>() as f64 / f64::from(n);
             assert!((sm.mean - exact_mean).abs() <= exact_mean / 1000.0 + 1.0);
-            assert_eq!(sm.sum, values.iter().sum::<u64>());
+            assert_eq!(sm.sum, values.iter().sum::<u64>() as f64);
         }
     }
 
@@ -826,7 +938,7 @@ mod tests {
         assert_eq!(s.count(), 3);
         assert_eq!(s.min(), 0);
         assert!(s.histogram().equivalent(s.max(), 1 << 20));
-        assert_eq!(s.sum(), 2 << 20);
+        assert_eq!(s.sum(), f64::from(2 << 20));
     }
 
     #[test]
@@ -868,19 +980,22 @@ mod tests {
             r.record(v);
         }
         let first = stats.snapshot(true);
-        assert_eq!((first.count(), first.sum(), first.max()), (100, 5050, 100));
+        assert_eq!(
+            (first.count(), first.sum(), first.max()),
+            (100, 5050.0, 100)
+        );
         assert_eq!(stats.snapshot(false).count(), 0);
         r.record(1_000_000);
         r.record(5);
         let second = stats.snapshot(true);
         assert_eq!(
             (second.count(), second.min(), second.sum()),
-            (2, 5, 1_000_005)
+            (2, 5, 1_000_005.0)
         );
         assert!(second.histogram().equivalent(second.max(), 1_000_000));
         // The other observer's interval was never reset.
         let all = cumulative.snapshot(false);
-        assert_eq!((all.count(), all.sum()), (102, 1_005_055));
+        assert_eq!((all.count(), all.sum()), (102, 1_005_055.0));
         // A late observer starts empty; `reset` without reading.
         let mut late = r.observer();
         r.record(7);
@@ -951,14 +1066,14 @@ mod tests {
                 done.store(true, Ordering::Release);
             })
         };
-        let (mut count, mut sum, mut snapshots) = (0_u64, 0_u64, 0);
+        let (mut count, mut sum, mut snapshots) = (0_u64, 0.0_f64, 0);
         let mut last_cumulative = 0;
         let mut total = Snapshot::empty(Scale::LATENCY_NS);
         loop {
             let finished = done.load(Ordering::Acquire);
             let s = intervals.snapshot(true);
             count += s.count();
-            sum = sum.wrapping_add(s.sum());
+            sum += s.sum();
             total.merge(&s).unwrap();
             snapshots += 1;
             let c = cumulative.snapshot(false).count();
@@ -979,8 +1094,8 @@ mod tests {
         let exact = values
             .iter()
             .map(|&v| v.min(Scale::LATENCY_NS.high()))
-            .fold(0_u64, u64::wrapping_add);
-        assert_eq!(sum, exact);
+            .sum::<u64>();
+        assert_eq!(sum, exact as f64, "exact below 2^53");
         let h = oracle(Scale::LATENCY_NS, &values);
         assert_eq!(total.histogram(), &h);
         assert_eq!(cumulative.snapshot(false).histogram(), &h);
@@ -1021,6 +1136,53 @@ mod tests {
                  {plain:.2} ns, snapshot {took:?} ({} buckets)",
                 snap.buckets().len()
             );
+        }
+    }
+
+    #[test]
+    fn coarse_quantiles_against_sorted_samples() {
+        for (seed, n) in [(21, 1_usize), (22, 7), (23, 1000), (24, 50_000)] {
+            let mut rng = Rng::new(seed);
+            let mut values: Vec<u64> = (0..n).map(|_| latency(&mut rng)).collect();
+            let mut c = Coarse::new();
+            for &v in &values {
+                c.record(v);
+            }
+            values.sort_unstable();
+            assert_eq!(c.count(), n as u64);
+            for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss,
+                    reason = "a rank of at most 50,000"
+                )]
+                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+                let exact = values[rank - 1];
+                let got = c.value_at_quantile(q);
+                assert!(
+                    got >= exact && got - exact <= exact / 4,
+                    "q={q}: {got} vs {exact}"
+                );
+            }
+        }
+        let mut c = Coarse::new();
+        assert_eq!(c.value_at_quantile(0.99), 0);
+        for v in [0, 1, 2, 3, u64::MAX] {
+            c.record(v);
+        }
+        assert_eq!(c.value_at_quantile(0.2), 0);
+        assert_eq!(c.value_at_quantile(0.8), 3);
+        assert_eq!(c.value_at_quantile(1.0), u64::MAX);
+        c.clear();
+        assert_eq!(c.count(), 0);
+        // Every bucket boundary maps back to its own bucket.
+        for i in 0..252 {
+            let hi = Coarse::highest(i);
+            assert_eq!(Coarse::index(hi), i, "bucket {i}");
+            if hi < u64::MAX {
+                assert_eq!(Coarse::index(hi + 1), i + 1, "bucket {i}");
+            }
         }
     }
 }

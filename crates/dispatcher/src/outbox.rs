@@ -59,6 +59,9 @@ struct Inner {
 pub struct Outbox {
     inner: Mutex<Inner>,
     wake_pending: AtomicBool,
+    /// The JavaScript thread has news for itself (an overload mark crossed inside
+    /// `dispatch`, where calling the waker would allocate): a worker sends the wake-up.
+    wake_requested: AtomicBool,
     enabled: AtomicBool,
     /// `None` once dropped at shutdown (it holds a JavaScript function).
     waker: Mutex<Option<Waker>>,
@@ -70,6 +73,7 @@ impl Outbox {
         Self {
             inner: Mutex::new(Inner::default()),
             wake_pending: AtomicBool::new(false),
+            wake_requested: AtomicBool::new(false),
             enabled: AtomicBool::new(true),
             waker: Mutex::new(Some(waker)),
         }
@@ -107,6 +111,21 @@ impl Outbox {
             {
                 waker();
             }
+        }
+    }
+
+    /// Asks for a wake-up without sending it (no allocation, no lock): the next worker turn
+    /// sends it ([`Outbox::serve_wake_request`]). Poke a worker after calling this.
+    pub fn request_wake(&self) {
+        self.wake_requested.store(true, Ordering::Release);
+    }
+
+    /// Sends the wake-up [`Outbox::request_wake`] asked for, if any (workers, every turn).
+    pub fn serve_wake_request(&self) {
+        if self.wake_requested.load(Ordering::Relaxed)
+            && self.wake_requested.swap(false, Ordering::AcqRel)
+        {
+            self.wake();
         }
     }
 

@@ -218,6 +218,11 @@ impl Worker {
         &self.shared
     }
 
+    /// The outbox it delivers to.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
     /// Whether a move or a control operation is waiting.
     pub fn has_work(&mut self) -> bool {
         self.shared.next_control.load(Ordering::Acquire) != u64::MAX || !self.consumer.is_empty()

@@ -9,7 +9,7 @@ use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
 use move_dispatcher::auth;
 use move_dispatcher::core::{Config, Core, View};
 use move_dispatcher::frame::{self, Header};
-use move_dispatcher::outbox::Delivery;
+use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::verdict::Verdict;
 
 // With the `napi` feature the library installs this same counting allocator itself.
@@ -32,7 +32,9 @@ static GLOBAL: move_dispatcher::alloc::Counting<std::alloc::System> =
 const ROOMS: u32 = 100;
 const BATCH: u32 = 10_000;
 
-fn frames(round_seq: u32) -> Vec<Vec<u8>> {
+/// One round of frames; with `corrupt`, the first frame of each room fails its tag check
+/// (a rejection on the worker).
+fn frames(round_seq: u32, corrupt: bool) -> Vec<Vec<u8>> {
     (0..BATCH)
         .map(|i| {
             let h = Header {
@@ -46,15 +48,26 @@ fn frames(round_seq: u32) -> Vec<Vec<u8>> {
             };
             let mut f = frame::encode_unsigned(&h, &[7; 64]).unwrap();
             auth::sign(&mut f, None);
+            if corrupt && i < ROOMS {
+                f[frame::HEADER_BYTES] ^= 1;
+            }
             f
         })
         .collect()
 }
 
-fn flush(c: &mut Core, token: u64) {
+fn flush(c: &mut Core, token: u64, events: &mut Vec<OverloadEvent>) {
     c.request_flush(token);
     for _ in 0..20_000 {
-        if c.poll().contains(&Delivery::Flushed { token }) {
+        let mut flushed = false;
+        for d in c.poll() {
+            match d {
+                Delivery::Flushed { token: t } if t == token => flushed = true,
+                Delivery::Overload(e) => events.push(e),
+                _ => {}
+            }
+        }
+        if flushed {
             return;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -62,48 +75,98 @@ fn flush(c: &mut Core, token: u64) {
     panic!("flush {token} never answered");
 }
 
-#[test]
-fn one_million_moves_allocate_nothing_on_the_hot_path() {
+/// Dispatches 110 rounds of 10,000 moves (10 of warm-up), flushing and draining every
+/// room after each; returns the overload events seen. Asserts no hot-path allocation after
+/// the warm-up.
+fn million_moves(cfg: Config, corrupt: bool) -> Vec<OverloadEvent> {
     assert!(
         counting_installed(),
         "the counting allocator must be the global allocator here"
     );
-    let mut c = Core::new(Config::default(), Box::new(|| {})).unwrap();
+    let mut c = Core::new(cfg, Box::new(|| {})).unwrap();
     for r in 0..ROOMS {
         c.open_room(r, false, false, None);
         c.join(r, 1, None);
     }
     // Pre-encode every round (allocations outside the hot path).
-    let rounds: Vec<Vec<Vec<u8>>> = (0..110).map(|k| frames(1 + k * (BATCH / ROOMS))).collect();
+    let rounds: Vec<Vec<Vec<u8>>> = (0..110)
+        .map(|k| frames(1 + k * (BATCH / ROOMS), corrupt))
+        .collect();
+    let per_room = BATCH / ROOMS - u32::from(corrupt);
     let mut token = 0;
-    let mut run = |c: &mut Core, round: &[Vec<u8>]| {
+    let mut events = Vec::new();
+    let mut run = |c: &mut Core, round: &[Vec<u8>], events: &mut Vec<OverloadEvent>| {
         for f in round {
             assert_eq!(c.dispatch(f, Some(1)), Verdict::Accepted);
         }
         token += 1;
-        flush(c, token);
+        flush(c, token, events);
         for r in 0..ROOMS {
-            let (b, _) = c.drain(r).unwrap();
-            assert_eq!(b.count, BATCH / ROOMS);
-            assert!(b.rejections.is_empty());
+            let (mut b, _) = c.drain(r).unwrap();
+            assert_eq!(b.count, per_room);
+            assert_eq!(b.rejections.len(), usize::from(corrupt));
+            // As the binding does once it has converted them: reuse the list.
+            c.recycle_rejections(r, std::mem::take(&mut b.rejections));
         }
+        // Recoveries noticed by the drains.
+        events.extend(c.poll().into_iter().filter_map(|d| match d {
+            Delivery::Overload(e) => Some(e),
+            _ => None,
+        }));
     };
     // Warm-up: vectors and maps reach their steady sizes.
     for round in &rounds[..10] {
-        run(&mut c, round);
+        run(&mut c, round, &mut events);
     }
     let before = hot_path_allocations();
     // The counter sees this path: growing the rooms' stamp vectors during warm-up counted.
     assert!(before > 0, "warm-up allocations were not counted");
     for round in &rounds[10..] {
-        run(&mut c, round);
+        run(&mut c, round, &mut events);
     }
     let during = hot_path_allocations() - before;
     assert_eq!(during, 0, "hot-path allocations across 1,000,000 moves");
     let lat = c.latencies(View::Stats, false);
+    let moves = 110 * u64::from(ROOMS * per_room);
     assert_eq!(lat.validated.count(), 1_100_000);
-    assert_eq!(lat.delivered.count(), 1_100_000);
+    assert_eq!(lat.delivered.count(), moves);
     assert_eq!(lat.batch_size.count(), 110 * u64::from(ROOMS));
     assert!(lat.arena_alloc.count() >= 1_100_000 / 64);
     c.shutdown();
+    events
+}
+
+#[test]
+fn one_million_moves_allocate_nothing_on_the_hot_path() {
+    let cfg = Config {
+        overload_queue_depth: 0,
+        overload_room_bytes: 0,
+        ..Config::default()
+    };
+    assert!(million_moves(cfg, false).is_empty());
+}
+
+/// With overload marks crossed every round (the events are flagged inside `dispatch` and
+/// published by `poll`/`drain`) and a rejection per room per round (the worker's rejection
+/// lists come back through `recycle_rejections`), the hot path still allocates nothing.
+#[test]
+fn overload_events_and_rejections_allocate_nothing_on_the_hot_path() {
+    let cfg = Config {
+        overload_queue_depth: 1_000,
+        overload_room_bytes: 4_096,
+        ..Config::default()
+    };
+    let events = million_moves(cfg, true);
+    let rooms = |recovered| {
+        events
+            .iter()
+            .filter(|e| matches!(e.subject, Subject::Room(_)) && e.recovered == recovered)
+            .count()
+    };
+    // Every room crosses 4 KiB every round and recovers when drained.
+    assert_eq!(rooms(false), 110 * ROOMS as usize);
+    assert_eq!(rooms(true), 110 * ROOMS as usize);
+    assert!(events
+        .iter()
+        .all(|e| e.recovered || e.p99_wait_ns > 0 || e.depth >= e.threshold));
 }

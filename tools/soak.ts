@@ -48,6 +48,8 @@ interface SoakConfig {
   maxPayload: number;
   /** Where to write the summary as JSON (optional). */
   out: string | undefined;
+  /** Self-test of the checker: pretend the 1000th delivered move never arrived. */
+  injectFault: boolean;
 }
 
 /** What a frame is, as the generator made it. */
@@ -100,6 +102,7 @@ function parseArgs(argv: string[]): SoakConfig {
     shards: argv.includes('--shards') ? Math.floor(get('shards', 1)) : 0,
     maxPayload: 256,
     out: argv.includes('--out') ? argv[argv.indexOf('--out') + 1] : undefined,
+    injectFault: argv.includes('--inject-fault'),
   };
 }
 
@@ -274,6 +277,7 @@ interface Expected {
 }
 
 class Checker {
+  constructor(readonly injectFault: boolean) {}
   readonly violations: string[] = [];
   violationCount = 0;
   /** Per room: accepted valid moves awaiting delivery, in order. */
@@ -321,6 +325,7 @@ class Checker {
     for (const move of batch) {
       const id = dv.getFloat64(move.frameOffset + 24, true);
       this.delivered++;
+      if (this.injectFault && this.delivered === 1000) continue;
       if (e === undefined || e.head >= e.queue.length) {
         this.violation(`room ${room}: move ${id} (player ${move.player} seq ${move.seq}) delivered but not expected (duplicate or never accepted)`);
         continue;
@@ -362,7 +367,7 @@ class Checker {
 }
 
 async function server(cfg: SoakConfig): Promise<number> {
-  const check = new Checker();
+  const check = new Checker(cfg.injectFault);
   const d = new Dispatcher({
     maxPayload: cfg.maxPayload,
     roomBytes: 256 * 1024,

@@ -444,19 +444,42 @@ export class Dispatcher {
   }
 
   /**
-   * Runs a user callback; a throw goes to `onError` (default: a process warning naming the
-   * callback) and never reaches the engine.
+   * Runs a user callback; a throw, or the rejection of a promise it returns (an async
+   * callback), goes to `onError` (default: a process warning naming the callback) and never
+   * reaches the engine.
    */
-  #guard(callback: () => void, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
+  #guard(callback: () => unknown, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
     try {
-      callback();
-    } catch (error) {
-      try {
-        if (this.#onError !== undefined) this.#onError(error);
-        else process.emitWarning(`move-dispatcher: ${name} threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-      } catch {
-        // The error reporter itself threw: nothing sensible is left to do with it.
+      const result = callback();
+      // An async callback rejects instead of throwing: report that too (an unhandled
+      // rejection would end the process).
+      if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+        Promise.resolve(result).then(undefined, (error: unknown) => this.#report(error, name));
       }
+    } catch (error) {
+      this.#report(error, name);
+    }
+  }
+
+  /** Hands an error of a user callback to `onError` (default: a process warning naming the callback). */
+  #report(error: unknown, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
+    try {
+      if (this.#onError !== undefined) {
+        const result: unknown = this.#onError(error);
+        if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+          Promise.resolve(result).then(undefined, () => undefined);
+        }
+      } else {
+        let text: string;
+        try {
+          text = error instanceof Error ? (error.stack ?? error.message) : String(error);
+        } catch {
+          text = 'a value that cannot be converted to a string';
+        }
+        process.emitWarning(`move-dispatcher: ${name} threw: ${text}`);
+      }
+    } catch {
+      // The error reporter itself threw: nothing sensible is left to do with it.
     }
   }
 

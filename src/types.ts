@@ -34,8 +34,9 @@ export interface DispatcherOptions {
   threadName?: string;
   /**
    * Push delivery: called with each batch of validated moves of `push` rooms. The batch is
-   * released when the callback returns (call `batch.copy()` to keep its data). A throw is
-   * reported through `onError` (or `process.emitWarning`) and does not stop delivery.
+   * released when the callback returns (call `batch.copy()` to keep its data). A throw, or the
+   * rejection of a promise it returns, is reported through `onError` (or
+   * `process.emitWarning`) and does not stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
   /** Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`. Default: `process.emitWarning`. */

@@ -252,6 +252,9 @@ export class Dispatcher {
    * the next one (or ends). Ends when `signal` aborts or the dispatcher is closed.
    */
   async *batches(options: { signal?: AbortSignal } = {}): AsyncGenerator<MoveBatchType, void, undefined> {
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `batches: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
     const signal = options.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw typeError(ErrorCode.InvalidArgument, `batches: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });

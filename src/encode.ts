@@ -129,7 +129,9 @@ function write(move: CheckedMove, out: Uint8Array, at: number): void {
   out[at + 21] = move.kind >>> 8;
   out[at + 22] = len;
   out[at + 23] = len >>> 8;
-  out.set(move.payload, at + HEADER_BYTES);
+  // Nothing to copy for an empty payload. (A view whose buffer was detached reads as empty,
+  // but `set` from it throws: it encodes as an empty payload, like any zero-length view.)
+  if (len > 0) out.set(move.payload, at + HEADER_BYTES);
   const body = out.subarray(at, at + HEADER_BYTES + len);
   out.set(move.key === undefined ? sha256(body) : hmacSha256(move.key, body), at + HEADER_BYTES + len);
 }

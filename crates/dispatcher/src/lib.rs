@@ -54,6 +54,10 @@ pub mod window;
 #[cfg(all(feature = "napi", not(test)))]
 mod binding;
 
+// Benchmark helpers (`bench*` exports for `npm run bench`), built and linted like the binding.
+#[cfg(all(feature = "napi", not(test)))]
+mod bench;
+
 #[cfg(test)]
 mod testutil;
 

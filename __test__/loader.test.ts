@@ -14,8 +14,10 @@ import { PREBUILT_PLATFORMS } from '../src/native';
 
 const ROOT = join(__dirname, '..');
 const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; napi: { binaryName: string; targets: string[] } };
-/** This machine's platform in napi's naming (the suite runs on linux x64 / arm64 glibc). */
-const ABI = `${process.platform}-${process.arch}-gnu`;
+/** This machine's glibc version, undefined on musl. */
+const GLIBC = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime;
+/** This machine's platform in napi's naming (the suite runs on linux x64 / arm64, glibc or musl). */
+const ABI = `${process.platform}-${process.arch}-${GLIBC === undefined ? 'musl' : 'gnu'}`;
 const ADDON = join(ROOT, `${PKG.napi.binaryName}.${ABI}.node`);
 const TMP = mkdtempSync(join(tmpdir(), 'move-dispatcher-loader-'));
 afterAll(() => rmSync(TMP, { recursive: true, force: true }));
@@ -78,7 +80,7 @@ describe('loader', () => {
     const e = r.e as Failure;
     expect(e.code).toBe('ERR_MOVE_DISPATCHER_NATIVE_UNAVAILABLE');
     expect(e.platform).toBe(ABI);
-    expect(e.message).toContain(`could not be loaded on ${ABI} (glibc `);
+    expect(e.message).toContain(`could not be loaded on ${ABI}${GLIBC === undefined ? '' : ` (glibc ${GLIBC})`}, `);
     expect(e.message).toContain(`Node.js ${process.version}`);
     expect(e.tried).toEqual([`${missing}: not found`]);
     expect(e.message).toContain(`MOVE_DISPATCHER_NATIVE_PATH=${missing} must name a move-dispatcher .node file built for ${ABI}`);
@@ -132,9 +134,10 @@ describe('loader', () => {
   it('an unsupported platform (riscv64, simulated): says no prebuilt binary exists and how to build one', () => {
     const dir = bare();
     const e = child(`Object.defineProperty(process, 'arch', { value: 'riscv64' }); out(nativeError());`, {}, dir, join(dir, 'dist', 'index.js')) as Failure;
-    expect(e.platform).toBe('linux-riscv64-gnu');
-    expect(e.tried).toEqual([`${join(dir, `${PKG.napi.binaryName}.linux-riscv64-gnu.node`)}: not found`, `package ${PKG.napi.binaryName}-linux-riscv64-gnu: not installed`]);
-    expect(e.message).toContain(`no prebuilt binary exists for linux-riscv64-gnu (prebuilt: ${PREBUILT_PLATFORMS.join(', ')}; glibc 2.17 or later)`);
+    const riscv = ABI.replace(process.arch, 'riscv64');
+    expect(e.platform).toBe(riscv);
+    expect(e.tried).toEqual([`${join(dir, `${PKG.napi.binaryName}.${riscv}.node`)}: not found`, `package ${PKG.napi.binaryName}-${riscv}: not installed`]);
+    expect(e.message).toContain(`no prebuilt binary exists for ${riscv} (prebuilt: ${PREBUILT_PLATFORMS.join(', ')}; glibc 2.17 or later)`);
     expect(e.message).toContain('npm run build:native');
   });
 

@@ -2,11 +2,12 @@
 // Pack-and-install proof (run by .ci/run; `npm run pack:proof`).
 //
 // Packs the root package as a release publishes it (with the optionalDependencies that
-// `napi prepublish` adds) and the linux-x64-gnu platform package with the addon built here,
-// installs both tarballs into a fresh project with an empty npm cache and `--offline` (so
-// nothing else can be fetched, and the root package can need no devDependency), then:
+// `napi prepublish` adds) and this machine's platform package (linux-x64-gnu here) with the
+// addon built here, installs both tarballs into a fresh project with an empty npm cache and
+// `--offline` (so nothing else can be fetched, and the root package can need no
+// devDependency), then:
 //   - require('move-dispatcher') and import 'move-dispatcher' each dispatch and drain a move
-//     on the native engine, loaded from node_modules/move-dispatcher-linux-x64-gnu;
+//     on the native engine, loaded from node_modules/move-dispatcher-linux-<arch>-gnu;
 //   - tsc type-checks a CommonJS and an ES module consumer under `module: nodenext`.
 // Needs the build first (`npm run build`: dist/, binding.js and the .node file).
 import { execFileSync } from 'node:child_process';
@@ -16,9 +17,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const ABI = 'linux-x64-gnu';
+// The platform package for this machine (CI runs the proof on x64 and arm64, glibc).
+const ABI = process.env.PACK_PROOF_ABI ?? `linux-${process.arch}-gnu`;
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
 const addon = `${pkg.napi.binaryName}.${ABI}.node`;
+// The binary to pack: the one built here, or another build of it (e.g. a --use-napi-cross one).
+const addonSource = process.env.PACK_PROOF_ADDON ?? join(ROOT, addon);
 const t0 = Date.now();
 let passed = 0;
 let failed = 0;
@@ -38,8 +42,8 @@ function run(cmd, args, cwd, env = {}) {
   return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
 }
 
-for (const f of ['dist/index.js', 'binding.js', addon]) {
-  if (!existsSync(join(ROOT, f))) {
+for (const f of [join(ROOT, 'dist/index.js'), join(ROOT, 'binding.js'), addonSource]) {
+  if (!existsSync(f)) {
     console.error(`pack-proof: ${f} is missing; run 'npm run build' first`);
     process.exit(1);
   }
@@ -92,7 +96,7 @@ step('npm pack: root package, with the optionalDependencies napi prepublish writ
 step(`npm pack: ${pkg.name}-${ABI} with the addon built here`, () => {
   const dir = join(stage, ABI);
   cpSync(join(ROOT, 'npm', ABI), dir, { recursive: true });
-  cpSync(join(ROOT, addon), join(dir, addon));
+  cpSync(addonSource, join(dir, addon));
   const packed = packOne(dir);
   const files = packed.files.map((f) => f.path).sort();
   if (!files.includes(addon) || !files.includes('package.json')) throw new Error(`platform tarball holds ${files.join(', ')}`);

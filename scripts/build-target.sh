@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Release build of the addon for one target, as CI's build matrix runs it:
 #
-#   scripts/build-target.sh x86_64-unknown-linux-gnu     # on an x64 or arm64 Linux host
-#   scripts/build-target.sh aarch64-unknown-linux-gnu
+#   scripts/build-target.sh x86_64-unknown-linux-gnu     # on an x64 Linux host
+#   scripts/build-target.sh aarch64-unknown-linux-gnu    # on an x64 Linux host (cross)
 #   scripts/build-target.sh x86_64-unknown-linux-musl    # natively, inside Alpine (x64 host)
 #   scripts/build-target.sh aarch64-unknown-linux-musl   # natively, inside Alpine (arm64 host)
 #

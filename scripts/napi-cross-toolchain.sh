@@ -7,6 +7,8 @@
 # always published (with 1.0.5: the x64-target-x86_64 package stops at 1.0.0 and
 # x64-target-aarch64 at 1.0.3, so the build fails with ETARGET). This unpacks the exact
 # version when it exists, else the newest one, where the CLI looks first. Idempotent.
+# Only x64 hosts: the arm64-host packages (@napi-rs/cross-toolchain-arm64-target-*) are
+# not published at all.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 triple="${1:?usage: scripts/napi-cross-toolchain.sh <target triple>}"

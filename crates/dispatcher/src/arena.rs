@@ -185,12 +185,28 @@ impl Producer {
     /// # Errors
     /// [`Full`] when the ring has no room; nothing is written.
     pub fn try_push(&mut self, seq: u64, stamp: u64, frame: &[u8]) -> Result<(), Full> {
+        self.try_push_parts(seq, stamp, frame, &[])
+    }
+
+    /// [`Producer::try_push`] of the frame `head` followed by `rest` (one record): lets the
+    /// caller store a header it copied and checked, not the caller's memory read again.
+    ///
+    /// # Errors
+    /// As [`Producer::try_push`].
+    pub fn try_push_parts(
+        &mut self,
+        seq: u64,
+        stamp: u64,
+        head: &[u8],
+        rest: &[u8],
+    ) -> Result<(), Full> {
+        let frame_len = head.len() + rest.len();
         let cap = self.ring.cap;
-        let need = record_size(frame.len());
+        let need = record_size(frame_len);
         let off = self.head % cap;
         let skip = if off + need > cap { cap - off } else { 0 };
         let total = skip + need;
-        if total > cap || frame.len() > u32::MAX as usize - 1 {
+        if total > cap || frame_len > u32::MAX as usize - 1 {
             return Err(Full { needed: total });
         }
         if self.head + total - self.tail_cache > cap {
@@ -208,11 +224,12 @@ impl Producer {
         } else {
             off
         };
-        let len = frame.len() as u32;
+        let len = frame_len as u32;
         self.write(start, &len.to_le_bytes());
         self.write(start + 8, &seq.to_le_bytes());
         self.write(start + 16, &stamp.to_le_bytes());
-        self.write(start + RECORD_HEADER, frame);
+        self.write(start + RECORD_HEADER, head);
+        self.write(start + RECORD_HEADER + head.len(), rest);
         self.head += total;
         self.ring.head.0.store(self.head, Ordering::Release);
         Ok(())

@@ -497,11 +497,21 @@ impl Core {
         if self.closed {
             return Verdict::Closed;
         }
-        let h = match frame::check(bytes, self.cfg.max_payload) {
+        // One read of the header: JavaScript may share the frame's memory with another
+        // thread (a `SharedArrayBuffer` view). Every decision below, and the header the
+        // worker validates, come from this copy; torn payload or tag bytes fail the tag check
+        // (a rejection, accounted), never the accounting.
+        let mut head = [0_u8; frame::HEADER_BYTES];
+        let Some(src) = bytes.get(..frame::HEADER_BYTES) else {
+            return Verdict::Malformed;
+        };
+        head.copy_from_slice(src);
+        let h = match frame::check_header(&head, bytes.len(), self.cfg.max_payload) {
             Ok(h) => h,
             Err(FrameError::Oversize { .. }) => return Verdict::Oversize,
             Err(_) => return Verdict::Malformed,
         };
+        let rest = bytes.get(frame::HEADER_BYTES..).unwrap_or_default();
         let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
             return Verdict::UnknownRoom;
         };
@@ -554,7 +564,7 @@ impl Core {
         let stamp = now.unwrap_or_else(crate::clock::now_ns);
         if shard
             .producer
-            .try_push(shard.next_seq, stamp, bytes)
+            .try_push_parts(shard.next_seq, stamp, &head, rest)
             .is_err()
         {
             debug_assert!(false, "fits() said the record fits");

@@ -141,17 +141,33 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, FrameError> {
 /// Checks a whole frame in O(1), in the order of `docs/architecture.md`: header, payload
 /// limit, exact length, seq.
 pub fn check(bytes: &[u8], max_payload: usize) -> Result<Header, FrameError> {
-    let h = read_header(bytes)?;
+    check_header(bytes, bytes.len(), max_payload)
+}
+
+/// [`check`] of a frame `frame_len` bytes long whose first bytes are `header` (a copy the
+/// caller keeps: the frame's memory may change under it, e.g. a `SharedArrayBuffer`).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_header(
+    header: &[u8],
+    frame_len: usize,
+    max_payload: usize,
+) -> Result<Header, FrameError> {
+    let h = read_header(header).map_err(|e| match e {
+        FrameError::Short { .. } => FrameError::Short { len: frame_len },
+        e => e,
+    })?;
     if usize::from(h.len) > max_payload {
         return Err(FrameError::Oversize {
             len: usize::from(h.len),
             max: max_payload,
         });
     }
-    if bytes.len() != h.frame_len() {
+    if frame_len != h.frame_len() {
         return Err(FrameError::LengthMismatch {
             expected: h.frame_len(),
-            actual: bytes.len(),
+            actual: frame_len,
         });
     }
     if h.seq == 0 {

@@ -8,33 +8,55 @@ import type { RawBatch, RawRejection } from './engine';
 import { ErrorCode, stateError } from './errors';
 import type { MoveBatch as MoveBatchType, MoveView, Rejection } from './types';
 
+/**
+ * `util.inspect` hook (a registered symbol: no Node.js import, so this module stays
+ * browser-safe). Batches and views print their fields, never the memory behind them: that
+ * holds payloads (and, around the batch's window, other moves of the room).
+ */
+const INSPECT = Symbol.for('nodejs.util.inspect.custom');
+type Inspect = (value: unknown, options?: unknown) => string;
+
+function inspected(name: string, fields: object, depth: number, options: unknown, inspect: Inspect | undefined): string {
+  if (depth < 0) return `[${name}]`;
+  // `fields` stands for the object itself (same level): the remaining depth carries over.
+  return `${name} ${typeof inspect === 'function' ? inspect(fields, options) : JSON.stringify(fields)}`;
+}
+
 /** The view handed out by iteration; its fields move from frame to frame. */
 class FrameView implements MoveView {
   frameOffset = 0;
   frameLength = 0;
-  constructor(
-    private readonly bytes: Uint8Array,
-    private readonly dv: DataView,
-  ) {}
+  // Truly private: JSON.stringify / Object.keys of a view never reach the batch memory.
+  readonly #bytes: Uint8Array;
+  readonly #dv: DataView;
+  constructor(bytes: Uint8Array, dv: DataView) {
+    this.#bytes = bytes;
+    this.#dv = dv;
+  }
 
   get room(): number {
-    return this.dv.getUint32(this.frameOffset + 4, true);
+    return this.#dv.getUint32(this.frameOffset + 4, true);
   }
   get player(): number {
-    return this.dv.getUint32(this.frameOffset + 8, true);
+    return this.#dv.getUint32(this.frameOffset + 8, true);
   }
   get seq(): number {
-    return this.dv.getUint32(this.frameOffset + 12, true);
+    return this.#dv.getUint32(this.frameOffset + 12, true);
   }
   get tick(): number {
-    return this.dv.getUint32(this.frameOffset + 16, true);
+    return this.#dv.getUint32(this.frameOffset + 16, true);
   }
   get kind(): number {
-    return this.dv.getUint16(this.frameOffset + 20, true);
+    return this.#dv.getUint16(this.frameOffset + 20, true);
   }
   get payload(): Uint8Array {
     const start = this.frameOffset + HEADER_BYTES;
-    return this.bytes.subarray(start, this.frameOffset + this.frameLength - TAG_BYTES);
+    return this.#bytes.subarray(start, this.frameOffset + this.frameLength - TAG_BYTES);
+  }
+
+  [INSPECT](depth: number, options: unknown, inspect?: Inspect): string {
+    const fields = { room: this.room, player: this.player, seq: this.seq, tick: this.tick, kind: this.kind, payloadLength: this.frameLength - HEADER_BYTES - TAG_BYTES, frameOffset: this.frameOffset, frameLength: this.frameLength };
+    return inspected('MoveView', fields, depth, options, inspect);
   }
 }
 
@@ -107,6 +129,11 @@ export class MoveBatch implements MoveBatchType {
   [Symbol.iterator](): Iterator<MoveView> {
     this.#check();
     return new FrameIterator(this, () => this.#released);
+  }
+
+  [INSPECT](depth: number, options: unknown, inspect?: Inspect): string {
+    const fields = { room: this.room, count: this.count, offset: this.offset, length: this.length, released: this.#released, rejections: this.rejections };
+    return inspected('MoveBatch', fields, depth, options, inspect);
   }
 
   #check(): void {

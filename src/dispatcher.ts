@@ -27,7 +27,10 @@ function checkId(value: unknown, field: string, method: string): number {
 function checkBytes(value: unknown, field: string, method: string): Uint8Array {
   // `isUint8Array` also accepts views from another realm (vm contexts), which instanceof misses.
   if (!(value instanceof Uint8Array) && !isUint8Array(value)) {
-    throw typeError(ErrorCode.InvalidArgument, `${method}: ${field} must be a Uint8Array (or Buffer), got ${describe(value)}`, { field });
+    // Never echo a string here: a key or a frame passed as a (hex, base64, binary) string by
+    // mistake would end up in logs.
+    const got = typeof value === 'string' ? `a string of ${value.length} characters` : describe(value);
+    throw typeError(ErrorCode.InvalidArgument, `${method}: ${field} must be a Uint8Array (or Buffer), got ${got}`, { field });
   }
   return value;
 }

@@ -1,0 +1,277 @@
+/**
+ * The results file's shape, and its rendering as Markdown (latest.md) and SVG.
+ * Every figure printed here is read from the results object; nothing is typed in by hand.
+ */
+import type { Summary } from './hist';
+import { type Panel, renderSvg } from './svg';
+import { type MicroResult, ROW_LABELS, type Row, type RunResult } from './types';
+
+export interface Machine {
+  host: string;
+  cpu: string;
+  cores: number;
+  mhz: number | null;
+  cpuFlags: string[];
+  memoryBytes: number;
+  kernel: string;
+  node: string;
+  v8: string;
+  rustc: string | null;
+  commit: string | null;
+  dirty: boolean;
+}
+
+export interface Probe {
+  rate: number;
+  sustained: boolean;
+  p99Ns: number | null;
+  achieved: number;
+  growing: boolean;
+  censored: number;
+  foreignCpuPercent: number;
+}
+
+export interface Sustainable {
+  row: Row;
+  rate: number;
+  ratioToPureNode: number | null;
+  capped: boolean;
+  probes: Probe[];
+  at: (RunResult & { foreignCpuPercent: number }) | null;
+}
+
+export interface Settings {
+  players: number;
+  rooms: number;
+  roomSize: number;
+  hz: number;
+  rate: number;
+  payload: number;
+  frameBytes: number;
+  auth: string;
+  sliceMs: number;
+  warmupS: number;
+  windowS: number;
+  drainLimitS: number;
+  probe: { warmupS: number; windowS: number; drainLimitS: number; maxRate: number; resolution: number; maxProbes: number };
+  wtWorkers: number;
+  equalLoadFraction: number;
+}
+
+export type Measured = RunResult & { foreignCpuPercent: number };
+
+export interface Results {
+  version: 1;
+  kind: 'full' | 'quick';
+  date: string;
+  command: string;
+  durationS: number;
+  machine: Machine;
+  settings: Settings;
+  idle: Measured | null;
+  macro: Measured[];
+  sustainable: Sustainable[];
+  equalLoad: { rate: number; runs: Measured[] } | null;
+  micro: MicroResult[];
+}
+
+const COLORS: Record<Row, string> = { idle: '#999999', js: '#d62728', wt: '#ff7f0e', native: '#1f77b4' };
+
+export function fmtNs(ns: number | null | undefined): string {
+  if (ns === null || ns === undefined || !Number.isFinite(ns)) return 'n/a';
+  if (ns >= 1e9) return `${(ns / 1e9).toFixed(ns >= 1e10 ? 1 : 2)} s`;
+  if (ns >= 1e6) return `${(ns / 1e6).toFixed(ns >= 1e8 ? 0 : ns >= 1e7 ? 1 : 2)} ms`;
+  if (ns >= 1e3) return `${(ns / 1e3).toFixed(ns >= 1e5 ? 0 : 1)} µs`;
+  return `${ns.toFixed(ns >= 100 ? 0 : 1)} ns`;
+}
+
+export function fmtInt(n: number | null | undefined): string {
+  if (n === null || n === undefined || !Number.isFinite(n)) return 'n/a';
+  return Math.round(n).toLocaleString('en-US');
+}
+
+function fmtMiB(bytes: number): string {
+  return `${(bytes / (1 << 20)).toFixed(0)} MiB`;
+}
+
+function fmtMs(ms: number): string {
+  return ms >= 100 ? `${ms.toFixed(0)} ms` : ms >= 10 ? `${ms.toFixed(1)} ms` : `${ms.toFixed(2)} ms`;
+}
+
+function ratio(x: number | null | undefined): string {
+  if (x === null || x === undefined || !Number.isFinite(x)) return 'n/a';
+  return x >= 10 ? `${x.toFixed(0)}×` : `${x.toFixed(2)}×`;
+}
+
+function lat(r: RunResult, pick: (s: Summary) => number): string {
+  if (r.latency === null) return '—';
+  const v = fmtNs(pick(r.latency));
+  return r.censored > 0 ? `≥ ${v}` : v;
+}
+
+function runTable(runs: Measured[]): string[] {
+  const lines = [
+    '| row | achieved moves/s | p50 | p99 | p99.9 | max | GC total / max | event-loop delay p99 | peak RSS | CPU, % of one core | ingress alloc p99.9 | hot-path heap allocs | lost |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of runs) {
+    const gc = `${fmtMs(r.gc.totalMs)} / ${fmtMs(r.gc.maxMs)}${r.workerGc === null ? '' : ` (workers ${fmtMs(r.workerGc.totalMs)} / ${fmtMs(r.workerGc.maxMs)})`}`;
+    lines.push(
+      `| ${ROW_LABELS[r.row]} | ${r.row === 'idle' ? '—' : fmtInt(r.achieved)} | ${lat(r, (s) => s.p50)} | ${lat(r, (s) => s.p99)} | ${lat(r, (s) => s.p999)} | ${lat(r, (s) => s.max)} | ${gc} | ${fmtMs(r.eventLoopDelayP99Ms)} | ${fmtMiB(r.rssPeakBytes)} | ${r.cpuPercent.toFixed(0)} % (JS thread ${r.threads.main.toFixed(0)} %) | ${r.alloc === null ? 'n/a' : fmtNs(r.alloc.p999)} | ${r.hotPathAllocations === null ? 'n/a' : fmtInt(r.hotPathAllocations)} | ${r.row === 'idle' ? '—' : fmtInt(r.lost)} |`,
+    );
+  }
+  return lines;
+}
+
+function noteRuns(runs: Measured[]): string[] {
+  const out: string[] = [];
+  for (const r of runs) {
+    if (r.row === 'idle') continue;
+    const bits = [
+      `${ROW_LABELS[r.row]}: accepted ${fmtInt(r.accepted)}, delivered ${fmtInt(r.delivered)}, rejected ${fmtInt(r.rejected)} (wrong tags planted in the load), lost ${fmtInt(r.lost)}, duplicates ${fmtInt(r.duplicates)}`,
+      `Backpressure answers ${fmtInt(r.backpressureVerdicts)}`,
+      r.censored > 0 ? `**${fmtInt(r.censored)} moves due in the window were still unsent at the drain limit** (counted at the latency they had reached: a lower bound)` : null,
+      `dispatchStream call → JavaScript p99 ${r.fromDispatch === null ? 'n/a' : fmtNs(r.fromDispatch.p99)}`,
+      r.engineDelivered === null ? null : `engine's own dispatch → delivered p99 ${fmtNs(r.engineDelivered.p99)}`,
+      `feeder lateness p99 ${fmtNs(r.feedLag.p99)}`,
+      `other processes used ${r.foreignCpuPercent.toFixed(0)} % of the machine meanwhile`,
+    ].filter((b) => b !== null);
+    out.push(`- ${bits.join('; ')}.`);
+  }
+  return out;
+}
+
+interface Target {
+  target: string;
+  measured: string;
+  met: boolean | null;
+}
+
+function targets(res: Results): Target[] {
+  const t: Target[] = [];
+  const micro = (name: string): MicroResult | undefined => res.micro.find((m) => m.name === name);
+  const d = micro('dispatch() native');
+  if (d !== undefined) t.push({ target: 'dispatch() ≤ 2× an empty N-API call taking a Buffer', measured: `${fmtNs(d.value)} vs ${fmtNs(d.floor)}: ${ratio(d.ratio)}`, met: d.ratio !== null && d.ratio <= 2 });
+  const s = micro('dispatchStream() native');
+  if (s !== undefined) t.push({ target: 'dispatchStream ≤ 30 ns per move', measured: `${fmtNs(s.value)} per move`, met: s.value <= 30 });
+  const native = res.macro.find((r) => r.row === 'native');
+  if (native !== undefined && native.hotPathAllocations !== null) {
+    t.push({
+      target: 'zero heap allocations per move on the hot path (steady state)',
+      measured: `${fmtInt(native.hotPathAllocations)} counted over ${fmtInt(native.accepted)} moves of the target-load run (window only)`,
+      met: native.hotPathAllocations === 0,
+    });
+  }
+  const a = micro('arena allocation (8 MiB ring, default)');
+  if (a !== undefined) {
+    const inSitu = native?.alloc?.p999;
+    t.push({
+      target: 'arena allocation p99.9 ≤ 100 ns',
+      measured: `${fmtNs(a.value)} (micro, default 8 MiB ring, incl. a ~${fmtNs(a.extra?.clockFloorNs ?? Number.NaN)} clock read)${inSitu === undefined ? '' : `; ${fmtNs(inSitu)} in the target-load run (sampled 1 in 64)`}`,
+      met: a.value <= 100 && (inSitu === undefined || inSitu <= 100),
+    });
+  }
+  if (native !== undefined && native.latency !== null) {
+    const l = native.latency;
+    t.push({ target: `${fmtInt(res.settings.rate)} moves/s on ${res.machine.cores} cores: p99 ≤ 1 ms`, measured: lat(native, (x) => x.p99), met: native.censored === 0 && l.p99 <= 1e6 });
+    t.push({ target: '… and p99.9 ≤ 2 ms', measured: lat(native, (x) => x.p999), met: native.censored === 0 && l.p999 <= 2e6 });
+    t.push({ target: '… and RSS ≤ 256 MiB', measured: fmtMiB(native.rssPeakBytes), met: native.rssPeakBytes <= 256 * (1 << 20) });
+    if (res.idle !== null) {
+      t.push({
+        target: '… and V8 GC time no higher than with the dispatcher idle',
+        measured: `${fmtMs(native.gc.totalMs)} vs ${fmtMs(res.idle.gc.totalMs)} idle (max pause ${fmtMs(native.gc.maxMs)} vs ${fmtMs(res.idle.gc.maxMs)})`,
+        met: native.gc.totalMs <= Math.max(res.idle.gc.totalMs, 0) * 1.0 + 0.5,
+      });
+    }
+  }
+  const sn = res.sustainable.find((x) => x.row === 'native');
+  if (sn !== undefined && sn.ratioToPureNode !== null) t.push({ target: '≥ 5× the sustainable throughput of Pure Node', measured: `${fmtInt(sn.rate)} vs ${fmtInt(res.sustainable.find((x) => x.row === 'js')?.rate)} moves/s: ${ratio(sn.ratioToPureNode)}`, met: sn.ratioToPureNode >= 5 });
+  if (res.equalLoad !== null) {
+    const js = res.equalLoad.runs.find((r) => r.row === 'js');
+    const nat = res.equalLoad.runs.find((r) => r.row === 'native');
+    if (js?.latency && nat?.latency) {
+      const x = js.latency.p999 / nat.latency.p999;
+      t.push({ target: '≥ 10× lower p99.9 than Pure Node at a load both sustain', measured: `${fmtNs(nat.latency.p999)} vs ${fmtNs(js.latency.p999)} at ${fmtInt(res.equalLoad.rate)} moves/s: ${ratio(x)}`, met: x >= 10 });
+    }
+  }
+  return t;
+}
+
+export function renderMarkdown(res: Results, svgName: string): string {
+  const s = res.settings;
+  const m = res.machine;
+  const L: string[] = [];
+  L.push(`# Benchmark results: ${res.date.slice(0, 10)}, ${m.host}${res.kind === 'quick' ? ' (quick run)' : ''}`);
+  L.push('');
+  L.push(`Generated by \`${res.command}\` in ${res.durationS.toFixed(0)} s (commit ${m.commit ?? 'unknown'}${m.dirty ? ', with uncommitted changes' : ''}). Method: [bench/README.md](../README.md).`);
+  L.push('');
+  L.push(
+    `Machine: ${m.cpu}${m.mhz === null ? '' : ` @ ${m.mhz.toFixed(0)} MHz`}, ${m.cores} cores (${m.cpuFlags.join(', ') || 'no SHA/AVX flags'}), ${(m.memoryBytes / 2 ** 30).toFixed(0)} GiB, Linux ${m.kernel}, Node.js ${m.node} (V8 ${m.v8})${m.rustc === null ? '' : `, ${m.rustc}`}.`,
+  );
+  L.push('');
+  L.push(
+    `Load: ${fmtInt(s.players)} players in ${fmtInt(s.rooms)} rooms × ${s.hz} Hz = **${fmtInt(s.rate)} moves/s**, ${s.payload}-byte payloads (${s.frameBytes}-byte frames), ${s.auth}, open loop in ${s.sliceMs} ms reads; ${s.warmupS} s warm-up, ${s.windowS} s measured. Latency: from the move's scheduled time to JavaScript holding it. One frame in 100,000 carries a wrong tag.`,
+  );
+  L.push('');
+  L.push(`![latency by percentile](${svgName})`);
+  L.push('');
+  L.push(`## At the target load: ${fmtInt(s.rate)} moves/s`);
+  L.push('');
+  L.push(...runTable([...(res.idle === null ? [] : [res.idle]), ...res.macro]));
+  L.push('');
+  L.push(...noteRuns(res.macro));
+  L.push('');
+  if (res.equalLoad !== null) {
+    L.push(`## At a load every row sustains: ${fmtInt(res.equalLoad.rate)} moves/s (${(s.equalLoadFraction * 100).toFixed(0)} % of Pure Node's sustainable rate)`);
+    L.push('');
+    L.push(...runTable(res.equalLoad.runs));
+    L.push('');
+    L.push(...noteRuns(res.equalLoad.runs));
+    L.push('');
+  }
+  if (res.sustainable.length > 0) {
+    L.push(`## Sustainable throughput (p99 < 5 ms, no growing backlog, nothing left unsent)`);
+    L.push('');
+    L.push(`Search: short runs (${s.probe.warmupS} s warm-up, ${s.probe.windowS} s window), doubling from the first rate, then bisecting to within ${((s.probe.resolution - 1) * 100).toFixed(0)} %, capped at ${fmtInt(s.probe.maxRate)} moves/s.`);
+    L.push('');
+    L.push('| row | sustainable moves/s | × Pure Node | p99 there | p99.9 there | CPU there | probes (moves/s: pass ✓ / fail ✗) |');
+    L.push('|---|---:|---:|---:|---:|---:|---|');
+    for (const x of res.sustainable) {
+      const probes = x.probes.map((p) => `${fmtInt(p.rate)} ${p.sustained ? '✓' : '✗'}`).join(', ');
+      L.push(
+        `| ${ROW_LABELS[x.row]} | ${x.rate > 0 ? fmtInt(x.rate) : 'none found'}${x.capped ? ' (cap)' : ''} | ${ratio(x.ratioToPureNode)} | ${x.at?.latency ? fmtNs(x.at.latency.p99) : 'n/a'} | ${x.at?.latency ? fmtNs(x.at.latency.p999) : 'n/a'} | ${x.at === null ? 'n/a' : `${x.at.cpuPercent.toFixed(0)} %`} | ${probes} |`,
+      );
+    }
+    L.push('');
+  }
+  if (res.micro.length > 0) {
+    L.push('## Micro floors (medians of repeated trials, each against its floor in the same process)');
+    L.push('');
+    L.push('| measure | value | floor | ratio | what |');
+    L.push('|---|---:|---|---:|---|');
+    for (const x of res.micro) {
+      const v = x.unit === 'ns p99.9' ? `p99.9 ${fmtNs(x.value)} (p50 ${fmtNs(x.extra?.p50)}, p99 ${fmtNs(x.extra?.p99)}, max ${fmtNs(x.extra?.max)})` : `${fmtNs(x.value)} ${x.unit.replace('ns', '').trim()}`;
+      L.push(`| ${x.name} | ${v} | ${x.floorName === null ? '—' : `${x.floorName}: ${fmtNs(x.floor)}`} | ${ratio(x.ratio)} | ${x.what} |`);
+    }
+    L.push('');
+  }
+  const t = targets(res);
+  if (t.length > 0) {
+    L.push('## DESIGN §6 targets, as measured in this run');
+    L.push('');
+    L.push('| target | measured | |');
+    L.push('|---|---|---|');
+    for (const x of t) L.push(`| ${x.target} | ${x.measured} | ${x.met === null ? '?' : x.met ? 'met' : '**not met**'} |`);
+    L.push('');
+  }
+  return `${L.join('\n')}\n`;
+}
+
+export function renderPlot(res: Results): string {
+  const panels: Panel[] = [];
+  const series = (runs: Measured[]): Panel['series'] =>
+    runs.filter((r) => r.row !== 'idle' && r.curve.length > 0).map((r) => ({ label: `${ROW_LABELS[r.row]}${r.censored > 0 ? ' (≥: unsent moves)' : ''}`, color: COLORS[r.row], curve: r.curve }));
+  panels.push({ title: `${fmtInt(res.settings.rate)} moves/s (target load)`, series: series(res.macro) });
+  if (res.equalLoad !== null) panels.push({ title: `${fmtInt(res.equalLoad.rate)} moves/s (every row sustains)`, series: series(res.equalLoad.runs) });
+  return renderSvg(panels, `move-dispatcher ${res.kind} benchmark, ${res.date.slice(0, 10)}, ${res.machine.host}: ${res.machine.cores} cores, ${res.settings.auth}, ${fmtInt(res.settings.rooms)} rooms`);
+}

@@ -1,0 +1,94 @@
+import type { Summary } from './hist';
+import type { Store, StoreSpec } from './frames';
+import type { ThreadSplit } from './threads';
+
+/** `idle`: the harness and a native dispatcher with every room open, no moves (the GC baseline). */
+export type Row = 'idle' | 'js' | 'wt' | 'native';
+
+export const ROW_LABELS: Record<Row, string> = {
+  idle: 'Idle (harness, no moves)',
+  js: 'Pure Node',
+  wt: 'Node + worker_threads',
+  native: 'Node + Rust (move-dispatcher)',
+};
+
+export interface RunSpec {
+  row: Row;
+  /** Offered moves/s (a multiple of 1000 / sliceMs). */
+  rate: number;
+  spec: StoreSpec;
+  store: Store;
+  warmupS: number;
+  windowS: number;
+  /** After the window, how long the run may take to catch up before it stops sending. */
+  drainLimitS: number;
+  sliceMs: number;
+  wtWorkers: number;
+}
+
+export interface GcFigures {
+  count: number;
+  totalMs: number;
+  maxMs: number;
+}
+
+export interface RunResult {
+  row: Row;
+  rate: number;
+  windowS: number;
+  /** Moves due inside the window. */
+  windowMoves: number;
+  /** Moves delivered to JavaScript while the window lasted, per second. */
+  achieved: number;
+  /** Scheduled time → JavaScript, ns (every move due in the window; see `censored`). */
+  latency: Summary | null;
+  curve: [number, number][];
+  /** The `dispatchStream` call that carried the move → JavaScript, ns. */
+  fromDispatch: Summary | null;
+  /** Moves due in the window never sent before the drain limit: recorded with the latency they had reached then (a lower bound). */
+  censored: number;
+  /** How late the feeder ran against the newest due read, ns, per feed in the window. */
+  feedLag: Summary;
+  gc: GcFigures;
+  /** GC of the worker_threads row's verification workers (their own isolates). */
+  workerGc: GcFigures | null;
+  eventLoopDelayP99Ms: number;
+  eventLoopDelayMaxMs: number;
+  /** Peak resident set in the window, minus the frame store. */
+  rssPeakBytes: number;
+  storeBytes: number;
+  /** User + system CPU of the whole process over the window's wall time, % of one core. */
+  cpuPercent: number;
+  /** The same CPU by thread (Linux; % of one core, 10 ms ticks): the JavaScript thread, the engine's threads, the load's clock thread, the rest. */
+  threads: ThreadSplit;
+  /** Ingress allocation (arena push / ring reservation + copy), sampled 1 in 64, ns. */
+  alloc: Summary | null;
+  /** Heap allocations counted on the native hot path during the window (null: not measurable). */
+  hotPathAllocations: number | null;
+  /** The engine's own dispatch → delivered histogram over the window (native and js engines). */
+  engineDelivered: Summary | null;
+  jemallocResidentBytes: number | null;
+  accepted: number;
+  delivered: number;
+  rejected: number;
+  lost: number;
+  duplicates: number;
+  syncRejected: number;
+  backpressureVerdicts: number;
+  backlogMid: number;
+  backlogEnd: number;
+  growing: boolean;
+  sustained: boolean;
+}
+
+export interface MicroResult {
+  name: string;
+  /** What is measured, in words. */
+  what: string;
+  value: number;
+  unit: string;
+  floorName: string | null;
+  floor: number | null;
+  ratio: number | null;
+  extra?: Record<string, number>;
+}

@@ -1,0 +1,382 @@
+/**
+ * One open-loop load run, in a process of its own (forked by bench/run.ts with the run's
+ * spec as its argument; results and progress go back over IPC).
+ *
+ * Load model: every `sliceMs` one "socket read" of all the frames due in that slice
+ * arrives (`rate * sliceMs / 1000` frames, taken in order from the pre-encoded store);
+ * read `k` is due at `start + (k + 1) * sliceMs`. A clock thread (lib/ticker.ts) posts each
+ * read when it is due; the main thread hands every frame due by then to `dispatchStream`.
+ * Frames refused with Backpressure stay due and are retried on the next read. A move's
+ * latency runs from its read's due time to the moment JavaScript has it (`onBatch`, or the
+ * worker_threads row's delivery callback): time spent waiting behind a busy event loop,
+ * behind backpressure, or in a queue is all counted (no coordinated omission).
+ *
+ * Moves due in the window that were never sent by the drain limit are recorded with the
+ * latency they had reached by then (`censored`).
+ */
+import { monitorEventLoopDelay, PerformanceObserver, performance } from 'node:perf_hooks';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { Dispatcher, type MoveBatch } from '../index';
+import { frameLength, inversePermutation, loadStore, permutation, playerKey, roomCount, roomOf } from './lib/frames';
+import { Histogram, type Summary } from './lib/hist';
+import type { GcFigures, RunResult, RunSpec } from './lib/types';
+import { splitTicks, threadTicks, type ThreadSplit } from './lib/threads';
+import { WtPipeline } from './wt/pipeline';
+
+interface Sut {
+  dispatchStream(chunk: Uint8Array): { consumed: number; backpressure: boolean; malformed: boolean; rejected: number };
+  flush(): Promise<void>;
+  windowStart(): void;
+  windowEnd(): void;
+  counts(): { accepted: number; delivered: number; rejected: number; backpressure: number };
+  close(): Promise<void>;
+  alloc: Summary | null;
+  hotPathAllocations: number | null;
+  engineDelivered: Summary | null;
+  jemallocResident: number | null;
+  workerGc: GcFigures | null;
+}
+
+function send(msg: unknown, then?: () => void): void {
+  if (process.send === undefined) then?.();
+  else process.send(msg, undefined, {}, () => then?.());
+}
+
+function summaryOf(h: { count: number; p50: number; p90: number; p99: number; p999: number; max: number; min: number; mean: number }): Summary {
+  return { count: h.count, min: h.min, mean: h.mean, p50: h.p50, p90: h.p90, p99: h.p99, p999: h.p999, p9999: Number.NaN, max: h.max };
+}
+
+async function run(spec: RunSpec): Promise<RunResult> {
+  const { spec: store, sliceMs } = spec;
+  const P = store.players;
+  const fl = frameLength(store);
+  const q = Math.round((spec.rate * sliceMs) / 1000);
+  if (q < 1 || Math.abs(q - (spec.rate * sliceMs) / 1000) > 1e-9) throw new RangeError(`rate ${spec.rate} is not a whole number of frames per ${sliceMs} ms read`);
+  const warmReads = Math.round((spec.warmupS * 1000) / sliceMs);
+  const windowReads = Math.round((spec.windowS * 1000) / sliceMs);
+  const totalReads = warmReads + windowReads;
+  const totalFrames = totalReads * q;
+  const frames = spec.row === 'idle' ? Buffer.alloc(0) : loadStore(spec.store, totalFrames);
+  const inv = inversePermutation(permutation(P));
+  const rooms = roomCount(store);
+  const hmac = store.auth === 'hmac-sha256';
+
+  // ---- measurement state (allocated up front) ----
+  const latency = new Histogram();
+  const fromDispatch = new Histogram();
+  const feedLag = new Histogram();
+  const done = new Uint32Array(Math.ceil(totalFrames / 32) + 1);
+  const fedAt = new Float64Array(totalReads + 1);
+  let duplicates = 0;
+  let doneCount = 0;
+  let deliveredInWindow = 0;
+  let t0 = 0;
+  let ws = Number.POSITIVE_INFINITY;
+  let we = Number.POSITIVE_INFINITY;
+  let now = 0;
+
+  const mark = (player: number, seq: number): number => {
+    const idx = (seq - 1) * P + inv[player]!;
+    const w = idx >>> 5;
+    const bit = 1 << (idx & 31);
+    if ((done[w]! & bit) !== 0) duplicates++;
+    done[w] = done[w]! | bit;
+    doneCount++;
+    return idx;
+  };
+  const delivered = (player: number, seq: number): void => {
+    const idx = mark(player, seq);
+    const k = Math.floor(idx / q);
+    if (k >= warmReads && k < totalReads) {
+      latency.record((now - (t0 + (k + 1) * sliceMs)) * 1e6);
+      fromDispatch.record((now - fedAt[k]!) * 1e6);
+    }
+    if (now >= ws && now < we) deliveredInWindow++;
+  };
+
+  // ---- the system under test ----
+  const tidsBefore = new Set(threadTicks().keys());
+  let sut: Sut;
+  if (spec.row === 'wt') {
+    const pipeline = new WtPipeline({
+      workers: spec.wtWorkers,
+      consumer: {
+        segment: () => {
+          now = performance.now();
+        },
+        move: (bytes, off) => {
+          const player = (bytes[off + 8]! | (bytes[off + 9]! << 8) | (bytes[off + 10]! << 16) | (bytes[off + 11]! << 24)) >>> 0;
+          const seq = (bytes[off + 12]! | (bytes[off + 13]! << 8) | (bytes[off + 14]! << 16) | (bytes[off + 15]! << 24)) >>> 0;
+          delivered(player, seq);
+        },
+        reject: (_room, player, seq) => {
+          mark(player, seq);
+        },
+      },
+    });
+    const roomList = Array.from({ length: rooms }, (_, room) => ({ room, hmac }));
+    const joins = Array.from({ length: P }, (_, p) => ({ room: roomOf(store, p), player: p, key: hmac ? new Uint8Array(playerKey(p)) : null }));
+    await pipeline.start(roomList, joins);
+    let reports: GcFigures | null = null;
+    sut = {
+      dispatchStream: (c) => pipeline.dispatchStream(c),
+      flush: () => pipeline.flush(),
+      windowStart: () => pipeline.setWindow(1),
+      windowEnd: () => pipeline.setWindow(2),
+      counts: () => ({ accepted: pipeline.accepted, delivered: pipeline.delivered, rejected: pipeline.rejected, backpressure: pipeline.backpressure }),
+      close: async () => {
+        const r = await pipeline.close();
+        reports = {
+          count: r.reduce((a, x) => a + x.gcCount, 0),
+          totalMs: r.reduce((a, x) => a + x.gcTotalMs, 0),
+          maxMs: r.reduce((a, x) => Math.max(a, x.gcMaxMs), 0),
+        };
+        sut.workerGc = reports;
+        sut.alloc = pipeline.allocNs.summary();
+      },
+      alloc: null,
+      hotPathAllocations: null,
+      engineDelivered: null,
+      jemallocResident: null,
+      workerGc: null,
+    };
+  } else {
+    const onBatch = (batch: MoveBatch): void => {
+      now = performance.now();
+      for (const move of batch) delivered(move.player, move.seq);
+      for (const r of batch.rejections) mark(r.player, r.seq);
+    };
+    const d = new Dispatcher({ engine: spec.row === 'js' ? 'js' : 'native', onBatch });
+    for (let r = 0; r < rooms; r++) d.openRoom(r, { auth: store.auth, delivery: 'push' });
+    for (let p = 0; p < P; p++) d.join(roomOf(store, p), p, hmac ? { key: playerKey(p) } : {});
+    await d.flush();
+    let hotBefore = 0;
+    sut = {
+      dispatchStream: (c) => d.dispatchStream(c),
+      flush: () => d.flush(),
+      windowStart: () => {
+        const s = d.stats({ reset: true, topRooms: 0 });
+        hotBefore = s.allocator?.hotPathAllocations ?? 0;
+      },
+      windowEnd: () => {
+        const s = d.stats({ topRooms: 0 });
+        sut.alloc = s.latency === null ? null : summaryOf(s.latency.arenaAllocNs);
+        sut.engineDelivered = s.latency === null ? null : summaryOf(s.latency.deliveredNs);
+        const hot = s.allocator?.hotPathAllocations;
+        sut.hotPathAllocations = hot === undefined || hot === null ? null : hot - hotBefore;
+        sut.jemallocResident = s.allocator?.jemalloc?.resident ?? null;
+      },
+      counts: () => {
+        const s = d.stats({ topRooms: 0 });
+        return { accepted: s.accepted, delivered: s.delivered, rejected: s.rejected, backpressure: s.verdicts.Backpressure };
+      },
+      close: () => d.close(),
+      alloc: null,
+      hotPathAllocations: null,
+      engineDelivered: null,
+      jemallocResident: null,
+      workerGc: null,
+    };
+  }
+
+  const engineTids = new Set([...threadTicks().keys()].filter((t) => !tidsBefore.has(t)));
+
+  // ---- observers ----
+  const gcs: { start: number; duration: number }[] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push({ start: e.startTime, duration: e.duration });
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  let rssPeak = 0;
+  let rssTimer: ReturnType<typeof setInterval> | undefined;
+  let cpuStart = process.cpuUsage();
+
+  // ---- the clock ----
+  const startHr = process.hrtime.bigint() + 200_000_000n;
+  t0 = performance.now() + Number(startHr - process.hrtime.bigint()) / 1e6;
+  const wsPlanned = t0 + warmReads * sliceMs + sliceMs;
+  const wePlanned = wsPlanned + windowReads * sliceMs;
+  const deadline = wePlanned + spec.drainLimitS * 1000;
+  const control = new SharedArrayBuffer(4);
+  const ticker = new Worker(join(__dirname, 'lib', 'ticker.js'), {
+    workerData: { control, startHrNs: startHr.toString(), sliceMs },
+  });
+
+  await new Promise((r) => setTimeout(r, 20));
+  const clockTids = new Set([...threadTicks().keys()].filter((t) => !tidsBefore.has(t) && !engineTids.has(t)));
+  let ticksStart = new Map<number, number>();
+  let threads: ThreadSplit = { main: 0, engine: 0, clock: 0, other: 0 };
+
+  let sent = 0;
+  let syncRejected = 0;
+  let stopped = false;
+  let windowOpen = false;
+  let windowClosed = false;
+  let backlogMid = -1;
+  let backlogEnd = -1;
+  const dueBy = (t: number): number => Math.min(totalFrames, Math.max(0, Math.floor((t - t0) / sliceMs)) * q);
+  const backlog = (t: number): number => dueBy(t) - doneCount - syncRejected;
+
+  const openWindow = (t: number): void => {
+    windowOpen = true;
+    ws = t;
+    we = t + spec.windowS * 1000;
+    sut.windowStart();
+    eld.enable();
+    cpuStart = process.cpuUsage();
+    ticksStart = threadTicks();
+    rssPeak = process.memoryUsage.rss();
+    rssTimer = setInterval(() => {
+      rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+    }, 20);
+  };
+  let cpuPercent = 0;
+  const closeWindow = (t: number): void => {
+    windowClosed = true;
+    we = t;
+    const cpu = process.cpuUsage(cpuStart);
+    cpuPercent = ((cpu.user + cpu.system) / 1000 / (we - ws)) * 100;
+    threads = splitTicks(ticksStart, threadTicks(), we - ws, { main: process.pid, engine: engineTids, clock: clockTids });
+    eld.disable();
+    clearInterval(rssTimer);
+    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+    sut.windowEnd();
+    backlogEnd = backlog(t);
+  };
+
+  const feed = (): void => {
+    now = performance.now();
+    if (!windowOpen && now >= wsPlanned) openWindow(now);
+    if (windowOpen && !windowClosed && backlogMid < 0 && now >= ws + (spec.windowS * 1000) / 2) backlogMid = backlog(now);
+    if (windowOpen && !windowClosed && now >= we) closeWindow(now);
+    if (stopped || spec.row === 'idle') return;
+    const reads = Math.min(totalReads, Math.floor((now - t0) / sliceMs));
+    const target = reads * q;
+    if (sent >= target) return;
+    const r = sut.dispatchStream(frames.subarray(sent * fl, target * fl));
+    if (r.malformed) throw new Error('the frame store holds a malformed frame');
+    const n = r.consumed / fl;
+    if (n > 0) {
+      const last = Math.floor((sent + n - 1) / q);
+      for (let k = Math.floor(sent / q); k <= last; k++) fedAt[k] = now;
+      if (windowOpen && !windowClosed) feedLag.record((now - (t0 + reads * sliceMs)) * 1e6);
+    }
+    syncRejected += r.rejected;
+    sent += n;
+  };
+
+  let lastProgress = 0;
+  const progress = (): void => {
+    const t = performance.now();
+    if (t - lastProgress < 250) return;
+    lastProgress = t;
+    const phase = !windowOpen ? 'warm-up' : !windowClosed ? 'window' : 'drain';
+    send({ type: 'progress', phase, elapsed: (t - t0) / 1000, total: (wePlanned - t0) / 1000, sent, done: doneCount, backlog: backlog(t) });
+  };
+
+  await new Promise<void>((resolve, reject) => {
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      resolve();
+    };
+    ticker.on('error', reject);
+    ticker.on('message', (k: number) => {
+      try {
+        if (k < 0) return;
+        feed();
+        progress();
+        const t = performance.now();
+        if (!windowClosed) return;
+        if (spec.row === 'idle' || (sent >= totalFrames && doneCount + syncRejected >= totalFrames)) finish();
+        else if (t >= Math.max(deadline, we + spec.drainLimitS * 1000)) {
+          stopped = true;
+          finish();
+        }
+      } catch (error) {
+        reject(error);
+      }
+    });
+  });
+  Atomics.store(new Int32Array(control), 0, 1);
+  Atomics.notify(new Int32Array(control), 0);
+  await ticker.terminate();
+
+  // Everything accepted reaches JavaScript (late moves are recorded with their real latency).
+  now = performance.now();
+  await sut.flush();
+  const tStop = performance.now();
+  // Window moves never sent: recorded with the latency reached at the stop (a lower bound).
+  let censored = 0;
+  for (let idx = warmReads * q; idx < totalFrames; idx++) {
+    if ((done[idx >>> 5]! & (1 << (idx & 31))) !== 0) continue;
+    if (idx < sent) continue; // sent but refused synchronously (none in this load)
+    censored++;
+    latency.record((tStop - (t0 + (Math.floor(idx / q) + 1) * sliceMs)) * 1e6);
+  }
+  gcObserver.disconnect();
+  const counts = sut.counts();
+  await sut.close();
+  const inWindow = gcs.filter((g) => g.start >= ws && g.start < we);
+  const windowMoves = spec.row === 'idle' ? 0 : windowReads * q;
+  const lat = spec.row === 'idle' ? null : latency.summary();
+  const growing = backlogEnd > Math.max(0, backlogMid) + spec.rate * 0.005 && backlogEnd > spec.rate * 0.005;
+  const achieved = deliveredInWindow / ((we - ws) / 1000);
+  const result: RunResult = {
+    row: spec.row,
+    rate: spec.row === 'idle' ? 0 : spec.rate,
+    windowS: (we - ws) / 1000,
+    windowMoves,
+    achieved,
+    latency: lat,
+    curve: spec.row === 'idle' ? [] : latency.curve(),
+    fromDispatch: spec.row === 'idle' ? null : fromDispatch.summary(),
+    censored,
+    feedLag: feedLag.summary(),
+    gc: {
+      count: inWindow.length,
+      totalMs: inWindow.reduce((a, g) => a + g.duration, 0),
+      maxMs: inWindow.reduce((a, g) => Math.max(a, g.duration), 0),
+    },
+    workerGc: sut.workerGc,
+    eventLoopDelayP99Ms: eld.percentile(99) / 1e6,
+    eventLoopDelayMaxMs: eld.max / 1e6,
+    rssPeakBytes: rssPeak - frames.byteLength,
+    storeBytes: frames.byteLength,
+    cpuPercent,
+    threads,
+    alloc: spec.row === 'idle' ? null : sut.alloc,
+    hotPathAllocations: spec.row === 'idle' ? null : sut.hotPathAllocations,
+    engineDelivered: sut.engineDelivered,
+    jemallocResidentBytes: sut.jemallocResident,
+    accepted: counts.accepted,
+    delivered: counts.delivered,
+    rejected: counts.rejected,
+    lost: counts.accepted - counts.delivered - counts.rejected,
+    duplicates,
+    syncRejected,
+    backpressureVerdicts: counts.backpressure,
+    backlogMid,
+    backlogEnd,
+    growing,
+    sustained: lat !== null && lat.p99 < 5e6 && !growing && censored === 0 && achieved >= 0.95 * spec.rate,
+  };
+  return result;
+}
+
+function cpuMsOf(u: NodeJS.CpuUsage): number {
+  return (u.user + u.system) / 1000;
+}
+
+const spec = JSON.parse(process.argv[2] ?? '{}') as RunSpec;
+run(spec).then(
+  (result) => {
+    send({ type: 'result', result, cpuMs: cpuMsOf(process.cpuUsage()) }, () => process.exit(0));
+  },
+  (error: unknown) => {
+    send({ type: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }, () => process.exit(1));
+  },
+);

@@ -1,0 +1,406 @@
+/**
+ * `npm run bench [-- --quick] [options]`: the benchmark suite (method: bench/README.md).
+ *
+ * Steps, each in a fresh child process: micro floors (bench/micro.ts); the idle baseline;
+ * the three rows at the target load (bench/load.ts); a search for each row's sustainable
+ * rate; the three rows again at a load every row sustains. Writes
+ * `<out>/<date>-<host>.json`, and refreshes `<out>/latest.md` and `<out>/latency.svg`.
+ * `--quick` (CI's smoke test) runs shorter windows and writes to `bench/results/quick/`
+ * (ignored by git) unless `--out` says otherwise.
+ *
+ * Options: --quick, --out DIR, --players N (50000), --room-size N (10), --hz N (20),
+ * --payload N (64), --auth sha256|hmac-sha256, --rows js,wt,native, --no-micro,
+ * --no-sustainable, --wt-workers N, --window S, --keep-frames, --wait-idle S (before each
+ * step, wait up to S seconds for other processes to leave the machine quiet).
+ */
+import { execFileSync, fork } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus, hostname, release, totalmem } from 'node:os';
+import { join, relative } from 'node:path';
+import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
+import { fmtInt, fmtNs, type Machine, type Measured, type Probe, renderMarkdown, renderPlot, type Results, type Settings, type Sustainable } from './lib/report';
+import { type MicroResult, ROW_LABELS, type Row, type RunResult, type RunSpec } from './lib/types';
+
+const ROOT = join(__dirname, '..', '..');
+/** Deletes the frame store (set once it exists); runs on exit, error and Ctrl-C. */
+let cleanup = (): void => {};
+
+// ---------------------------------------------------------------------------------------
+// options
+
+interface Options {
+  quick: boolean;
+  out: string;
+  players: number;
+  roomSize: number;
+  hz: number;
+  payload: number;
+  auth: 'sha256' | 'hmac-sha256';
+  rows: Row[];
+  micro: boolean;
+  sustainable: boolean;
+  wtWorkers: number;
+  window: number | null;
+  keepFrames: boolean;
+  waitIdle: number;
+}
+
+function parseArgs(argv: string[]): Options {
+  const value = (name: string): string | undefined => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const num = (name: string, fallback: number): number => {
+    const raw = value(name);
+    if (raw === undefined) return fallback;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n <= 0) throw new RangeError(`--${name} must be a positive number, got ${raw}`);
+    return n;
+  };
+  const quick = argv.includes('--quick');
+  const auth = value('auth') ?? 'sha256';
+  if (auth !== 'sha256' && auth !== 'hmac-sha256') throw new TypeError(`--auth must be sha256 or hmac-sha256, got ${auth}`);
+  const rows = (value('rows') ?? 'js,wt,native').split(',').map((r) => r.trim()) as Row[];
+  for (const r of rows) if (r !== 'js' && r !== 'wt' && r !== 'native') throw new TypeError(`--rows takes js, wt, native; got ${r}`);
+  return {
+    quick,
+    out: value('out') ?? join(ROOT, 'bench', 'results', ...(quick ? ['quick'] : [])),
+    players: Math.floor(num('players', 50_000)),
+    roomSize: Math.floor(num('room-size', 10)),
+    hz: num('hz', 20),
+    payload: Math.floor(num('payload', 64)),
+    auth,
+    rows,
+    micro: !argv.includes('--no-micro'),
+    sustainable: !argv.includes('--no-sustainable'),
+    wtWorkers: Math.floor(num('wt-workers', Math.max(1, availableParallelism() - 1))),
+    window: value('window') === undefined ? null : num('window', 8),
+    keepFrames: argv.includes('--keep-frames'),
+    waitIdle: value('wait-idle') === undefined ? 0 : num('wait-idle', 600),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// machine
+
+function sh(cmd: string, args: string[]): string | null {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], cwd: ROOT }).trim();
+  } catch {
+    return null;
+  }
+}
+
+function machine(): Machine {
+  let model = cpus()[0]?.model ?? 'unknown CPU';
+  let mhz: number | null = cpus()[0]?.speed ?? null;
+  let flags: string[] = [];
+  try {
+    const info = readFileSync('/proc/cpuinfo', 'utf8');
+    model = /model name\s*:\s*(.*)/.exec(info)?.[1]?.trim() ?? model;
+    const m = /cpu MHz\s*:\s*([\d.]+)/.exec(info)?.[1];
+    if (m !== undefined) mhz = Number(m);
+    const f = new Set((/flags\s*:\s*(.*)/.exec(info)?.[1] ?? '').split(/\s+/));
+    flags = ['sha_ni', 'avx2', 'avx512f'].filter((x) => f.has(x));
+  } catch {
+    // not Linux: os.cpus() only
+  }
+  const status = sh('git', ['status', '--porcelain', '--untracked-files=no']);
+  return {
+    host: hostname(),
+    cpu: model,
+    cores: availableParallelism(),
+    mhz,
+    cpuFlags: flags,
+    memoryBytes: totalmem(),
+    kernel: `${release()} (${sh('uname', ['-v']) ?? '?'})`,
+    node: process.versions.node,
+    v8: process.versions.v8,
+    rustc: sh('rustc', ['--version']),
+    commit: sh('git', ['rev-parse', '--short', 'HEAD']),
+    dirty: status !== null && status.length > 0,
+  };
+}
+
+/** Busy and total jiffies of the whole machine (/proc/stat), or null off Linux. */
+function machineJiffies(): { busy: number; total: number } | null {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = v.reduce((a, b) => a + b, 0);
+    const idle = (v[3] ?? 0) + (v[4] ?? 0);
+    return { busy: total - idle, total };
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// progress
+
+const tty = process.stdout.isTTY === true;
+let lastLine = '';
+
+function status(line: string): void {
+  if (!tty) return;
+  const cols = process.stdout.columns ?? 120;
+  lastLine = line.length > cols - 1 ? `${line.slice(0, cols - 2)}…` : line;
+  process.stdout.write(`\r\x1b[K${lastLine}`);
+}
+
+function say(line: string): void {
+  if (tty && lastLine !== '') process.stdout.write('\r\x1b[K');
+  lastLine = '';
+  console.log(line);
+}
+
+// ---------------------------------------------------------------------------------------
+// children
+
+interface ChildProgress {
+  type: 'progress';
+  phase: string;
+  elapsed?: number;
+  total?: number;
+  sent?: number;
+  done?: number;
+  backlog?: number;
+}
+
+/** `--wait-idle S`: before each step, wait up to S seconds for the rest of the machine to go quiet. */
+let waitIdleS = 0;
+
+async function waitForIdle(label: string): Promise<void> {
+  if (waitIdleS <= 0) return;
+  const until = Date.now() + waitIdleS * 1000;
+  for (;;) {
+    const a = machineJiffies();
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = machineJiffies();
+    if (a === null || b === null) return;
+    const busy = ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * 100;
+    if (busy < 10 || Date.now() >= until) return;
+    status(`${label}  waiting for the machine to go quiet (others use ${busy.toFixed(0)} %)…`);
+  }
+}
+
+async function child<T>(script: string, arg: unknown, label: string): Promise<{ result: T; foreignCpuPercent: number }> {
+  await waitForIdle(label);
+  const before = machineJiffies();
+  const t0 = Date.now();
+  const proc = fork(join(__dirname, script), [JSON.stringify(arg)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  let cpuMs = 0;
+  const result = await new Promise<T>((resolve, reject) => {
+    let got: T | undefined;
+    proc.on('message', (m: ChildProgress | { type: 'result'; result: T; cpuMs: number } | { type: 'error'; message: string }) => {
+      if (m.type === 'progress') {
+        const p = m;
+        const clock = p.elapsed === undefined ? '' : ` ${p.elapsed.toFixed(1)}/${(p.total ?? 0).toFixed(1)} s`;
+        const backlog = p.backlog === undefined ? '' : `  backlog ${fmtInt(p.backlog)}`;
+        status(`${label}  ${p.phase}${clock}${backlog}`);
+      } else if (m.type === 'result') {
+        got = m.result;
+        cpuMs = m.cpuMs;
+      } else {
+        reject(new Error(`${label}: ${m.message}`));
+      }
+    });
+    proc.on('exit', (code) => {
+      if (got !== undefined) resolve(got);
+      else reject(new Error(`${label}: the child exited with ${code} before reporting`));
+    });
+  });
+  const after = machineJiffies();
+  const wallMs = Date.now() - t0;
+  let foreign = 0;
+  if (before !== null && after !== null) {
+    const busyMs = (after.busy - before.busy) * 10;
+    foreign = Math.max(0, ((busyMs - cpuMs) / (wallMs * availableParallelism())) * 100);
+  }
+  return { result, foreignCpuPercent: foreign };
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  waitIdleS = opts.waitIdle;
+  const started = Date.now();
+  const m = machine();
+  const q = opts.quick;
+  const sliceMs = 1;
+  const rateUnit = 1000 / sliceMs;
+  const roundRate = (r: number): number => Math.max(rateUnit, Math.round(r / rateUnit) * rateUnit);
+  const spec: StoreSpec = { players: opts.players, roomSize: opts.roomSize, payload: opts.payload, auth: opts.auth };
+  const settings: Settings = {
+    players: opts.players,
+    rooms: Math.ceil(opts.players / opts.roomSize),
+    roomSize: opts.roomSize,
+    hz: opts.hz,
+    rate: roundRate(opts.players * opts.hz),
+    payload: opts.payload,
+    frameBytes: frameLength(spec),
+    auth: opts.auth,
+    sliceMs,
+    warmupS: q ? 0.5 : 2,
+    windowS: opts.window ?? (q ? 2 : 8),
+    drainLimitS: q ? 2 : 5,
+    probe: q
+      ? { warmupS: 0.5, windowS: 1, drainLimitS: 0.5, maxRate: 4_000_000, resolution: 1.3, maxProbes: 6 }
+      : { warmupS: 1, windowS: 2, drainLimitS: 1, maxRate: 4_000_000, resolution: 1.1, maxProbes: 12 },
+    wtWorkers: opts.wtWorkers,
+    equalLoadFraction: 0.5,
+  };
+  const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+  say(`move-dispatcher benchmark (${q ? 'quick' : 'full'}): ${m.cpu}, ${m.cores} cores, Node.js ${m.node}`);
+  say(
+    `load: ${fmtInt(settings.players)} players, ${fmtInt(settings.rooms)} rooms, ${settings.hz} Hz = ${fmtInt(settings.rate)} moves/s, ${settings.payload}-byte payloads, ${settings.auth}`,
+  );
+
+  let store: Store | null = null;
+  const storeFor = async (frames: number): Promise<Store> => {
+    if (store === null || store.frames < frames) {
+      status(`encoding the frame store (${fmtInt(frames)} frames, ${settings.auth}, all cores)…`);
+      const t = Date.now();
+      store = await ensureStore(spec, Math.max(frames, store?.frames ?? 0));
+      say(`frame store: ${fmtInt(store.frames)} frames (${((store.frames * settings.frameBytes) / 2 ** 20).toFixed(0)} MiB), ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    }
+    return store;
+  };
+  cleanup = (): void => {
+    if (store !== null && !opts.keepFrames) {
+      rmSync(store.path, { force: true });
+      rmSync(`${store.path}.json`, { force: true });
+    }
+  };
+  process.once('SIGINT', () => {
+    cleanup();
+    process.exit(130);
+  });
+
+  const load = async (row: Row, rate: number, warmupS: number, windowS: number, drainLimitS: number, label: string): Promise<Measured> => {
+    // The idle row sends nothing: it needs no frames.
+    const s = row === 'idle' ? { path: '', spec, frames: 0 } : await storeFor(Math.ceil(rate * (warmupS + windowS)) + rateUnit);
+    const runSpec: RunSpec = { row, rate, spec, store: s, warmupS, windowS, drainLimitS, sliceMs, wtWorkers: opts.wtWorkers };
+    const { result, foreignCpuPercent } = await child<RunResult>('load.js', runSpec, label);
+    return { ...result, foreignCpuPercent };
+  };
+  const brief = (r: Measured): string =>
+    r.row === 'idle'
+      ? `GC ${r.gc.totalMs.toFixed(1)} ms, CPU ${r.cpuPercent.toFixed(0)} %, RSS ${(r.rssPeakBytes / 2 ** 20).toFixed(0)} MiB`
+      : `achieved ${fmtInt(r.achieved)}/s, p50 ${fmtNs(r.latency?.p50)}, p99 ${r.censored > 0 ? '≥ ' : ''}${fmtNs(r.latency?.p99)}, p99.9 ${fmtNs(
+          r.latency?.p999,
+        )}, CPU ${r.cpuPercent.toFixed(0)} %, lost ${r.lost}${r.foreignCpuPercent > 10 ? `  [other processes: ${r.foreignCpuPercent.toFixed(0)} % of the machine]` : ''}`;
+
+  const results: Results = {
+    version: 1,
+    kind: q ? 'quick' : 'full',
+    date: new Date().toISOString(),
+    command,
+    durationS: 0,
+    machine: m,
+    settings,
+    idle: null,
+    macro: [],
+    sustainable: [],
+    equalLoad: null,
+    micro: [],
+  };
+
+  // 1. micro floors
+  if (opts.micro) {
+    const s = await storeFor(Math.round(100_000 * (q ? 0.25 : 1)) * ((q ? 3 : 7) + 1));
+    const { result } = await child<MicroResult[]>('micro.js', { store: s, quick: q }, 'micro');
+    results.micro = result;
+    for (const x of result) say(`micro  ${x.name.padEnd(40)} ${fmtNs(x.value).padStart(9)} ${x.unit.replace('ns', '').trim()}${x.ratio === null ? '' : `  (${x.ratio.toFixed(2)}× ${x.floorName})`}`);
+  }
+
+  // 2. idle baseline and the target load
+  results.idle = await load('idle', settings.rate, settings.warmupS, settings.windowS, 0, 'idle baseline');
+  say(`idle   ${ROW_LABELS.idle.padEnd(32)} ${brief(results.idle)}`);
+  for (const row of opts.rows) {
+    const r = await load(row, settings.rate, settings.warmupS, settings.windowS, settings.drainLimitS, `target ${fmtInt(settings.rate)}/s · ${ROW_LABELS[row]}`);
+    results.macro.push(r);
+    say(`target ${ROW_LABELS[row].padEnd(32)} ${brief(r)}`);
+  }
+
+  // 3. sustainable throughput
+  if (opts.sustainable) {
+    const p = settings.probe;
+    for (const row of opts.rows) {
+      const probes: Probe[] = [];
+      let lo = 0;
+      let hi = Number.POSITIVE_INFINITY;
+      let best: Measured | null = null;
+      let rate = roundRate(100_000);
+      for (let n = 0; n < p.maxProbes; n++) {
+        const r = await load(row, rate, p.warmupS, p.windowS, p.drainLimitS, `sustainable · ${ROW_LABELS[row]} · probe ${n + 1}: ${fmtInt(rate)}/s`);
+        probes.push({ rate, sustained: r.sustained, p99Ns: r.latency?.p99 ?? null, achieved: r.achieved, growing: r.growing, censored: r.censored, foreignCpuPercent: r.foreignCpuPercent });
+        if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
+        if (r.sustained) {
+          lo = rate;
+          best = r;
+        } else {
+          hi = rate;
+        }
+        let next: number;
+        if (hi === Number.POSITIVE_INFINITY) next = Math.min(p.maxRate, rate * 2);
+        else if (lo === 0) next = rate / 2;
+        else next = Math.sqrt(lo * hi);
+        next = roundRate(next);
+        if (lo >= p.maxRate || next < rateUnit) break;
+        if (lo > 0 && hi !== Number.POSITIVE_INFINITY && hi / lo <= p.resolution) break;
+        if (next === rate || next === lo || next === hi) break;
+        rate = next;
+      }
+      const x: Sustainable = { row, rate: lo, ratioToPureNode: null, capped: lo >= p.maxRate, probes, at: best };
+      results.sustainable.push(x);
+      say(`sustainable ${ROW_LABELS[row].padEnd(27)} ${lo > 0 ? `${fmtInt(lo)} moves/s (p99 ${fmtNs(best?.latency?.p99)})` : 'none found'}; probes: ${probes.map((y) => `${fmtInt(y.rate)}${y.sustained ? '✓' : '✗'}`).join(' ')}`);
+    }
+    const js = results.sustainable.find((x) => x.row === 'js');
+    for (const x of results.sustainable) x.ratioToPureNode = js !== undefined && js.rate > 0 ? x.rate / js.rate : null;
+
+    // 4. every row at a load they all sustain
+    const base = js !== undefined && js.rate > 0 ? js.rate : Math.min(...results.sustainable.map((y) => y.rate).filter((y) => y > 0));
+    if (Number.isFinite(base) && base > 0) {
+      const rate = roundRate(base * settings.equalLoadFraction);
+      const runs: Measured[] = [];
+      for (const row of opts.rows) {
+        const r = await load(row, rate, settings.warmupS, settings.windowS, settings.drainLimitS, `equal load ${fmtInt(rate)}/s · ${ROW_LABELS[row]}`);
+        runs.push(r);
+        say(`equal  ${ROW_LABELS[row].padEnd(32)} ${brief(r)}`);
+      }
+      results.equalLoad = { rate, runs };
+    }
+  }
+
+  results.durationS = (Date.now() - started) / 1000;
+  cleanup();
+
+  // 5. write
+  mkdirSync(opts.out, { recursive: true });
+  const day = results.date.slice(0, 10);
+  const jsonPath = join(opts.out, `${q ? 'quick-' : ''}${day}-${m.host}.json`);
+  writeFileSync(jsonPath, `${JSON.stringify(results, null, 1)}\n`);
+  const svgName = 'latency.svg';
+  writeFileSync(join(opts.out, svgName), renderPlot(results));
+  const md = renderMarkdown(results, svgName);
+  writeFileSync(join(opts.out, 'latest.md'), md);
+  say('');
+  say(md);
+  say(`wrote ${relative(process.cwd(), jsonPath)}, ${relative(process.cwd(), join(opts.out, 'latest.md'))} and ${relative(process.cwd(), join(opts.out, svgName))} in ${results.durationS.toFixed(0)} s`);
+
+  const all = [...results.macro, ...(results.equalLoad?.runs ?? []), ...results.sustainable.flatMap((x) => (x.at === null ? [] : [x.at]))];
+  const broken = all.filter((r) => r.lost !== 0 || r.duplicates !== 0);
+  if (broken.length > 0) {
+    say(`FAILED: ${broken.map((r) => `${ROW_LABELS[r.row]} at ${fmtInt(r.rate)}/s lost ${r.lost}, duplicates ${r.duplicates}`).join('; ')}`);
+    process.exitCode = 1;
+  }
+  if (!existsSync(jsonPath)) process.exitCode = 1;
+}
+
+main().catch((error: unknown) => {
+  cleanup();
+  say(`benchmark failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  process.exitCode = 1;
+});

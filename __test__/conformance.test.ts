@@ -2,6 +2,7 @@
  * The public contract (shared/DESIGN.md sections 3–5, docs/architecture.md), run against
  * both engines with one parametrised suite.
  */
+import { cpus } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
 import type { MoveBatch, MoveView } from '../index';
@@ -1553,7 +1554,9 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
           expectArgError(() => new Dispatcher({ engine, onBatch: f as () => void }), ErrorCode.InvalidOption, 'onBatch');
           expectArgError(() => new Dispatcher({ engine, onError: f as () => void }), ErrorCode.InvalidOption, 'onError');
         }
-        for (const p of ['yes', 1, 0, [-1], [1.5], ['0'], [Number.NaN], [0, -3], {}, null]) {
+        // a core the machine does not have (it would silently stay unpinned)
+        const online = cpus().length;
+        for (const p of ['yes', 1, 0, [-1], [1.5], ['0'], [Number.NaN], [0, -3], [online], [1023], {}, null]) {
           expectArgError(() => new Dispatcher({ engine, pinCores: p as boolean }), ErrorCode.InvalidOption, 'pinCores');
         }
         for (const o of ['x', 5, true]) {

@@ -42,6 +42,9 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
     expect(d.stats({ topRooms: 1 }).rooms).toEqual([{ room: 1, bytes: 3 * 60 + 56 + 4096 }]);
     d._pauseForTesting(false);
     await d.flush();
+    for (const bad of ['yes', 1, null]) {
+      expect(() => d.stats({ reset: bad as never })).toThrow(expect.objectContaining({ code: 'ERR_MOVE_DISPATCHER_INVALID_ARGUMENT', field: 'reset' }));
+    }
     s = d.stats({ reset: true });
     expect(s.shards[0]!.queueDepth).toBe(0);
     expect(s.shards[0]!.arena.used).toBe(0);

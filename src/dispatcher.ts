@@ -308,6 +308,9 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `stats: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    if (options.reset !== undefined && typeof options.reset !== 'boolean') {
+      throw typeError(ErrorCode.InvalidArgument, `stats: reset must be a boolean, got ${describe(options.reset)}`, { field: 'reset' });
+    }
     const top = options.topRooms ?? 10;
     if (!Number.isInteger(top) || top < 0 || top > 1_000_000) {
       throw rangeError(ErrorCode.InvalidArgument, `stats: topRooms must be an integer in 0..=1000000, got ${describe(top)}`, { field: 'topRooms' });

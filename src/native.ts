@@ -289,7 +289,9 @@ class NativeEngine implements Engine {
     return this.#n.promHistograms() ?? null;
   }
   allocator(): AllocatorStats | null {
-    return this.#b.allocatorStats();
+    const a = this.#b.allocatorStats();
+    // napi leaves `None` fields out: the typed contract says `null`.
+    return { jemalloc: a.jemalloc ?? null, hotPathAllocations: a.hotPathAllocations ?? null };
   }
   closeInput(): void {
     this.#n.closeInput();

@@ -2,7 +2,7 @@
  * Option validation and defaults. Every problem throws a `TypeError` or
  * `RangeError` with `code: 'ERR_MOVE_DISPATCHER_INVALID_OPTION'` and `field`.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, cpus } from 'node:os';
 import { FRAME_OVERHEAD, MAX_WIRE_PAYLOAD } from './constants';
 import type { EngineConfig } from './engine';
 import { ErrorCode, rangeError, typeError } from './errors';
@@ -132,9 +132,13 @@ function resolvePinCores(value: unknown, workers: number, n: number): number[] |
       field: 'pinCores',
     });
   }
+  // A core the machine does not have would be silently left unpinned by the OS: refuse it.
+  const online = Math.max(1, cpus().length);
   return value.map((core: unknown) => {
-    if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= 1024) {
-      throw rangeError(ErrorCode.InvalidOption, `options.pinCores entries must be core ids in 0..1024, got ${describe(core)}`, { field: 'pinCores' });
+    if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= online) {
+      throw rangeError(ErrorCode.InvalidOption, `options.pinCores entries must be core ids in 0..${online - 1} (this machine has ${online} CPUs), got ${describe(core)}`, {
+        field: 'pinCores',
+      });
     }
     return core;
   });

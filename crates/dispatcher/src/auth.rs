@@ -4,6 +4,8 @@
 //! `HMAC-SHA256(player_key, frame[0 .. 24 + len])`. Tags are compared with
 //! [`ct_eq`], whose running time does not depend on where the tags differ.
 
+use std::mem::ManuallyDrop;
+
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -18,10 +20,12 @@ pub const MAX_KEY_BYTES: usize = 64;
 
 /// A player's HMAC key, with the keyed state precomputed so each frame costs one clone.
 ///
-/// `Debug` never prints key material.
-#[derive(Clone)]
+/// `Debug` never prints key material. Not `Clone`: the one copy of the key and of its keyed
+/// state (equivalent to the key) is zeroised when it is dropped (`leave`, a key rotation,
+/// `closeRoom`, `close`).
 pub struct PlayerKey {
-    keyed: HmacSha256,
+    /// Never dropped as such: [`PlayerKey`]'s `Drop` zeroises it in place.
+    keyed: ManuallyDrop<HmacSha256>,
     raw: [u8; MAX_KEY_BYTES],
     len: usize,
 }
@@ -53,7 +57,7 @@ impl PlayerKey {
         let mut raw = [0; MAX_KEY_BYTES];
         raw[..key.len()].copy_from_slice(key);
         Ok(Self {
-            keyed,
+            keyed: ManuallyDrop::new(keyed),
             raw,
             len: key.len(),
         })
@@ -61,7 +65,7 @@ impl PlayerKey {
 
     /// HMAC-SHA256 of `data` under this key.
     pub fn mac(&self, data: &[u8]) -> [u8; TAG_BYTES] {
-        let mut m = self.keyed.clone();
+        let mut m = HmacSha256::clone(&self.keyed);
         m.update(data);
         m.finalize().into_bytes().into()
     }
@@ -69,12 +73,30 @@ impl PlayerKey {
 
 impl Drop for PlayerKey {
     fn drop(&mut self) {
-        // Zeroise our copy of the key. Volatile writes keep the compiler from eliding
-        // stores to memory that is about to be freed. (The keyed HMAC state is derived
-        // from the key; it is dropped with this value.)
+        self.wipe();
+    }
+}
+
+impl PlayerKey {
+    /// Overwrites the key and its keyed state with zeros (only ever called by `drop`, and
+    /// by a test that checks every byte).
+    fn wipe(&mut self) {
+        // Zeroise our copy of the key and the keyed HMAC state (the inner and outer pads
+        // hashed: whoever has them can sign as the player). Volatile writes keep the
+        // compiler from eliding stores to memory that is about to be freed.
         for b in &mut self.raw {
             // SAFETY: `b` is a valid, aligned, exclusive reference to a byte we own.
             unsafe { std::ptr::write_volatile(b, 0) };
+        }
+        let state: *mut HmacSha256 = &raw mut *self.keyed;
+        let bytes = state.cast::<u8>();
+        for i in 0..std::mem::size_of::<HmacSha256>() {
+            // SAFETY: `state` points to the live `HmacSha256` this value owns exclusively
+            // (we are in its drop); every byte offset below its size is in bounds. The
+            // state is never read or dropped afterwards (`ManuallyDrop`), so the zeroed
+            // bytes need not form a valid value; it owns no heap memory (fixed-size arrays
+            // and counters), so skipping its destructor frees nothing and leaks nothing.
+            unsafe { std::ptr::write_volatile(bytes.add(i), 0) };
         }
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     }
@@ -188,5 +210,21 @@ mod tests {
             b[i] ^= 0x80;
             assert!(!ct_eq(&a, &b));
         }
+    }
+
+    #[test]
+    fn dropping_a_key_zeroises_the_key_and_its_keyed_state() {
+        let mut k = PlayerKey::new(&[0xA5; 48]).unwrap();
+        assert_eq!(k.mac(b"x"), PlayerKey::new(&[0xA5; 48]).unwrap().mac(b"x"));
+        k.wipe();
+        assert!(k.raw.iter().all(|&b| b == 0));
+        let state: *const HmacSha256 = &raw const *k.keyed;
+        // SAFETY: `wipe` wrote every byte of the state (padding included), so reading them
+        // as bytes reads initialised memory within the value's size.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(state.cast::<u8>(), std::mem::size_of::<HmacSha256>())
+        };
+        assert!(bytes.iter().all(|&b| b == 0), "keyed state not zeroised");
+        assert!(format!("{k:?}").contains("len: 48"));
     }
 }

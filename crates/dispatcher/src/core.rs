@@ -497,19 +497,9 @@ impl Core {
         if self.closed {
             return Verdict::Closed;
         }
-        // One read of the header: JavaScript may share the frame's memory with another
-        // thread (a `SharedArrayBuffer` view). Every decision below, and the header the
-        // worker validates, come from this copy; torn payload or tag bytes fail the tag check
-        // (a rejection, accounted), never the accounting.
-        let mut head = [0_u8; frame::HEADER_BYTES];
-        let Some(src) = bytes.get(..frame::HEADER_BYTES) else {
-            return Verdict::Malformed;
-        };
-        head.copy_from_slice(src);
-        let h = match frame::check_header(&head, bytes.len(), self.cfg.max_payload) {
-            Ok(h) => h,
-            Err(FrameError::Oversize { .. }) => return Verdict::Oversize,
-            Err(_) => return Verdict::Malformed,
+        let (head, h) = match snapshot_header(bytes, self.cfg.max_payload) {
+            Ok(x) => x,
+            Err(v) => return v,
         };
         let rest = bytes.get(frame::HEADER_BYTES..).unwrap_or_default();
         let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
@@ -1120,6 +1110,25 @@ impl Drop for Core {
     fn drop(&mut self) {
         self.closed = true;
         self.stopper.stop(true);
+    }
+}
+
+/// One read of the frame's header, checked. JavaScript may share the frame's memory with
+/// another thread (a `SharedArrayBuffer` view): every decision of `dispatch`, and the header
+/// the worker validates, come from this copy; torn payload or tag bytes fail the tag check
+/// (a rejection, accounted), never the accounting.
+#[inline]
+fn snapshot_header(
+    bytes: &[u8],
+    max_payload: usize,
+) -> Result<([u8; frame::HEADER_BYTES], frame::Header), Verdict> {
+    let mut head = [0_u8; frame::HEADER_BYTES];
+    let src = bytes.get(..frame::HEADER_BYTES).ok_or(Verdict::Malformed)?;
+    head.copy_from_slice(src);
+    match frame::check_header(&head, bytes.len(), max_payload) {
+        Ok(h) => Ok((head, h)),
+        Err(FrameError::Oversize { .. }) => Err(Verdict::Oversize),
+        Err(_) => Err(Verdict::Malformed),
     }
 }
 

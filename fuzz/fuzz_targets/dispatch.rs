@@ -1,0 +1,1269 @@
+//! The whole dispatch path (`core::Core` with its shard worker, arena, inboxes, outbox),
+//! driven by random operation sequences and checked step by step against a reference
+//! model written from `docs/architecture.md`.
+//!
+//! Determinism: the worker is paused (`Core::pause`, the documented test hook) except
+//! inside a flush, so every synchronous verdict — including `Backpressure` from the queue,
+//! the arena and the room budget, and `RateLimited` (buckets with `per_second: 0`) — and
+//! every drain is predicted exactly. Inside a flush the worker runs freely; push-batch
+//! boundaries then depend on timing, so the model checks that each push batch is the next
+//! contiguous run of the room's validated moves and rejections, in order.
+//!
+//! Operations: openRoom (SHA-256 / HMAC, pull / push, rate limit), closeRoom, join (good,
+//! missing and bad-length keys), leave, dispatch of frames (valid, corrupted, forged with
+//! another key, wrong tag kind, replayed, old, seq 0, oversize, truncated, padded, bad
+//! magic or version, spoofed sender), dispatchStream of several frames with a partial or
+//! malformed tail, drain, flush (optionally holding the last push batch of a room),
+//! release, poll, closing input.
+//!
+//! Properties checked after every operation: each verdict and status; `Core::counters`
+//! equal to the model's (per verdict, per backpressure cause, per reason, delivered,
+//! batches); `has_room`, `room_stats` (undelivered bytes per room) and `shard_stats`
+//! (queue depth, arena bytes, wraps). At each delivery: frames and rejections exactly the
+//! model's, in order, in the right half of the room memory; a pull batch's memory still
+//! intact until the next drain. At the end (flush, drain everything): accepted =
+//! delivered + rejected, nothing reserved, every room forgotten that should be, overload
+//! events alternating raise/recover per subject and all recovered.
+#![no_main]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use move_dispatcher::arena::record_size;
+use move_dispatcher::auth::{self, PlayerKey};
+use move_dispatcher::core::{Config, Core, RateLimit, StreamOutcome};
+use move_dispatcher::frame::{self, FrameError, Header};
+use move_dispatcher::inbox::{Inbox, Rejection};
+use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
+use move_dispatcher::verdict::{Reason, Status, Verdict};
+use move_dispatcher_fuzz::{ref_check, ref_header, Input, WindowModel};
+
+const ROOM_IDS: [u32; 5] = [0, 1, 2, 3, u32::MAX];
+const UNKNOWN_ROOM: u32 = 99;
+const PLAYER_IDS: [u32; 4] = [1, 2, 3, u32::MAX];
+const KEYS: [&[u8]; 4] = [
+    &[0x11; 16],
+    &[0x22; 32],
+    &[0x33; 64],
+    b"twenty-byte-key-0123",
+];
+const PAYLOADS: [usize; 6] = [0, 8, 64, 200, 1024, 4000];
+
+// ---------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    Sha,
+    Hmac(usize),
+    /// Signed, then a payload or tag byte changed.
+    Broken,
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Frame(Vec<u8>),
+    Rej(Rejection, usize),
+}
+
+#[derive(Debug)]
+struct MInbox {
+    push: bool,
+    reserved: usize,
+    held: bool,
+    /// Half that receives the next validated moves (0 or 1).
+    fill: usize,
+    /// Validated, not yet delivered, in order.
+    events: VecDeque<Ev>,
+    /// The inbox itself, once seen (for memory checks).
+    arc: Option<Arc<Inbox>>,
+    /// The last pull batch: offset and bytes, valid until the next drain.
+    last_pull: Option<(usize, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+struct MRoom {
+    open: bool,
+    hmac: bool,
+    push: bool,
+    rate: Option<f64>,
+    /// Core-side members with their token count.
+    members: BTreeMap<u32, f64>,
+    inbox: usize,
+}
+
+#[derive(Debug)]
+enum WOp {
+    Move(Vec<u8>, Signer),
+    Open {
+        room: u32,
+        inbox: usize,
+        hmac: bool,
+    },
+    Join {
+        room: u32,
+        player: u32,
+        key: Option<usize>,
+    },
+    Leave {
+        room: u32,
+        player: u32,
+    },
+    Close {
+        room: u32,
+    },
+}
+
+struct WPlayer {
+    key: Option<usize>,
+    window: WindowModel,
+}
+
+struct WRoom {
+    inbox: usize,
+    hmac: bool,
+    players: BTreeMap<u32, WPlayer>,
+}
+
+#[derive(Default)]
+struct MShard {
+    queue: Vec<WOp>,
+    inflight: u64,
+    head: usize,
+    tail: usize,
+    wraps: u64,
+    rooms: HashMap<u32, WRoom>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct MCounters {
+    dispatched: u64,
+    accepted: u64,
+    verdicts: [u64; Verdict::COUNT],
+    reasons: [u64; Reason::COUNT],
+    delivered: u64,
+    batches: u64,
+    backpressure: [u64; 3],
+}
+
+struct Model {
+    cfg: Config,
+    cap: usize,
+    closed: bool,
+    rooms: HashMap<u32, MRoom>,
+    inboxes: Vec<MInbox>,
+    shards: Vec<MShard>,
+    k: MCounters,
+}
+
+impl Model {
+    /// A model of `core` as it stands: no rooms, nothing queued, counters as they are, each
+    /// shard's arena write position at `offsets` (tracked across inputs by the pool).
+    fn new(cfg: &Config, core: &Core, offsets: &[usize]) -> Self {
+        let c = core.counters();
+        let stats = core.shard_stats();
+        Self {
+            cap: (cfg.arena_bytes & !7).max(64),
+            cfg: cfg.clone(),
+            closed: false,
+            rooms: HashMap::new(),
+            inboxes: Vec::new(),
+            shards: offsets
+                .iter()
+                .zip(&stats)
+                .map(|(&o, st)| MShard {
+                    head: o,
+                    tail: o,
+                    wraps: st.arena_wraps,
+                    ..MShard::default()
+                })
+                .collect(),
+            k: MCounters {
+                dispatched: c.dispatched,
+                accepted: c.accepted,
+                verdicts: c.verdicts,
+                reasons: c.reasons,
+                delivered: c.delivered,
+                batches: c.batches,
+                backpressure: c.backpressure,
+            },
+        }
+    }
+
+    fn shard(&self, room: u32) -> usize {
+        room as usize % self.cfg.shards
+    }
+
+    fn verdict(&mut self, v: Verdict) -> Verdict {
+        self.k.dispatched += 1;
+        self.k.verdicts[v as usize] += 1;
+        if v == Verdict::Accepted {
+            self.k.accepted += 1;
+        }
+        v
+    }
+
+    fn dispatch(&mut self, bytes: &[u8], signer: Signer, sender: Option<u32>) -> Verdict {
+        if self.closed {
+            return self.verdict(Verdict::Closed);
+        }
+        let h = match ref_check(bytes, self.cfg.max_payload) {
+            Ok(h) => h,
+            Err(FrameError::Oversize { .. }) => return self.verdict(Verdict::Oversize),
+            Err(_) => return self.verdict(Verdict::Malformed),
+        };
+        let shard = self.shard(h.room);
+        let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
+            return self.verdict(Verdict::UnknownRoom);
+        };
+        if (h.flags & 1 == 1) != room.hmac {
+            return self.verdict(Verdict::AuthMismatch);
+        }
+        if sender.is_some_and(|s| s != h.player) {
+            return self.verdict(Verdict::WrongSender);
+        }
+        let key = sender.unwrap_or(h.player);
+        if room.rate.is_some() {
+            if let Some(&tokens) = room.members.get(&key) {
+                if tokens < 1.0 {
+                    return self.verdict(Verdict::RateLimited);
+                }
+            }
+        }
+        let len = bytes.len();
+        let s = &mut self.shards[shard];
+        let need = record_size(len);
+        let off = s.head % self.cap;
+        let skip = if off + need > self.cap {
+            self.cap - off
+        } else {
+            0
+        };
+        let total = need + skip;
+        let inbox = &mut self.inboxes[room.inbox];
+        let cause = if s.inflight >= self.cfg.channel_capacity as u64 {
+            Some(0)
+        } else if total > self.cap || s.head + total - s.tail > self.cap {
+            Some(1)
+        } else if inbox.reserved + len > self.cfg.room_bytes {
+            Some(2)
+        } else {
+            None
+        };
+        if let Some(c) = cause {
+            self.k.backpressure[c] += 1;
+            return self.verdict(Verdict::Backpressure);
+        }
+        inbox.reserved += len;
+        if off + total >= self.cap {
+            s.wraps += 1;
+        }
+        s.head += total;
+        s.inflight += 1;
+        s.queue.push(WOp::Move(bytes.to_vec(), signer));
+        if room.rate.is_some() {
+            if let Some(t) = room.members.get_mut(&key) {
+                *t -= 1.0;
+            }
+        }
+        self.verdict(Verdict::Accepted)
+    }
+
+    fn open_room(&mut self, room: u32, hmac: bool, push: bool, rate: Option<f64>) -> Status {
+        if self.closed {
+            return Status::Closed;
+        }
+        let inbox = match self.rooms.get_mut(&room) {
+            Some(r) if r.open => return Status::RoomExists,
+            Some(r) if r.push != push => return Status::WrongDelivery,
+            Some(r) => {
+                r.open = true;
+                r.hmac = hmac;
+                r.rate = rate;
+                r.inbox
+            }
+            None => {
+                self.inboxes.push(MInbox {
+                    push,
+                    reserved: 0,
+                    held: false,
+                    fill: 0,
+                    events: VecDeque::new(),
+                    arc: None,
+                    last_pull: None,
+                });
+                let inbox = self.inboxes.len() - 1;
+                self.rooms.insert(
+                    room,
+                    MRoom {
+                        open: true,
+                        hmac,
+                        push,
+                        rate,
+                        members: BTreeMap::new(),
+                        inbox,
+                    },
+                );
+                inbox
+            }
+        };
+        let s = self.shard(room);
+        self.shards[s].queue.push(WOp::Open { room, inbox, hmac });
+        Status::Ok
+    }
+
+    fn open_mut(&mut self, room: u32) -> Result<&mut MRoom, Status> {
+        if self.closed {
+            return Err(Status::Closed);
+        }
+        self.rooms
+            .get_mut(&room)
+            .filter(|r| r.open)
+            .ok_or(Status::UnknownRoom)
+    }
+
+    fn join(
+        &mut self,
+        room: u32,
+        player: u32,
+        key: Option<&[u8]>,
+        key_idx: Option<usize>,
+    ) -> Status {
+        let r = match self.open_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        if key.is_some() != r.hmac {
+            return Status::WrongDelivery;
+        }
+        if key.is_some_and(|k| !(16..=64).contains(&k.len())) {
+            return Status::WrongDelivery;
+        }
+        let burst = r.rate.unwrap_or(0.0);
+        r.members.entry(player).or_insert(burst);
+        let s = self.shard(room);
+        self.shards[s].queue.push(WOp::Join {
+            room,
+            player,
+            key: key_idx,
+        });
+        Status::Ok
+    }
+
+    fn leave(&mut self, room: u32, player: u32) -> Status {
+        let r = match self.open_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        if r.members.remove(&player).is_none() {
+            return Status::UnknownPlayer;
+        }
+        let s = self.shard(room);
+        self.shards[s].queue.push(WOp::Leave { room, player });
+        Status::Ok
+    }
+
+    fn forgettable(&self, room: u32) -> bool {
+        self.rooms.get(&room).is_some_and(|r| {
+            let i = &self.inboxes[r.inbox];
+            !r.open && i.reserved == 0 && !i.held
+        })
+    }
+
+    fn forget_if_done(&mut self, room: u32) {
+        if self.forgettable(room) {
+            self.rooms.remove(&room);
+        }
+    }
+
+    fn close_room(&mut self, room: u32) -> Status {
+        let r = match self.open_mut(room) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        r.open = false;
+        r.members.clear();
+        self.forget_if_done(room);
+        let s = self.shard(room);
+        self.shards[s].queue.push(WOp::Close { room });
+        Status::Ok
+    }
+
+    /// `Core::release`: the push batch is released; a closed room with nothing left goes.
+    fn release(&mut self, room: u32) {
+        if let Some(r) = self.rooms.get(&room) {
+            self.inboxes[r.inbox].held = false;
+            self.forget_if_done(room);
+        }
+    }
+
+    /// The worker takes every queued operation, in order (what a flush lets it do).
+    fn run_workers(&mut self) {
+        for s in &mut self.shards {
+            for op in s.queue.drain(..) {
+                match op {
+                    WOp::Move(bytes, signer) => {
+                        let h = ref_header(&bytes).expect("queued frames have headers");
+                        let r = s
+                            .rooms
+                            .get_mut(&h.room)
+                            .expect("a move for a room its worker does not know");
+                        let outcome = match r.players.get_mut(&h.player) {
+                            None => Err(Reason::UnknownPlayer),
+                            Some(p) => {
+                                let tag_ok = match (r.hmac, signer) {
+                                    (false, Signer::Sha) => true,
+                                    (true, Signer::Hmac(k)) => p.key == Some(k),
+                                    _ => false,
+                                };
+                                if !tag_ok {
+                                    Err(Reason::BadTag)
+                                } else if p.window.accept(h.seq).is_err() {
+                                    Err(Reason::Replay)
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                        };
+                        let inbox = &mut self.inboxes[r.inbox];
+                        match outcome {
+                            Ok(()) => inbox.events.push_back(Ev::Frame(bytes)),
+                            Err(reason) => {
+                                self.k.reasons[reason as usize] += 1;
+                                inbox.events.push_back(Ev::Rej(
+                                    Rejection {
+                                        room: h.room,
+                                        player: h.player,
+                                        seq: h.seq,
+                                        reason,
+                                    },
+                                    bytes.len(),
+                                ));
+                            }
+                        }
+                    }
+                    WOp::Open { room, inbox, hmac } => {
+                        s.rooms.insert(
+                            room,
+                            WRoom {
+                                inbox,
+                                hmac,
+                                players: BTreeMap::new(),
+                            },
+                        );
+                    }
+                    WOp::Join { room, player, key } => {
+                        if let Some(r) = s.rooms.get_mut(&room) {
+                            r.players
+                                .entry(player)
+                                .and_modify(|p| p.key = key)
+                                .or_insert(WPlayer {
+                                    key,
+                                    window: WindowModel::default(),
+                                });
+                        }
+                    }
+                    WOp::Leave { room, player } => {
+                        if let Some(r) = s.rooms.get_mut(&room) {
+                            r.players.remove(&player);
+                        }
+                    }
+                    WOp::Close { room } => {
+                        s.rooms.remove(&room);
+                    }
+                }
+            }
+            s.inflight = 0;
+            s.tail = s.head;
+        }
+    }
+
+    fn rejected(&self) -> u64 {
+        self.k.reasons.iter().sum()
+    }
+}
+
+/// Takes the next `count` frames and `rejections` of `events`, which must be exactly its
+/// first `count + rejections` entries. Returns the frames' bytes and the cost.
+fn take_segment(
+    events: &mut VecDeque<Ev>,
+    count: usize,
+    rejections: &[Rejection],
+) -> (Vec<u8>, usize) {
+    let n = count + rejections.len();
+    assert!(
+        events.len() >= n,
+        "batch of {count} moves and {} rejections, model has {} events",
+        rejections.len(),
+        events.len()
+    );
+    let mut bytes = Vec::new();
+    let mut cost = 0;
+    let mut rej = rejections.iter();
+    let mut frames = 0;
+    for ev in events.drain(..n) {
+        match ev {
+            Ev::Frame(f) => {
+                frames += 1;
+                cost += f.len();
+                bytes.extend_from_slice(&f);
+            }
+            Ev::Rej(r, len) => {
+                cost += len;
+                assert_eq!(Some(&r), rej.next(), "rejections differ from the model's");
+            }
+        }
+    }
+    assert_eq!(
+        frames, count,
+        "batch is not the next run of the room's events"
+    );
+    assert!(rej.next().is_none());
+    (bytes, cost)
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver
+// ---------------------------------------------------------------------------------------
+
+struct Driver<'a> {
+    input: Input<'a>,
+    core: Core,
+    m: Model,
+    /// Generator state: last seq per (room, player), key last joined per (room, player).
+    last_seq: HashMap<(u32, u32), u32>,
+    joined_key: HashMap<(u32, u32), usize>,
+    events: Vec<OverloadEvent>,
+    hmac_keys: Vec<PlayerKey>,
+}
+
+impl Driver<'_> {
+    fn room_id(&mut self) -> u32 {
+        let i = self.input.below(ROOM_IDS.len() + 1);
+        ROOM_IDS.get(i).copied().unwrap_or(UNKNOWN_ROOM)
+    }
+
+    fn player_id(&mut self) -> u32 {
+        PLAYER_IDS[self.input.below(PLAYER_IDS.len())]
+    }
+
+    fn make_frame(&mut self, structural: bool) -> (Vec<u8>, Signer) {
+        let room = self.room_id();
+        let player = self.player_id();
+        let sel = self.input.u8();
+        let last = self.last_seq.get(&(room, player)).copied().unwrap_or(0);
+        let seq = match sel & 7 {
+            0..=2 => last.wrapping_add(1),
+            3 => last,
+            // Around the replay window's edges (top - 127 is the oldest still inside).
+            4 => last.wrapping_sub(match sel >> 3 {
+                0 => 127,
+                1 => 128,
+                2 => 126,
+                k => u32::from(k) * 5,
+            }),
+            5 => last.wrapping_add(u32::from(self.input.u16())),
+            6 => 0,
+            _ => self.input.u32(),
+        };
+        if seq > last || sel & 7 <= 2 {
+            self.last_seq.insert((room, player), seq);
+        }
+        let room_hmac = self.m.rooms.get(&room).is_some_and(|r| r.hmac);
+        let mode = self.input.u8();
+        // Tag kind: mostly the room's; sometimes the other one (flag and tag agree), or a
+        // flag that disagrees with the tag.
+        let (hmac_flag, signer) = {
+            let hmac = match mode & 3 {
+                0..=1 => room_hmac,
+                _ => !room_hmac,
+            };
+            let key = match (mode >> 2) & 3 {
+                0..=2 => self.joined_key.get(&(room, player)).copied().unwrap_or(0),
+                _ => usize::from(mode >> 4) % KEYS.len(),
+            };
+            let signer = if hmac { Signer::Hmac(key) } else { Signer::Sha };
+            if mode & 3 == 3 {
+                (!hmac, signer)
+            } else {
+                (hmac, signer)
+            }
+        };
+        let max = self.m.cfg.max_payload;
+        let lsel = self.input.u8();
+        // Exact fits: what is left of the room budget, or of the arena before its end.
+        let budget_left = self.m.rooms.get(&room).map_or(0, |r| {
+            (self.m.cfg.room_bytes - self.m.inboxes[r.inbox].reserved)
+                .saturating_sub(frame::FRAME_OVERHEAD)
+        });
+        let ring_left = {
+            let s = &self.m.shards[self.m.shard(room)];
+            (self.m.cap - s.head % self.m.cap).saturating_sub(24 + frame::FRAME_OVERHEAD)
+        };
+        let len = match lsel {
+            0..=199 => usize::from(lsel) % (max.min(255) + 1),
+            200..=239 => max.saturating_sub(usize::from(lsel - 200) % 4),
+            240..=243 => (max + 1 + usize::from(lsel % 3)).min(65535),
+            244..=246 => budget_left.min(max) - usize::from(lsel - 244).min(budget_left.min(max)),
+            247..=249 => (budget_left + 1 + usize::from(lsel - 247) * 7).min(max),
+            250..=252 => ring_left.min(max) - usize::from(lsel - 250).min(ring_left.min(max)),
+            253 | 254 => (ring_left + 1 + usize::from(lsel - 253) * 8).min(max),
+            255 => usize::from(self.input.u16()),
+        };
+        let h = Header {
+            flags: u8::from(hmac_flag),
+            room,
+            player,
+            seq,
+            tick: u32::from(lsel),
+            kind: u16::from(mode),
+            len: len as u16,
+        };
+        let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ sel).collect();
+        let mut f = frame::encode_unsigned(&h, &payload).expect("len < 65536");
+        let key = match signer {
+            Signer::Hmac(k) => Some(&self.hmac_keys[k]),
+            _ => None,
+        };
+        auth::sign(&mut f, key);
+        let mut signer = signer;
+        let damage = self.input.u8();
+        match damage % 16 {
+            // Corrupt a payload or tag byte: never verifies.
+            0 | 1 => {
+                let at = 24 + usize::from(damage) % (len + 32);
+                f[at] ^= 1 | (damage >> 4);
+                signer = Signer::Broken;
+            }
+            // Structural damage (length-changing only outside streams).
+            2 if structural => {
+                let cut = usize::from(damage >> 4) + 1;
+                f.truncate(f.len().saturating_sub(cut));
+            }
+            3 if structural => f.extend_from_slice(&[0; 3][..usize::from(damage >> 6) % 3 + 1]),
+            4 => f[0] = b'X',
+            5 => f[2] = 2,
+            6 => f[3] |= 0x80,
+            _ => {}
+        }
+        (f, signer)
+    }
+
+    fn sender(&mut self, player: Option<u32>) -> Option<u32> {
+        match self.input.u8() % 8 {
+            0..=3 => None,
+            4..=6 => player,
+            _ => Some(self.player_id()),
+        }
+    }
+
+    fn op_move(&mut self) {
+        let (f, signer) = self.make_frame(true);
+        let player = f
+            .get(8..12)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+        let sender = self.sender(player);
+        let want = self.m.dispatch(&f, signer, sender);
+        let got = self.core.dispatch(&f, sender);
+        assert_eq!(got, want, "dispatch verdict");
+    }
+
+    fn op_stream(&mut self) {
+        let n = 1 + self.input.below(16);
+        let mut bytes = Vec::new();
+        let mut signers = HashMap::new();
+        for _ in 0..n {
+            let (f, s) = self.make_frame(false);
+            signers.insert(bytes.len(), s);
+            bytes.extend_from_slice(&f);
+        }
+        match self.input.u8() % 4 {
+            1 => {
+                let (f, _) = self.make_frame(false);
+                let cut = self.input.below(f.len());
+                bytes.extend_from_slice(&f[..cut]);
+            }
+            2 => bytes.extend_from_slice(&[0x4d; 23][..self.input.below(24)]),
+            3 => bytes.extend_from_slice(b"MV\x02\x00 a header that is not v1"),
+            _ => {}
+        }
+        let sender = match self.input.u8() % 3 {
+            0 => None,
+            _ => Some(self.player_id()),
+        };
+        // The model, by the documented rules.
+        let mut want = StreamOutcome::default();
+        loop {
+            let rest = &bytes[want.consumed..];
+            if rest.len() < 24 {
+                break;
+            }
+            let Ok(h) = ref_header(rest) else {
+                want.malformed = true;
+                self.m.verdict(Verdict::Malformed);
+                break;
+            };
+            if rest.len() < h.frame_len() {
+                break;
+            }
+            let signer = *signers
+                .get(&want.consumed)
+                .expect("stream frames are length-consistent");
+            match self.m.dispatch(&rest[..h.frame_len()], signer, sender) {
+                Verdict::Accepted => want.accepted += 1,
+                Verdict::Backpressure => {
+                    want.backpressure = true;
+                    break;
+                }
+                _ => want.rejected += 1,
+            }
+            want.consumed += h.frame_len();
+        }
+        let got = self.core.dispatch_stream(&bytes, sender);
+        assert_eq!(got, want, "dispatch_stream outcome");
+    }
+
+    fn op_open(&mut self) {
+        let room = self.room_id();
+        let b = self.input.u8();
+        let hmac = b & 1 == 1;
+        let push = b & 2 == 2;
+        let rate = (b & 4 == 4).then(|| f64::from((b >> 3) % 6));
+        let want = self.m.open_room(room, hmac, push, rate);
+        let got = self.core.open_room(
+            room,
+            hmac,
+            push,
+            rate.map(|burst| RateLimit {
+                per_second: 0.0,
+                burst,
+            }),
+        );
+        assert_eq!(got, want, "open_room({room}, hmac {hmac}, push {push})");
+    }
+
+    fn op_join(&mut self) {
+        let room = self.room_id();
+        let player = self.player_id();
+        let k = self.input.u8() % 8;
+        let (key, idx): (Option<Vec<u8>>, Option<usize>) = match k {
+            0..=3 => (Some(KEYS[usize::from(k)].to_vec()), Some(usize::from(k))),
+            4 | 5 => (None, None),
+            6 => (Some(vec![7; 15]), None),
+            _ => (Some(vec![7; 65]), None),
+        };
+        let want = self.m.join(room, player, key.as_deref(), idx);
+        let got = self.core.join(room, player, key.as_deref());
+        assert_eq!(got, want, "join({room}, {player}, key {k})");
+        if got == Status::Ok {
+            if let Some(i) = idx {
+                self.joined_key.insert((room, player), i);
+            }
+        }
+    }
+
+    fn op_drain(&mut self, room: u32) {
+        let got = self.core.drain(room);
+        let Some(r) = self.m.rooms.get(&room) else {
+            assert_eq!(got.err(), Some(Status::UnknownRoom), "drain({room})");
+            return;
+        };
+        if r.push {
+            assert_eq!(got.err(), Some(Status::WrongDelivery), "drain({room})");
+            return;
+        }
+        let (b, arc) = got.expect("drain of a pull room");
+        let half = self.m.cfg.room_bytes;
+        let inbox = &mut self.m.inboxes[r.inbox];
+        assert_eq!(b.room, room);
+        assert_eq!(b.mem_id, arc.memory().id());
+        if let Some(a) = &inbox.arc {
+            assert!(Arc::ptr_eq(a, &arc), "drain returned another room's inbox");
+        }
+        inbox.arc = Some(Arc::clone(&arc));
+        assert_eq!(b.offset, inbox.fill * half, "batch in the wrong half");
+        let n = inbox.events.len();
+        let (bytes, cost) = take_segment(&mut inbox.events, b.count as usize, &b.rejections);
+        assert_eq!(
+            b.count as usize + b.rejections.len(),
+            n,
+            "drain left moves behind"
+        );
+        assert_eq!(b.length, bytes.len());
+        assert_eq!(
+            arc.memory().to_vec(b.offset, b.length),
+            bytes,
+            "batch bytes"
+        );
+        if n > 0 {
+            inbox.fill ^= 1;
+            inbox.reserved -= cost;
+            inbox.last_pull = Some((b.offset, bytes));
+            self.m.k.delivered += u64::from(b.count);
+            self.m.k.batches += 1;
+        }
+        self.core.recycle_rejections(room, b.rejections);
+        self.m.forget_if_done(room);
+    }
+
+    fn op_release(&mut self, room: u32) {
+        self.m.release(room);
+        self.core.release(room);
+    }
+
+    /// Releases held batches, lets the workers run until the flush is answered (releasing
+    /// push batches as `Dispatcher` does, except the last one of rooms in `hold`), pauses.
+    fn flush(&mut self, hold: u8) {
+        let held: Vec<u32> = self
+            .m
+            .rooms
+            .iter()
+            .filter(|(_, r)| self.m.inboxes[r.inbox].held)
+            .map(|(&id, _)| id)
+            .collect();
+        for room in held {
+            self.op_release(room);
+        }
+        self.m.run_workers();
+        let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.core.pause(false);
+        self.core.request_flush(token);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut done = false;
+        while !done {
+            for d in self.core.poll() {
+                match d {
+                    Delivery::Batch(b) => self.push_batch(b, hold),
+                    Delivery::Flushed { token: t } => {
+                        assert_eq!(t, token, "unexpected flush token");
+                        done = true;
+                    }
+                    Delivery::Overload(e) => self.events.push(e),
+                }
+            }
+            assert!(Instant::now() < deadline, "flush {token} never answered");
+            if !done {
+                std::thread::yield_now();
+            }
+        }
+        self.core.pause(true);
+        for d in self.core.poll() {
+            match d {
+                Delivery::Overload(e) => self.events.push(e),
+                d => panic!("delivery after the flush answer: {d:?}"),
+            }
+        }
+        for i in &self.m.inboxes {
+            if i.push {
+                assert!(i.events.is_empty(), "push moves not delivered by the flush");
+            }
+            if let (Some(a), Some((off, bytes))) = (&i.arc, &i.last_pull) {
+                assert_eq!(
+                    &a.memory().to_vec(*off, bytes.len()),
+                    bytes,
+                    "a pull batch changed before the next drain"
+                );
+            }
+        }
+    }
+
+    fn push_batch(&mut self, b: move_dispatcher::inbox::Batch, hold: u8) {
+        let r = self
+            .m
+            .rooms
+            .get(&b.room)
+            .expect("a push batch for a room the model does not know");
+        assert!(r.push, "a batch delivered for a pull room");
+        let arc = Arc::clone(self.core.inbox(b.room).expect("inbox of a delivered room"));
+        assert_eq!(b.mem_id, arc.memory().id());
+        let half = self.m.cfg.room_bytes;
+        let inbox = &mut self.m.inboxes[r.inbox];
+        assert!(
+            !inbox.held,
+            "a batch delivered while the previous one is held"
+        );
+        inbox.arc = Some(Arc::clone(&arc));
+        assert!(b.count > 0 || !b.rejections.is_empty(), "empty push batch");
+        assert_eq!(b.offset, inbox.fill * half, "push batch in the wrong half");
+        let (bytes, cost) = take_segment(&mut inbox.events, b.count as usize, &b.rejections);
+        assert_eq!(b.length, bytes.len());
+        assert_eq!(
+            arc.memory().to_vec(b.offset, b.length),
+            bytes,
+            "push batch bytes"
+        );
+        inbox.fill ^= 1;
+        inbox.reserved -= cost;
+        self.m.k.delivered += u64::from(b.count);
+        self.m.k.batches += 1;
+        let idx = ROOM_IDS.iter().position(|&x| x == b.room).unwrap_or(7);
+        if inbox.events.is_empty() && hold & (1 << idx) != 0 {
+            inbox.held = true;
+        } else {
+            self.op_release(b.room);
+        }
+        self.core.recycle_rejections(b.room, b.rejections);
+    }
+
+    /// Everything observable agrees with the model.
+    fn check(&mut self) {
+        let c = self.core.counters();
+        let k = &self.m.k;
+        assert_eq!(c.dispatched, k.dispatched, "dispatched");
+        assert_eq!(c.accepted, k.accepted, "accepted");
+        assert_eq!(c.verdicts, k.verdicts, "verdicts");
+        assert_eq!(c.backpressure, k.backpressure, "backpressure causes");
+        assert_eq!(c.reasons, k.reasons, "reasons");
+        assert_eq!(c.rejected, self.m.rejected(), "rejected");
+        assert_eq!(c.delivered, k.delivered, "delivered");
+        assert_eq!(c.batches, k.batches, "batches");
+        for id in ROOM_IDS.iter().chain(&[UNKNOWN_ROOM]) {
+            assert_eq!(
+                self.core.has_room(*id),
+                self.m.rooms.contains_key(id),
+                "has_room({id})"
+            );
+        }
+        let mut want: Vec<(u32, usize)> = self
+            .m
+            .rooms
+            .iter()
+            .map(|(&id, r)| (id, self.m.inboxes[r.inbox].reserved))
+            .filter(|&(_, b)| b > 0)
+            .collect();
+        want.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        assert_eq!(self.core.room_stats(usize::MAX), want, "room budgets");
+        for (s, m) in self.core.shard_stats().iter().zip(&self.m.shards) {
+            assert_eq!(s.queue_depth, m.inflight, "queue depth");
+            assert_eq!(s.arena_used, m.head - m.tail, "arena bytes");
+            assert_eq!(s.arena_capacity, self.m.cap, "arena capacity");
+            assert_eq!(s.arena_wraps, m.wraps, "arena wraps");
+        }
+    }
+
+    fn run(&mut self) {
+        let mut ops = 0;
+        while !self.input.is_empty() && ops < 400 {
+            ops += 1;
+            match self.input.u8() % 16 {
+                0 => self.op_open(),
+                1 => {
+                    let room = self.room_id();
+                    let want = self.m.close_room(room);
+                    assert_eq!(self.core.close_room(room), want, "close_room({room})");
+                }
+                2 | 3 => self.op_join(),
+                4 => {
+                    let (room, player) = (self.room_id(), self.player_id());
+                    let want = self.m.leave(room, player);
+                    assert_eq!(
+                        self.core.leave(room, player),
+                        want,
+                        "leave({room}, {player})"
+                    );
+                }
+                5..=8 => self.op_move(),
+                9 => self.op_stream(),
+                10 | 11 => {
+                    let room = self.room_id();
+                    self.op_drain(room);
+                }
+                12 => {
+                    let hold = self.input.u8();
+                    self.flush(hold);
+                }
+                13 => {
+                    let room = self.room_id();
+                    self.op_release(room);
+                }
+                14 => {
+                    for d in self.core.poll() {
+                        match d {
+                            Delivery::Overload(e) => self.events.push(e),
+                            d => panic!("delivery while paused: {d:?}"),
+                        }
+                    }
+                }
+                _ => {
+                    if self.input.u8() == 0xc1 {
+                        self.m.closed = true;
+                        self.core.close_input();
+                    }
+                }
+            }
+            self.check();
+        }
+        // The end: close every room (so that the core can serve the next input), deliver
+        // everything, drain every pull room; then the books must balance.
+        if !self.m.closed {
+            let open: Vec<u32> = self
+                .m
+                .rooms
+                .iter()
+                .filter(|r| r.1.open)
+                .map(|r| *r.0)
+                .collect();
+            for room in open {
+                let want = self.m.close_room(room);
+                assert_eq!(self.core.close_room(room), want, "close_room({room})");
+            }
+        }
+        self.flush(0);
+        let rooms: Vec<u32> = self.m.rooms.keys().copied().collect();
+        for room in rooms {
+            self.op_drain(room);
+        }
+        self.check();
+        for d in self.core.poll() {
+            match d {
+                Delivery::Overload(e) => self.events.push(e),
+                d => panic!("delivery after the final flush: {d:?}"),
+            }
+        }
+        let c = self.core.counters();
+        assert_eq!(c.accepted, c.delivered + c.rejected, "exactly once");
+        if std::env::var_os("MOVE_FUZZ_DEBUG").is_some() {
+            eprintln!("counters {c:?}; overload events {}", self.events.len());
+        }
+        if self.m.closed {
+            assert!(
+                self.m.rooms.values().all(|r| r.open),
+                "closed rooms not forgotten"
+            );
+        } else {
+            assert!(self.m.rooms.is_empty(), "closed rooms not forgotten");
+        }
+        self.check();
+        assert!(self
+            .m
+            .inboxes
+            .iter()
+            .all(|i| i.reserved == 0 && i.events.is_empty()));
+        self.check_overload_events();
+    }
+
+    fn check_overload_events(&self) {
+        let (qmark, rmark) = (
+            self.m.cfg.overload_queue_depth,
+            self.m.cfg.overload_room_bytes,
+        );
+        let mut last: BTreeMap<(u8, u32), bool> = BTreeMap::new();
+        for e in &self.events {
+            let key = match e.subject {
+                Subject::Shard(s) => {
+                    assert!(qmark > 0, "shard event with the mark off");
+                    (0, s)
+                }
+                Subject::Room(r) => {
+                    assert!(rmark > 0, "room event with the mark off");
+                    (1, r)
+                }
+            };
+            let was_recovered = last.get(&key).copied().unwrap_or(true);
+            assert_ne!(
+                was_recovered, e.recovered,
+                "overload events of {:?} do not alternate: {:?}",
+                e.subject, self.events
+            );
+            last.insert(key, e.recovered);
+        }
+        assert!(
+            last.values().all(|&r| r),
+            "overloaded at the end with nothing pending: {:?}",
+            self.events
+        );
+    }
+}
+
+/// The configurations inputs choose from (by their first byte). A small fixed set, so that
+/// each gets one long-lived core: creating a core (runtime thread, arenas, histograms)
+/// costs ~1 ms, ten times a typical input.
+const CONFIGS: u8 = 32;
+
+/// Flush tokens, unique across inputs (cores are reused).
+static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn config(idx: u8) -> Config {
+    let i = usize::from(idx % CONFIGS);
+    let max_payload = PAYLOADS[(i >> 1) % PAYLOADS.len()];
+    let max_frame = frame::FRAME_OVERHEAD + max_payload;
+    let min_arena = (64 << 10).max(2 * (record_size(max_frame) + 8));
+    let overload = i % 3 == 0;
+    Config {
+        worker_threads: 1,
+        shards: 1 + (i & 1),
+        channel_capacity: [1, 7, 64, 4096][(i >> 2) & 3],
+        // Not always a multiple of 8: the arena rounds down.
+        arena_bytes: min_arena + (i * 1001) % 16_016,
+        // Large room budgets in some configurations, so that the arena can fill first.
+        room_bytes: if (i >> 3) & 1 == 1 {
+            40_000 + i * 8
+        } else {
+            (4 << 10).max(max_frame) + ((i >> 4) & 1) * 512
+        },
+        max_payload,
+        max_batch_moves: 1 + (i % 5) as u32,
+        overload_queue_depth: if overload { 1 + (i % 16) as u64 } else { 0 },
+        overload_room_bytes: if overload { 200 + i * 64 } else { 0 },
+        ..Config::default()
+    }
+}
+
+/// A core kept between inputs, with what the model cannot observe: each shard's arena
+/// write position.
+struct Slot {
+    core: Core,
+    offsets: Vec<usize>,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<u8, Slot>> = RefCell::new(HashMap::new());
+    /// How to rebuild the state the current input started from (printed on failure).
+    static CONTEXT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// A fresh core whose arena write positions are advanced to `offsets` (to reproduce an
+/// input that failed on a reused core): padding frames to a padding room, flushed one by
+/// one.
+fn fresh(cfg: &Config, offsets: &[usize]) -> Slot {
+    let mut core = Core::new(cfg.clone(), Box::new(|| {})).expect("valid config");
+    let cap = (cfg.arena_bytes & !7).max(64);
+    let mut token = u64::MAX / 2;
+    for (shard, &target) in offsets.iter().enumerate() {
+        if target % cap == 0 {
+            continue;
+        }
+        let room = 1000 + shard as u32; // 1000 % 2 == 0: shard 0; 1001: shard 1
+        assert_eq!(core.open_room(room, false, false, None), Status::Ok);
+        assert_eq!(core.join(room, 1, None), Status::Ok);
+        // Record sizes run from 80 to `biggest` in steps of 8; `reachable[x]`: x bytes are a
+        // sum of such records (every position a real history left is).
+        let biggest = record_size(frame::FRAME_OVERHEAD + cfg.max_payload);
+        let goal = target % cap;
+        let mut reachable = vec![false; goal + 1];
+        reachable[0] = true;
+        for x in (80..=goal).step_by(8) {
+            reachable[x] = (80..=biggest.min(x)).step_by(8).any(|s| reachable[x - s]);
+        }
+        assert!(reachable[goal], "offset {target} unreachable");
+        let mut at = 0usize;
+        let mut seq = 0;
+        while at != goal {
+            let left = goal - at;
+            let size = (80..biggest.min(left) + 1)
+                .step_by(8)
+                .rfind(|&s| reachable[left - s])
+                .expect("reachable");
+            let len = size - 24 - frame::FRAME_OVERHEAD;
+            seq += 1;
+            let h = Header {
+                flags: 0,
+                room,
+                player: 1,
+                seq,
+                tick: 0,
+                kind: 0,
+                len: len as u16,
+            };
+            let mut f = frame::encode_unsigned(&h, &vec![0; len]).expect("frame");
+            auth::sign(&mut f, None);
+            assert_eq!(record_size(f.len()), size);
+            assert_eq!(core.dispatch(&f, None), Verdict::Accepted);
+            at += size;
+            token += 1;
+            core.request_flush(token);
+            while !core.poll().contains(&Delivery::Flushed { token }) {
+                std::thread::yield_now();
+            }
+            core.drain(room).expect("drain");
+        }
+        assert_eq!(core.close_room(room), Status::Ok);
+        assert!(!core.has_room(room));
+    }
+    Slot {
+        core,
+        offsets: offsets.to_vec(),
+    }
+}
+
+fn install_panic_context() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            CONTEXT.with(|c| eprintln!("dispatch fuzz context: {}", c.borrow()));
+            prev(info);
+        }));
+    });
+}
+
+fuzz_target!(|data: &[u8]| {
+    install_panic_context();
+    let mut input = Input::new(data);
+    let idx = input.u8() % CONFIGS;
+    let cfg = config(idx);
+    // MOVE_FUZZ_RING=o0,o1: a fresh core with the arena at those positions (reproduces a
+    // failure on a reused core); MOVE_FUZZ_FRESH=1: a fresh core for every input.
+    let ring: Option<Vec<usize>> = std::env::var("MOVE_FUZZ_RING").ok().map(|v| {
+        v.split(',')
+            .map(|o| o.trim().parse().expect("MOVE_FUZZ_RING"))
+            .collect()
+    });
+    let fresh_only = std::env::var_os("MOVE_FUZZ_FRESH").is_some();
+    let slot = match ring {
+        Some(offsets) => fresh(&cfg, &offsets),
+        None => {
+            let reused = if fresh_only {
+                None
+            } else {
+                POOL.with(|p| p.borrow_mut().remove(&idx))
+            };
+            reused.unwrap_or_else(|| fresh(&cfg, &vec![0; cfg.shards]))
+        }
+    };
+    let offsets = slot.offsets.clone();
+    CONTEXT.with(|c| {
+        *c.borrow_mut() = format!(
+            "config {idx}, arena offsets {offsets:?}: reproduce with MOVE_FUZZ_RING={}",
+            offsets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    });
+    let m = Model::new(&cfg, &slot.core, &offsets);
+    let mut d = Driver {
+        input,
+        core: slot.core,
+        m,
+        last_seq: HashMap::new(),
+        joined_key: HashMap::new(),
+        events: Vec::new(),
+        hmac_keys: KEYS
+            .iter()
+            .map(|k| PlayerKey::new(k).expect("key"))
+            .collect(),
+    };
+    d.core.pause(true);
+    d.run();
+    if d.m.closed || fresh_only {
+        d.core.shutdown();
+        return;
+    }
+    let cap = d.m.cap;
+    let offsets = d.m.shards.iter().map(|s| s.head % cap).collect();
+    POOL.with(|p| {
+        p.borrow_mut().insert(
+            idx,
+            Slot {
+                core: d.core,
+                offsets,
+            },
+        )
+    });
+});

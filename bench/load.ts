@@ -56,7 +56,10 @@ async function run(spec: RunSpec): Promise<RunResult> {
   const warmReads = Math.round((spec.warmupS * 1000) / sliceMs);
   const windowReads = Math.round((spec.windowS * 1000) / sliceMs);
   const totalReads = warmReads + windowReads;
-  const totalFrames = totalReads * q;
+  // Priming: one period (every player's first move) is sent before the clock starts, so every
+  // room has its memory and its first delivery behind it when the schedule begins.
+  const prime = spec.row === 'idle' ? 0 : P;
+  const totalFrames = prime + totalReads * q;
   const frames = spec.row === 'idle' ? Buffer.alloc(0) : loadStore(spec.store, totalFrames);
   const inv = inversePermutation(permutation(P));
   const rooms = roomCount(store);
@@ -87,7 +90,8 @@ async function run(spec: RunSpec): Promise<RunResult> {
   };
   const delivered = (player: number, seq: number): void => {
     const idx = mark(player, seq);
-    const k = Math.floor(idx / q);
+    if (idx < prime) return;
+    const k = Math.floor((idx - prime) / q);
     if (k >= warmReads && k < totalReads) {
       latency.record((now - (t0 + (k + 1) * sliceMs)) * 1e6);
       fromDispatch.record((now - fedAt[k]!) * 1e6);
@@ -193,6 +197,18 @@ async function run(spec: RunSpec): Promise<RunResult> {
   let rssTimer: ReturnType<typeof setInterval> | undefined;
   let cpuStart = process.cpuUsage();
 
+  // ---- priming (not measured) ----
+  let primedRejected = 0;
+  for (let at = 0; at < prime; ) {
+    const r = sut.dispatchStream(frames.subarray(at * fl, Math.min(prime, at + 4096) * fl));
+    if (r.malformed) throw new Error('the frame store holds a malformed frame');
+    primedRejected += r.rejected;
+    at += r.consumed / fl;
+    if (r.backpressure) await sut.flush();
+    else await new Promise((resolve) => setImmediate(resolve));
+  }
+  await sut.flush();
+
   // ---- the clock ----
   const startHr = process.hrtime.bigint() + 200_000_000n;
   t0 = performance.now() + Number(startHr - process.hrtime.bigint()) / 1e6;
@@ -209,14 +225,14 @@ async function run(spec: RunSpec): Promise<RunResult> {
   let ticksStart = new Map<number, number>();
   let threads: ThreadSplit = { main: 0, engine: 0, clock: 0, other: 0 };
 
-  let sent = 0;
-  let syncRejected = 0;
+  let sent = prime;
+  let syncRejected = primedRejected;
   let stopped = false;
   let windowOpen = false;
   let windowClosed = false;
   let backlogMid = -1;
   let backlogEnd = -1;
-  const dueBy = (t: number): number => Math.min(totalFrames, Math.max(0, Math.floor((t - t0) / sliceMs)) * q);
+  const dueBy = (t: number): number => Math.min(totalFrames, prime + Math.max(0, Math.floor((t - t0) / sliceMs)) * q);
   const backlog = (t: number): number => dueBy(t) - doneCount - syncRejected;
 
   const openWindow = (t: number): void => {
@@ -253,14 +269,14 @@ async function run(spec: RunSpec): Promise<RunResult> {
     if (windowOpen && !windowClosed && now >= we) closeWindow(now);
     if (stopped || spec.row === 'idle') return;
     const reads = Math.min(totalReads, Math.floor((now - t0) / sliceMs));
-    const target = reads * q;
+    const target = prime + reads * q;
     if (sent >= target) return;
     const r = sut.dispatchStream(frames.subarray(sent * fl, target * fl));
     if (r.malformed) throw new Error('the frame store holds a malformed frame');
     const n = r.consumed / fl;
     if (n > 0) {
-      const last = Math.floor((sent + n - 1) / q);
-      for (let k = Math.floor(sent / q); k <= last; k++) fedAt[k] = now;
+      const last = Math.floor((sent + n - 1 - prime) / q);
+      for (let k = Math.floor((sent - prime) / q); k <= last; k++) fedAt[k] = now;
       if (windowOpen && !windowClosed) feedLag.record((now - (t0 + reads * sliceMs)) * 1e6);
     }
     syncRejected += r.rejected;
@@ -311,11 +327,11 @@ async function run(spec: RunSpec): Promise<RunResult> {
   const tStop = performance.now();
   // Window moves never sent: recorded with the latency reached at the stop (a lower bound).
   let censored = 0;
-  for (let idx = warmReads * q; idx < totalFrames; idx++) {
+  for (let idx = prime + warmReads * q; idx < totalFrames; idx++) {
     if ((done[idx >>> 5]! & (1 << (idx & 31))) !== 0) continue;
     if (idx < sent) continue; // sent but refused synchronously (none in this load)
     censored++;
-    latency.record((tStop - (t0 + (Math.floor(idx / q) + 1) * sliceMs)) * 1e6);
+    latency.record((tStop - (t0 + (Math.floor((idx - prime) / q) + 1) * sliceMs)) * 1e6);
   }
   gcObserver.disconnect();
   const counts = sut.counts();

@@ -280,7 +280,7 @@ async function main(): Promise<void> {
 
   const load = async (row: Row, rate: number, warmupS: number, windowS: number, drainLimitS: number, label: string): Promise<Measured> => {
     // The idle row sends nothing: it needs no frames.
-    const s = row === 'idle' ? { path: '', spec, frames: 0 } : await storeFor(Math.ceil(rate * (warmupS + windowS)) + rateUnit);
+    const s = row === 'idle' ? { path: '', spec, frames: 0 } : await storeFor(opts.players + Math.ceil(rate * (warmupS + windowS)) + rateUnit);
     const runSpec: RunSpec = { row, rate, spec, store: s, warmupS, windowS, drainLimitS, sliceMs, wtWorkers: opts.wtWorkers };
     const { result, foreignCpuPercent } = await child<RunResult>('load.js', runSpec, label);
     return { ...result, foreignCpuPercent };

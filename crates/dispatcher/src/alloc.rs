@@ -37,6 +37,11 @@
 //! binary under `#[cfg(all(test, not(feature = "napi")))]`. Test builds with `napi` use the
 //! allocator of `lib.rs`, and the counting tests check [`counting_installed`] first.
 //!
+//! Feature `system-alloc` (sanitizer builds, `docs/sanitizers.md`) installs
+//! `Counting<System>` in both places instead: the sanitizers (address, valgrind) track only
+//! `malloc`/`free`, so jemalloc's heap would be invisible to them. jemalloc is still linked, and
+//! [`jemalloc_stats`] answers `None` (measured, as always).
+//!
 //! # Safety fence
 //! `GlobalAlloc` is an `unsafe` trait of `unsafe fn`s, so [`Counting`] is an exception to
 //! "`unsafe` only in the arena": each method forwards its arguments unchanged to the wrapped
@@ -63,17 +68,24 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 #[cfg(all(
     test,
     not(feature = "napi"),
+    not(feature = "system-alloc"),
     not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
 ))]
 #[global_allocator]
 static TEST_GLOBAL: Counting<tikv_jemallocator::Jemalloc> =
     Counting::new(tikv_jemallocator::Jemalloc);
 
-/// The global allocator of the unit-test build where jemalloc is not used.
+/// The global allocator of the unit-test build where jemalloc is not used (or not wanted:
+/// feature `system-alloc`, for sanitizers).
 #[cfg(all(
     test,
     not(feature = "napi"),
-    any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")
+    any(
+        feature = "system-alloc",
+        target_env = "msvc",
+        target_os = "freebsd",
+        target_family = "wasm"
+    )
 ))]
 #[global_allocator]
 static TEST_GLOBAL: Counting<std::alloc::System> = Counting::new(std::alloc::System);
@@ -608,9 +620,11 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "jemalloc is C code (FFI), which Miri cannot run")]
     fn jemalloc_figures() {
         const BIG: usize = 128 << 20;
         let expected = cfg!(not(any(
+            feature = "system-alloc",
             target_env = "msvc",
             target_os = "freebsd",
             target_family = "wasm"

@@ -23,15 +23,22 @@ extern crate napi_derive;
 
 #[cfg(all(
     feature = "napi",
+    not(feature = "system-alloc"),
     not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
 ))]
 #[global_allocator]
 static GLOBAL: alloc::Counting<tikv_jemallocator::Jemalloc> =
     alloc::Counting::new(tikv_jemallocator::Jemalloc);
 
+// Also with feature `system-alloc` (sanitizer builds: ASan and valgrind track malloc/free only).
 #[cfg(all(
     feature = "napi",
-    any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")
+    any(
+        feature = "system-alloc",
+        target_env = "msvc",
+        target_os = "freebsd",
+        target_family = "wasm"
+    )
 ))]
 #[global_allocator]
 static GLOBAL: alloc::Counting<std::alloc::System> = alloc::Counting::new(std::alloc::System);

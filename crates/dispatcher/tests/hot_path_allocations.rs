@@ -13,8 +13,10 @@ use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::verdict::Verdict;
 
 // With the `napi` feature the library installs this same counting allocator itself.
+// Feature `system-alloc` (sanitizer builds) counts over the system allocator instead.
 #[cfg(all(
     not(feature = "napi"),
+    not(feature = "system-alloc"),
     not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
 ))]
 #[global_allocator]
@@ -23,7 +25,12 @@ static GLOBAL: move_dispatcher::alloc::Counting<tikv_jemallocator::Jemalloc> =
 
 #[cfg(all(
     not(feature = "napi"),
-    any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")
+    any(
+        feature = "system-alloc",
+        target_env = "msvc",
+        target_os = "freebsd",
+        target_family = "wasm"
+    )
 ))]
 #[global_allocator]
 static GLOBAL: move_dispatcher::alloc::Counting<std::alloc::System> =

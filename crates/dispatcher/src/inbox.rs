@@ -396,6 +396,76 @@ mod tests {
         assert_eq!(inbox.generation(), 2);
     }
 
+    /// A worker appends frames and rejections while the JavaScript side reserves, drains and
+    /// reads each delivered half in place, as the dispatcher does: every move arrives once, in
+    /// order, intact, and the budget returns to zero. Under Miri (`scripts/sanitize.sh miri`)
+    /// this also checks that writing the fill half never races with reading the other one.
+    #[test]
+    fn worker_fills_while_javascript_drains() {
+        const HALF: usize = 256;
+        let n: u32 = if cfg!(miri) { 300 } else { 50_000 };
+        let len_of = |seq: u32| 1 + (seq % 40) as usize;
+        let rejected = |seq: u32| seq.is_multiple_of(7);
+        let inbox = Arc::new(Inbox::new(9, HALF));
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let worker = {
+            let inbox = Arc::clone(&inbox);
+            std::thread::spawn(move || {
+                for seq in rx {
+                    let len = len_of(seq);
+                    if rejected(seq) {
+                        let r = Rejection {
+                            room: 9,
+                            player: 1,
+                            seq,
+                            reason: Reason::Replay,
+                        };
+                        inbox.push_rejection(r, len);
+                    } else {
+                        inbox.push_frame(&vec![seq as u8; len], u64::from(seq), u32::MAX);
+                    }
+                }
+            })
+        };
+        let (mut sent, mut frames, mut rejections) = (1_u32, 1_u32, 1_u32);
+        let next_kept = |mut seq: u32, keep: bool| {
+            while seq <= n && rejected(seq) != keep {
+                seq += 1;
+            }
+            seq
+        };
+        frames = next_kept(frames, false);
+        rejections = next_kept(rejections, true);
+        while frames <= n || rejections <= n {
+            while sent <= n && inbox.try_reserve(len_of(sent)) {
+                tx.send(sent).unwrap();
+                sent += 1;
+            }
+            let b = inbox.drain();
+            let bytes = inbox.memory().to_vec(b.offset, b.length);
+            let mut at = 0;
+            for &stamp in &b.stamps {
+                assert_eq!(stamp, u64::from(frames), "frames in dispatch order");
+                let len = len_of(frames);
+                assert!(bytes[at..at + len].iter().all(|&x| x == frames as u8));
+                at += len;
+                frames = next_kept(frames + 1, false);
+            }
+            assert_eq!((at, b.count as usize), (b.length, b.stamps.len()));
+            for r in &b.rejections {
+                assert_eq!(r.seq, rejections, "rejections in order");
+                rejections = next_kept(rejections + 1, true);
+            }
+            inbox.recycle(b.rejections, b.stamps);
+            if b.count == 0 {
+                std::thread::yield_now();
+            }
+        }
+        drop(tx);
+        worker.join().unwrap();
+        assert_eq!(inbox.reserved(), 0);
+    }
+
     #[test]
     fn memory_ids_are_unique() {
         let a = Inbox::new(1, 4096);

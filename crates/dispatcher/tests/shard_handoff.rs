@@ -1,0 +1,279 @@
+//! The hand-offs between the JavaScript thread and a shard worker, driven without the tokio
+//! runtime of `Core` so that Miri can run them (`scripts/sanitize.sh miri`): the arena
+//! (SPSC ring), the worker's sleep/wake handshake (`Shared::wake` / `Worker::may_sleep`),
+//! control operations ordered with moves, room inboxes (pull drains, push batches released
+//! with a kick) and the outbox's coalesced wake-ups.
+//!
+//! The worker thread runs the loop of `core::worker_loop` (copied: keep it in step), parking
+//! on `Shared::notify`. The JavaScript side blocks on a condition variable that only the
+//! outbox's waker signals, so a lost wake-up on either side leaves both threads blocked:
+//! natively the test times out, and Miri reports the deadlock at once. Under Miri every
+//! schedule differs by seed (`-Zmiri-many-seeds`); its data-race detector checks the
+//! plain memory each hand-off publishes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use move_dispatcher::arena;
+use move_dispatcher::auth;
+use move_dispatcher::frame::{self, Header};
+use move_dispatcher::inbox::Inbox;
+use move_dispatcher::latency::{pair, Scale};
+use move_dispatcher::outbox::{Delivery, Outbox};
+use move_dispatcher::shard::{Control, Shared, Worker};
+
+const PULL: u32 = 1;
+const PUSH: u32 = 2;
+const PLAYER: u32 = 7;
+/// As in `core.rs`.
+const TURN: usize = 256;
+const SPINS: u32 = if cfg!(miri) { 4 } else { 200 };
+
+fn frame(room: u32, seq: u32) -> Vec<u8> {
+    let h = Header {
+        flags: 0,
+        room,
+        player: PLAYER,
+        seq,
+        tick: 0,
+        kind: 1,
+        len: (seq % 24) as u16,
+    };
+    let mut f = frame::encode_unsigned(&h, &vec![seq as u8; (seq % 24) as usize]).unwrap();
+    auth::sign(&mut f, None);
+    f
+}
+
+/// `core::worker_loop`, on a current-thread runtime (no I/O or timer driver).
+fn worker_loop(mut w: Worker) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let shared = Arc::clone(w.shared());
+        let outbox = Arc::clone(w.outbox());
+        loop {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            outbox.serve_wake_request();
+            let n = w.run(TURN);
+            if n == TURN {
+                if shared.kick.load(Ordering::Acquire) {
+                    w.deliver();
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            w.deliver();
+            let mut spins = 0;
+            while spins < SPINS
+                && !w.has_work()
+                && !shared.kick.load(Ordering::Acquire)
+                && !shared.stop.load(Ordering::Acquire)
+            {
+                std::hint::spin_loop();
+                spins += 1;
+            }
+            if spins < SPINS {
+                continue;
+            }
+            if w.may_sleep() {
+                shared.notify.notified().await;
+            }
+        }
+    });
+}
+
+/// The JavaScript side's "`poll()` has news" signal: set by the outbox's waker.
+#[derive(Default)]
+struct Wake {
+    news: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn signal(&self) {
+        *self.news.lock().unwrap() = true;
+        self.cv.notify_one();
+    }
+
+    /// Blocks until the waker ran (a lost wake-up blocks here for good).
+    fn wait(&self) {
+        let mut news = self.news.lock().unwrap();
+        while !*news {
+            if cfg!(miri) {
+                news = self.cv.wait(news).unwrap();
+            } else {
+                let (n, timeout) = self.cv.wait_timeout(news, Duration::from_secs(20)).unwrap();
+                assert!(!timeout.timed_out(), "no wake-up for 20 s: a lost wake-up");
+                news = n;
+            }
+        }
+        *news = false;
+    }
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: the JavaScript side's loop"
+)]
+fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
+    let n: u32 = if cfg!(miri) { 60 } else { 20_000 };
+    let (mut producer, consumer) = arena::ring(if cfg!(miri) { 512 } else { 4096 });
+    let shared = Arc::new(Shared::default());
+    let wake = Arc::new(Wake::default());
+    let outbox = {
+        let wake = Arc::clone(&wake);
+        Arc::new(Outbox::new(Box::new(move || wake.signal())))
+    };
+    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
+    let worker = Worker::new(
+        Arc::clone(&shared),
+        consumer,
+        Arc::clone(&outbox),
+        8,
+        recorder,
+    );
+    let stopped = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stopped = Arc::clone(&stopped);
+        std::thread::spawn(move || {
+            worker_loop(worker);
+            stopped.store(true, Ordering::Release);
+        })
+    };
+
+    // One sequence for controls and moves, as `Core` numbers them per shard.
+    let mut seq = 0_u64;
+    let mut control = |c: Control| {
+        seq += 1;
+        shared.push_control(seq, c);
+        shared.wake();
+        seq
+    };
+    let pull = Arc::new(Inbox::new(PULL, 1024));
+    let push = Arc::new(Inbox::new(PUSH, 1024));
+    for (inbox, is_push) in [(&pull, false), (&push, true)] {
+        control(Control::OpenRoom {
+            inbox: Arc::clone(inbox),
+            hmac: false,
+            push: is_push,
+        });
+        let room = inbox.room();
+        control(Control::Join {
+            room,
+            player: PLAYER,
+            key: None,
+        });
+    }
+    let mut seq = seq + 1;
+
+    // Expected next move seq per room, as the JavaScript side reads them back.
+    let (mut next_pull, mut next_push) = (1_u32, 1_u32);
+    let check = |next: &mut u32, inbox: &Inbox, offset: usize, length: usize, count: u32| {
+        let bytes = inbox.memory().to_vec(offset, length);
+        let mut at = 0;
+        for _ in 0..count {
+            let f = frame(inbox.room(), *next);
+            assert_eq!(
+                &bytes[at..at + f.len()],
+                &f[..],
+                "room {} move {}",
+                inbox.room(),
+                next
+            );
+            at += f.len();
+            *next += 1;
+        }
+        assert_eq!(at, length);
+    };
+    let take = |next_pull: &mut u32, next_push: &mut u32| {
+        let mut flushed = Vec::new();
+        for d in outbox.take() {
+            match d {
+                Delivery::Batch(b) => {
+                    assert_eq!(b.room, PUSH);
+                    assert!(b.rejections.is_empty());
+                    check(next_push, &push, b.offset, b.length, b.count);
+                    if push.release_push() {
+                        shared.kick.store(true, Ordering::SeqCst);
+                        shared.poke();
+                    }
+                }
+                Delivery::Flushed { token } => flushed.push(token),
+                Delivery::Overload(e) => panic!("no overload marks configured: {e:?}"),
+            }
+        }
+        let b = pull.drain();
+        check(next_pull, &pull, b.offset, b.length, b.count);
+        flushed
+    };
+
+    let mut sent = [0_u32; 2];
+    for i in 0..2 * n {
+        let (inbox, room) = if i % 2 == 0 {
+            (&pull, PULL)
+        } else {
+            (&push, PUSH)
+        };
+        let k = &mut sent[(room - 1) as usize];
+        let f = frame(room, *k + 1);
+        // Room budget and arena space, as `Core::dispatch` checks them; when either is short,
+        // make room the way JavaScript would (drain, release push batches), then retry.
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
+            if inbox.try_reserve(f.len()) {
+                if producer.try_push(seq, 0, &f).is_ok() {
+                    break;
+                }
+                inbox.unreserve(f.len());
+            }
+            take(&mut next_pull, &mut next_push);
+            std::thread::yield_now();
+            // The worker has work queued: it must make room without another wake-up.
+            let stuck = if cfg!(miri) {
+                attempt > 20_000
+            } else {
+                started.elapsed() > Duration::from_secs(20)
+            };
+            assert!(
+                !stuck,
+                "move {i}: no room freed (a worker asleep with work queued?)"
+            );
+        }
+        *k += 1;
+        seq += 1;
+        shared.wake();
+        if i % 50 == 49 {
+            // A control between moves: a flush marker, which must come back in order.
+            let token = seq;
+            outbox.expect_flush(token, 1);
+            shared.push_control(seq, Control::Flush { token });
+            seq += 1;
+            shared.wake();
+            while !take(&mut next_pull, &mut next_push).contains(&token) {
+                wake.wait();
+            }
+        }
+    }
+    let token = u64::MAX - 1;
+    outbox.expect_flush(token, 1);
+    shared.push_control(seq, Control::Flush { token });
+    shared.wake();
+    while !take(&mut next_pull, &mut next_push).contains(&token) {
+        wake.wait();
+    }
+    // Everything delivered, in order, once.
+    take(&mut next_pull, &mut next_push);
+    assert_eq!((next_pull - 1, next_push - 1), (n, n));
+    assert_eq!(shared.consumed.0.load(Ordering::Acquire), u64::from(2 * n));
+    assert_eq!((pull.reserved(), push.reserved()), (0, 0));
+
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.poke();
+    thread.join().unwrap();
+    assert!(stopped.load(Ordering::Acquire));
+}

@@ -3,6 +3,7 @@
  * library's own encoder), a seeded PRNG, collectors that turn batches into plain objects,
  * and the engine list with the "skip native only outside CI" rule.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,6 +12,46 @@ import { Dispatcher, ErrorCode, Verdict } from '../index';
 import type { DispatcherOptions, MoveBatch, Rejection } from '../index';
 
 export { Dispatcher, ErrorCode, Verdict };
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------
+
+export interface NodeRun {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  ms: number;
+  stdout: string;
+  /** The tail of stdout + stderr, for assertion messages. */
+  out: string;
+}
+
+/**
+ * Runs `node [...flags] script ...args` and waits (at most `timeoutMs`).
+ *
+ * Node.js itself can deadlock at process shutdown (nodejs/node#54918: the main thread in
+ * `NodePlatform::DrainTasks` waits for a background TurboFan job that waits for a GC only
+ * the main thread can run). Seen here about once in 20 exits of a script that ran a lot of
+ * freshly optimised JavaScript, with or without this library loaded. A run that hits the
+ * timeout is retried once with `--no-concurrent-recompilation`, which removes the
+ * background compile job from that cycle: a hang of our own would hang again and fail.
+ */
+export function runNode(flags: readonly string[], script: string, args: readonly string[] = [], env: NodeJS.ProcessEnv = {}, timeoutMs = 10_000): NodeRun {
+  const once = (extra: readonly string[]): NodeRun => {
+    const t0 = Date.now();
+    const r = spawnSync(process.execPath, [...extra, ...flags, script, ...args], {
+      encoding: 'utf8',
+      timeout: timeoutMs,
+      env: { ...process.env, ...env },
+      maxBuffer: 64 << 20,
+    });
+    return { status: r.status, signal: r.signal, ms: Date.now() - t0, stdout: r.stdout, out: `${r.stdout}\n${r.stderr}`.slice(-4000) };
+  };
+  const first = once([]);
+  if (first.signal !== 'SIGTERM' || first.ms < timeoutMs) return first;
+  console.warn(`${script} ${args.join(' ')}: no exit within ${timeoutMs} ms; retrying once without concurrent recompilation (nodejs/node#54918)`);
+  return once(['--no-concurrent-recompilation']);
+}
 
 // ---------------------------------------------------------------------------------------
 // Engines

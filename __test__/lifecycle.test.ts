@@ -3,9 +3,9 @@
  * dispatcher with moves in flight never hangs or crashes the process on exit, and
  * dispatchers in several worker threads can be terminated mid-traffic.
  */
-import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { type NodeRun, runNode } from './helpers';
 
 const FIXTURES = join(__dirname, 'fixtures');
 
@@ -13,10 +13,8 @@ function run(script: string, ...args: string[]): { status: number | null; signal
   return runWith([], script, ...args);
 }
 
-function runWith(flags: string[], script: string, ...args: string[]): { status: number | null; signal: NodeJS.Signals | null; ms: number; out: string } {
-  const t0 = Date.now();
-  const r = spawnSync(process.execPath, [...flags, join(FIXTURES, script), ...args], { encoding: 'utf8', timeout: 20_000 });
-  return { status: r.status, signal: r.signal, ms: Date.now() - t0, out: `${r.stdout}${r.stderr}` };
+function runWith(flags: string[], script: string, ...args: string[]): NodeRun {
+  return runNode(flags, join(FIXTURES, script), args, {}, 12_000);
 }
 
 describe('native engine lifecycle', () => {

@@ -12,32 +12,18 @@
  * - close(), dispatch() and other calls made inside onBatch / onOverload;
  * - memory JavaScript holds stays readable and unchanged after close(), GC and reuse.
  */
-import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode, Reason, Verdict } from '../index';
 import type { OverloadEvent } from '../index';
-import { ENGINES, type EngineName, frame, skipReason, sleep, thrown, until, useDispatchers } from './helpers';
+import { ENGINES, type EngineName, frame, type NodeRun, runNode, skipReason, sleep, thrown, until, useDispatchers } from './helpers';
 
 const FIXTURES = join(__dirname, 'fixtures');
 
-interface ChildResult {
-  status: number | null;
-  signal: NodeJS.Signals | null;
-  ms: number;
-  stdout: string;
-  out: string;
-}
+type ChildResult = NodeRun;
 
 function runChild(flags: string[], script: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildResult {
-  const t0 = Date.now();
-  const r = spawnSync(process.execPath, [...flags, join(FIXTURES, script), ...args], {
-    encoding: 'utf8',
-    timeout: 30_000,
-    env: { ...process.env, ...env },
-    maxBuffer: 64 << 20,
-  });
-  return { status: r.status, signal: r.signal, ms: Date.now() - t0, stdout: r.stdout, out: `${r.stdout}\n${r.stderr}`.slice(-4000) };
+  return runNode(flags, join(FIXTURES, script), args, env, 12_000);
 }
 
 /** The last line of stdout, parsed. */

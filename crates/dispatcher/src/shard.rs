@@ -183,6 +183,8 @@ pub struct Worker {
     batch_full: u32,
     /// A push room reached `batch_full` since the last delivery.
     full: bool,
+    /// When [`Worker::deliver`] last ran ([`crate::clock::now_ns`]).
+    delivered_at: u64,
     scratch_batches: Vec<Batch>,
     scratch_tokens: Vec<u64>,
     /// Dispatch → validated, nanoseconds.
@@ -207,6 +209,7 @@ impl Worker {
             flushes: Vec::new(),
             batch_full: batch_full.max(1),
             full: false,
+            delivered_at: 0,
             scratch_batches: Vec::new(),
             scratch_tokens: Vec::new(),
             validated,
@@ -415,10 +418,19 @@ impl Worker {
         }
     }
 
+    /// Whether moves or flushes have waited at least `hold_ns` since the last delivery.
+    /// A worker whose queue never runs dry delivers on this bound: without it, a queue
+    /// kept non-empty by a steady load would hold every push batch back indefinitely.
+    pub fn delivery_due(&self, hold_ns: u64) -> bool {
+        (!self.dirty.is_empty() || !self.flushes.is_empty())
+            && crate::clock::now_ns().saturating_sub(self.delivered_at) >= hold_ns
+    }
+
     /// Delivers every push room whose previous batch was released, then answers the
     /// flushes whose rooms have all been delivered since.
     pub fn deliver(&mut self) {
         self.full = false;
+        self.delivered_at = crate::clock::now_ns();
         self.shared.kick.store(false, Ordering::Release);
         let batches = &mut self.scratch_batches;
         self.dirty.retain(|inbox| {

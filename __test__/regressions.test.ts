@@ -2,11 +2,47 @@
  * Regressions found in review, on both engines where the behaviour is shared.
  */
 import { describe, expect, it } from 'vitest';
-import { Dispatcher, ErrorCode, Verdict, encodeMove } from '../index';
+import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
+import type { MoveBatch } from '../index';
 
 const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array([seq & 0xff]) });
 
 describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
+  it('a push batch with thousands of rejections arrives whole, in order, beside its moves and a flush (the native delivery records grow to fit)', async () => {
+    const seen: { moves: number[]; rejections: { room: number; player: number; seq: number; reason: number }[]; batches: number } = { moves: [], rejections: [], batches: 0 };
+    const d = new Dispatcher({
+      engine,
+      shards: 1,
+      channelCapacity: 16_384,
+      roomBytes: 8 << 20,
+      onBatch: (b: MoveBatch) => {
+        seen.batches++;
+        for (const m of b) seen.moves.push(m.seq);
+        for (const r of b.rejections) seen.rejections.push({ room: r.room, player: r.player, seq: r.seq, reason: r.reason });
+      },
+    });
+    d.openRoom(7, { delivery: 'push' });
+    d.join(7, 1);
+    d._pauseForTesting(true);
+    const N = 6_100;
+    const good: number[] = [];
+    for (let seq = 1; seq <= N; seq++) {
+      const f = encodeMove({ room: 7, player: 1, seq, payload: new Uint8Array([seq & 0xff]) });
+      if (seq % 61 === 0) good.push(seq);
+      else f[f.length - 1]! ^= 0x01;
+      expect(d.dispatch(f)).toBe(Verdict.Accepted);
+    }
+    d._pauseForTesting(false);
+    await d.flush();
+    expect(seen.moves).toEqual(good);
+    expect(seen.rejections.length).toBe(N - good.length);
+    expect(seen.rejections.every((r, i) => r.room === 7 && r.player === 1 && r.reason === Reason.BadTag && (i === 0 || r.seq > seen.rejections[i - 1]!.seq))).toBe(true);
+    const s = d.stats();
+    expect(s.accepted).toBe(N);
+    expect(s.delivered + s.rejected).toBe(N);
+    await d.close();
+  });
+
   it('a closing room cannot be reopened with another delivery mode; the same mode works', async () => {
     const d = new Dispatcher({ engine, shards: 1, onBatch: () => {} });
     d.openRoom(1, { delivery: 'pull' });

@@ -12,19 +12,6 @@ import type { AllocatorStats, HistogramStats, LatencyStats, OverloadEvent, RateL
 /** The binding's overload event (`subject` is a plain string there). */
 type OverloadEventNative = Omit<OverloadEvent, 'subject' | 'p99WaitNs'> & { subject: string; p99WaitNs: number };
 
-/** One delivery as the binding returns it. */
-interface NativeDelivery {
-  event?: OverloadEventNative;
-  kind: number;
-  token: number;
-  room: number;
-  memId: number;
-  offset: number;
-  length: number;
-  count: number;
-  rejections: RawRejection[];
-}
-
 /** The result of the binding's `drain`. */
 interface NativeDrain {
   status: number;
@@ -49,7 +36,6 @@ interface NativeDispatcherInstance {
   release(room: number): void;
   hasRoom(room: number): boolean;
   requestFlush(token: number): void;
-  poll(): NativeDelivery[];
   counters(): EngineCounters;
   shardStats(): EngineShardStats[];
   roomStats(top: number): { room: number; bytes: number }[];
@@ -69,7 +55,19 @@ interface Binding {
   dispatchStream(id: number, chunk: Uint8Array, sender: number): StreamResult;
   emptyCall(buf: Uint8Array): number;
   allocatorStats(): AllocatorStats;
+  /** Releases `released[0..nReleased)`, then writes deliveries into `out` as records (binding.rs). */
+  pollPacked(id: number, released: Uint32Array, nReleased: number, out: Uint32Array): number;
+  takeEvents(id: number): OverloadEventNative[];
 }
+
+
+/** `pollPacked` record kinds and sizes (binding.rs). */
+const REC_BATCH = 0;
+const REC_FLUSHED = 1;
+const REC_OVERLOAD = 2;
+const REC_GROW = 3;
+const BATCH_WORDS = 7;
+const REJECTION_WORDS = 4;
 
 interface NativeHistogram extends Omit<HistogramStats, 'buckets'> {
   /** Flattened `[value, count, value, count, …]`. */
@@ -192,6 +190,17 @@ class NativeEngine implements Engine {
    * `MOVE_DISPATCHER_COPY_BATCHES=1`.
    */
   #copyMode = process.env.MOVE_DISPATCHER_COPY_BATCHES === '1';
+  /**
+   * Push rooms whose batch JavaScript released, not yet told to the core: they ride on the
+   * next `pollPacked` (the delivery loop polls again after every round of callbacks), or
+   * go on their own before any other call or at the end of the microtask, so one N-API
+   * call serves a whole round of releases instead of one each.
+   */
+  #released = new Uint32Array(256);
+  #nReleased = 0;
+  #releaseFlushQueued = false;
+  /** Where `pollPacked` writes its records. */
+  #out = new Uint32Array(16 * 1024);
 
   constructor(config: EngineConfig, wake: WakeFn) {
     const b = loadBinding();
@@ -212,22 +221,27 @@ class NativeEngine implements Engine {
     return this.#b.dispatchStream(this.#id, chunk, sender);
   }
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
+    this.#sync();
     this.#closing.delete(room);
     return this.#n.openRoom(room, auth, push, rate?.perSecond ?? 0, rate?.burst ?? 0) as Status;
   }
   join(room: number, player: number, key: Uint8Array | null): Status {
+    this.#sync();
     return this.#n.join(room, player, key) as Status;
   }
   leave(room: number, player: number): Status {
+    this.#sync();
     return this.#n.leave(room, player) as Status;
   }
   closeRoom(room: number): Status {
+    this.#sync();
     const status = this.#n.closeRoom(room) as Status;
     this.#forgetIfGone(room);
     return status;
   }
 
   drain(room: number): RawBatch | Status {
+    this.#sync();
     const r = this.#n.drain(room);
     if (r.status !== 0) return r.status as Status;
     // Window first: the room's memory must come from the cache even if this drain was its last.
@@ -237,45 +251,103 @@ class NativeEngine implements Engine {
   }
 
   hasRoom(room: number): boolean {
+    this.#sync();
     return this.#n.hasRoom(room);
   }
 
   release(room: number): void {
-    this.#n.release(room);
-    if (this.#closing.has(room)) this.#forgetIfGone(room);
+    if (this.#closing.has(room)) {
+      this.#sync();
+      this.#n.release(room);
+      this.#forgetIfGone(room);
+      return;
+    }
+    if (this.#nReleased === this.#released.length) {
+      const grown = new Uint32Array(this.#released.length * 2);
+      grown.set(this.#released);
+      this.#released = grown;
+    }
+    this.#released[this.#nReleased++] = room;
+    if (!this.#releaseFlushQueued) {
+      this.#releaseFlushQueued = true;
+      queueMicrotask(this.#flushReleases);
+    }
   }
+
+  /** Hands deferred releases to the core (before any call whose answer they could change). */
+  #sync(): void {
+    if (this.#nReleased > 0) this.#flushReleases();
+  }
+
+  readonly #flushReleases = (): void => {
+    this.#releaseFlushQueued = false;
+    const n = this.#nReleased;
+    if (n === 0) return;
+    this.#nReleased = 0;
+    for (let i = 0; i < n; i++) this.#n.release(this.#released[i]!);
+  };
   requestFlush(token: number): void {
+    this.#sync();
     this.#n.requestFlush(token);
   }
 
   poll(): Delivery[] {
-    const raw = this.#n.poll();
-    const out: Delivery[] = new Array<Delivery>(raw.length);
-    for (let i = 0; i < raw.length; i++) {
-      const d = raw[i]!;
-      out[i] =
-        d.kind === 2 && d.event !== undefined
-          ? { type: 'overload', event: { ...d.event, subject: d.event.subject === 'room' ? 'room' : 'shard' } }
-          : d.kind === 1
-          ? { type: 'flushed', token: d.token }
-          : { type: 'batch', batch: this.#window(d.room, d) };
+    const n = this.#nReleased;
+    this.#nReleased = 0;
+    let words = this.#b.pollPacked(this.#id, this.#released, n, this.#out);
+    while (words === 2 && this.#out[0] === REC_GROW) {
+      this.#out = new Uint32Array(Math.max(this.#out.length * 2, this.#out[1]!));
+      words = this.#b.pollPacked(this.#id, this.#released, 0, this.#out);
+    }
+    const out: Delivery[] = [];
+    const w = this.#out;
+    let events: OverloadEventNative[] | undefined;
+    let nextEvent = 0;
+    for (let i = 0; i < words; ) {
+      const kind = w[i]!;
+      if (kind === REC_BATCH) {
+        const room = w[i + 1]!;
+        const nRejections = w[i + 6]!;
+        const rejections: RawRejection[] = [];
+        for (let r = 0, at = i + BATCH_WORDS; r < nRejections; r++, at += REJECTION_WORDS) {
+          rejections.push({ room: w[at]!, player: w[at + 1]!, seq: w[at + 2]!, reason: w[at + 3]! });
+        }
+        const batch = this.#window(room, { memId: w[i + 2]!, offset: w[i + 3]!, length: w[i + 4]!, count: w[i + 5]!, rejections });
+        out.push({ type: 'batch', batch });
+        i += BATCH_WORDS + REJECTION_WORDS * nRejections;
+      } else if (kind === REC_FLUSHED) {
+        out.push({ type: 'flushed', token: w[i + 1]! + w[i + 2]! * 2 ** 32 });
+        i += 3;
+      } else if (kind === REC_OVERLOAD) {
+        events ??= this.#b.takeEvents(this.#id);
+        const e = events[nextEvent++]!;
+        out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
+        i += 1;
+      } else {
+        throw new Error(`move-dispatcher: unknown delivery record ${kind} (addon and JavaScript from different builds?)`);
+      }
     }
     return out;
   }
 
   counters(): EngineCounters {
+    this.#sync();
     return this.#n.counters();
   }
   shardStats(): EngineShardStats[] {
+    this.#sync();
     return this.#n.shardStats();
   }
   roomStats(top: number): { room: number; bytes: number }[] {
+    this.#sync();
     return this.#n.roomStats(top);
   }
   resetHighWater(): void {
+    this.#sync();
     this.#n.resetHighWater();
   }
   latencies(reset: boolean): LatencyStats | null {
+    this.#sync();
     const l = this.#n.latencies(reset);
     if (l === null || l === undefined) return null;
     return {
@@ -286,6 +358,7 @@ class NativeEngine implements Engine {
     };
   }
   promHistograms(): PromHistograms | null {
+    this.#sync();
     return this.#n.promHistograms() ?? null;
   }
   allocator(): AllocatorStats | null {
@@ -294,12 +367,15 @@ class NativeEngine implements Engine {
     return { jemalloc: a.jemalloc ?? null, hotPathAllocations: a.hotPathAllocations ?? null };
   }
   closeInput(): void {
+    this.#sync();
     this.#n.closeInput();
   }
   shutdown(): void {
+    this.#sync();
     this.#n.shutdown();
   }
   pause(paused: boolean): void {
+    this.#sync();
     this.#n.pause(paused);
   }
 

@@ -9,6 +9,7 @@
 //!   (process exit, worker thread termination).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 use napi::bindgen_prelude::*;
@@ -19,7 +20,7 @@ use crate::alloc::{counting_installed, hot_path_allocations, jemalloc_stats};
 use crate::core::{Config, Core, RateLimit, Stopper, View};
 use crate::inbox::{Batch, RoomMemory};
 use crate::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
-use crate::outbox::{Delivery, Subject};
+use crate::outbox::{Delivery, OverloadEvent, Subject};
 use crate::verdict::{Status as EngineStatus, Verdict};
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
@@ -59,22 +60,6 @@ pub struct NativeDrain {
     pub length: u32,
     pub count: u32,
     pub rejections: Vec<NativeRejection>,
-}
-
-/// A delivery: `kind` 0 = push batch, 1 = flush `token` answered.
-#[napi(object)]
-#[derive(Default)]
-pub struct NativeDelivery {
-    /// 0 = push batch, 1 = flush answered, 2 = overload event.
-    pub kind: u32,
-    pub token: f64,
-    pub room: u32,
-    pub mem_id: u32,
-    pub offset: u32,
-    pub length: u32,
-    pub count: u32,
-    pub rejections: Vec<NativeRejection>,
-    pub event: Option<NativeOverload>,
 }
 
 /// An overload (or recovery) notification.
@@ -222,46 +207,76 @@ pub struct NativeRoomStats {
     pub bytes: f64,
 }
 
-/// One delivery for JavaScript; a batch's rejection list goes back to its inbox for reuse.
-fn delivery(core: &Core, d: Delivery) -> NativeDelivery {
+fn overload(e: &OverloadEvent) -> NativeOverload {
+    let (subject, id) = match e.subject {
+        Subject::Shard(i) => ("shard", i),
+        Subject::Room(r) => ("room", r),
+    };
+    NativeOverload {
+        subject: subject.to_owned(),
+        id,
+        recovered: e.recovered,
+        depth: num(e.depth),
+        threshold: num(e.threshold),
+        p99_wait_ns: num(e.p99_wait_ns),
+    }
+}
+
+/// `pollPacked` record kinds (first word of each record).
+const REC_BATCH: u32 = 0;
+const REC_FLUSHED: u32 = 1;
+const REC_OVERLOAD: u32 = 2;
+const REC_GROW: u32 = 3;
+/// Words of a batch record before its rejections, and per rejection.
+const BATCH_WORDS: usize = 7;
+const REJECTION_WORDS: usize = 4;
+
+fn record_words(d: &Delivery) -> usize {
+    match d {
+        Delivery::Batch(b) => BATCH_WORDS + REJECTION_WORDS * b.rejections.len(),
+        Delivery::Flushed { .. } => 3,
+        Delivery::Overload(_) => 1,
+    }
+}
+
+/// Writes `d` at the start of `out` (which has room for it); returns the words written.
+fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
     match d {
         Delivery::Batch(mut b) => {
-            let list = rejections(&b);
-            core.recycle_rejections(b.room, std::mem::take(&mut b.rejections));
-            NativeDelivery {
-                kind: 0,
-                token: 0.0,
-                room: b.room,
-                mem_id: b.mem_id,
-                offset: u32_of(b.offset),
-                length: u32_of(b.length),
-                count: b.count,
-                rejections: list,
-                ..NativeDelivery::default()
+            let head = [
+                REC_BATCH,
+                b.room,
+                b.mem_id,
+                u32_of(b.offset),
+                u32_of(b.length),
+                b.count,
+                u32_of(b.rejections.len()),
+            ];
+            out[..BATCH_WORDS].copy_from_slice(&head);
+            let mut w = BATCH_WORDS;
+            for r in &b.rejections {
+                out[w..w + REJECTION_WORDS].copy_from_slice(&[
+                    r.room,
+                    r.player,
+                    r.seq,
+                    r.reason as u32,
+                ]);
+                w += REJECTION_WORDS;
             }
+            e.core
+                .recycle_rejections(b.room, std::mem::take(&mut b.rejections));
+            w
         }
-        Delivery::Flushed { token } => NativeDelivery {
-            kind: 1,
-            token: num(token),
-            ..NativeDelivery::default()
-        },
-        Delivery::Overload(e) => {
-            let (subject, id) = match e.subject {
-                Subject::Shard(i) => ("shard", i),
-                Subject::Room(r) => ("room", r),
-            };
-            NativeDelivery {
-                kind: 2,
-                event: Some(NativeOverload {
-                    subject: subject.to_owned(),
-                    id,
-                    recovered: e.recovered,
-                    depth: num(e.depth),
-                    threshold: num(e.threshold),
-                    p99_wait_ns: num(e.p99_wait_ns),
-                }),
-                ..NativeDelivery::default()
-            }
+        Delivery::Flushed { token } => {
+            #[expect(clippy::cast_possible_truncation, reason = "split into two words")]
+            let (lo, hi) = (token as u32, (token >> 32) as u32);
+            out[..3].copy_from_slice(&[REC_FLUSHED, lo, hi]);
+            3
+        }
+        Delivery::Overload(ev) => {
+            e.events.push(overload(&ev));
+            out[0] = REC_OVERLOAD;
+            1
         }
     }
 }
@@ -293,8 +308,17 @@ fn u32_of(n: usize) -> u32 {
 /// thread-local slot costs a few nanoseconds. Each JavaScript thread (main or worker) has
 /// its own slab; a core never leaves the thread that created it.
 struct Slab {
-    cores: Vec<Option<Core>>,
+    cores: Vec<Option<Entry>>,
     free: Vec<u32>,
+}
+
+/// A core and what `pollPacked` has taken from it but not yet handed to JavaScript.
+struct Entry {
+    core: Core,
+    /// Deliveries that did not fit the caller's buffer, in order.
+    stash: VecDeque<Delivery>,
+    /// Overload events written as a marker, for `takeEvents`, in order.
+    events: Vec<NativeOverload>,
 }
 
 thread_local! {
@@ -302,12 +326,17 @@ thread_local! {
 }
 
 fn insert_core(core: Core) -> u32 {
+    let entry = Entry {
+        core,
+        stash: VecDeque::new(),
+        events: Vec::new(),
+    };
     CORES.with_borrow_mut(|slab| {
         if let Some(id) = slab.free.pop() {
-            slab.cores[id as usize] = Some(core);
+            slab.cores[id as usize] = Some(entry);
             id
         } else {
-            slab.cores.push(Some(core));
+            slab.cores.push(Some(entry));
             u32_of(slab.cores.len() - 1)
         }
     })
@@ -320,9 +349,9 @@ fn remove_core(id: u32) -> Option<Core> {
     CORES
         .try_with(|slab| {
             let mut slab = slab.try_borrow_mut().ok()?;
-            let core = slab.cores.get_mut(id as usize)?.take()?;
+            let entry = slab.cores.get_mut(id as usize)?.take()?;
             slab.free.push(id);
-            Some(core)
+            Some(entry.core)
         })
         .ok()
         .flatten()
@@ -331,6 +360,11 @@ fn remove_core(id: u32) -> Option<Core> {
 /// Runs `f` on core `id`; `None` if it is gone (finalized), the slab is busy, or the thread
 /// is tearing down.
 fn with_core<R>(id: u32, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+    with_entry(id, |e| f(&mut e.core))
+}
+
+/// [`with_core`] with the core's poll stash.
+fn with_entry<R>(id: u32, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
     CORES
         .try_with(|slab| {
             let mut slab = slab.try_borrow_mut().ok()?;
@@ -549,19 +583,6 @@ impl NativeDispatcher {
         with_core(self.id, |c| c.request_flush(token));
     }
 
-    /// Push batches and flush answers, in order.
-    #[napi(catch_unwind)]
-    pub fn poll(&self) -> Vec<NativeDelivery> {
-        with_core(self.id, |c| {
-            let items = c.poll();
-            items
-                .into_iter()
-                .map(|d| delivery(c, d))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-    }
-
     /// The counters the guarantees are stated in.
     #[napi(catch_unwind)]
     pub fn counters(&self) -> NativeCounters {
@@ -724,6 +745,55 @@ pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
         backpressure: o.backpressure,
         malformed: o.malformed,
     }
+}
+
+/// The delivery path in one call, without an object per delivery: first releases the push
+/// batches of `released[..n_released]` (rooms JavaScript is done with), then writes what
+/// `poll` would return into `out` as records of `u32` words, and returns the words written
+/// (0: nothing new). Records, by their first word:
+/// - `0` batch: `room, memId, offset, length, count, nRejections`, then per rejection
+///   `room, player, seq, reason`;
+/// - `1` flush answered: `token` low word, high word;
+/// - `2` overload event: the next of `takeEvents(id)`, in order;
+/// - `3` the next record needs `out.length >= words` (the second word): grow and call again.
+///
+/// Deliveries that do not fit wait for the next call, in order.
+#[napi(catch_unwind)]
+pub fn poll_packed(id: u32, released: &[u32], n_released: u32, mut out: Uint32ArraySlice) -> u32 {
+    // SAFETY: `out` is the engine's private Uint32Array (src/native.ts), never shared with
+    // another thread; JavaScript is blocked in this call, so nothing else reads or writes
+    // it while the slice lives, and the slice does not outlive the call.
+    let out = unsafe { out.as_mut() };
+    with_entry(id, |e| {
+        for &room in released.iter().take(n_released as usize) {
+            e.core.release(room);
+        }
+        if e.stash.is_empty() {
+            e.stash.extend(e.core.poll());
+        }
+        let mut w = 0;
+        while let Some(d) = e.stash.front() {
+            let need = record_words(d);
+            if w + need > out.len() {
+                if w == 0 && out.len() >= 2 {
+                    out[0] = REC_GROW;
+                    out[1] = u32_of(need);
+                    w = 2;
+                }
+                break;
+            }
+            let Some(d) = e.stash.pop_front() else { break };
+            w += write_record(e, d, &mut out[w..]);
+        }
+        u32_of(w)
+    })
+    .unwrap_or(0)
+}
+
+/// The overload events `pollPacked` announced (record `2`), in order; empties the list.
+#[napi(catch_unwind)]
+pub fn take_events(id: u32) -> Vec<NativeOverload> {
+    with_entry(id, |e| std::mem::take(&mut e.events)).unwrap_or_default()
 }
 
 /// Allocator figures (process-wide): jemalloc's statistics (epoch advanced per call) and

@@ -273,9 +273,24 @@ struct ShardHandle {
     /// Crossed its mark inside `dispatch` at this depth; the event is published by the next
     /// `poll`, `drain` or flush (publishing allocates, `dispatch` must not).
     raise_pending: Option<u64>,
+    /// `dispatch_stream` pushed to this shard and owes it a wake-up at the end of the call.
+    wake_owed: bool,
 }
 
 impl ShardHandle {
+    /// Bookkeeping of one move pushed: counts, sequence, high-water marks.
+    #[inline]
+    fn count_push(&mut self) {
+        self.pushed += 1;
+        self.next_seq += 1;
+        if self.pushed.is_multiple_of(DEPTH_REFRESH) {
+            self.consumed_cache = self.shared.consumed.0.load(Ordering::Acquire);
+            self.producer.refresh();
+        }
+        self.depth_high_water = self.depth_high_water.max(self.pushed - self.consumed_cache);
+        self.arena_high_water = self.arena_high_water.max(self.producer.used_upper_bound());
+    }
+
     /// Whether `capacity` moves are in flight. Reads the worker's counter only when the
     /// cached one says full, so the hot path does not share a cache line with the worker.
     fn queue_full(&mut self, capacity: u64) -> bool {
@@ -453,6 +468,7 @@ impl Core {
                 validated: [observer.clone(), observer.clone(), observer],
                 overloaded: false,
                 raise_pending: None,
+                wake_owed: false,
             });
         }
         let stopper = Arc::new(Stopper {
@@ -490,14 +506,22 @@ impl Core {
     pub fn dispatch(&mut self, frame: &[u8], sender: Option<u32>) -> Verdict {
         // The hot path: dispatch must not allocate (counted by the global allocator).
         let _hot = HotPath::enter();
-        let v = self.dispatch_inner(frame, sender);
+        let v = self.dispatch_inner(frame, sender, None);
         self.counters.dispatched += 1;
         self.counters.verdicts[v as usize] += 1;
         v
     }
 
+    /// `chunk_stamp`: `Some` inside `dispatch_stream` — the call's one clock reading, used as
+    /// every frame's dispatch stamp (they arrived together), and the worker's wake-up is
+    /// owed to the end of the call instead of paid per frame.
     #[inline]
-    fn dispatch_inner(&mut self, bytes: &[u8], sender: Option<u32>) -> Verdict {
+    fn dispatch_inner(
+        &mut self,
+        bytes: &[u8],
+        sender: Option<u32>,
+        chunk_stamp: Option<u64>,
+    ) -> Verdict {
         if self.closed {
             return Verdict::Closed;
         }
@@ -518,11 +542,11 @@ impl Core {
         // Rate limit: keyed by the proven sender (the frame's player when none is given);
         // frames of non-members are not limited here (validation rejects them).
         // One clock read per move: the rate limit's `now` is the dispatch stamp.
-        let mut now = None;
+        let mut now = chunk_stamp;
         let mut bucket = None;
         if let Some(rate) = room.rate {
             if let Some(b) = room.players.get_mut(&sender.unwrap_or(h.player)) {
-                let t = crate::clock::now_ns();
+                let t = now.unwrap_or_else(crate::clock::now_ns);
                 now = Some(t);
                 if !b.ready(rate, t) {
                     return Verdict::RateLimited;
@@ -574,19 +598,12 @@ impl Core {
         if let Some(b) = bucket {
             b.tokens -= 1.0;
         }
-        shard.pushed += 1;
-        shard.next_seq += 1;
-        if shard.pushed.is_multiple_of(DEPTH_REFRESH) {
-            shard.consumed_cache = shard.shared.consumed.0.load(Ordering::Acquire);
-            shard.producer.refresh();
+        shard.count_push();
+        if chunk_stamp.is_some() {
+            shard.wake_owed = true;
+        } else {
+            shard.shared.wake();
         }
-        shard.depth_high_water = shard
-            .depth_high_water
-            .max(shard.pushed - shard.consumed_cache);
-        shard.arena_high_water = shard
-            .arena_high_water
-            .max(shard.producer.used_upper_bound());
-        shard.shared.wake();
         // Overload marks: only flagged here; events are published (and recovery checked) on
         // drain, poll and flush, off the hot path.
         let mark = self.cfg.overload_queue_depth;
@@ -609,6 +626,8 @@ impl Core {
     /// that meets backpressure (not consumed), or at bytes that are not a header (`malformed`).
     pub fn dispatch_stream(&mut self, chunk: &[u8], sender: Option<u32>) -> StreamOutcome {
         let mut out = StreamOutcome::default();
+        // One clock reading for the chunk: its frames arrived together.
+        let stamp = crate::clock::now_ns();
         loop {
             let rest = chunk.get(out.consumed..).unwrap_or_default();
             let len = match frame::read_header(rest) {
@@ -622,7 +641,13 @@ impl Core {
                 }
             };
             let Some(frame) = rest.get(..len) else { break };
-            match self.dispatch(frame, sender) {
+            let v = {
+                let _hot = HotPath::enter();
+                self.dispatch_inner(frame, sender, Some(stamp))
+            };
+            self.counters.dispatched += 1;
+            self.counters.verdicts[v as usize] += 1;
+            match v {
                 Verdict::Accepted => out.accepted += 1,
                 Verdict::Backpressure => {
                     out.backpressure = true;
@@ -631,6 +656,12 @@ impl Core {
                 _ => out.rejected += 1,
             }
             out.consumed += len;
+        }
+        // The wake-ups owed: after every push of the call, as `dispatch` does after one.
+        for s in &mut self.shards {
+            if std::mem::take(&mut s.wake_owed) {
+                s.shared.wake();
+            }
         }
         out
     }

@@ -278,6 +278,37 @@ struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// Copies the frame into the arena; times one allocation in [`ARENA_SAMPLE`]. A single
+    /// `dispatch` stamps the move just before, so its stamp doubles as the start of the
+    /// allocation; a stream's stamp is the call's, so a sampled push reads the clock itself.
+    #[inline]
+    fn push(
+        &mut self,
+        stamp: u64,
+        head: &[u8; frame::HEADER_BYTES],
+        rest: &[u8],
+        stream: bool,
+        alloc: &mut Recorder,
+    ) -> bool {
+        let sampled = self.pushed.is_multiple_of(ARENA_SAMPLE);
+        let start = if sampled && stream {
+            crate::clock::now_ns()
+        } else {
+            stamp
+        };
+        if self
+            .producer
+            .try_push_parts(self.next_seq, stamp, head, rest)
+            .is_err()
+        {
+            return false;
+        }
+        if sampled {
+            alloc.record(crate::clock::now_ns().saturating_sub(start));
+        }
+        true
+    }
+
     /// Bookkeeping of one move pushed: counts, sequence, high-water marks.
     #[inline]
     fn count_push(&mut self) {
@@ -580,20 +611,16 @@ impl Core {
             return Verdict::Backpressure;
         }
         let stamp = now.unwrap_or_else(crate::clock::now_ns);
-        if shard
-            .producer
-            .try_push_parts(shard.next_seq, stamp, &head, rest)
-            .is_err()
-        {
+        if !shard.push(
+            stamp,
+            &head,
+            rest,
+            chunk_stamp.is_some(),
+            &mut self.arena_alloc.recorder,
+        ) {
             debug_assert!(false, "fits() said the record fits");
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
-        }
-        if shard.pushed.is_multiple_of(ARENA_SAMPLE) {
-            // The dispatch stamp doubles as the start of the allocation.
-            self.arena_alloc
-                .recorder
-                .record(crate::clock::now_ns().saturating_sub(stamp));
         }
         if let Some(b) = bucket {
             b.tokens -= 1.0;

@@ -151,21 +151,8 @@ run_asan() {
     ASAN_OPTIONS="$opts:detect_leaks=1:log_path=$reports/leak" \
     LSAN_OPTIONS="suppressions=$ROOT/scripts/sanitize/lsan.supp:print_suppressions=1" \
     node --expose-gc scripts/sanitize/leak-check.cjs
-  # The known per-dispatcher leak (lsan.supp) must be exactly that: 2 objects for each of
-  # the cycles-1 dispatchers closed. More means a new leak hides under the suppression.
-  local known expected=$((2 * (cycles - 1)))
-  known=$({ cat "$reports"/leak.* 2>/dev/null || true; } | awk '$3 == "NativeDispatcher3new" { print $1 }')
-  known=${known:-0}
-  if [ "$known" != "$expected" ] && [ "$known" != 0 ]; then
-    echo "sanitize.sh: $known leaked objects under the NativeDispatcher3new suppression, expected $expected (the known cleanup-hook leak): a new leak" >&2
-    cat "$reports"/leak.* >&2
-    exit 1
-  fi
-  if [ "$known" = 0 ]; then
-    echo "   the known cleanup-hook leak is gone: remove its line from scripts/sanitize/lsan.supp"
-  else
-    echo "   known cleanup-hook leak: $known objects (2 per closed dispatcher), suppressed"
-  fi
+  # No suppression covers the dispatcher's own allocations: any leak per dispatcher or per
+  # room is a report (counted below), 20 times over.
   step_done
 
   local errors

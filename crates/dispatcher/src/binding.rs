@@ -5,16 +5,18 @@
 //!   finalizer holds an `Arc` to it, so the memory outlives every JavaScript view.
 //! - Workers wake JavaScript through one weak `ThreadsafeFunction` (it never keeps the
 //!   process alive), called at most once per batch of news.
-//! - An environment cleanup hook stops the workers before the environment goes away
-//!   (process exit, worker thread termination).
+//! - One environment cleanup hook per JavaScript thread stops the workers of every core
+//!   still open there before the environment goes away (process exit, worker thread
+//!   termination). It is registered with the thread's first dispatcher and never removed:
+//!   napi-rs frees a hook's data only when the hook runs, so a hook per dispatcher,
+//!   removed on close, leaked its data each time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-use napi::CleanupEnvHook;
 
 use crate::alloc::{counting_installed, hot_path_allocations, jemalloc_stats};
 use crate::core::{Config, Core, RateLimit, Stopper, View};
@@ -323,6 +325,39 @@ struct Entry {
 
 thread_local! {
     static CORES: RefCell<Slab> = const { RefCell::new(Slab { cores: Vec::new(), free: Vec::new() }) };
+    /// Whether this thread's environment has its cleanup hook ([`stop_all`]).
+    static HOOKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Registers [`stop_all`] for this thread's environment, once.
+fn hook_environment(env: Env) -> Result<()> {
+    if !HOOKED.get() {
+        env.add_env_cleanup_hook((), |()| stop_all())?;
+        HOOKED.set(true);
+    }
+    Ok(())
+}
+
+/// The environment is going away: stop the workers of every core still in the slab, so no
+/// worker calls into a dead environment. The cores themselves go with their finalizers.
+fn stop_all() {
+    let stoppers: Vec<Arc<Stopper>> = CORES
+        .try_with(|slab| {
+            slab.try_borrow()
+                .map(|slab| {
+                    slab.cores
+                        .iter()
+                        .flatten()
+                        .map(|e| e.core.stopper())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    for s in stoppers {
+        s.stop(true);
+    }
+    let _ = HOOKED.try_with(|h| h.set(false));
 }
 
 fn insert_core(core: Core) -> u32 {
@@ -381,7 +416,6 @@ fn with_entry<R>(id: u32, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
 #[napi(custom_finalize)]
 pub struct NativeDispatcher {
     id: u32,
-    cleanup: Option<CleanupEnvHook<Weak<Stopper>>>,
 }
 
 #[napi]
@@ -419,17 +453,9 @@ impl NativeDispatcher {
             }),
         )
         .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
-        // The hook holds a `Weak`: napi-rs does not free the hook's data when the hook is
-        // removed, so a strong reference would keep the stopped runtime's state alive.
-        let stopper = Arc::downgrade(&core.stopper());
-        let cleanup = env.add_env_cleanup_hook(stopper, |s| {
-            if let Some(s) = s.upgrade() {
-                s.stop(true);
-            }
-        })?;
+        hook_environment(env)?;
         Ok(Self {
             id: insert_core(core),
-            cleanup: Some(cleanup),
         })
     }
 
@@ -672,12 +698,8 @@ impl NativeDispatcher {
 
     /// Stops the workers after they finish what is queued. Idempotent.
     #[napi(catch_unwind)]
-    pub fn shutdown(&mut self, env: Env) -> Result<()> {
+    pub fn shutdown(&mut self) {
         with_core(self.id, Core::shutdown);
-        if let Some(hook) = self.cleanup.take() {
-            env.remove_env_cleanup_hook(hook)?;
-        }
-        Ok(())
     }
 
     /// Test hook: stop (`true`) or resume validation.
@@ -705,12 +727,9 @@ impl NativeDispatcher {
 }
 
 impl ObjectFinalize for NativeDispatcher {
-    fn finalize(mut self, env: Env) -> Result<()> {
+    fn finalize(self, _env: Env) -> Result<()> {
         // Dropping the core stops its workers (and joins them).
         drop(remove_core(self.id));
-        if let Some(hook) = self.cleanup.take() {
-            env.remove_env_cleanup_hook(hook)?;
-        }
         Ok(())
     }
 }

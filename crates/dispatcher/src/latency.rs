@@ -222,6 +222,18 @@ impl Scale {
         (sub_bucket as u64) << (bucket as u32 + self.unit_magnitude)
     }
 
+    /// The highest value of bucket `index`: `hdrhistogram`'s `highest_equivalent` of
+    /// [`Scale::value_at`].
+    fn highest_at(&self, index: usize) -> u64 {
+        let bucket = if index < self.half_count {
+            0
+        } else {
+            (index >> self.half_magnitude) - 1
+        };
+        // Saturating as `hdrhistogram` is in the top bucket of a scale reaching `u64::MAX`.
+        (self.value_at(index)).saturating_add(1_u64 << (bucket as u32 + self.unit_magnitude)) - 1
+    }
+
     /// An empty `hdrhistogram` of this scale.
     fn histogram(&self) -> Histogram<u64> {
         Histogram::new_with_bounds(self.low, self.high, self.sigfig)
@@ -430,29 +442,83 @@ impl Observer {
 
     fn add_to(&mut self, s: &mut Snapshot, reset: bool) {
         let hist = &mut s.hist;
-        let sum = self.collect(reset, |value, n| hist.saturating_record_n(value, n));
+        let scale = self.scale;
+        let sum = self.collect(reset, |i, n| {
+            hist.saturating_record_n(scale.value_at(i), n);
+        });
         s.sum += sum;
     }
 
-    /// Calls `each(lowest value of the bucket, count)` for every bucket with samples in the
-    /// interval; returns the interval's sum.
-    fn collect(&mut self, reset: bool, mut each: impl FnMut(u64, u64)) -> f64 {
+    /// The value at `quantile` of the current interval, exactly as
+    /// `snapshot(reset).summary()` reports it (`p99` for 0.99), without building the
+    /// snapshot: no full-size histogram is allocated, zeroed and scanned a second time (the
+    /// overload events read their p99 wait this way). `reset`: and start a new interval.
+    /// 0 for an empty interval.
+    pub fn value_at_quantile(&mut self, quantile: f64, reset: bool) -> u64 {
+        let mut seen: Vec<(usize, u64)> = Vec::new();
+        self.collect(reset, |i, n| seen.push((i, n)));
+        let total = seen.iter().fold(0_u64, |t, &(_, n)| t.saturating_add(n));
+        if total == 0 {
+            return 0;
+        }
+        // `hdrhistogram`'s rule: the first bucket where the running count reaches
+        // ceil(q * total) (at least 1); its highest value (its lowest for q = 0).
+        #[expect(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "hdrhistogram computes the target count in floating point; this matches it"
+        )]
+        let target = ((quantile.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut running = 0_u64;
+        for &(i, n) in &seen {
+            running = running.saturating_add(n);
+            if running >= target {
+                return if quantile <= 0.0 {
+                    self.scale.value_at(i)
+                } else {
+                    self.scale.highest_at(i)
+                };
+            }
+        }
+        seen.last().map_or(0, |&(i, _)| self.scale.highest_at(i))
+    }
+
+    /// Calls `each(bucket index, count)` for every bucket with samples in the interval;
+    /// returns the interval's sum.
+    fn collect(&mut self, reset: bool, mut each: impl FnMut(usize, u64)) -> f64 {
         let mut next = Vec::with_capacity(if reset { self.baseline.len() } else { 0 });
         let mut base = self.baseline.iter().peekable();
-        for (i, count) in self.cells.counts.iter().enumerate() {
-            let now = count.load(Ordering::Relaxed);
-            if now == 0 {
-                continue;
-            }
+        let mut visit = |i: usize, now: u64| {
             // The baseline holds a subset of today's non-empty buckets (counts only grow).
             while base.next_if(|(b, _)| *b < i).is_some() {}
             let then = base.next_if(|(b, _)| *b == i).map_or(0, |(_, n)| *n);
             let delta = now.wrapping_sub(then);
             if delta != 0 {
-                each(self.scale.value_at(i), delta);
+                each(i, delta);
             }
             if reset {
                 next.push((i, now));
+            }
+        };
+        // Eight counters at a time, an empty run skipped with one test (most of the 27,648
+        // latency buckets are empty); each counter is loaded once.
+        let (chunks, tail) = self.cells.counts.as_chunks::<8>();
+        for (c, chunk) in chunks.iter().enumerate() {
+            let loaded: [u64; 8] = std::array::from_fn(|j| chunk[j].load(Ordering::Relaxed));
+            if loaded.iter().fold(0, |any, &n| any | n) == 0 {
+                continue;
+            }
+            for (j, &now) in loaded.iter().enumerate() {
+                if now != 0 {
+                    visit(c * 8 + j, now);
+                }
+            }
+        }
+        for (j, count) in tail.iter().enumerate() {
+            let now = count.load(Ordering::Relaxed);
+            if now != 0 {
+                visit(chunks.len() * 8 + j, now);
             }
         }
         let sum = f64::from_bits(self.cells.sum.load(Ordering::Relaxed));
@@ -849,6 +915,8 @@ mod tests {
                         let i = scale.index(v);
                         assert!(i < scale.len(), "{v} in {scale:?}");
                         assert_eq!(scale.value_at(i), h.lowest_equivalent(v), "{v} {scale:?}");
+                        let lowest = h.lowest_equivalent(v);
+                        assert_eq!(scale.highest_at(i), h.highest_equivalent(lowest), "{v}");
                         assert_eq!(scale.index(scale.value_at(i)), i);
                         last = last.max(i);
                     }
@@ -856,6 +924,51 @@ mod tests {
                     assert!(last <= scale.index(high) && scale.index(high) < scale.len());
                 }
             }
+        }
+    }
+
+    /// `Observer::value_at_quantile` reports what a snapshot's summary would, and resets the
+    /// same way.
+    #[test]
+    fn value_at_quantile_matches_the_snapshot() {
+        let mut rng = Rng::new(11);
+        for n in [0_usize, 1, 2, 3, 7, 99, 100, 101, 1000, 12_345] {
+            let values: Vec<u64> = (0..n).map(|_| latency(&mut rng)).collect();
+            let (mut r, mut o) = pair(Scale::LATENCY_NS);
+            let mut check = o.clone();
+            for &v in &values {
+                r.record(v);
+            }
+            let s = check.snapshot(false);
+            let sm = s.summary();
+            for (q, want) in [
+                (0.5, sm.p50),
+                (0.9, sm.p90),
+                (0.99, sm.p99),
+                (0.999, sm.p999),
+            ] {
+                assert_eq!(o.value_at_quantile(q, false), want, "q {q}, n {n}");
+            }
+            for q in [0.0, 0.25, 1.0, 1.5] {
+                assert_eq!(
+                    o.value_at_quantile(q, false),
+                    s.histogram().value_at_quantile(q),
+                    "q {q}, n {n}"
+                );
+            }
+            assert_eq!(o.value_at_quantile(0.99, true), sm.p99);
+            assert_eq!(o.value_at_quantile(0.99, false), 0, "a new interval began");
+            r.record(5_000);
+            assert_eq!(
+                o.value_at_quantile(0.99, true),
+                5_003,
+                "4 ns buckets from 4,096"
+            );
+            assert_eq!(
+                check.snapshot(false).count(),
+                n as u64 + 1,
+                "other observers unaffected"
+            );
         }
     }
 
@@ -1140,6 +1253,33 @@ mod tests {
                  {plain:.2} ns, snapshot {took:?} ({} buckets)",
                 snap.buckets().len()
             );
+        }
+        // Medians of 101 reads: a wide interval (the samples above), and a narrow one (100
+        // buckets, as an overload interval usually is).
+        let median = |f: &mut dyn FnMut()| {
+            let mut t: Vec<Duration> = (0..101)
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed()
+                })
+                .collect();
+            t.sort_unstable();
+            t[50]
+        };
+        for v in &values {
+            recorder.record(*v);
+        }
+        let (mut narrow_recorder, mut narrow) = pair(Scale::LATENCY_NS);
+        for v in 0..100 {
+            narrow_recorder.record(1_000 + v * 997);
+        }
+        for (name, o) in [("wide", &mut observer), ("narrow", &mut narrow)] {
+            let snap = median(&mut || drop(std::hint::black_box(o.snapshot(false))));
+            let p99 = median(&mut || {
+                std::hint::black_box(o.value_at_quantile(0.99, false));
+            });
+            println!("{name}: snapshot {snap:?}, value_at_quantile {p99:?}");
         }
     }
 

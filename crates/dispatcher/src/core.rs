@@ -21,7 +21,7 @@
 //! the room (or a JavaScript view of it).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -335,7 +335,9 @@ impl ShardHandle {
 
 /// The runtime and the means to stop it; shared with the environment cleanup hook.
 pub struct Stopper {
+    /// `None` once stopped, and for a core whose workers run inline.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    stopped: AtomicBool,
     shards: Vec<Arc<Shared>>,
     outbox: Arc<Outbox>,
 }
@@ -348,6 +350,7 @@ impl Stopper {
         if silent {
             self.outbox.disable_waker();
         }
+        self.stopped.store(true, Ordering::SeqCst);
         let runtime = self
             .runtime
             .lock()
@@ -364,10 +367,7 @@ impl Stopper {
 
     /// Whether the workers have been stopped.
     pub fn is_stopped(&self) -> bool {
-        self.runtime
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none()
+        self.stopped.load(Ordering::SeqCst)
     }
 }
 
@@ -400,6 +400,10 @@ pub struct Core {
     /// flush). Ids are distinct; spare capacity for every known room is kept, so `dispatch`
     /// never grows it.
     overloaded_rooms: Vec<(u32, Option<u64>)>,
+    /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
+    /// on the caller's thread; empty when they run on the runtime.
+    #[cfg(any(test, feature = "inline-workers"))]
+    inline: Vec<Worker>,
 }
 
 /// A recorder with its observers (`stats`, `metrics`, overload events).
@@ -468,9 +472,31 @@ impl Core {
     /// # Errors
     /// A field out of range, or the runtime could not start (threads refused by the OS).
     pub fn new(cfg: Config, waker: Waker) -> Result<Self, ConfigError> {
+        Self::build(cfg, waker, false)
+    }
+
+    /// A core without a runtime: its workers run only inside [`Core::step_workers`], on the
+    /// caller's thread, so that every delivery happens at a point the caller chooses (the
+    /// `dispatch` fuzz target runs thousands of inputs a second this way). `worker_threads`,
+    /// `pin_cores` and `max_blocking_threads` are ignored. A testing hook: only with the
+    /// `inline-workers` feature, never in the addon.
+    ///
+    /// # Errors
+    /// A field out of range.
+    #[cfg(any(test, feature = "inline-workers"))]
+    pub fn new_inline(cfg: Config, waker: Waker) -> Result<Self, ConfigError> {
+        Self::build(cfg, waker, true)
+    }
+
+    fn build(cfg: Config, waker: Waker, inline: bool) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let outbox = Arc::new(Outbox::new(waker));
-        let runtime = build_runtime(&cfg)?;
+        let runtime = if inline {
+            None
+        } else {
+            Some(build_runtime(&cfg)?)
+        };
+        let mut parked = Vec::new();
         let mut shards = Vec::with_capacity(cfg.shards);
         for _ in 0..cfg.shards {
             let shared = Arc::new(Shared::default());
@@ -487,7 +513,10 @@ impl Core {
                 cfg.max_batch_moves,
                 validated,
             );
-            runtime.spawn(run_worker(worker));
+            match &runtime {
+                Some(rt) => drop(rt.spawn(run_worker(worker))),
+                None => parked.push(worker),
+            }
             shards.push(ShardHandle {
                 shared,
                 producer,
@@ -503,7 +532,8 @@ impl Core {
             });
         }
         let stopper = Arc::new(Stopper {
-            runtime: Mutex::new(Some(runtime)),
+            runtime: Mutex::new(runtime),
+            stopped: AtomicBool::new(false),
             shards: shards.iter().map(|s| Arc::clone(&s.shared)).collect(),
             outbox: Arc::clone(&outbox),
         });
@@ -520,6 +550,8 @@ impl Core {
             batch_size: Histo::new(Scale::SIZE),
             arena_alloc: Histo::new(Scale::LATENCY_NS),
             overloaded_rooms: Vec::new(),
+            #[cfg(any(test, feature = "inline-workers"))]
+            inline: parked,
         })
     }
 
@@ -1041,7 +1073,7 @@ impl Core {
             s.shared.paused.store(paused, Ordering::SeqCst);
             s.shared.poke();
         }
-        if !paused || self.stopper.is_stopped() {
+        if !paused || self.stopper.is_stopped() || self.runs_inline() {
             return;
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
@@ -1064,10 +1096,8 @@ impl Core {
         for (i, s) in self.shards.iter_mut().enumerate() {
             let subject = Subject::Shard(u32::try_from(i).unwrap_or(u32::MAX));
             if let Some(depth) = s.raise_pending.take() {
-                let p99_wait_ns = s.validated[View::Overload as usize]
-                    .snapshot(true)
-                    .summary()
-                    .p99;
+                let p99_wait_ns =
+                    s.validated[View::Overload as usize].value_at_quantile(0.99, true);
                 self.outbox.publish_event(OverloadEvent {
                     subject,
                     recovered: false,
@@ -1081,10 +1111,8 @@ impl Core {
                 let depth = s.pushed - s.consumed_cache;
                 if depth <= mark / 2 {
                     s.overloaded = false;
-                    let p99_wait_ns = s.validated[View::Overload as usize]
-                        .snapshot(true)
-                        .summary()
-                        .p99;
+                    let p99_wait_ns =
+                        s.validated[View::Overload as usize].value_at_quantile(0.99, true);
                     self.outbox.publish_event(OverloadEvent {
                         subject,
                         recovered: true,
@@ -1153,6 +1181,8 @@ impl Core {
     pub fn shutdown(&mut self) {
         self.closed = true;
         self.stopper.stop(false);
+        #[cfg(any(test, feature = "inline-workers"))]
+        self.inline.clear();
         self.outbox.drop_waker();
         for s in &mut self.shards {
             // A minimal ring in place of the arena frees its memory; nothing pushes any more.
@@ -1165,6 +1195,48 @@ impl Core {
     /// Whether [`Core::shutdown`] ran.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Whether the workers run inside [`Core::step_workers`] ([`Core::new_inline`]).
+    #[cfg(any(test, feature = "inline-workers"))]
+    fn runs_inline(&self) -> bool {
+        !self.inline.is_empty()
+    }
+
+    #[cfg(not(any(test, feature = "inline-workers")))]
+    #[allow(clippy::unused_self)]
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
+    /// A core built by [`Core::new_inline`]: runs each unpaused worker on this thread until
+    /// its queue is empty, delivering as the runtime's worker loop does — when a push room
+    /// fills a batch, after a released batch (`kick`) at the end of a turn, and when the
+    /// queue runs dry — except that it never delivers on elapsed time, so the outcome
+    /// depends only on the calls made. Returns the moves and controls processed; 0 for a
+    /// core whose workers run on the runtime, or once shut down.
+    #[cfg(any(test, feature = "inline-workers"))]
+    pub fn step_workers(&mut self) -> usize {
+        let mut total = 0;
+        for w in &mut self.inline {
+            let shared = Arc::clone(w.shared());
+            w.outbox().serve_wake_request();
+            if shared.paused.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
+                continue;
+            }
+            loop {
+                let n = w.run(TURN);
+                total += n;
+                if n < TURN {
+                    w.deliver();
+                    break;
+                }
+                if shared.kick.load(Ordering::Acquire) {
+                    w.deliver();
+                }
+            }
+        }
+        total
     }
 }
 
@@ -1522,6 +1594,74 @@ mod tests {
         assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 10);
         assert!(wakes.load(Ordering::SeqCst) >= 1);
         assert_eq!(c.drain(5).unwrap_err(), Status::WrongDelivery);
+    }
+
+    #[test]
+    fn inline_workers_run_only_when_stepped() {
+        let mut c = Core::new_inline(
+            Config {
+                shards: 2,
+                max_batch_moves: 4,
+                ..Config::default()
+            },
+            Box::new(|| {}),
+        )
+        .unwrap();
+        c.pause(true); // returns at once: nothing to wait for
+        c.open_room(4, false, true, None); // push, shard 0
+        c.open_room(5, false, false, None); // pull, shard 1
+        c.join(4, 1, None);
+        c.join(5, 1, None);
+        let frames: Vec<Vec<u8>> = (1..=10).map(|s| frame(4, 1, s, b"p", None)).collect();
+        for f in &frames {
+            assert_eq!(c.dispatch(f, None), Verdict::Accepted);
+        }
+        assert_eq!(
+            c.dispatch(&frame(5, 1, 1, b"q", None), None),
+            Verdict::Accepted
+        );
+        c.request_flush(7);
+        assert_eq!(c.step_workers(), 0, "paused workers do not run");
+        assert!(c.poll().is_empty());
+        assert_eq!(c.shard_stats()[0].queue_depth, 10);
+        c.pause(false);
+        // Shard 0: open, join, 10 moves, flush; shard 1: open, join, 1 move, flush.
+        assert_eq!(c.step_workers(), 17);
+        // Batches of 4 fill during the run; the first is delivered, the rest wait for its
+        // release, so the flush is not answered yet.
+        let got = c.poll();
+        let counts: Vec<u32> = got
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Batch(b) => Some(b.count),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(counts, vec![4]);
+        assert!(!got.contains(&Delivery::Flushed { token: 7 }));
+        let mut delivered = 4;
+        for _ in 0..10 {
+            c.release(4);
+            assert_eq!(c.step_workers(), 0, "nothing left to validate");
+            for d in c.poll() {
+                match d {
+                    Delivery::Batch(b) => delivered += b.count,
+                    Delivery::Flushed { token } => {
+                        assert_eq!(token, 7);
+                        assert_eq!(delivered, 10);
+                        let (b, _) = c.drain(5).unwrap();
+                        assert_eq!(b.count, 1);
+                        let k = c.counters();
+                        assert_eq!(k.accepted, k.delivered + k.rejected);
+                        c.shutdown();
+                        assert_eq!(c.step_workers(), 0);
+                        return;
+                    }
+                    Delivery::Overload(_) => {}
+                }
+            }
+        }
+        panic!("flush 7 never answered");
     }
 
     #[test]

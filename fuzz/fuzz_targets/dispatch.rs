@@ -2,12 +2,16 @@
 //! driven by random operation sequences and checked step by step against a reference
 //! model written from `docs/architecture.md`.
 //!
-//! Determinism: the worker is paused (`Core::pause`, the documented test hook) except
-//! inside a flush, so every synchronous verdict — including `Backpressure` from the queue,
-//! the arena and the room budget, and `RateLimited` (buckets with `per_second: 0`) — and
-//! every drain is predicted exactly. Inside a flush the worker runs freely; push-batch
-//! boundaries then depend on timing, so the model checks that each push batch is the next
-//! contiguous run of the room's validated moves and rejections, in order.
+//! Determinism: the workers run only inside a flush, so every synchronous verdict —
+//! including `Backpressure` from the queue, the arena and the room budget, and
+//! `RateLimited` (buckets with `per_second: 0`) — and every drain is predicted exactly.
+//! By default the core is built with `Core::new_inline` (feature `inline-workers`): a flush
+//! runs the workers on the fuzzing thread with `Core::step_workers`, so an input replays
+//! identically and no thread hand-off bounds the rate. With `MOVE_FUZZ_THREADED=1` the core
+//! runs its workers on their tokio runtime as in production, paused (`Core::pause`, the
+//! documented test hook) outside flushes; inside one they run freely and push-batch
+//! boundaries depend on timing. Either way the model checks that each push batch is the
+//! next contiguous run of the room's validated moves and rejections, in order.
 //!
 //! Operations: openRoom (SHA-256 / HMAC, pull / push, rate limit), closeRoom, join (good,
 //! missing and bad-length keys), leave, dispatch of frames (valid, corrupted, forged with
@@ -27,7 +31,7 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +55,31 @@ const KEYS: [&[u8]; 4] = [
     b"twenty-byte-key-0123",
 ];
 const PAYLOADS: [usize; 6] = [0, 8, 64, 200, 1024, 4000];
+
+/// 0, 1, …, 255 twice: payload bytes are slices of it.
+const PATTERN: [u8; 512] = {
+    let mut p = [0; 512];
+    let mut i = 0;
+    while i < 512 {
+        p[i] = i as u8;
+        i += 1;
+    }
+    p
+};
+
+/// `len` payload bytes counting up from `start` (wrapping), built by copies of `PATTERN`
+/// rather than a loop per byte: the instrumented loop of up to 65,535 iterations per frame
+/// cost a tenth of the target's time.
+fn payload(len: usize, start: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    let mut at = usize::from(start);
+    while p.len() < len {
+        let n = (len - p.len()).min(256);
+        p.extend_from_slice(&PATTERN[at..at + n]);
+        at = (at + n) % 256;
+    }
+    p
+}
 
 // ---------------------------------------------------------------------------------------
 // The model
@@ -136,7 +165,7 @@ struct MShard {
     head: usize,
     tail: usize,
     wraps: u64,
-    rooms: HashMap<u32, WRoom>,
+    rooms: BTreeMap<u32, WRoom>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -154,7 +183,7 @@ struct Model {
     cfg: Config,
     cap: usize,
     closed: bool,
-    rooms: HashMap<u32, MRoom>,
+    rooms: BTreeMap<u32, MRoom>,
     inboxes: Vec<MInbox>,
     shards: Vec<MShard>,
     k: MCounters,
@@ -170,7 +199,7 @@ impl Model {
             cap: (cfg.arena_bytes & !7).max(64),
             cfg: cfg.clone(),
             closed: false,
-            rooms: HashMap::new(),
+            rooms: BTreeMap::new(),
             inboxes: Vec::new(),
             shards: offsets
                 .iter()
@@ -535,10 +564,12 @@ struct Driver<'a> {
     core: Core,
     m: Model,
     /// Generator state: last seq per (room, player), key last joined per (room, player).
-    last_seq: HashMap<(u32, u32), u32>,
-    joined_key: HashMap<(u32, u32), usize>,
+    last_seq: BTreeMap<(u32, u32), u32>,
+    joined_key: BTreeMap<(u32, u32), usize>,
     events: Vec<OverloadEvent>,
     hmac_keys: Vec<PlayerKey>,
+    /// The core's workers run inside `Core::step_workers` (see the header).
+    inline: bool,
 }
 
 impl Driver<'_> {
@@ -623,7 +654,7 @@ impl Driver<'_> {
             kind: u16::from(mode),
             len: len as u16,
         };
-        let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ sel).collect();
+        let payload = payload(len, sel);
         let mut f = frame::encode_unsigned(&h, &payload).expect("len < 65536");
         let key = match signer {
             Signer::Hmac(k) => Some(&self.hmac_keys[k]),
@@ -675,7 +706,7 @@ impl Driver<'_> {
     fn op_stream(&mut self) {
         let n = 1 + self.input.below(16);
         let mut bytes = Vec::new();
-        let mut signers = HashMap::new();
+        let mut signers = BTreeMap::new();
         for _ in 0..n {
             let (f, s) = self.make_frame(false);
             signers.insert(bytes.len(), s);
@@ -835,6 +866,9 @@ impl Driver<'_> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut done = false;
         while !done {
+            if self.inline {
+                self.core.step_workers();
+            }
             for d in self.core.poll() {
                 match d {
                     Delivery::Batch(b) => self.push_batch(b, hold),
@@ -846,7 +880,7 @@ impl Driver<'_> {
                 }
             }
             assert!(Instant::now() < deadline, "flush {token} never answered");
-            if !done {
+            if !done && !self.inline {
                 std::thread::yield_now();
             }
         }
@@ -1121,7 +1155,7 @@ struct Slot {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<u8, Slot>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<BTreeMap<u8, Slot>> = RefCell::new(BTreeMap::new());
     /// How to rebuild the state the current input started from (printed on failure).
     static CONTEXT: RefCell<String> = const { RefCell::new(String::new()) };
 }
@@ -1130,7 +1164,12 @@ thread_local! {
 /// input that failed on a reused core): padding frames to a padding room, flushed one by
 /// one.
 fn fresh(cfg: &Config, offsets: &[usize]) -> Slot {
-    let mut core = Core::new(cfg.clone(), Box::new(|| {})).expect("valid config");
+    let mut core = if threaded() {
+        Core::new(cfg.clone(), Box::new(|| {}))
+    } else {
+        Core::new_inline(cfg.clone(), Box::new(|| {}))
+    }
+    .expect("valid config");
     let cap = (cfg.arena_bytes & !7).max(64);
     let mut token = u64::MAX / 2;
     for (shard, &target) in offsets.iter().enumerate() {
@@ -1177,7 +1216,9 @@ fn fresh(cfg: &Config, offsets: &[usize]) -> Slot {
             token += 1;
             core.request_flush(token);
             while !core.poll().contains(&Delivery::Flushed { token }) {
-                std::thread::yield_now();
+                if core.step_workers() == 0 {
+                    std::thread::yield_now();
+                }
             }
             core.drain(room).expect("drain");
         }
@@ -1188,6 +1229,12 @@ fn fresh(cfg: &Config, offsets: &[usize]) -> Slot {
         core,
         offsets: offsets.to_vec(),
     }
+}
+
+/// `MOVE_FUZZ_THREADED=1`: cores run their workers on the runtime (see the header).
+fn threaded() -> bool {
+    static THREADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *THREADED.get_or_init(|| std::env::var_os("MOVE_FUZZ_THREADED").is_some_and(|v| v == "1"))
 }
 
 fn install_panic_context() {
@@ -1241,13 +1288,14 @@ fuzz_target!(|data: &[u8]| {
         input,
         core: slot.core,
         m,
-        last_seq: HashMap::new(),
-        joined_key: HashMap::new(),
+        last_seq: BTreeMap::new(),
+        joined_key: BTreeMap::new(),
         events: Vec::new(),
         hmac_keys: KEYS
             .iter()
             .map(|k| PlayerKey::new(k).expect("key"))
             .collect(),
+        inline: !threaded(),
     };
     d.core.pause(true);
     d.run();

@@ -1,8 +1,10 @@
 //! The hot path (`dispatch` on the JavaScript thread, validation on the workers) makes no
 //! heap allocation per move in steady state: measured by the counting allocator, across
 //! 1,000,000 moves after a warm-up. Its own test binary, so that no other test's
-//! deliberate allocations share the counter.
+//! deliberate allocations share the counter; inside it the measurements take turns
+//! ([`SERIAL`]), since the counter is process-wide.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
@@ -35,6 +37,11 @@ static GLOBAL: move_dispatcher::alloc::Counting<tikv_jemallocator::Jemalloc> =
 #[global_allocator]
 static GLOBAL: move_dispatcher::alloc::Counting<std::alloc::System> =
     move_dispatcher::alloc::Counting::new(std::alloc::System);
+
+/// Held by each measurement: the counter counts every thread's hot path, and the test
+/// harness runs this file's tests in parallel, so one test's warm-up (its workers growing
+/// their vectors) would land in the other's measured window.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const ROOMS: u32 = 100;
 const BATCH: u32 = 10_000;
@@ -86,6 +93,8 @@ fn flush(c: &mut Core, token: u64, events: &mut Vec<OverloadEvent>) {
 /// room after each; returns the overload events seen. Asserts no hot-path allocation after
 /// the warm-up.
 fn million_moves(cfg: Config, corrupt: bool) -> Vec<OverloadEvent> {
+    // A failed measurement poisons the lock; the other one can still run.
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     assert!(
         counting_installed(),
         "the counting allocator must be the global allocator here"

@@ -17,6 +17,7 @@ import { execFileSync, fork } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, hostname, release, totalmem } from 'node:os';
 import { join, relative } from 'node:path';
+import { benchAddonPath } from './lib/binding';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
 import { fmtInt, fmtNs, type Machine, type Measured, type Probe, renderMarkdown, renderPlot, type Results, type Settings, type Sustainable } from './lib/report';
 import { type MicroResult, ROW_LABELS, type Row, type RunResult, type RunSpec } from './lib/types';
@@ -225,6 +226,9 @@ async function child<T>(script: string, arg: unknown, label: string): Promise<{ 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   waitIdleS = opts.waitIdle;
+  // Every step (children inherit the environment) runs the dispatcher on the bench build of
+  // the addon, which also carries the micro benchmarks' exports: one binary per process.
+  process.env.MOVE_DISPATCHER_NATIVE_PATH ??= benchAddonPath();
   const started = Date.now();
   const m = machine();
   const q = opts.quick;

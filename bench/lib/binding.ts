@@ -1,8 +1,10 @@
 /**
  * The addon's calibration and benchmark exports (`emptyCall`, `bench*` from
- * crates/dispatcher/src/bench.rs), loaded from the package root's `binding.js`.
+ * crates/binding/src/bench.rs). They exist only in the bench build of the addon
+ * (`npm run build:bench-addon`, cargo feature `bench`, written to `bench/addon/`), never
+ * in the published one; `npm run bench` builds it and runs every step on it.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface BenchRate {
@@ -34,13 +36,22 @@ export interface BenchBinding {
   benchCoreDispatch(frameLen: number, moves: number): BenchRate;
 }
 
+/** The bench build of the addon (`bench/addon/move-dispatcher.<platform>.node`). */
+export function benchAddonPath(): string {
+  // From bench/lib when run as TypeScript sources, from dist/bench/lib when built.
+  const dirs = [join(__dirname, '..', 'addon'), join(__dirname, '..', '..', '..', 'bench', 'addon')];
+  for (const dir of dirs) {
+    if (!existsSync(dir)) continue;
+    const node = readdirSync(dir).find((f) => f.endsWith('.node'));
+    if (node !== undefined) return join(dir, node);
+  }
+  throw new Error(`the bench build of the addon is missing (looked in ${dirs.join(', ')}): run 'npm run build:bench-addon'`);
+}
+
 export function loadBenchBinding(): BenchBinding {
-  const candidates = [join(__dirname, '..', '..', 'binding.js'), join(__dirname, '..', '..', '..', 'binding.js')];
-  const path = candidates.find((p) => existsSync(p));
-  if (path === undefined) throw new Error("binding.js not found: build the addon first ('npm run build')");
-  const b = require(path) as Partial<BenchBinding>;
+  const b = require(benchAddonPath()) as Partial<BenchBinding>;
   if (typeof b.benchSha256 !== 'function' || typeof b.emptyCall !== 'function') {
-    throw new Error('the addon lacks the benchmark exports (crates/dispatcher/src/bench.rs): rebuild it with npm run build:native');
+    throw new Error("the bench addon lacks the benchmark exports (cargo feature 'bench'): run 'npm run build:bench-addon'");
   }
   return b as BenchBinding;
 }

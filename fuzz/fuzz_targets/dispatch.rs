@@ -567,7 +567,7 @@ struct Driver<'a> {
     last_seq: BTreeMap<(u32, u32), u32>,
     joined_key: BTreeMap<(u32, u32), usize>,
     events: Vec<OverloadEvent>,
-    hmac_keys: Vec<PlayerKey>,
+    hmac_keys: Vec<Box<PlayerKey>>,
     /// The core's workers run inside `Core::step_workers` (see the header).
     inline: bool,
 }
@@ -657,7 +657,7 @@ impl Driver<'_> {
         let payload = payload(len, sel);
         let mut f = frame::encode_unsigned(&h, &payload).expect("len < 65536");
         let key = match signer {
-            Signer::Hmac(k) => Some(&self.hmac_keys[k]),
+            Signer::Hmac(k) => Some(&*self.hmac_keys[k]),
             _ => None,
         };
         auth::sign(&mut f, key);

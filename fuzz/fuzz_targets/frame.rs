@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
 
     // 1. The rest of the input, after the control bytes, as a frame.
     let rest = input.clone().rest();
-    raw(rest, max_payload, key.as_ref(), &key_bytes);
+    raw(rest, max_payload, key.as_deref(), &key_bytes);
 
     // 2. The input as a recipe: header fields, payload, then mutations.
     let h = Header {
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         h,
         &payload,
         max_payload,
-        key.as_ref(),
+        key.as_deref(),
         &key_bytes,
         &mut input,
     );
@@ -75,7 +75,7 @@ thread_local! {
 }
 
 /// Key rules: 16..=64 bytes, and the MAC is RFC 2104 HMAC-SHA256.
-fn check_key(key: &[u8]) -> Option<PlayerKey> {
+fn check_key(key: &[u8]) -> Option<Box<PlayerKey>> {
     match PlayerKey::new(key) {
         Ok(k) if LAST_KEY.with(|l| *l.borrow() == key) => Some(k),
         Ok(k) => {

@@ -1,15 +1,4 @@
-//! Allocator figures: jemalloc's statistics, and heap allocations made on the hot path.
-//!
-//! # jemalloc statistics
-//! [`jemalloc_stats`] reads `stats.allocated`, `active`, `resident`, `mapped` and `retained`
-//! through `tikv-jemalloc-ctl`, advancing jemalloc's epoch first (the figures are cached
-//! until then). It answers `None` unless jemalloc serves the process's Rust heap: on targets
-//! where the crate does not use jemalloc (MSVC, FreeBSD, wasm), and in builds that link
-//! jemalloc without installing it (the library without feature `napi`, used from another
-//! binary). Whether jemalloc is the global allocator is measured once, not assumed from
-//! features: a one-byte allocation must move jemalloc's `thread.allocated` counter
-//! ([`jemalloc_is_global`]). The unit-test build installs it (see below), so the tests read
-//! real figures.
+//! Heap allocations made on the hot path: a counting wrapper around the global allocator.
 //!
 //! # Hot-path allocation counter
 //! [`HotPath::enter`] marks the calling thread as being on the hot path until its guard
@@ -25,26 +14,19 @@
 //! `stats()` should report the counter as unavailable rather than as zero when it is not.
 //!
 //! # Installing
-//! A binary has one `#[global_allocator]`. The library installs it with feature `napi`
-//! (`lib.rs`); wrapping jemalloc there is
+//! A binary has one `#[global_allocator]`; this library installs none. The addon
+//! (`crates/binding`) installs `Counting<Jemalloc>`:
 //! ```ignore
 //! #[global_allocator]
 //! static GLOBAL: alloc::Counting<tikv_jemallocator::Jemalloc> =
 //!     alloc::Counting::new(tikv_jemallocator::Jemalloc);
 //! ```
-//! `cargo test` runs without feature `napi`, so this module installs
-//! `Counting<Jemalloc>` (`Counting<System>` where jemalloc is not used) for the unit-test
-//! binary under `#[cfg(all(test, not(feature = "napi")))]`. Test builds with `napi` use the
-//! allocator of `lib.rs`, and the counting tests check [`counting_installed`] first.
-//!
-//! Feature `system-alloc` (sanitizer builds, `docs/sanitizers.md`) installs
-//! `Counting<System>` in both places instead: the sanitizers (address, valgrind) track only
-//! `malloc`/`free`, so jemalloc's heap would be invisible to them. jemalloc is still linked, and
-//! [`jemalloc_stats`] answers `None` (measured, as always).
-//!
-//! # Safety fence
-//! `GlobalAlloc` is an `unsafe` trait of `unsafe fn`s, so [`Counting`] is an exception to
-//! "`unsafe` only in the arena": each method forwards its arguments unchanged to the wrapped
+//! and this crate's own unit tests install `Counting<System>` (so Miri and the sanitizers
+//! see every allocation); `tests/hot_path_allocations.rs` installs `Counting<Jemalloc>`.
+
+//! # Safety
+//! `GlobalAlloc` is an `unsafe` trait of `unsafe fn`s, so this module is one of the few
+//! allowed `unsafe` (crate docs): each method forwards its arguments unchanged to the wrapped
 //! allocator under the caller's contract, and its own work (thread-local and atomic
 //! counters) neither allocates, panics nor unwinds.
 //!
@@ -59,118 +41,17 @@
 //! 7.6–7.9 ns either way, the difference lost in noise. A [`HotPath`] guard (enter and drop)
 //! costs 0.5–0.8 ns. The `counting_cost` test (ignored) measures it again.
 
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-/// The global allocator of the unit-test build (`lib.rs` installs one only with `napi`).
-#[cfg(all(
-    test,
-    not(feature = "napi"),
-    not(feature = "system-alloc"),
-    not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
-))]
-#[global_allocator]
-static TEST_GLOBAL: Counting<tikv_jemallocator::Jemalloc> =
-    Counting::new(tikv_jemallocator::Jemalloc);
-
-/// The global allocator of the unit-test build where jemalloc is not used (or not wanted:
-/// feature `system-alloc`, for sanitizers).
-#[cfg(all(
-    test,
-    not(feature = "napi"),
-    any(
-        feature = "system-alloc",
-        target_env = "msvc",
-        target_os = "freebsd",
-        target_family = "wasm"
-    )
-))]
+/// The global allocator of the unit-test build (the library itself installs none).
+#[cfg(test)]
 #[global_allocator]
 static TEST_GLOBAL: Counting<std::alloc::System> = Counting::new(std::alloc::System);
-
-// ---------------------------------------------------------------------------------------------
-// jemalloc statistics
-
-/// jemalloc's view of the heap, in bytes (see jemalloc's `stats.*` documentation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JemallocStats {
-    /// Bytes allocated by the application.
-    pub allocated: u64,
-    /// Bytes in active pages (a multiple of the page size, `>= allocated`).
-    pub active: u64,
-    /// Bytes in physically resident data pages mapped by jemalloc (an upper bound).
-    pub resident: u64,
-    /// Bytes in active extents mapped by jemalloc.
-    pub mapped: u64,
-    /// Bytes in virtual memory kept for later reuse, not returned to the OS.
-    pub retained: u64,
-}
-
-/// jemalloc's statistics, with the epoch advanced first; `None` when jemalloc is not the
-/// process's Rust allocator (see the module docs) or a statistic cannot be read.
-///
-/// Advancing the epoch merges jemalloc's per-arena statistics under jemalloc's own locks,
-/// which allocation fast paths do not take; call it from a reporting thread, not the hot path.
-///
-/// # Example
-/// ```
-/// if let Some(s) = move_dispatcher::alloc::jemalloc_stats() {
-///     assert!(s.allocated <= s.active && s.active <= s.mapped);
-/// }
-/// ```
-pub fn jemalloc_stats() -> Option<JemallocStats> {
-    jemalloc::stats()
-}
-
-/// Whether jemalloc serves the process's Rust heap (measured once, then cached).
-pub fn jemalloc_is_global() -> bool {
-    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-    cached(&STATE, jemalloc::probe)
-}
-
-#[cfg(not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")))]
-mod jemalloc {
-    use super::{jemalloc_is_global, JemallocStats};
-    use tikv_jemalloc_ctl::{epoch, stats, thread};
-
-    pub(super) fn probe() -> bool {
-        let Ok(allocated) = thread::allocatedp::read() else {
-            return false;
-        };
-        let before = allocated.get();
-        drop(std::hint::black_box(Box::new(0_u8)));
-        allocated.get() != before
-    }
-
-    pub(super) fn stats() -> Option<JemallocStats> {
-        if !jemalloc_is_global() {
-            return None;
-        }
-        epoch::advance().ok()?;
-        Some(JemallocStats {
-            allocated: stats::allocated::read().ok()? as u64,
-            active: stats::active::read().ok()? as u64,
-            resident: stats::resident::read().ok()? as u64,
-            mapped: stats::mapped::read().ok()? as u64,
-            retained: stats::retained::read().ok()? as u64,
-        })
-    }
-}
-
-#[cfg(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))]
-mod jemalloc {
-    use super::JemallocStats;
-
-    pub(super) fn probe() -> bool {
-        false
-    }
-
-    pub(super) fn stats() -> Option<JemallocStats> {
-        None
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Hot-path allocation counter
@@ -442,18 +323,14 @@ mod tests {
     use std::hint::black_box;
     use std::sync::{Arc, Barrier};
 
-    /// The counting tests need `Counting` as the global allocator: always so in the
-    /// `--no-default-features` test build; with `napi`, only once `lib.rs` wraps jemalloc.
+    /// The counting tests need `Counting` as the global allocator, which the unit-test
+    /// build installs.
     fn counting() -> bool {
-        let installed = counting_installed();
         assert!(
-            installed || cfg!(feature = "napi"),
+            counting_installed(),
             "alloc.rs installs Counting in this build"
         );
-        if !installed {
-            eprintln!("Counting is not the global allocator in this build: skipped");
-        }
-        installed
+        true
     }
 
     fn delta(before: HotPathStats) -> HotPathStats {
@@ -467,9 +344,7 @@ mod tests {
 
     #[test]
     fn installed_in_the_test_build() {
-        if !cfg!(feature = "napi") {
-            assert!(counting_installed());
-        }
+        assert!(counting_installed());
         assert_eq!(counting_installed(), counting_installed());
     }
 
@@ -619,48 +494,6 @@ mod tests {
         assert!(hot_path_stats().allocations >= global.allocations + N);
     }
 
-    #[test]
-    #[cfg_attr(miri, ignore = "jemalloc is C code (FFI), which Miri cannot run")]
-    fn jemalloc_figures() {
-        const BIG: usize = 128 << 20;
-        let expected = cfg!(not(any(
-            feature = "system-alloc",
-            target_env = "msvc",
-            target_os = "freebsd",
-            target_family = "wasm"
-        )));
-        assert_eq!(jemalloc_is_global(), expected);
-        let Some(before) = jemalloc_stats() else {
-            assert!(
-                !expected,
-                "jemalloc is the allocator but its stats did not read"
-            );
-            return;
-        };
-        let sane = |s: JemallocStats| {
-            s.allocated > 0
-                && s.allocated <= s.active
-                && s.active <= s.resident
-                && s.active <= s.mapped
-        };
-        assert!(sane(before), "{before:?}");
-        let big = black_box(vec![1_u8; BIG]);
-        let during = jemalloc_stats().unwrap();
-        assert!(sane(during), "{during:?}");
-        // Other tests allocate and free meanwhile (a few MiB); 64 MiB stands well above that.
-        assert!(
-            during.allocated >= before.allocated + (BIG as u64) / 2,
-            "{before:?} {during:?}"
-        );
-        assert!(during.resident >= (BIG as u64) / 2);
-        drop(big);
-        let after = jemalloc_stats().unwrap();
-        assert!(
-            after.allocated + (BIG as u64) / 2 <= during.allocated,
-            "{after:?}"
-        );
-    }
-
     /// Cost of the wrapper with the mark off, and of a guard (run:
     /// `cargo test --release --no-default-features --lib alloc::tests::counting_cost --
     /// --ignored --nocapture`).
@@ -685,12 +518,6 @@ mod tests {
             }
             per_op(t)
         }
-        #[cfg(not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm")))]
-        let (plain, counting) = (
-            tikv_jemallocator::Jemalloc,
-            Counting::new(tikv_jemallocator::Jemalloc),
-        );
-        #[cfg(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))]
         let (plain, counting) = (std::alloc::System, Counting::new(std::alloc::System));
         for _ in 0..3 {
             let base = pairs(&plain);

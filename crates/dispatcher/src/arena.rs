@@ -14,11 +14,15 @@
 //! [`Producer::try_push`] refuses (returning the record size it needed) when the ring
 //! lacks space; nothing is written then.
 //!
-//! # Safety fence
-//! This module and [`crate::inbox`] are the only places with `unsafe`. The invariant
-//! that makes it sound: the producer writes only to `[head, tail + cap)`, the consumer
-//! reads only `[tail, head)`, and each side publishes its position with a release store
-//! that the other side reads with an acquire load.
+//! # Safety
+//! One of the crate's few modules allowed `unsafe` (see the crate docs). The invariant that
+//! makes it sound: the producer writes only to `[head, tail + cap)`, the consumer reads only
+//! `[tail, head)`, and each side publishes its position with a release store that the other
+//! side reads with an acquire load. The consumer's tail only ever moves past a record that
+//! [`Consumer::peek`] found inside `[tail, head)` ([`Consumer::pop`] takes no size): no safe
+//! call can free bytes the producer has not published or hand the producer bytes a reader
+//! still borrows.
+#![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,6 +122,7 @@ fn ring_over(buf: Box<[UnsafeCell<u8>]>, cap: usize) -> (Producer, Consumer) {
             ring,
             tail: 0,
             head_cache: 0,
+            peeked: 0,
         },
     )
 }
@@ -254,16 +259,18 @@ pub struct Consumer {
     ring: Arc<Ring>,
     tail: usize,
     head_cache: usize,
+    /// Bytes of the record the last [`Consumer::peek`] returned (skip included), which
+    /// [`Consumer::pop`] frees; 0 when none is pending.
+    peeked: usize,
 }
 
-/// A record at the tail of the ring.
+/// A record at the tail of the ring, borrowed until the next call on its [`Consumer`].
+#[derive(Debug)]
 pub struct Record<'a> {
     pub seq: u64,
     /// When the move was dispatched ([`crate::clock::now_ns`]).
     pub stamp: u64,
     pub frame: &'a [u8],
-    /// Bytes to [`Consumer::advance`] past this record (including any skip before it).
-    pub size: usize,
 }
 
 impl Consumer {
@@ -276,7 +283,9 @@ impl Consumer {
         self.tail == self.head_cache
     }
 
-    /// The oldest record, if any. Call [`Consumer::advance`] with its `size` to free it.
+    /// The oldest record, if any; [`Consumer::pop`] frees it once the caller is done with it
+    /// (the borrow of the record ends first, so the producer can never overwrite bytes a
+    /// reader still holds).
     ///
     /// # Panics
     /// Only if the ring's own invariants are broken (a record header pointing past the end),
@@ -301,19 +310,24 @@ impl Consumer {
         // which the producer never writes until the consumer advances past it; bounds
         // checked by the assert above.
         let frame = unsafe { std::slice::from_raw_parts(self.ring.ptr(start).cast_const(), len) };
-        Some(Record {
-            seq,
-            stamp,
-            frame,
-            size: skip + record_size(len),
-        })
+        self.peeked = skip + record_size(len);
+        Some(Record { seq, stamp, frame })
     }
 
-    /// Frees `size` bytes at the tail (the size of the record just processed).
-    pub fn advance(&mut self, size: usize) {
+    /// Frees the record the last [`Consumer::peek`] returned; does nothing if there is none
+    /// (never peeked, or already popped). Returns whether a record was freed.
+    pub fn pop(&mut self) -> bool {
+        let size = std::mem::take(&mut self.peeked);
+        if size == 0 {
+            return false;
+        }
         self.tail += size;
-        debug_assert!(self.tail <= self.head_cache);
+        debug_assert!(
+            self.tail <= self.head_cache,
+            "peek saw this record published"
+        );
         self.ring.tail.0.store(self.tail, Ordering::Release);
+        true
     }
 
     fn read<const N: usize>(&self, offset: usize) -> [u8; N] {
@@ -344,13 +358,15 @@ mod tests {
         p.try_push(2, 0, &[9; 40]).unwrap();
         let r = c.peek().unwrap();
         assert_eq!((r.seq, r.frame), (1, &b"abc"[..]));
-        let size = r.size;
-        c.advance(size);
+        assert!(c.pop());
+        assert!(!c.pop(), "popped once per peek");
         let r = c.peek().unwrap();
         assert_eq!((r.seq, r.frame.len()), (2, 40));
-        let size = r.size;
-        c.advance(size);
+        // Peeking again without popping returns the same record.
+        assert_eq!(c.peek().unwrap().seq, 2);
+        assert!(c.pop());
         assert!(c.peek().is_none());
+        assert!(!c.pop(), "nothing to free");
         assert_eq!(p.used(), 0);
     }
 
@@ -361,15 +377,15 @@ mod tests {
         p.try_push(1, 0, &[1; 40]).unwrap();
         p.try_push(2, 0, &[2; 40]).unwrap();
         assert_eq!(p.try_push(3, 0, &[3; 40]), Err(Full { needed: 16 + 64 }));
-        let size = c.peek().unwrap().size;
-        c.advance(size);
+        assert!(c.peek().is_some() && c.pop());
         // head at 128: 16 bytes left before the end, so the record skips to 0.
         p.try_push(3, 0, &[3; 40]).unwrap();
-        let size = c.peek().unwrap().size;
-        c.advance(size);
+        assert!(c.peek().is_some() && c.pop());
         let r = c.peek().unwrap();
         assert_eq!((r.seq, r.frame), (3, &[3u8; 40][..]));
-        assert_eq!(r.size, 16 + 64);
+        assert!(c.pop());
+        // The skip and the record were freed together.
+        assert_eq!(p.used(), 0);
     }
 
     /// Property: any interleaving of pushes and pops returns exactly the pushed frames in
@@ -398,8 +414,7 @@ mod tests {
                         .pop_front()
                         .expect("ring returned a record the model lacks");
                     assert_eq!((r.seq, r.frame), (s, &f[..]));
-                    let size = r.size;
-                    c.advance(size);
+                    assert!(c.pop());
                 } else {
                     assert!(model.is_empty());
                 }
@@ -419,8 +434,7 @@ mod tests {
                     assert_eq!(r.seq, next);
                     assert_eq!(r.frame.len(), (next % 97) as usize);
                     assert!(r.frame.iter().all(|&b| b == next as u8));
-                    let size = r.size;
-                    c.advance(size);
+                    assert!(c.pop());
                     next += 1;
                 } else {
                     std::hint::spin_loop();

@@ -1,10 +1,12 @@
-//! The dispatcher as the JavaScript thread sees it, and the tokio runtime of its workers.
+//! The dispatcher as the JavaScript thread sees it.
 //!
 //! [`Core`] is owned by one thread (the JavaScript thread that created it). Its
-//! [`Core::dispatch`] does the O(1) synchronous checks of `docs/architecture.md`, reserves
-//! the room's budget, copies the frame into the shard's arena and wakes the worker if it
-//! sleeps. It never blocks and allocates nothing (overload marks are only flagged there;
-//! their events are published by the next poll, drain or flush).
+//! [`Core::dispatch`] does the O(1) synchronous checks of `docs/architecture.md` (room,
+//! auth, sender, membership, rate limit, capacity), reserves the room's budget, copies the
+//! frame into the shard's arena and wakes the worker if it sleeps. It never blocks and
+//! allocates nothing (overload marks are only flagged there; their events are published by
+//! the next poll, drain or flush: [`crate::overload`]). The workers run [`crate::shard`]'s
+//! loop on the runtime of [`crate::runtime`].
 //!
 //! # Ordering
 //! Every operation on a room goes to the room's shard with the next sequence number of
@@ -14,16 +16,22 @@
 //! A full queue (`channel_capacity` moves in flight), a full arena or a full room budget
 //! answers [`Verdict::Backpressure`] and keeps nothing.
 //!
+//! # Failure
+//! A shard whose worker panicked is failed (see [`crate::shard`]): once [`Core::poll`] has
+//! reported it, its rooms answer [`Verdict::Closed`] and control calls on them
+//! [`Status::Closed`]; moves accepted before are still accounted (delivered, or rejected
+//! with [`Reason::ShardFailed`]); the other shards go on.
+//!
 //! # Shutdown
 //! [`Core::shutdown`] stops the workers and joins them; what is still queued then is
-//! dropped, so callers flush first (`Dispatcher.close` does). It is idempotent and also
-//! runs on drop. Pull rooms can still be drained afterwards: room memory lives as long as
-//! the room (or a JavaScript view of it).
+//! dropped, so callers flush first (`Dispatcher.close` does). It is idempotent. Dropping a
+//! core stops its workers without blocking ([`Stopper::stop_in_background`]). Pull rooms can
+//! still be drained afterwards: room memory lives as long as the room (or a JavaScript view
+//! of it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::alloc::HotPath;
 use crate::arena::{self, Producer};
@@ -31,151 +39,18 @@ use crate::auth::PlayerKey;
 use crate::frame::{self, FrameError};
 use crate::inbox::{Batch, Inbox, Rejection};
 use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
-use crate::outbox::{Delivery, Outbox, OverloadEvent, Subject, Waker};
-use crate::shard::{Control, Shared, Worker};
-use crate::verdict::{Reason, Status, Verdict};
+use crate::outbox::{Delivery, Outbox, Waker};
+use crate::overload::{mark_room, mark_shard};
+use crate::ratelimit::Bucket;
+use crate::runtime::{self, Stopper};
+use crate::shard::{self, Control, Policy, Shared, Worker, PAUSE_ACK};
+use crate::stats::{Histo, ARENA_SAMPLE, DEPTH_REFRESH};
+use crate::verdict::{Status, Verdict};
 use crate::IdHashBuilder;
 
-/// Resolved configuration (validated by the TypeScript layer, re-checked by [`Config::validate`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub worker_threads: usize,
-    pub shards: usize,
-    pub channel_capacity: usize,
-    pub arena_bytes: usize,
-    pub room_bytes: usize,
-    pub max_payload: usize,
-    pub max_batch_moves: u32,
-    pub pin_cores: Option<Vec<usize>>,
-    pub max_blocking_threads: usize,
-    pub thread_name: String,
-    /// Queue depth (moves) at which a shard is reported overloaded; 0 = never.
-    pub overload_queue_depth: u64,
-    /// Undelivered bytes at which a room is reported overloaded; 0 = never.
-    pub overload_room_bytes: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            worker_threads: 1,
-            shards: 1,
-            channel_capacity: 65_536,
-            arena_bytes: 8 << 20,
-            room_bytes: 256 << 10,
-            max_payload: 1024,
-            max_batch_moves: 4096,
-            pin_cores: None,
-            max_blocking_threads: 4,
-            thread_name: "move-disp".to_owned(),
-            overload_queue_depth: 0,
-            overload_room_bytes: 0,
-        }
-    }
-}
-
-/// An option out of range. Names the field; never carries data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "options.{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl Config {
-    /// Checks every field against the ranges documented in `src/types.ts`.
-    ///
-    /// # Errors
-    /// The first field out of range.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let max_frame = frame::FRAME_OVERHEAD + self.max_payload;
-        let checks: [(&'static str, usize, usize, usize); 8] = [
-            ("workerThreads", self.worker_threads, 1, 64),
-            ("shards", self.shards, 1, 256),
-            ("channelCapacity", self.channel_capacity, 1, 1 << 24),
-            ("maxPayload", self.max_payload, 0, frame::MAX_WIRE_PAYLOAD),
-            (
-                "arenaBytes",
-                self.arena_bytes,
-                (64 << 10).max(2 * (arena::record_size(max_frame) + 8)),
-                1 << 30,
-            ),
-            (
-                "roomBytes",
-                self.room_bytes,
-                (4 << 10).max(max_frame),
-                64 << 20,
-            ),
-            ("maxBatchMoves", self.max_batch_moves as usize, 1, 1 << 20),
-            ("maxBlockingThreads", self.max_blocking_threads, 1, 512),
-        ];
-        for (field, value, min, max) in checks {
-            if !(min..=max).contains(&value) {
-                return Err(ConfigError {
-                    field,
-                    message: format!("must be in {min}..={max}, got {value}"),
-                });
-            }
-        }
-        if self.thread_name.is_empty() || self.thread_name.contains('\0') {
-            return Err(ConfigError {
-                field: "threadName",
-                message: "must be a non-empty string without NUL".to_owned(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Counters kept by the JavaScript thread.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub dispatched: u64,
-    pub accepted: u64,
-    pub verdicts: [u64; Verdict::COUNT],
-    pub reasons: [u64; Reason::COUNT],
-    pub delivered: u64,
-    pub rejected: u64,
-    pub batches: u64,
-    /// `Backpressure` by cause: queue, arena, room budget.
-    pub backpressure: [u64; 3],
-}
-
-/// Cause of a `Backpressure` verdict (index into [`Counters::backpressure`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Pressure {
-    Queue = 0,
-    Arena = 1,
-    Room = 2,
-}
-
-/// One shard's queue and arena, as seen by the producer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShardStats {
-    /// Moves dispatched and not yet taken by the worker.
-    pub queue_depth: u64,
-    /// Highest queue depth seen at a dispatch (an upper bound: the producer refreshes its
-    /// view of the worker's progress every [`DEPTH_REFRESH`] moves, or when the queue looks full).
-    pub queue_high_water: u64,
-    pub arena_capacity: usize,
-    /// Bytes of the arena holding records not yet freed by the worker.
-    pub arena_used: usize,
-    /// Highest arena use seen at a dispatch (an upper bound, like `queue_high_water`).
-    pub arena_high_water: usize,
-    /// Times the arena's write position went back to its start.
-    pub arena_wraps: u64,
-}
-
-/// How often (in moves) the producer refreshes its view of the worker's progress.
-pub const DEPTH_REFRESH: u64 = 64;
+pub use crate::config::{Config, ConfigError};
+pub use crate::ratelimit::RateLimit;
+pub use crate::stats::{Counters, Latencies, Pressure, ShardStats, View};
 
 /// Result of [`Core::dispatch_stream`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,58 +66,23 @@ pub struct StreamOutcome {
     clippy::struct_excessive_bools,
     reason = "independent properties of a room, not states"
 )]
-struct Room {
+pub(crate) struct Room {
     shard: usize,
     hmac: bool,
     push: bool,
     /// `false` after `closeRoom`: frames answer `UnknownRoom`, pending moves still flow.
     open: bool,
     /// Reported overloaded (or about to be), not yet recovered.
-    overloaded: bool,
+    pub(crate) overloaded: bool,
     /// Dispatch → delivered of this room's moves since its last overload event (for the
     /// event's p99); `None` when room overload events are off.
-    waits: Option<Box<Coarse>>,
-    /// Members, each with its rate-limit bucket (unused when `rate` is `None`).
+    pub(crate) waits: Option<Box<Coarse>>,
+    /// Members, each with its rate-limit bucket (unused when `rate` is `None`): the
+    /// membership `dispatch` checks (`NotMember`), in step with the worker's through the
+    /// ordered `join` / `leave` controls.
     players: HashMap<u32, Bucket, IdHashBuilder>,
     rate: Option<RateLimit>,
-    inbox: Arc<Inbox>,
-}
-
-/// A room's per-player rate limit: `per_second` tokens a second, at most `burst` saved.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub per_second: f64,
-    pub burst: f64,
-}
-
-/// A player's token bucket.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    /// [`crate::clock::now_ns`] of the last refill.
-    at: u64,
-}
-
-impl Bucket {
-    fn full(rate: Option<RateLimit>) -> Self {
-        Self {
-            tokens: rate.map_or(0.0, |r| r.burst),
-            at: crate::clock::now_ns(),
-        }
-    }
-
-    /// Refills for the time elapsed until `now` ([`crate::clock::now_ns`]); whether a token
-    /// is available.
-    fn ready(&mut self, rate: RateLimit, now: u64) -> bool {
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "nanoseconds to seconds; exact below 104 days between two frames"
-        )]
-        let elapsed = now.saturating_sub(self.at) as f64 / 1e9;
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
-        self.at = self.at.max(now);
-        self.tokens >= 1.0
-    }
+    pub(crate) inbox: Arc<Inbox>,
 }
 
 impl Room {
@@ -253,28 +93,30 @@ impl Room {
     }
 }
 
-struct ShardHandle {
-    shared: Arc<Shared>,
+pub(crate) struct ShardHandle {
+    pub(crate) shared: Arc<Shared>,
     producer: Producer,
     next_seq: u64,
     /// Moves pushed into the arena (the queue's write count).
-    pushed: u64,
+    pub(crate) pushed: u64,
     /// Last value read from `shared.consumed` (refreshed when the queue looks full, and
     /// every [`DEPTH_REFRESH`] moves for the high-water marks).
-    consumed_cache: u64,
+    pub(crate) consumed_cache: u64,
     depth_high_water: u64,
     arena_high_water: usize,
     /// Dispatch → validated, recorded by the worker: one observer for `stats` (reset on
     /// request), one for `metrics` (never reset, as Prometheus histograms must be), one for
     /// overload events (reset at each event of the shard).
-    validated: [Observer; 3],
+    pub(crate) validated: [Observer; 3],
     /// Reported overloaded (or about to be), not yet recovered.
-    overloaded: bool,
+    pub(crate) overloaded: bool,
     /// Crossed its mark inside `dispatch` at this depth; the event is published by the next
     /// `poll`, `drain` or flush (publishing allocates, `dispatch` must not).
-    raise_pending: Option<u64>,
+    pub(crate) raise_pending: Option<u64>,
     /// `dispatch_stream` pushed to this shard and owes it a wake-up at the end of the call.
     wake_owed: bool,
+    /// Its worker panicked and [`Core::poll`] reported it: its rooms answer `Closed`.
+    failed: bool,
 }
 
 impl ShardHandle {
@@ -333,58 +175,12 @@ impl ShardHandle {
     }
 }
 
-/// The runtime and the means to stop it; shared with the environment cleanup hook.
-pub struct Stopper {
-    /// `None` once stopped, and for a core whose workers run inline.
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    stopped: AtomicBool,
-    shards: Vec<Arc<Shared>>,
-    outbox: Arc<Outbox>,
-}
-
-impl Stopper {
-    /// Stops the workers and joins their threads (tasks parked at that moment are dropped
-    /// with whatever they still had queued). `silent`: do not wake JavaScript any more (its
-    /// environment is going away).
-    pub fn stop(&self, silent: bool) {
-        if silent {
-            self.outbox.disable_waker();
-        }
-        self.stopped.store(true, Ordering::SeqCst);
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(runtime) = runtime else { return };
-        for s in &self.shards {
-            s.paused.store(false, Ordering::SeqCst);
-            s.stop.store(true, Ordering::SeqCst);
-            s.poke();
-        }
-        runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-
-    /// Whether the workers have been stopped.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-}
-
-impl std::fmt::Debug for Stopper {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stopper")
-            .field("shards", &self.shards.len())
-            .finish_non_exhaustive()
-    }
-}
-
 /// The dispatcher, JavaScript-thread side.
 pub struct Core {
-    cfg: Config,
-    rooms: HashMap<u32, Room, IdHashBuilder>,
-    shards: Vec<ShardHandle>,
-    outbox: Arc<Outbox>,
+    pub(crate) cfg: Config,
+    pub(crate) rooms: HashMap<u32, Room, IdHashBuilder>,
+    pub(crate) shards: Vec<ShardHandle>,
+    pub(crate) outbox: Arc<Outbox>,
     stopper: Arc<Stopper>,
     closed: bool,
     counters: Counters,
@@ -399,53 +195,14 @@ pub struct Core {
     /// crossed its mark while that event is still to be published (on drain, poll and
     /// flush). Ids are distinct; spare capacity for every known room is kept, so `dispatch`
     /// never grows it.
-    overloaded_rooms: Vec<(u32, Option<u64>)>,
+    pub(crate) overloaded_rooms: Vec<(u32, Option<u64>)>,
+    /// The shard and cause of the last `Backpressure` (what [`Core::want_writable`] waits on).
+    pressure: Option<(usize, Pressure)>,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread; empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
     inline: Vec<Worker>,
 }
-
-/// A recorder with its observers (`stats`, `metrics`, overload events).
-struct Histo {
-    recorder: Recorder,
-    observers: [Observer; 3],
-}
-
-impl Histo {
-    fn new(scale: Scale) -> Self {
-        let (recorder, observer) = latency::pair(scale);
-        Self {
-            recorder,
-            observers: [observer.clone(), observer.clone(), observer],
-        }
-    }
-}
-
-/// Which observers a snapshot reads: `stats()` intervals or the never-reset `metrics()` ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    Stats = 0,
-    Metrics = 1,
-    /// Internal: the interval since a subject's last overload event.
-    Overload = 2,
-}
-
-/// The histograms of one snapshot.
-#[derive(Debug, Clone)]
-pub struct Latencies {
-    /// Dispatch → validated (ns), all shards merged.
-    pub validated: Snapshot,
-    /// Dispatch → handed to JavaScript by `drain()` or a push delivery (ns).
-    pub delivered: Snapshot,
-    /// Moves per delivered batch.
-    pub batch_size: Snapshot,
-    /// Arena allocation (the bump-pointer push of a record), ns; every 64th dispatch.
-    pub arena_alloc: Snapshot,
-}
-
-/// One in how many dispatches times its arena allocation.
-pub const ARENA_SAMPLE: u64 = 64;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,15 +213,6 @@ impl std::fmt::Debug for Core {
             .finish_non_exhaustive()
     }
 }
-
-/// Moves or controls a worker takes per turn before it checks for deliveries and yields.
-const TURN: usize = 256;
-/// Empty polls a worker spins through before it parks.
-const SPINS: u32 = 200;
-/// The longest a busy worker (one whose queue does not run dry) holds validated moves
-/// before it delivers them anyway. Smaller costs more wake-ups of JavaScript and smaller
-/// batches; larger adds latency under sustained load.
-const HOLD_NS: u64 = 100_000;
 
 impl Core {
     /// Starts the workers. `waker` is called (from worker threads) when [`Core::poll`] has news.
@@ -477,9 +225,10 @@ impl Core {
 
     /// A core without a runtime: its workers run only inside [`Core::step_workers`], on the
     /// caller's thread, so that every delivery happens at a point the caller chooses (the
-    /// `dispatch` fuzz target runs thousands of inputs a second this way). `worker_threads`,
-    /// `pin_cores` and `max_blocking_threads` are ignored. A testing hook: only with the
-    /// `inline-workers` feature, never in the addon.
+    /// `dispatch` fuzz target runs thousands of inputs a second this way). They run the same
+    /// loop as the runtime's ([`Worker::step`]) with [`Policy::inline`]: no delivery on
+    /// elapsed time, no spinning. `worker_threads`, `pin_cores` and `max_blocking_threads`
+    /// are ignored. A testing hook: only with the `inline-workers` feature, never in the addon.
     ///
     /// # Errors
     /// A field out of range.
@@ -494,11 +243,16 @@ impl Core {
         let runtime = if inline {
             None
         } else {
-            Some(build_runtime(&cfg)?)
+            Some(runtime::build(&cfg)?)
+        };
+        let policy = if inline {
+            Policy::inline(cfg.max_batch_moves)
+        } else {
+            Policy::runtime(cfg.max_batch_moves)
         };
         let mut parked = Vec::new();
         let mut shards = Vec::with_capacity(cfg.shards);
-        for _ in 0..cfg.shards {
+        for index in 0..cfg.shards {
             let shared = Arc::new(Shared::default());
             let (producer, consumer) =
                 arena::try_ring(cfg.arena_bytes).map_err(|e| ConfigError {
@@ -507,14 +261,15 @@ impl Core {
                 })?;
             let (validated, observer) = latency::pair(Scale::LATENCY_NS);
             let worker = Worker::new(
+                u32::try_from(index).unwrap_or(u32::MAX),
                 Arc::clone(&shared),
                 consumer,
                 Arc::clone(&outbox),
-                cfg.max_batch_moves,
+                policy,
                 validated,
             );
             match &runtime {
-                Some(rt) => drop(rt.spawn(run_worker(worker))),
+                Some(rt) => drop(rt.spawn(shard::drive(worker))),
                 None => parked.push(worker),
             }
             shards.push(ShardHandle {
@@ -529,14 +284,14 @@ impl Core {
                 overloaded: false,
                 raise_pending: None,
                 wake_owed: false,
+                failed: false,
             });
         }
-        let stopper = Arc::new(Stopper {
-            runtime: Mutex::new(runtime),
-            stopped: AtomicBool::new(false),
-            shards: shards.iter().map(|s| Arc::clone(&s.shared)).collect(),
-            outbox: Arc::clone(&outbox),
-        });
+        let stopper = Arc::new(Stopper::new(
+            runtime,
+            shards.iter().map(|s| Arc::clone(&s.shared)).collect(),
+            Arc::clone(&outbox),
+        ));
         Ok(Self {
             cfg,
             rooms: HashMap::default(),
@@ -550,6 +305,7 @@ impl Core {
             batch_size: Histo::new(Scale::SIZE),
             arena_alloc: Histo::new(Scale::LATENCY_NS),
             overloaded_rooms: Vec::new(),
+            pressure: None,
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
         })
@@ -596,28 +352,30 @@ impl Core {
         let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
             return Verdict::UnknownRoom;
         };
+        let shard = &mut self.shards[room.shard];
+        if shard.failed {
+            return Verdict::Closed;
+        }
         if h.is_hmac() != room.hmac {
             return Verdict::AuthMismatch;
         }
         if sender.is_some_and(|s| s != h.player) {
             return Verdict::WrongSender;
         }
-        // Rate limit: keyed by the proven sender (the frame's player when none is given);
-        // frames of non-members are not limited here (validation rejects them).
-        // One clock read per move: the rate limit's `now` is the dispatch stamp.
+        // Membership, exact here: the player (the proven sender, past `WrongSender`) must
+        // have joined. A non-member spends nothing of the room.
+        let Some(bucket) = room.players.get_mut(&h.player) else {
+            return Verdict::NotMember;
+        };
+        // Rate limit: one clock read per move, the rate limit's `now` is the dispatch stamp.
         let mut now = chunk_stamp;
-        let mut bucket = None;
         if let Some(rate) = room.rate {
-            if let Some(b) = room.players.get_mut(&sender.unwrap_or(h.player)) {
-                let t = now.unwrap_or_else(crate::clock::now_ns);
-                now = Some(t);
-                if !b.ready(rate, t) {
-                    return Verdict::RateLimited;
-                }
-                bucket = Some(b);
+            let t = now.unwrap_or_else(crate::clock::now_ns);
+            now = Some(t);
+            if !bucket.ready(rate, t) {
+                return Verdict::RateLimited;
             }
         }
-        let shard = &mut self.shards[room.shard];
         // Causes in the documented order: queue, arena, room budget.
         let pressure = if shard.queue_full(self.cfg.channel_capacity as u64) {
             Some(Pressure::Queue)
@@ -630,6 +388,7 @@ impl Core {
         };
         if let Some(p) = pressure {
             self.counters.backpressure[p as usize] += 1;
+            self.pressure = Some((room.shard, p));
             // Backpressure may come before a mark is reached (a small arena), or at it.
             mark_shard(shard, self.cfg.overload_queue_depth, &self.outbox);
             mark_room(
@@ -654,8 +413,8 @@ impl Core {
             room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
         }
-        if let Some(b) = bucket {
-            b.tokens -= 1.0;
+        if room.rate.is_some() {
+            bucket.tokens -= 1.0;
         }
         shard.count_push();
         if chunk_stamp.is_some() {
@@ -693,9 +452,16 @@ impl Core {
                 Ok(h) => h.frame_len(),
                 Err(FrameError::Short { .. }) => break,
                 Err(_) => {
+                    // Stop: the stream cannot be resynchronised. Its verdict follows the
+                    // checks' order: a closed dispatcher answers `Closed` before any header.
                     out.malformed = true;
+                    let v = if self.closed {
+                        Verdict::Closed
+                    } else {
+                        Verdict::Malformed
+                    };
                     self.counters.dispatched += 1;
-                    self.counters.verdicts[Verdict::Malformed as usize] += 1;
+                    self.counters.verdicts[v as usize] += 1;
                     break;
                 }
             };
@@ -725,11 +491,18 @@ impl Core {
         out
     }
 
+    /// Queues `control` on `shard`, in order with its moves. A shard whose worker is gone
+    /// for good takes nothing: a flush is answered here instead, anything else dropped.
     fn push_control(&mut self, shard: usize, control: Control) {
         let s = &mut self.shards[shard];
-        s.shared.push_control(s.next_seq, control);
-        s.next_seq += 1;
-        s.shared.wake();
+        match s.shared.push_control(s.next_seq, control) {
+            Ok(()) => {
+                s.next_seq += 1;
+                s.shared.wake();
+            }
+            Err(Control::Flush { token }) => self.outbox.publish(&mut Vec::new(), &[token]),
+            Err(_) => {}
+        }
     }
 
     /// Opens `room` (or reopens a closing one, keeping its pending moves ahead).
@@ -746,6 +519,9 @@ impl Core {
             return Status::Closed;
         }
         let shard = room as usize % self.cfg.shards;
+        if self.shards[shard].failed {
+            return Status::Closed;
+        }
         let inbox = match self.rooms.get_mut(&room) {
             Some(r) if r.open => return Status::RoomExists,
             Some(r) if r.push != push => return Status::WrongDelivery,
@@ -787,10 +563,15 @@ impl Core {
         if self.closed {
             return Err(Status::Closed);
         }
-        self.rooms
+        let r = self
+            .rooms
             .get_mut(&room)
             .filter(|r| r.open)
-            .ok_or(Status::UnknownRoom)
+            .ok_or(Status::UnknownRoom)?;
+        if self.shards[r.shard].failed {
+            return Err(Status::Closed);
+        }
+        Ok(r)
     }
 
     /// Registers `player` (again: replaces the key, keeps the window).
@@ -811,14 +592,7 @@ impl Core {
             .entry(player)
             .or_insert_with(|| Bucket::full(rate));
         let shard = r.shard;
-        self.push_control(
-            shard,
-            Control::Join {
-                room,
-                player,
-                key: key.map(Box::new),
-            },
-        );
+        self.push_control(shard, Control::Join { room, player, key });
         Status::Ok
     }
 
@@ -994,13 +768,54 @@ impl Core {
 
     fn count_batches(&mut self, items: &mut [Delivery]) {
         for d in items {
-            if let Delivery::Batch(b) = d {
-                self.count_delivery(b);
-                if let Some(inbox) = self.inbox(b.room) {
-                    inbox.recycle(Vec::new(), std::mem::take(&mut b.stamps));
+            match d {
+                Delivery::Batch(b) => {
+                    self.count_delivery(b);
+                    if let Some(inbox) = self.inbox(b.room) {
+                        inbox.recycle(Vec::new(), std::mem::take(&mut b.stamps));
+                    }
                 }
+                // From now on the shard's rooms answer `Closed`.
+                Delivery::Failed { shard, .. } => {
+                    if let Some(s) = self.shards.get_mut(*shard as usize) {
+                        s.failed = true;
+                    }
+                }
+                Delivery::Flushed { .. } | Delivery::Overload(_) => {}
             }
         }
+    }
+
+    /// Asks to be woken ([`Core::poll`]'s waker) once capacity may have been freed after the
+    /// last `Backpressure`: when the worker of the shard whose queue or arena was full takes
+    /// moves off it (or parks with its queue empty). A room's own budget is freed by
+    /// JavaScript (a drain, or a push batch released and the next one delivered, which wakes
+    /// anyway), so nothing is asked of the worker then.
+    pub fn want_writable(&mut self) {
+        let Some((shard, pressure)) = self.pressure else {
+            return;
+        };
+        if pressure == Pressure::Room || self.stopper.is_stopped() {
+            return;
+        }
+        let s = &self.shards[shard].shared;
+        s.want_writable.store(true, Ordering::SeqCst);
+        // Pairs with the worker's fence in `may_sleep`: either it sees the request, or we
+        // see that it parked with its queue empty (space now) and answer ourselves.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if s.sleeping.load(Ordering::SeqCst) && s.want_writable.swap(false, Ordering::AcqRel) {
+            self.outbox.notify();
+        }
+    }
+
+    /// Test hook: the worker of `shard` panics when it reaches this point of its queue
+    /// (see [`crate::shard`] for what a failed shard does).
+    pub fn fail_shard_for_testing(&mut self, shard: usize) -> Status {
+        if self.closed || shard >= self.shards.len() {
+            return Status::Closed;
+        }
+        self.push_control(shard, Control::Fail);
+        Status::Ok
     }
 
     /// Hands back a delivered batch's rejection list (read and emptied by the caller) to
@@ -1076,7 +891,7 @@ impl Core {
         if !paused || self.stopper.is_stopped() || self.runs_inline() {
             return;
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + PAUSE_ACK;
         while self
             .shards
             .iter()
@@ -1084,89 +899,6 @@ impl Core {
             && std::time::Instant::now() < deadline
         {
             std::thread::yield_now();
-        }
-    }
-
-    /// Publishes the overload events flagged inside `dispatch` (with the p99 wait since the
-    /// subject's previous event), then the recoveries: a shard whose queue fell to half its
-    /// mark, a room whose undelivered bytes did (or that was forgotten). Runs on drain,
-    /// poll and flush.
-    fn overload_events(&mut self) {
-        let mark = self.cfg.overload_queue_depth;
-        for (i, s) in self.shards.iter_mut().enumerate() {
-            let subject = Subject::Shard(u32::try_from(i).unwrap_or(u32::MAX));
-            if let Some(depth) = s.raise_pending.take() {
-                let p99_wait_ns =
-                    s.validated[View::Overload as usize].value_at_quantile(0.99, true);
-                self.outbox.publish_event(OverloadEvent {
-                    subject,
-                    recovered: false,
-                    depth,
-                    threshold: mark,
-                    p99_wait_ns,
-                });
-            }
-            if s.overloaded {
-                s.consumed_cache = s.shared.consumed.0.load(Ordering::Acquire);
-                let depth = s.pushed - s.consumed_cache;
-                if depth <= mark / 2 {
-                    s.overloaded = false;
-                    let p99_wait_ns =
-                        s.validated[View::Overload as usize].value_at_quantile(0.99, true);
-                    self.outbox.publish_event(OverloadEvent {
-                        subject,
-                        recovered: true,
-                        depth,
-                        threshold: mark,
-                        p99_wait_ns,
-                    });
-                }
-            }
-        }
-        let threshold = self.cfg.overload_room_bytes;
-        let mut k = 0;
-        while k < self.overloaded_rooms.len() {
-            let (id, pending) = self.overloaded_rooms[k];
-            let room = self.rooms.get_mut(&id);
-            let bytes = room.as_ref().map_or(0, |r| r.inbox.reserved());
-            let p99 = |room: Option<&mut Room>| {
-                room.and_then(|r| r.waits.as_deref_mut()).map_or(0, |w| {
-                    let p = w.value_at_quantile(0.99);
-                    w.clear();
-                    p
-                })
-            };
-            let event = |recovered, depth| OverloadEvent {
-                subject: Subject::Room(id),
-                recovered,
-                depth,
-                threshold: threshold as u64,
-                p99_wait_ns: 0,
-            };
-            if let Some(depth) = pending {
-                self.overloaded_rooms[k].1 = None;
-                self.outbox.publish_event(OverloadEvent {
-                    p99_wait_ns: p99(room),
-                    ..event(false, depth)
-                });
-                continue; // checked for recovery on the next pass of the loop
-            }
-            if bytes > threshold / 2 {
-                k += 1;
-                continue;
-            }
-            self.overloaded_rooms.swap_remove(k);
-            if let Some(r) = room.as_deref() {
-                debug_assert!(r.overloaded);
-            }
-            let mut room = room;
-            if let Some(r) = room.as_deref_mut() {
-                r.overloaded = false;
-            }
-            self.outbox.publish_event(OverloadEvent {
-                p99_wait_ns: p99(room),
-                ..event(true, bytes as u64)
-            });
         }
     }
 
@@ -1209,41 +941,28 @@ impl Core {
         false
     }
 
-    /// A core built by [`Core::new_inline`]: runs each unpaused worker on this thread until
-    /// its queue is empty, delivering as the runtime's worker loop does — when a push room
-    /// fills a batch, after a released batch (`kick`) at the end of a turn, and when the
-    /// queue runs dry — except that it never delivers on elapsed time, so the outcome
-    /// depends only on the calls made. Returns the moves and controls processed; 0 for a
-    /// core whose workers run on the runtime, or once shut down.
+    /// A core built by [`Core::new_inline`]: steps each worker on this thread
+    /// ([`Worker::step`], the runtime's loop) until it would park, pause or stop — its queue
+    /// is empty — so it delivers as the runtime's workers do, except never on elapsed time
+    /// ([`Policy::inline`]): the outcome depends only on the calls made. Returns the moves
+    /// taken off the queues; 0 for a core whose workers run on the runtime, or once shut down.
     #[cfg(any(test, feature = "inline-workers"))]
-    pub fn step_workers(&mut self) -> usize {
+    pub fn step_workers(&mut self) -> u64 {
         let mut total = 0;
         for w in &mut self.inline {
-            let shared = Arc::clone(w.shared());
-            w.outbox().serve_wake_request();
-            if shared.paused.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
-                continue;
-            }
-            loop {
-                let n = w.run(TURN);
-                total += n;
-                if n < TURN {
-                    w.deliver();
-                    break;
-                }
-                if shared.kick.load(Ordering::Acquire) {
-                    w.deliver();
-                }
-            }
+            let before = w.shared().consumed.0.load(Ordering::Relaxed);
+            while let shard::Step::Again | shard::Step::Yield = w.step() {}
+            total += w.shared().consumed.0.load(Ordering::Relaxed) - before;
         }
         total
     }
 }
 
 impl Drop for Core {
+    /// Never blocks: a finalizer drops cores on the JavaScript thread.
     fn drop(&mut self) {
         self.closed = true;
-        self.stopper.stop(true);
+        self.stopper.stop_in_background();
     }
 }
 
@@ -1266,164 +985,15 @@ fn snapshot_header(
     }
 }
 
-/// Flags `shard` overloaded when its (fresh) depth reaches `mark` (0 = off) and asks for a
-/// wake-up, so that JavaScript polls and the event is published. Allocates nothing.
-fn mark_shard(shard: &mut ShardHandle, mark: u64, outbox: &Outbox) {
-    if mark == 0 || shard.overloaded {
-        return;
-    }
-    shard.consumed_cache = shard.shared.consumed.0.load(Ordering::Acquire);
-    let depth = shard.pushed - shard.consumed_cache;
-    if depth >= mark {
-        shard.overloaded = true;
-        shard.raise_pending = Some(depth);
-        outbox.request_wake();
-        shard.shared.poke();
-    }
-}
-
-/// Flags `room` overloaded when its undelivered bytes reach `mark` (0 = off), like
-/// [`mark_shard`]. `list` has spare capacity for it (see `Core::overloaded_rooms`).
-fn mark_room(
-    room: &mut Room,
-    id: u32,
-    mark: usize,
-    list: &mut Vec<(u32, Option<u64>)>,
-    outbox: &Outbox,
-    shared: &Shared,
-) {
-    if mark == 0 || room.overloaded {
-        return;
-    }
-    let bytes = room.inbox.reserved();
-    if bytes >= mark {
-        room.overloaded = true;
-        debug_assert!(list.len() < list.capacity(), "no spare capacity");
-        list.push((id, Some(bytes as u64)));
-        outbox.request_wake();
-        shared.poke();
-    }
-}
-
-fn build_runtime(cfg: &Config) -> Result<tokio::runtime::Runtime, ConfigError> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .worker_threads(cfg.worker_threads)
-        .max_blocking_threads(cfg.max_blocking_threads)
-        .thread_name(cfg.thread_name.clone());
-    if let Some(cores) = cfg.pin_cores.clone().filter(|c| !c.is_empty()) {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        builder.on_thread_start(move || {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            pin_current_thread(cores[i % cores.len()]);
-        });
-    }
-    builder.build().map_err(|e| ConfigError {
-        field: "workerThreads",
-        message: format!("the runtime could not start: {e}"),
-    })
-}
-
-/// Pins the calling thread to `core` (Linux); a no-op elsewhere or if the OS refuses.
-#[cfg(target_os = "linux")]
-fn pin_current_thread(core: usize) {
-    // SAFETY: `cpu_set_t` is a plain bit array for which all-zero is valid; CPU_SET only
-    // writes inside it for `core < CPU_SETSIZE` (checked); sched_setaffinity reads it.
-    unsafe {
-        if core >= libc::CPU_SETSIZE as usize {
-            return;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pin_current_thread(_core: usize) {}
-
-/// The worker loop: take work in turns, deliver when the queue runs dry, spin briefly,
-/// then park until the producer wakes it.
-async fn run_worker(w: Worker) {
-    // A panic here is a bug in this crate. Unwinding out of the task would leave the shard
-    // dead and every later flush hanging; stop the process with the reason instead.
-    let outcome = std::panic::AssertUnwindSafe(worker_loop(w));
-    if let Err(panic) = futures_catch_unwind(outcome).await {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        eprintln!("move-dispatcher: a shard worker panicked ({msg}); aborting to avoid losing moves silently");
-        std::process::abort();
-    }
-}
-
-/// `catch_unwind` for a future, without a dependency: polls it inside `catch_unwind`.
-async fn futures_catch_unwind<F: std::future::Future>(
-    fut: std::panic::AssertUnwindSafe<F>,
-) -> std::thread::Result<F::Output> {
-    let mut fut = Box::pin(fut.0);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
-    })
-    .await
-}
-
-async fn worker_loop(mut w: Worker) {
-    let shared = Arc::clone(w.shared());
-    let outbox = Arc::clone(w.outbox());
-    loop {
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        // Wake-ups the JavaScript thread asked for from inside `dispatch` (overload marks).
-        outbox.serve_wake_request();
-        if shared.paused.load(Ordering::Acquire) {
-            // Park without announcing sleep: dispatches while paused must not pay for a
-            // wake-up each. `pause(false)` and `stop` poke the worker unconditionally.
-            shared.paused_ack.store(true, Ordering::SeqCst);
-            shared.notify.notified().await;
-            continue;
-        }
-        let n = w.run(TURN);
-        if n == TURN {
-            if shared.kick.load(Ordering::Acquire) || w.delivery_due(HOLD_NS) {
-                w.deliver();
-            }
-            tokio::task::yield_now().await;
-            continue;
-        }
-        // The queue ran dry: deliver (smart batching, no timers).
-        w.deliver();
-        let mut spins = 0;
-        while spins < SPINS
-            && !w.has_work()
-            && !shared.kick.load(Ordering::Acquire)
-            && !shared.stop.load(Ordering::Acquire)
-        {
-            std::hint::spin_loop();
-            spins += 1;
-        }
-        if spins < SPINS {
-            continue;
-        }
-        if w.may_sleep() {
-            shared.notify.notified().await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth;
     use crate::frame::{Header, FLAG_HMAC};
+    use crate::outbox::{OverloadEvent, Subject};
+    use crate::verdict::Reason;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     fn frame(room: u32, player: u32, seq: u32, payload: &[u8], key: Option<&PlayerKey>) -> Vec<u8> {
         let h = Header {
@@ -1495,7 +1065,7 @@ mod tests {
         assert_eq!(b.count, 100);
         assert_eq!(b.rejections.len(), 1);
         assert_eq!(b.rejections[0].reason, Reason::Replay);
-        assert_eq!(inbox.memory().to_vec(b.offset, b.length), frames.concat());
+        assert_eq!(inbox.copy_out(b.offset, b.length).unwrap(), frames.concat());
         let k = c.counters();
         assert_eq!(k.accepted, 101);
         assert_eq!(k.delivered + k.rejected, 101);
@@ -1508,6 +1078,7 @@ mod tests {
         let (mut c, _) = core(Config::default());
         c.open_room(1, false, false, None);
         c.open_room(2, true, false, None);
+        c.join(1, 7, None);
         let ok = frame(1, 7, 1, b"x", None);
         assert_eq!(c.dispatch(&[], None), Verdict::Malformed);
         assert_eq!(c.dispatch(&ok[..30], None), Verdict::Malformed);
@@ -1528,8 +1099,12 @@ mod tests {
             Verdict::AuthMismatch
         );
         assert_eq!(c.dispatch(&ok, Some(8)), Verdict::WrongSender);
+        assert_eq!(
+            c.dispatch(&frame(1, 8, 1, b"x", None), Some(8)),
+            Verdict::NotMember
+        );
         assert_eq!(c.dispatch(&ok, None), Verdict::Accepted);
-        assert_eq!(c.counters().verdicts.iter().sum::<u64>(), 8);
+        assert_eq!(c.counters().verdicts.iter().sum::<u64>(), 9);
     }
 
     #[test]
@@ -1543,6 +1118,8 @@ mod tests {
         let (mut c, _) = core(cfg);
         c.open_room(1, false, false, None);
         c.open_room(2, false, false, None);
+        c.join(1, 7, None);
+        c.join(2, 7, None);
         c.pause(true);
         // Room budget: 4096 / 60-byte frames = 68 frames, but the queue stops at 64.
         let mut accepted = 0;
@@ -1625,8 +1202,8 @@ mod tests {
         assert!(c.poll().is_empty());
         assert_eq!(c.shard_stats()[0].queue_depth, 10);
         c.pause(false);
-        // Shard 0: open, join, 10 moves, flush; shard 1: open, join, 1 move, flush.
-        assert_eq!(c.step_workers(), 17);
+        // Shard 0: 10 moves (and open, join, flush); shard 1: 1 move.
+        assert_eq!(c.step_workers(), 11);
         // Batches of 4 fill during the run; the first is delivered, the rest wait for its
         // release, so the flush is not answered yet.
         let got = c.poll();
@@ -1658,6 +1235,7 @@ mod tests {
                         return;
                     }
                     Delivery::Overload(_) => {}
+                    Delivery::Failed { message, .. } => panic!("{message}"),
                 }
             }
         }
@@ -1724,13 +1302,13 @@ mod tests {
         );
         assert_eq!(
             c.dispatch(&frame(4, 2, 1, b"m", Some(&k1)), None),
-            Verdict::Accepted
+            Verdict::NotMember
         );
         flush(&mut c, 1);
         let (b, _) = c.drain(4).unwrap();
         assert_eq!(b.count, 1);
         let reasons: Vec<Reason> = b.rejections.iter().map(|r| r.reason).collect();
-        assert_eq!(reasons, vec![Reason::BadTag, Reason::UnknownPlayer]);
+        assert_eq!(reasons, vec![Reason::BadTag]);
     }
 
     #[test]
@@ -1756,38 +1334,45 @@ mod tests {
         assert!(!c.has_room(1));
     }
 
-    /// A move must never overtake a control call queued just before it (found in review:
-    /// with one load of the control sequence, a worker preempted between the load and its
-    /// `peek` validated the move first). `leave` then a move: `UnknownPlayer`; `join` then
-    /// a move: accepted.
+    /// A move must never overtake a control call queued just before it, nor a control a
+    /// move queued before it (found in review: with one load of the control sequence, a
+    /// worker preempted between the load and its `peek` validated the move first). Key
+    /// rotation in an HMAC room makes both visible: a move signed with the new key validates
+    /// only if the `join` before it was applied first, one signed with the old key only if
+    /// the rotation after it was not. (`leave` then a move answers `NotMember` at once.)
     #[test]
     fn controls_and_moves_stay_in_order_under_load() {
         let (mut c, _) = core(Config::default());
-        c.open_room(1, false, false, None);
-        c.join(1, 1, None);
+        let (a, b) = ([1_u8; 32], [2_u8; 32]);
+        let (ka, kb) = (PlayerKey::new(&a).unwrap(), PlayerKey::new(&b).unwrap());
+        c.open_room(1, true, false, None);
         let rounds = 20_000u32;
         for i in 0..rounds {
-            c.leave(1, 1);
+            assert_eq!(c.join(1, 1, Some(&a)), Status::Ok);
             assert_eq!(
-                c.dispatch(&frame(1, 1, 2 * i + 1, b"x", None), None),
+                c.dispatch(&frame(1, 1, 2 * i + 1, b"x", Some(&ka)), None),
                 Verdict::Accepted
             );
-            c.join(1, 1, None);
+            assert_eq!(c.join(1, 1, Some(&b)), Status::Ok, "rotation");
             assert_eq!(
-                c.dispatch(&frame(1, 1, 2 * i + 2, b"x", None), None),
+                c.dispatch(&frame(1, 1, 2 * i + 2, b"x", Some(&kb)), None),
                 Verdict::Accepted
+            );
+            assert_eq!(c.leave(1, 1), Status::Ok);
+            assert_eq!(
+                c.dispatch(&frame(1, 1, 2 * i + 3, b"x", Some(&kb)), None),
+                Verdict::NotMember
             );
             if i % 1000 == 999 {
                 flush(&mut c, u64::from(i));
-                let (b, _) = c.drain(1).unwrap();
-                assert_eq!(b.count, 1000, "round {i}");
-                assert!(b
-                    .rejections
-                    .iter()
-                    .all(|r| r.reason == Reason::UnknownPlayer && r.seq % 2 == 1));
-                assert_eq!(b.rejections.len(), 1000);
+                let (batch, _) = c.drain(1).unwrap();
+                assert_eq!(batch.count, 2000, "round {i}");
+                assert!(batch.rejections.is_empty(), "{:?}", batch.rejections[0]);
             }
         }
+        let k = c.counters();
+        assert_eq!(k.verdicts[Verdict::NotMember as usize], u64::from(rounds));
+        assert_eq!(k.rejected, 0);
     }
 
     #[test]
@@ -1825,20 +1410,6 @@ mod tests {
                 Verdict::Accepted
             );
         }
-    }
-
-    #[test]
-    fn config_validation_names_the_field() {
-        let bad = Config {
-            channel_capacity: 0,
-            ..Config::default()
-        };
-        assert_eq!(bad.validate().unwrap_err().field, "channelCapacity");
-        let bad = Config {
-            room_bytes: 100,
-            ..Config::default()
-        };
-        assert_eq!(bad.validate().unwrap_err().field, "roomBytes");
     }
 
     fn events(items: &[Delivery]) -> Vec<OverloadEvent> {
@@ -1927,6 +1498,251 @@ mod tests {
             flips.windows(2).all(|w| w[0] != w[1]) && !flips[0] && *flips.last().unwrap(),
             "events do not alternate: {flips:?}"
         );
+        c.shutdown();
+    }
+
+    /// Non-members are refused at once and spend nothing: a flood from player 999 leaves
+    /// room 1's budget, its shard's queue and arena untouched, and player 1 unaffected.
+    #[test]
+    fn non_members_spend_nothing() {
+        let cfg = Config {
+            room_bytes: 4096,
+            ..Config::default()
+        };
+        let (mut c, _) = core(cfg);
+        let rate = RateLimit {
+            per_second: 1.0,
+            burst: 1.0,
+        };
+        c.open_room(1, false, false, Some(rate));
+        c.join(1, 1, None);
+        c.pause(true);
+        for seq in 1..=200 {
+            let f = frame(1, 999, seq, b"flood", None);
+            assert_eq!(c.dispatch(&f, Some(999)), Verdict::NotMember);
+            assert_eq!(c.dispatch(&f, None), Verdict::NotMember);
+        }
+        let chunk: Vec<u8> = (1..=50)
+            .flat_map(|s| frame(1, 999, s, b"x", None))
+            .collect();
+        let out = c.dispatch_stream(&chunk, Some(999));
+        assert_eq!(
+            (out.consumed, out.accepted, out.rejected),
+            (chunk.len(), 0, 50)
+        );
+        assert_eq!(c.room_stats(10), vec![], "no budget reserved");
+        assert_eq!(c.shard_stats()[0].queue_depth, 0);
+        assert_eq!(c.shard_stats()[0].arena_used, 0);
+        // Player 1's one token is still there.
+        assert_eq!(
+            c.dispatch(&frame(1, 1, 1, b"mine", None), Some(1)),
+            Verdict::Accepted
+        );
+        c.pause(false);
+        flush(&mut c, 1);
+        let (b, _) = c.drain(1).unwrap();
+        assert_eq!((b.count, b.rejections.len()), (1, 0));
+        assert_eq!(c.counters().verdicts[Verdict::NotMember as usize], 450);
+    }
+
+    /// After `close`, a stream that starts with bytes that are not a header stops there, as
+    /// before, but its one verdict is `Closed` (the first check), as the js engine answers.
+    #[test]
+    fn stream_after_close_counts_closed() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        c.close_input();
+        let out = c.dispatch_stream(b"not a frame header at all", None);
+        assert!(out.malformed && out.consumed == 0);
+        let k = c.counters();
+        assert_eq!(k.verdicts[Verdict::Closed as usize], 1);
+        assert_eq!(k.verdicts[Verdict::Malformed as usize], 0);
+        let two = [frame(1, 1, 1, b"a", None), frame(1, 1, 2, b"b", None)].concat();
+        let out = c.dispatch_stream(&two, None);
+        assert_eq!(
+            (out.consumed, out.rejected, out.malformed),
+            (two.len(), 2, false)
+        );
+        assert_eq!(c.counters().verdicts[Verdict::Closed as usize], 3);
+    }
+
+    /// Polls until `pred` holds for what arrived (releasing push batches), or panics.
+    fn poll_until(
+        c: &mut Core,
+        what: &str,
+        mut pred: impl FnMut(&[Delivery]) -> bool,
+    ) -> Vec<Delivery> {
+        let mut got = Vec::new();
+        for _ in 0..5_000 {
+            let news = c.poll();
+            for d in &news {
+                if let Delivery::Batch(b) = d {
+                    c.release(b.room);
+                }
+            }
+            got.extend(news);
+            if pred(&got) {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("never: {what}");
+    }
+
+    /// A worker that panics marks its shard failed and is reported; its rooms then answer
+    /// `Closed`; everything accepted is still accounted (validated moves delivered, the rest
+    /// rejected `ShardFailed`); the other shard goes on; flushes are answered, even after a
+    /// second panic stops the failed worker for good.
+    #[test]
+    fn a_panicking_worker_fails_its_shard_only() {
+        let cfg = Config {
+            shards: 2,
+            ..Config::default()
+        };
+        let (mut c, _) = core(cfg);
+        // Rooms 2 and 4 on shard 0 (2: push), room 3 on shard 1.
+        for (room, push) in [(2, true), (3, false), (4, false)] {
+            c.open_room(room, false, push, None);
+            c.join(room, 1, None);
+        }
+        for seq in 1..=20 {
+            assert_eq!(
+                c.dispatch(&frame(4, 1, seq, b"v", None), None),
+                Verdict::Accepted
+            );
+        }
+        flush(&mut c, 1);
+        c.pause(true);
+        // Queued before the failure point: validated as usual.
+        for seq in 21..=30 {
+            assert_eq!(
+                c.dispatch(&frame(4, 1, seq, b"v", None), None),
+                Verdict::Accepted
+            );
+        }
+        assert_eq!(c.fail_shard_for_testing(0), Status::Ok);
+        for seq in 31..=35 {
+            // Queued after the failure point: rejected `ShardFailed` too.
+            assert_eq!(
+                c.dispatch(&frame(4, 1, seq, b"v", None), None),
+                Verdict::Accepted
+            );
+            assert_eq!(
+                c.dispatch(&frame(2, 1, seq, b"p", None), None),
+                Verdict::Accepted
+            );
+        }
+        c.pause(false);
+        let mut got = poll_until(&mut c, "the failure report", |d| {
+            d.iter()
+                .any(|d| matches!(d, Delivery::Failed { shard: 0, .. }))
+        });
+        let message = got
+            .iter()
+            .find_map(|d| match d {
+                Delivery::Failed { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(message.contains("on purpose"), "{message}");
+        // Reported: shard 0's rooms refuse, shard 1's go on.
+        assert_eq!(
+            c.dispatch(&frame(4, 1, 99, b"v", None), None),
+            Verdict::Closed
+        );
+        assert_eq!(c.join(2, 5, None), Status::Closed);
+        assert_eq!(
+            c.open_room(6, false, false, None),
+            Status::Closed,
+            "room 6 is on shard 0"
+        );
+        assert_eq!(
+            c.dispatch(&frame(3, 1, 1, b"w", None), None),
+            Verdict::Accepted
+        );
+        got.extend(flush(&mut c, 2));
+        let push_rejected: usize = got
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Batch(b) if b.room == 2 => Some(b.rejections.len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(push_rejected, 5);
+        let (b4, _) = c.drain(4).unwrap();
+        assert_eq!(b4.count, 30, "queued before the failure point: delivered");
+        assert_eq!(b4.rejections.len(), 5);
+        assert!(b4
+            .rejections
+            .iter()
+            .all(|r| r.reason == Reason::ShardFailed));
+        assert_eq!(c.drain(3).unwrap().0.count, 1);
+        let k = c.counters();
+        assert_eq!(k.accepted, k.delivered + k.rejected);
+        assert_eq!(k.reasons[Reason::ShardFailed as usize], 10);
+        // A second panic stops the failed worker; flushes are still answered.
+        c.push_control(0, Control::Fail);
+        poll_until(&mut c, "the second report", |d| {
+            d.iter()
+                .any(|d| matches!(d, Delivery::Failed { shard: 0, .. }))
+        });
+        flush(&mut c, 3);
+        flush(&mut c, 4);
+        assert_eq!(
+            c.dispatch(&frame(3, 1, 2, b"w", None), None),
+            Verdict::Accepted
+        );
+        flush(&mut c, 5);
+        assert_eq!(c.drain(3).unwrap().0.count, 1);
+        c.shutdown();
+    }
+
+    /// `want_writable` after a full queue: the worker wakes JavaScript once it takes moves
+    /// off the queue (or parks with it empty), without news in the outbox.
+    #[test]
+    fn want_writable_wakes_once_the_queue_drains() {
+        let cfg = Config {
+            channel_capacity: 64,
+            ..Config::default()
+        };
+        let (mut c, wakes) = core(cfg);
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        flush(&mut c, 1);
+        c.pause(true);
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            if c.dispatch(&frame(1, 1, seq, b"q", None), None) == Verdict::Backpressure {
+                break;
+            }
+        }
+        let before = wakes.load(Ordering::SeqCst);
+        c.poll(); // clears the pending wake-up flag, as JavaScript's poll does
+        c.want_writable();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            wakes.load(Ordering::SeqCst),
+            before,
+            "paused: nothing freed"
+        );
+        c.pause(false);
+        for _ in 0..2_000 {
+            if wakes.load(Ordering::SeqCst) > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            wakes.load(Ordering::SeqCst) > before,
+            "no wake-up after the queue drained"
+        );
+        assert_eq!(
+            c.dispatch(&frame(1, 1, seq, b"q", None), None),
+            Verdict::Accepted
+        );
+        // A room's own budget is JavaScript's to free: nothing is asked of the worker.
         c.shutdown();
     }
 }

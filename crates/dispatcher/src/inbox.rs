@@ -13,8 +13,17 @@
 //!
 //! # Memory exposed to JavaScript
 //! [`RoomMemory`] is one allocation, shared through an `Arc` by the inbox and by the
-//! external `ArrayBuffer` that exposes it. It is freed only when both are gone, so an
-//! address is never handed to V8 twice while alive.
+//! external `ArrayBuffer` that exposes it. It is freed only when both are gone. It is
+//! exposed at most once at a time: [`RoomMemory::expose`] hands out a unique [`Exposure`]
+//! token (held by the `ArrayBuffer`'s finalizer) and refuses while one is alive, so V8 is
+//! never given two live external buffers over one address (a fatal check in V8).
+//!
+//! # Safety
+//! One of the crate's few modules allowed `unsafe` (see the crate docs): the raw room
+//! memory. The worker writes only the fill half, under the inbox lock; Rust reads room
+//! memory only through [`Inbox::copy_out`], which takes the same lock and refuses the fill
+//! half, so no Rust read races a worker write.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +37,36 @@ pub struct RoomMemory {
     ptr: *mut u8,
     len: usize,
     id: u32,
+    /// An [`Exposure`] token is alive.
+    exposed: AtomicBool,
+}
+
+/// Proof that a [`RoomMemory`] is exposed once: at most one token per allocation is alive
+/// at a time ([`RoomMemory::expose`]); dropping it allows the next exposure. It keeps the
+/// memory alive.
+pub struct Exposure {
+    mem: Arc<RoomMemory>,
+}
+
+impl Exposure {
+    /// The exposed memory.
+    pub fn memory(&self) -> &RoomMemory {
+        &self.mem
+    }
+}
+
+impl Drop for Exposure {
+    fn drop(&mut self) {
+        self.mem.exposed.store(false, Ordering::Release);
+    }
+}
+
+impl std::fmt::Debug for Exposure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposure")
+            .field("id", &self.mem.id)
+            .finish()
+    }
 }
 
 // SAFETY: the memory is a plain byte buffer; writers are serialised by the inbox mutex
@@ -45,12 +84,23 @@ impl RoomMemory {
             ptr,
             len,
             id: NEXT_MEMORY_ID.fetch_add(1, Ordering::Relaxed),
+            exposed: AtomicBool::new(false),
         }
     }
 
     /// Base address (for exposing the memory as an external `ArrayBuffer`).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
+    }
+
+    /// The token for exposing this memory to JavaScript, or `None` while another one is alive.
+    pub fn expose(self: &Arc<Self>) -> Option<Exposure> {
+        self.exposed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(Exposure {
+            mem: Arc::clone(self),
+        })
     }
 
     /// Length in bytes.
@@ -79,15 +129,19 @@ impl RoomMemory {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
     }
 
-    /// Reads `len` bytes at `offset` into a vector (tests and the pure-Rust API).
-    ///
-    /// # Panics
-    /// If `offset + len` exceeds the allocation.
-    pub fn to_vec(&self, offset: usize, len: usize) -> Vec<u8> {
-        assert!(offset + len <= self.len, "room memory read out of bounds");
-        // SAFETY: bounds checked; callers read delivered halves, which the worker does not
-        // write until the next swap.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(offset), len) }.to_vec()
+    /// Copies `len` bytes at `offset`; the caller holds the inbox lock and the range lies
+    /// outside the fill half (checked by [`Inbox::copy_out`]).
+    fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "room memory read out of bounds"
+        );
+        let mut out = vec![0; len];
+        // SAFETY: bounds checked; the worker writes only the fill half and only under the
+        // inbox lock, which the caller holds, so nothing writes these bytes meanwhile (a raw
+        // copy, not a `&[u8]`: JavaScript, on this same thread, may have written them).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), len) };
+        out
     }
 }
 
@@ -305,6 +359,20 @@ impl Inbox {
         }
     }
 
+    /// A copy of `len` bytes at `offset` of the room's memory, if that range lies inside the
+    /// half the worker is not filling (a delivered batch, until the room's next delivery);
+    /// `None` otherwise (out of bounds, or overlapping the half being filled).
+    pub fn copy_out(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        let s = self.lock();
+        let end = offset.checked_add(len)?;
+        let fill = s.fill * self.half..(s.fill + 1) * self.half;
+        let outside = end <= fill.start || offset >= fill.end;
+        if end > self.mem.len || !(outside || len == 0) {
+            return None;
+        }
+        Some(self.mem.read(offset, len))
+    }
+
     /// Push deliveries made so far.
     pub fn generation(&self) -> u64 {
         self.lock().generation
@@ -359,7 +427,14 @@ mod tests {
             (b.offset, b.length, b.count, b.rejections.len()),
             (0, 100, 1, 1)
         );
-        assert_eq!(inbox.memory().to_vec(b.offset, 100), vec![1; 100]);
+        assert_eq!(inbox.copy_out(b.offset, 100).unwrap(), vec![1; 100]);
+        // The fill half (where the next batch goes) is refused.
+        assert!(inbox.copy_out(4096, 1).is_none());
+        assert!(
+            inbox.copy_out(4000, 200).is_none(),
+            "overlaps the fill half"
+        );
+        assert!(inbox.copy_out(8000, 1000).is_none(), "out of bounds");
         assert_eq!(inbox.reserved(), 0);
         // Next batch goes to the other half.
         assert!(inbox.try_reserve(10));
@@ -392,7 +467,7 @@ mod tests {
         assert!(inbox.deliver_push().is_none(), "previous batch still held");
         assert!(inbox.release_push());
         let b = inbox.deliver_push().unwrap();
-        assert_eq!(inbox.memory().to_vec(b.offset, b.length), vec![2; 8]);
+        assert_eq!(inbox.copy_out(b.offset, b.length).unwrap(), vec![2; 8]);
         assert_eq!(inbox.generation(), 2);
     }
 
@@ -442,7 +517,7 @@ mod tests {
                 sent += 1;
             }
             let b = inbox.drain();
-            let bytes = inbox.memory().to_vec(b.offset, b.length);
+            let bytes = inbox.copy_out(b.offset, b.length).unwrap();
             let mut at = 0;
             for &stamp in &b.stamps {
                 assert_eq!(stamp, u64::from(frames), "frames in dispatch order");
@@ -464,6 +539,19 @@ mod tests {
         drop(tx);
         worker.join().unwrap();
         assert_eq!(inbox.reserved(), 0);
+    }
+
+    #[test]
+    fn memory_is_exposed_once_at_a_time() {
+        let inbox = Inbox::new(1, 4096);
+        let first = inbox.memory().expose().unwrap();
+        assert!(inbox.memory().expose().is_none(), "a second live exposure");
+        assert_eq!(first.memory().id(), inbox.memory().id());
+        drop(first);
+        assert!(
+            inbox.memory().expose().is_some(),
+            "exposed again once released"
+        );
     }
 
     #[test]

@@ -1,69 +1,49 @@
-//! move-dispatcher: the Rust data plane behind the `move-dispatcher` npm package.
+//! move-dispatcher: the Rust data plane behind the `move-dispatcher` npm package, as a pure
+//! library: no napi, no global allocator. The addon (`crates/binding`) wraps it for Node.js.
 //!
 //! Layers (see `docs/architecture.md`):
 //! - [`frame`]: wire format v1, checked parser;
-//! - [`auth`]: SHA-256 / HMAC-SHA256 tags, constant-time comparison;
+//! - [`auth`]: SHA-256 / HMAC-SHA256 tags, constant-time comparison, zeroised keys;
 //! - [`window`]: anti-replay sliding window;
 //! - [`arena`]: the shard's ingress ring (bump-pointer, single producer/consumer);
 //! - [`inbox`]: room memory that JavaScript reads in place;
-//! - [`shard`]: the worker: validation, room inboxes, push delivery;
+//! - [`shard`]: the worker and its one loop: validation, room inboxes, push delivery, failure;
 //! - [`outbox`]: deliveries waiting for JavaScript;
-//! - [`core`]: the dispatcher as seen from the JavaScript thread, and its tokio runtime;
+//! - [`core`]: the dispatcher as seen from the JavaScript thread (sync checks, controls,
+//!   drains, polls), with [`config`], [`ratelimit`], [`overload`] and [`stats`];
+//! - [`runtime`]: the tokio runtime the workers run on, and how it stops;
 //! - [`latency`]: HDR histograms recorded without locks, snapshotted from another thread;
-//! - [`alloc`]: jemalloc figures and the hot-path allocation counter;
-//! - [`clock`]: the process-wide monotonic nanosecond clock;
-//! - `binding` (feature `napi`): the napi-rs class over [`core::Core`].
+//! - [`alloc`]: the hot-path allocation counter (a `GlobalAlloc` wrapper a binary installs);
+//! - [`clock`]: the process-wide monotonic nanosecond clock.
 //!
-//! Only [`arena`] and [`inbox`] (and the memory bridge in `binding`, and the `GlobalAlloc`
-//! wrapper in [`alloc`]) contain `unsafe`.
-
-#[cfg(all(feature = "napi", not(test)))]
-#[macro_use]
-extern crate napi_derive;
-
-#[cfg(all(
-    feature = "napi",
-    not(feature = "system-alloc"),
-    not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
-))]
-#[global_allocator]
-static GLOBAL: alloc::Counting<tikv_jemallocator::Jemalloc> =
-    alloc::Counting::new(tikv_jemallocator::Jemalloc);
-
-// Also with feature `system-alloc` (sanitizer builds: ASan and valgrind track malloc/free only).
-#[cfg(all(
-    feature = "napi",
-    any(
-        feature = "system-alloc",
-        target_env = "msvc",
-        target_os = "freebsd",
-        target_family = "wasm"
-    )
-))]
-#[global_allocator]
-static GLOBAL: alloc::Counting<std::alloc::System> = alloc::Counting::new(std::alloc::System);
+//! # Safety
+//! `unsafe` is denied crate-wide and allowed, module by module, only where it is needed:
+//! [`arena`] (the ring's raw memory), [`inbox`] (room memory shared with JavaScript),
+//! [`alloc`] (the `GlobalAlloc` wrapper, an `unsafe` trait) and one function of [`runtime`]
+//! (`sched_setaffinity` for core pinning). Every `unsafe` block carries a `// SAFETY:`
+//! comment (`clippy::undocumented_unsafe_blocks` is denied), and no safe public function can
+//! cause undefined behaviour: the arena frees only records it handed out
+//! ([`arena::Consumer::pop`]), room memory is read only outside the half being filled
+//! ([`inbox::Inbox::copy_out`]) and exposed once at a time ([`inbox::RoomMemory::expose`]).
+#![deny(unsafe_code)]
 
 pub mod alloc;
 pub mod arena;
 pub mod auth;
 pub mod clock;
+pub mod config;
 pub mod core;
 pub mod frame;
 pub mod inbox;
 pub mod latency;
 pub mod outbox;
+pub mod overload;
+pub mod ratelimit;
+pub mod runtime;
 pub mod shard;
+pub mod stats;
 pub mod verdict;
 pub mod window;
-
-// The binding registers its exports through napi's module constructor, which test builds
-// do not run; it is linted and built with the library itself.
-#[cfg(all(feature = "napi", not(test)))]
-mod binding;
-
-// Benchmark helpers (`bench*` exports for `npm run bench`), built and linted like the binding.
-#[cfg(all(feature = "napi", not(test)))]
-mod bench;
 
 #[cfg(test)]
 mod testutil;

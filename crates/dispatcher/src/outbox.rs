@@ -20,6 +20,9 @@ pub enum Delivery {
     /// A shard queue or a room crossed its overload mark (`recovered: false`), or fell back
     /// to half of it (`recovered: true`).
     Overload(OverloadEvent),
+    /// A shard's worker panicked (a bug of this crate): the shard is failed (see
+    /// [`crate::shard`]); `message` is the panic's.
+    Failed { shard: u32, message: String },
 }
 
 /// What crossed its mark.
@@ -162,6 +165,17 @@ impl Outbox {
     /// Appends an overload or recovery event.
     pub fn publish_event(&self, event: OverloadEvent) {
         self.lock().items.push(Delivery::Overload(event));
+        self.wake();
+    }
+
+    /// Appends the report of a failed shard.
+    pub fn publish_failure(&self, shard: u32, message: String) {
+        self.lock().items.push(Delivery::Failed { shard, message });
+        self.wake();
+    }
+
+    /// Wakes JavaScript without news (capacity was freed: retry what met `Backpressure`).
+    pub fn notify(&self) {
         self.wake();
     }
 

@@ -5,9 +5,23 @@
 //! time, replay window), appends it to its room's inbox or records a rejection, and
 //! delivers push batches when its queue runs dry or a room's batch is full.
 //!
-//! This module is synchronous and free of napi and tokio: [`Worker::run`] processes a
-//! bounded amount of work and returns, so tests drive it directly and the runtime loop
-//! (in [`crate::core`]) only decides when to sleep.
+//! # One loop
+//! [`Worker::step`] is the worker's whole policy: take up to [`TURN`] items, deliver when
+//! the queue runs dry, a batch fills, a released batch asks for it, or (under sustained
+//! load) [`Policy::hold_ns`] has passed; spin briefly; announce sleep. It returns what the
+//! driver should do next ([`Step`]). [`drive`] is the tokio task the runtime spawns; the
+//! inline mode of `Core` (fuzzing) and the hand-off test call the same `step`, so the loop
+//! that ships is the loop that is tested.
+//!
+//! # Failure
+//! A panic inside a step (a bug of this crate) never leaves the worker: it is caught, the
+//! shard is marked failed and reported ([`crate::outbox::Delivery::Failed`]), and the
+//! worker goes on in failed mode: every move it had not validated yet, and every move that
+//! still arrives, is rejected with [`Reason::ShardFailed`] and delivered like any
+//! rejection; controls and flushes keep working. A panic in failed mode stops the worker
+//! for good: it answers every flush queued on the shard (and later ones are answered by the
+//! producer), so nothing waits forever; moves still in its arena are then lost, which the
+//! failure report says.
 //!
 //! # Allocation
 //! Validating a move allocates nothing: the frame is read in place from the arena and
@@ -17,6 +31,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::alloc::HotPath;
 use crate::arena::Consumer;
@@ -51,6 +66,8 @@ pub enum Control {
     Flush {
         token: u64,
     },
+    /// Test hook (`failShardForTesting`): the worker panics when it takes this control.
+    Fail,
 }
 
 impl std::fmt::Debug for Control {
@@ -65,6 +82,7 @@ impl std::fmt::Debug for Control {
             Self::Leave { room, player } => write!(f, "Leave({room}, {player})"),
             Self::CloseRoom { room } => write!(f, "CloseRoom({room})"),
             Self::Flush { token } => write!(f, "Flush({token})"),
+            Self::Fail => write!(f, "Fail"),
         }
     }
 }
@@ -74,10 +92,71 @@ impl std::fmt::Debug for Control {
 #[repr(align(128))]
 pub struct Padded<T>(pub T);
 
+/// Moves or controls a worker takes per turn before it checks for deliveries and yields.
+pub const TURN: usize = 256;
+
+/// How a worker decides when to deliver and when to park.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A push room's batch is delivered once it holds this many moves.
+    pub batch_full: u32,
+    /// The longest a busy worker (one whose queue does not run dry) holds validated moves
+    /// before it delivers them anyway; `None`: never on elapsed time, so that deliveries
+    /// depend only on the calls made (inline workers, for fuzzing). Smaller costs more
+    /// wake-ups of JavaScript and smaller batches; larger adds latency under sustained load.
+    pub hold_ns: Option<u64>,
+    /// Empty polls a worker spins through before it announces sleep.
+    pub spins: u32,
+}
+
+impl Policy {
+    /// The runtime's workers.
+    pub const fn runtime(batch_full: u32) -> Self {
+        Self {
+            batch_full,
+            hold_ns: Some(100_000),
+            spins: 200,
+        }
+    }
+
+    /// Workers run on the caller's thread at points it chooses: no time-based delivery, no
+    /// spinning.
+    pub const fn inline(batch_full: u32) -> Self {
+        Self {
+            batch_full,
+            hold_ns: None,
+            spins: 0,
+        }
+    }
+}
+
+/// What the driver of a worker does after a [`Worker::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Work may be waiting: step again at once.
+    Again,
+    /// A full turn ran: let other tasks run, then step again.
+    Yield,
+    /// The worker announced sleep: wait for a wake-up ([`Shared::notify`]), then step again.
+    Park,
+    /// Paused (test hook): wait for a poke, then step again.
+    Paused,
+    /// Stopped, or gone for good after a second panic: return.
+    Stop,
+}
+
+/// The control queue and whether its worker is gone for good.
+#[derive(Debug, Default)]
+struct Controls {
+    queue: VecDeque<(u64, Control)>,
+    /// The worker stopped after a panic in failed mode: nothing takes controls any more.
+    dead: bool,
+}
+
 /// State shared by the producer (JavaScript thread) and the worker of one shard.
 #[derive(Debug)]
 pub struct Shared {
-    controls: Mutex<VecDeque<(u64, Control)>>,
+    controls: Mutex<Controls>,
     /// Sequence number of the oldest queued control, or `u64::MAX`.
     next_control: AtomicU64,
     /// Moves the worker has taken from the arena (validated or rejected). Written only by
@@ -93,6 +172,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// A push batch was released: try delivering again.
     pub kick: AtomicBool,
+    /// The producer met `Backpressure` on this shard's queue or arena and wants to hear
+    /// when the worker frees some ([`crate::outbox::Outbox::notify`]), once.
+    pub want_writable: AtomicBool,
     /// Rejections by reason.
     pub reasons: [AtomicU64; Reason::COUNT],
 }
@@ -100,7 +182,7 @@ pub struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Self {
-            controls: Mutex::new(VecDeque::new()),
+            controls: Mutex::new(Controls::default()),
             next_control: AtomicU64::new(u64::MAX),
             consumed: Padded(AtomicU64::new(0)),
             sleeping: AtomicBool::new(false),
@@ -109,33 +191,57 @@ impl Default for Shared {
             paused_ack: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             kick: AtomicBool::new(false),
+            want_writable: AtomicBool::new(false),
             reasons: Default::default(),
         }
     }
 }
 
 impl Shared {
-    fn controls(&self) -> MutexGuard<'_, VecDeque<(u64, Control)>> {
+    fn controls(&self) -> MutexGuard<'_, Controls> {
         self.controls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Producer: queues a control operation with sequence number `seq`.
-    pub fn push_control(&self, seq: u64, control: Control) {
-        let mut q = self.controls();
-        q.push_back((seq, control));
-        if q.len() == 1 {
+    ///
+    /// # Errors
+    /// The control, handed back, when the worker is gone for good (see the module docs):
+    /// nothing will take it, so the caller answers it itself (a flush) or drops it.
+    pub fn push_control(&self, seq: u64, control: Control) -> Result<(), Control> {
+        let mut c = self.controls();
+        if c.dead {
+            return Err(control);
+        }
+        c.queue.push_back((seq, control));
+        if c.queue.len() == 1 {
             self.next_control.store(seq, Ordering::Release);
         }
+        Ok(())
     }
 
     fn pop_control(&self) -> Option<Control> {
-        let mut q = self.controls();
-        let (_, c) = q.pop_front()?;
-        let next = q.front().map_or(u64::MAX, |(s, _)| *s);
+        let mut c = self.controls();
+        let (_, control) = c.queue.pop_front()?;
+        let next = c.queue.front().map_or(u64::MAX, |(s, _)| *s);
         self.next_control.store(next, Ordering::Release);
-        Some(c)
+        Some(control)
+    }
+
+    /// The worker is gone for good: refuses later controls and returns the flush tokens of
+    /// those queued, for the worker to answer.
+    fn bury(&self) -> Vec<u64> {
+        let mut c = self.controls();
+        c.dead = true;
+        self.next_control.store(u64::MAX, Ordering::Release);
+        c.queue
+            .drain(..)
+            .filter_map(|(_, control)| match control {
+                Control::Flush { token } => Some(token),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Producer: wakes the worker if it sleeps. The fence pairs with the worker's in
@@ -173,16 +279,20 @@ struct PendingFlush {
 
 /// The worker of one shard.
 pub struct Worker {
+    /// The shard's index (for failure reports).
+    index: u32,
     shared: Arc<Shared>,
     consumer: Consumer,
     outbox: Arc<Outbox>,
+    policy: Policy,
     rooms: HashMap<u32, Room, IdHashBuilder>,
     /// Push rooms with moves not yet delivered.
     dirty: Vec<Arc<Inbox>>,
     flushes: Vec<PendingFlush>,
-    batch_full: u32,
     /// A push room reached `batch_full` since the last delivery.
     full: bool,
+    /// A step panicked: moves are rejected with [`Reason::ShardFailed`], not validated.
+    failed: bool,
     /// When [`Worker::deliver`] last ran ([`crate::clock::now_ns`]).
     delivered_at: u64,
     scratch_batches: Vec<Batch>,
@@ -192,23 +302,29 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker reading `consumer`, delivering to `outbox`.
+    /// The worker of shard `index`, reading `consumer`, delivering to `outbox`.
     pub fn new(
+        index: u32,
         shared: Arc<Shared>,
         consumer: Consumer,
         outbox: Arc<Outbox>,
-        batch_full: u32,
+        policy: Policy,
         validated: Recorder,
     ) -> Self {
         Self {
+            index,
             shared,
             consumer,
             outbox,
+            policy: Policy {
+                batch_full: policy.batch_full.max(1),
+                ..policy
+            },
             rooms: HashMap::default(),
             dirty: Vec::new(),
             flushes: Vec::new(),
-            batch_full: batch_full.max(1),
             full: false,
+            failed: false,
             delivered_at: 0,
             scratch_batches: Vec::new(),
             scratch_tokens: Vec::new(),
@@ -221,9 +337,94 @@ impl Worker {
         &self.shared
     }
 
-    /// The outbox it delivers to.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+    /// Whether a step panicked (the shard is failed; see the module docs).
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// One step of the worker loop (module docs), with panics caught: a panic marks the
+    /// shard failed and the worker goes on rejecting; a second one stops it for good.
+    pub fn step(&mut self) -> Step {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn())) {
+            Ok(step) => step,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                self.recover(message)
+            }
+        }
+    }
+
+    fn recover(&mut self, message: String) -> Step {
+        if !self.failed {
+            self.failed = true;
+            self.outbox.publish_failure(self.index, message);
+            return Step::Again;
+        }
+        // A panic in failed mode: stop for good, but answer every flush waiting on this
+        // shard first (queued controls, and those waiting for deliveries), so none hangs.
+        let mut tokens: Vec<u64> = self.flushes.drain(..).map(|f| f.token).collect();
+        tokens.extend(self.shared.bury());
+        self.outbox.publish_failure(
+            self.index,
+            format!("{message} (again, while failed: the shard stopped; moves still in its queue are lost)"),
+        );
+        self.outbox.publish(&mut Vec::new(), &tokens);
+        Step::Stop
+    }
+
+    fn turn(&mut self) -> Step {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Step::Stop;
+        }
+        // Wake-ups the JavaScript thread asked for from inside `dispatch` (overload marks).
+        self.outbox.serve_wake_request();
+        if self.shared.paused.load(Ordering::Acquire) {
+            // Park without announcing sleep: dispatches while paused must not pay for a
+            // wake-up each. `pause(false)` and `stop` poke the worker unconditionally.
+            self.shared.paused_ack.store(true, Ordering::SeqCst);
+            return Step::Paused;
+        }
+        let taken = self.shared.consumed.0.load(Ordering::Relaxed);
+        let n = self.run(TURN);
+        if self.shared.consumed.0.load(Ordering::Relaxed) != taken {
+            self.answer_writable();
+        }
+        if n == TURN {
+            let due = self.policy.hold_ns.is_some_and(|h| self.delivery_due(h));
+            if self.shared.kick.load(Ordering::Acquire) || due {
+                self.deliver();
+            }
+            return Step::Yield;
+        }
+        // The queue ran dry: deliver (smart batching, no timers).
+        self.deliver();
+        for _ in 0..self.policy.spins {
+            if self.has_work()
+                || self.shared.kick.load(Ordering::Acquire)
+                || self.shared.stop.load(Ordering::Acquire)
+            {
+                return Step::Again;
+            }
+            std::hint::spin_loop();
+        }
+        if self.may_sleep() {
+            Step::Park
+        } else {
+            Step::Again
+        }
+    }
+
+    /// Tells the producer it freed capacity, if it asked ([`Shared::want_writable`]).
+    fn answer_writable(&self) {
+        if self.shared.want_writable.load(Ordering::Relaxed)
+            && self.shared.want_writable.swap(false, Ordering::AcqRel)
+        {
+            self.outbox.notify();
+        }
     }
 
     /// Whether a move or a control operation is waiting.
@@ -232,8 +433,10 @@ impl Worker {
     }
 
     /// Announces that the worker is about to park; returns `false` (and cancels) if work
-    /// arrived meanwhile. Pairs with [`Shared::wake`].
-    pub fn may_sleep(&mut self) -> bool {
+    /// arrived meanwhile. Pairs with [`Shared::wake`], and with the producer's
+    /// `want_writable` request: a worker parking with its queue empty answers it, so a
+    /// producer that asked just as the queue ran dry still hears of the space.
+    fn may_sleep(&mut self) -> bool {
         self.shared.sleeping.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.has_work()
@@ -243,12 +446,13 @@ impl Worker {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
+        self.answer_writable();
         true
     }
 
     /// Processes up to `budget` moves and control operations in sequence order.
     /// Returns how many it processed. Delivers push batches whenever one fills.
-    pub fn run(&mut self, budget: usize) -> usize {
+    fn run(&mut self, budget: usize) -> usize {
         let mut done = 0;
         // `paused` is checked per item so that a pause takes effect at once (tests rely on
         // it to fill queues deterministically); it is a relaxed load of a line nobody writes.
@@ -261,25 +465,23 @@ impl Worker {
             let control_before = self.shared.next_control.load(Ordering::Acquire);
             let took_move = match self.consumer.peek() {
                 Some(record) if record.seq < self.shared.next_control.load(Ordering::Acquire) => {
-                    let size = record.size;
-                    // Re-borrow the frame through a raw split: `record` borrows the
-                    // consumer, which `validate` does not touch.
-                    let (frame, stamp) = (record.frame, record.stamp);
+                    let stamp = record.stamp;
                     // The hot path: validation must not allocate in steady state (counted).
                     let hot = HotPath::enter();
                     Self::validate(
                         &mut self.rooms,
                         &mut self.dirty,
                         &self.shared,
-                        frame,
+                        record.frame,
                         stamp,
-                        self.batch_full,
+                        self.policy.batch_full,
+                        self.failed,
                         &mut self.full,
                     );
                     drop(hot);
                     self.validated
                         .record(crate::clock::now_ns().saturating_sub(stamp));
-                    self.consumer.advance(size);
+                    self.consumer.pop();
                     let n = self.shared.consumed.0.load(Ordering::Relaxed);
                     self.shared.consumed.0.store(n + 1, Ordering::Release);
                     true
@@ -304,6 +506,10 @@ impl Worker {
         done
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "disjoint borrows of the worker's fields, so that the frame can borrow the arena"
+    )]
     fn validate(
         rooms: &mut HashMap<u32, Room, IdHashBuilder>,
         dirty: &mut Vec<Arc<Inbox>>,
@@ -311,6 +517,7 @@ impl Worker {
         bytes: &[u8],
         stamp: u64,
         batch_full: u32,
+        failed: bool,
         full: &mut bool,
     ) {
         let Ok(h) = frame::read_header(bytes) else {
@@ -321,15 +528,21 @@ impl Worker {
             debug_assert!(false, "a move arrived for a room its shard does not know");
             return;
         };
-        let outcome = match room.players.get_mut(&h.player) {
-            None => Err(Reason::UnknownPlayer),
-            Some(p) => {
-                if !auth::verify(bytes, if room.hmac { p.key.as_deref() } else { None }) {
-                    Err(Reason::BadTag)
-                } else if p.window.accept(h.seq).is_err() {
-                    Err(Reason::Replay)
-                } else {
-                    Ok(())
+        let outcome = if failed {
+            Err(Reason::ShardFailed)
+        } else {
+            match room.players.get_mut(&h.player) {
+                // `dispatch` answers `NotMember` for non-members, in order with join and
+                // leave: kept as a second line of defence, it does not occur.
+                None => Err(Reason::UnknownPlayer),
+                Some(p) => {
+                    if !auth::verify(bytes, if room.hmac { p.key.as_deref() } else { None }) {
+                        Err(Reason::BadTag)
+                    } else if p.window.accept(h.seq).is_err() {
+                        Err(Reason::Replay)
+                    } else {
+                        Ok(())
+                    }
                 }
             }
         };
@@ -415,20 +628,24 @@ impl Worker {
                     self.flushes.push(PendingFlush { token, waits });
                 }
             }
+            Control::Fail => panic!(
+                "shard {} was made to fail on purpose (failShardForTesting)",
+                self.index
+            ),
         }
     }
 
     /// Whether moves or flushes have waited at least `hold_ns` since the last delivery.
     /// A worker whose queue never runs dry delivers on this bound: without it, a queue
     /// kept non-empty by a steady load would hold every push batch back indefinitely.
-    pub fn delivery_due(&self, hold_ns: u64) -> bool {
+    fn delivery_due(&self, hold_ns: u64) -> bool {
         (!self.dirty.is_empty() || !self.flushes.is_empty())
             && crate::clock::now_ns().saturating_sub(self.delivered_at) >= hold_ns
     }
 
     /// Delivers every push room whose previous batch was released, then answers the
     /// flushes whose rooms have all been delivered since.
-    pub fn deliver(&mut self) {
+    fn deliver(&mut self) {
         self.full = false;
         self.delivered_at = crate::clock::now_ns();
         self.shared.kick.store(false, Ordering::Release);
@@ -472,3 +689,20 @@ fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
         dirty.push(Arc::clone(inbox));
     }
 }
+
+/// The worker as a tokio task: steps it, yielding, parking and returning as it says.
+/// Spawned once per shard by the runtime; the hand-off test runs the same function.
+pub async fn drive(mut worker: Worker) {
+    let shared = Arc::clone(&worker.shared);
+    loop {
+        match worker.step() {
+            Step::Again => {}
+            Step::Yield => tokio::task::yield_now().await,
+            Step::Park | Step::Paused => shared.notify.notified().await,
+            Step::Stop => return,
+        }
+    }
+}
+
+/// How long [`Shared`]'s users may wait for a paused worker's acknowledgement.
+pub const PAUSE_ACK: Duration = Duration::from_secs(1);

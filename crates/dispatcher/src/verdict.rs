@@ -23,11 +23,14 @@ pub enum Verdict {
     WrongSender = 7,
     /// The sender spent its room's rate limit (token bucket); nothing was kept.
     RateLimited = 8,
+    /// The frame's player (the proven sender) has not joined the room: refused at once,
+    /// spending nothing (no room budget, queue slot, arena space or rate-limit token).
+    NotMember = 9,
 }
 
 impl Verdict {
     /// Number of verdicts.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 }
 
 /// Why an accepted move failed validation.
@@ -36,15 +39,18 @@ impl Verdict {
 pub enum Reason {
     /// The tag does not match.
     BadTag = 0,
-    /// The player is not in the room.
+    /// The player is not in the room. Kept for compatibility: `dispatch` refuses
+    /// non-members at once ([`Verdict::NotMember`]), so it does not occur.
     UnknownPlayer = 1,
     /// Duplicate or too-old seq.
     Replay = 2,
+    /// Accepted by a shard that failed (its worker panicked) before validating it.
+    ShardFailed = 3,
 }
 
 impl Reason {
     /// Number of reasons.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 }
 
 /// Answer of control calls; JavaScript turns it into a typed error.

@@ -14,10 +14,9 @@ use move_dispatcher::frame::{self, Header};
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::verdict::Verdict;
 
-// With the `napi` feature the library installs this same counting allocator itself.
-// Feature `system-alloc` (sanitizer builds) counts over the system allocator instead.
+// The counting allocator the addon installs (the library itself installs none). Feature
+// `system-alloc` (sanitizer builds) counts over the system allocator instead.
 #[cfg(all(
-    not(feature = "napi"),
     not(feature = "system-alloc"),
     not(any(target_env = "msvc", target_os = "freebsd", target_family = "wasm"))
 ))]
@@ -25,14 +24,11 @@ use move_dispatcher::verdict::Verdict;
 static GLOBAL: move_dispatcher::alloc::Counting<tikv_jemallocator::Jemalloc> =
     move_dispatcher::alloc::Counting::new(tikv_jemallocator::Jemalloc);
 
-#[cfg(all(
-    not(feature = "napi"),
-    any(
-        feature = "system-alloc",
-        target_env = "msvc",
-        target_os = "freebsd",
-        target_family = "wasm"
-    )
+#[cfg(any(
+    feature = "system-alloc",
+    target_env = "msvc",
+    target_os = "freebsd",
+    target_family = "wasm"
 ))]
 #[global_allocator]
 static GLOBAL: move_dispatcher::alloc::Counting<std::alloc::System> =

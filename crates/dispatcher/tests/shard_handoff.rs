@@ -4,8 +4,9 @@
 //! control operations ordered with moves, room inboxes (pull drains, push batches released
 //! with a kick) and the outbox's coalesced wake-ups.
 //!
-//! The worker thread runs the loop of `core::worker_loop` (copied: keep it in step), parking
-//! on `Shared::notify`. The JavaScript side blocks on a condition variable that only the
+//! The worker thread runs the worker loop that ships (`shard::drive`, the task the runtime
+//! spawns) on a current-thread runtime, parking on `Shared::notify`, with the runtime's
+//! policy (fewer spins under Miri). The JavaScript side blocks on a condition variable that only the
 //! outbox's waker signals, so a lost wake-up on either side leaves both threads blocked:
 //! natively the test times out, and Miri reports the deadlock at once. Under Miri every
 //! schedule differs by seed (`-Zmiri-many-seeds`); its data-race detector checks the
@@ -21,13 +22,11 @@ use move_dispatcher::frame::{self, Header};
 use move_dispatcher::inbox::Inbox;
 use move_dispatcher::latency::{pair, Scale};
 use move_dispatcher::outbox::{Delivery, Outbox};
-use move_dispatcher::shard::{Control, Shared, Worker};
+use move_dispatcher::shard::{self, Control, Policy, Shared, Worker};
 
 const PULL: u32 = 1;
 const PUSH: u32 = 2;
 const PLAYER: u32 = 7;
-/// As in `core.rs`.
-const TURN: usize = 256;
 const SPINS: u32 = if cfg!(miri) { 4 } else { 200 };
 
 fn frame(room: u32, seq: u32) -> Vec<u8> {
@@ -45,45 +44,12 @@ fn frame(room: u32, seq: u32) -> Vec<u8> {
     f
 }
 
-/// `core::worker_loop`, on a current-thread runtime (no I/O or timer driver).
-fn worker_loop(mut w: Worker) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// `shard::drive`, on a current-thread runtime (no I/O or timer driver).
+fn worker_loop(w: Worker) {
+    tokio::runtime::Builder::new_current_thread()
         .build()
-        .unwrap();
-    rt.block_on(async move {
-        let shared = Arc::clone(w.shared());
-        let outbox = Arc::clone(w.outbox());
-        loop {
-            if shared.stop.load(Ordering::Acquire) {
-                return;
-            }
-            outbox.serve_wake_request();
-            let n = w.run(TURN);
-            if n == TURN {
-                if shared.kick.load(Ordering::Acquire) {
-                    w.deliver();
-                }
-                tokio::task::yield_now().await;
-                continue;
-            }
-            w.deliver();
-            let mut spins = 0;
-            while spins < SPINS
-                && !w.has_work()
-                && !shared.kick.load(Ordering::Acquire)
-                && !shared.stop.load(Ordering::Acquire)
-            {
-                std::hint::spin_loop();
-                spins += 1;
-            }
-            if spins < SPINS {
-                continue;
-            }
-            if w.may_sleep() {
-                shared.notify.notified().await;
-            }
-        }
-    });
+        .unwrap()
+        .block_on(shard::drive(w));
 }
 
 /// The JavaScript side's "`poll()` has news" signal: set by the outbox's waker.
@@ -131,10 +97,14 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     };
     let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
     let worker = Worker::new(
+        0,
         Arc::clone(&shared),
         consumer,
         Arc::clone(&outbox),
-        8,
+        Policy {
+            spins: SPINS,
+            ..Policy::runtime(8)
+        },
         recorder,
     );
     let stopped = Arc::new(AtomicBool::new(false));
@@ -150,7 +120,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     let mut seq = 0_u64;
     let mut control = |c: Control| {
         seq += 1;
-        shared.push_control(seq, c);
+        shared.push_control(seq, c).unwrap();
         shared.wake();
         seq
     };
@@ -174,7 +144,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     // Expected next move seq per room, as the JavaScript side reads them back.
     let (mut next_pull, mut next_push) = (1_u32, 1_u32);
     let check = |next: &mut u32, inbox: &Inbox, offset: usize, length: usize, count: u32| {
-        let bytes = inbox.memory().to_vec(offset, length);
+        let bytes = inbox.copy_out(offset, length).unwrap();
         let mut at = 0;
         for _ in 0..count {
             let f = frame(inbox.room(), *next);
@@ -205,6 +175,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
                 }
                 Delivery::Flushed { token } => flushed.push(token),
                 Delivery::Overload(e) => panic!("no overload marks configured: {e:?}"),
+                Delivery::Failed { message, .. } => panic!("the worker failed: {message}"),
             }
         }
         let b = pull.drain();
@@ -251,7 +222,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
             // A control between moves: a flush marker, which must come back in order.
             let token = seq;
             outbox.expect_flush(token, 1);
-            shared.push_control(seq, Control::Flush { token });
+            shared.push_control(seq, Control::Flush { token }).unwrap();
             seq += 1;
             shared.wake();
             while !take(&mut next_pull, &mut next_push).contains(&token) {
@@ -261,7 +232,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     }
     let token = u64::MAX - 1;
     outbox.expect_flush(token, 1);
-    shared.push_control(seq, Control::Flush { token });
+    shared.push_control(seq, Control::Flush { token }).unwrap();
     shared.wake();
     while !take(&mut next_pull, &mut next_push).contains(&token) {
         wake.wait();

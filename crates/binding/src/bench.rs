@@ -1,7 +1,7 @@
-//! Benchmark helpers (feature `napi`): timing loops over the crate's own building blocks,
-//! exported to JavaScript for `bench/micro.ts` (`npm run bench`). They are not part of the
-//! dispatcher's API: every export is named `bench*`, allocates freely outside its timed
-//! region, and returns what it measured.
+//! Benchmark helpers (feature `bench`, never in the published addon): timing loops over the
+//! core's building blocks, exported to JavaScript for `bench/micro.ts` (`npm run bench`).
+//! They are not part of the dispatcher's API: every export is named `bench*`, allocates
+//! freely outside its timed region, and returns what it measured.
 //!
 //! Timings use [`std::time::Instant`] (`clock_gettime(CLOCK_MONOTONIC)` through the vDSO).
 //! Distributions time every operation on its own, so each sample includes one clock read;
@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use napi::bindgen_prelude::*;
 
-use crate::arena;
-use crate::auth::{self, PlayerKey};
-use crate::core::{Config, Core};
-use crate::frame::{self, Header, FLAG_HMAC, FRAME_OVERHEAD};
-use crate::verdict::Verdict;
+use move_dispatcher::arena;
+use move_dispatcher::auth::{self, PlayerKey};
+use move_dispatcher::core::{Config, Core};
+use move_dispatcher::frame::{self, Header, FLAG_HMAC, FRAME_OVERHEAD};
+use move_dispatcher::verdict::Verdict;
 
 /// A throughput measurement: `iters` operations in `totalNs`.
 #[napi(object)]
@@ -165,8 +165,8 @@ pub fn bench_sha256(frame_len: u32, iters: u32) -> Result<BenchRate> {
 pub fn bench_hmac(frame_len: u32, iters: u32) -> Result<BenchRate> {
     let key = PlayerKey::new(&[0x5a; 32])
         .map_err(|e| Error::new(Status::InvalidArg, format!("{e:?}")))?;
-    let frame = signed_frame(frame_len, Some(&key), 1)?;
-    Ok(verify_loop(&frame, Some(&key), iters))
+    let frame = signed_frame(frame_len, Some(&*key), 1)?;
+    Ok(verify_loop(&frame, Some(&*key), iters))
 }
 
 fn frames_of(sizes: Vec<u32>) -> Result<Vec<Vec<u8>>> {
@@ -218,9 +218,8 @@ pub fn bench_arena_alloc(
             wrapped = producer.wraps() >= 2;
         }
         if let Some(r) = consumer.peek() {
-            let size = r.size;
             black_box(r.frame);
-            consumer.advance(size);
+            consumer.pop();
         }
         seq += 1;
     }
@@ -287,8 +286,7 @@ pub fn bench_queue_handoff(frame_len: u32, moves: u32) -> Result<BenchRate> {
                         out_of_order += 1;
                     }
                     black_box(r.frame);
-                    let size = r.size;
-                    consumer.advance(size);
+                    consumer.pop();
                     next += 1;
                 } else {
                     std::hint::spin_loop();

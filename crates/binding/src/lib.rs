@@ -1,8 +1,11 @@
-//! The napi-rs binding: conversions only. All logic lives in [`crate::core`].
+//! The Node.js addon: napi-rs conversions over the `move-dispatcher` crate (all logic lives
+//! there), and the process's global allocator ([`allocator`]).
 //!
 //! - `dispatch` borrows the frame as `&[u8]` for the call (no reference is created).
-//! - Room memory is exposed once per allocation as an external `ArrayBuffer` whose
-//!   finalizer holds an `Arc` to it, so the memory outlives every JavaScript view.
+//! - Room memory is exposed as an external `ArrayBuffer` whose finalizer holds the memory's
+//!   [`Exposure`] token: the memory outlives every JavaScript view, and the core refuses a
+//!   second exposure while one is alive (V8 must never see two live external buffers over
+//!   one address).
 //! - Workers wake JavaScript through one weak `ThreadsafeFunction` (it never keeps the
 //!   process alive), called at most once per batch of news.
 //! - One environment cleanup hook per JavaScript thread stops the workers of every core
@@ -10,6 +13,23 @@
 //!   termination). It is registered with the thread's first dispatcher and never removed:
 //!   napi-rs frees a hook's data only when the hook runs, so a hook per dispatcher,
 //!   removed on close, leaked its data each time.
+//! - A finalizer never blocks: dropping a core stops its workers in the background
+//!   (`Stopper::stop_in_background`); the cleanup hook joins what is still stopping.
+//!
+//! # Safety
+//! `unsafe` here: exposing room memory as an external `ArrayBuffer`, and writing the
+//! caller's private `Uint32Array` in `pollPacked`; each block says why it is sound.
+#![allow(unsafe_code)]
+// napi-derive registers exports only outside `cfg(test)`; `clippy --all-targets` checks a
+// test build of the crate too, where every export would look unused.
+#![cfg_attr(test, allow(dead_code))]
+
+#[macro_use]
+extern crate napi_derive;
+
+mod allocator;
+#[cfg(feature = "bench")]
+mod bench;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -18,12 +38,14 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 
-use crate::alloc::{counting_installed, hot_path_allocations, jemalloc_stats};
-use crate::core::{Config, Core, RateLimit, Stopper, View};
-use crate::inbox::{Batch, RoomMemory};
-use crate::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
-use crate::outbox::{Delivery, OverloadEvent, Subject};
-use crate::verdict::{Status as EngineStatus, Verdict};
+use allocator::jemalloc_stats;
+use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
+use move_dispatcher::core::{Config, Core, RateLimit, View};
+use move_dispatcher::inbox::{Batch, Exposure};
+use move_dispatcher::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
+use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
+use move_dispatcher::runtime::{self, Stopper};
+use move_dispatcher::verdict::{Status as EngineStatus, Verdict};
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
 #[napi(object)]
@@ -229,6 +251,7 @@ const REC_BATCH: u32 = 0;
 const REC_FLUSHED: u32 = 1;
 const REC_OVERLOAD: u32 = 2;
 const REC_GROW: u32 = 3;
+const REC_FAILED: u32 = 4;
 /// Words of a batch record before its rejections, and per rejection.
 const BATCH_WORDS: usize = 7;
 const REJECTION_WORDS: usize = 4;
@@ -238,6 +261,7 @@ fn record_words(d: &Delivery) -> usize {
         Delivery::Batch(b) => BATCH_WORDS + REJECTION_WORDS * b.rejections.len(),
         Delivery::Flushed { .. } => 3,
         Delivery::Overload(_) => 1,
+        Delivery::Failed { .. } => 2,
     }
 }
 
@@ -280,6 +304,11 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
             out[0] = REC_OVERLOAD;
             1
         }
+        Delivery::Failed { shard, message } => {
+            e.failures.push(NativeFailure { shard, message });
+            out[..2].copy_from_slice(&[REC_FAILED, shard]);
+            2
+        }
     }
 }
 
@@ -321,6 +350,16 @@ struct Entry {
     stash: VecDeque<Delivery>,
     /// Overload events written as a marker, for `takeEvents`, in order.
     events: Vec<NativeOverload>,
+    /// Shard failures written as a marker, for `takeFailures`, in order.
+    failures: Vec<NativeFailure>,
+}
+
+/// A shard whose worker panicked (see `move_dispatcher::shard`).
+#[napi(object)]
+pub struct NativeFailure {
+    pub shard: u32,
+    /// The panic's message.
+    pub message: String,
 }
 
 thread_local! {
@@ -338,8 +377,9 @@ fn hook_environment(env: Env) -> Result<()> {
     Ok(())
 }
 
-/// The environment is going away: stop the workers of every core still in the slab, so no
-/// worker calls into a dead environment. The cores themselves go with their finalizers.
+/// The environment is going away: stop the workers of every core still in the slab, and
+/// wait for those finalizers stopped in the background, so no worker calls into a dead
+/// environment. The cores themselves go with their finalizers.
 fn stop_all() {
     let stoppers: Vec<Arc<Stopper>> = CORES
         .try_with(|slab| {
@@ -357,6 +397,7 @@ fn stop_all() {
     for s in stoppers {
         s.stop(true);
     }
+    runtime::join_retired();
     let _ = HOOKED.try_with(|h| h.set(false));
 }
 
@@ -365,6 +406,7 @@ fn insert_core(core: Core) -> u32 {
         core,
         stash: VecDeque::new(),
         events: Vec::new(),
+        failures: Vec::new(),
     };
     CORES.with_borrow_mut(|slab| {
         if let Some(id) = slab.free.pop() {
@@ -530,13 +572,15 @@ impl NativeDispatcher {
         }
     }
 
-    /// The room's memory as an `ArrayBuffer`. Call once per `memId`: V8 refuses two live
-    /// external buffers over one address, so `src/native.ts` caches the result.
+    /// The room's memory as an `ArrayBuffer`, once per allocation at a time: V8 aborts the
+    /// process on two live external buffers over one address, so a second call while the
+    /// first buffer is alive fails (`src/native.ts` caches the buffer by `memId`).
     ///
     /// # Errors
-    /// The room or allocation is gone, or the runtime does not allow external buffers
-    /// (Electron, V8 sandbox): then the message starts with `NO_EXTERNAL_BUFFERS` and
-    /// JavaScript switches to [`NativeDispatcher::copy_batch`].
+    /// The room or allocation is gone, the memory is already exposed (`ALREADY_EXPOSED`), or
+    /// the runtime does not allow external buffers (Electron, V8 sandbox): then the message
+    /// starts with `NO_EXTERNAL_BUFFERS` and JavaScript switches to
+    /// [`NativeDispatcher::copy_batch`].
     #[napi(catch_unwind)]
     pub fn room_buffer<'env>(
         &self,
@@ -544,15 +588,15 @@ impl NativeDispatcher {
         room: u32,
         mem_id: u32,
     ) -> Result<ArrayBuffer<'env>> {
-        let mem = self.memory(room, mem_id)?;
-        let (ptr, len) = (mem.as_ptr(), mem.len());
-        // SAFETY: `ptr` points to `len` bytes owned by `mem`; the finalizer keeps an `Arc`
-        // to it, so the memory stays valid for the ArrayBuffer's whole life, and its address
-        // is not reused while the ArrayBuffer is alive. `src/native.ts` creates one
-        // ArrayBuffer per allocation (cached by `memId`), so no two live external buffers
-        // share this address.
-        let buffer =
-            unsafe { ArrayBuffer::from_external(env, ptr, len, mem, |_env, mem| drop(mem)) }?;
+        let exposure = self.exposure(room, mem_id)?;
+        let (ptr, len) = (exposure.memory().as_ptr(), exposure.memory().len());
+        // SAFETY: `ptr` points to `len` bytes of room memory that `exposure` keeps alive;
+        // the finalizer owns `exposure`, so the memory outlives the ArrayBuffer, and no other
+        // exposure of this allocation (hence no other external buffer over this address)
+        // can exist until the finalizer drops it (`RoomMemory::expose` is exclusive).
+        let buffer = unsafe {
+            ArrayBuffer::from_external(env, ptr, len, exposure, |_env, exposure| drop(exposure))
+        }?;
         if buffer.as_ptr() != ptr.cast_const() {
             // napi-rs fell back to a copy: a snapshot would never see later batches.
             return Err(Error::new(
@@ -565,6 +609,10 @@ impl NativeDispatcher {
 
     /// A copy of `length` bytes at `offset` of the room's memory, for runtimes without
     /// external buffers (or `MOVE_DISPATCHER_COPY_BATCHES=1`).
+    ///
+    /// # Errors
+    /// The room or allocation is gone, or the range is not a delivered batch's: out of
+    /// bounds, or overlapping the half the worker is filling.
     #[napi(catch_unwind)]
     pub fn copy_batch<'env>(
         &self,
@@ -574,15 +622,24 @@ impl NativeDispatcher {
         offset: u32,
         length: u32,
     ) -> Result<ArrayBuffer<'env>> {
-        let mem = self.memory(room, mem_id)?;
-        let (offset, length) = (offset as usize, length as usize);
-        if offset.checked_add(length).is_none_or(|end| end > mem.len()) {
-            return Err(Error::new(
+        let bytes = with_core(self.id, |c| {
+            let inbox = c.inbox(room).filter(|i| i.memory().id() == mem_id)?;
+            Some(inbox.copy_out(offset as usize, length as usize))
+        })
+        .flatten()
+        .ok_or_else(|| {
+            Error::new(
                 Status::InvalidArg,
-                format!("batch {offset}+{length} is outside room {room}'s memory"),
-            ));
-        }
-        ArrayBuffer::from_data(env, mem.to_vec(offset, length))
+                format!("room {room} memory {mem_id} is gone"),
+            )
+        })?
+        .ok_or_else(|| {
+            Error::new(
+                Status::InvalidArg,
+                format!("{offset}+{length} is not a delivered batch of room {room}"),
+            )
+        })?;
+        ArrayBuffer::from_data(env, bytes)
     }
 
     /// Whether the room is open or still closing (its memory is still in use).
@@ -708,7 +765,19 @@ impl NativeDispatcher {
         with_core(self.id, |c| c.pause(paused));
     }
 
-    fn memory(&self, room: u32, mem_id: u32) -> Result<Arc<RoomMemory>> {
+    /// Asks for a wake-up once the worker frees capacity after the last `Backpressure`.
+    #[napi(catch_unwind)]
+    pub fn want_writable(&self) {
+        with_core(self.id, Core::want_writable);
+    }
+
+    /// Test hook: the shard's worker panics when it reaches this point of its queue.
+    #[napi(catch_unwind)]
+    pub fn fail_shard_for_testing(&self, shard: u32) -> u32 {
+        self.status(|c| c.fail_shard_for_testing(shard as usize))
+    }
+
+    fn exposure(&self, room: u32, mem_id: u32) -> Result<Exposure> {
         let mem = with_core(self.id, |c| c.inbox(room).map(|i| Arc::clone(i.memory())))
             .flatten()
             .ok_or_else(|| Error::new(Status::InvalidArg, format!("room {room} has no memory")))?;
@@ -718,7 +787,14 @@ impl NativeDispatcher {
                 format!("room {room} memory {mem_id} is gone"),
             ));
         }
-        Ok(mem)
+        mem.expose().ok_or_else(|| {
+            Error::new(
+                Status::GenericFailure,
+                format!(
+                    "ALREADY_EXPOSED: room {room} memory {mem_id} is exposed to JavaScript already"
+                ),
+            )
+        })
     }
 
     fn status(&self, f: impl FnOnce(&mut Core) -> EngineStatus) -> u32 {
@@ -728,7 +804,7 @@ impl NativeDispatcher {
 
 impl ObjectFinalize for NativeDispatcher {
     fn finalize(self, _env: Env) -> Result<()> {
-        // Dropping the core stops its workers (and joins them).
+        // Dropping the core stops its workers in the background: never blocks.
         drop(remove_core(self.id));
         Ok(())
     }
@@ -774,7 +850,8 @@ pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
 ///   `room, player, seq, reason`;
 /// - `1` flush answered: `token` low word, high word;
 /// - `2` overload event: the next of `takeEvents(id)`, in order;
-/// - `3` the next record needs `out.length >= words` (the second word): grow and call again.
+/// - `3` the next record needs `out.length >= words` (the second word): grow and call again;
+/// - `4` shard failed: `shard`; its message is the next of `takeFailures(id)`.
 ///
 /// Deliveries that do not fit wait for the next call, in order.
 #[napi(catch_unwind)]
@@ -815,6 +892,12 @@ pub fn take_events(id: u32) -> Vec<NativeOverload> {
     with_entry(id, |e| std::mem::take(&mut e.events)).unwrap_or_default()
 }
 
+/// The shard failures `pollPacked` announced (record `4`), in order; empties the list.
+#[napi(catch_unwind)]
+pub fn take_failures(id: u32) -> Vec<NativeFailure> {
+    with_entry(id, |e| std::mem::take(&mut e.failures)).unwrap_or_default()
+}
+
 /// Allocator figures (process-wide): jemalloc's statistics (epoch advanced per call) and
 /// the hot-path allocation counter.
 #[napi(catch_unwind)]
@@ -832,6 +915,7 @@ pub fn allocator_stats() -> NativeAllocator {
 }
 
 /// Calibration for benchmarks: an N-API call that borrows a buffer and does nothing.
+#[cfg(feature = "bench")]
 #[napi(catch_unwind)]
 pub fn empty_call(buf: &[u8]) -> u32 {
     u32_of(buf.len())

@@ -7,14 +7,16 @@
 #   scripts/sanitize.sh miri      Miri over the modules with `unsafe` or lock-free code
 #
 # Each pass builds into a target directory of its own (target/asan, target/valgrind,
-# target/miri) with feature `system-alloc` (the system allocator instead of jemalloc, which
-# ASan and valgrind cannot see into), and never touches the release addon at the repository
-# root. It exits non-zero on any test failure or sanitizer report.
+# target/miri) with the system allocator instead of jemalloc, which ASan and valgrind cannot
+# see into (the core's unit tests always use it; feature `system-alloc` of the core for its
+# hot-path test, of the binding crate for the addon), and never touches the release addon
+# at the repository root. It exits non-zero on any test failure or sanitizer report.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 TARGET=x86_64-unknown-linux-gnu
-FEATURES=system-alloc
+# The Rust tests (core and binding crates) with the system allocator everywhere.
+TEST_FEATURES=move-dispatcher/system-alloc
 
 mode=${1:-}
 case "$mode" in
@@ -108,15 +110,15 @@ run_asan() {
   fi
   step_done
 
-  step "Rust tests (cargo test --workspace --no-default-features --features $FEATURES), LeakSanitizer on"
+  step "Rust tests (cargo test --workspace --features $TEST_FEATURES), LeakSanitizer on"
   ASAN_OPTIONS="$opts:detect_leaks=1:log_path=$reports/rust" \
-    cargo_z test --workspace --no-default-features --features "$FEATURES" --target "$TARGET" --quiet
+    cargo_z test --workspace --features "$TEST_FEATURES" --target "$TARGET" --quiet
   step_done
 
-  step "addon (features napi,$FEATURES, debug)"
-  cargo_z build -p move-dispatcher --lib --features "$FEATURES" --target "$TARGET" --quiet
+  step "addon (crates/binding, feature system-alloc, debug)"
+  cargo_z build -p move-dispatcher-node --lib --features system-alloc --target "$TARGET" --quiet
   local addon=$ROOT/$out/move-dispatcher.asan.node
-  cp "$out/$TARGET/debug/libmove_dispatcher.so" "$addon"
+  cp "$out/$TARGET/debug/libmove_dispatcher_node.so" "$addon"
   local runtime
   if ! runtime=$(asan_runtime); then
     echo "sanitize.sh: no shared ASan runtime (install gcc's libasan8 or libclang-rt-14-dev)" >&2
@@ -181,9 +183,9 @@ run_valgrind() {
     exit 1
   fi
   step_done
-  step "build the Rust tests (--no-default-features --features $FEATURES)"
+  step "build the Rust tests (--features $TEST_FEATURES)"
   local bins
-  bins=$(cargo test --workspace --no-default-features --features "$FEATURES" --no-run \
+  bins=$(cargo test --workspace --features "$TEST_FEATURES" --no-run \
     --message-format=json --quiet |
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.split("\n")){if(!l)continue;const m=JSON.parse(l);if(m.reason==="compiler-artifact"&&m.executable&&m.profile.test)console.log(m.executable)}})')
   step_done
@@ -212,25 +214,25 @@ run_miri() {
     rustup component add --toolchain nightly miri rust-src
   fi
   export CARGO_TARGET_DIR=target/miri
-  # Every module with `unsafe` (arena, inbox, alloc's GlobalAlloc, auth's zeroising
-  # write_volatile) or lock-free code (arena, latency); tests whose bulk is arithmetic run
-  # with smaller counts under cfg(miri). Miri checks data races, Stacked Borrows and
-  # weak-memory effects; the threaded tests run again under several schedules (seeds).
+  # Every module with `unsafe` (arena, inbox, alloc's GlobalAlloc) or lock-free code
+  # (arena, latency), and auth's hand-rolled HMAC; tests whose bulk is arithmetic run with
+  # smaller counts under cfg(miri). Miri checks data races, Stacked Borrows and weak-memory
+  # effects; the threaded tests run again under several schedules (seeds).
   step "Miri: arena inbox alloc auth window frame, latency (threaded and small tests)"
-  cargo +nightly miri test --no-default-features --features "$FEATURES" --lib -- \
+  cargo +nightly miri test -p move-dispatcher --lib -- \
     arena:: inbox:: alloc:: auth:: window::tests::in_order frame::tests::check \
     latency::tests::concurrent latency::tests::reset latency::tests::empty
   step_done
-  step "Miri: shard hand-offs (tests/shard_handoff.rs: arena, sleep/wake, inbox, outbox)"
-  cargo +nightly miri test --no-default-features --features "$FEATURES" --test shard_handoff
+  step "Miri: shard hand-offs on the loop that ships (tests/shard_handoff.rs: shard::drive, arena, sleep/wake, inbox, outbox, failure)"
+  cargo +nightly miri test -p move-dispatcher --test shard_handoff
   step_done
   local seeds=${MIRI_SEEDS:-8}
   step "Miri: the threaded tests again under $seeds schedules (-Zmiri-many-seeds)"
   MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-many-seeds=0..$seeds" \
-    cargo +nightly miri test --no-default-features --features "$FEATURES" --lib -- \
+    cargo +nightly miri test -p move-dispatcher --lib -- \
     arena::tests::threads inbox::tests::worker latency::tests::concurrent
   MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-many-seeds=0..$seeds" \
-    cargo +nightly miri test --no-default-features --features "$FEATURES" --test shard_handoff
+    cargo +nightly miri test -p move-dispatcher --test shard_handoff
   step_done
   echo "== sanitize miri: no undefined behaviour found"
 }

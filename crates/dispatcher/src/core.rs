@@ -1745,4 +1745,31 @@ mod tests {
         // A room's own budget is JavaScript's to free: nothing is asked of the worker.
         c.shutdown();
     }
+
+    /// Dropping a core (what a garbage-collection finalizer does) never waits for its
+    /// workers: here one is stuck in a 1.5 s step, and the drop still returns at once; the
+    /// runtime is joined in the background ([`runtime::join_retired`] waits for it).
+    #[test]
+    fn dropping_a_core_never_blocks() {
+        let (mut c, wakes) = core(Config::default());
+        c.push_control(0, Control::Stall(Duration::from_millis(1_500)));
+        std::thread::sleep(Duration::from_millis(50)); // the worker is inside the stall
+        let t = std::time::Instant::now();
+        drop(c);
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "drop blocked for {took:?}"
+        );
+        let t = std::time::Instant::now();
+        runtime::join_retired();
+        assert!(
+            t.elapsed() > Duration::from_millis(500),
+            "the stall outlived the drop"
+        );
+        // The waker was dropped with the core: nothing woke JavaScript after it.
+        let after = wakes.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(wakes.load(Ordering::SeqCst), after);
+    }
 }

@@ -68,6 +68,9 @@ pub enum Control {
     },
     /// Test hook (`failShardForTesting`): the worker panics when it takes this control.
     Fail,
+    /// Unit tests: the worker blocks for this long when it takes this control.
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 impl std::fmt::Debug for Control {
@@ -83,6 +86,8 @@ impl std::fmt::Debug for Control {
             Self::CloseRoom { room } => write!(f, "CloseRoom({room})"),
             Self::Flush { token } => write!(f, "Flush({token})"),
             Self::Fail => write!(f, "Fail"),
+            #[cfg(test)]
+            Self::Stall(d) => write!(f, "Stall({d:?})"),
         }
     }
 }
@@ -632,6 +637,8 @@ impl Worker {
                 "shard {} was made to fail on purpose (failShardForTesting)",
                 self.index
             ),
+            #[cfg(test)]
+            Control::Stall(d) => std::thread::sleep(d),
         }
     }
 

@@ -248,3 +248,117 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     thread.join().unwrap();
     assert!(stopped.load(Ordering::Acquire));
 }
+
+/// A worker that panics (the `Fail` control) goes on in failed mode on its own thread:
+/// moves queued before the failure point are validated, those after it rejected
+/// `ShardFailed`, flushes answered; a second panic stops the thread after answering the
+/// flushes queued, and the shard then refuses controls (the producer answers its flushes).
+#[test]
+fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
+    let n: u32 = if cfg!(miri) { 6 } else { 200 };
+    // Room for every move at once: the test never waits for the worker to free space.
+    let (mut producer, consumer) = arena::ring(1 << 16);
+    let shared = Arc::new(Shared::default());
+    let wake = Arc::new(Wake::default());
+    let outbox = {
+        let wake = Arc::clone(&wake);
+        Arc::new(Outbox::new(Box::new(move || wake.signal())))
+    };
+    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
+    let worker = Worker::new(
+        3,
+        Arc::clone(&shared),
+        consumer,
+        Arc::clone(&outbox),
+        Policy {
+            spins: SPINS,
+            ..Policy::runtime(8)
+        },
+        recorder,
+    );
+    let thread = std::thread::spawn(move || worker_loop(worker));
+    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
+    let mut seq = 0_u64;
+    let mut control = |c: Control| {
+        seq += 1;
+        let r = shared.push_control(seq, c);
+        shared.wake();
+        r
+    };
+    control(Control::OpenRoom {
+        inbox: Arc::clone(&inbox),
+        hmac: false,
+        push: false,
+    })
+    .unwrap();
+    control(Control::Join {
+        room: PULL,
+        player: PLAYER,
+        key: None,
+    })
+    .unwrap();
+    let mut push_move = |s: u32, seq: &mut u64| {
+        let f = frame(PULL, s);
+        assert!(inbox.try_reserve(f.len()));
+        *seq += 1;
+        producer.try_push(*seq, 0, &f).unwrap();
+        shared.wake();
+    };
+    let mut seq = seq;
+    for s in 1..=n {
+        push_move(s, &mut seq);
+    }
+    seq += 1;
+    shared.push_control(seq, Control::Fail).unwrap();
+    for s in n + 1..=2 * n {
+        push_move(s, &mut seq);
+    }
+    let flush = |token: u64, seq: &mut u64| {
+        *seq += 1;
+        outbox.expect_flush(token, 1);
+        let r = shared.push_control(*seq, Control::Flush { token });
+        shared.wake();
+        r
+    };
+    flush(1, &mut seq).unwrap();
+    let mut failures = Vec::new();
+    let wait_for = |token: u64, failures: &mut Vec<String>| loop {
+        let mut flushed = false;
+        for d in outbox.take() {
+            match d {
+                Delivery::Flushed { token: t } => flushed |= t == token,
+                Delivery::Failed { shard, message } => {
+                    assert_eq!(shard, 3);
+                    failures.push(message);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if flushed {
+            return;
+        }
+        wake.wait();
+    };
+    wait_for(1, &mut failures);
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].contains("on purpose"), "{}", failures[0]);
+    let b = inbox.drain();
+    assert_eq!(b.count, n, "queued before the failure point: validated");
+    assert_eq!(b.rejections.len(), n as usize);
+    assert!(b
+        .rejections
+        .iter()
+        .all(|r| r.reason == move_dispatcher::verdict::Reason::ShardFailed));
+    assert_eq!(inbox.reserved(), 0);
+    // A second panic: the worker stops, answering the flush queued behind it.
+    seq += 1;
+    shared.push_control(seq, Control::Fail).unwrap();
+    flush(2, &mut seq).unwrap();
+    wait_for(2, &mut failures);
+    thread.join().unwrap();
+    assert_eq!(failures.len(), 2);
+    assert!(
+        matches!(flush(3, &mut seq), Err(Control::Flush { token: 3 })),
+        "a dead shard refuses controls"
+    );
+}

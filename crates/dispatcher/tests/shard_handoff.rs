@@ -254,6 +254,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
 /// `ShardFailed`, flushes answered; a second panic stops the thread after answering the
 /// flushes queued, and the shard then refuses controls (the producer answers its flushes).
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
     let n: u32 = if cfg!(miri) { 6 } else { 200 };
     // Room for every move at once: the test never waits for the worker to free space.
@@ -279,24 +280,22 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
     let thread = std::thread::spawn(move || worker_loop(worker));
     let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
     let mut seq = 0_u64;
-    let mut control = |c: Control| {
+    for c in [
+        Control::OpenRoom {
+            inbox: Arc::clone(&inbox),
+            hmac: false,
+            push: false,
+        },
+        Control::Join {
+            room: PULL,
+            player: PLAYER,
+            key: None,
+        },
+    ] {
         seq += 1;
-        let r = shared.push_control(seq, c);
+        shared.push_control(seq, c).unwrap();
         shared.wake();
-        r
-    };
-    control(Control::OpenRoom {
-        inbox: Arc::clone(&inbox),
-        hmac: false,
-        push: false,
-    })
-    .unwrap();
-    control(Control::Join {
-        room: PULL,
-        player: PLAYER,
-        key: None,
-    })
-    .unwrap();
+    }
     let mut push_move = |s: u32, seq: &mut u64| {
         let f = frame(PULL, s);
         assert!(inbox.try_reserve(f.len()));
@@ -304,7 +303,6 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
         producer.try_push(*seq, 0, &f).unwrap();
         shared.wake();
     };
-    let mut seq = seq;
     for s in 1..=n {
         push_move(s, &mut seq);
     }

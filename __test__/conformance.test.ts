@@ -248,8 +248,15 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.dispatch(frame({ room: 99, player: 7, seq: 1 }), 8)).toBe(Verdict.UnknownRoom);
       // 8 before 9: auth mismatch and wrong sender
       expect(d.dispatch(frame({ room: 2, player: 7, seq: 1 }), 8)).toBe(Verdict.AuthMismatch);
-      // membership, tag and window are not sync checks
-      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }))).toBe(Verdict.Accepted);
+      // 8 before 10: auth mismatch from a non-member
+      expect(d.dispatch(frame({ room: 2, player: 99, seq: 1 }))).toBe(Verdict.AuthMismatch);
+      // 9 before 10: a wrong sender naming a non-member, and a non-member sender
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }), 7)).toBe(Verdict.WrongSender);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 99)).toBe(Verdict.WrongSender);
+      // 10: membership is a sync check (with or without a sender)
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }), 99)).toBe(Verdict.NotMember);
+      // tag and window are not sync checks
       expect(d.dispatch(corrupt(ok, ok.length - 1))).toBe(Verdict.Accepted);
       expect(d.dispatch(ok)).toBe(Verdict.Accepted);
       expect(d.dispatch(ok)).toBe(Verdict.Accepted);
@@ -260,35 +267,92 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       }
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }), 8)).toBe(Verdict.WrongSender);
+      // 10 before 12: a non-member into the full room answers NotMember, not Backpressure
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: seq++ }))).toBe(Verdict.NotMember);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 0 }))).toBe(Verdict.Malformed);
+    });
+
+    it('NotMember: never joined, and after leave; moves accepted before leave are delivered; rejoin is accepted', async () => {
+      const d = basic();
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      d.leave(1, 7);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }), 7)).toBe(Verdict.NotMember);
+      d.join(1, 8);
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2 }))).toBe(Verdict.Accepted);
+      d.join(1, 7); // a new window: seq 1 is fresh again
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+      const c = await flushDrain(d, 1);
+      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '8:2', '7:1']);
+      expect(c.rejections).toEqual([]);
+      const s = d.stats();
+      expect(s.verdicts.NotMember).toBe(3);
+      expect(s.reasons.UnknownPlayer).toBe(0);
+      expect(s.accepted).toBe(3);
+      expect(s.accepted).toBe(s.delivered + s.rejected);
+    });
+
+    it('NotMember spends nothing: 200 frames of a non-member leave the room budget, queue and arena untouched', async () => {
+      const d = make({ shards: 1, roomBytes: 4096 });
+      d.openRoom(1);
+      d.join(1, 1);
+      // 200 × 56 bytes would be far over the 4096-byte budget if any of them were kept
+      for (let seq = 1; seq <= 100; seq++) expect(d.dispatch(frame({ room: 1, player: 999, seq }), 999), `sender 999, seq ${seq}`).toBe(Verdict.NotMember);
+      for (let seq = 101; seq <= 200; seq++) expect(d.dispatch(frame({ room: 1, player: 999, seq })), `no sender, seq ${seq}`).toBe(Verdict.NotMember);
+      const s = d.stats();
+      expect(s.verdicts.NotMember).toBe(200);
+      expect(s.dispatched).toBe(200);
+      expect(s.accepted).toBe(0);
+      expect(s.verdicts.Backpressure).toBe(0);
+      expect(s.rooms).toEqual([]);
+      expect(s.shards.map((x) => [x.queueDepth, x.queueHighWater, x.arena.used, x.arena.highWater])).toEqual([[0, 0, 0, 0]]);
+      // the member's move still passes and is delivered
+      const f = frame({ room: 1, player: 1, seq: 1, payload: 5 });
+      expect(d.dispatch(f, 1)).toBe(Verdict.Accepted);
+      const c = await flushDrain(d, 1);
+      expect(c.moves).toEqual([parse(f)]);
+      expect(c.rejections).toEqual([]);
+      // and the whole budget is there for it: 73 × 56 = 4088 ≤ 4096
+      for (let seq = 2; seq <= 74; seq++) expect(d.dispatch(frame({ room: 1, player: 1, seq }), 1), `seq ${seq}`).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 75 }), 1)).toBe(Verdict.Backpressure);
+      // leave: NotMember; join again: accepted (once there is room)
+      d.leave(1, 1);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 76 }), 1)).toBe(Verdict.NotMember);
+      await d.flush();
+      expect(d.drain(1).count).toBe(73);
+      d.join(1, 1);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 1 }), 1)).toBe(Verdict.Accepted);
+      expect((await flushDrain(d, 1)).moves.map((m) => m.seq)).toEqual([1]);
+      const end = d.stats();
+      expect(end.verdicts.NotMember).toBe(201);
+      expect(end.reasons.UnknownPlayer).toBe(0);
+      expect(end.accepted).toBe(end.delivered + end.rejected);
     });
   });
 
   // -------------------------------------------------------------------------------------
   describe('asynchronous reasons', () => {
-    it('UnknownPlayer: never joined, and after leave (ordered with the moves around it)', async () => {
+    it('moves accepted before leave are validated with the player still in the room (control calls are ordered)', async () => {
       const d = basic();
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      d._pauseForTesting(true);
+      for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.leave(1, 7);
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.Accepted);
-      d.join(1, 8);
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 6 }))).toBe(Verdict.NotMember);
+      d._pauseForTesting(false);
       const c = await flushDrain(d, 1);
-      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '8:2']);
-      expect(c.rejections).toEqual([
-        { room: 1, player: 8, seq: 1, reason: Reason.UnknownPlayer },
-        { room: 1, player: 7, seq: 2, reason: Reason.UnknownPlayer },
-      ]);
-      expect(d.stats().reasons.UnknownPlayer).toBe(2);
+      expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
+      expect(c.rejections).toEqual([]);
+      expect(d.stats().reasons.UnknownPlayer).toBe(0);
     });
 
-    it('UnknownPlayer is decided before the tag: a non-member with a bad tag', async () => {
+    it('NotMember is decided before the tag: a non-member with a bad tag is refused synchronously', async () => {
       const d = basic();
       const f = frame({ room: 1, player: 9, seq: 1, payload: 3 });
-      expect(d.dispatch(corrupt(f, f.length - 1))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(f, f.length - 1))).toBe(Verdict.NotMember);
       const c = await flushDrain(d, 1);
-      expect(c.rejections).toEqual([{ room: 1, player: 9, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.rejections).toEqual([]);
+      expect(d.stats().accepted).toBe(0);
     });
 
     it('BadTag: one flipped bit in tick, kind, payload or tag', async () => {
@@ -334,15 +398,14 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const five = frame({ room: 1, player: 7, seq: 5 });
       expect(d.dispatch(corrupt(five, 30))).toBe(Verdict.Accepted);
       expect(d.dispatch(five)).toBe(Verdict.Accepted);
-      // a non-member's seq does not touch anyone's window
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2000 }))).toBe(Verdict.Accepted);
+      // a non-member's seq does not touch anyone's window (it is not even accepted)
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2000 }))).toBe(Verdict.NotMember);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 800 }))).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual([5, 800]);
       expect(c.rejections.map((r) => [r.player, r.seq, r.reason])).toEqual([
         [7, 1000, Reason.BadTag],
         [7, 5, Reason.BadTag],
-        [8, 2000, Reason.UnknownPlayer],
       ]);
     });
   });
@@ -633,7 +696,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.dispatch(f)).toBe(Verdict.Accepted);
       // the room field is under the tag: rewriting it breaks the tag
       expect(d.dispatch(patch(f, { room: 6 }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(patch(f, { room: 7 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(patch(f, { room: 7 }))).toBe(Verdict.NotMember);
       expect(d.dispatch(patch(f, { room: 8 }))).toBe(Verdict.UnknownRoom);
       // sent unchanged again: a replay in its own room
       expect(d.dispatch(f)).toBe(Verdict.Accepted);
@@ -641,7 +704,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(got.get(5)!.moves.map((m) => m.seq)).toEqual([1]);
       expect(got.get(5)!.rejections).toEqual([{ room: 5, player: 1, seq: 1, reason: Reason.Replay }]);
       expect(got.get(6)!.rejections).toEqual([{ room: 6, player: 1, seq: 1, reason: Reason.BadTag }]);
-      expect(got.get(7)!.rejections).toEqual([{ room: 7, player: 1, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(got.get(7)!.rejections).toEqual([]);
       // properly re-signed for room 6 it is a fresh move there
       expect(d.dispatch(reroute(f, 6, keyFor(1)))).toBe(Verdict.Accepted);
       expect((await flushDrain(d, 6)).moves.map((m) => m.room)).toEqual([6]);
@@ -670,12 +733,16 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       ]);
     });
 
-    it('leave zeroises the key: later moves are UnknownPlayer', async () => {
+    it('leave forgets the key: later moves are NotMember; a new join needs the new key', async () => {
       const d = hmacRoom();
       d.leave(5, 2);
+      expect(d.dispatch(frame({ room: 5, player: 2, seq: 1, key: keyFor(2) }))).toBe(Verdict.NotMember);
+      d.join(5, 2, { key: keyFor(2, 1) });
       expect(d.dispatch(frame({ room: 5, player: 2, seq: 1, key: keyFor(2) }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 5, player: 2, seq: 2, key: keyFor(2, 1) }))).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 5);
-      expect(c.rejections).toEqual([{ room: 5, player: 2, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.moves.map((m) => m.seq)).toEqual([2]);
+      expect(c.rejections).toEqual([{ room: 5, player: 2, seq: 1, reason: Reason.BadTag }]);
     });
   });
 
@@ -714,6 +781,8 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = make({ shards: 2, channelCapacity: 64 });
       d.openRoom(2); // shard 0
       d.openRoom(3); // shard 1
+      d.join(2, 1);
+      d.join(3, 1);
       d._pauseForTesting(true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 2, player: 1, seq }))).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 2, player: 1, seq: 65 }))).toBe(Verdict.Backpressure);
@@ -770,17 +839,20 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
 
     it('rejected moves hold the room budget until their rejections are delivered', async () => {
       const d = make({ shards: 1, roomBytes: 4096 });
-      d.openRoom(3); // nobody joined: every move is rejected UnknownPlayer
+      d.openRoom(3);
+      d.join(3, 1);
+      // every move has a bad tag: each one is rejected BadTag
+      const bad = (seq: number): Uint8Array => corrupt(frame({ room: 3, player: 1, seq }), OVERHEAD - 1);
       let seq = 1;
-      for (let i = 0; i < 73; i++) expect(d.dispatch(frame({ room: 3, player: 1, seq: seq++ }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Backpressure);
+      for (let i = 0; i < 73; i++) expect(d.dispatch(bad(seq++))).toBe(Verdict.Accepted);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Backpressure);
       await d.flush();
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Backpressure);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Backpressure);
       const b = d.drain(3);
       expect(b.count).toBe(0);
       expect(b.rejections.length).toBe(73);
-      expect(b.rejections.every((r) => r.reason === Reason.UnknownPlayer)).toBe(true);
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Accepted);
+      expect(b.rejections.every((r) => r.reason === Reason.BadTag)).toBe(true);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Accepted);
       await d.flush();
       expect(d.drain(3).rejections.length).toBe(1);
       const s = d.stats();
@@ -882,10 +954,10 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.join(1, 7);
       const frames = Array.from({ length: 20 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1, payload: i }));
       for (const f of frames) expect(d.dispatch(f)).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(frame({ room: 1, player: 7, seq: 21 }), OVERHEAD - 1))).toBe(Verdict.Accepted);
       await d.flush();
       expect(hex(concat(seen.bytes))).toBe(hex(concat(frames)));
-      expect(seen.rejections).toEqual([{ room: 1, player: 8, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(seen.rejections).toEqual([{ room: 1, player: 7, seq: 21, reason: Reason.BadTag }]);
       expect(saved.length).toBeGreaterThan(0);
       for (const b of saved) {
         expect(b.room).toBe(1);
@@ -1163,13 +1235,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.join(4, 7);
       d._pauseForTesting(true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 4, player: 7, seq }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 4, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(frame({ room: 4, player: 7, seq: 6 }), OVERHEAD - 1))).toBe(Verdict.Accepted);
       d.closeRoom(4);
       d._pauseForTesting(false);
       await d.flush();
       const c = sink.rooms.get(4)!;
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
-      expect(c.rejections).toEqual([{ room: 4, player: 8, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.rejections).toEqual([{ room: 4, player: 7, seq: 6, reason: Reason.BadTag }]);
     });
 
     it('reopening a closing room: pending moves stay ahead of the new ones; reopen after forgetting works', async () => {
@@ -1310,11 +1382,14 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       ];
       const chunk = concat(parts);
       expect(d.dispatchStream(chunk, 7)).toEqual({ consumed: chunk.length, accepted: 3, rejected: 5, backpressure: false, malformed: false });
+      // a non-member's frame (no sender) is consumed and counted as rejected too
+      const other = concat([frame({ room: 1, player: 9, seq: 1 }), frame({ room: 1, player: 8, seq: 1 })]);
+      expect(d.dispatchStream(other)).toEqual({ consumed: other.length, accepted: 1, rejected: 1, backpressure: false, malformed: false });
       const s = d.stats();
-      expect(s.dispatched).toBe(8);
-      expect(s.verdicts).toMatchObject({ Accepted: 3, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1, Malformed: 1, Oversize: 1 });
+      expect(s.dispatched).toBe(10);
+      expect(s.verdicts).toMatchObject({ Accepted: 4, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1, Malformed: 1, Oversize: 1, NotMember: 1 });
       const c = await flushDrain(d, 1);
-      expect(c.moves.map((m) => m.seq)).toEqual([1, 2]);
+      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '7:2', '8:1']);
     });
 
     it('a trailing partial frame is not consumed', () => {

@@ -151,7 +151,11 @@ export class Dispatcher {
     this.#status(this.#engine.join(room, player, key), 'join', room, player);
   }
 
-  /** Removes `player` from `room` (its key is zeroised; later moves are rejected `UnknownPlayer`). */
+  /**
+   * Removes `player` from `room`: from the call on its frames answer `Verdict.NotMember`; its
+   * moves accepted before the call are still validated and delivered (its key is zeroised
+   * after them).
+   */
   leave(room: number, player: number): void {
     checkId(room, 'room', 'leave');
     checkId(player, 'player', 'leave');
@@ -177,6 +181,7 @@ export class Dispatcher {
   /**
    * Checks `frame` synchronously and queues it for validation. Never blocks, never throws
    * for any bytes. `sender`: the player id the connection proved (`WrongSender` otherwise).
+   * A player that has not joined the frame's room answers `NotMember` and spends nothing.
    */
   dispatch(frame: Uint8Array, sender?: number): Verdict {
     if (!(frame instanceof Uint8Array)) checkBytes(frame, 'frame', 'dispatch');

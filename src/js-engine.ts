@@ -23,7 +23,7 @@
  * still be drained.
  */
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
+import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REASON_NAMES, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
 import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { CoarseHistogram, LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
@@ -139,7 +139,10 @@ class Room {
   open = true;
   /** Bytes of accepted frames not yet handed to JavaScript (in flight, validated or rejected). */
   reserved = 0;
-  /** Dispatch-side membership (for `leave`'s `UnknownPlayer`), with each member's rate-limit bucket. */
+  /**
+   * Dispatch-side membership: the sync `NotMember` check and `leave`'s `UnknownPlayer`
+   * status, with each member's rate-limit bucket.
+   */
   readonly members = new Map<number, Bucket>();
   /** Per-player rate limit, or null. */
   rate: RateLimit | null = null;
@@ -267,7 +270,7 @@ export class JsEngine implements Engine {
   readonly #verdicts = new Array<number>(VERDICT_NAMES.length).fill(0);
   /** `Backpressure` by cause: queue, arena, room budget. */
   readonly #pressure = [0, 0, 0];
-  readonly #reasons = [0, 0, 0];
+  readonly #reasons = new Array<number>(REASON_NAMES.length).fill(0);
   #delivered = 0;
   #batches = 0;
 
@@ -561,13 +564,17 @@ export class JsEngine implements Engine {
     const room = this.#rooms.get(readU32LE(buf, at + 4));
     if (room === undefined || !room.open) return Verdict.UnknownRoom;
     if ((buf[at + 3]! & FLAG_HMAC) !== room.auth) return Verdict.AuthMismatch;
-    if (sender >= 0 && sender !== readU32LE(buf, at + 8)) return Verdict.WrongSender;
-    // Rate limit: keyed by the proven sender (else the frame's player); non-members are not
-    // limited here (validation rejects them).
-    const bucket = room.rate === null ? undefined : room.members.get(sender >= 0 ? sender : readU32LE(buf, at + 8));
-    if (bucket !== undefined && !refill(bucket, room.rate!)) return Verdict.RateLimited;
+    const player = readU32LE(buf, at + 8);
+    if (sender >= 0 && sender !== player) return Verdict.WrongSender;
+    // Membership (the player is the sender here, when one is given): a non-member spends
+    // nothing, no token, no budget, no queue slot.
+    const bucket = room.members.get(player);
+    if (bucket === undefined) return Verdict.NotMember;
+    // Rate limit: the member's own bucket.
+    const rate = room.rate;
+    if (rate !== null && !refill(bucket, rate)) return Verdict.RateLimited;
     const verdict = this.#enqueue(room, buf, at, length);
-    if (bucket !== undefined && verdict === Verdict.Accepted) bucket.tokens -= 1;
+    if (rate !== null && verdict === Verdict.Accepted) bucket.tokens -= 1;
     return verdict;
   }
 
@@ -729,6 +736,8 @@ export class JsEngine implements Engine {
   /** Validation steps 1–3: a `Reason`, or `VALID`. */
   #validate(room: Room, ring: Uint8Array, start: number, len: number, playerId: number, seq: number): number {
     const player = room.players.get(playerId);
+    // Cannot happen since membership is checked at dispatch (`NotMember`) and join / leave /
+    // closeRoom reach the worker in order with the moves; kept as a safety net.
     if (player === undefined) return Reason.UnknownPlayer;
     const bodyEnd = start + HEADER_BYTES + len;
     const body = ring.subarray(start, bodyEnd);

@@ -79,7 +79,9 @@ export interface RoomOptions {
   /**
    * Per-player token bucket, keyed by the `sender` given to dispatch (the frame's player when
    * none is given): `perSecond` moves a second on average, bursts of up to `burst`. A frame
-   * without a token answers `Verdict.RateLimited` and spends nothing. Off by default.
+   * without a token answers `Verdict.RateLimited` and spends nothing. Each member's bucket
+   * starts full at `join`; a non-member answers `Verdict.NotMember` first and has no bucket
+   * to spend. Off by default.
    */
   rateLimit?: RateLimit;
 }

@@ -1,5 +1,5 @@
 /**
- * The public contract (shared/DESIGN.md sections 3–5, docs/architecture.md), run against
+ * The public contract (docs/architecture.md, README "API" and "Guarantees"), run against
  * both engines with one parametrised suite.
  */
 import { cpus } from 'node:os';
@@ -35,6 +35,7 @@ import {
   upgrade,
   useDispatchers,
   verdictName,
+  pauseForTesting,
 } from './helpers';
 
 const ALL_VERDICTS = new Set<number>(Object.values(Verdict));
@@ -335,11 +336,11 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
   describe('asynchronous reasons', () => {
     it('moves accepted before leave are validated with the player still in the room (control calls are ordered)', async () => {
       const d = basic();
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.leave(1, 7);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 6 }))).toBe(Verdict.NotMember);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
       expect(c.rejections).toEqual([]);
@@ -752,7 +753,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = basic({ shards: 1, channelCapacity: 64 });
       d.openRoom(2);
       d.join(2, 7);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq })), `seq ${seq}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 65 }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 2, player: 7, seq: 1 }))).toBe(Verdict.Backpressure);
@@ -764,7 +765,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.leave(1, 8);
       d.closeRoom(3);
       expect(d.stats().verdicts.Backpressure).toBe(2);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 64 }, (_, i) => i + 1));
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 65 }))).toBe(Verdict.Accepted);
@@ -783,11 +784,11 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.openRoom(3); // shard 1
       d.join(2, 1);
       d.join(3, 1);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 2, player: 1, seq }))).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 2, player: 1, seq: 65 }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 3, player: 1, seq: 1 }))).toBe(Verdict.Accepted);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
     });
 
@@ -795,21 +796,21 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = basic({ shards: 1, arenaBytes: 64 << 10, maxPayload: 4000, roomBytes: 1 << 20, channelCapacity: 1000 });
       // big frame: 4056 bytes -> record align8(24 + 4056) = 4080; 16 records = 65280 of 65536
       // small frame: 56 bytes -> record 80; 3 more fit (65520), the 4th would need a skip
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       let seq = 1;
       for (let i = 0; i < 16; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 })), `big ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 }))).toBe(Verdict.Backpressure);
       for (let i = 0; i < 3; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ })), `small ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }))).toBe(Verdict.Backpressure);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.length).toBe(19);
       expect(c.rejections).toEqual([]);
       // recovered: the ring wraps and takes 16 big records again
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let i = 0; i < 16; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 })), `again ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 }))).toBe(Verdict.Backpressure);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c2 = await flushDrain(d, 1);
       expect(c2.moves.length).toBe(16);
       const s = d.stats();
@@ -924,12 +925,12 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
 
     it('waits through a full queue until validation resumes', async () => {
       const d = basic({ shards: 1, channelCapacity: 64 });
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       const p = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 65 })));
       await sleep(50);
       expect(p.settled()).toBe(false);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       expect(await p.promise).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 1);
       expect(c.moves.length).toBe(65);
@@ -1199,13 +1200,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
   describe('closeRoom', () => {
     it('pending moves are still delivered; later frames UnknownRoom; a drained closed room is forgotten', async () => {
       const d = basic();
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 10; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.closeRoom(1);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 11 }))).toBe(Verdict.UnknownRoom);
       expectCode(() => d.join(1, 8), ErrorCode.UnknownRoom);
       expectCode(() => d.closeRoom(1), ErrorCode.UnknownRoom);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       expectArgError(() => d.drain(1), ErrorCode.UnknownRoom, 'room');
@@ -1233,11 +1234,11 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = make({ onBatch: sink.onBatch });
       d.openRoom(4, { delivery: 'push' });
       d.join(4, 7);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 4, player: 7, seq }))).toBe(Verdict.Accepted);
       expect(d.dispatch(corrupt(frame({ room: 4, player: 7, seq: 6 }), OVERHEAD - 1))).toBe(Verdict.Accepted);
       d.closeRoom(4);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
       const c = sink.rooms.get(4)!;
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
@@ -1246,13 +1247,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
 
     it('reopening a closing room: pending moves stay ahead of the new ones; reopen after forgetting works', async () => {
       const d = basic();
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.closeRoom(1);
       d.openRoom(1);
       d.join(1, 7);
       for (let seq = 6; seq <= 8; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
       const got = emptyCollected();
       // the closing incarnation and the new one may come out in one drain or two

@@ -7,7 +7,8 @@ import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
 import { type Engine, type EngineConfig, type RawBatch, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
-import { MoveBatch } from './batch';
+import { MoveBatch, invalidate } from './batch';
+import { registerEngine } from './internal';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
@@ -110,6 +111,7 @@ export class Dispatcher {
       if (d !== undefined) d.#poll();
     };
     this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
+    registerEngine(this, this.#engine);
   }
 
   /** Opens a room on its shard. Throws `ERR_MOVE_DISPATCHER_ROOM_EXISTS` if it is open. */
@@ -224,7 +226,8 @@ export class Dispatcher {
     if (raw.count === 0 && raw.rejections.length === 0) {
       return new MoveBatch(raw);
     }
-    this.#lastDrain.get(room)?.invalidate();
+    const previous = this.#lastDrain.get(room);
+    if (previous !== undefined) invalidate(previous);
     const batch = new MoveBatch(raw);
     this.#lastDrain.set(room, batch);
     if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
@@ -389,11 +392,6 @@ export class Dispatcher {
       for (const w of this.#batchWaiters.splice(0)) w.resolve();
     });
     return this.#closing;
-  }
-
-  /** @internal Test hook: stops (`true`) or resumes asynchronous validation. */
-  _pauseForTesting(paused: boolean): void {
-    this.#engine.pause(paused);
   }
 
   #status(status: Status, method: string, room: number, player?: number): void {

@@ -52,6 +52,7 @@ export interface EngineConfig {
   maxBatchMoves: number;
   /** false, or the list of CPU ids, one per worker thread, round-robin. */
   pinCores: number[] | null;
+  /** Reserved: the native runtime's blocking pool, unused so far (see docs/architecture.md "Runtime threads"). */
   maxBlockingThreads: number;
   threadName: string;
   /** Overload marks (0 = off). */
@@ -152,7 +153,7 @@ export interface Engine {
   closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */
   shutdown(): void;
-  /** Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
+  /** @internal Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
   pause(paused: boolean): void;
 }
 

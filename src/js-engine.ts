@@ -546,6 +546,7 @@ export class JsEngine implements Engine {
     for (const room of this.#rooms.values()) room.players.clear();
   }
 
+  /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {
     this.#paused = paused;
     if (!paused && this.#ready.length > 0) this.#scheduleRound();

@@ -44,6 +44,7 @@ interface NativeDispatcherInstance {
   promHistograms(): PromHistograms | null;
   closeInput(): void;
   shutdown(): void;
+  /** @internal Test hook. */
   pause(paused: boolean): void;
 }
 
@@ -374,6 +375,7 @@ class NativeEngine implements Engine {
     this.#sync();
     this.#n.shutdown();
   }
+  /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {
     this.#sync();
     this.#n.pause(paused);

@@ -1,6 +1,6 @@
 /**
- * Public types of move-dispatcher. Everything here is part of the contract
- * (shared/DESIGN.md section 4).
+ * Public types of move-dispatcher. Everything here is part of the contract; the exact
+ * semantics are in docs/architecture.md.
  */
 import type { Reason, Verdict } from './constants';
 
@@ -28,7 +28,11 @@ export interface DispatcherOptions {
   maxBatchMoves?: number;
   /** Pin worker threads to cores: `true` = one core per worker in order, or an explicit list. Default false. */
   pinCores?: boolean | number[];
-  /** Tokio blocking-thread cap (native). Default 4. Range 1..=512. */
+  /**
+   * Reserved: sizes the native runtime's blocking-thread pool, which nothing uses yet (the
+   * journal and native ingress will). Validated and reported in `stats().runtime`; changing
+   * it has no effect today. Default 4. Range 1..=512.
+   */
   maxBlockingThreads?: number;
   /** Name prefix of the native threads (≤ 15 bytes shown by the OS). Default `'move-disp'`. */
   threadName?: string;
@@ -126,13 +130,13 @@ export interface MoveView {
  * Valid until `release()` or the room's next `drain()`; `copy()` keeps the data longer.
  */
 export interface MoveBatch extends Iterable<MoveView> {
-  readonly room: number | undefined;
+  readonly room: number;
   readonly count: number;
   readonly buffer: ArrayBuffer;
   readonly offset: number;
   readonly length: number;
   readonly rejections: readonly Rejection[];
-  /** True once released or invalidated; reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
+  /** True once released (or, for a pull batch, once the room was drained again); reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
   readonly released: boolean;
   release(): void;
   /** A batch with the same moves in memory of its own, valid forever. */

@@ -3,7 +3,7 @@
  * both engines with one parametrised suite.
  */
 import { cpus } from 'node:os';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
 import type { MoveBatch, MoveView } from '../index';
 import {
@@ -39,6 +39,38 @@ import {
 } from './helpers';
 
 const ALL_VERDICTS = new Set<number>(Object.values(Verdict));
+
+/** Resolves after `n` turns of the event loop (setImmediate: works while timers are faked). */
+async function turns(n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+/**
+ * `promise`, or a rejection naming `what` once `ms` of real time passed. Polls with
+ * setImmediate and performance.now(), so it works while setTimeout / setInterval are faked.
+ */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let done = false;
+  const settled = promise.finally(() => {
+    done = true;
+  });
+  const end = performance.now() + ms;
+  while (!done) {
+    if (performance.now() > end) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return settled;
+}
+
+/** Fakes the timers (setTimeout / setInterval never fire) around `fn`; setImmediate stays real: the js engine's rounds run on it. */
+async function withoutTimers(fn: () => Promise<void>): Promise<void> {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+  try {
+    await fn();
+  } finally {
+    vi.useRealTimers();
+  }
+}
 
 /** Tracks whether a promise settled (without awaiting it). */
 function track<T>(p: Promise<T>): { settled: () => boolean; value: () => T | undefined; promise: Promise<T> } {
@@ -923,6 +955,73 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.stats().accepted).toBe(75);
     });
 
+    it('timers never fire: a full queue (validation paused) still resolves after unpause, woken by the engine', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, channelCapacity: 64, overload: { queueDepth: 0, roomBytes: 0 } });
+        pauseForTesting(d, true);
+        for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+        const p1 = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 65 })));
+        const p2 = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 66 }), 7));
+        await turns(20);
+        expect(p1.settled()).toBe(false);
+        expect(p2.settled()).toBe(false);
+        pauseForTesting(d, false);
+        expect(await within(p1.promise, 5000, 'dispatchAsync after unpause (no timers)')).toBe(Verdict.Accepted);
+        expect(await within(p2.promise, 5000, 'the second dispatchAsync')).toBe(Verdict.Accepted);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 66 }, (_, i) => i + 1));
+      });
+    });
+
+    it('timers never fire: room Backpressure resolves after a drain, in call order', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, roomBytes: 4096, overload: { queueDepth: 0, roomBytes: 0 } });
+        for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+        const waiting = [74, 75, 76].map((seq) => track(d.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+        await within(d.flush(), 5000, 'flush');
+        await turns(10);
+        expect(waiting.some((p) => p.settled())).toBe(false);
+        expect(d.drain(1).count).toBe(73);
+        const order: number[] = [];
+        waiting.forEach((p, i) => void p.promise.then(() => order.push(i)));
+        expect(await within(Promise.all(waiting.map((p) => p.promise)), 5000, 'dispatchAsync after drain (no timers)')).toEqual([0, 0, 0]);
+        expect(order).toEqual([0, 1, 2]);
+        expect((await within(flushDrain(d, 1), 5000, 'flush')).moves.map((m) => m.seq)).toEqual([74, 75, 76]);
+      });
+    });
+
+    it('maxPendingAsync bounds the waiting calls: beyond it Backpressure at once; the default is channelCapacity', async () => {
+      const d = basic({ shards: 1, roomBytes: 4096, maxPendingAsync: 3 });
+      for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      const waiting = [74, 75, 76].map((seq) => track(d.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+      // the fourth and fifth are refused at once: the dispatcher holds 3 callers' frames, no more
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 77 }))).toBe(Verdict.Backpressure);
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 78 }), 7)).toBe(Verdict.Backpressure);
+      await d.flush();
+      expect(waiting.some((p) => p.settled())).toBe(false);
+      expect(d.drain(1).count).toBe(73);
+      expect(await Promise.all(waiting.map((p) => p.promise))).toEqual([0, 0, 0]);
+      // nobody waits any more: a new call is dispatched at once
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 77 }))).toBe(Verdict.Accepted);
+      expect((await flushDrain(d, 1)).moves.map((m) => m.seq)).toEqual([74, 75, 76, 77]);
+
+      // default: channelCapacity (2 here)
+      const e = basic({ shards: 1, channelCapacity: 2 });
+      pauseForTesting(e, true);
+      expect(e.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(e.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.Accepted);
+      const held = [3, 4].map((seq) => track(e.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+      expect(await e.dispatchAsync(frame({ room: 1, player: 7, seq: 5 }))).toBe(Verdict.Backpressure);
+      await sleep(20);
+      expect(held.some((p) => p.settled())).toBe(false);
+      pauseForTesting(e, false);
+      // (also woken by the flush's own deliveries on an addon without capacity wake-ups)
+      const flushed = e.flush();
+      expect(await Promise.all(held.map((p) => p.promise))).toEqual([0, 0]);
+      await flushed;
+      expect((await flushDrain(e, 1)).moves.map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+    });
+
     it('waits through a full queue until validation resumes', async () => {
       const d = basic({ shards: 1, channelCapacity: 64 });
       pauseForTesting(d, true);
@@ -931,9 +1030,121 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       await sleep(50);
       expect(p.settled()).toBe(false);
       pauseForTesting(d, false);
-      expect(await p.promise).toBe(Verdict.Accepted);
+      expect(await within(p.promise, 5000, 'dispatchAsync after unpause')).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 1);
       expect(c.moves.length).toBe(65);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------
+  describe('whenWritable', () => {
+    /**
+     * A socket-like producer: feeds `chunk` to dispatchStream, keeps the unconsumed rest, and
+     * on backpressure waits for whenWritable() before retrying. Resolves when all is consumed.
+     */
+    function producer(d: Dispatcher, chunk: Uint8Array, sender: number): { pauses: () => number; done: ReturnType<typeof track<void>> } {
+      let pauses = 0;
+      const run = async (): Promise<void> => {
+        let pending = chunk;
+        for (;;) {
+          const r = d.dispatchStream(pending, sender);
+          expect(r.malformed).toBe(false);
+          pending = pending.subarray(r.consumed);
+          if (!r.backpressure) {
+            expect(pending.length).toBe(0);
+            return;
+          }
+          pauses++;
+          await d.whenWritable();
+        }
+      };
+      return { pauses: () => pauses, done: track(run()) };
+    }
+
+    it('a producer paused on room Backpressure resumes after a drain (timers never fire)', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, roomBytes: 4096, overload: { queueDepth: 0, roomBytes: 0 } });
+        const frames = Array.from({ length: 100 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1 }));
+        const p = producer(d, concat(frames), 7);
+        await within(d.flush(), 5000, 'flush');
+        await turns(20);
+        // woken spuriously at most by the validation and the flush, then waiting (no busy loop)
+        const pauses = p.pauses();
+        expect(pauses).toBeGreaterThanOrEqual(1);
+        expect(pauses).toBeLessThanOrEqual(3);
+        await turns(50);
+        expect(p.pauses()).toBe(pauses);
+        expect(p.done.settled()).toBe(false);
+        expect(d.drain(1).count).toBe(73);
+        await within(p.done.promise, 5000, 'the producer after a drain');
+        expect(p.pauses()).toBe(pauses);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 27 }, (_, i) => i + 74));
+      });
+    });
+
+    it('a producer paused on a full queue resumes as the worker catches up (timers never fire)', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, channelCapacity: 16, overload: { queueDepth: 0, roomBytes: 0 } });
+        pauseForTesting(d, true);
+        const frames = Array.from({ length: 200 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1, payload: i % 7 }));
+        const p = producer(d, concat(frames), 7);
+        await turns(20);
+        expect(p.done.settled()).toBe(false);
+        expect(p.pauses()).toBe(1);
+        expect(d.stats().accepted).toBe(16);
+        pauseForTesting(d, false);
+        await within(p.done.promise, 5000, 'the producer after unpause (woken by the engine)');
+        expect(p.pauses()).toBeGreaterThanOrEqual(1);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(hex(concat(c.bytes))).toBe(hex(concat(frames)));
+      });
+    });
+
+    it('resolves at once when nothing was refused since the last freeing event, or when closed; aborts with ERR_MOVE_DISPATCHER_ABORTED', async () => {
+      const d = basic({ shards: 1, roomBytes: 4096 });
+      // no Backpressure answered yet: writable now
+      await d.whenWritable();
+      for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 74 }))).toBe(Verdict.Backpressure);
+      // the worker validates and goes idle (its wake-ups may resolve waiters: spurious is allowed)
+      await d.flush();
+      await sleep(20);
+      // refused again with nothing in flight: now nothing can free capacity but a drain
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 74 }))).toBe(Verdict.Backpressure);
+      const first = track(d.whenWritable());
+      await sleep(30);
+      expect(first.settled()).toBe(false);
+      // abort while waiting
+      const ac = new AbortController();
+      const aborted = d.whenWritable({ signal: ac.signal });
+      ac.abort(new Error('gave up'));
+      const e = (await aborted.then(
+        () => undefined,
+        (error: unknown) => error,
+      )) as { code?: string; cause?: unknown };
+      expect(e?.code).toBe(ErrorCode.Aborted);
+      expect(String(e.cause)).toContain('gave up');
+      // an already aborted signal rejects at once
+      await expect(d.whenWritable({ signal: AbortSignal.abort() })).rejects.toMatchObject({ code: ErrorCode.Aborted });
+      expect(() => d.whenWritable({ signal: 'x' as never })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'signal' }));
+      // a drain is a freeing event: the waiter resolves, and a later call resolves at once
+      expect(d.drain(1).count).toBe(73);
+      await first.promise;
+      await d.whenWritable();
+      // refused again, then closed: a waiter resolves at close(), a later call at once
+      for (let seq = 74; seq <= 146; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      await d.flush();
+      await sleep(20);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 147 }))).toBe(Verdict.Backpressure);
+      const waiting = track(d.whenWritable());
+      await sleep(10);
+      expect(waiting.settled()).toBe(false);
+      const closing = d.close();
+      await waiting.promise;
+      await d.whenWritable();
+      await closing;
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 147 }))).toBe(Verdict.Closed);
     });
   });
 
@@ -1585,7 +1796,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
     });
 
     describe('constructor options', () => {
-      const numeric = ['shards', 'workerThreads', 'channelCapacity', 'arenaBytes', 'roomBytes', 'maxPayload', 'maxBatchMoves', 'maxBlockingThreads'] as const;
+      const numeric = ['shards', 'workerThreads', 'channelCapacity', 'arenaBytes', 'roomBytes', 'maxPayload', 'maxBatchMoves', 'maxBlockingThreads', 'maxPendingAsync'] as const;
       const bad: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, -Number.POSITIVE_INFINITY, 2 ** 31, 2 ** 53, 1e12, '8', null, true, {}];
 
       it.each(numeric)('%s: 0 / negative / float / NaN / huge / not a number', (field) => {

@@ -623,6 +623,7 @@ describe.each(ENGINES)('hostile input [%s engine]', (engine: EngineName) => {
       { name: 'drain(3), a push room', call: () => d.drain(3), want: err(TypeError, ErrorCode.WrongDelivery, 'room') },
       { name: 'drain(77), never opened', call: () => d.drain(77), want: err(RangeError, ErrorCode.UnknownRoom, 'room') },
       { name: 'flush()', call: () => d.flush(), want: works },
+      { name: 'whenWritable(): resolves at once', call: () => d.whenWritable(), want: works },
       { name: 'stats()', call: () => d.stats().verdicts.Closed, want: { check: (v) => expect(v).toBeGreaterThan(0) } },
       { name: 'metrics()', call: () => d.metrics(), want: { check: (v) => expect(v).toContain('move_dispatcher') } },
       { name: 'close() again', call: () => d.close(), want: works },

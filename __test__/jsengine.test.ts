@@ -491,3 +491,33 @@ describe('JsEngine delivery', () => {
     expect(batchOf(e.drain(1)).count).toBe(1);
   });
 });
+
+describe('JsEngine wantWritable', () => {
+  it('wakes once after capacity is next freed (a validated move, a drain handing budget back), never inside a call', async () => {
+    const { e, wakes } = engine();
+    e.openRoom(1, AUTH_SHA256, false);
+    e.join(1, 1, null);
+    e.dispatch(frame({ seq: 1 }), -1);
+    await settle();
+    expect(wakes()).toBe(0); // a pull room, nothing armed: validation wakes nobody
+    e.wantWritable();
+    e.wantWritable(); // arming twice is arming once
+    e.dispatch(frame({ seq: 2 }), -1);
+    await settle();
+    expect(wakes()).toBe(1);
+    e.dispatch(frame({ seq: 3 }), -1);
+    await settle();
+    expect(wakes()).toBe(1); // one-shot
+    e.wantWritable();
+    expect(batchOf(e.drain(1)).count).toBe(3);
+    expect(wakes()).toBe(1); // not from inside drain()
+    await Promise.resolve();
+    expect(wakes()).toBe(2);
+    // an empty drain frees nothing
+    e.wantWritable();
+    expect(batchOf(e.drain(1)).count).toBe(0);
+    await settle();
+    expect(wakes()).toBe(2);
+    e.shutdown();
+  });
+});

@@ -136,6 +136,13 @@ export interface Engine {
   hasRoom(room: number): boolean;
   /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */
   requestFlush(token: number): void;
+  /**
+   * Arms a one-shot notification: the engine calls `wake()` after it next frees capacity
+   * (takes moves off a shard queue and frees their arena records, or delivers / forgets
+   * room budget). Arming again before that is the same as arming once. Never calls `wake()`
+   * from inside this call.
+   */
+  wantWritable(): void;
   /** Deliveries ready for JavaScript, in order. */
   poll(): Delivery[];
   counters(): EngineCounters;

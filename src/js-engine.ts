@@ -262,6 +262,12 @@ export class JsEngine implements Engine {
   /** Rooms reported overloaded and not yet recovered. */
   #overloadedRooms: Room[] = [];
   #eventWakeQueued = false;
+  /** `wantWritable()` was called and no capacity was freed since. */
+  #wantWritable = false;
+  /** A round is running (its end calls `wake()` once). */
+  #inRound = false;
+  /** Capacity was freed during this round while `wantWritable` was armed. */
+  #writableWake = false;
   #immediate: ReturnType<typeof setImmediate> | null = null;
   #paused = false;
   #shut = false;
@@ -404,6 +410,19 @@ export class JsEngine implements Engine {
       shard.controls.push({ at: shard.enqueued, op: OP_FLUSH, request });
       this.#schedule(shard);
     }
+  }
+
+  wantWritable(): void {
+    this.#wantWritable = true;
+  }
+
+  /** Capacity was freed (queue slots and ring bytes, or room budget): the armed wake-up fires. */
+  #freed(): void {
+    if (!this.#wantWritable) return;
+    this.#wantWritable = false;
+    if (this.#inRound) this.#writableWake = true;
+    // Outside a round (drain): never wake JavaScript from inside a call.
+    else queueMicrotask(this.#wake);
   }
 
   poll(): Delivery[] {
@@ -653,13 +672,20 @@ export class JsEngine implements Engine {
     const before = this.#outbox.length;
     const shards = this.#ready;
     this.#ready = this.#spare;
-    for (const shard of shards) {
-      shard.ready = false;
-      this.#process(shard);
+    this.#inRound = true;
+    try {
+      for (const shard of shards) {
+        shard.ready = false;
+        this.#process(shard);
+      }
+    } finally {
+      this.#inRound = false;
     }
     shards.length = 0;
     this.#spare = shards;
-    if (this.#outbox.length > before) this.#wake();
+    const writable = this.#writableWake;
+    this.#writableWake = false;
+    if (this.#outbox.length > before || writable) this.#wake();
   };
 
   /** Takes the shard's moves and controls in call order until dry (or blocked at a flush marker), then delivers. */
@@ -732,6 +758,7 @@ export class JsEngine implements Engine {
     }
     else this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
     shard.used -= shard.costs[slot]!;
+    this.#freed();
   }
 
   /** Validation steps 1–3: a `Reason`, or `VALID`. */
@@ -820,6 +847,7 @@ export class JsEngine implements Engine {
     }
     // Like the native engine: a batch counts when it hands out moves or rejections.
     if (count > 0 || room.rejections.length > 0) this.#batches++;
+    if (length + room.rejectedBytes > 0) this.#freed();
     room.reserved -= length + room.rejectedBytes;
     room.rejections = [];
     room.rejectedBytes = 0;

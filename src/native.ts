@@ -36,6 +36,8 @@ interface NativeDispatcherInstance {
   release(room: number): void;
   hasRoom(room: number): boolean;
   requestFlush(token: number): void;
+  /** One-shot: call `wake` after capacity is next freed. Absent in addons built before it existed. */
+  wantWritable?(): void;
   counters(): EngineCounters;
   shardStats(): EngineShardStats[];
   roomStats(top: number): { room: number; bytes: number }[];
@@ -290,6 +292,12 @@ class NativeEngine implements Engine {
   requestFlush(token: number): void {
     this.#sync();
     this.#n.requestFlush(token);
+  }
+
+  wantWritable(): void {
+    // An addon older than this JavaScript has no capacity wake-up: waiters then move on
+    // with the next delivery, drain or release only.
+    this.#n.wantWritable?.();
   }
 
   poll(): Delivery[] {

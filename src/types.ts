@@ -18,6 +18,12 @@ export interface DispatcherOptions {
   shards?: number;
   /** Moves in flight per shard before `Backpressure`. Default 65,536. Range 1..=2^24. */
   channelCapacity?: number;
+  /**
+   * How many `dispatchAsync` calls may wait for capacity at once; beyond it `dispatchAsync`
+   * resolves `Verdict.Backpressure` at once, so the dispatcher never holds more than this
+   * many callers' frames. Default: `channelCapacity` (as resolved). Range 1..=2^24.
+   */
+  maxPendingAsync?: number;
   /** Bytes of each shard's ingress arena. Default 8 MiB. Range 64 KiB..=1 GiB, and at least 2 × (88 + maxPayload). */
   arenaBytes?: number;
   /** Bytes a room may hold undelivered before `Backpressure` (two halves of this size are allocated per room, touched lazily). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */

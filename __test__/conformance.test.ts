@@ -36,6 +36,8 @@ import {
   useDispatchers,
   verdictName,
   pauseForTesting,
+  failShardForTesting,
+  until,
 } from './helpers';
 
 const ALL_VERDICTS = new Set<number>(Object.values(Verdict));
@@ -419,7 +421,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
         { room: 1, player: 7, seq: 5, reason: Reason.Replay },
         { room: 1, player: 7, seq: 5, reason: Reason.Replay },
       ]);
-      expect(d.stats().reasons).toEqual({ BadTag: 0, UnknownPlayer: 0, Replay: 2 });
+      expect(d.stats().reasons).toEqual({ BadTag: 0, UnknownPlayer: 0, Replay: 2, ShardFailed: 0 });
     });
 
     it('only moves that pass membership and tag touch the replay window', async () => {
@@ -1145,6 +1147,122 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       await d.whenWritable();
       await closing;
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 147 }))).toBe(Verdict.Closed);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------
+  describe('shard failure', () => {
+    it('a failed shard: onError once; its rooms closed; validated moves delivered, the rest rejected ShardFailed; other shards go on; flush and close resolve', async () => {
+      const errors: unknown[] = [];
+      const sink = pushSink();
+      const d = make({ shards: 2, workerThreads: 2, onBatch: sink.onBatch, onError: (e) => errors.push(e) });
+      // shard 0: rooms 2 (pull) and 4 (push); shard 1: rooms 1 (pull) and 3 (push)
+      const rooms = [1, 2, 3, 4];
+      const isPush = (r: number): boolean => r >= 3;
+      for (const r of rooms) {
+        d.openRoom(r, { delivery: isPush(r) ? 'push' : 'pull' });
+        d.join(r, 7);
+      }
+      const seqs = new Map(rooms.map((r) => [r, 0]));
+      const send = (room: number): number => {
+        const seq = seqs.get(room)! + 1;
+        seqs.set(room, seq);
+        return d.dispatch(frame({ room, player: 7, seq, payload: seq % 9 }), 7);
+      };
+      const pulled = new Map([1, 2].map((r) => [r, emptyCollected()]));
+      // 10 moves per room validated (and pushed / drainable) before the failure
+      for (let i = 0; i < 10; i++) for (const r of rooms) expect(send(r)).toBe(Verdict.Accepted);
+      await d.flush();
+      // 20 more per room accepted while the workers are paused: in flight when shard 0 fails
+      pauseForTesting(d, true);
+      for (let i = 0; i < 20; i++) for (const r of rooms) expect(send(r)).toBe(Verdict.Accepted);
+      failShardForTesting(d, 0);
+      pauseForTesting(d, false);
+      await until(() => errors.length > 0, 5000, 'onError with the shard failure');
+      expect(errors).toHaveLength(1);
+      const e = errors[0] as Error & { code?: string; shard?: number };
+      expect(e).toBeInstanceOf(Error);
+      expect(e.code).toBe(ErrorCode.ShardFailed);
+      expect(e.shard).toBe(0);
+      expect(e.message).toMatch(/shard 0/);
+
+      // shard 0's rooms are closed: frames answer Closed (a room never opened there too)
+      for (const room of [2, 4, 6]) expect(d.dispatch(frame({ room, player: 7, seq: 1000 }), 7), `room ${room}`).toBe(Verdict.Closed);
+      const next1 = seqs.get(1)! + 1;
+      seqs.set(1, next1);
+      expect(d.dispatchStream(concat([frame({ room: 2, player: 7, seq: 1001 }), frame({ room: 1, player: 7, seq: next1, payload: next1 % 9 })]), 7)).toMatchObject({
+        accepted: 1,
+        rejected: 1,
+        malformed: false,
+      });
+      expect(await d.dispatchAsync(frame({ room: 4, player: 7, seq: 1002 }))).toBe(Verdict.Closed);
+      // control calls on its rooms throw CLOSED naming the shard
+      for (const [name, call] of [
+        ['openRoom(6)', () => d.openRoom(6)],
+        ['join(2, 8)', () => d.join(2, 8)],
+        ['leave(2, 7)', () => d.leave(2, 7)],
+        ['closeRoom(4)', () => d.closeRoom(4)],
+      ] as const) {
+        const err = expectCode(call, ErrorCode.Closed);
+        expect(err.message, name).toMatch(/shard 0/);
+      }
+      // shard 1 goes on: control calls and moves
+      d.openRoom(5);
+      d.join(5, 7);
+      expect(d.dispatch(frame({ room: 5, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+      for (let i = 0; i < 5; i++) for (const r of [1, 3]) expect(send(r)).toBe(Verdict.Accepted);
+      // the hook again, or another flush: still one report
+      failShardForTesting(d, 0);
+      await d.flush();
+      for (const [r, c] of pulled) absorb(c, d.drain(r));
+      const five = d.drain(5);
+      expect(five.count).toBe(1);
+
+      const got = (r: number) => (isPush(r) ? (sink.rooms.get(r) ?? emptyCollected()) : pulled.get(r)!);
+      const all = (r: number): number[] => Array.from({ length: seqs.get(r)! }, (_, i) => i + 1);
+      // shard 1: everything delivered, nothing rejected
+      for (const r of [1, 3]) {
+        expect(got(r).moves.map((m) => m.seq), `room ${r}`).toEqual(all(r));
+        expect(got(r).rejections, `room ${r}`).toEqual([]);
+      }
+      // shard 0: the 10 validated before the failure delivered; each of the 20 in flight
+      // delivered or rejected ShardFailed, delivered ones first, nothing lost or doubled
+      for (const r of [2, 4]) {
+        const c = got(r);
+        const delivered = c.moves.map((m) => m.seq);
+        expect(delivered.slice(0, 10), `room ${r}`).toEqual(all(r).slice(0, 10));
+        expect(c.rejections.every((x) => x.reason === Reason.ShardFailed && x.room === r && x.player === 7), `room ${r}`).toBe(true);
+        expect([...delivered, ...c.rejections.map((x) => x.seq)], `room ${r}`).toEqual(all(r));
+      }
+      const s = d.stats();
+      expect(errors).toHaveLength(1);
+      expect(s.reasons.ShardFailed).toBe(got(2).rejections.length + got(4).rejections.length);
+      expect(s.reasons.ShardFailed).toBeGreaterThan(0);
+      expect(s.rejected).toBe(s.reasons.ShardFailed);
+      expect(s.accepted).toBe(s.delivered + s.rejected);
+      await d.close();
+      const end = d.stats();
+      expect(end.accepted).toBe(end.delivered + end.rejected);
+    });
+
+    it('without onError the failure is a process warning naming the shard', async () => {
+      const warnings: string[] = [];
+      const onWarning = (w: Error): void => void warnings.push(`${(w as { code?: string }).code}: ${w.message}`);
+      process.on('warning', onWarning);
+      try {
+        const d = make({ shards: 2 });
+        d.openRoom(1);
+        d.join(1, 7);
+        failShardForTesting(d, 1);
+        expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+        await until(() => warnings.length > 0, 5000, 'the warning');
+        expect(warnings[0]).toMatch(new RegExp(`^${ErrorCode.ShardFailed}: .*shard 1`));
+        await d.flush();
+        expect(d.drain(1).rejections.map((r) => r.reason)).toEqual([Reason.ShardFailed]);
+        await d.close();
+      } finally {
+        process.off('warning', onWarning);
+      }
     });
   });
 

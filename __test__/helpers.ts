@@ -22,6 +22,7 @@ export { Dispatcher, ErrorCode, Verdict };
  */
 const internal = createRequire(__filename)('../dist/src/internal.js') as typeof Internal;
 export const pauseForTesting: typeof Internal.pauseForTesting = internal.pauseForTesting;
+export const failShardForTesting: typeof Internal.failShardForTesting = internal.failShardForTesting;
 
 // ---------------------------------------------------------------------------------------
 // Child processes

@@ -212,7 +212,7 @@ describe('JsEngine sessions', () => {
     ]);
     expect(batch.rejections).toEqual([{ room: 1, player: 1, seq: 2, reason: Reason.Replay }]);
     const c = e.counters();
-    expect(c.reasons).toEqual([0, 0, 1]);
+    expect(c.reasons).toEqual([0, 0, 1, 0]);
     expect(c.verdicts[Verdict.NotMember]).toBe(2);
     expect(c.rejected).toBe(1);
     expect(c.delivered).toBe(2);

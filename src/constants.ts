@@ -82,11 +82,16 @@ export const Reason = {
   UnknownPlayer: 1,
   /** The seq was already accepted, or is older than the replay window. */
   Replay: 2,
+  /**
+   * The move was accepted, but its shard failed before validating it (reported once per
+   * shard to `onError` as `ERR_MOVE_DISPATCHER_SHARD_FAILED`).
+   */
+  ShardFailed: 3,
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
 /** Names of reasons, indexed by value. */
-export const REASON_NAMES = ['BadTag', 'UnknownPlayer', 'Replay'] as const satisfies readonly (keyof typeof Reason)[];
+export const REASON_NAMES = ['BadTag', 'UnknownPlayer', 'Replay', 'ShardFailed'] as const satisfies readonly (keyof typeof Reason)[];
 
 /** Auth modes as passed to the engines. */
 export const AUTH_SHA256 = 0;

@@ -156,6 +156,8 @@ export class Dispatcher {
   #closed = false;
   #closing: Promise<void> | undefined;
   #polling = false;
+  /** Failed shards and their failure messages (reported once each to onError). */
+  readonly #failedShards = new Map<number, string>();
 
   constructor(options?: DispatcherOptions) {
     const { engine, config, maxPendingAsync } = resolveOptions(options);
@@ -553,8 +555,16 @@ export class Dispatcher {
           });
         }
         throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onBatch / batches()`, { ...fields, field: 'room' });
-      case Status.Closed:
-        throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
+      case Status.Closed: {
+        if (this.#closed) throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
+        // Not closed: the room's shard has failed (its failure may not have been polled yet).
+        const shard = room % this.#config.shards;
+        const why = this.#failedShards.get(shard);
+        throw stateError(ErrorCode.Closed, `${method}: room ${room} is on shard ${shard}, which has failed${why === undefined ? '' : ` (${why})`}; its rooms are closed`, {
+          ...fields,
+          shard,
+        });
+      }
       default:
         throw stateError(ErrorCode.Closed, `${method}: unexpected engine status ${String(status)}`, fields);
     }
@@ -572,7 +582,8 @@ export class Dispatcher {
         for (const d of deliveries) {
           if (d.type === 'batch') this.#deliver(d.batch);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
-          else this.#notify(d.event);
+          else if (d.type === 'overload') this.#notify(d.event);
+          else this.#shardFailed(d.shard, d.message);
         }
       }
     } finally {
@@ -580,6 +591,29 @@ export class Dispatcher {
     }
     this.#freedSincePressure = true;
     this.#writable();
+  }
+
+  /** A shard's worker failed: remember it (control calls name it) and tell onError, once per shard. */
+  #shardFailed(shard: number, message: string): void {
+    if (this.#failedShards.has(shard)) return;
+    this.#failedShards.set(shard, message);
+    const error = stateError(
+      ErrorCode.ShardFailed,
+      `move-dispatcher: shard ${shard} failed: ${message}. Its rooms are closed: their frames answer Closed, control calls on them throw ${ErrorCode.Closed}; its moves not yet validated are rejected ShardFailed; other shards go on.`,
+      { shard },
+    );
+    try {
+      if (this.#onError !== undefined) {
+        const result: unknown = this.#onError(error);
+        if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+          Promise.resolve(result).then(undefined, () => undefined);
+        }
+      } else {
+        process.emitWarning(error.message, { code: ErrorCode.ShardFailed });
+      }
+    } catch {
+      // The error reporter itself threw: nothing sensible is left to do with it.
+    }
   }
 
   #notify(event: OverloadEvent): void {

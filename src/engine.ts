@@ -82,11 +82,13 @@ export interface RawBatch {
   rejections: RawRejection[];
 }
 
-/** What the engine hands to JavaScript asynchronously (push batches, flush completions). */
+/** What the engine hands to JavaScript asynchronously (push batches, flush completions, events, shard failures). */
 export type Delivery =
   | { type: 'batch'; batch: RawBatch }
   | { type: 'flushed'; token: number }
-  | { type: 'overload'; event: OverloadEvent };
+  | { type: 'overload'; event: OverloadEvent }
+  /** The shard's worker failed (once per shard); `message` is the panic / exception message. */
+  | { type: 'failed'; shard: number; message: string };
 
 export type { StreamResult } from './types';
 
@@ -162,6 +164,8 @@ export interface Engine {
   shutdown(): void;
   /** @internal Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
   pause(paused: boolean): void;
+  /** @internal Test hook: the shard's worker fails (panics / throws) at its next turn. */
+  failShard(shard: number): void;
 }
 
 /** Called by an engine (possibly many times) when `poll()` has something new. */

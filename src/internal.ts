@@ -33,3 +33,11 @@ function engineOf(d: Dispatcher, hook: string): Engine {
 export function pauseForTesting(d: Dispatcher, paused: boolean): void {
   engineOf(d, 'pauseForTesting').pause(paused);
 }
+
+/**
+ * @internal Test hook: the worker of `shard` fails at its next turn (native: it panics;
+ * js: it throws), as a bug would make it. See docs/architecture.md "Shard failure".
+ */
+export function failShardForTesting(d: Dispatcher, shard: number): void {
+  engineOf(d, 'failShardForTesting').failShard(shard);
+}

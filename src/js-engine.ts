@@ -21,6 +21,13 @@
  * # Shutdown
  * `shutdown()` stops processing and makes `dispatch` answer `Closed`; pull rooms can
  * still be drained.
+ *
+ * # Shard failure
+ * Each shard's turn in a round runs in try/catch. A shard whose turn throws is failed: a
+ * `failed` delivery goes out, its rooms answer `Closed` (dispatch) and `Status.Closed`
+ * (control calls), and its later turns run in failed mode — moves not yet validated are
+ * rejected `ShardFailed`, control ops and flush markers still pass in order, validated
+ * moves are still delivered — so `flush()` and `close()` work and nothing is lost.
  */
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REASON_NAMES, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
@@ -232,6 +239,10 @@ class Shard {
   readonly pushPending: Room[] = [];
   /** Listed in the engine's ready list. */
   ready = false;
+  /** The worker failed: its moves are rejected `ShardFailed`, its rooms refuse everything. */
+  failed = false;
+  /** Test hook: throw at the start of the next turn. */
+  failNext = false;
 
   /** Allocates the ring and a queue as long as the most moves the ring and `channelCapacity` allow. */
   allocate(config: EngineConfig): void {
@@ -273,6 +284,8 @@ export class JsEngine implements Engine {
   #shut = false;
   /** `closeInput()` or `shutdown()` ran: new frames answer Closed, control calls Status.Closed. */
   #refusing = false;
+  /** Some shard has failed (its rooms answer Closed). */
+  #anyFailed = false;
   readonly #verdicts = new Array<number>(VERDICT_NAMES.length).fill(0);
   /** `Backpressure` by cause: queue, arena, room budget. */
   readonly #pressure = [0, 0, 0];
@@ -321,7 +334,7 @@ export class JsEngine implements Engine {
   }
 
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
-    if (this.#refusing) return Status.Closed;
+    if (this.#refusing || this.#shardFailed(room)) return Status.Closed;
     const flag = auth === AUTH_HMAC ? FLAG_HMAC : 0;
     const existing = this.#rooms.get(room);
     if (existing === undefined) {
@@ -581,7 +594,10 @@ export class JsEngine implements Engine {
     if (len > this.#config.maxPayload) return Verdict.Oversize;
     if (length !== FRAME_OVERHEAD + len) return Verdict.Malformed;
     if ((buf[at + 12]! | buf[at + 13]! | buf[at + 14]! | buf[at + 15]!) === 0) return Verdict.Malformed;
-    const room = this.#rooms.get(readU32LE(buf, at + 4));
+    const roomId = readU32LE(buf, at + 4);
+    // Any room of a failed shard, open or not, is closed.
+    if (this.#shardFailed(roomId)) return Verdict.Closed;
+    const room = this.#rooms.get(roomId);
     if (room === undefined || !room.open) return Verdict.UnknownRoom;
     if ((buf[at + 3]! & FLAG_HMAC) !== room.auth) return Verdict.AuthMismatch;
     const player = readU32LE(buf, at + 8);
@@ -631,9 +647,14 @@ export class JsEngine implements Engine {
     return Verdict.Accepted;
   }
 
+  /** Whether `room`'s shard has failed. */
+  #shardFailed(room: number): boolean {
+    return this.#anyFailed && this.#shards[room % this.#config.shards]!.failed;
+  }
+
   /** The room if it is open, or the status a control call answers. */
   #openRoom(room: number): Room | Status {
-    if (this.#refusing) return Status.Closed;
+    if (this.#refusing || this.#shardFailed(room)) return Status.Closed;
     const r = this.#rooms.get(room);
     return r === undefined || !r.open ? Status.UnknownRoom : r;
   }
@@ -676,7 +697,11 @@ export class JsEngine implements Engine {
     try {
       for (const shard of shards) {
         shard.ready = false;
-        this.#process(shard);
+        try {
+          this.#process(shard);
+        } catch (error) {
+          this.#fail(shard, error);
+        }
       }
     } finally {
       this.#inRound = false;
@@ -688,8 +713,42 @@ export class JsEngine implements Engine {
     if (this.#outbox.length > before || writable) this.#wake();
   };
 
+  /**
+   * The shard's worker failed with `error`: report it, then run the rest of its queue in
+   * failed mode (moves rejected `ShardFailed`, controls and flush markers in order).
+   */
+  #fail(shard: Shard, error: unknown): void {
+    if (shard.failed) return; // failed mode itself threw: nothing sensible is left to do
+    shard.failed = true;
+    this.#anyFailed = true;
+    let message: string;
+    try {
+      message = error instanceof Error ? error.message : String(error);
+    } catch {
+      message = 'an exception that cannot be converted to a string';
+    }
+    this.#outbox.push({ type: 'failed', shard: this.#shards.indexOf(shard), message });
+    try {
+      this.#process(shard);
+    } catch {
+      // Failed mode validates nothing; if even it throws, the shard stays as it is.
+    }
+  }
+
+  /** @internal Test hook: the shard's next turn throws, as a bug in the worker would. */
+  failShard(shard: number): void {
+    const s = this.#shards[shard];
+    if (s === undefined || s.failed || this.#shut) return;
+    s.failNext = true;
+    this.#schedule(s);
+  }
+
   /** Takes the shard's moves and controls in call order until dry (or blocked at a flush marker), then delivers. */
   #process(shard: Shard): void {
+    if (shard.failNext) {
+      shard.failNext = false;
+      throw new Error('injected failure (test hook)');
+    }
     for (;;) {
       const control = shard.controls[shard.controlHead];
       if (control !== undefined && control.at === shard.processed) {
@@ -735,28 +794,37 @@ export class JsEngine implements Engine {
     return true;
   }
 
-  /** Validates the move at the head of the shard's queue and frees its ring record. */
+  /**
+   * Validates the move at the head of the shard's queue (in failed mode: rejects it
+   * `ShardFailed`) and frees its ring record. The move leaves the queue only once it is
+   * appended or rejected: if validation throws, it is still there for failed mode.
+   */
   #processMove(shard: Shard): void {
     const slot = shard.head;
     const start = shard.starts[slot]!;
     const room = shard.rooms[slot]!;
-    shard.rooms[slot] = undefined;
-    shard.head = slot + 1 === shard.starts.length ? 0 : slot + 1;
-    shard.processed++;
     const ring = shard.ring;
     const len = payloadLength(ring, start);
     const player = readU32LE(ring, start + 8);
     const seq = readU32LE(ring, start + 12);
-    const reason = this.#validate(room, ring, start, len, player, seq);
     const stamp = shard.stamps[slot]!;
-    const waitNs = (performance.now() - stamp) * 1e6;
-    shard.validatedNs.record(waitNs);
-    shard.waits.record(waitNs);
-    if (reason === VALID) {
-      this.#append(room, ring, start, FRAME_OVERHEAD + len);
-      room.stamps.push(stamp);
+    if (shard.failed) {
+      this.#reject(room, player, seq, Reason.ShardFailed, FRAME_OVERHEAD + len);
+    } else {
+      const reason = this.#validate(room, ring, start, len, player, seq);
+      const waitNs = (performance.now() - stamp) * 1e6;
+      shard.validatedNs.record(waitNs);
+      shard.waits.record(waitNs);
+      if (reason === VALID) {
+        this.#append(room, ring, start, FRAME_OVERHEAD + len);
+        room.stamps.push(stamp);
+      } else {
+        this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
+      }
     }
-    else this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
+    shard.rooms[slot] = undefined;
+    shard.head = slot + 1 === shard.starts.length ? 0 : slot + 1;
+    shard.processed++;
     shard.used -= shard.costs[slot]!;
     this.#freed();
   }

@@ -49,7 +49,11 @@ export interface DispatcherOptions {
    * `process.emitWarning`) and does not stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
-  /** Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`. Default: `process.emitWarning`. */
+  /**
+   * Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`, and with an
+   * `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose worker
+   * failed. Default: `process.emitWarning`.
+   */
   onError?: (error: unknown) => void;
   /**
    * Overload marks: a shard whose queue reaches `queueDepth` moves, or a room holding

@@ -1,9 +1,9 @@
 /**
- * The public contract (shared/DESIGN.md sections 3–5, docs/architecture.md), run against
+ * The public contract (docs/architecture.md, README "API" and "Guarantees"), run against
  * both engines with one parametrised suite.
  */
 import { cpus } from 'node:os';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
 import type { MoveBatch, MoveView } from '../index';
 import {
@@ -35,9 +35,44 @@ import {
   upgrade,
   useDispatchers,
   verdictName,
+  pauseForTesting,
+  failShardForTesting,
+  until,
 } from './helpers';
 
 const ALL_VERDICTS = new Set<number>(Object.values(Verdict));
+
+/** Resolves after `n` turns of the event loop (setImmediate: works while timers are faked). */
+async function turns(n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+/**
+ * `promise`, or a rejection naming `what` once `ms` of real time passed. Polls with
+ * setImmediate and performance.now(), so it works while setTimeout / setInterval are faked.
+ */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let done = false;
+  const settled = promise.finally(() => {
+    done = true;
+  });
+  const end = performance.now() + ms;
+  while (!done) {
+    if (performance.now() > end) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return settled;
+}
+
+/** Fakes the timers (setTimeout / setInterval never fire) around `fn`; setImmediate stays real: the js engine's rounds run on it. */
+async function withoutTimers(fn: () => Promise<void>): Promise<void> {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+  try {
+    await fn();
+  } finally {
+    vi.useRealTimers();
+  }
+}
 
 /** Tracks whether a promise settled (without awaiting it). */
 function track<T>(p: Promise<T>): { settled: () => boolean; value: () => T | undefined; promise: Promise<T> } {
@@ -248,8 +283,15 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.dispatch(frame({ room: 99, player: 7, seq: 1 }), 8)).toBe(Verdict.UnknownRoom);
       // 8 before 9: auth mismatch and wrong sender
       expect(d.dispatch(frame({ room: 2, player: 7, seq: 1 }), 8)).toBe(Verdict.AuthMismatch);
-      // membership, tag and window are not sync checks
-      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }))).toBe(Verdict.Accepted);
+      // 8 before 10: auth mismatch from a non-member
+      expect(d.dispatch(frame({ room: 2, player: 99, seq: 1 }))).toBe(Verdict.AuthMismatch);
+      // 9 before 10: a wrong sender naming a non-member, and a non-member sender
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }), 7)).toBe(Verdict.WrongSender);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 99)).toBe(Verdict.WrongSender);
+      // 10: membership is a sync check (with or without a sender)
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: 1 }), 99)).toBe(Verdict.NotMember);
+      // tag and window are not sync checks
       expect(d.dispatch(corrupt(ok, ok.length - 1))).toBe(Verdict.Accepted);
       expect(d.dispatch(ok)).toBe(Verdict.Accepted);
       expect(d.dispatch(ok)).toBe(Verdict.Accepted);
@@ -260,35 +302,92 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       }
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }), 8)).toBe(Verdict.WrongSender);
+      // 10 before 12: a non-member into the full room answers NotMember, not Backpressure
+      expect(d.dispatch(frame({ room: 1, player: 99, seq: seq++ }))).toBe(Verdict.NotMember);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 0 }))).toBe(Verdict.Malformed);
+    });
+
+    it('NotMember: never joined, and after leave; moves accepted before leave are delivered; rejoin is accepted', async () => {
+      const d = basic();
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      d.leave(1, 7);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.NotMember);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }), 7)).toBe(Verdict.NotMember);
+      d.join(1, 8);
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2 }))).toBe(Verdict.Accepted);
+      d.join(1, 7); // a new window: seq 1 is fresh again
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+      const c = await flushDrain(d, 1);
+      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '8:2', '7:1']);
+      expect(c.rejections).toEqual([]);
+      const s = d.stats();
+      expect(s.verdicts.NotMember).toBe(3);
+      expect(s.reasons.UnknownPlayer).toBe(0);
+      expect(s.accepted).toBe(3);
+      expect(s.accepted).toBe(s.delivered + s.rejected);
+    });
+
+    it('NotMember spends nothing: 200 frames of a non-member leave the room budget, queue and arena untouched', async () => {
+      const d = make({ shards: 1, roomBytes: 4096 });
+      d.openRoom(1);
+      d.join(1, 1);
+      // 200 × 56 bytes would be far over the 4096-byte budget if any of them were kept
+      for (let seq = 1; seq <= 100; seq++) expect(d.dispatch(frame({ room: 1, player: 999, seq }), 999), `sender 999, seq ${seq}`).toBe(Verdict.NotMember);
+      for (let seq = 101; seq <= 200; seq++) expect(d.dispatch(frame({ room: 1, player: 999, seq })), `no sender, seq ${seq}`).toBe(Verdict.NotMember);
+      const s = d.stats();
+      expect(s.verdicts.NotMember).toBe(200);
+      expect(s.dispatched).toBe(200);
+      expect(s.accepted).toBe(0);
+      expect(s.verdicts.Backpressure).toBe(0);
+      expect(s.rooms).toEqual([]);
+      expect(s.shards.map((x) => [x.queueDepth, x.queueHighWater, x.arena.used, x.arena.highWater])).toEqual([[0, 0, 0, 0]]);
+      // the member's move still passes and is delivered
+      const f = frame({ room: 1, player: 1, seq: 1, payload: 5 });
+      expect(d.dispatch(f, 1)).toBe(Verdict.Accepted);
+      const c = await flushDrain(d, 1);
+      expect(c.moves).toEqual([parse(f)]);
+      expect(c.rejections).toEqual([]);
+      // and the whole budget is there for it: 73 × 56 = 4088 ≤ 4096
+      for (let seq = 2; seq <= 74; seq++) expect(d.dispatch(frame({ room: 1, player: 1, seq }), 1), `seq ${seq}`).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 75 }), 1)).toBe(Verdict.Backpressure);
+      // leave: NotMember; join again: accepted (once there is room)
+      d.leave(1, 1);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 76 }), 1)).toBe(Verdict.NotMember);
+      await d.flush();
+      expect(d.drain(1).count).toBe(73);
+      d.join(1, 1);
+      expect(d.dispatch(frame({ room: 1, player: 1, seq: 1 }), 1)).toBe(Verdict.Accepted);
+      expect((await flushDrain(d, 1)).moves.map((m) => m.seq)).toEqual([1]);
+      const end = d.stats();
+      expect(end.verdicts.NotMember).toBe(201);
+      expect(end.reasons.UnknownPlayer).toBe(0);
+      expect(end.accepted).toBe(end.delivered + end.rejected);
     });
   });
 
   // -------------------------------------------------------------------------------------
   describe('asynchronous reasons', () => {
-    it('UnknownPlayer: never joined, and after leave (ordered with the moves around it)', async () => {
+    it('moves accepted before leave are validated with the player still in the room (control calls are ordered)', async () => {
       const d = basic();
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      pauseForTesting(d, true);
+      for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.leave(1, 7);
-      expect(d.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.Accepted);
-      d.join(1, 8);
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 6 }))).toBe(Verdict.NotMember);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
-      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '8:2']);
-      expect(c.rejections).toEqual([
-        { room: 1, player: 8, seq: 1, reason: Reason.UnknownPlayer },
-        { room: 1, player: 7, seq: 2, reason: Reason.UnknownPlayer },
-      ]);
-      expect(d.stats().reasons.UnknownPlayer).toBe(2);
+      expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
+      expect(c.rejections).toEqual([]);
+      expect(d.stats().reasons.UnknownPlayer).toBe(0);
     });
 
-    it('UnknownPlayer is decided before the tag: a non-member with a bad tag', async () => {
+    it('NotMember is decided before the tag: a non-member with a bad tag is refused synchronously', async () => {
       const d = basic();
       const f = frame({ room: 1, player: 9, seq: 1, payload: 3 });
-      expect(d.dispatch(corrupt(f, f.length - 1))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(f, f.length - 1))).toBe(Verdict.NotMember);
       const c = await flushDrain(d, 1);
-      expect(c.rejections).toEqual([{ room: 1, player: 9, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.rejections).toEqual([]);
+      expect(d.stats().accepted).toBe(0);
     });
 
     it('BadTag: one flipped bit in tick, kind, payload or tag', async () => {
@@ -322,7 +421,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
         { room: 1, player: 7, seq: 5, reason: Reason.Replay },
         { room: 1, player: 7, seq: 5, reason: Reason.Replay },
       ]);
-      expect(d.stats().reasons).toEqual({ BadTag: 0, UnknownPlayer: 0, Replay: 2 });
+      expect(d.stats().reasons).toEqual({ BadTag: 0, UnknownPlayer: 0, Replay: 2, ShardFailed: 0 });
     });
 
     it('only moves that pass membership and tag touch the replay window', async () => {
@@ -334,15 +433,14 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const five = frame({ room: 1, player: 7, seq: 5 });
       expect(d.dispatch(corrupt(five, 30))).toBe(Verdict.Accepted);
       expect(d.dispatch(five)).toBe(Verdict.Accepted);
-      // a non-member's seq does not touch anyone's window
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2000 }))).toBe(Verdict.Accepted);
+      // a non-member's seq does not touch anyone's window (it is not even accepted)
+      expect(d.dispatch(frame({ room: 1, player: 8, seq: 2000 }))).toBe(Verdict.NotMember);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 800 }))).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual([5, 800]);
       expect(c.rejections.map((r) => [r.player, r.seq, r.reason])).toEqual([
         [7, 1000, Reason.BadTag],
         [7, 5, Reason.BadTag],
-        [8, 2000, Reason.UnknownPlayer],
       ]);
     });
   });
@@ -633,7 +731,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.dispatch(f)).toBe(Verdict.Accepted);
       // the room field is under the tag: rewriting it breaks the tag
       expect(d.dispatch(patch(f, { room: 6 }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(patch(f, { room: 7 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(patch(f, { room: 7 }))).toBe(Verdict.NotMember);
       expect(d.dispatch(patch(f, { room: 8 }))).toBe(Verdict.UnknownRoom);
       // sent unchanged again: a replay in its own room
       expect(d.dispatch(f)).toBe(Verdict.Accepted);
@@ -641,7 +739,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(got.get(5)!.moves.map((m) => m.seq)).toEqual([1]);
       expect(got.get(5)!.rejections).toEqual([{ room: 5, player: 1, seq: 1, reason: Reason.Replay }]);
       expect(got.get(6)!.rejections).toEqual([{ room: 6, player: 1, seq: 1, reason: Reason.BadTag }]);
-      expect(got.get(7)!.rejections).toEqual([{ room: 7, player: 1, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(got.get(7)!.rejections).toEqual([]);
       // properly re-signed for room 6 it is a fresh move there
       expect(d.dispatch(reroute(f, 6, keyFor(1)))).toBe(Verdict.Accepted);
       expect((await flushDrain(d, 6)).moves.map((m) => m.room)).toEqual([6]);
@@ -670,12 +768,16 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       ]);
     });
 
-    it('leave zeroises the key: later moves are UnknownPlayer', async () => {
+    it('leave forgets the key: later moves are NotMember; a new join needs the new key', async () => {
       const d = hmacRoom();
       d.leave(5, 2);
+      expect(d.dispatch(frame({ room: 5, player: 2, seq: 1, key: keyFor(2) }))).toBe(Verdict.NotMember);
+      d.join(5, 2, { key: keyFor(2, 1) });
       expect(d.dispatch(frame({ room: 5, player: 2, seq: 1, key: keyFor(2) }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 5, player: 2, seq: 2, key: keyFor(2, 1) }))).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 5);
-      expect(c.rejections).toEqual([{ room: 5, player: 2, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.moves.map((m) => m.seq)).toEqual([2]);
+      expect(c.rejections).toEqual([{ room: 5, player: 2, seq: 1, reason: Reason.BadTag }]);
     });
   });
 
@@ -685,7 +787,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = basic({ shards: 1, channelCapacity: 64 });
       d.openRoom(2);
       d.join(2, 7);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq })), `seq ${seq}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 65 }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 2, player: 7, seq: 1 }))).toBe(Verdict.Backpressure);
@@ -697,7 +799,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.leave(1, 8);
       d.closeRoom(3);
       expect(d.stats().verdicts.Backpressure).toBe(2);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 64 }, (_, i) => i + 1));
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 65 }))).toBe(Verdict.Accepted);
@@ -714,11 +816,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = make({ shards: 2, channelCapacity: 64 });
       d.openRoom(2); // shard 0
       d.openRoom(3); // shard 1
-      d._pauseForTesting(true);
+      d.join(2, 1);
+      d.join(3, 1);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 2, player: 1, seq }))).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 2, player: 1, seq: 65 }))).toBe(Verdict.Backpressure);
       expect(d.dispatch(frame({ room: 3, player: 1, seq: 1 }))).toBe(Verdict.Accepted);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
     });
 
@@ -726,21 +830,21 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = basic({ shards: 1, arenaBytes: 64 << 10, maxPayload: 4000, roomBytes: 1 << 20, channelCapacity: 1000 });
       // big frame: 4056 bytes -> record align8(24 + 4056) = 4080; 16 records = 65280 of 65536
       // small frame: 56 bytes -> record 80; 3 more fit (65520), the 4th would need a skip
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       let seq = 1;
       for (let i = 0; i < 16; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 })), `big ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 }))).toBe(Verdict.Backpressure);
       for (let i = 0; i < 3; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ })), `small ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++ }))).toBe(Verdict.Backpressure);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.length).toBe(19);
       expect(c.rejections).toEqual([]);
       // recovered: the ring wraps and takes 16 big records again
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let i = 0; i < 16; i++) expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 })), `again ${i}`).toBe(Verdict.Accepted);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: seq++, payload: 4000 }))).toBe(Verdict.Backpressure);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c2 = await flushDrain(d, 1);
       expect(c2.moves.length).toBe(16);
       const s = d.stats();
@@ -770,17 +874,20 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
 
     it('rejected moves hold the room budget until their rejections are delivered', async () => {
       const d = make({ shards: 1, roomBytes: 4096 });
-      d.openRoom(3); // nobody joined: every move is rejected UnknownPlayer
+      d.openRoom(3);
+      d.join(3, 1);
+      // every move has a bad tag: each one is rejected BadTag
+      const bad = (seq: number): Uint8Array => corrupt(frame({ room: 3, player: 1, seq }), OVERHEAD - 1);
       let seq = 1;
-      for (let i = 0; i < 73; i++) expect(d.dispatch(frame({ room: 3, player: 1, seq: seq++ }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Backpressure);
+      for (let i = 0; i < 73; i++) expect(d.dispatch(bad(seq++))).toBe(Verdict.Accepted);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Backpressure);
       await d.flush();
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Backpressure);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Backpressure);
       const b = d.drain(3);
       expect(b.count).toBe(0);
       expect(b.rejections.length).toBe(73);
-      expect(b.rejections.every((r) => r.reason === Reason.UnknownPlayer)).toBe(true);
-      expect(d.dispatch(frame({ room: 3, player: 1, seq }))).toBe(Verdict.Accepted);
+      expect(b.rejections.every((r) => r.reason === Reason.BadTag)).toBe(true);
+      expect(d.dispatch(bad(seq))).toBe(Verdict.Accepted);
       await d.flush();
       expect(d.drain(3).rejections.length).toBe(1);
       const s = d.stats();
@@ -850,17 +957,312 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       expect(d.stats().accepted).toBe(75);
     });
 
+    it('timers never fire: a full queue (validation paused) still resolves after unpause, woken by the engine', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, channelCapacity: 64, overload: { queueDepth: 0, roomBytes: 0 } });
+        pauseForTesting(d, true);
+        for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+        const p1 = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 65 })));
+        const p2 = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 66 }), 7));
+        await turns(20);
+        expect(p1.settled()).toBe(false);
+        expect(p2.settled()).toBe(false);
+        pauseForTesting(d, false);
+        expect(await within(p1.promise, 5000, 'dispatchAsync after unpause (no timers)')).toBe(Verdict.Accepted);
+        expect(await within(p2.promise, 5000, 'the second dispatchAsync')).toBe(Verdict.Accepted);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 66 }, (_, i) => i + 1));
+      });
+    });
+
+    it('timers never fire: room Backpressure resolves after a drain, in call order', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, roomBytes: 4096, overload: { queueDepth: 0, roomBytes: 0 } });
+        for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+        const waiting = [74, 75, 76].map((seq) => track(d.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+        await within(d.flush(), 5000, 'flush');
+        await turns(10);
+        expect(waiting.some((p) => p.settled())).toBe(false);
+        expect(d.drain(1).count).toBe(73);
+        const order: number[] = [];
+        waiting.forEach((p, i) => void p.promise.then(() => order.push(i)));
+        expect(await within(Promise.all(waiting.map((p) => p.promise)), 5000, 'dispatchAsync after drain (no timers)')).toEqual([0, 0, 0]);
+        expect(order).toEqual([0, 1, 2]);
+        expect((await within(flushDrain(d, 1), 5000, 'flush')).moves.map((m) => m.seq)).toEqual([74, 75, 76]);
+      });
+    });
+
+    it('maxPendingAsync bounds the waiting calls: beyond it Backpressure at once; the default is channelCapacity', async () => {
+      const d = basic({ shards: 1, roomBytes: 4096, maxPendingAsync: 3 });
+      for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      const waiting = [74, 75, 76].map((seq) => track(d.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+      // the fourth and fifth are refused at once: the dispatcher holds 3 callers' frames, no more
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 77 }))).toBe(Verdict.Backpressure);
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 78 }), 7)).toBe(Verdict.Backpressure);
+      await d.flush();
+      expect(waiting.some((p) => p.settled())).toBe(false);
+      expect(d.drain(1).count).toBe(73);
+      expect(await Promise.all(waiting.map((p) => p.promise))).toEqual([0, 0, 0]);
+      // nobody waits any more: a new call is dispatched at once
+      expect(await d.dispatchAsync(frame({ room: 1, player: 7, seq: 77 }))).toBe(Verdict.Accepted);
+      expect((await flushDrain(d, 1)).moves.map((m) => m.seq)).toEqual([74, 75, 76, 77]);
+
+      // default: channelCapacity (2 here)
+      const e = basic({ shards: 1, channelCapacity: 2 });
+      pauseForTesting(e, true);
+      expect(e.dispatch(frame({ room: 1, player: 7, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(e.dispatch(frame({ room: 1, player: 7, seq: 2 }))).toBe(Verdict.Accepted);
+      const held = [3, 4].map((seq) => track(e.dispatchAsync(frame({ room: 1, player: 7, seq }))));
+      expect(await e.dispatchAsync(frame({ room: 1, player: 7, seq: 5 }))).toBe(Verdict.Backpressure);
+      await sleep(20);
+      expect(held.some((p) => p.settled())).toBe(false);
+      pauseForTesting(e, false);
+      // (also woken by the flush's own deliveries on an addon without capacity wake-ups)
+      const flushed = e.flush();
+      expect(await Promise.all(held.map((p) => p.promise))).toEqual([0, 0]);
+      await flushed;
+      expect((await flushDrain(e, 1)).moves.map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+    });
+
     it('waits through a full queue until validation resumes', async () => {
       const d = basic({ shards: 1, channelCapacity: 64 });
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 64; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       const p = track(d.dispatchAsync(frame({ room: 1, player: 7, seq: 65 })));
       await sleep(50);
       expect(p.settled()).toBe(false);
-      d._pauseForTesting(false);
-      expect(await p.promise).toBe(Verdict.Accepted);
+      pauseForTesting(d, false);
+      expect(await within(p.promise, 5000, 'dispatchAsync after unpause')).toBe(Verdict.Accepted);
       const c = await flushDrain(d, 1);
       expect(c.moves.length).toBe(65);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------
+  describe('whenWritable', () => {
+    /**
+     * A socket-like producer: feeds `chunk` to dispatchStream, keeps the unconsumed rest, and
+     * on backpressure waits for whenWritable() before retrying. Resolves when all is consumed.
+     */
+    function producer(d: Dispatcher, chunk: Uint8Array, sender: number): { pauses: () => number; done: ReturnType<typeof track<void>> } {
+      let pauses = 0;
+      const run = async (): Promise<void> => {
+        let pending = chunk;
+        for (;;) {
+          const r = d.dispatchStream(pending, sender);
+          expect(r.malformed).toBe(false);
+          pending = pending.subarray(r.consumed);
+          if (!r.backpressure) {
+            expect(pending.length).toBe(0);
+            return;
+          }
+          pauses++;
+          await d.whenWritable();
+        }
+      };
+      return { pauses: () => pauses, done: track(run()) };
+    }
+
+    it('a producer paused on room Backpressure resumes after a drain (timers never fire)', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, roomBytes: 4096, overload: { queueDepth: 0, roomBytes: 0 } });
+        const frames = Array.from({ length: 100 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1 }));
+        const p = producer(d, concat(frames), 7);
+        await within(d.flush(), 5000, 'flush');
+        await turns(20);
+        // woken spuriously at most by the validation and the flush, then waiting (no busy loop)
+        const pauses = p.pauses();
+        expect(pauses).toBeGreaterThanOrEqual(1);
+        expect(pauses).toBeLessThanOrEqual(3);
+        await turns(50);
+        expect(p.pauses()).toBe(pauses);
+        expect(p.done.settled()).toBe(false);
+        expect(d.drain(1).count).toBe(73);
+        await within(p.done.promise, 5000, 'the producer after a drain');
+        expect(p.pauses()).toBe(pauses);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(c.moves.map((m) => m.seq)).toEqual(Array.from({ length: 27 }, (_, i) => i + 74));
+      });
+    });
+
+    it('a producer paused on a full queue resumes as the worker catches up (timers never fire)', async () => {
+      await withoutTimers(async () => {
+        const d = basic({ shards: 1, channelCapacity: 16, overload: { queueDepth: 0, roomBytes: 0 } });
+        pauseForTesting(d, true);
+        const frames = Array.from({ length: 200 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1, payload: i % 7 }));
+        const p = producer(d, concat(frames), 7);
+        await turns(20);
+        expect(p.done.settled()).toBe(false);
+        expect(p.pauses()).toBe(1);
+        expect(d.stats().accepted).toBe(16);
+        pauseForTesting(d, false);
+        await within(p.done.promise, 5000, 'the producer after unpause (woken by the engine)');
+        expect(p.pauses()).toBeGreaterThanOrEqual(1);
+        const c = await within(flushDrain(d, 1), 5000, 'flush');
+        expect(hex(concat(c.bytes))).toBe(hex(concat(frames)));
+      });
+    });
+
+    it('resolves at once when nothing was refused since the last freeing event, or when closed; aborts with ERR_MOVE_DISPATCHER_ABORTED', async () => {
+      const d = basic({ shards: 1, roomBytes: 4096 });
+      // no Backpressure answered yet: writable now
+      await d.whenWritable();
+      for (let seq = 1; seq <= 73; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 74 }))).toBe(Verdict.Backpressure);
+      // the worker validates and goes idle (its wake-ups may resolve waiters: spurious is allowed)
+      await d.flush();
+      await sleep(20);
+      // refused again with nothing in flight: now nothing can free capacity but a drain
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 74 }))).toBe(Verdict.Backpressure);
+      const first = track(d.whenWritable());
+      await sleep(30);
+      expect(first.settled()).toBe(false);
+      // abort while waiting
+      const ac = new AbortController();
+      const aborted = d.whenWritable({ signal: ac.signal });
+      ac.abort(new Error('gave up'));
+      const e = (await aborted.then(
+        () => undefined,
+        (error: unknown) => error,
+      )) as { code?: string; cause?: unknown };
+      expect(e?.code).toBe(ErrorCode.Aborted);
+      expect(String(e.cause)).toContain('gave up');
+      // an already aborted signal rejects at once
+      await expect(d.whenWritable({ signal: AbortSignal.abort() })).rejects.toMatchObject({ code: ErrorCode.Aborted });
+      expect(() => d.whenWritable({ signal: 'x' as never })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'signal' }));
+      // a drain is a freeing event: the waiter resolves, and a later call resolves at once
+      expect(d.drain(1).count).toBe(73);
+      await first.promise;
+      await d.whenWritable();
+      // refused again, then closed: a waiter resolves at close(), a later call at once
+      for (let seq = 74; seq <= 146; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+      await d.flush();
+      await sleep(20);
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 147 }))).toBe(Verdict.Backpressure);
+      const waiting = track(d.whenWritable());
+      await sleep(10);
+      expect(waiting.settled()).toBe(false);
+      const closing = d.close();
+      await waiting.promise;
+      await d.whenWritable();
+      await closing;
+      expect(d.dispatch(frame({ room: 1, player: 7, seq: 147 }))).toBe(Verdict.Closed);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------
+  describe('shard failure', () => {
+    it('a failed shard: onError once; its rooms closed; validated moves delivered, the rest rejected ShardFailed; other shards go on; flush and close resolve', async () => {
+      const errors: unknown[] = [];
+      const sink = pushSink();
+      const d = make({ shards: 2, workerThreads: 2, onBatch: sink.onBatch, onError: (e) => errors.push(e) });
+      // shard 0: rooms 2 (pull) and 4 (push); shard 1: rooms 1 (pull) and 3 (push)
+      const rooms = [1, 2, 3, 4];
+      const isPush = (r: number): boolean => r >= 3;
+      for (const r of rooms) {
+        d.openRoom(r, { delivery: isPush(r) ? 'push' : 'pull' });
+        d.join(r, 7);
+      }
+      const seqs = new Map(rooms.map((r) => [r, 0]));
+      const send = (room: number): number => {
+        const seq = seqs.get(room)! + 1;
+        seqs.set(room, seq);
+        return d.dispatch(frame({ room, player: 7, seq, payload: seq % 9 }), 7);
+      };
+      const pulled = new Map([1, 2].map((r) => [r, emptyCollected()]));
+      // 10 moves per room validated (and pushed / drainable) before the failure
+      for (let i = 0; i < 10; i++) for (const r of rooms) expect(send(r)).toBe(Verdict.Accepted);
+      await d.flush();
+      // 20 more per room accepted while the workers are paused: in flight when shard 0 fails
+      pauseForTesting(d, true);
+      for (let i = 0; i < 20; i++) for (const r of rooms) expect(send(r)).toBe(Verdict.Accepted);
+      failShardForTesting(d, 0);
+      pauseForTesting(d, false);
+      await until(() => errors.length > 0, 5000, 'onError with the shard failure');
+      expect(errors).toHaveLength(1);
+      const e = errors[0] as Error & { code?: string; shard?: number };
+      expect(e).toBeInstanceOf(Error);
+      expect(e.code).toBe(ErrorCode.ShardFailed);
+      expect(e.shard).toBe(0);
+      expect(e.message).toMatch(/shard 0/);
+
+      // shard 0's rooms are closed: frames answer Closed (a room never opened there too)
+      for (const room of [2, 4, 6]) expect(d.dispatch(frame({ room, player: 7, seq: 1000 }), 7), `room ${room}`).toBe(Verdict.Closed);
+      const next1 = seqs.get(1)! + 1;
+      seqs.set(1, next1);
+      expect(d.dispatchStream(concat([frame({ room: 2, player: 7, seq: 1001 }), frame({ room: 1, player: 7, seq: next1, payload: next1 % 9 })]), 7)).toMatchObject({
+        accepted: 1,
+        rejected: 1,
+        malformed: false,
+      });
+      expect(await d.dispatchAsync(frame({ room: 4, player: 7, seq: 1002 }))).toBe(Verdict.Closed);
+      // control calls on its rooms throw CLOSED naming the shard
+      for (const [name, call] of [
+        ['openRoom(6)', () => d.openRoom(6)],
+        ['join(2, 8)', () => d.join(2, 8)],
+        ['leave(2, 7)', () => d.leave(2, 7)],
+        ['closeRoom(4)', () => d.closeRoom(4)],
+      ] as const) {
+        const err = expectCode(call, ErrorCode.Closed);
+        expect(err.message, name).toMatch(/shard 0/);
+      }
+      // shard 1 goes on: control calls and moves
+      d.openRoom(5);
+      d.join(5, 7);
+      expect(d.dispatch(frame({ room: 5, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+      for (let i = 0; i < 5; i++) for (const r of [1, 3]) expect(send(r)).toBe(Verdict.Accepted);
+      // the hook again, or another flush: still one report
+      failShardForTesting(d, 0);
+      await d.flush();
+      for (const [r, c] of pulled) absorb(c, d.drain(r));
+      const five = d.drain(5);
+      expect(five.count).toBe(1);
+
+      const got = (r: number) => (isPush(r) ? (sink.rooms.get(r) ?? emptyCollected()) : pulled.get(r)!);
+      const all = (r: number): number[] => Array.from({ length: seqs.get(r)! }, (_, i) => i + 1);
+      // shard 1: everything delivered, nothing rejected
+      for (const r of [1, 3]) {
+        expect(got(r).moves.map((m) => m.seq), `room ${r}`).toEqual(all(r));
+        expect(got(r).rejections, `room ${r}`).toEqual([]);
+      }
+      // shard 0: the 10 validated before the failure delivered; each of the 20 in flight
+      // delivered or rejected ShardFailed, delivered ones first, nothing lost or doubled
+      for (const r of [2, 4]) {
+        const c = got(r);
+        const delivered = c.moves.map((m) => m.seq);
+        expect(delivered.slice(0, 10), `room ${r}`).toEqual(all(r).slice(0, 10));
+        expect(c.rejections.every((x) => x.reason === Reason.ShardFailed && x.room === r && x.player === 7), `room ${r}`).toBe(true);
+        expect([...delivered, ...c.rejections.map((x) => x.seq)], `room ${r}`).toEqual(all(r));
+      }
+      const s = d.stats();
+      expect(errors).toHaveLength(1);
+      expect(s.reasons.ShardFailed).toBe(got(2).rejections.length + got(4).rejections.length);
+      expect(s.reasons.ShardFailed).toBeGreaterThan(0);
+      expect(s.rejected).toBe(s.reasons.ShardFailed);
+      expect(s.accepted).toBe(s.delivered + s.rejected);
+      await d.close();
+      const end = d.stats();
+      expect(end.accepted).toBe(end.delivered + end.rejected);
+    });
+
+    it('without onError the failure is a process warning naming the shard', async () => {
+      const warnings: string[] = [];
+      const onWarning = (w: Error): void => void warnings.push(`${(w as { code?: string }).code}: ${w.message}`);
+      process.on('warning', onWarning);
+      try {
+        const d = make({ shards: 2 });
+        d.openRoom(1);
+        d.join(1, 7);
+        failShardForTesting(d, 1);
+        expect(d.dispatch(frame({ room: 1, player: 7, seq: 1 }), 7)).toBe(Verdict.Accepted);
+        await until(() => warnings.length > 0, 5000, 'the warning');
+        expect(warnings[0]).toMatch(new RegExp(`^${ErrorCode.ShardFailed}: .*shard 1`));
+        await d.flush();
+        expect(d.drain(1).rejections.map((r) => r.reason)).toEqual([Reason.ShardFailed]);
+        await d.close();
+      } finally {
+        process.off('warning', onWarning);
+      }
     });
   });
 
@@ -882,10 +1284,10 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       d.join(1, 7);
       const frames = Array.from({ length: 20 }, (_, i) => frame({ room: 1, player: 7, seq: i + 1, payload: i }));
       for (const f of frames) expect(d.dispatch(f)).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 1, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(frame({ room: 1, player: 7, seq: 21 }), OVERHEAD - 1))).toBe(Verdict.Accepted);
       await d.flush();
       expect(hex(concat(seen.bytes))).toBe(hex(concat(frames)));
-      expect(seen.rejections).toEqual([{ room: 1, player: 8, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(seen.rejections).toEqual([{ room: 1, player: 7, seq: 21, reason: Reason.BadTag }]);
       expect(saved.length).toBeGreaterThan(0);
       for (const b of saved) {
         expect(b.room).toBe(1);
@@ -1127,13 +1529,13 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
   describe('closeRoom', () => {
     it('pending moves are still delivered; later frames UnknownRoom; a drained closed room is forgotten', async () => {
       const d = basic();
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 10; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.closeRoom(1);
       expect(d.dispatch(frame({ room: 1, player: 7, seq: 11 }))).toBe(Verdict.UnknownRoom);
       expectCode(() => d.join(1, 8), ErrorCode.UnknownRoom);
       expectCode(() => d.closeRoom(1), ErrorCode.UnknownRoom);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       const c = await flushDrain(d, 1);
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       expectArgError(() => d.drain(1), ErrorCode.UnknownRoom, 'room');
@@ -1161,26 +1563,26 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       const d = make({ onBatch: sink.onBatch });
       d.openRoom(4, { delivery: 'push' });
       d.join(4, 7);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 4, player: 7, seq }))).toBe(Verdict.Accepted);
-      expect(d.dispatch(frame({ room: 4, player: 8, seq: 1 }))).toBe(Verdict.Accepted);
+      expect(d.dispatch(corrupt(frame({ room: 4, player: 7, seq: 6 }), OVERHEAD - 1))).toBe(Verdict.Accepted);
       d.closeRoom(4);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
       const c = sink.rooms.get(4)!;
       expect(c.moves.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5]);
-      expect(c.rejections).toEqual([{ room: 4, player: 8, seq: 1, reason: Reason.UnknownPlayer }]);
+      expect(c.rejections).toEqual([{ room: 4, player: 7, seq: 6, reason: Reason.BadTag }]);
     });
 
     it('reopening a closing room: pending moves stay ahead of the new ones; reopen after forgetting works', async () => {
       const d = basic();
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let seq = 1; seq <= 5; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
       d.closeRoom(1);
       d.openRoom(1);
       d.join(1, 7);
       for (let seq = 6; seq <= 8; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
       const got = emptyCollected();
       // the closing incarnation and the new one may come out in one drain or two
@@ -1310,11 +1712,14 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       ];
       const chunk = concat(parts);
       expect(d.dispatchStream(chunk, 7)).toEqual({ consumed: chunk.length, accepted: 3, rejected: 5, backpressure: false, malformed: false });
+      // a non-member's frame (no sender) is consumed and counted as rejected too
+      const other = concat([frame({ room: 1, player: 9, seq: 1 }), frame({ room: 1, player: 8, seq: 1 })]);
+      expect(d.dispatchStream(other)).toEqual({ consumed: other.length, accepted: 1, rejected: 1, backpressure: false, malformed: false });
       const s = d.stats();
-      expect(s.dispatched).toBe(8);
-      expect(s.verdicts).toMatchObject({ Accepted: 3, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1, Malformed: 1, Oversize: 1 });
+      expect(s.dispatched).toBe(10);
+      expect(s.verdicts).toMatchObject({ Accepted: 4, UnknownRoom: 1, AuthMismatch: 1, WrongSender: 1, Malformed: 1, Oversize: 1, NotMember: 1 });
       const c = await flushDrain(d, 1);
-      expect(c.moves.map((m) => m.seq)).toEqual([1, 2]);
+      expect(c.moves.map((m) => `${m.player}:${m.seq}`)).toEqual(['7:1', '7:2', '8:1']);
     });
 
     it('a trailing partial frame is not consumed', () => {
@@ -1509,7 +1914,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
     });
 
     describe('constructor options', () => {
-      const numeric = ['shards', 'workerThreads', 'channelCapacity', 'arenaBytes', 'roomBytes', 'maxPayload', 'maxBatchMoves', 'maxBlockingThreads'] as const;
+      const numeric = ['shards', 'workerThreads', 'channelCapacity', 'arenaBytes', 'roomBytes', 'maxPayload', 'maxBatchMoves', 'maxBlockingThreads', 'maxPendingAsync'] as const;
       const bad: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, -Number.POSITIVE_INFINITY, 2 ** 31, 2 ** 53, 1e12, '8', null, true, {}];
 
       it.each(numeric)('%s: 0 / negative / float / NaN / huge / not a number', (field) => {

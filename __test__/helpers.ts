@@ -6,12 +6,23 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { Dispatcher, ErrorCode, Verdict } from '../index';
 import type { DispatcherOptions, MoveBatch, Rejection } from '../index';
+import type * as Internal from '../src/internal';
 
 export { Dispatcher, ErrorCode, Verdict };
+
+/**
+ * The test hooks of src/internal.ts (not part of the package's API), from the same build as
+ * `Dispatcher`: at run time `../index` is `index.mjs`, i.e. `dist/`, and the hooks find a
+ * dispatcher's engine in a registry private to their module instance.
+ */
+const internal = createRequire(__filename)('../dist/src/internal.js') as typeof Internal;
+export const pauseForTesting: typeof Internal.pauseForTesting = internal.pauseForTesting;
+export const failShardForTesting: typeof Internal.failShardForTesting = internal.failShardForTesting;
 
 // ---------------------------------------------------------------------------------------
 // Child processes
@@ -106,7 +117,7 @@ export function useDispatchers(engine: EngineName): (options?: DispatcherOptions
   afterEach(async () => {
     for (const d of live.splice(0)) {
       try {
-        d._pauseForTesting(false);
+        pauseForTesting(d, false);
       } catch {
         // closed already
       }
@@ -403,7 +414,7 @@ export function pushSink(): { onBatch: (b: MoveBatch) => void; rooms: Map<number
   return {
     rooms,
     onBatch(b: MoveBatch) {
-      const room = b.room ?? -1;
+      const room = b.room;
       let c = rooms.get(room);
       if (c === undefined) rooms.set(room, (c = emptyCollected()));
       absorb(c, b);

@@ -15,7 +15,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Dispatcher, ErrorCode, Verdict, encodeMove } from '../index';
 import type { DispatcherOptions, MoveBatch, StreamResult } from '../index';
-import { ENGINES, type EngineName, concat, frame, hex, keyFor, patch, skipReason, sleep, until, useDispatchers } from './helpers';
+import { ENGINES, type EngineName, concat, frame, hex, keyFor, patch, skipReason, sleep, until, useDispatchers, pauseForTesting } from './helpers';
 
 // ---------------------------------------------------------------------------------------
 // Inputs
@@ -623,11 +623,12 @@ describe.each(ENGINES)('hostile input [%s engine]', (engine: EngineName) => {
       { name: 'drain(3), a push room', call: () => d.drain(3), want: err(TypeError, ErrorCode.WrongDelivery, 'room') },
       { name: 'drain(77), never opened', call: () => d.drain(77), want: err(RangeError, ErrorCode.UnknownRoom, 'room') },
       { name: 'flush()', call: () => d.flush(), want: works },
+      { name: 'whenWritable(): resolves at once', call: () => d.whenWritable(), want: works },
       { name: 'stats()', call: () => d.stats().verdicts.Closed, want: { check: (v) => expect(v).toBeGreaterThan(0) } },
       { name: 'metrics()', call: () => d.metrics(), want: { check: (v) => expect(v).toContain('move_dispatcher') } },
       { name: 'close() again', call: () => d.close(), want: works },
       { name: 'batches(): ends at once', call: async () => (await d.batches().next()).done, want: { check: (v) => expect(v).toBe(true) } },
-      { name: '_pauseForTesting(true)', call: () => d._pauseForTesting(true), want: works },
+      { name: 'pauseForTesting(d, true) (test hook)', call: () => pauseForTesting(d, true), want: works },
     ];
     const ctx: Ctx = { d, seq: () => 0, track };
     // the moves accepted before close() sit in pull room 1; drain them first (the row

@@ -86,14 +86,18 @@ describe('JsEngine sync checks', () => {
     expect(e.dispatch(frame({ room: 9 }), -1)).toBe(Verdict.UnknownRoom);
     expect(e.dispatch(frame({ key: new Uint8Array(16) }), 2)).toBe(Verdict.AuthMismatch);
     expect(e.dispatch(good, 2)).toBe(Verdict.WrongSender);
+    // Player 1 has not joined: NotMember, with or without a sender.
+    expect(e.dispatch(good, 1)).toBe(Verdict.NotMember);
+    expect(e.dispatch(good, -1)).toBe(Verdict.NotMember);
+    expect(e.join(1, 1, null)).toBe(Status.Ok);
     expect(e.dispatch(good, 1)).toBe(Verdict.Accepted);
     expect(e.dispatch(good, -1)).toBe(Verdict.Accepted);
     e.shutdown();
     expect(e.dispatch(new Uint8Array(0), -1)).toBe(Verdict.Closed);
     const c = e.counters();
-    expect(c.dispatched).toBe(15);
+    expect(c.dispatched).toBe(17);
     expect(c.accepted).toBe(2);
-    expect(c.verdicts).toEqual([2, 0, 1, 8, 1, 1, 1, 1, 0]);
+    expect(c.verdicts).toEqual([2, 0, 1, 8, 1, 1, 1, 1, 0, 2]);
   });
 
   it('never throws for random bytes', () => {
@@ -187,14 +191,14 @@ describe('JsEngine sessions', () => {
     const { e } = engine();
     e.openRoom(1, AUTH_SHA256, false);
     e.pause(true);
-    expect(e.dispatch(frame({ seq: 1 }), -1)).toBe(Verdict.Accepted); // before join: UnknownPlayer
+    expect(e.dispatch(frame({ seq: 1 }), -1)).toBe(Verdict.NotMember); // before join
     expect(e.join(1, 1, null)).toBe(Status.Ok);
     expect(e.dispatch(frame({ seq: 2 }), -1)).toBe(Verdict.Accepted);
     expect(e.join(1, 1, null)).toBe(Status.Ok); // join again: the window stays
     expect(e.dispatch(frame({ seq: 2 }), -1)).toBe(Verdict.Accepted); // Replay
     expect(e.leave(1, 1)).toBe(Status.Ok);
     expect(e.leave(1, 1)).toBe(Status.UnknownPlayer);
-    expect(e.dispatch(frame({ seq: 3 }), -1)).toBe(Verdict.Accepted); // UnknownPlayer
+    expect(e.dispatch(frame({ seq: 3 }), -1)).toBe(Verdict.NotMember); // after leave
     expect(e.join(1, 1, null)).toBe(Status.Ok); // a new window
     expect(e.dispatch(frame({ seq: 2 }), -1)).toBe(Verdict.Accepted);
     await settle();
@@ -206,14 +210,11 @@ describe('JsEngine sessions', () => {
       [1, 2],
       [1, 2],
     ]);
-    expect(batch.rejections).toEqual([
-      { room: 1, player: 1, seq: 1, reason: Reason.UnknownPlayer },
-      { room: 1, player: 1, seq: 2, reason: Reason.Replay },
-      { room: 1, player: 1, seq: 3, reason: Reason.UnknownPlayer },
-    ]);
+    expect(batch.rejections).toEqual([{ room: 1, player: 1, seq: 2, reason: Reason.Replay }]);
     const c = e.counters();
-    expect(c.reasons).toEqual([0, 2, 1]);
-    expect(c.rejected).toBe(3);
+    expect(c.reasons).toEqual([0, 0, 1, 0]);
+    expect(c.verdicts[Verdict.NotMember]).toBe(2);
+    expect(c.rejected).toBe(1);
     expect(c.delivered).toBe(2);
     expect(c.accepted).toBe(c.delivered + c.rejected);
     e.shutdown();
@@ -259,6 +260,7 @@ describe('JsEngine backpressure', () => {
     e.openRoom(0, AUTH_SHA256, false);
     e.openRoom(2, AUTH_SHA256, false); // same shard as room 0
     e.openRoom(1, AUTH_SHA256, false); // the other shard
+    for (const room of [0, 1, 2]) e.join(room, 1, null);
     e.pause(true);
     for (let i = 1; i <= 2; i++) {
       expect(e.dispatch(frame({ room: 0, seq: i }), -1)).toBe(Verdict.Accepted);
@@ -322,8 +324,14 @@ describe('JsEngine backpressure', () => {
     e.openRoom(1, AUTH_SHA256, false);
     e.openRoom(2, AUTH_SHA256, false);
     e.join(1, 1, null);
-    // 34 × 120 = 4080 ≤ 4096 < 35 × 120. Player 2 never joined: its moves are rejected.
-    for (let seq = 1; seq <= 34; seq++) expect(e.dispatch(frame({ seq, player: seq % 2 === 0 ? 2 : 1 }), -1)).toBe(Verdict.Accepted);
+    e.join(2, 1, null);
+    // 34 × 120 = 4080 ≤ 4096 < 35 × 120. Even seqs have a bad tag: they are rejected.
+    const tagged = (seq: number): Uint8Array => {
+      const f = frame({ seq });
+      if (seq % 2 === 0) f[f.length - 1]! ^= 1;
+      return f;
+    };
+    for (let seq = 1; seq <= 34; seq++) expect(e.dispatch(tagged(seq), -1)).toBe(Verdict.Accepted);
     expect(e.dispatch(frame({ seq: 35 }), -1)).toBe(Verdict.Backpressure);
     expect(e.dispatch(frame({ room: 2, seq: 35 }), -1)).toBe(Verdict.Accepted); // another room's budget
     // Even the smallest frame (56 bytes) does not fit in the 16 bytes left.
@@ -438,7 +446,7 @@ describe('JsEngine delivery', () => {
     e.closeRoom(1);
     expect(e.openRoom(1, AUTH_SHA256, false)).toBe(Status.Ok);
     expect(e.openRoom(1, AUTH_SHA256, false)).toBe(Status.RoomExists);
-    expect(e.dispatch(frame({ seq: 2 }), -1)).toBe(Verdict.Accepted); // rejected: players were forgotten
+    expect(e.dispatch(frame({ seq: 2 }), -1)).toBe(Verdict.NotMember); // players were forgotten
     e.join(1, 1, null);
     expect(e.dispatch(frame({ seq: 3 }), -1)).toBe(Verdict.Accepted);
     await settle();
@@ -447,13 +455,14 @@ describe('JsEngine delivery', () => {
       [1, 1],
       [1, 3],
     ]);
-    expect(batch.rejections).toEqual([{ room: 1, player: 1, seq: 2, reason: Reason.UnknownPlayer }]);
+    expect(batch.rejections).toEqual([]);
     e.shutdown();
   });
 
   it('dispatchStream consumes whole frames and stops at backpressure, a partial tail or a bad header', () => {
     const { e } = engine({ channelCapacity: 3 });
     e.openRoom(1, AUTH_SHA256, false);
+    e.join(1, 1, null);
     e.pause(true);
     const [f1, f2, f3, f4] = [frame({ seq: 1 }), frame({ seq: 2, room: 5 }), frame({ seq: 3 }), frame({ seq: 4 })];
     const stream = (...parts: Uint8Array[]) => e.dispatchStream(Buffer.concat(parts), -1);
@@ -462,7 +471,7 @@ describe('JsEngine delivery', () => {
     expect(stream(f2, new Uint8Array(30))).toEqual({ consumed: 120, accepted: 0, rejected: 1, backpressure: false, malformed: true });
     expect(stream(new Uint8Array(23))).toEqual({ consumed: 0, accepted: 0, rejected: 0, backpressure: false, malformed: false });
     // Every frame got one verdict (the desynchronised header counts as Malformed).
-    expect(e.counters().verdicts).toEqual([3, 1, 0, 1, 0, 2, 0, 0, 0]);
+    expect(e.counters().verdicts).toEqual([3, 1, 0, 1, 0, 2, 0, 0, 0, 0]);
     e.shutdown();
   });
 
@@ -480,5 +489,35 @@ describe('JsEngine delivery', () => {
     expect(e.leave(1, 1)).toBe(Status.Closed);
     expect(e.closeRoom(1)).toBe(Status.Closed);
     expect(batchOf(e.drain(1)).count).toBe(1);
+  });
+});
+
+describe('JsEngine wantWritable', () => {
+  it('wakes once after capacity is next freed (a validated move, a drain handing budget back), never inside a call', async () => {
+    const { e, wakes } = engine();
+    e.openRoom(1, AUTH_SHA256, false);
+    e.join(1, 1, null);
+    e.dispatch(frame({ seq: 1 }), -1);
+    await settle();
+    expect(wakes()).toBe(0); // a pull room, nothing armed: validation wakes nobody
+    e.wantWritable();
+    e.wantWritable(); // arming twice is arming once
+    e.dispatch(frame({ seq: 2 }), -1);
+    await settle();
+    expect(wakes()).toBe(1);
+    e.dispatch(frame({ seq: 3 }), -1);
+    await settle();
+    expect(wakes()).toBe(1); // one-shot
+    e.wantWritable();
+    expect(batchOf(e.drain(1)).count).toBe(3);
+    expect(wakes()).toBe(1); // not from inside drain()
+    await Promise.resolve();
+    expect(wakes()).toBe(2);
+    // an empty drain frees nothing
+    e.wantWritable();
+    expect(batchOf(e.drain(1)).count).toBe(0);
+    await settle();
+    expect(wakes()).toBe(2);
+    e.shutdown();
   });
 });

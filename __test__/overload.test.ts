@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, type OverloadEvent, Verdict, encodeMove } from '../index';
+import { pauseForTesting } from './helpers';
 
 const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array(4) });
 const tick = () => new Promise((r) => setTimeout(r, 20));
@@ -21,7 +22,7 @@ describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
     });
     d.openRoom(1);
     d.join(1, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     for (let s = 1; s <= 3; s++) expect(d.dispatch(move(1, s))).toBe(Verdict.Accepted);
     await tick();
     expect(events).toEqual([]);
@@ -33,7 +34,7 @@ describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
     expect(d.dispatch(move(1, 5))).toBe(Verdict.Accepted);
     await tick();
     expect(events).toHaveLength(1); // once, until it recovers
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     await tick();
     expect(events).toHaveLength(2);

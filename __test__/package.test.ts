@@ -1,15 +1,16 @@
 /**
  * The package as npm sees it: the platform packages under npm/ (names, os / cpu / libc,
  * entry, files, versions in step with the root), the version hook that keeps them there,
- * and both module systems through the `exports` map of a package linked into a fresh
- * node_modules (`require` and `import` reach the same single instance). The packed form,
- * installed offline, and the TypeScript resolution of both entries are proven by
+ * the declarations tsc emits (no test hook or other internal in them), and both module
+ * systems through the `exports` map of a package linked into a fresh node_modules
+ * (`require` and `import` reach the same single instance). The packed form, installed
+ * offline, and the TypeScript resolution of both entries are proven by
  * scripts/pack-proof.mjs.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 const ROOT = join(__dirname, '..');
@@ -40,6 +41,74 @@ describe('platform packages (npm/)', () => {
   it('the published files leave out locally built binaries; CHANGELOG.md has the version', () => {
     expect(PKG.files).not.toContain('*.node');
     expect(readFileSync(join(ROOT, 'CHANGELOG.md'), 'utf8')).toContain(`## [${PKG.version}]`);
+  });
+
+  it('docs/architecture.md, which the published comments cite, is published', () => {
+    expect(PKG.files).toContain('docs/architecture.md');
+    expect(existsSync(join(ROOT, 'docs', 'architecture.md'))).toBe(true);
+  });
+});
+
+describe('published declarations (tsc -p tsconfig.json, declarations only)', () => {
+  // Emitted into a directory of its own with the build's tsconfig: the same .d.ts files as
+  // dist/, from the sources as they are now, without touching the dist/ other tests load.
+  const out = mkdtempSync(join(tmpdir(), 'move-dispatcher-dts-'));
+  afterAll(() => rmSync(out, { recursive: true, force: true }));
+  const files = (): string[] => {
+    const found: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(dir, e.name));
+        else if (e.name.endsWith('.d.ts')) found.push(join(dir, e.name));
+      }
+    };
+    walk(out);
+    return found.sort();
+  };
+
+  it('carry no test hook, no @internal member and no reference outside the package', { timeout: 120_000 }, () => {
+    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+    const r = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), '--emitDeclarationOnly', '--outDir', out], { encoding: 'utf8', timeout: 110_000 });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    const all = files();
+    expect(all.map((f) => relative(out, f))).toEqual(expect.arrayContaining(['index.d.ts', join('src', 'dispatcher.d.ts'), join('src', 'batch.d.ts'), join('src', 'internal.d.ts')]));
+    const forbidden: [string, RegExp][] = [
+      ['_pauseForTesting', /_pauseForTesting/],
+      ['invalidate', /\binvalidate\b/],
+      ['@internal', /@internal/],
+      ['pauseForTesting', /pauseForTesting/],
+      ['failShard', /failShard/],
+      ['DESIGN.md', /DESIGN\.md/],
+      ['../shared', /\.\.\/shared/],
+    ];
+    const hits: string[] = [];
+    for (const file of all) {
+      const text = readFileSync(file, 'utf8');
+      for (const [name, re] of forbidden) if (re.test(text)) hits.push(`${relative(out, file)}: ${name}`);
+    }
+    expect(hits).toEqual([]);
+    // MoveBatch.room is a number, never undefined
+    expect(readFileSync(join(out, 'src', 'types.d.ts'), 'utf8')).toMatch(/readonly room: number;/);
+  });
+
+  it('src/internal.d.ts is not reachable from index.d.ts', () => {
+    const reached = new Set<string>();
+    const visit = (file: string): void => {
+      if (reached.has(file)) return;
+      reached.add(file);
+      const text = readFileSync(file, 'utf8');
+      for (const m of text.matchAll(/(?:from\s+|import\(\s*)['"](\.{1,2}\/[^'"]+)['"]/g)) {
+        const base = resolve(dirname(file), m[1]!.replace(/\.js$/, ''));
+        const next = [`${base}.d.ts`, join(base, 'index.d.ts')].find((p) => existsSync(p));
+        if (next === undefined) throw new Error(`${relative(out, file)} imports ${m[1]}, which has no declaration file`);
+        visit(next);
+      }
+    };
+    expect(existsSync(join(out, 'index.d.ts')), 'run the test above first (it emits the declarations)').toBe(true);
+    visit(join(out, 'index.d.ts'));
+    const names = [...reached].map((f) => relative(out, f)).sort();
+    expect(names).toContain(join('src', 'dispatcher.d.ts'));
+    expect(names).not.toContain(join('src', 'internal.d.ts'));
   });
 });
 

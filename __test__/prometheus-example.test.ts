@@ -8,6 +8,7 @@ import { Counter, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { p99Between, registerDispatcherCollector, serveMetrics } from '../examples/prometheus';
 import { Dispatcher, encodeMove } from '../index';
+import { pauseForTesting } from './helpers';
 
 const promtool = spawnSync('promtool', ['--version']).status === 0;
 const inCi = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false';
@@ -47,9 +48,9 @@ describe('examples/prometheus', () => {
     registerDispatcherCollector(registry, d);
     d.openRoom(1);
     d.join(1, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     for (let seq = 1; seq <= 50; seq++) d.dispatch(encodeMove({ room: 1, player: 1, seq }));
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     d.drain(1);
     const before = d.stats({ topRooms: 0 });

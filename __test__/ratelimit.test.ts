@@ -1,7 +1,7 @@
 /**
  * Per-player rate limit (token bucket), on both engines: the burst passes, the next frame
- * answers RateLimited, a refusal spends nothing, tokens come back with time, and each player
- * (keyed by the proven sender) has a bucket of its own.
+ * answers RateLimited, a refusal spends nothing, tokens come back with time, each player
+ * (keyed by the proven sender) has a bucket of its own, and non-members (NotMember) spend none.
  */
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, ErrorCode, Verdict, encodeMove } from '../index';
@@ -41,6 +41,28 @@ describe.each(['js', 'native'] as const)('rate limit [%s]', (engine) => {
     expect(d.dispatch(move(2, 1, 1), 1)).toBe(Verdict.Accepted);
     d.join(2, 1);
     expect(d.dispatch(move(2, 1, 2), 1)).toBe(Verdict.RateLimited);
+    await d.close();
+  });
+
+  it('a non-member spends no token: NotMember comes first, and its bucket starts full at join', async () => {
+    const d = new Dispatcher({ engine, shards: 1 });
+    d.openRoom(1, { rateLimit: { perSecond: 0.001, burst: 2 } });
+    d.join(1, 7);
+    for (let s = 1; s <= 100; s++) {
+      expect(d.dispatch(move(1, 8, s), 8)).toBe(Verdict.NotMember);
+      expect(d.dispatch(move(1, 8, s))).toBe(Verdict.NotMember);
+    }
+    // the member's bucket is untouched
+    expect([1, 2, 3].map((s) => d.dispatch(move(1, 7, s), 7))).toEqual([Verdict.Accepted, Verdict.Accepted, Verdict.RateLimited]);
+    // the non-member joins: a full bucket, none of its 200 refused frames spent a token
+    d.join(1, 8);
+    expect([1, 2, 3].map((s) => d.dispatch(move(1, 8, s), 8))).toEqual([Verdict.Accepted, Verdict.Accepted, Verdict.RateLimited]);
+    const s = d.stats();
+    expect(s.verdicts.NotMember).toBe(200);
+    expect(s.verdicts.RateLimited).toBe(2);
+    expect(s.accepted).toBe(4);
+    await d.flush();
+    expect(d.drain(1).count).toBe(4);
     await d.close();
   });
 

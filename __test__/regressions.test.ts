@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
 import type { MoveBatch } from '../index';
+import { pauseForTesting } from './helpers';
 
 const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array([seq & 0xff]) });
 
@@ -23,7 +24,7 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
     });
     d.openRoom(7, { delivery: 'push' });
     d.join(7, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     const N = 6_100;
     const good: number[] = [];
     for (let seq = 1; seq <= N; seq++) {
@@ -32,7 +33,7 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
       else f[f.length - 1]! ^= 0x01;
       expect(d.dispatch(f)).toBe(Verdict.Accepted);
     }
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     expect(seen.moves).toEqual(good);
     expect(seen.rejections.length).toBe(N - good.length);
@@ -47,7 +48,7 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
     const d = new Dispatcher({ engine, shards: 1, onBatch: () => {} });
     d.openRoom(1, { delivery: 'pull' });
     d.join(1, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     expect(d.dispatch(move(1, 1))).toBe(Verdict.Accepted);
     d.closeRoom(1);
     let error: unknown;
@@ -62,7 +63,7 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
     d.openRoom(1, { delivery: 'pull' });
     d.join(1, 1);
     expect(d.dispatch(move(1, 2))).toBe(Verdict.Accepted);
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     expect([...d.drain(1)].length).toBe(2);
     await d.close();

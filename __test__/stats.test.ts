@@ -3,6 +3,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, Verdict, encodeMove } from '../index';
+import { pauseForTesting } from './helpers';
 
 const move = (room: number, seq: number, payload = 4) => encodeMove({ room, player: 1, seq, payload: new Uint8Array(payload) });
 /** Bytes a frame of `payload` bytes takes in the arena: align8(24 + 56 + payload). */
@@ -15,7 +16,7 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
     d.openRoom(2);
     d.join(1, 1);
     d.join(2, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     let s = d.stats();
     expect(s.backpressure).toEqual({ queue: 0, arena: 0, room: 0 });
     expect(s.shards).toEqual([{ shard: 0, queueDepth: 0, queueHighWater: 0, arena: { capacity: 64 << 10, used: 0, highWater: 0, wraps: 0 } }]);
@@ -40,7 +41,7 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
       { room: 2, bytes: 4 * 60 },
     ]);
     expect(d.stats({ topRooms: 1 }).rooms).toEqual([{ room: 1, bytes: 3 * 60 + 56 + 4096 }]);
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     for (const bad of ['yes', 1, null]) {
       expect(() => d.stats({ reset: bad as never })).toThrow(expect.objectContaining({ code: 'ERR_MOVE_DISPATCHER_INVALID_ARGUMENT', field: 'reset' }));
@@ -63,13 +64,13 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
     const d = new Dispatcher({ engine, shards: 1, channelCapacity: 1000, arenaBytes: 64 << 10, roomBytes: 1 << 20, maxPayload: 4096 });
     d.openRoom(1);
     d.join(1, 1);
-    d._pauseForTesting(true);
+    pauseForTesting(d, true);
     let accepted = 0;
     for (let i = 1; i <= 16; i++) if (d.dispatch(move(1, i, 4096)) === Verdict.Accepted) accepted++;
     expect(accepted).toBe(Math.floor((64 << 10) / record(4096)));
     expect(d.stats().backpressure).toEqual({ queue: 0, arena: 1, room: 0 });
     expect(d.stats().shards[0]!.arena.wraps).toBe(0);
-    d._pauseForTesting(false);
+    pauseForTesting(d, false);
     await d.flush();
     expect(d.dispatch(move(1, 100, 4096))).toBe(Verdict.Accepted);
     expect(d.stats().shards[0]!.arena.wraps).toBe(1);

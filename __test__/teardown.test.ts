@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode, Reason, Verdict } from '../index';
 import type { OverloadEvent } from '../index';
-import { ENGINES, type EngineName, frame, type NodeRun, runNode, skipReason, sleep, thrown, until, useDispatchers } from './helpers';
+import { ENGINES, type EngineName, frame, type NodeRun, runNode, skipReason, sleep, thrown, until, useDispatchers, pauseForTesting } from './helpers';
 
 const FIXTURES = join(__dirname, 'fixtures');
 
@@ -271,12 +271,12 @@ describe.each(ENGINES)('teardown and exit [%s engine]', (engine: EngineName) => 
       d.openRoom(2);
       d.join(1, 1);
       d.join(2, 1);
-      d._pauseForTesting(true);
+      pauseForTesting(d, true);
       for (let s = 1; s <= 10; s++) {
         expect(d.dispatch(move(2, s))).toBe(Verdict.Accepted);
         expect(d.dispatch(move(1, s))).toBe(Verdict.Accepted);
       }
-      d._pauseForTesting(false);
+      pauseForTesting(d, false);
       await d.flush();
       await until(() => flushed, 5_000, 'the flush started inside onBatch');
       expect(codes[0]).toBe(ErrorCode.WrongDelivery);

@@ -224,9 +224,9 @@ async function runServer(cfg: DemoConfig): Promise<void> {
   console.log(`  accepted        ${stats.accepted.toLocaleString()}  (${(stats.accepted / cfg.seconds).toFixed(0)} moves/s over the ${cfg.seconds} s schedule)`);
   console.log(`  delivered       ${stats.delivered.toLocaleString()}`);
   console.log(
-    `  rejected        ${stats.rejected.toLocaleString()}  (BadTag ${stats.reasons.BadTag}, Replay ${stats.reasons.Replay}, UnknownPlayer ${stats.reasons.UnknownPlayer})`,
+    `  rejected        ${stats.rejected.toLocaleString()}  (BadTag ${stats.reasons.BadTag}, Replay ${stats.reasons.Replay})`,
   );
-  console.log(`  refused         ${(stats.dispatched - stats.accepted).toLocaleString()} (backpressure ${stats.verdicts.Backpressure}, retried ${backpressured} times)`);
+  console.log(`  refused         ${(stats.dispatched - stats.accepted).toLocaleString()} (backpressure ${stats.verdicts.Backpressure}, retried ${backpressured} times; not a member ${stats.verdicts.NotMember})`);
   console.log(`  lost            ${lost}  (accepted − delivered − rejected)`);
   const line = (a: Float64Array): string =>
     `p50 ${fmt(percentile(a, 50))}  p99 ${fmt(percentile(a, 99))}  p99.9 ${fmt(percentile(a, 99.9))}  max ${fmt(a[a.length - 1] ?? Number.NaN)}`;

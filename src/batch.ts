@@ -63,8 +63,18 @@ class FrameView implements MoveView {
 /** Called when a batch is released (push rooms hand the half back to the worker). */
 export type ReleaseHook = () => void;
 
+/** Set by `MoveBatch`'s static block (it alone reaches the private fields). */
+let markStale: (batch: MoveBatch) => void = () => undefined;
+
 export class MoveBatch implements MoveBatchType {
-  readonly room: number | undefined;
+  static {
+    markStale = (batch) => {
+      batch.#released = true;
+      batch.#onRelease = undefined;
+    };
+  }
+
+  readonly room: number;
   readonly count: number;
   readonly buffer: ArrayBuffer;
   readonly offset: number;
@@ -96,18 +106,12 @@ export class MoveBatch implements MoveBatchType {
     hook?.();
   }
 
-  /** @internal Marks the batch invalid without running its hook (the room's next drain did it). */
-  invalidate(): void {
-    this.#released = true;
-    this.#onRelease = undefined;
-  }
-
   /** A batch with the same moves and rejections in memory of its own; it never needs releasing. */
   copy(): MoveBatch {
     this.#check();
     const buffer = this.buffer.slice(this.offset, this.offset + this.length);
     return new MoveBatch({
-      room: this.room ?? 0,
+      room: this.room,
       buffer,
       offset: 0,
       length: this.length,
@@ -138,9 +142,7 @@ export class MoveBatch implements MoveBatchType {
 
   #check(): void {
     if (this.#released) {
-      throw stateError(ErrorCode.BatchReleased, 'this batch was released (or the room was drained again); call copy() to keep moves longer', {
-        ...(this.room === undefined ? {} : { room: this.room }),
-      });
+      throw stateError(ErrorCode.BatchReleased, 'this batch was released (or the room was drained again); call copy() to keep moves longer', { room: this.room });
     }
   }
 }
@@ -168,9 +170,7 @@ class FrameIterator implements Iterator<MoveView> {
   next(): IteratorResult<MoveView> {
     if (this.#at >= this.#end) return { value: undefined, done: true };
     if (this.#isReleased()) {
-      throw stateError(ErrorCode.BatchReleased, 'this batch was released during iteration', {
-        ...(this.#batch.room === undefined ? {} : { room: this.#batch.room }),
-      });
+      throw stateError(ErrorCode.BatchReleased, 'this batch was released during iteration', { room: this.#batch.room });
     }
     const at = this.#at;
     const len = this.#bytes[at + 22]! | (this.#bytes[at + 23]! << 8);
@@ -183,4 +183,12 @@ class FrameIterator implements Iterator<MoveView> {
   [Symbol.iterator](): Iterator<MoveView> {
     return this;
   }
+}
+
+/**
+ * @internal The room's next drain reused the batch's memory: the batch reads as released,
+ * without running its release hook. Not part of the public surface.
+ */
+export function invalidate(batch: MoveBatch): void {
+  markStale(batch);
 }

@@ -49,6 +49,11 @@ export const Verdict = {
   WrongSender: 7,
   /** The sender spent its rate limit in this room (`openRoom(room, { rateLimit })`); nothing was kept. */
   RateLimited: 8,
+  /**
+   * The frame's player (the sender, when one is given) has not joined the room, or has left
+   * it. Decided synchronously: nothing was kept, no budget, queue slot or rate-limit token spent.
+   */
+  NotMember: 9,
 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
@@ -63,21 +68,30 @@ export const VERDICT_NAMES = [
   'AuthMismatch',
   'WrongSender',
   'RateLimited',
+  'NotMember',
 ] as const satisfies readonly (keyof typeof Verdict)[];
 
 /** Why an accepted move was rejected by validation (reported in `MoveBatch.rejections`). */
 export const Reason = {
   /** The SHA-256 / HMAC-SHA256 tag does not match the frame. */
   BadTag: 0,
-  /** The player has not joined the room (or has left it). */
+  /**
+   * The player had not joined the room (or had left it). No longer occurs: membership is a
+   * synchronous check (`Verdict.NotMember`); kept so that existing code still compiles.
+   */
   UnknownPlayer: 1,
   /** The seq was already accepted, or is older than the replay window. */
   Replay: 2,
+  /**
+   * The move was accepted, but its shard failed before validating it (reported once per
+   * shard to `onError` as `ERR_MOVE_DISPATCHER_SHARD_FAILED`).
+   */
+  ShardFailed: 3,
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
 /** Names of reasons, indexed by value. */
-export const REASON_NAMES = ['BadTag', 'UnknownPlayer', 'Replay'] as const satisfies readonly (keyof typeof Reason)[];
+export const REASON_NAMES = ['BadTag', 'UnknownPlayer', 'Replay', 'ShardFailed'] as const satisfies readonly (keyof typeof Reason)[];
 
 /** Auth modes as passed to the engines. */
 export const AUTH_SHA256 = 0;

@@ -7,7 +7,8 @@ import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
 import { type Engine, type EngineConfig, type RawBatch, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
-import { MoveBatch } from './batch';
+import { MoveBatch, invalidate } from './batch';
+import { registerEngine } from './internal';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
@@ -54,6 +55,11 @@ function checkRateLimit(value: unknown): RateLimit | null {
   return { perSecond, burst };
 }
 
+/** The error of an operation whose `AbortSignal` aborted (the signal's reason as `cause`). */
+function aborted(method: string, signal: AbortSignal): Error {
+  return Object.assign(stateError(ErrorCode.Aborted, `${method}: aborted`), { cause: signal.reason as unknown });
+}
+
 function checkSender(sender: unknown, method: string): number {
   return sender === undefined ? -1 : checkId(sender, 'sender', method);
 }
@@ -61,6 +67,53 @@ function checkSender(sender: unknown, method: string): number {
 /** Waits for an abort or a wake-up; resolves `true` when aborted. */
 interface Waiter {
   resolve: () => void;
+}
+
+/** A `dispatchAsync` call waiting for capacity. */
+interface AsyncCall {
+  frame: Uint8Array;
+  sender: number;
+  resolve: (verdict: Verdict) => void;
+}
+
+/** A first-in first-out queue with O(1) `shift` (an array and a head index, compacted as it goes). */
+class Fifo<T> {
+  #items: (T | undefined)[] = [];
+  #head = 0;
+
+  get size(): number {
+    return this.#items.length - this.#head;
+  }
+
+  push(item: T): void {
+    this.#items.push(item);
+  }
+
+  peek(): T | undefined {
+    return this.#items[this.#head];
+  }
+
+  shift(): T | undefined {
+    if (this.#head === this.#items.length) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head++] = undefined;
+    if (this.#head === this.#items.length) {
+      this.#items = [];
+      this.#head = 0;
+    } else if (this.#head >= 1024 && this.#head * 2 >= this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return item;
+  }
+
+  /** Empties the queue, returning what it held in order. */
+  takeAll(): T[] {
+    const items = this.#items.slice(this.#head) as T[];
+    this.#items = [];
+    this.#head = 0;
+    return items;
+  }
 }
 
 export class Dispatcher {
@@ -80,9 +133,20 @@ export class Dispatcher {
   readonly #pending: MoveBatch[] = [];
   readonly #batchWaiters: Waiter[] = [];
   readonly #flushes = new Map<number, () => void>();
-  /** `dispatchAsync` calls waiting for capacity, in call order. */
-  readonly #asyncQueue: { frame: Uint8Array; sender: number; resolve: (v: Verdict) => void }[] = [];
-  #asyncTimer: ReturnType<typeof setTimeout> | undefined;
+  /** `dispatchAsync` calls waiting for capacity, in call order (at most `#maxPendingAsync`). */
+  readonly #asyncQueue = new Fifo<AsyncCall>();
+  readonly #maxPendingAsync: number;
+  /** `whenWritable()` calls waiting for the next event that may have freed capacity. */
+  readonly #writableWaiters: Waiter[] = [];
+  /** `engine.wantWritable()` was called and no wake-up came since. */
+  #armed = false;
+  /**
+   * Something that may free capacity (an engine wake-up, a drain, a push release) happened
+   * since the last `Backpressure` this dispatcher answered: `whenWritable()` resolves at once.
+   */
+  #freedSincePressure = true;
+  /** A microtask will retry `dispatchAsync` calls and wake `whenWritable()` callers. */
+  #kickQueued = false;
   #nextToken = 1;
   /**
    * Keeps the process alive while a flush or close is pending: the engine's wake-up is
@@ -92,11 +156,14 @@ export class Dispatcher {
   #closed = false;
   #closing: Promise<void> | undefined;
   #polling = false;
+  /** Failed shards and their failure messages (reported once each to onError). */
+  readonly #failedShards = new Map<number, string>();
 
   constructor(options?: DispatcherOptions) {
-    const { engine, config } = resolveOptions(options);
+    const { engine, config, maxPendingAsync } = resolveOptions(options);
     this.engine = engine;
     this.#config = config;
+    this.#maxPendingAsync = maxPendingAsync;
     this.#onBatch = options?.onBatch;
     this.#onOverload = options?.onOverload;
     this.#onRecovered = options?.onRecovered;
@@ -110,6 +177,7 @@ export class Dispatcher {
       if (d !== undefined) d.#poll();
     };
     this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
+    registerEngine(this, this.#engine);
   }
 
   /** Opens a room on its shard. Throws `ERR_MOVE_DISPATCHER_ROOM_EXISTS` if it is open. */
@@ -151,7 +219,11 @@ export class Dispatcher {
     this.#status(this.#engine.join(room, player, key), 'join', room, player);
   }
 
-  /** Removes `player` from `room` (its key is zeroised; later moves are rejected `UnknownPlayer`). */
+  /**
+   * Removes `player` from `room`: from the call on its frames answer `Verdict.NotMember`; its
+   * moves accepted before the call are still validated and delivered (its key is zeroised
+   * after them).
+   */
   leave(room: number, player: number): void {
     checkId(room, 'room', 'leave');
     checkId(player, 'player', 'leave');
@@ -177,32 +249,94 @@ export class Dispatcher {
   /**
    * Checks `frame` synchronously and queues it for validation. Never blocks, never throws
    * for any bytes. `sender`: the player id the connection proved (`WrongSender` otherwise).
+   * A player that has not joined the frame's room answers `NotMember` and spends nothing.
    */
   dispatch(frame: Uint8Array, sender?: number): Verdict {
     if (!(frame instanceof Uint8Array)) checkBytes(frame, 'frame', 'dispatch');
-    return this.#engine.dispatch(frame, sender === undefined ? -1 : checkSender(sender, 'dispatch')) as Verdict;
-  }
-
-  /** Dispatches back-to-back frames; a trailing partial frame is not consumed. */
-  dispatchStream(chunk: Uint8Array, sender?: number): StreamResult {
-    checkBytes(chunk, 'chunk', 'dispatchStream');
-    return this.#engine.dispatchStream(chunk, checkSender(sender, 'dispatchStream'));
+    const verdict = this.#engine.dispatch(frame, sender === undefined ? -1 : checkSender(sender, 'dispatch')) as Verdict;
+    if (verdict === Verdict.Backpressure) this.#pressured();
+    return verdict;
   }
 
   /**
-   * Like `dispatch`, but waits for capacity instead of answering `Backpressure`. Calls resolve
-   * in call order. A room that is never drained keeps its callers waiting.
+   * Dispatches back-to-back frames; a trailing partial frame is not consumed. On
+   * `backpressure`, keep `chunk.subarray(consumed)` and retry after `whenWritable()`.
+   */
+  dispatchStream(chunk: Uint8Array, sender?: number): StreamResult {
+    checkBytes(chunk, 'chunk', 'dispatchStream');
+    const result = this.#engine.dispatchStream(chunk, checkSender(sender, 'dispatchStream'));
+    if (result.backpressure) this.#pressured();
+    return result;
+  }
+
+  /**
+   * Like `dispatch`, but waits for capacity instead of answering `Backpressure`: the call is
+   * retried when the engine reports freed capacity (no timers), after a `drain()` and after
+   * a push batch is released. Calls resolve in call order. A room that is never drained
+   * keeps its callers waiting.
+   *
+   * At most `maxPendingAsync` calls wait at once; beyond that the promise resolves
+   * `Verdict.Backpressure` at once. That answer comes from the dispatcher before the engine
+   * sees the frame: it is not counted in `stats()`.
+   *
+   * The frame is read when the call is finally dispatched: do not reuse or modify its
+   * buffer until the promise settles.
    */
   dispatchAsync(frame: Uint8Array, sender?: number): Promise<Verdict> {
     checkBytes(frame, 'frame', 'dispatchAsync');
     const from = checkSender(sender, 'dispatchAsync');
-    if (this.#asyncQueue.length === 0) {
+    const queue = this.#asyncQueue;
+    if (queue.size === 0) {
       const verdict = this.#engine.dispatch(frame, from) as Verdict;
       if (verdict !== Verdict.Backpressure) return Promise.resolve(verdict);
+    } else if (queue.size >= this.#maxPendingAsync) {
+      this.#pressured();
+      return Promise.resolve(Verdict.Backpressure);
     }
     return new Promise<Verdict>((resolve) => {
-      this.#asyncQueue.push({ frame, sender: from, resolve });
-      this.#scheduleAsyncRetry(0);
+      queue.push({ frame, sender: from, resolve });
+      // The first waiter arms the engine's wake-up and tries again at once: capacity freed
+      // between the first attempt and the arming would otherwise go unnoticed.
+      if (queue.size === 1) this.#retryAsync();
+    });
+  }
+
+  /**
+   * A resume signal for producers that met `Backpressure` (a socket paused on
+   * `dispatchStream`'s `backpressure`): resolves once capacity may have been freed — after
+   * the engine's next capacity-freeing wake-up, a `drain()` or a push batch's release — or
+   * at once when one of those already happened since this dispatcher last answered
+   * `Backpressure`, or when the dispatcher is closed (a retry then answers `Closed`).
+   *
+   * Resolution can be spurious: capacity may be back for another room or shard only, or
+   * taken again by someone else. Retry, and on `Backpressure` wait again.
+   * Rejects with `ERR_MOVE_DISPATCHER_ABORTED` when `signal` aborts (or has aborted).
+   */
+  whenWritable(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `whenWritable: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
+    const signal = options.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw typeError(ErrorCode.InvalidArgument, `whenWritable: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });
+    }
+    if (signal?.aborted) return Promise.reject(aborted('whenWritable', signal));
+    if (this.#closed || this.#freedSincePressure) return Promise.resolve();
+    this.#arm();
+    return new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = (): void => {
+        const at = this.#writableWaiters.indexOf(waiter);
+        if (at >= 0) this.#writableWaiters.splice(at, 1);
+        reject(aborted('whenWritable', signal!));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#writableWaiters.push(waiter);
     });
   }
 
@@ -219,10 +353,13 @@ export class Dispatcher {
     if (raw.count === 0 && raw.rejections.length === 0) {
       return new MoveBatch(raw);
     }
-    this.#lastDrain.get(room)?.invalidate();
+    const previous = this.#lastDrain.get(room);
+    if (previous !== undefined) invalidate(previous);
     const batch = new MoveBatch(raw);
     this.#lastDrain.set(room, batch);
     if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
+    // The drain handed room budget back.
+    this.#kick();
     // After close() the engine no longer wakes us: deliver the recoveries this drain noticed.
     if (this.#closed && this.#closing === undefined) queueMicrotask(() => this.#poll());
     return batch;
@@ -369,13 +506,14 @@ export class Dispatcher {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     this.#engine.closeInput();
+    for (const w of this.#writableWaiters.splice(0)) w.resolve();
     // Push batches nobody has consumed yet would hold their rooms, and the flush below would
     // wait for them forever: keep copies for a later batches() loop and release the memory.
     for (let i = 0; i < this.#pending.length; i++) this.#pending[i] = this.#detach(this.#pending[i]!);
     this.#closing = (async () => {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
       // by the engine: they answer Closed.
-      for (const item of this.#asyncQueue.splice(0)) item.resolve(Verdict.Closed);
+      for (const item of this.#asyncQueue.takeAll()) item.resolve(Verdict.Closed);
       await this.#requestFlush();
       this.#engine.shutdown();
       this.#poll();
@@ -384,11 +522,6 @@ export class Dispatcher {
       for (const w of this.#batchWaiters.splice(0)) w.resolve();
     });
     return this.#closing;
-  }
-
-  /** @internal Test hook: stops (`true`) or resumes asynchronous validation. */
-  _pauseForTesting(paused: boolean): void {
-    this.#engine.pause(paused);
   }
 
   #status(status: Status, method: string, room: number, player?: number): void {
@@ -422,8 +555,16 @@ export class Dispatcher {
           });
         }
         throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onBatch / batches()`, { ...fields, field: 'room' });
-      case Status.Closed:
-        throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
+      case Status.Closed: {
+        if (this.#closed) throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
+        // Not closed: the room's shard has failed (its failure may not have been polled yet).
+        const shard = room % this.#config.shards;
+        const why = this.#failedShards.get(shard);
+        throw stateError(ErrorCode.Closed, `${method}: room ${room} is on shard ${shard}, which has failed${why === undefined ? '' : ` (${why})`}; its rooms are closed`, {
+          ...fields,
+          shard,
+        });
+      }
       default:
         throw stateError(ErrorCode.Closed, `${method}: unexpected engine status ${String(status)}`, fields);
     }
@@ -433,18 +574,46 @@ export class Dispatcher {
   #poll(): void {
     if (this.#polling) return;
     this.#polling = true;
+    // Any wake-up consumes an armed wantWritable (or comes for another reason: re-arming is
+    // harmless).
+    this.#armed = false;
     try {
       for (let deliveries = this.#engine.poll(); deliveries.length > 0; deliveries = this.#engine.poll()) {
         for (const d of deliveries) {
           if (d.type === 'batch') this.#deliver(d.batch);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
-          else this.#notify(d.event);
+          else if (d.type === 'overload') this.#notify(d.event);
+          else this.#shardFailed(d.shard, d.message);
         }
       }
     } finally {
       this.#polling = false;
     }
-    if (this.#asyncQueue.length > 0) this.#scheduleAsyncRetry(0);
+    this.#freedSincePressure = true;
+    this.#writable();
+  }
+
+  /** A shard's worker failed: remember it (control calls name it) and tell onError, once per shard. */
+  #shardFailed(shard: number, message: string): void {
+    if (this.#failedShards.has(shard)) return;
+    this.#failedShards.set(shard, message);
+    const error = stateError(
+      ErrorCode.ShardFailed,
+      `move-dispatcher: shard ${shard} failed: ${message}. Its rooms are closed: their frames answer Closed, control calls on them throw ${ErrorCode.Closed}; its moves not yet validated are rejected ShardFailed; other shards go on.`,
+      { shard },
+    );
+    try {
+      if (this.#onError !== undefined) {
+        const result: unknown = this.#onError(error);
+        if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') {
+          Promise.resolve(result).then(undefined, () => undefined);
+        }
+      } else {
+        process.emitWarning(error.message, { code: ErrorCode.ShardFailed });
+      }
+    } catch {
+      // The error reporter itself threw: nothing sensible is left to do with it.
+    }
   }
 
   #notify(event: OverloadEvent): void {
@@ -494,7 +663,10 @@ export class Dispatcher {
 
   #deliver(raw: RawBatch): void {
     const room = raw.room;
-    const batch = new MoveBatch(raw, () => this.#engine.release(room));
+    const batch = new MoveBatch(raw, () => {
+      this.#engine.release(room);
+      this.#kick();
+    });
     const onBatch = this.#onBatch;
     if (onBatch !== undefined) {
       this.#guard(() => onBatch(batch), 'onBatch');
@@ -512,23 +684,50 @@ export class Dispatcher {
     return copy;
   }
 
-  #scheduleAsyncRetry(delayMs: number): void {
-    if (this.#asyncTimer !== undefined) return;
-    this.#asyncTimer = setTimeout(() => {
-      this.#asyncTimer = undefined;
-      this.#retryAsync();
-    }, delayMs);
+  /** Asks the engine for a wake-up once it frees capacity (once per wake-up). */
+  #arm(): void {
+    if (this.#armed) return;
+    this.#armed = true;
+    this.#engine.wantWritable();
   }
 
+  /** This dispatcher answered `Backpressure`: `whenWritable()` now waits for the next freeing event. */
+  #pressured(): void {
+    this.#freedSincePressure = false;
+    this.#arm();
+  }
+
+  /**
+   * Something on the JavaScript side may have freed capacity (a drain, a push release):
+   * retry the waiting `dispatchAsync` calls and wake `whenWritable()` callers, from a
+   * microtask (never inside the caller's call).
+   */
+  #kick(): void {
+    this.#freedSincePressure = true;
+    if (this.#kickQueued || (this.#asyncQueue.size === 0 && this.#writableWaiters.length === 0)) return;
+    this.#kickQueued = true;
+    queueMicrotask(() => {
+      this.#kickQueued = false;
+      this.#writable();
+    });
+  }
+
+  /** Capacity may have been freed: retry the waiting `dispatchAsync` calls, then wake `whenWritable()` callers. */
+  #writable(): void {
+    this.#retryAsync();
+    if (this.#writableWaiters.length > 0) for (const w of this.#writableWaiters.splice(0)) w.resolve();
+  }
+
+  /** Dispatches the waiting `dispatchAsync` calls in order until one meets `Backpressure`. */
   #retryAsync(): void {
-    while (this.#asyncQueue.length > 0) {
-      const head = this.#asyncQueue[0]!;
+    const queue = this.#asyncQueue;
+    if (queue.size === 0) return;
+    // Armed before the attempt: capacity freed after it fails is always noticed.
+    this.#arm();
+    for (let head = queue.peek(); head !== undefined; head = queue.peek()) {
       const verdict = this.#engine.dispatch(head.frame, head.sender) as Verdict;
-      if (verdict === Verdict.Backpressure) {
-        this.#scheduleAsyncRetry(1);
-        return;
-      }
-      this.#asyncQueue.shift();
+      if (verdict === Verdict.Backpressure) return;
+      queue.shift();
       head.resolve(verdict);
     }
   }

@@ -1,5 +1,5 @@
 /**
- * Wire format v1 encoder (shared/DESIGN.md section 3) and a minimal header reader.
+ * Wire format v1 encoder (README "Wire format v1") and a minimal header reader.
  *
  * Browser-safe: imports nothing from Node.js, so a game client can build frames with the
  * same code the server's tests use. Every frame is `56 + payload.length` bytes,

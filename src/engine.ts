@@ -52,6 +52,7 @@ export interface EngineConfig {
   maxBatchMoves: number;
   /** false, or the list of CPU ids, one per worker thread, round-robin. */
   pinCores: number[] | null;
+  /** Reserved: the native runtime's blocking pool, unused so far (see docs/architecture.md "Runtime threads"). */
   maxBlockingThreads: number;
   threadName: string;
   /** Overload marks (0 = off). */
@@ -81,11 +82,13 @@ export interface RawBatch {
   rejections: RawRejection[];
 }
 
-/** What the engine hands to JavaScript asynchronously (push batches, flush completions). */
+/** What the engine hands to JavaScript asynchronously (push batches, flush completions, events, shard failures). */
 export type Delivery =
   | { type: 'batch'; batch: RawBatch }
   | { type: 'flushed'; token: number }
-  | { type: 'overload'; event: OverloadEvent };
+  | { type: 'overload'; event: OverloadEvent }
+  /** The shard's worker failed (once per shard); `message` is the panic / exception message. */
+  | { type: 'failed'; shard: number; message: string };
 
 export type { StreamResult } from './types';
 
@@ -135,6 +138,13 @@ export interface Engine {
   hasRoom(room: number): boolean;
   /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */
   requestFlush(token: number): void;
+  /**
+   * Arms a one-shot notification: the engine calls `wake()` after it next frees capacity
+   * (takes moves off a shard queue and frees their arena records, or delivers / forgets
+   * room budget). Arming again before that is the same as arming once. Never calls `wake()`
+   * from inside this call.
+   */
+  wantWritable(): void;
   /** Deliveries ready for JavaScript, in order. */
   poll(): Delivery[];
   counters(): EngineCounters;
@@ -152,8 +162,10 @@ export interface Engine {
   closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */
   shutdown(): void;
-  /** Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
+  /** @internal Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
   pause(paused: boolean): void;
+  /** @internal Test hook: the shard's worker fails (panics / throws) at its next turn. */
+  failShard(shard: number): void;
 }
 
 /** Called by an engine (possibly many times) when `poll()` has something new. */

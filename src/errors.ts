@@ -25,6 +25,11 @@ export const ErrorCode = {
   NativeUnavailable: 'ERR_MOVE_DISPATCHER_NATIVE_UNAVAILABLE',
   /** The operation was aborted through its `AbortSignal`. */
   Aborted: 'ERR_MOVE_DISPATCHER_ABORTED',
+  /**
+   * A shard's worker failed (a panic in the native engine, an exception in the js engine):
+   * reported once per shard to `onError`, with the `shard`. Its rooms are closed from then on.
+   */
+  ShardFailed: 'ERR_MOVE_DISPATCHER_SHARD_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -34,6 +39,8 @@ export interface ErrorFields {
   field?: string;
   room?: number;
   player?: number;
+  /** The shard concerned (a failed shard). */
+  shard?: number;
 }
 
 function decorate<E extends Error>(err: E, code: ErrorCode, fields: ErrorFields): E & { code: ErrorCode } & ErrorFields {

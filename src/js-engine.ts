@@ -21,9 +21,16 @@
  * # Shutdown
  * `shutdown()` stops processing and makes `dispatch` answer `Closed`; pull rooms can
  * still be drained.
+ *
+ * # Shard failure
+ * Each shard's turn in a round runs in try/catch. A shard whose turn throws is failed: a
+ * `failed` delivery goes out, its rooms answer `Closed` (dispatch) and `Status.Closed`
+ * (control calls), and its later turns run in failed mode — moves not yet validated are
+ * rejected `ShardFailed`, control ops and flush markers still pass in order, validated
+ * moves are still delivered — so `flush()` and `close()` work and nothing is lost.
  */
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
+import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REASON_NAMES, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
 import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { CoarseHistogram, LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
@@ -139,7 +146,10 @@ class Room {
   open = true;
   /** Bytes of accepted frames not yet handed to JavaScript (in flight, validated or rejected). */
   reserved = 0;
-  /** Dispatch-side membership (for `leave`'s `UnknownPlayer`), with each member's rate-limit bucket. */
+  /**
+   * Dispatch-side membership: the sync `NotMember` check and `leave`'s `UnknownPlayer`
+   * status, with each member's rate-limit bucket.
+   */
   readonly members = new Map<number, Bucket>();
   /** Per-player rate limit, or null. */
   rate: RateLimit | null = null;
@@ -229,6 +239,10 @@ class Shard {
   readonly pushPending: Room[] = [];
   /** Listed in the engine's ready list. */
   ready = false;
+  /** The worker failed: its moves are rejected `ShardFailed`, its rooms refuse everything. */
+  failed = false;
+  /** Test hook: throw at the start of the next turn. */
+  failNext = false;
 
   /** Allocates the ring and a queue as long as the most moves the ring and `channelCapacity` allow. */
   allocate(config: EngineConfig): void {
@@ -259,15 +273,23 @@ export class JsEngine implements Engine {
   /** Rooms reported overloaded and not yet recovered. */
   #overloadedRooms: Room[] = [];
   #eventWakeQueued = false;
+  /** `wantWritable()` was called and no capacity was freed since. */
+  #wantWritable = false;
+  /** A round is running (its end calls `wake()` once). */
+  #inRound = false;
+  /** Capacity was freed during this round while `wantWritable` was armed. */
+  #writableWake = false;
   #immediate: ReturnType<typeof setImmediate> | null = null;
   #paused = false;
   #shut = false;
   /** `closeInput()` or `shutdown()` ran: new frames answer Closed, control calls Status.Closed. */
   #refusing = false;
+  /** Some shard has failed (its rooms answer Closed). */
+  #anyFailed = false;
   readonly #verdicts = new Array<number>(VERDICT_NAMES.length).fill(0);
   /** `Backpressure` by cause: queue, arena, room budget. */
   readonly #pressure = [0, 0, 0];
-  readonly #reasons = [0, 0, 0];
+  readonly #reasons = new Array<number>(REASON_NAMES.length).fill(0);
   #delivered = 0;
   #batches = 0;
 
@@ -312,7 +334,7 @@ export class JsEngine implements Engine {
   }
 
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
-    if (this.#refusing) return Status.Closed;
+    if (this.#refusing || this.#shardFailed(room)) return Status.Closed;
     const flag = auth === AUTH_HMAC ? FLAG_HMAC : 0;
     const existing = this.#rooms.get(room);
     if (existing === undefined) {
@@ -401,6 +423,19 @@ export class JsEngine implements Engine {
       shard.controls.push({ at: shard.enqueued, op: OP_FLUSH, request });
       this.#schedule(shard);
     }
+  }
+
+  wantWritable(): void {
+    this.#wantWritable = true;
+  }
+
+  /** Capacity was freed (queue slots and ring bytes, or room budget): the armed wake-up fires. */
+  #freed(): void {
+    if (!this.#wantWritable) return;
+    this.#wantWritable = false;
+    if (this.#inRound) this.#writableWake = true;
+    // Outside a round (drain): never wake JavaScript from inside a call.
+    else queueMicrotask(this.#wake);
   }
 
   poll(): Delivery[] {
@@ -543,6 +578,7 @@ export class JsEngine implements Engine {
     for (const room of this.#rooms.values()) room.players.clear();
   }
 
+  /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {
     this.#paused = paused;
     if (!paused && this.#ready.length > 0) this.#scheduleRound();
@@ -558,16 +594,23 @@ export class JsEngine implements Engine {
     if (len > this.#config.maxPayload) return Verdict.Oversize;
     if (length !== FRAME_OVERHEAD + len) return Verdict.Malformed;
     if ((buf[at + 12]! | buf[at + 13]! | buf[at + 14]! | buf[at + 15]!) === 0) return Verdict.Malformed;
-    const room = this.#rooms.get(readU32LE(buf, at + 4));
+    const roomId = readU32LE(buf, at + 4);
+    // Any room of a failed shard, open or not, is closed.
+    if (this.#shardFailed(roomId)) return Verdict.Closed;
+    const room = this.#rooms.get(roomId);
     if (room === undefined || !room.open) return Verdict.UnknownRoom;
     if ((buf[at + 3]! & FLAG_HMAC) !== room.auth) return Verdict.AuthMismatch;
-    if (sender >= 0 && sender !== readU32LE(buf, at + 8)) return Verdict.WrongSender;
-    // Rate limit: keyed by the proven sender (else the frame's player); non-members are not
-    // limited here (validation rejects them).
-    const bucket = room.rate === null ? undefined : room.members.get(sender >= 0 ? sender : readU32LE(buf, at + 8));
-    if (bucket !== undefined && !refill(bucket, room.rate!)) return Verdict.RateLimited;
+    const player = readU32LE(buf, at + 8);
+    if (sender >= 0 && sender !== player) return Verdict.WrongSender;
+    // Membership (the player is the sender here, when one is given): a non-member spends
+    // nothing, no token, no budget, no queue slot.
+    const bucket = room.members.get(player);
+    if (bucket === undefined) return Verdict.NotMember;
+    // Rate limit: the member's own bucket.
+    const rate = room.rate;
+    if (rate !== null && !refill(bucket, rate)) return Verdict.RateLimited;
     const verdict = this.#enqueue(room, buf, at, length);
-    if (bucket !== undefined && verdict === Verdict.Accepted) bucket.tokens -= 1;
+    if (rate !== null && verdict === Verdict.Accepted) bucket.tokens -= 1;
     return verdict;
   }
 
@@ -604,9 +647,14 @@ export class JsEngine implements Engine {
     return Verdict.Accepted;
   }
 
+  /** Whether `room`'s shard has failed. */
+  #shardFailed(room: number): boolean {
+    return this.#anyFailed && this.#shards[room % this.#config.shards]!.failed;
+  }
+
   /** The room if it is open, or the status a control call answers. */
   #openRoom(room: number): Room | Status {
-    if (this.#refusing) return Status.Closed;
+    if (this.#refusing || this.#shardFailed(room)) return Status.Closed;
     const r = this.#rooms.get(room);
     return r === undefined || !r.open ? Status.UnknownRoom : r;
   }
@@ -645,17 +693,62 @@ export class JsEngine implements Engine {
     const before = this.#outbox.length;
     const shards = this.#ready;
     this.#ready = this.#spare;
-    for (const shard of shards) {
-      shard.ready = false;
-      this.#process(shard);
+    this.#inRound = true;
+    try {
+      for (const shard of shards) {
+        shard.ready = false;
+        try {
+          this.#process(shard);
+        } catch (error) {
+          this.#fail(shard, error);
+        }
+      }
+    } finally {
+      this.#inRound = false;
     }
     shards.length = 0;
     this.#spare = shards;
-    if (this.#outbox.length > before) this.#wake();
+    const writable = this.#writableWake;
+    this.#writableWake = false;
+    if (this.#outbox.length > before || writable) this.#wake();
   };
+
+  /**
+   * The shard's worker failed with `error`: report it, then run the rest of its queue in
+   * failed mode (moves rejected `ShardFailed`, controls and flush markers in order).
+   */
+  #fail(shard: Shard, error: unknown): void {
+    if (shard.failed) return; // failed mode itself threw: nothing sensible is left to do
+    shard.failed = true;
+    this.#anyFailed = true;
+    let message: string;
+    try {
+      message = error instanceof Error ? error.message : String(error);
+    } catch {
+      message = 'an exception that cannot be converted to a string';
+    }
+    this.#outbox.push({ type: 'failed', shard: this.#shards.indexOf(shard), message });
+    try {
+      this.#process(shard);
+    } catch {
+      // Failed mode validates nothing; if even it throws, the shard stays as it is.
+    }
+  }
+
+  /** @internal Test hook: the shard's next turn throws, as a bug in the worker would. */
+  failShard(shard: number): void {
+    const s = this.#shards[shard];
+    if (s === undefined || s.failed || this.#shut) return;
+    s.failNext = true;
+    this.#schedule(s);
+  }
 
   /** Takes the shard's moves and controls in call order until dry (or blocked at a flush marker), then delivers. */
   #process(shard: Shard): void {
+    if (shard.failNext) {
+      shard.failNext = false;
+      throw new Error('injected failure (test hook)');
+    }
     for (;;) {
       const control = shard.controls[shard.controlHead];
       if (control !== undefined && control.at === shard.processed) {
@@ -701,34 +794,46 @@ export class JsEngine implements Engine {
     return true;
   }
 
-  /** Validates the move at the head of the shard's queue and frees its ring record. */
+  /**
+   * Validates the move at the head of the shard's queue (in failed mode: rejects it
+   * `ShardFailed`) and frees its ring record. The move leaves the queue only once it is
+   * appended or rejected: if validation throws, it is still there for failed mode.
+   */
   #processMove(shard: Shard): void {
     const slot = shard.head;
     const start = shard.starts[slot]!;
     const room = shard.rooms[slot]!;
-    shard.rooms[slot] = undefined;
-    shard.head = slot + 1 === shard.starts.length ? 0 : slot + 1;
-    shard.processed++;
     const ring = shard.ring;
     const len = payloadLength(ring, start);
     const player = readU32LE(ring, start + 8);
     const seq = readU32LE(ring, start + 12);
-    const reason = this.#validate(room, ring, start, len, player, seq);
     const stamp = shard.stamps[slot]!;
-    const waitNs = (performance.now() - stamp) * 1e6;
-    shard.validatedNs.record(waitNs);
-    shard.waits.record(waitNs);
-    if (reason === VALID) {
-      this.#append(room, ring, start, FRAME_OVERHEAD + len);
-      room.stamps.push(stamp);
+    if (shard.failed) {
+      this.#reject(room, player, seq, Reason.ShardFailed, FRAME_OVERHEAD + len);
+    } else {
+      const reason = this.#validate(room, ring, start, len, player, seq);
+      const waitNs = (performance.now() - stamp) * 1e6;
+      shard.validatedNs.record(waitNs);
+      shard.waits.record(waitNs);
+      if (reason === VALID) {
+        this.#append(room, ring, start, FRAME_OVERHEAD + len);
+        room.stamps.push(stamp);
+      } else {
+        this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
+      }
     }
-    else this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
+    shard.rooms[slot] = undefined;
+    shard.head = slot + 1 === shard.starts.length ? 0 : slot + 1;
+    shard.processed++;
     shard.used -= shard.costs[slot]!;
+    this.#freed();
   }
 
   /** Validation steps 1–3: a `Reason`, or `VALID`. */
   #validate(room: Room, ring: Uint8Array, start: number, len: number, playerId: number, seq: number): number {
     const player = room.players.get(playerId);
+    // Cannot happen since membership is checked at dispatch (`NotMember`) and join / leave /
+    // closeRoom reach the worker in order with the moves; kept as a safety net.
     if (player === undefined) return Reason.UnknownPlayer;
     const bodyEnd = start + HEADER_BYTES + len;
     const body = ring.subarray(start, bodyEnd);
@@ -810,6 +915,7 @@ export class JsEngine implements Engine {
     }
     // Like the native engine: a batch counts when it hands out moves or rejections.
     if (count > 0 || room.rejections.length > 0) this.#batches++;
+    if (length + room.rejectedBytes > 0) this.#freed();
     room.reserved -= length + room.rejectedBytes;
     room.rejections = [];
     room.rejectedBytes = 0;

@@ -36,6 +36,8 @@ interface NativeDispatcherInstance {
   release(room: number): void;
   hasRoom(room: number): boolean;
   requestFlush(token: number): void;
+  /** One-shot: call `wake` after capacity is next freed. Absent in addons built before it existed. */
+  wantWritable?(): void;
   counters(): EngineCounters;
   shardStats(): EngineShardStats[];
   roomStats(top: number): { room: number; bytes: number }[];
@@ -44,7 +46,10 @@ interface NativeDispatcherInstance {
   promHistograms(): PromHistograms | null;
   closeInput(): void;
   shutdown(): void;
+  /** @internal Test hook. */
   pause(paused: boolean): void;
+  /** @internal Test hook: the shard's worker panics at its next turn. Absent in older addons. */
+  failShardForTesting?(shard: number): void;
 }
 
 interface Binding {
@@ -58,6 +63,8 @@ interface Binding {
   /** Releases `released[0..nReleased)`, then writes deliveries into `out` as records (binding.rs). */
   pollPacked(id: number, released: Uint32Array, nReleased: number, out: Uint32Array): number;
   takeEvents(id: number): OverloadEventNative[];
+  /** The failures announced by `REC_FAILED` records, in order (like `takeEvents`). */
+  takeFailures(id: number): { shard: number; message: string }[];
 }
 
 
@@ -66,6 +73,8 @@ const REC_BATCH = 0;
 const REC_FLUSHED = 1;
 const REC_OVERLOAD = 2;
 const REC_GROW = 3;
+/** `[4, shard]`: the shard's worker failed; the message comes from `takeFailures`. */
+const REC_FAILED = 4;
 const BATCH_WORDS = 7;
 const REJECTION_WORDS = 4;
 
@@ -291,6 +300,12 @@ class NativeEngine implements Engine {
     this.#n.requestFlush(token);
   }
 
+  wantWritable(): void {
+    // An addon older than this JavaScript has no capacity wake-up: waiters then move on
+    // with the next delivery, drain or release only.
+    this.#n.wantWritable?.();
+  }
+
   poll(): Delivery[] {
     const n = this.#nReleased;
     this.#nReleased = 0;
@@ -303,6 +318,8 @@ class NativeEngine implements Engine {
     const w = this.#out;
     let events: OverloadEventNative[] | undefined;
     let nextEvent = 0;
+    let failures: { shard: number; message: string }[] | undefined;
+    let nextFailure = 0;
     for (let i = 0; i < words; ) {
       const kind = w[i]!;
       if (kind === REC_BATCH) {
@@ -323,6 +340,12 @@ class NativeEngine implements Engine {
         const e = events[nextEvent++]!;
         out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
         i += 1;
+      } else if (kind === REC_FAILED) {
+        failures ??= this.#b.takeFailures(this.#id);
+        const shard = w[i + 1]!;
+        const f = failures[nextFailure++];
+        out.push({ type: 'failed', shard, message: f?.message ?? 'no message' });
+        i += 2;
       } else {
         throw new Error(`move-dispatcher: unknown delivery record ${kind} (addon and JavaScript from different builds?)`);
       }
@@ -374,9 +397,18 @@ class NativeEngine implements Engine {
     this.#sync();
     this.#n.shutdown();
   }
+  /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {
     this.#sync();
     this.#n.pause(paused);
+  }
+  /** @internal Test hook (see `Engine.failShard`). */
+  failShard(shard: number): void {
+    this.#sync();
+    if (typeof this.#n.failShardForTesting !== 'function') {
+      throw new Error('move-dispatcher: this build of the addon has no shard-failure test hook (failShardForTesting); rebuild it');
+    }
+    this.#n.failShardForTesting(shard);
   }
 
   /**

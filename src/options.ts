@@ -50,7 +50,7 @@ export function cores(): number {
 }
 
 /** Validates the constructor options and fills in defaults. */
-export function resolveOptions(input: unknown): { engine: 'native' | 'js'; config: EngineConfig } {
+export function resolveOptions(input: unknown): { engine: 'native' | 'js'; config: EngineConfig; maxPendingAsync: number } {
   if (input === undefined) input = {};
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw typeError(ErrorCode.InvalidOption, `options must be an object, got ${describe(input)}`, { field: 'options' });
@@ -70,6 +70,8 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   const shards = integer(options, 'shards', 1, 256, Math.max(1, Math.min(n - 1, 64)));
   const workerThreads = integer(options, 'workerThreads', 1, 64, Math.max(1, Math.min(shards, n)));
   const channelCapacity = integer(options, 'channelCapacity', 1, 1 << 24, DEFAULTS.channelCapacity);
+  // dispatchAsync calls that may wait for capacity at once (default: one per queue slot).
+  const maxPendingAsync = integer(options, 'maxPendingAsync', 1, 1 << 24, channelCapacity);
   const maxPayload = integer(options, 'maxPayload', 0, MAX_WIRE_PAYLOAD, DEFAULTS.maxPayload);
   const maxFrame = FRAME_OVERHEAD + maxPayload;
   // Two of the largest records (align8(header + frame)) plus slack, as the Rust core checks.
@@ -105,6 +107,7 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   }
   return {
     engine,
+    maxPendingAsync,
     config: {
       workerThreads,
       shards,

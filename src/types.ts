@@ -1,6 +1,6 @@
 /**
- * Public types of move-dispatcher. Everything here is part of the contract
- * (shared/DESIGN.md section 4).
+ * Public types of move-dispatcher. Everything here is part of the contract; the exact
+ * semantics are in docs/architecture.md.
  */
 import type { Reason, Verdict } from './constants';
 
@@ -18,6 +18,12 @@ export interface DispatcherOptions {
   shards?: number;
   /** Moves in flight per shard before `Backpressure`. Default 65,536. Range 1..=2^24. */
   channelCapacity?: number;
+  /**
+   * How many `dispatchAsync` calls may wait for capacity at once; beyond it `dispatchAsync`
+   * resolves `Verdict.Backpressure` at once, so the dispatcher never holds more than this
+   * many callers' frames. Default: `channelCapacity` (as resolved). Range 1..=2^24.
+   */
+  maxPendingAsync?: number;
   /** Bytes of each shard's ingress arena. Default 8 MiB. Range 64 KiB..=1 GiB, and at least 2 × (88 + maxPayload). */
   arenaBytes?: number;
   /** Bytes a room may hold undelivered before `Backpressure` (two halves of this size are allocated per room, touched lazily). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
@@ -28,7 +34,11 @@ export interface DispatcherOptions {
   maxBatchMoves?: number;
   /** Pin worker threads to cores: `true` = one core per worker in order, or an explicit list. Default false. */
   pinCores?: boolean | number[];
-  /** Tokio blocking-thread cap (native). Default 4. Range 1..=512. */
+  /**
+   * Reserved: sizes the native runtime's blocking-thread pool, which nothing uses yet (the
+   * journal and native ingress will). Validated and reported in `stats().runtime`; changing
+   * it has no effect today. Default 4. Range 1..=512.
+   */
   maxBlockingThreads?: number;
   /** Name prefix of the native threads (≤ 15 bytes shown by the OS). Default `'move-disp'`. */
   threadName?: string;
@@ -39,7 +49,11 @@ export interface DispatcherOptions {
    * `process.emitWarning`) and does not stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
-  /** Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`. Default: `process.emitWarning`. */
+  /**
+   * Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`, and with an
+   * `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose worker
+   * failed. Default: `process.emitWarning`.
+   */
   onError?: (error: unknown) => void;
   /**
    * Overload marks: a shard whose queue reaches `queueDepth` moves, or a room holding
@@ -79,7 +93,9 @@ export interface RoomOptions {
   /**
    * Per-player token bucket, keyed by the `sender` given to dispatch (the frame's player when
    * none is given): `perSecond` moves a second on average, bursts of up to `burst`. A frame
-   * without a token answers `Verdict.RateLimited` and spends nothing. Off by default.
+   * without a token answers `Verdict.RateLimited` and spends nothing. Each member's bucket
+   * starts full at `join`; a non-member answers `Verdict.NotMember` first and has no bucket
+   * to spend. Off by default.
    */
   rateLimit?: RateLimit;
 }
@@ -124,13 +140,13 @@ export interface MoveView {
  * Valid until `release()` or the room's next `drain()`; `copy()` keeps the data longer.
  */
 export interface MoveBatch extends Iterable<MoveView> {
-  readonly room: number | undefined;
+  readonly room: number;
   readonly count: number;
   readonly buffer: ArrayBuffer;
   readonly offset: number;
   readonly length: number;
   readonly rejections: readonly Rejection[];
-  /** True once released or invalidated; reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
+  /** True once released (or, for a pull batch, once the room was drained again); reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
   readonly released: boolean;
   release(): void;
   /** A batch with the same moves in memory of its own, valid forever. */

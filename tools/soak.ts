@@ -1,6 +1,6 @@
 /**
  * `npm run soak -- --minutes 10`: drives the native engine with hostile traffic and checks
- * the guarantees of DESIGN §5 move by move.
+ * the guarantees (README "Guarantees", docs/architecture.md) move by move.
  *
  * A worker thread plays the clients and the control plane: it owns the world (rooms, their
  * auth and delivery mode, players and their keys, per-player sequence numbers) and builds

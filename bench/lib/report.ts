@@ -257,7 +257,7 @@ export function renderMarkdown(res: Results, svgName: string): string {
   }
   const t = targets(res);
   if (t.length > 0) {
-    L.push('## DESIGN §6 targets, as measured in this run');
+    L.push('## Performance targets, as measured in this run');
     L.push('');
     L.push('| target | measured | |');
     L.push('|---|---|---|');

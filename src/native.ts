@@ -58,7 +58,6 @@ interface Binding {
   dispatch(id: number, frame: Uint8Array): number;
   dispatchFrom(id: number, frame: Uint8Array, sender: number): number;
   dispatchStream(id: number, chunk: Uint8Array, sender: number): StreamResult;
-  emptyCall(buf: Uint8Array): number;
   allocatorStats(): AllocatorStats;
   /** Releases `released[0..nReleased)`, then writes deliveries into `out` as records (binding.rs). */
   pollPacked(id: number, released: Uint32Array, nReleased: number, out: Uint32Array): number;

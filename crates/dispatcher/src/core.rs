@@ -198,6 +198,8 @@ pub struct Core {
     pub(crate) overloaded_rooms: Vec<(u32, Option<u64>)>,
     /// The shard and cause of the last `Backpressure` (what [`Core::want_writable`] waits on).
     pressure: Option<(usize, Pressure)>,
+    /// Some shard has failed (see [`Core::poll`]).
+    any_failed: bool,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread; empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
@@ -306,6 +308,7 @@ impl Core {
             arena_alloc: Histo::new(Scale::LATENCY_NS),
             overloaded_rooms: Vec::new(),
             pressure: None,
+            any_failed: false,
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
         })
@@ -350,7 +353,14 @@ impl Core {
         };
         let rest = bytes.get(frame::HEADER_BYTES..).unwrap_or_default();
         let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
-            return Verdict::UnknownRoom;
+            // A failed shard answers `Closed` for any room it would own, open or not (no
+            // division on the hot path: only unknown rooms pay for it).
+            let failed = self.any_failed && self.shards[h.room as usize % self.shards.len()].failed;
+            return if failed {
+                Verdict::Closed
+            } else {
+                Verdict::UnknownRoom
+            };
         };
         let shard = &mut self.shards[room.shard];
         if shard.failed {
@@ -563,15 +573,13 @@ impl Core {
         if self.closed {
             return Err(Status::Closed);
         }
-        let r = self
-            .rooms
-            .get_mut(&room)
-            .filter(|r| r.open)
-            .ok_or(Status::UnknownRoom)?;
-        if self.shards[r.shard].failed {
+        if self.shards[room as usize % self.shards.len()].failed {
             return Err(Status::Closed);
         }
-        Ok(r)
+        self.rooms
+            .get_mut(&room)
+            .filter(|r| r.open)
+            .ok_or(Status::UnknownRoom)
     }
 
     /// Registers `player` (again: replaces the key, keeps the window).
@@ -779,6 +787,7 @@ impl Core {
                 Delivery::Failed { shard, .. } => {
                     if let Some(s) = self.shards.get_mut(*shard as usize) {
                         s.failed = true;
+                        self.any_failed = true;
                     }
                 }
                 Delivery::Flushed { .. } | Delivery::Overload(_) => {}

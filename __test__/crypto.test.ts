@@ -1,6 +1,6 @@
 /**
  * The browser-safe SHA-256 / HMAC-SHA256 and the frame encoder, checked against node:crypto
- * and the wire vectors (crates/dispatcher/tests/wire-v1.json, a copy of shared/vectors/wire-v1.json).
+ * and the wire vectors (crates/dispatcher/tests/wire-v1.json: the byte-exact examples of the wire format that the Rust tests read too).
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';

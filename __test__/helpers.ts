@@ -482,10 +482,10 @@ export function verdictName(v: number): string {
   return Object.entries(Verdict).find(([, value]) => value === v)?.[0] ?? `?${v}`;
 }
 
-/** One entry of the wire vectors (shared/vectors/wire-v1.json): fields as `parse` gives them, hex strings. */
+/** One entry of the wire vectors (crates/dispatcher/tests/wire-v1.json): fields as `parse` gives them, hex strings. */
 export type WireVector = Omit<ParsedFrame, 'frameLength'> & { note: string; key?: string; frame: string };
 
-/** The wire vectors: the repository's copy of shared/vectors/wire-v1.json, also read by the Rust tests. */
+/** The wire vectors (crates/dispatcher/tests/wire-v1.json), also read by the Rust tests. */
 export function loadWireVectors(): WireVector[] {
   const path = join(__dirname, '..', 'crates', 'dispatcher', 'tests', 'wire-v1.json');
   const vectors = (JSON.parse(readFileSync(path, 'utf8')) as { vectors: WireVector[] }).vectors;

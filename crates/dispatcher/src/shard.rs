@@ -342,11 +342,6 @@ impl Worker {
         &self.shared
     }
 
-    /// Whether a step panicked (the shard is failed; see the module docs).
-    pub fn has_failed(&self) -> bool {
-        self.failed
-    }
-
     /// One step of the worker loop (module docs), with panics caught: a panic marks the
     /// shard failed and the worker goes on rejecting; a second one stops it for good.
     pub fn step(&mut self) -> Step {
@@ -433,7 +428,7 @@ impl Worker {
     }
 
     /// Whether a move or a control operation is waiting.
-    pub fn has_work(&mut self) -> bool {
+    fn has_work(&mut self) -> bool {
         self.shared.next_control.load(Ordering::Acquire) != u64::MAX || !self.consumer.is_empty()
     }
 

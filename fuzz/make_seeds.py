@@ -164,6 +164,28 @@ def dispatch_seeds():
     ops += [CLOSE_INPUT, 0xC1] + mv(R0, 0) + [OPEN, R2, 0, FLUSH, 0, DRAIN, R0]
     write("dispatch", "close-input", ops)
 
+    # Shard failure (two shards): moves before the Fail validated, after it ShardFailed;
+    # controls still work; once reported the shard's rooms answer Closed, the other shard
+    # goes on; a second Fail stops the worker (flushes still answered); shard 2 is none.
+    FAIL0, FAIL1, FAIL2 = 0xF4, 0xF5, 0xF6
+    ops = [15, OPEN, R0, 0, OPEN, R1, 0, OPEN, R2, 2]
+    ops += [JOIN, R0, 0, NONE_KEY, JOIN, R1, 0, NONE_KEY, JOIN, R2, 0, NONE_KEY]
+    for _ in range(3):
+        ops += mv(R0, 0) + mv(R2, 0) + mv(R1, 0)
+    ops += [CLOSE_INPUT, FAIL0] + mv(R0, 0) + mv(R2, 0) + mv(R1, 0) + mv(R0, 0, seq=3)
+    ops += [JOIN, R0, 1, NONE_KEY] + mv(R0, 1) + mv(R0, 2) + [CLOSE_INPUT, FAIL0, FLUSH, 0]
+    ops += mv(R0, 0) + mv(R1, 0) + [JOIN, R0, 2, NONE_KEY, OPEN, R0, 0, CLOSE, R0, LEAVE, R0, 0]
+    ops += [STREAM, 2, R0, 0, 0, 0, 5, 7, R1, 0, 0, 0, 5, 7, 0, 0]
+    ops += [DRAIN, R0, DRAIN, R1, CLOSE_INPUT, FAIL2, CLOSE_INPUT, FAIL0, FLUSH, 0, FLUSH, 0]
+    ops += [CLOSE_INPUT, FAIL0] + mv(R1, 0) + [FLUSH, 0, DRAIN, R0, DRAIN, R1]
+    write("dispatch", "shard-failure", ops)
+    # One shard, failing with push batches held; rooms of the failed shard, open or not.
+    ops = [14, OPEN, R2, 2, JOIN, R2, 0, NONE_KEY] + mv(R2, 0) + mv(R2, 0) + [FLUSH, 4]
+    ops += mv(R2, 0) + [CLOSE_INPUT, FAIL0] + mv(R2, 0) + [FLUSH, 4, RELEASE, R2]
+    # Every room of the failed shard answers Closed, open or not (room 99, room 1).
+    ops += mv(5, 0) + [JOIN, 5, 0, NONE_KEY, CLOSE, R1, LEAVE, R1, 0, FLUSH, 0]
+    write("dispatch", "shard-failure-push", ops)
+
 
 if __name__ == "__main__":
     frame_seeds()

@@ -16,18 +16,45 @@
 //! Operations: openRoom (SHA-256 / HMAC, pull / push, rate limit), closeRoom, join (good,
 //! missing and bad-length keys), leave, dispatch of frames (valid, corrupted, forged with
 //! another key, wrong tag kind, replayed, old, seq 0, oversize, truncated, padded, bad
-//! magic or version, spoofed sender), dispatchStream of several frames with a partial or
-//! malformed tail, drain, flush (optionally holding the last push batch of a room),
-//! release, poll, closing input.
+//! magic or version, spoofed sender, from a non-member), dispatchStream of several frames
+//! with a partial or malformed tail, drain, flush (optionally holding the last push batch
+//! of a room), release, poll, closing input, and `failShardForTesting` (a shard's worker
+//! panics when it reaches that point of its queue).
+//!
+//! The model's check order of `dispatch` (docs/architecture.md): input closed (`Closed`),
+//! header (`Malformed` / `Oversize`), the room's shard reported failed (`Closed`, whether
+//! the room is open or not), room open (`UnknownRoom`), tag kind (`AuthMismatch`), sender
+//! (`WrongSender`), membership (`NotMember`: the frame's player, which is the sender when
+//! one is given, has joined and not left, and the room was not closed since), rate limit
+//! (`RateLimited`), then capacity (queue, arena, room budget: `Backpressure`). Every
+//! refusal spends nothing: no budget, queue slot, arena byte or token. Membership being
+//! exact at dispatch, the model's worker never meets a non-member (`Reason::UnknownPlayer`
+//! never occurs: the model asserts it).
+//!
+//! Shard failure (op 15 followed by `0xf4..=0xf7`): moves queued on a shard before its
+//! `Fail` control are validated as usual, moves after it are rejected with
+//! `Reason::ShardFailed` (and delivered like any rejection); controls and flushes go on.
+//! The failure is reported once (`Delivery::Failed` of that shard, before the flush that
+//! follows it is answered); from the `poll` that returned it, every room of the shard, open
+//! or not, answers `Closed` (dispatch, openRoom, join, leave, closeRoom; before
+//! `UnknownRoom`), and its open rooms stay open until the core is dropped. A second `Fail`
+//! reaching a failed shard stops its worker: it reports again and answers the flushes
+//! queued on it; later flushes are answered by the producer, later `Fail`s dropped. The
+//! driver makes a shard fail a second time only once its first failure is reported (inline
+//! workers only): nothing else can be queued on it then, so no move is left in an arena
+//! nobody reads (the runtime loses those; see the README). A core with a failed shard is
+//! not reused by later inputs.
 //!
 //! Properties checked after every operation: each verdict and status; `Core::counters`
 //! equal to the model's (per verdict, per backpressure cause, per reason, delivered,
 //! batches); `has_room`, `room_stats` (undelivered bytes per room) and `shard_stats`
 //! (queue depth, arena bytes, wraps). At each delivery: frames and rejections exactly the
-//! model's, in order, in the right half of the room memory; a pull batch's memory still
-//! intact until the next drain. At the end (flush, drain everything): accepted =
-//! delivered + rejected, nothing reserved, every room forgotten that should be, overload
-//! events alternating raise/recover per subject and all recovered.
+//! model's, in order, in the right half of the room memory (read with `Inbox::copy_out`,
+//! which refuses the half being filled); a pull batch's memory still intact until the next
+//! drain; failure reports exactly the model's, per shard, in order. At the end (flush,
+//! drain everything): accepted = delivered + rejected, nothing reserved, every room
+//! forgotten that should be (only rooms of failed shards stay), overload events
+//! alternating raise/recover per subject and all recovered.
 #![no_main]
 
 use std::cell::RefCell;
@@ -145,6 +172,8 @@ enum WOp {
     Close {
         room: u32,
     },
+    /// `failShardForTesting`: the worker panics here.
+    Fail,
 }
 
 struct WPlayer {
@@ -166,6 +195,20 @@ struct MShard {
     tail: usize,
     wraps: u64,
     rooms: BTreeMap<u32, WRoom>,
+    /// The worker took a `Fail`: it rejects every later move (`ShardFailed`).
+    failed: bool,
+    /// The worker took a second `Fail`: it is gone, the control queue refuses everything.
+    dead: bool,
+    /// `poll` returned the failure: the shard's rooms answer `Closed`.
+    reported: bool,
+    /// Failure reports due and not yet polled (`true`: the second one, the worker stopped).
+    reports: VecDeque<bool>,
+}
+
+impl MShard {
+    fn fail_queued(&self) -> bool {
+        self.queue.iter().any(|op| matches!(op, WOp::Fail))
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -246,6 +289,10 @@ impl Model {
             Err(_) => return self.verdict(Verdict::Malformed),
         };
         let shard = self.shard(h.room);
+        // A failed shard answers for every room it would own, open or not.
+        if self.shards[shard].reported {
+            return self.verdict(Verdict::Closed);
+        }
         let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
             return self.verdict(Verdict::UnknownRoom);
         };
@@ -255,13 +302,13 @@ impl Model {
         if sender.is_some_and(|s| s != h.player) {
             return self.verdict(Verdict::WrongSender);
         }
-        let key = sender.unwrap_or(h.player);
-        if room.rate.is_some() {
-            if let Some(&tokens) = room.members.get(&key) {
-                if tokens < 1.0 {
-                    return self.verdict(Verdict::RateLimited);
-                }
-            }
+        // Past `WrongSender`, the frame's player is the sender (when one is given).
+        let key = h.player;
+        let Some(&tokens) = room.members.get(&key) else {
+            return self.verdict(Verdict::NotMember);
+        };
+        if room.rate.is_some() && tokens < 1.0 {
+            return self.verdict(Verdict::RateLimited);
         }
         let len = bytes.len();
         let s = &mut self.shards[shard];
@@ -303,7 +350,7 @@ impl Model {
     }
 
     fn open_room(&mut self, room: u32, hmac: bool, push: bool, rate: Option<f64>) -> Status {
-        if self.closed {
+        if self.closed || self.shards[self.shard(room)].reported {
             return Status::Closed;
         }
         let inbox = match self.rooms.get_mut(&room) {
@@ -349,10 +396,25 @@ impl Model {
         if self.closed {
             return Err(Status::Closed);
         }
+        if self.shards[self.shard(room)].reported {
+            return Err(Status::Closed);
+        }
         self.rooms
             .get_mut(&room)
             .filter(|r| r.open)
             .ok_or(Status::UnknownRoom)
+    }
+
+    /// `failShardForTesting(shard)`: queues a `Fail` (dropped by a stopped worker's queue).
+    fn fail_shard(&mut self, shard: usize) -> Status {
+        if self.closed || shard >= self.shards.len() {
+            return Status::Closed;
+        }
+        let s = &mut self.shards[shard];
+        if !s.dead {
+            s.queue.push(WOp::Fail);
+        }
+        Status::Ok
     }
 
     fn join(
@@ -433,7 +495,8 @@ impl Model {
     /// The worker takes every queued operation, in order (what a flush lets it do).
     fn run_workers(&mut self) {
         for s in &mut self.shards {
-            for op in s.queue.drain(..) {
+            let mut ops = std::mem::take(&mut s.queue).into_iter();
+            while let Some(op) = ops.next() {
                 match op {
                     WOp::Move(bytes, signer) => {
                         let h = ref_header(&bytes).expect("queued frames have headers");
@@ -442,7 +505,12 @@ impl Model {
                             .get_mut(&h.room)
                             .expect("a move for a room its worker does not know");
                         let outcome = match r.players.get_mut(&h.player) {
-                            None => Err(Reason::UnknownPlayer),
+                            _ if s.failed => Err(Reason::ShardFailed),
+                            None => panic!(
+                                "model: a move of non-member {} of room {} was queued \
+                                 (dispatch answers NotMember)",
+                                h.player, h.room
+                            ),
                             Some(p) => {
                                 let tag_ok = match (r.hmac, signer) {
                                     (false, Signer::Sha) => true,
@@ -503,6 +571,20 @@ impl Model {
                     }
                     WOp::Close { room } => {
                         s.rooms.remove(&room);
+                    }
+                    WOp::Fail if !s.failed => {
+                        s.failed = true;
+                        s.reports.push_back(false);
+                    }
+                    WOp::Fail => {
+                        // Stopped for good: the queue is buried. The driver queues nothing
+                        // behind a second failure (see the header).
+                        s.dead = true;
+                        s.reports.push_back(true);
+                        assert!(
+                            ops.next().is_none(),
+                            "driver: work queued behind a second failure"
+                        );
                     }
                 }
             }
@@ -567,6 +649,8 @@ struct Driver<'a> {
     last_seq: BTreeMap<(u32, u32), u32>,
     joined_key: BTreeMap<(u32, u32), usize>,
     events: Vec<OverloadEvent>,
+    /// Failure reports polled (first, second).
+    failures: [u32; 2],
     hmac_keys: Vec<Box<PlayerKey>>,
     /// The core's workers run inside `Core::step_workers` (see the header).
     inline: bool,
@@ -734,8 +818,14 @@ impl Driver<'_> {
                 break;
             }
             let Ok(h) = ref_header(rest) else {
+                // One verdict for the bad header: `Closed` once input is closed (the checks'
+                // order), else `Malformed`.
                 want.malformed = true;
-                self.m.verdict(Verdict::Malformed);
+                self.m.verdict(if self.m.closed {
+                    Verdict::Closed
+                } else {
+                    Verdict::Malformed
+                });
                 break;
             };
             if rest.len() < h.frame_len() {
@@ -826,12 +916,18 @@ impl Driver<'_> {
         );
         assert_eq!(b.length, bytes.len());
         assert_eq!(
-            arc.memory().to_vec(b.offset, b.length),
-            bytes,
+            arc.copy_out(b.offset, b.length).as_ref(),
+            Some(&bytes),
             "batch bytes"
         );
         if n > 0 {
             inbox.fill ^= 1;
+            // The half the worker fills next is refused (it may be writing there).
+            assert_eq!(
+                arc.copy_out(inbox.fill * half, 1),
+                None,
+                "copy_out read the fill half"
+            );
             inbox.reserved -= cost;
             inbox.last_pull = Some((b.offset, bytes));
             self.m.k.delivered += u64::from(b.count);
@@ -877,6 +973,7 @@ impl Driver<'_> {
                         done = true;
                     }
                     Delivery::Overload(e) => self.events.push(e),
+                    Delivery::Failed { shard, message } => self.failure(shard, &message),
                 }
             }
             assert!(Instant::now() < deadline, "flush {token} never answered");
@@ -891,18 +988,67 @@ impl Driver<'_> {
                 d => panic!("delivery after the flush answer: {d:?}"),
             }
         }
+        // Every failure was reported before the flush answer; the core has seen them, so
+        // the failed shards' rooms answer `Closed` from now on.
+        for (i, s) in self.m.shards.iter_mut().enumerate() {
+            assert!(
+                s.reports.is_empty(),
+                "shard {i}: failure reports missing: {:?}",
+                s.reports
+            );
+            s.reported = s.failed;
+        }
         for i in &self.m.inboxes {
             if i.push {
                 assert!(i.events.is_empty(), "push moves not delivered by the flush");
             }
             if let (Some(a), Some((off, bytes))) = (&i.arc, &i.last_pull) {
                 assert_eq!(
-                    &a.memory().to_vec(*off, bytes.len()),
-                    bytes,
+                    a.copy_out(*off, bytes.len()).as_ref(),
+                    Some(bytes),
                     "a pull batch changed before the next drain"
                 );
             }
         }
+    }
+
+    /// A `Delivery::Failed`: the next report the model expects of that shard.
+    fn failure(&mut self, shard: u32, message: &str) {
+        let s = self
+            .m
+            .shards
+            .get_mut(shard as usize)
+            .unwrap_or_else(|| panic!("failure of shard {shard}, which does not exist"));
+        let again = s
+            .reports
+            .pop_front()
+            .unwrap_or_else(|| panic!("unexpected failure of shard {shard}: {message}"));
+        assert!(
+            message.contains(DELIBERATE),
+            "shard {shard} failed for another reason: {message}"
+        );
+        assert_eq!(
+            message.contains("again, while failed"),
+            again,
+            "shard {shard}: first or second failure? {message}"
+        );
+        self.failures[usize::from(again)] += 1;
+    }
+
+    /// `failShardForTesting`. At most one `Fail` waits per shard, and a second failure
+    /// comes only once the first is reported, inline (see the header).
+    fn op_fail(&mut self, shard: usize) {
+        if let Some(s) = self.m.shards.get(shard).filter(|_| !self.m.closed) {
+            if s.fail_queued() || (s.failed && !(s.reported && self.inline)) {
+                return;
+            }
+        }
+        let want = self.m.fail_shard(shard);
+        assert_eq!(
+            self.core.fail_shard_for_testing(shard),
+            want,
+            "fail_shard_for_testing({shard})"
+        );
     }
 
     fn push_batch(&mut self, b: move_dispatcher::inbox::Batch, hold: u8) {
@@ -926,8 +1072,8 @@ impl Driver<'_> {
         let (bytes, cost) = take_segment(&mut inbox.events, b.count as usize, &b.rejections);
         assert_eq!(b.length, bytes.len());
         assert_eq!(
-            arc.memory().to_vec(b.offset, b.length),
-            bytes,
+            arc.copy_out(b.offset, b.length).as_ref(),
+            Some(&bytes),
             "push batch bytes"
         );
         inbox.fill ^= 1;
@@ -1022,17 +1168,21 @@ impl Driver<'_> {
                         }
                     }
                 }
-                _ => {
-                    if self.input.u8() == 0xc1 {
+                _ => match self.input.u8() {
+                    0xc1 => {
                         self.m.closed = true;
                         self.core.close_input();
                     }
-                }
+                    // 0xf4..=0xf7: shard 0, 1, 2 (none of the configurations has a third), 2.
+                    b @ 0xf4..=0xf7 => self.op_fail(usize::from(b & 3).min(2)),
+                    _ => {}
+                },
             }
             self.check();
         }
-        // The end: close every room (so that the core can serve the next input), deliver
-        // everything, drain every pull room; then the books must balance.
+        // The end: close every room (so that the core can serve the next input; the rooms of
+        // a failed shard answer `Closed` and stay), deliver everything, drain every pull
+        // room; then the books must balance.
         if !self.m.closed {
             let open: Vec<u32> = self
                 .m
@@ -1061,15 +1211,17 @@ impl Driver<'_> {
         let c = self.core.counters();
         assert_eq!(c.accepted, c.delivered + c.rejected, "exactly once");
         if std::env::var_os("MOVE_FUZZ_DEBUG").is_some() {
-            eprintln!("counters {c:?}; overload events {}", self.events.len());
-        }
-        if self.m.closed {
-            assert!(
-                self.m.rooms.values().all(|r| r.open),
-                "closed rooms not forgotten"
+            eprintln!(
+                "counters {c:?}; overload events {}; failures reported {:?}",
+                self.events.len(),
+                self.failures
             );
-        } else {
-            assert!(self.m.rooms.is_empty(), "closed rooms not forgotten");
+        }
+        for (&id, r) in &self.m.rooms {
+            assert!(
+                r.open && (self.m.closed || self.m.shards[self.m.shard(id)].reported),
+                "room {id}: closed rooms not forgotten, or a room left open"
+            );
         }
         self.check();
         assert!(self
@@ -1237,11 +1389,24 @@ fn threaded() -> bool {
     *THREADED.get_or_init(|| std::env::var_os("MOVE_FUZZ_THREADED").is_some_and(|v| v == "1"))
 }
 
+/// The panic message of `Control::Fail` (`Core::fail_shard_for_testing`).
+const DELIBERATE: &str = "was made to fail on purpose (failShardForTesting)";
+
+/// Prints how to reproduce before libFuzzer's hook aborts, except for the panic of
+/// `failShardForTesting`: that one must unwind to the worker's `catch_unwind` (hence
+/// `panic = "unwind"` in Cargo.toml), as it does in the addon. Any other panic, on any
+/// thread, still aborts at once.
 fn install_panic_context() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            if info
+                .payload_as_str()
+                .is_some_and(|m| m.contains(DELIBERATE))
+            {
+                return;
+            }
             CONTEXT.with(|c| eprintln!("dispatch fuzz context: {}", c.borrow()));
             prev(info);
         }));
@@ -1291,6 +1456,7 @@ fuzz_target!(|data: &[u8]| {
         last_seq: BTreeMap::new(),
         joined_key: BTreeMap::new(),
         events: Vec::new(),
+        failures: [0; 2],
         hmac_keys: KEYS
             .iter()
             .map(|k| PlayerKey::new(k).expect("key"))
@@ -1299,7 +1465,7 @@ fuzz_target!(|data: &[u8]| {
     };
     d.core.pause(true);
     d.run();
-    if d.m.closed || fresh_only {
+    if d.m.closed || fresh_only || d.m.shards.iter().any(|s| s.failed) {
         d.core.shutdown();
         return;
     }

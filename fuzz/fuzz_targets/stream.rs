@@ -1,22 +1,29 @@
 //! Stream decoder: `Core::dispatch_stream` over the same bytes, whole or split.
 //!
-//! Each input is a control prefix (sender, split points) and a byte stream. It is fed to one
-//! long-lived `Core` three ways:
+//! Each input is a control prefix (sender, split points, which core) and a byte stream. It
+//! is fed to one long-lived `Core` three ways:
 //! - A: one `dispatch_stream(all)` call;
 //! - B: as a connection would, in chunks cut at fuzzer-chosen points: each call gets the
 //!   unconsumed rest of the previous chunks plus the new chunk; a `malformed` or
 //!   `backpressure` answer ends the connection;
 //! - C: an independent reference splitter (the rules of `docs/architecture.md`, by direct
-//!   indexing) calling `Core::dispatch` frame by frame.
+//!   indexing) calling `Core::dispatch` frame by frame, each verdict checked against a
+//!   model of `dispatch`'s synchronous checks in their order (`Closed`, `Malformed` /
+//!   `Oversize`, `UnknownRoom`, `AuthMismatch`, `WrongSender`, `NotMember`, `RateLimited`,
+//!   `Backpressure`) over the harness's fixed rooms and members.
 //!
-//! Properties: the three agree on bytes consumed, accepted, rejected, `malformed`,
-//! `backpressure`, and on the verdicts counted by `Core::counters` (per verdict and per
-//! backpressure cause); a consumed prefix is exactly a sequence of whole frames.
+//! Properties: the three agree on bytes consumed, accepted, rejected (every verdict other
+//! than `Accepted` and `Backpressure`, `NotMember` included, consumes its frame and counts
+//! as rejected), `malformed`, `backpressure`, and on the verdicts counted by
+//! `Core::counters` (per verdict and per backpressure cause); a consumed prefix is exactly a
+//! sequence of whole frames; a bad header counts one verdict, `Malformed`, or `Closed` once
+//! input is closed (one input in four runs on a second core whose input is closed).
 //!
 //! Determinism: the workers are paused, so nothing is validated behind our back, and the
 //! core is sized so that no queue, arena or room budget can fill during one input (it is
 //! flushed and drained between inputs when its headroom runs low). One room is kept full
-//! on purpose: its frames always answer `Backpressure` (room budget), deterministically.
+//! on purpose: its members' frames always answer `Backpressure` (room budget),
+//! deterministically; a non-member's answer `NotMember` first, spending nothing.
 #![no_main]
 
 use std::cell::RefCell;
@@ -26,24 +33,60 @@ use libfuzzer_sys::fuzz_target;
 use move_dispatcher::arena;
 use move_dispatcher::auth;
 use move_dispatcher::core::{Config, Core, Counters, RateLimit, StreamOutcome};
-use move_dispatcher::frame::{self, Header};
+use move_dispatcher::frame::{self, FrameError, Header};
 use move_dispatcher::outbox::Delivery;
 use move_dispatcher::verdict::{Status, Verdict};
-use move_dispatcher_fuzz::{ref_header, Input};
+use move_dispatcher_fuzz::{ref_check, ref_header, Input};
 
 const MAX_PAYLOAD: usize = 256;
 const ROOM_BYTES: usize = 256 << 10;
 const ARENA_BYTES: usize = 32 << 20;
 const CAPACITY: usize = 1 << 20;
-/// Rooms: 1 SHA-256 pull, 2 HMAC pull, 3 SHA-256 push, 4 rate-limited SHA-256 pull with
-/// members 1..=3, 5 opened then closed (forgotten), 9 full.
-const ROOMS: [u32; 5] = [1, 2, 3, 4, 9];
+/// Rooms: 1 SHA-256 pull, 2 HMAC pull, 3 SHA-256 push, 4 rate-limited SHA-256 pull (a
+/// bucket that never runs dry), 9 full, each with members 1..=3 (player 4 joined room 1 and
+/// left); 5 opened then closed (forgotten); 6 SHA-256 pull, closed while a move was in
+/// flight and reopened: open, without members (closing a room clears them).
+const ROOMS: [u32; 6] = [1, 2, 3, 4, 6, 9];
 const FULL_ROOM: u32 = 9;
+const REOPENED_ROOM: u32 = 6;
+const MEMBERS: [u32; 3] = [1, 2, 3];
+const KEY: [u8; 32] = [0x0b; 32];
 
 struct Harness {
     core: Core,
+    /// A core whose input is closed: every frame answers `Closed`.
+    closed: Core,
     token: u64,
     resets: u64,
+}
+
+/// `Core::dispatch`'s synchronous verdict for `bytes` on the harness's core (`closed`: the
+/// closed one), from the documented checks and the rooms above.
+fn model_verdict(bytes: &[u8], sender: Option<u32>, closed: bool) -> Verdict {
+    if closed {
+        return Verdict::Closed;
+    }
+    let h = match ref_check(bytes, MAX_PAYLOAD) {
+        Ok(h) => h,
+        Err(FrameError::Oversize { .. }) => return Verdict::Oversize,
+        Err(_) => return Verdict::Malformed,
+    };
+    if !ROOMS.contains(&h.room) {
+        return Verdict::UnknownRoom;
+    }
+    if (h.flags & 1 == 1) != (h.room == 2) {
+        return Verdict::AuthMismatch;
+    }
+    if sender.is_some_and(|s| s != h.player) {
+        return Verdict::WrongSender;
+    }
+    if h.room == REOPENED_ROOM || !MEMBERS.contains(&h.player) {
+        return Verdict::NotMember;
+    }
+    if h.room == FULL_ROOM {
+        return Verdict::Backpressure;
+    }
+    Verdict::Accepted
 }
 
 thread_local! {
@@ -62,6 +105,8 @@ impl Harness {
             max_batch_moves: 64,
             ..Config::default()
         };
+        let mut closed = Core::new_inline(cfg.clone(), Box::new(|| {})).expect("core");
+        closed.close_input();
         let mut core = Core::new(cfg, Box::new(|| {})).expect("core");
         assert_eq!(core.open_room(1, false, false, None), Status::Ok);
         assert_eq!(core.open_room(2, true, false, None), Status::Ok);
@@ -71,19 +116,41 @@ impl Harness {
             burst: 1e18,
         };
         assert_eq!(core.open_room(4, false, false, Some(rate)), Status::Ok);
-        for p in 1..=3 {
-            assert_eq!(core.join(4, p, None), Status::Ok);
+        assert_eq!(core.open_room(FULL_ROOM, false, false, None), Status::Ok);
+        for r in [1, 2, 3, 4, FULL_ROOM] {
+            for p in MEMBERS {
+                let key = (r == 2).then_some(&KEY[..]);
+                assert_eq!(core.join(r, p, key), Status::Ok);
+            }
         }
+        assert_eq!(core.join(1, 4, None), Status::Ok);
+        assert_eq!(core.leave(1, 4), Status::Ok);
         assert_eq!(core.open_room(5, false, false, None), Status::Ok);
         assert_eq!(core.close_room(5), Status::Ok);
         assert!(!core.has_room(5));
-        assert_eq!(core.open_room(FULL_ROOM, false, false, None), Status::Ok);
         let mut h = Self {
             core,
+            closed,
             token: 0,
             resets: 0,
         };
         h.core.pause(true);
+        // Room 6: a move in flight keeps it while closing; reopened, it has no members.
+        assert_eq!(
+            h.core.open_room(REOPENED_ROOM, false, false, None),
+            Status::Ok
+        );
+        assert_eq!(h.core.join(REOPENED_ROOM, 1, None), Status::Ok);
+        let f = frame(REOPENED_ROOM, 1, 1, 0);
+        assert_eq!(h.core.dispatch(&f, Some(1)), Verdict::Accepted);
+        assert_eq!(h.core.close_room(REOPENED_ROOM), Status::Ok);
+        assert!(h.core.has_room(REOPENED_ROOM), "closing, not forgotten");
+        assert_eq!(
+            h.core.open_room(REOPENED_ROOM, false, false, None),
+            Status::Ok
+        );
+        assert_eq!(h.core.dispatch(&f, Some(1)), Verdict::NotMember);
+        assert_eq!(h.core.leave(REOPENED_ROOM, 1), Status::UnknownPlayer);
         h.fill_full_room();
         h
     }
@@ -148,7 +215,7 @@ impl Harness {
             assert!(Instant::now() < deadline, "reset flush never answered");
             std::thread::yield_now();
         }
-        for r in [1, 2, 4, FULL_ROOM] {
+        for r in [1, 2, 4, REOPENED_ROOM, FULL_ROOM] {
             let (b, _) = self.core.drain(r).expect("drain");
             self.core.recycle_rejections(r, b.rejections);
         }
@@ -248,7 +315,7 @@ fn pass_b(core: &mut Core, bytes: &[u8], cuts: &[usize], sender: Option<u32>) ->
     p
 }
 
-fn pass_c(core: &mut Core, bytes: &[u8], sender: Option<u32>) -> Pass {
+fn pass_c(core: &mut Core, bytes: &[u8], sender: Option<u32>, closed: bool) -> Pass {
     let mut p = Pass {
         consumed: 0,
         accepted: 0,
@@ -263,15 +330,29 @@ fn pass_c(core: &mut Core, bytes: &[u8], sender: Option<u32>) -> Pass {
         }
         if rest[0] != 0x4d || rest[1] != 0x56 || rest[2] != 1 || rest[3] & 0xfe != 0 {
             p.malformed = true;
-            // Counted once as a Malformed verdict: any too-short slice is one.
-            assert_eq!(core.dispatch(&[], sender), Verdict::Malformed);
+            // Counted once, as the verdict of a header-less slice (any too-short one):
+            // `Malformed`, or `Closed` on a closed core (closed is checked first).
+            let want = if closed {
+                Verdict::Closed
+            } else {
+                Verdict::Malformed
+            };
+            assert_eq!(model_verdict(&[], sender, closed), want);
+            assert_eq!(core.dispatch(&[], sender), want, "verdict of a bad header");
             break;
         }
         let len = 56 + usize::from(u16::from_le_bytes([rest[22], rest[23]]));
         if rest.len() < len {
             break;
         }
-        match core.dispatch(&rest[..len], sender) {
+        let v = core.dispatch(&rest[..len], sender);
+        assert_eq!(
+            v,
+            model_verdict(&rest[..len], sender, closed),
+            "verdict of the frame at {} (sender {sender:?})",
+            p.consumed
+        );
+        match v {
             Verdict::Accepted => p.accepted += 1,
             Verdict::Backpressure => {
                 p.backpressure = true;
@@ -310,18 +391,19 @@ fuzz_target!(|data: &[u8]| {
     HARNESS.with(|cell| {
         let mut slot = cell.borrow_mut();
         let h = slot.get_or_insert_with(Harness::new);
-        if !h.has_headroom(bytes.len()) {
+        let closed = control & 0x18 == 0x18;
+        if !closed && !h.has_headroom(bytes.len()) {
             h.reset();
             assert!(h.has_headroom(bytes.len()), "no headroom after a reset");
         }
-        let core = &mut h.core;
+        let core = if closed { &mut h.closed } else { &mut h.core };
 
         let c0 = core.counters();
         let a = pass_a(core, bytes, sender);
         let c1 = core.counters();
         let b = pass_b(core, bytes, &cuts, sender);
         let c2 = core.counters();
-        let c = pass_c(core, bytes, sender);
+        let c = pass_c(core, bytes, sender, closed);
         let c3 = core.counters();
 
         assert_eq!(a, c, "whole chunk vs reference splitter");
@@ -345,5 +427,12 @@ fuzz_target!(|data: &[u8]| {
             u64::from(a.accepted) + u64::from(a.rejected) + bp + u64::from(a.malformed),
             dispatched
         );
+        if closed {
+            assert_eq!(
+                verdicts[Verdict::Closed as usize],
+                dispatched,
+                "a closed core answers Closed to everything, bad headers included"
+            );
+        }
     });
 });

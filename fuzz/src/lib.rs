@@ -3,8 +3,9 @@
 //! `shared/DESIGN.md` §3, not from the crate's code):
 //!
 //! - [`ref_check`]: the wire-format checks, by direct indexing;
-//! - [`ref_hmac`]: HMAC-SHA256 from RFC 2104, over `sha2` (not the `hmac` crate the
-//!   dispatcher uses);
+//! - [`ref_hmac`]: HMAC-SHA256 from RFC 2104, the textbook two hashes over `sha2`'s
+//!   `Digest` (the dispatcher's `PlayerKey` keeps the two padded keys' SHA-256 midstates
+//!   and finishes them with `sha2::compress256`; `hmac` is only its tests' reference);
 //! - [`WindowModel`]: the anti-replay window as a plain set of accepted numbers.
 
 use std::collections::BTreeSet;

@@ -201,9 +201,10 @@ pub struct Core {
     /// Some shard has failed (see [`Core::poll`]).
     any_failed: bool,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
-    /// on the caller's thread; empty when they run on the runtime.
+    /// on the caller's thread (`None` once stopped for good, as a runtime task would have
+    /// returned); empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
-    inline: Vec<Worker>,
+    inline: Vec<Option<Worker>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -272,7 +273,7 @@ impl Core {
             );
             match &runtime {
                 Some(rt) => drop(rt.spawn(shard::drive(worker))),
-                None => parked.push(worker),
+                None => parked.push(Some(worker)),
             }
             shards.push(ShardHandle {
                 shared,
@@ -501,17 +502,22 @@ impl Core {
         out
     }
 
-    /// Queues `control` on `shard`, in order with its moves. A shard whose worker is gone
-    /// for good takes nothing: a flush is answered here instead, anything else dropped.
-    fn push_control(&mut self, shard: usize, control: Control) {
+    /// Queues `control` on `shard`, in order with its moves; whether it was queued. A shard
+    /// whose worker is gone for good takes nothing: a flush is answered here instead,
+    /// anything else dropped.
+    fn push_control(&mut self, shard: usize, control: Control) -> bool {
         let s = &mut self.shards[shard];
         match s.shared.push_control(s.next_seq, control) {
             Ok(()) => {
                 s.next_seq += 1;
                 s.shared.wake();
+                true
             }
-            Err(Control::Flush { token }) => self.outbox.publish(&mut Vec::new(), &[token]),
-            Err(_) => {}
+            Err(Control::Flush { token }) => {
+                self.outbox.publish(&mut Vec::new(), &[token]);
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -820,10 +826,9 @@ impl Core {
     /// Test hook: the worker of `shard` panics when it reaches this point of its queue
     /// (see [`crate::shard`] for what a failed shard does).
     pub fn fail_shard_for_testing(&mut self, shard: usize) -> Status {
-        if self.closed || shard >= self.shards.len() {
+        if self.closed || shard >= self.shards.len() || !self.push_control(shard, Control::Fail) {
             return Status::Closed;
         }
-        self.push_control(shard, Control::Fail);
         Status::Ok
     }
 
@@ -901,10 +906,11 @@ impl Core {
             return;
         }
         let deadline = std::time::Instant::now() + PAUSE_ACK;
+        // A worker gone for good (a second panic) will never acknowledge: not waited for.
         while self
             .shards
             .iter()
-            .any(|s| !s.shared.paused_ack.load(Ordering::SeqCst))
+            .any(|s| !s.shared.paused_ack.load(Ordering::SeqCst) && !s.shared.is_dead())
             && std::time::Instant::now() < deadline
         {
             std::thread::yield_now();
@@ -958,10 +964,21 @@ impl Core {
     #[cfg(any(test, feature = "inline-workers"))]
     pub fn step_workers(&mut self) -> u64 {
         let mut total = 0;
-        for w in &mut self.inline {
-            let before = w.shared().consumed.0.load(Ordering::Relaxed);
-            while let shard::Step::Again | shard::Step::Yield = w.step() {}
-            total += w.shared().consumed.0.load(Ordering::Relaxed) - before;
+        for slot in &mut self.inline {
+            let Some(w) = slot else { continue };
+            let shared = Arc::clone(w.shared());
+            let before = shared.consumed.0.load(Ordering::Relaxed);
+            let last = loop {
+                match w.step() {
+                    shard::Step::Again | shard::Step::Yield => {}
+                    step => break step,
+                }
+            };
+            if last == shard::Step::Stop && shared.is_dead() {
+                // Gone for good, as the runtime's task would be: never stepped again.
+                *slot = None;
+            }
+            total += shared.consumed.0.load(Ordering::Relaxed) - before;
         }
         total
     }
@@ -1698,6 +1715,15 @@ mod tests {
         });
         flush(&mut c, 3);
         flush(&mut c, 4);
+        // The stopped worker is not waited for, and takes no more controls.
+        let t = std::time::Instant::now();
+        c.pause(true);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "pause waited for a dead worker"
+        );
+        c.pause(false);
+        assert_eq!(c.fail_shard_for_testing(0), Status::Closed);
         assert_eq!(
             c.dispatch(&frame(3, 1, 2, b"w", None), None),
             Verdict::Accepted
@@ -1780,5 +1806,40 @@ mod tests {
         let after = wakes.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(wakes.load(Ordering::SeqCst), after);
+    }
+
+    /// Inline workers stop for good after a second panic, as runtime tasks do: moves queued
+    /// behind it stay unvalidated (the loss docs/architecture.md describes), in both modes.
+    #[test]
+    fn an_inline_worker_stops_for_good_after_a_second_panic() {
+        let mut c = Core::new_inline(Config::default(), Box::new(|| {})).unwrap();
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        assert_eq!(c.fail_shard_for_testing(0), Status::Ok);
+        assert_eq!(
+            c.dispatch(&frame(1, 1, 1, b"a", None), None),
+            Verdict::Accepted
+        );
+        assert_eq!(c.step_workers(), 1, "rejected ShardFailed in failed mode");
+        assert!(c
+            .poll()
+            .iter()
+            .any(|d| matches!(d, Delivery::Failed { shard: 0, .. })));
+        assert_eq!(c.fail_shard_for_testing(0), Status::Ok);
+        assert_eq!(c.step_workers(), 0);
+        assert_eq!(
+            c.fail_shard_for_testing(0),
+            Status::Closed,
+            "dead: takes nothing"
+        );
+        assert_eq!(c.step_workers(), 0, "never stepped again");
+        c.request_flush(9);
+        assert!(
+            c.poll().contains(&Delivery::Flushed { token: 9 }),
+            "answered by the producer"
+        );
+        let (b, _) = c.drain(1).unwrap();
+        assert_eq!(b.rejections[0].reason, Reason::ShardFailed);
+        c.shutdown();
     }
 }

@@ -182,6 +182,8 @@ pub struct Shared {
     pub want_writable: AtomicBool,
     /// Rejections by reason.
     pub reasons: [AtomicU64; Reason::COUNT],
+    /// The worker stopped for good after a second panic (see the module docs).
+    dead: AtomicBool,
 }
 
 impl Default for Shared {
@@ -198,6 +200,7 @@ impl Default for Shared {
             kick: AtomicBool::new(false),
             want_writable: AtomicBool::new(false),
             reasons: Default::default(),
+            dead: AtomicBool::new(false),
         }
     }
 }
@@ -207,6 +210,11 @@ impl Shared {
         self.controls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the worker stopped for good (after a second panic).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     /// Producer: queues a control operation with sequence number `seq`.
@@ -239,6 +247,7 @@ impl Shared {
     fn bury(&self) -> Vec<u64> {
         let mut c = self.controls();
         c.dead = true;
+        self.dead.store(true, Ordering::Release);
         self.next_control.store(u64::MAX, Ordering::Release);
         c.queue
             .drain(..)

@@ -1621,6 +1621,7 @@ mod tests {
     /// rejected `ShardFailed`); the other shard goes on; flushes are answered, even after a
     /// second panic stops the failed worker for good.
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
     fn a_panicking_worker_fails_its_shard_only() {
         let cfg = Config {
             shards: 2,

@@ -64,9 +64,32 @@ function checkSender(sender: unknown, method: string): number {
   return sender === undefined ? -1 : checkId(sender, 'sender', method);
 }
 
-/** Waits for an abort or a wake-up; resolves `true` when aborted. */
+/** One caller waiting in a list (`waitIn`); whoever frees it calls `resolve`. */
 interface Waiter {
   resolve: () => void;
+}
+
+/**
+ * Waits in `list` until something resolves the waiter, or `signal` aborts: then the waiter
+ * leaves the list and the promise rejects with `abortError()` (resolves without one).
+ */
+function waitIn(list: Waiter[], signal: AbortSignal | undefined, abortError?: () => Error): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const waiter: Waiter = {
+      resolve: () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      },
+    };
+    const onAbort = (): void => {
+      const at = list.indexOf(waiter);
+      if (at >= 0) list.splice(at, 1);
+      if (abortError === undefined) resolve();
+      else reject(abortError());
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    list.push(waiter);
+  });
 }
 
 /** A `dispatchAsync` call waiting for capacity. */
@@ -323,21 +346,7 @@ export class Dispatcher {
     if (signal?.aborted) return Promise.reject(aborted('whenWritable', signal));
     if (this.#closed || this.#freedSincePressure) return Promise.resolve();
     this.#arm();
-    return new Promise<void>((resolve, reject) => {
-      const waiter: Waiter = {
-        resolve: () => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        },
-      };
-      const onAbort = (): void => {
-        const at = this.#writableWaiters.indexOf(waiter);
-        if (at >= 0) this.#writableWaiters.splice(at, 1);
-        reject(aborted('whenWritable', signal!));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#writableWaiters.push(waiter);
-    });
+    return waitIn(this.#writableWaiters, signal, () => aborted('whenWritable', signal!));
   }
 
   /** Pull rooms: every move validated since the last drain. Invalidates the previous batch. */
@@ -412,21 +421,7 @@ export class Dispatcher {
           continue;
         }
         if (this.#closed && this.#closing === undefined) return;
-        await new Promise<void>((resolve) => {
-          const waiter: Waiter = {
-            resolve: () => {
-              signal?.removeEventListener('abort', onAbort);
-              resolve();
-            },
-          };
-          const onAbort = (): void => {
-            const at = this.#batchWaiters.indexOf(waiter);
-            if (at >= 0) this.#batchWaiters.splice(at, 1);
-            resolve();
-          };
-          signal?.addEventListener('abort', onAbort, { once: true });
-          this.#batchWaiters.push(waiter);
-        });
+        await waitIn(this.#batchWaiters, signal);
       }
     } finally {
       current?.release();

@@ -1,6 +1,6 @@
 //! Shared pieces of the fuzz targets: an input cursor, and *independent* reference models
-//! that the targets compare the crate against (written from `docs/architecture.md` and
-//! `shared/DESIGN.md` §3, not from the crate's code):
+//! that the targets compare the crate against (written from `docs/architecture.md` and the
+//! README's wire format, not from the crate's code):
 //!
 //! - [`ref_check`]: the wire-format checks, by direct indexing;
 //! - [`ref_hmac`]: HMAC-SHA256 from RFC 2104, the textbook two hashes over `sha2`'s

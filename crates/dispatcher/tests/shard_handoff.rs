@@ -12,7 +12,7 @@
 //! schedule differs by seed (`-Zmiri-many-seeds`); its data-race detector checks the
 //! plain memory each hand-off publishes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,45 @@ fn worker_loop(w: Worker) {
         .block_on(shard::drive(w));
 }
 
+/// The JavaScript side of one shard: the arena's producer, the shared state, the outbox and
+/// its wake-up signal; the worker runs `shard::drive` on a thread of its own.
+struct Harness {
+    producer: arena::Producer,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    wake: Arc<Wake>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(index: u32, ring_bytes: usize) -> Harness {
+    let (producer, consumer) = arena::ring(ring_bytes);
+    let shared = Arc::new(Shared::default());
+    let wake = Arc::new(Wake::default());
+    let outbox = {
+        let wake = Arc::clone(&wake);
+        Arc::new(Outbox::new(Box::new(move || wake.signal())))
+    };
+    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
+    let worker = Worker::new(
+        index,
+        Arc::clone(&shared),
+        consumer,
+        Arc::clone(&outbox),
+        Policy {
+            spins: SPINS,
+            ..Policy::runtime(8)
+        },
+        recorder,
+    );
+    Harness {
+        producer,
+        shared,
+        outbox,
+        wake,
+        thread: std::thread::spawn(move || worker_loop(worker)),
+    }
+}
+
 /// The JavaScript side's "`poll()` has news" signal: set by the outbox's waker.
 #[derive(Default)]
 struct Wake {
@@ -88,33 +127,13 @@ impl Wake {
 )]
 fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     let n: u32 = if cfg!(miri) { 60 } else { 20_000 };
-    let (mut producer, consumer) = arena::ring(if cfg!(miri) { 512 } else { 4096 });
-    let shared = Arc::new(Shared::default());
-    let wake = Arc::new(Wake::default());
-    let outbox = {
-        let wake = Arc::clone(&wake);
-        Arc::new(Outbox::new(Box::new(move || wake.signal())))
-    };
-    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
-    let worker = Worker::new(
-        0,
-        Arc::clone(&shared),
-        consumer,
-        Arc::clone(&outbox),
-        Policy {
-            spins: SPINS,
-            ..Policy::runtime(8)
-        },
-        recorder,
-    );
-    let stopped = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stopped = Arc::clone(&stopped);
-        std::thread::spawn(move || {
-            worker_loop(worker);
-            stopped.store(true, Ordering::Release);
-        })
-    };
+    let Harness {
+        mut producer,
+        shared,
+        outbox,
+        wake,
+        thread,
+    } = start(0, if cfg!(miri) { 512 } else { 4096 });
 
     // One sequence for controls and moves, as `Core` numbers them per shard.
     let mut seq = 0_u64;
@@ -246,7 +265,6 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
     shared.stop.store(true, Ordering::SeqCst);
     shared.poke();
     thread.join().unwrap();
-    assert!(stopped.load(Ordering::Acquire));
 }
 
 /// A worker that panics (the `Fail` control) goes on in failed mode on its own thread:
@@ -254,30 +272,16 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
 /// `ShardFailed`, flushes answered; a second panic stops the thread after answering the
 /// flushes queued, and the shard then refuses controls (the producer answers its flushes).
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
     let n: u32 = if cfg!(miri) { 6 } else { 200 };
     // Room for every move at once: the test never waits for the worker to free space.
-    let (mut producer, consumer) = arena::ring(1 << 16);
-    let shared = Arc::new(Shared::default());
-    let wake = Arc::new(Wake::default());
-    let outbox = {
-        let wake = Arc::clone(&wake);
-        Arc::new(Outbox::new(Box::new(move || wake.signal())))
-    };
-    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
-    let worker = Worker::new(
-        3,
-        Arc::clone(&shared),
-        consumer,
-        Arc::clone(&outbox),
-        Policy {
-            spins: SPINS,
-            ..Policy::runtime(8)
-        },
-        recorder,
-    );
-    let thread = std::thread::spawn(move || worker_loop(worker));
+    let Harness {
+        mut producer,
+        shared,
+        outbox,
+        wake,
+        thread,
+    } = start(3, 1 << 16);
     let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
     let mut seq = 0_u64;
     for c in [

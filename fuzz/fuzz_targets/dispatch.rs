@@ -411,9 +411,11 @@ impl Model {
             return Status::Closed;
         }
         let s = &mut self.shards[shard];
-        if !s.dead {
-            s.queue.push(WOp::Fail);
+        if s.dead {
+            // Gone for good: the control is not taken.
+            return Status::Closed;
         }
+        s.queue.push(WOp::Fail);
         Status::Ok
     }
 

@@ -21,7 +21,7 @@ case "$target" in
     export JEMALLOC_SYS_WITH_LG_PAGE=16 ;;
 esac
 
-flags=(--platform --release --manifest-path crates/dispatcher/Cargo.toml -o . --js binding.js --dts binding.d.ts --target "$target")
+flags=(--platform --release --manifest-path crates/binding/Cargo.toml -o . --js binding.js --dts binding.d.ts --target "$target")
 case "$target" in
   *-linux-gnu)
     bash scripts/napi-cross-toolchain.sh "$target"

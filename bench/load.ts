@@ -7,9 +7,10 @@
  * read `k` is due at `start + (k + 1) * sliceMs`. A clock thread (lib/ticker.ts) posts each
  * read when it is due; the main thread hands every frame due by then to `dispatchStream`.
  * Frames refused with Backpressure stay due and are retried on the next read. A move's
- * latency runs from its read's due time to the moment JavaScript has it (`onBatch`, or the
- * worker_threads row's delivery callback): time spent waiting behind a busy event loop,
- * behind backpressure, or in a queue is all counted (no coordinated omission).
+ * latency runs from its read's due time to the moment JavaScript has it (`onBatch`, the
+ * worker_threads row's delivery callback, or the hand-written row's consumer, which it
+ * calls inside `dispatchStream`): time spent waiting behind a busy event loop, behind
+ * backpressure, or in a queue is all counted (no coordinated omission).
  *
  * Moves due in the window that were never sent by the drain limit are recorded with the
  * latency they had reached by then (`censored`).
@@ -23,6 +24,7 @@ import { Histogram, type Summary } from './lib/hist';
 import type { GcFigures, RunResult, RunSpec } from './lib/types';
 import { splitTicks, threadTicks, type ThreadSplit } from './lib/threads';
 import { WtPipeline } from './wt/pipeline';
+import { HandPipeline } from './hand/pipeline';
 
 interface Sut {
   dispatchStream(chunk: Uint8Array): { consumed: number; backpressure: boolean; malformed: boolean; rejected: number };
@@ -36,6 +38,8 @@ interface Sut {
   engineDelivered: Summary | null;
   jemallocResident: number | null;
   workerGc: GcFigures | null;
+  hash: RunResult['hash'];
+  rejectedByReason: RunResult['rejectedByReason'];
 }
 
 function send(msg: unknown, then?: () => void): void {
@@ -102,7 +106,45 @@ async function run(spec: RunSpec): Promise<RunResult> {
   // ---- the system under test ----
   const tidsBefore = new Set(threadTicks().keys());
   let sut: Sut;
-  if (spec.row === 'wt') {
+  if (spec.row === 'node') {
+    // Validation and delivery run inside dispatchStream: the consumer reads the clock for
+    // every move it is handed (the moment it holds the move), not once per read.
+    const pipeline = new HandPipeline({
+      slots: P,
+      consumer: {
+        move: (m) => {
+          now = performance.now();
+          delivered(m.player, m.seq);
+        },
+        reject: (_room, player, seq) => {
+          mark(player, seq);
+        },
+      },
+    });
+    for (let r = 0; r < rooms; r++) pipeline.openRoom(r, hmac);
+    for (let p = 0; p < P; p++) pipeline.join(roomOf(store, p), p, hmac ? new Uint8Array(playerKey(p)) : null);
+    // The hash: measured here, on frames of this load, before anything else runs.
+    const choice = pipeline.calibrate(frames.subarray(0, Math.min(prime, 4096) * fl), hmac);
+    send({ type: 'progress', phase: `hash: ${choice.chosen} (${choice.candidates.map((c) => `${c.name} ${c.nsPerVerify.toFixed(0)} ns`).join(', ')})` });
+    sut = {
+      dispatchStream: (c) => pipeline.dispatchStream(c),
+      flush: () => Promise.resolve(),
+      windowStart: () => {},
+      windowEnd: () => {},
+      counts: () => ({ accepted: pipeline.accepted, delivered: pipeline.delivered, rejected: pipeline.rejected, backpressure: 0 }),
+      close: () => {
+        sut.rejectedByReason = pipeline.rejections();
+        return Promise.resolve();
+      },
+      alloc: null,
+      hotPathAllocations: null,
+      engineDelivered: null,
+      jemallocResident: null,
+      workerGc: null,
+      hash: choice,
+      rejectedByReason: null,
+    };
+  } else if (spec.row === 'wt') {
     const pipeline = new WtPipeline({
       workers: spec.wtWorkers,
       consumer: {
@@ -144,6 +186,8 @@ async function run(spec: RunSpec): Promise<RunResult> {
       engineDelivered: null,
       jemallocResident: null,
       workerGc: null,
+      hash: null,
+      rejectedByReason: null,
     };
   } else {
     const onBatch = (batch: MoveBatch): void => {
@@ -181,6 +225,8 @@ async function run(spec: RunSpec): Promise<RunResult> {
       engineDelivered: null,
       jemallocResident: null,
       workerGc: null,
+      hash: null,
+      rejectedByReason: null,
     };
   }
 
@@ -263,22 +309,24 @@ async function run(spec: RunSpec): Promise<RunResult> {
   };
 
   const feed = (): void => {
-    now = performance.now();
-    if (!windowOpen && now >= wsPlanned) openWindow(now);
-    if (windowOpen && !windowClosed && backlogMid < 0 && now >= ws + (spec.windowS * 1000) / 2) backlogMid = backlog(now);
-    if (windowOpen && !windowClosed && now >= we) closeWindow(now);
+    // `tf`, not `now`: the hand-written row's consumer moves `now` inside dispatchStream.
+    const tf = performance.now();
+    now = tf;
+    if (!windowOpen && tf >= wsPlanned) openWindow(tf);
+    if (windowOpen && !windowClosed && backlogMid < 0 && tf >= ws + (spec.windowS * 1000) / 2) backlogMid = backlog(tf);
+    if (windowOpen && !windowClosed && tf >= we) closeWindow(tf);
     if (stopped || spec.row === 'idle') return;
-    const reads = Math.min(totalReads, Math.floor((now - t0) / sliceMs));
+    const reads = Math.min(totalReads, Math.floor((tf - t0) / sliceMs));
     const target = prime + reads * q;
     if (sent >= target) return;
+    // Stamped before the call: the hand-written row delivers inside it. Reads left unsent
+    // (backpressure) are stamped again by the call that sends them.
+    const lastOffered = Math.floor((target - 1 - prime) / q);
+    for (let k = Math.max(0, Math.floor((sent - prime) / q)); k <= lastOffered; k++) fedAt[k] = tf;
     const r = sut.dispatchStream(frames.subarray(sent * fl, target * fl));
     if (r.malformed) throw new Error('the frame store holds a malformed frame');
     const n = r.consumed / fl;
-    if (n > 0) {
-      const last = Math.floor((sent + n - 1 - prime) / q);
-      for (let k = Math.floor((sent - prime) / q); k <= last; k++) fedAt[k] = now;
-      if (windowOpen && !windowClosed) feedLag.record((now - (t0 + reads * sliceMs)) * 1e6);
-    }
+    if (n > 0 && windowOpen && !windowClosed) feedLag.record((tf - (t0 + reads * sliceMs)) * 1e6);
     syncRejected += r.rejected;
     sent += n;
   };
@@ -360,6 +408,7 @@ async function run(spec: RunSpec): Promise<RunResult> {
     workerGc: sut.workerGc,
     eventLoopDelayP99Ms: eld.percentile(99) / 1e6,
     eventLoopDelayMaxMs: eld.max / 1e6,
+    eventLoopDelaySamples: eld.count,
     rssPeakBytes: rssPeak - frames.byteLength,
     storeBytes: frames.byteLength,
     cpuPercent,
@@ -379,6 +428,8 @@ async function run(spec: RunSpec): Promise<RunResult> {
     backlogEnd,
     growing,
     sustained: lat !== null && lat.p99 < 5e6 && !growing && censored === 0 && achieved >= 0.95 * spec.rate,
+    hash: sut.hash,
+    rejectedByReason: sut.rejectedByReason,
   };
   return result;
 }

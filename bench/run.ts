@@ -2,14 +2,14 @@
  * `npm run bench [-- --quick] [options]`: the benchmark suite (method: bench/README.md).
  *
  * Steps, each in a fresh child process: micro floors (bench/micro.ts); the idle baseline;
- * the three rows at the target load (bench/load.ts); a search for each row's sustainable
- * rate; the three rows again at a load every row sustains. Writes
+ * the four rows at the target load (bench/load.ts); a search for each row's sustainable
+ * rate; the four rows again at a load every row sustains. Writes
  * `<out>/<date>-<host>.json`, and refreshes `<out>/latest.md` and `<out>/latency.svg`.
  * `--quick` (CI's smoke test) runs shorter windows and writes to `bench/results/quick/`
  * (ignored by git) unless `--out` says otherwise.
  *
  * Options: --quick, --out DIR, --players N (50000), --room-size N (10), --hz N (20),
- * --payload N (64), --auth sha256|hmac-sha256, --rows js,wt,native, --no-micro,
+ * --payload N (64), --auth sha256|hmac-sha256, --rows node,js,wt,native, --no-micro,
  * --no-sustainable, --wt-workers N, --window S, --keep-frames, --wait-idle S (before each
  * step, wait up to S seconds for other processes to leave the machine quiet).
  */
@@ -20,7 +20,7 @@ import { join, relative } from 'node:path';
 import { benchAddonPath } from './lib/binding';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
 import { fmtInt, fmtNs, type Machine, type Measured, type Probe, renderMarkdown, renderPlot, type Results, type Settings, type Sustainable } from './lib/report';
-import { type MicroResult, ROW_LABELS, type Row, type RunResult, type RunSpec } from './lib/types';
+import { BASELINE_ROWS, type MicroResult, ROW_LABELS, ROWS, type Row, type RunResult, type RunSpec } from './lib/types';
 
 const ROOT = join(__dirname, '..', '..');
 /** Deletes the frame store (set once it exists); runs on exit, error and Ctrl-C. */
@@ -61,8 +61,8 @@ function parseArgs(argv: string[]): Options {
   const quick = argv.includes('--quick');
   const auth = value('auth') ?? 'sha256';
   if (auth !== 'sha256' && auth !== 'hmac-sha256') throw new TypeError(`--auth must be sha256 or hmac-sha256, got ${auth}`);
-  const rows = (value('rows') ?? 'js,wt,native').split(',').map((r) => r.trim()) as Row[];
-  for (const r of rows) if (r !== 'js' && r !== 'wt' && r !== 'native') throw new TypeError(`--rows takes js, wt, native; got ${r}`);
+  const rows = (value('rows') ?? ROWS.join(',')).split(',').map((r) => r.trim()) as Row[];
+  for (const r of rows) if (!(ROWS as readonly string[]).includes(r)) throw new TypeError(`--rows takes ${ROWS.join(', ')}; got ${r}`);
   return {
     quick,
     out: value('out') ?? join(ROOT, 'bench', 'results', ...(quick ? ['quick'] : [])),
@@ -294,10 +294,12 @@ async function main(): Promise<void> {
       ? `GC ${r.gc.totalMs.toFixed(1)} ms, CPU ${r.cpuPercent.toFixed(0)} %, RSS ${(r.rssPeakBytes / 2 ** 20).toFixed(0)} MiB`
       : `achieved ${fmtInt(r.achieved)}/s, p50 ${fmtNs(r.latency?.p50)}, p99 ${r.censored > 0 ? '≥ ' : ''}${fmtNs(r.latency?.p99)}, p99.9 ${fmtNs(
           r.latency?.p999,
-        )}, CPU ${r.cpuPercent.toFixed(0)} %, lost ${r.lost}${r.foreignCpuPercent > 10 ? `  [other processes: ${r.foreignCpuPercent.toFixed(0)} % of the machine]` : ''}`;
+        )}, CPU ${r.cpuPercent.toFixed(0)} %, lost ${r.lost}${r.hash === null ? '' : `, hash ${r.hash.chosen} (${r.hash.candidates.map((c) => `${c.name} ${fmtNs(c.nsPerVerify)}`).join(', ')})`}${
+          r.foreignCpuPercent > 10 ? `  [other processes: ${r.foreignCpuPercent.toFixed(0)} % of the machine]` : ''
+        }`;
 
   const results: Results = {
-    version: 1,
+    version: 2,
     kind: q ? 'quick' : 'full',
     date: new Date().toISOString(),
     command,
@@ -307,6 +309,7 @@ async function main(): Promise<void> {
     idle: null,
     macro: [],
     sustainable: [],
+    baseline: null,
     equalLoad: null,
     micro: [],
   };
@@ -339,7 +342,16 @@ async function main(): Promise<void> {
       let rate = roundRate(100_000);
       for (let n = 0; n < p.maxProbes; n++) {
         const r = await load(row, rate, p.warmupS, p.windowS, p.drainLimitS, `sustainable · ${ROW_LABELS[row]} · probe ${n + 1}: ${fmtInt(rate)}/s`);
-        probes.push({ rate, sustained: r.sustained, p99Ns: r.latency?.p99 ?? null, achieved: r.achieved, growing: r.growing, censored: r.censored, foreignCpuPercent: r.foreignCpuPercent });
+        probes.push({
+          rate,
+          sustained: r.sustained,
+          p99Ns: r.latency?.p99 ?? null,
+          achieved: r.achieved,
+          growing: r.growing,
+          censored: r.censored,
+          foreignCpuPercent: r.foreignCpuPercent,
+          hash: r.hash?.chosen ?? null,
+        });
         if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
         if (r.sustained) {
           lo = rate;
@@ -357,15 +369,21 @@ async function main(): Promise<void> {
         if (next === rate || next === lo || next === hi) break;
         rate = next;
       }
-      const x: Sustainable = { row, rate: lo, ratioToPureNode: null, capped: lo >= p.maxRate, probes, at: best };
+      const x: Sustainable = { row, rate: lo, ratioToBaseline: null, capped: lo >= p.maxRate, probes, at: best };
       results.sustainable.push(x);
       say(`sustainable ${ROW_LABELS[row].padEnd(27)} ${lo > 0 ? `${fmtInt(lo)} moves/s (p99 ${fmtNs(best?.latency?.p99)})` : 'none found'}; probes: ${probes.map((y) => `${fmtInt(y.rate)}${y.sustained ? '✓' : '✗'}`).join(' ')}`);
     }
-    const js = results.sustainable.find((x) => x.row === 'js');
-    for (const x of results.sustainable) x.ratioToPureNode = js !== undefined && js.rate > 0 ? x.rate / js.rate : null;
+    // The strongest baseline: the best sustainable rate among the rows without the addon.
+    const candidates = results.sustainable.filter((x) => BASELINE_ROWS.includes(x.row) && x.rate > 0);
+    const strongest = candidates.reduce<Sustainable | null>((a, x) => (a === null || x.rate > a.rate ? x : a), null);
+    if (strongest !== null) {
+      results.baseline = { row: strongest.row, rate: strongest.rate };
+      for (const x of results.sustainable) x.ratioToBaseline = x.rate / strongest.rate;
+      say(`strongest baseline: ${ROW_LABELS[strongest.row]} (${fmtInt(strongest.rate)} moves/s)`);
+    }
 
-    // 4. every row at a load they all sustain
-    const base = js !== undefined && js.rate > 0 ? js.rate : Math.min(...results.sustainable.map((y) => y.rate).filter((y) => y > 0));
+    // 4. every row at a load they all sustain: a fraction of the lowest sustainable rate found
+    const base = Math.min(...results.sustainable.map((y) => y.rate).filter((y) => y > 0));
     if (Number.isFinite(base) && base > 0) {
       const rate = roundRate(base * settings.equalLoadFraction);
       const runs: Measured[] = [];

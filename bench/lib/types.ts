@@ -1,13 +1,25 @@
 import type { Summary } from './hist';
 import type { Store, StoreSpec } from './frames';
 import type { ThreadSplit } from './threads';
+import type { HashChoice, RejectReason } from '../hand/pipeline';
 
-/** `idle`: the harness and a native dispatcher with every room open, no moves (the GC baseline). */
-export type Row = 'idle' | 'js' | 'wt' | 'native';
+/**
+ * `idle`: the harness and a native dispatcher with every room open, no moves (the GC baseline).
+ * `node`: the hand-written single-thread pipeline (bench/hand/); `js`: this package's own
+ * pure-TypeScript engine (`engine: 'js'`); `wt`: the worker_threads pipeline (bench/wt/);
+ * `native`: this package's default engine.
+ */
+export type Row = 'idle' | 'node' | 'js' | 'wt' | 'native';
+
+export const ROWS: readonly Exclude<Row, 'idle'>[] = ['node', 'js', 'wt', 'native'];
+
+/** The rows that do without the addon: the candidates for "the strongest baseline". */
+export const BASELINE_ROWS: readonly Row[] = ['node', 'wt', 'js'];
 
 export const ROW_LABELS: Record<Row, string> = {
   idle: 'Idle (harness, no moves)',
-  js: 'Pure Node',
+  node: 'Pure Node (hand-written)',
+  js: "Pure Node (move-dispatcher engine: 'js')",
   wt: 'Node + worker_threads',
   native: 'Node + Rust (move-dispatcher)',
 };
@@ -54,6 +66,12 @@ export interface RunResult {
   workerGc: GcFigures | null;
   eventLoopDelayP99Ms: number;
   eventLoopDelayMaxMs: number;
+  /**
+   * Samples behind the two figures above. 0 means the event loop never reached its timers in
+   * the window (one callback held it throughout, e.g. the clock thread's messages drained back
+   * to back): the delay was then the whole window, and the 20 ms RSS sampler did not run either.
+   */
+  eventLoopDelaySamples: number;
   /** Peak resident set in the window, minus the frame store. */
   rssPeakBytes: number;
   storeBytes: number;
@@ -79,6 +97,10 @@ export interface RunResult {
   backlogEnd: number;
   growing: boolean;
   sustained: boolean;
+  /** The hand-written row: the hash it measured and chose at startup (null for other rows). */
+  hash: HashChoice | null;
+  /** The hand-written row: every rejection by reason, sync verdicts included (null for other rows). */
+  rejectedByReason: Record<RejectReason, number> | null;
 }
 
 export interface MicroResult {

@@ -15,7 +15,7 @@
  */
 import { execFileSync, fork } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, hostname, release, totalmem } from 'node:os';
+import { availableParallelism, cpus, hostname, release, tmpdir, totalmem } from 'node:os';
 import { join, relative } from 'node:path';
 import { benchAddonPath } from './lib/binding';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
@@ -262,11 +262,14 @@ async function main(): Promise<void> {
   );
 
   let store: Store | null = null;
+  // The store is this run's own (a directory per process), so that another run on the
+  // machine, finishing first, cannot delete it mid-run; --keep-frames shares one between runs.
+  const storeDir = join(tmpdir(), 'move-dispatcher-bench', ...(opts.keepFrames ? [] : [`run-${process.pid}`]));
   const storeFor = async (frames: number): Promise<Store> => {
     if (store === null || store.frames < frames) {
       status(`encoding the frame store (${fmtInt(frames)} frames, ${settings.auth}, all cores)…`);
       const t = Date.now();
-      store = await ensureStore(spec, Math.max(frames, store?.frames ?? 0));
+      store = await ensureStore(spec, Math.max(frames, store?.frames ?? 0), storeDir);
       say(`frame store: ${fmtInt(store.frames)} frames (${((store.frames * settings.frameBytes) / 2 ** 20).toFixed(0)} MiB), ${((Date.now() - t) / 1000).toFixed(1)} s`);
     }
     return store;
@@ -275,6 +278,7 @@ async function main(): Promise<void> {
     if (store !== null && !opts.keepFrames) {
       rmSync(store.path, { force: true });
       rmSync(`${store.path}.json`, { force: true });
+      rmSync(storeDir, { recursive: true, force: true });
     }
   };
   process.once('SIGINT', () => {

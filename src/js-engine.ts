@@ -41,6 +41,8 @@ import type { AllocatorStats, LatencyStats, RateLimit } from './types';
 const MIN_RECORD = align8(RECORD_HEADER_BYTES + FRAME_OVERHEAD);
 /** Room memory before a room's first validated move. */
 const NO_BYTES = new Uint8Array(0);
+/** A room keeps its `stamps` array between batches up to this length (8 bytes an entry). */
+const STAMPS_KEPT = 64;
 /** `validate()` answer for a move that passed. */
 const VALID = -1;
 
@@ -168,8 +170,14 @@ class Room {
   outstanding = false;
   /** Push rooms: listed in the shard's `pushPending`. */
   listed = false;
-  /** Dispatch time (`performance.now()`) of each move in the fill half. */
+  /**
+   * Dispatch time (`performance.now()`) of each move in the fill half: `stamps[0..stampCount)`.
+   * The array is reused from batch to batch (emptying it with `length = 0` would make V8
+   * drop its backing store, and the next move allocate a new one), unless it grew past
+   * `STAMPS_KEPT`.
+   */
   stamps: number[] = [];
+  stampCount = 0;
   /** Reported overloaded, not yet recovered. */
   overloaded = false;
   /** Dispatch → delivered of this room's moves since its last overload event (null: events off). */
@@ -235,8 +243,9 @@ class Shard {
   readonly waits = new CoarseHistogram();
   readonly controls: Control[] = [];
   controlHead = 0;
-  /** Push rooms with content waiting for delivery. */
-  readonly pushPending: Room[] = [];
+  /** Push rooms with content waiting for delivery: `pushPending[0..pendingCount)` (reused, like the engine's ready list). */
+  readonly pushPending: (Room | undefined)[] = [];
+  pendingCount = 0;
   /** Listed in the engine's ready list. */
   ready = false;
   /** The worker failed: its moves are rejected `ShardFailed`, its rooms refuse everything. */
@@ -262,8 +271,13 @@ export class JsEngine implements Engine {
   readonly #wake: WakeFn;
   readonly #shards: Shard[];
   readonly #rooms = new Map<number, Room>();
-  /** Shards with work, processed by the next round (and a spare list swapped in per round). */
+  /**
+   * Shards with work, processed by the next round: `#ready[0..#readyCount)` (and a spare
+   * list swapped in per round). Counted rather than emptied with `length = 0`, which would
+   * make V8 drop the backing store and the next round allocate one.
+   */
   #ready: Shard[] = [];
+  #readyCount = 0;
   #spare: Shard[] = [];
   #outbox: Delivery[] = [];
   /** Histograms (nanoseconds, except batch sizes), as the native engine keeps them. */
@@ -469,14 +483,18 @@ export class JsEngine implements Engine {
 
   /** Recovery: an overloaded shard or room back at half its mark (or a room forgotten). */
   #checkRecovery(): void {
+    // Runs at every poll: plain loops, and no new array unless a room is overloaded.
     const { overloadQueueDepth: q, overloadRoomBytes: rb } = this.#config;
-    this.#shards.forEach((shard, i) => {
+    for (let i = 0; i < this.#shards.length; i++) {
+      const shard = this.#shards[i]!;
+      if (!shard.overloaded) continue;
       const depth = shard.enqueued - shard.processed;
-      if (shard.overloaded && depth <= q / 2) {
+      if (depth <= q / 2) {
         shard.overloaded = false;
         this.#event('shard', i, true, depth, q, shard.waits);
       }
-    });
+    }
+    if (this.#overloadedRooms.length === 0) return;
     this.#overloadedRooms = this.#overloadedRooms.filter((room) => {
       if (room.reserved > rb / 2 && this.#rooms.get(room.id) === room) return true;
       room.overloaded = false;
@@ -581,7 +599,7 @@ export class JsEngine implements Engine {
   /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {
     this.#paused = paused;
-    if (!paused && this.#ready.length > 0) this.#scheduleRound();
+    if (!paused && this.#readyCount > 0) this.#scheduleRound();
   }
 
   // ---- dispatch side -------------------------------------------------------------------
@@ -675,7 +693,7 @@ export class JsEngine implements Engine {
   #schedule(shard: Shard): void {
     if (!shard.ready) {
       shard.ready = true;
-      this.#ready.push(shard);
+      this.#ready[this.#readyCount++] = shard;
     }
     if (this.#immediate === null && !this.#paused && !this.#shut) this.#scheduleRound();
   }
@@ -692,10 +710,13 @@ export class JsEngine implements Engine {
     if (this.#paused || this.#shut) return;
     const before = this.#outbox.length;
     const shards = this.#ready;
+    const n = this.#readyCount;
     this.#ready = this.#spare;
+    this.#readyCount = 0;
     this.#inRound = true;
     try {
-      for (const shard of shards) {
+      for (let k = 0; k < n; k++) {
+        const shard = shards[k]!;
         shard.ready = false;
         try {
           this.#process(shard);
@@ -706,7 +727,6 @@ export class JsEngine implements Engine {
     } finally {
       this.#inRound = false;
     }
-    shards.length = 0;
     this.#spare = shards;
     const writable = this.#writableWake;
     this.#writableWake = false;
@@ -789,7 +809,7 @@ export class JsEngine implements Engine {
   /** Delivers the shard's push rooms; answers the marker unless one of them waits for a release. */
   #passFlushMarker(shard: Shard, request: FlushRequest): boolean {
     this.#deliverPending(shard);
-    if (shard.pushPending.length > 0) return false;
+    if (shard.pendingCount > 0) return false;
     if (--request.remaining === 0) this.#outbox.push({ type: 'flushed', token: request.token });
     return true;
   }
@@ -817,7 +837,7 @@ export class JsEngine implements Engine {
       shard.waits.record(waitNs);
       if (reason === VALID) {
         this.#append(room, ring, start, FRAME_OVERHEAD + len);
-        room.stamps.push(stamp);
+        room.stamps[room.stampCount++] = stamp;
       } else {
         this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
       }
@@ -868,14 +888,17 @@ export class JsEngine implements Engine {
   #listPush(room: Room): void {
     if (room.listed) return;
     room.listed = true;
-    room.shard.pushPending.push(room);
+    const shard = room.shard;
+    shard.pushPending[shard.pendingCount++] = room;
   }
 
   /** Delivers every listed push room that has content and no unreleased batch; keeps the others listed. */
   #deliverPending(shard: Shard): void {
     const list = shard.pushPending;
+    const n = shard.pendingCount;
     let kept = 0;
-    for (const room of list) {
+    for (let k = 0; k < n; k++) {
+      const room = list[k]!;
       if (room.push && room.hasContent() && room.outstanding) {
         list[kept++] = room;
         continue;
@@ -884,7 +907,9 @@ export class JsEngine implements Engine {
       if (room.push && room.hasContent()) this.#deliverPush(room);
       else this.#forgetIfDone(room);
     }
-    list.length = kept;
+    // Drop the references past the kept ones (a forgotten room must not stay reachable).
+    for (let k = kept; k < n; k++) list[k] = undefined;
+    shard.pendingCount = kept;
   }
 
   #deliverPush(room: Room): void {
@@ -901,12 +926,14 @@ export class JsEngine implements Engine {
       // Delivered now: drain() returns it, or the push round hands it to onBatch before it ends.
       const now = performance.now();
       const waits = room.waits;
-      for (const stamp of room.stamps) {
-        const ns = (now - stamp) * 1e6;
+      const stamps = room.stamps;
+      for (let k = 0; k < room.stampCount; k++) {
+        const ns = (now - stamps[k]!) * 1e6;
         this.#deliveredNs.record(ns);
         waits?.record(ns);
       }
-      room.stamps.length = 0;
+      room.stampCount = 0;
+      if (stamps.length > STAMPS_KEPT) room.stamps = [];
       this.#batchSize.record(count);
       room.fillBase = room.fillBase === 0 ? this.#config.roomBytes : 0;
       room.fillLen = 0;

@@ -31,6 +31,8 @@ export interface Probe {
   foreignCpuPercent: number;
   /** The hand-written row: the hash its process chose (null for other rows). */
   hash: string | null;
+  /** Failed while other processes used > 10 % of the machine: not counted, run again. */
+  retried: boolean;
 }
 
 export interface Sustainable {
@@ -299,7 +301,9 @@ export function renderMarkdown(res: Results, svgName: string): string {
   if (res.sustainable.length > 0) {
     L.push(`## Sustainable throughput (p99 < 5 ms, no growing backlog, nothing left unsent)`);
     L.push('');
-    L.push(`Search: short runs (${s.probe.warmupS} s warm-up, ${s.probe.windowS} s window), doubling from the first rate, then bisecting to within ${((s.probe.resolution - 1) * 100).toFixed(0)} %, capped at ${fmtInt(s.probe.maxRate)} moves/s.`);
+    L.push(
+      `Search: short runs (${s.probe.warmupS} s warm-up, ${s.probe.windowS} s window), doubling from the first rate, then bisecting to within ${((s.probe.resolution - 1) * 100).toFixed(0)} %, capped at ${fmtInt(s.probe.maxRate)} moves/s. A probe that failed while other processes used more than 10 % of the machine is struck through and run again (at most 3 times a row).`,
+    );
     L.push('');
     const base = res.baseline;
     L.push(
@@ -311,7 +315,7 @@ export function renderMarkdown(res: Results, svgName: string): string {
     L.push(`| row | sustainable moves/s | × ${base === null ? 'baseline' : ROW_LABELS[base.row]} | p99 there | p99.9 there | CPU there | probes (moves/s: pass ✓ / fail ✗) |`);
     L.push('|---|---:|---:|---:|---:|---:|---|');
     for (const x of res.sustainable) {
-      const probes = x.probes.map((p) => `${fmtInt(p.rate)} ${p.sustained ? '✓' : '✗'}`).join(', ');
+      const probes = x.probes.map((p) => (p.retried ? `~~${fmtInt(p.rate)} ✗~~ (others ${p.foreignCpuPercent.toFixed(0)} %, run again)` : `${fmtInt(p.rate)} ${p.sustained ? '✓' : '✗'}`)).join(', ');
       const name = base !== null && x.row === base.row ? `**${ROW_LABELS[x.row]}** (strongest baseline)` : ROW_LABELS[x.row];
       L.push(
         `| ${name} | ${x.rate > 0 ? fmtInt(x.rate) : 'none found'}${x.capped ? ' (cap)' : ''} | ${ratio(x.ratioToBaseline)} | ${x.at?.latency ? fmtNs(x.at.latency.p99) : 'n/a'} | ${x.at?.latency ? fmtNs(x.at.latency.p999) : 'n/a'} | ${x.at === null ? 'n/a' : `${x.at.cpuPercent.toFixed(0)} %`} | ${probes} |`,

@@ -648,6 +648,14 @@ impl NativeDispatcher {
         with_core(self.id, |c| c.pause(paused));
     }
 
+    /// From now on `dispatch` / `dispatchStream` owe their workers the wake-up, paid by
+    /// `wakeOwed(id)` (once per event-loop turn, from a microtask) or by any call that waits
+    /// on the workers; no more than 64 moves of a shard wait for theirs.
+    #[napi(catch_unwind)]
+    pub fn defer_wakes(&self, defer: bool) {
+        with_core(self.id, |c| c.defer_wakes(defer));
+    }
+
     /// Asks for a wake-up once the worker frees capacity after the last `Backpressure`.
     #[napi(catch_unwind)]
     pub fn want_writable(&self) {
@@ -771,6 +779,12 @@ pub fn take_delivery(env: &Env, id: u32) -> Result<Option<ArrayBuffer<'_>>> {
         None => Ok(None),
         Some((m, pool)) => expose(env, m, pool).map(Some),
     }
+}
+
+/// Pays the wake-ups `dispatch` / `dispatchStream` owe the workers (see `deferWakes`).
+#[napi(catch_unwind)]
+pub fn wake_owed(id: u32) {
+    with_core(id, Core::wake_owed);
 }
 
 /// The overload events `pollPacked` announced (record `2`), in order; empties the list.

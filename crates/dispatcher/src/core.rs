@@ -114,8 +114,9 @@ pub(crate) struct ShardHandle {
     /// Crossed its mark inside `dispatch` at this depth; the event is published by the next
     /// `poll`, `drain` or flush (publishing allocates, `dispatch` must not).
     pub(crate) raise_pending: Option<u64>,
-    /// `dispatch_stream` pushed to this shard and owes it a wake-up at the end of the call.
-    wake_owed: bool,
+    /// Moves pushed to this shard whose wake-up is owed: at the end of a `dispatch_stream`
+    /// call, or, with deferred wake-ups ([`Core::defer_wakes`]), at [`Core::wake_owed`].
+    owed: u32,
     /// Its worker panicked and [`Core::poll`] reported it: its rooms answer `Closed`.
     failed: bool,
 }
@@ -203,12 +204,17 @@ pub struct Core {
     pressure: Option<(usize, Pressure)>,
     /// Some shard has failed (see [`Core::poll`]).
     any_failed: bool,
+    /// `dispatch` leaves the worker's wake-up to [`Core::wake_owed`] ([`Core::defer_wakes`]).
+    defer: bool,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread (`None` once stopped for good, as a runtime task would have
     /// returned); empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
     inline: Vec<Option<Worker>>,
 }
+
+/// The most moves of a shard that wait for their worker's wake-up when it is deferred.
+pub const WAKE_EVERY: u32 = 64;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,7 +297,7 @@ impl Core {
                 validated: [observer.clone(), observer.clone(), observer],
                 overloaded: false,
                 raise_pending: None,
-                wake_owed: false,
+                owed: 0,
                 failed: false,
             });
         }
@@ -316,6 +322,7 @@ impl Core {
             overloaded_rooms: Vec::new(),
             pressure: None,
             any_failed: false,
+            defer: false,
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
         })
@@ -434,9 +441,13 @@ impl Core {
             bucket.tokens -= 1.0;
         }
         shard.count_push();
-        if chunk_stamp.is_some() {
-            shard.wake_owed = true;
+        // Wake the worker now, or owe it the wake-up (a stream's frames arrived together; a
+        // caller that defers wakes it once per event-loop turn) — but never let more than
+        // `WAKE_EVERY` moves wait for one.
+        if (chunk_stamp.is_some() || self.defer) && shard.owed < WAKE_EVERY {
+            shard.owed += 1;
         } else {
+            shard.owed = 0;
             shard.shared.wake();
         }
         // Overload marks: only flagged here; events are published (and recovery checked) on
@@ -499,13 +510,37 @@ impl Core {
             }
             out.consumed += len;
         }
-        // The wake-ups owed: after every push of the call, as `dispatch` does after one.
-        for s in &mut self.shards {
-            if std::mem::take(&mut s.wake_owed) {
-                s.shared.wake();
-            }
+        // The wake-ups owed: after every push of the call, as `dispatch` does after one
+        // (or later, with deferred wake-ups).
+        if !self.defer {
+            self.wake_owed();
         }
         out
+    }
+
+    /// From now on (`true`), `dispatch` and `dispatch_stream` only owe their workers the
+    /// wake-up, which [`Core::wake_owed`] pays: the caller (JavaScript) calls it once per
+    /// event-loop turn, so a socket handler's one-frame calls cost one wake-up a turn, not
+    /// one each. Every call that waits on the workers (drains, flushes, polls, pause,
+    /// shutdown) pays what is owed first, and no more than [`WAKE_EVERY`] moves of a shard
+    /// ever wait for theirs.
+    pub fn defer_wakes(&mut self, defer: bool) {
+        self.defer = defer;
+        if !defer {
+            self.wake_owed();
+        }
+    }
+
+    /// Wakes every worker owed a wake-up (see [`Core::defer_wakes`]); whether any was.
+    pub fn wake_owed(&mut self) -> bool {
+        let mut any = false;
+        for s in &mut self.shards {
+            if std::mem::take(&mut s.owed) > 0 {
+                s.shared.wake();
+                any = true;
+            }
+        }
+        any
     }
 
     /// Queues `control` on `shard`, in order with its moves; whether it was queued. A shard
@@ -516,6 +551,7 @@ impl Core {
         match s.shared.push_control(s.next_seq, control) {
             Ok(()) => {
                 s.next_seq += 1;
+                s.owed = 0;
                 s.shared.wake();
                 true
             }
@@ -653,6 +689,7 @@ impl Core {
     /// `UnknownRoom` (never opened, or closed and fully drained: then it is forgotten),
     /// `WrongDelivery` for push rooms.
     pub fn drain(&mut self, room: u32) -> Result<Option<Moves>, Status> {
+        self.wake_owed();
         let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
         if r.push {
             return Err(Status::WrongDelivery);
@@ -670,6 +707,7 @@ impl Core {
     /// Pull rooms: every pull room's moves and rejections since its last drain, in one
     /// delivery; `None` when nothing waits. Closed rooms drained empty are forgotten.
     pub fn drain_all(&mut self) -> Option<Moves> {
+        self.wake_owed();
         self.builder.start(self.pool.get());
         let mut forget = false;
         for r in self.rooms.values().filter(|r| !r.push) {
@@ -798,6 +836,7 @@ impl Core {
 
     /// Deliveries ready for JavaScript, in order; counts delivered push moves.
     pub fn poll(&mut self) -> Vec<Delivery> {
+        self.wake_owed();
         let mut items = self.outbox.take();
         self.count_batches(&items);
         // After the batches: their moves count in the rooms' waits and depths.
@@ -1884,6 +1923,56 @@ mod tests {
         );
         let b = drained(&mut c, 1);
         assert_eq!(b.rejections[0].reason, Reason::ShardFailed);
+        c.shutdown();
+    }
+
+    /// Deferred wake-ups: a parked worker stays parked through one-frame dispatches until
+    /// the owed wake-up is paid (once for many calls), or until a shard owes `WAKE_EVERY`.
+    #[test]
+    fn deferred_wakes_are_paid_once_per_turn() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        flush(&mut c, 1);
+        c.defer_wakes(true);
+        // Let the worker park (it spins briefly first).
+        std::thread::sleep(Duration::from_millis(20));
+        for seq in 1..=10 {
+            assert_eq!(
+                c.dispatch(&frame(1, 1, seq, b"d", None), None),
+                Verdict::Accepted
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.shard_stats()[0].queue_depth, 10, "nobody woke the worker");
+        assert!(c.wake_owed());
+        assert!(!c.wake_owed(), "paid once");
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.shard_stats()[0].queue_depth, 0);
+        // A long burst never waits for more than WAKE_EVERY moves.
+        std::thread::sleep(Duration::from_millis(20));
+        for seq in 11..=(11 + WAKE_EVERY) {
+            assert_eq!(
+                c.dispatch(&frame(1, 1, seq, b"d", None), None),
+                Verdict::Accepted
+            );
+        }
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.shard_stats()[0].queue_depth, 0, "woken at WAKE_EVERY");
+        // A drain pays what is owed.
+        c.dispatch(&frame(1, 1, 200, b"d", None), None);
+        let _ = c.drain(1);
+        flush(&mut c, 2);
         c.shutdown();
     }
 }

@@ -1520,8 +1520,9 @@ impl Driver<'_> {
             }
         }
         self.flush(0);
-        // Every pull room: at once (then each room, which has nothing left), or one by one.
-        if self.m.k.accepted.is_multiple_of(2) {
+        // Every pull room: at once (then each room, which has nothing left), or one by one
+        // (by the input alone: a reused core's counters are not part of the reproduction).
+        if ops % 2 == 0 {
             self.op_drain_all();
         }
         let rooms: Vec<u32> = self.m.rooms.keys().copied().collect();

@@ -119,6 +119,10 @@ pub(crate) struct ShardHandle {
     owed: u32,
     /// Its worker panicked and [`Core::poll`] reported it: its rooms answer `Closed`.
     failed: bool,
+    /// Push deliveries of this shard polled, and released by JavaScript: one is out when
+    /// they differ (a release with none out is ignored).
+    deliveries: u64,
+    releases: u64,
 }
 
 impl ShardHandle {
@@ -298,6 +302,8 @@ impl Core {
                 overloaded: false,
                 raise_pending: None,
                 owed: 0,
+                deliveries: 0,
+                releases: 0,
                 failed: false,
             });
         }
@@ -719,7 +725,9 @@ impl Core {
         }
         let moves = self.finish_drain();
         if forget {
-            self.rooms.retain(|_, r| !r.forgettable());
+            // Pull rooms only: a push room's last moves may sit in a delivery not yet
+            // polled, which still needs the room (its waits); poll forgets it.
+            self.rooms.retain(|_, r| r.push || !r.forgettable());
         }
         moves
     }
@@ -739,9 +747,14 @@ impl Core {
     }
 
     /// Push rooms: JavaScript released `shard`'s push delivery; its worker may deliver again.
+    /// A release when none of the shard's deliveries is out is ignored (JavaScript releases
+    /// each delivery once; this keeps a stray call from letting two out).
     pub fn release_delivery(&mut self, shard: u32) {
-        if let Some(s) = self.shards.get(shard as usize) {
-            s.shared.release_delivery();
+        if let Some(s) = self.shards.get_mut(shard as usize) {
+            if s.releases < s.deliveries {
+                s.releases += 1;
+                s.shared.release_delivery();
+            }
         }
     }
 
@@ -852,6 +865,9 @@ impl Core {
         for d in items {
             match d {
                 Delivery::Moves(m) => {
+                    if let Some(s) = m.shard().and_then(|s| self.shards.get_mut(s as usize)) {
+                        s.deliveries += 1;
+                    }
                     self.count_delivery(m);
                     // Closed push rooms whose last moves just went out are forgotten.
                     for e in m.room_entries() {

@@ -9,17 +9,37 @@
 //! runs the workers on the fuzzing thread with `Core::step_workers`, so an input replays
 //! identically and no thread hand-off bounds the rate. With `MOVE_FUZZ_THREADED=1` the core
 //! runs its workers on their tokio runtime as in production, paused (`Core::pause`, the
-//! documented test hook) outside flushes; inside one they run freely and push-batch
-//! boundaries depend on timing. Either way the model checks that each push batch is the
-//! next contiguous run of the room's validated moves and rejections, in order.
+//! documented test hook) outside flushes; inside one they run freely and where a push
+//! delivery is cut depends on timing. Either way the model checks that each push delivery
+//! of a shard is the next contiguous run of that shard's push events (validated moves and
+//! rejections of its push rooms, in the order its worker met them).
+//!
+//! Deliveries (delivery v2, `060f29d`; from that commit's description and the `delivery`
+//! module docs, which `docs/architecture.md` does not describe yet): a delivery
+//! (`delivery::Moves`) is one buffer of many rooms. A shard's worker puts *every* push
+//! room with something waiting into one delivery, in the order it listed them (the order
+//! of each room's first event since its last delivery), each room with all it holds; it
+//! builds no other until `release_delivery(shard)`, so one push delivery per shard is out
+//! at a time, and push rooms accumulate meanwhile (and answer `Backpressure` on their
+//! budget once it is spent). `drain(room)` is a pull delivery of that one room (`None`
+//! when nothing waits); `drain_all()` one of every pull room with something waiting (rooms
+//! in the core's map order: compared as a set, each room exactly). A room's budget comes
+//! back when its moves are taken into a delivery (not when the delivery is released); a
+//! closed room is forgotten once nothing of it is in flight or waiting (moves in a
+//! delivery still out do not count): at `closeRoom`, at the drain or the push delivery
+//! that takes its last moves. `batches` counts room entries.
 //!
 //! Operations: openRoom (SHA-256 / HMAC, pull / push, rate limit), closeRoom, join (good,
 //! missing and bad-length keys), leave, dispatch of frames (valid, corrupted, forged with
 //! another key, wrong tag kind, replayed, old, seq 0, oversize, truncated, padded, bad
 //! magic or version, spoofed sender, from a non-member), dispatchStream of several frames
-//! with a partial or malformed tail, drain, flush (optionally holding the last push batch
-//! of a room), release, poll, closing input, and `failShardForTesting` (a shard's worker
-//! panics when it reaches that point of its queue).
+//! with a partial or malformed tail, drain(room), drainAll, flush (optionally holding the
+//! last push delivery of a shard out past the flush, and optionally releasing the held
+//! ones only after a first round of the workers), releaseDelivery(shard) (of shards 0..=2,
+//! some of which do not exist), poll, closing input, and `failShardForTesting` (a shard's
+//! worker panics when it reaches that point of its queue). Deliveries go back to
+//! `Core::pool` once released (drains at once), as the addon's finalizer does, so later
+//! deliveries are built in reused buffers.
 //!
 //! The model's check order of `dispatch` (docs/architecture.md): input closed (`Closed`),
 //! header (`Malformed` / `Oversize`), the room's shard reported failed (`Closed`, whether
@@ -47,27 +67,33 @@
 //!
 //! Properties checked after every operation: each verdict and status; `Core::counters`
 //! equal to the model's (per verdict, per backpressure cause, per reason, delivered,
-//! batches); `has_room`, `room_stats` (undelivered bytes per room) and `shard_stats`
-//! (queue depth, arena bytes, wraps). At each delivery: frames and rejections exactly the
-//! model's, in order, in the right half of the room memory (read with `Inbox::copy_out`,
-//! which refuses the half being filled); a pull batch's memory still intact until the next
-//! drain; failure reports exactly the model's, per shard, in order. At the end (flush,
-//! drain everything): accepted = delivered + rejected, nothing reserved, every room
-//! forgotten that should be (only rooms of failed shards stay), overload events
-//! alternating raise/recover per subject and all recovered.
+//! `batches` = room entries); `has_room`, `room_stats` (bytes not yet taken per room) and
+//! `shard_stats` (queue depth, arena bytes, wraps); no closed room lingers in the model
+//! with nothing of it left. At each delivery: its format (header, frames room after room
+//! from byte 32, room and rejection tables adding up to the header's counts, one stamp per
+//! move, aligned tables, nothing past the stamps); its shard (`None` for a drain); for
+//! each room, frames byte for byte what was dispatched and validated, in order,
+//! rejections exactly the model's, in order, and each move's stamp within the dispatch
+//! call that accepted it; a push delivery never while the shard's previous one is out; a
+//! flush not answered while a shard's delivery is out and push moves of it wait; failure
+//! reports exactly the model's, per shard, in order. At the end (flush, drain everything,
+//! with `drain_all` or room by room): accepted = delivered + rejected, nothing reserved or
+//! out, every room forgotten that should be (only rooms of failed shards stay), overload
+//! events alternating raise/recover per subject and all recovered.
 #![no_main]
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use move_dispatcher::arena::record_size;
 use move_dispatcher::auth::{self, PlayerKey};
+use move_dispatcher::clock;
 use move_dispatcher::core::{Config, Core, RateLimit, StreamOutcome};
+use move_dispatcher::delivery::{self, Moves, RoomEntry};
 use move_dispatcher::frame::{self, FrameError, Header};
-use move_dispatcher::inbox::{Inbox, Rejection};
+use move_dispatcher::inbox::Rejection;
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::verdict::{Reason, Status, Verdict};
 use move_dispatcher_fuzz::{ref_check, ref_header, Input, WindowModel};
@@ -120,25 +146,26 @@ enum Signer {
     Broken,
 }
 
+/// A validated move (with the bounds of its dispatch stamp) or a rejection (with its
+/// frame's length, its budget cost).
 #[derive(Debug, Clone)]
 enum Ev {
-    Frame(Vec<u8>),
+    Frame(Vec<u8>, Window),
     Rej(Rejection, usize),
 }
+
+/// [`clock::now_ns`] just before the model and the core saw the call that accepted a move,
+/// and just after the core answered: its dispatch stamp lies in between.
+type Window = [u64; 2];
 
 #[derive(Debug)]
 struct MInbox {
     push: bool,
+    /// Bytes of the room's accepted moves not yet taken into a delivery.
     reserved: usize,
-    held: bool,
-    /// Half that receives the next validated moves (0 or 1).
-    fill: usize,
-    /// Validated, not yet delivered, in order.
+    /// Pull rooms: validated or rejected, not yet drained, in order. (A push room's
+    /// events wait in its shard's `pushed`, in the order its worker met them.)
     events: VecDeque<Ev>,
-    /// The inbox itself, once seen (for memory checks).
-    arc: Option<Arc<Inbox>>,
-    /// The last pull batch: offset and bytes, valid until the next drain.
-    last_pull: Option<(usize, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -154,7 +181,7 @@ struct MRoom {
 
 #[derive(Debug)]
 enum WOp {
-    Move(Vec<u8>, Signer),
+    Move(Vec<u8>, Signer, Window),
     Open {
         room: u32,
         inbox: usize,
@@ -203,6 +230,12 @@ struct MShard {
     reported: bool,
     /// Failure reports due and not yet polled (`true`: the second one, the worker stopped).
     reports: VecDeque<bool>,
+    /// The push rooms' events (room, inbox) not yet taken into a delivery, in the order the
+    /// worker met them: the next delivery is a prefix of it.
+    pushed: VecDeque<(u32, usize, Ev)>,
+    /// A push delivery of this shard is out with JavaScript, not yet released: the worker
+    /// builds no other.
+    out: bool,
 }
 
 impl MShard {
@@ -226,6 +259,11 @@ struct Model {
     cfg: Config,
     cap: usize,
     closed: bool,
+    /// [`clock::now_ns`] before the current dispatch call (the driver sets it).
+    called_at: u64,
+    /// Moves queued by the current dispatch call, whose stamp bound the driver sets once
+    /// the core has answered: (shard, index in its queue).
+    unstamped: Vec<(usize, usize)>,
     rooms: BTreeMap<u32, MRoom>,
     inboxes: Vec<MInbox>,
     shards: Vec<MShard>,
@@ -242,6 +280,8 @@ impl Model {
             cap: (cfg.arena_bytes & !7).max(64),
             cfg: cfg.clone(),
             closed: false,
+            called_at: 0,
+            unstamped: Vec::new(),
             rooms: BTreeMap::new(),
             inboxes: Vec::new(),
             shards: offsets
@@ -340,7 +380,12 @@ impl Model {
         }
         s.head += total;
         s.inflight += 1;
-        s.queue.push(WOp::Move(bytes.to_vec(), signer));
+        s.queue.push(WOp::Move(
+            bytes.to_vec(),
+            signer,
+            [self.called_at, u64::MAX],
+        ));
+        self.unstamped.push((shard, s.queue.len() - 1));
         if room.rate.is_some() {
             if let Some(t) = room.members.get_mut(&key) {
                 *t -= 1.0;
@@ -366,11 +411,7 @@ impl Model {
                 self.inboxes.push(MInbox {
                     push,
                     reserved: 0,
-                    held: false,
-                    fill: 0,
                     events: VecDeque::new(),
-                    arc: None,
-                    last_pull: None,
                 });
                 let inbox = self.inboxes.len() - 1;
                 self.rooms.insert(
@@ -460,11 +501,12 @@ impl Model {
         Status::Ok
     }
 
+    /// Closed with nothing in flight or waiting in its inbox (moves already taken into a
+    /// delivery, even one still out, do not count): the room is forgotten.
     fn forgettable(&self, room: u32) -> bool {
-        self.rooms.get(&room).is_some_and(|r| {
-            let i = &self.inboxes[r.inbox];
-            !r.open && i.reserved == 0 && !i.held
-        })
+        self.rooms
+            .get(&room)
+            .is_some_and(|r| !r.open && self.inboxes[r.inbox].reserved == 0)
     }
 
     fn forget_if_done(&mut self, room: u32) {
@@ -486,11 +528,11 @@ impl Model {
         Status::Ok
     }
 
-    /// `Core::release`: the push batch is released; a closed room with nothing left goes.
-    fn release(&mut self, room: u32) {
-        if let Some(r) = self.rooms.get(&room) {
-            self.inboxes[r.inbox].held = false;
-            self.forget_if_done(room);
+    /// `Core::release_delivery(shard)`: the shard's worker may deliver again (a no-op
+    /// when none is out, or for a shard that does not exist).
+    fn release(&mut self, shard: usize) {
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.out = false;
         }
     }
 
@@ -500,7 +542,7 @@ impl Model {
             let mut ops = std::mem::take(&mut s.queue).into_iter();
             while let Some(op) = ops.next() {
                 match op {
-                    WOp::Move(bytes, signer) => {
+                    WOp::Move(bytes, signer, window) => {
                         let h = ref_header(&bytes).expect("queued frames have headers");
                         let r = s
                             .rooms
@@ -528,21 +570,27 @@ impl Model {
                                 }
                             }
                         };
-                        let inbox = &mut self.inboxes[r.inbox];
-                        match outcome {
-                            Ok(()) => inbox.events.push_back(Ev::Frame(bytes)),
+                        let ev = match outcome {
+                            Ok(()) => Ev::Frame(bytes, window),
                             Err(reason) => {
                                 self.k.reasons[reason as usize] += 1;
-                                inbox.events.push_back(Ev::Rej(
+                                let len = bytes.len();
+                                Ev::Rej(
                                     Rejection {
                                         room: h.room,
                                         player: h.player,
                                         seq: h.seq,
                                         reason,
                                     },
-                                    bytes.len(),
-                                ));
+                                    len,
+                                )
                             }
+                        };
+                        let inbox = &mut self.inboxes[r.inbox];
+                        if inbox.push {
+                            s.pushed.push_back((h.room, r.inbox, ev));
+                        } else {
+                            inbox.events.push_back(ev);
                         }
                     }
                     WOp::Open { room, inbox, hmac } => {
@@ -598,45 +646,196 @@ impl Model {
     fn rejected(&self) -> u64 {
         self.k.reasons.iter().sum()
     }
-}
 
-/// Takes the next `count` frames and `rejections` of `events`, which must be exactly its
-/// first `count + rejections` entries. Returns the frames' bytes and the cost.
-fn take_segment(
-    events: &mut VecDeque<Ev>,
-    count: usize,
-    rejections: &[Rejection],
-) -> (Vec<u8>, usize) {
-    let n = count + rejections.len();
-    assert!(
-        events.len() >= n,
-        "batch of {count} moves and {} rejections, model has {} events",
-        rejections.len(),
-        events.len()
-    );
-    let mut bytes = Vec::new();
-    let mut cost = 0;
-    let mut rej = rejections.iter();
-    let mut frames = 0;
-    for ev in events.drain(..n) {
-        match ev {
-            Ev::Frame(f) => {
-                frames += 1;
-                cost += f.len();
-                bytes.extend_from_slice(&f);
-            }
-            Ev::Rej(r, len) => {
-                cost += len;
-                assert_eq!(Some(&r), rej.next(), "rejections differ from the model's");
+    /// Before a dispatch call: its moves are stamped from now on.
+    fn calling(&mut self) {
+        self.called_at = clock::now_ns();
+        self.unstamped.clear();
+    }
+
+    /// After the core answered a dispatch call: its moves were stamped by now.
+    fn answered(&mut self) {
+        let now = clock::now_ns();
+        for (s, i) in self.unstamped.drain(..) {
+            if let WOp::Move(_, _, window) = &mut self.shards[s].queue[i] {
+                window[1] = now;
             }
         }
     }
-    assert_eq!(
-        frames, count,
-        "batch is not the next run of the room's events"
+}
+
+/// One room of a delivery as the model expects it.
+#[derive(Debug, Default)]
+struct Group {
+    room: u32,
+    inbox: usize,
+    /// The validated frames, back to back, in dispatch order.
+    frames: Vec<u8>,
+    moves: u32,
+    rejections: Vec<Rejection>,
+    /// Bounds of each move's dispatch stamp.
+    stamps: Vec<Window>,
+    /// Budget the room gets back when the group is taken.
+    cost: usize,
+}
+
+impl Group {
+    fn add(&mut self, ev: Ev) {
+        match ev {
+            Ev::Frame(f, window) => {
+                self.moves += 1;
+                self.cost += f.len();
+                self.frames.extend_from_slice(&f);
+                self.stamps.push(window);
+            }
+            Ev::Rej(r, len) => {
+                self.cost += len;
+                self.rejections.push(r);
+            }
+        }
+    }
+}
+
+/// Events of many rooms, in the order the worker met them, grouped by room: the rooms in
+/// the order each first appears (the order the worker lists a push room as having moves
+/// to deliver, which is the order it takes them into a delivery), each room's events in
+/// order.
+fn group(events: impl IntoIterator<Item = (u32, usize, Ev)>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (room, inbox, ev) in events {
+        let at = match groups.iter().position(|g| g.room == room) {
+            Some(at) => at,
+            None => {
+                groups.push(Group {
+                    room,
+                    inbox,
+                    ..Group::default()
+                });
+                groups.len() - 1
+            }
+        };
+        assert_eq!(
+            groups[at].inbox, inbox,
+            "model: two inboxes of room {room} pending at once"
+        );
+        groups[at].add(ev);
+    }
+    groups
+}
+
+/// One room of a delivery, read back.
+struct Read {
+    entry: RoomEntry,
+    rejections: Vec<Rejection>,
+    stamps: Vec<u64>,
+}
+
+fn word(b: &[u8], i: usize) -> usize {
+    u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()) as usize
+}
+
+/// Reads a delivery back through its accessors and checks its format (the module docs of
+/// `delivery`): the header, frames room after room from byte 32 with no gap, a room table
+/// and a rejection table that add up to the header's counts, each room's rejections its
+/// own, one stamp per move (never in the future, in dispatch order within a room), tables
+/// aligned for JavaScript's typed arrays, nothing past the stamps. Returns each room entry
+/// with its rejections and stamps.
+fn read_delivery(m: &Moves, shard: Option<u32>) -> Vec<Read> {
+    let b = m.bytes();
+    assert!(
+        b.len() >= delivery::HEADER_BYTES,
+        "delivery shorter than its header"
     );
-    assert!(rej.next().is_none());
-    (bytes, cost)
+    assert_eq!(word(b, 0), delivery::VERSION as usize, "delivery version");
+    assert_eq!(m.shard(), shard, "delivery's shard");
+    let entries: Vec<RoomEntry> = m.room_entries().collect();
+    let rejections: Vec<Rejection> = m.rejection_entries().collect();
+    let stamps: Vec<u64> = m.stamps().collect();
+    assert_eq!(entries.len(), m.rooms() as usize);
+    assert!(!entries.is_empty(), "a delivery of no room");
+    let mut frame_at = delivery::HEADER_BYTES;
+    let mut rej_at = 0;
+    let mut moves = 0;
+    let now = clock::now_ns();
+    let mut out = Vec::new();
+    for e in &entries {
+        assert!(
+            e.moves > 0 || e.rejections > 0,
+            "an empty room entry: {e:?}"
+        );
+        assert_eq!(
+            e.frame_start, frame_at,
+            "room frames not back to back: {e:?}"
+        );
+        assert_eq!(
+            e.rejection_start as usize, rej_at,
+            "rejections not in table order"
+        );
+        frame_at += e.frame_bytes;
+        let rej = rejections[rej_at..rej_at + e.rejections as usize].to_vec();
+        assert!(
+            rej.iter().all(|r| r.room == e.room),
+            "another room's rejection in room {}: {rej:?}",
+            e.room
+        );
+        rej_at += e.rejections as usize;
+        let own = &stamps[moves..moves + e.moves as usize];
+        assert!(
+            own.windows(2).all(|w| w[0] <= w[1]) && own.iter().all(|&t| t <= now),
+            "room {}: stamps out of dispatch order or in the future: {own:?} (now {now})",
+            e.room
+        );
+        out.push(Read {
+            entry: *e,
+            rejections: rej,
+            stamps: own.to_vec(),
+        });
+        moves += e.moves as usize;
+    }
+    assert_eq!(moves, m.moves() as usize, "moves in the header");
+    assert_eq!(rej_at, m.rejections() as usize, "rejections in the header");
+    assert_eq!(stamps.len(), moves);
+    let (rooms_at, rejections_at, stamps_at) = (word(b, 5), word(b, 6), word(b, 7));
+    assert!(
+        rooms_at % 4 == 0 && (frame_at..frame_at + 4).contains(&rooms_at),
+        "room table at {rooms_at}, frames end at {frame_at}"
+    );
+    assert_eq!(
+        rejections_at,
+        rooms_at + 4 * delivery::ROOM_WORDS * entries.len(),
+        "rejection table right after the room table"
+    );
+    let rej_end = rejections_at + 4 * delivery::REJECTION_WORDS * rej_at;
+    assert!(
+        stamps_at % 8 == 0 && (rej_end..rej_end + 8).contains(&stamps_at),
+        "stamps at {stamps_at}, rejection table ends at {rej_end}"
+    );
+    assert_eq!(b.len(), stamps_at + 8 * moves, "bytes past the stamps");
+    out
+}
+
+/// Checks one room of a delivery against the model's group.
+fn check_room(m: &Moves, r: &Read, g: &Group, what: &str) {
+    let (e, rej) = (&r.entry, &r.rejections[..]);
+    assert_eq!(e.room, g.room, "{what}: room order");
+    assert_eq!(
+        (e.moves, rej),
+        (g.moves, &g.rejections[..]),
+        "{what}: room {}: moves or rejections differ from the model's",
+        e.room
+    );
+    assert!(
+        m.frames(e) == &g.frames[..],
+        "{what}: room {}: frame bytes differ from what was dispatched",
+        e.room
+    );
+    for (stamp, [lo, hi]) in r.stamps.iter().zip(&g.stamps) {
+        assert!(
+            (*lo..=*hi).contains(stamp),
+            "{what}: room {}: a dispatch stamp {stamp} outside its call [{lo}, {hi}]",
+            e.room
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -656,6 +855,29 @@ struct Driver<'a> {
     hmac_keys: Vec<Box<PlayerKey>>,
     /// The core's workers run inside `Core::step_workers` (see the header).
     inline: bool,
+    /// Per shard, its push delivery out with JavaScript, if any (back to the pool when
+    /// released).
+    held: Vec<Option<Moves>>,
+    /// What the input exercised (printed with `MOVE_FUZZ_DEBUG=1`).
+    tally: Tally,
+}
+
+/// Deliveries an input saw, for `MOVE_FUZZ_DEBUG=1`.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Push deliveries, and those of more than one room.
+    push: u32,
+    push_multi: u32,
+    /// Push deliveries held out after a flush; flushes that found one out with push moves
+    /// waiting (bit 7 of `hold`).
+    held: u32,
+    waited: u32,
+    /// Non-empty `drain` / `drain_all` results, and `drain_all`s of more than one room.
+    drains: u32,
+    drain_alls: u32,
+    drain_all_multi: u32,
+    /// Rooms forgotten by a delivery or a drain (their last moves taken).
+    forgotten_at_take: u32,
 }
 
 impl Driver<'_> {
@@ -784,8 +1006,10 @@ impl Driver<'_> {
             .get(8..12)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
         let sender = self.sender(player);
+        self.m.calling();
         let want = self.m.dispatch(&f, signer, sender);
         let got = self.core.dispatch(&f, sender);
+        self.m.answered();
         assert_eq!(got, want, "dispatch verdict");
     }
 
@@ -813,6 +1037,7 @@ impl Driver<'_> {
             _ => Some(self.player_id()),
         };
         // The model, by the documented rules.
+        self.m.calling();
         let mut want = StreamOutcome::default();
         loop {
             let rest = &bytes[want.consumed..];
@@ -847,6 +1072,7 @@ impl Driver<'_> {
             want.consumed += h.frame_len();
         }
         let got = self.core.dispatch_stream(&bytes, sender);
+        self.m.answered();
         assert_eq!(got, want, "dispatch_stream outcome");
     }
 
@@ -899,63 +1125,114 @@ impl Driver<'_> {
             assert_eq!(got.err(), Some(Status::WrongDelivery), "drain({room})");
             return;
         }
-        let (b, arc) = got.expect("drain of a pull room");
-        let half = self.m.cfg.room_bytes;
-        let inbox = &mut self.m.inboxes[r.inbox];
-        assert_eq!(b.room, room);
-        assert_eq!(b.mem_id, arc.memory().id());
-        if let Some(a) = &inbox.arc {
-            assert!(Arc::ptr_eq(a, &arc), "drain returned another room's inbox");
+        let got = got.expect("drain of a pull room");
+        let inbox = r.inbox;
+        let events = std::mem::take(&mut self.m.inboxes[inbox].events);
+        let want = group(events.into_iter().map(|ev| (room, inbox, ev)));
+        match (got, want.first()) {
+            (None, None) => {}
+            (Some(m), Some(g)) => {
+                let read = read_delivery(&m, None);
+                assert_eq!(read.len(), 1, "drain({room}): one room");
+                check_room(&m, &read[0], g, "drain");
+                self.tally.drains += 1;
+                self.taken(&want);
+                self.core.pool().put(m.into_bytes());
+            }
+            (got, _) => panic!(
+                "drain({room}): got {got:?}, the model has {} moves and {} rejections",
+                want.first().map_or(0, |g| g.moves),
+                want.first().map_or(0, |g| g.rejections.len())
+            ),
         }
-        inbox.arc = Some(Arc::clone(&arc));
-        assert_eq!(b.offset, inbox.fill * half, "batch in the wrong half");
-        let n = inbox.events.len();
-        let (bytes, cost) = take_segment(&mut inbox.events, b.count as usize, &b.rejections);
-        assert_eq!(
-            b.count as usize + b.rejections.len(),
-            n,
-            "drain left moves behind"
-        );
-        assert_eq!(b.length, bytes.len());
-        assert_eq!(
-            arc.copy_out(b.offset, b.length).as_ref(),
-            Some(&bytes),
-            "batch bytes"
-        );
-        if n > 0 {
-            inbox.fill ^= 1;
-            // The half the worker fills next is refused (it may be writing there).
-            assert_eq!(
-                arc.copy_out(inbox.fill * half, 1),
-                None,
-                "copy_out read the fill half"
-            );
-            inbox.reserved -= cost;
-            inbox.last_pull = Some((b.offset, bytes));
-            self.m.k.delivered += u64::from(b.count);
-            self.m.k.batches += 1;
+        if self.m.forgettable(room) {
+            self.tally.forgotten_at_take += 1;
         }
-        self.core.recycle_rejections(room, b.rejections);
         self.m.forget_if_done(room);
     }
 
-    fn op_release(&mut self, room: u32) {
-        self.m.release(room);
-        self.core.release(room);
-    }
-
-    /// Releases held batches, lets the workers run until the flush is answered (releasing
-    /// push batches as `Dispatcher` does, except the last one of rooms in `hold`), pauses.
-    fn flush(&mut self, hold: u8) {
-        let held: Vec<u32> = self
+    /// `drain_all`: every pull room with something waiting, each exactly once and with all
+    /// it holds; the rooms come in the core's map order, so they are compared as a set.
+    fn op_drain_all(&mut self) {
+        let got = self.core.drain_all();
+        let mut want = Vec::new();
+        for (&room, r) in &self.m.rooms {
+            if !r.push {
+                let events = std::mem::take(&mut self.m.inboxes[r.inbox].events);
+                let inbox = r.inbox;
+                want.extend(group(events.into_iter().map(|ev| (room, inbox, ev))));
+            }
+        }
+        match got {
+            None => assert!(
+                want.is_empty(),
+                "drain_all: nothing, the model has rooms {:?} waiting",
+                want.iter().map(|g| g.room).collect::<Vec<_>>()
+            ),
+            Some(m) => {
+                let read = read_delivery(&m, None);
+                let mut rooms: Vec<u32> = read.iter().map(|r| r.entry.room).collect();
+                rooms.sort_unstable();
+                let mut model: Vec<u32> = want.iter().map(|g| g.room).collect();
+                model.sort_unstable();
+                assert_eq!(rooms, model, "drain_all: rooms (each once)");
+                for r in &read {
+                    let g = want
+                        .iter()
+                        .find(|g| g.room == r.entry.room)
+                        .expect("compared above");
+                    check_room(&m, r, g, "drain_all");
+                }
+                self.tally.drain_alls += 1;
+                self.tally.drain_all_multi += u32::from(read.len() > 1);
+                self.taken(&want);
+                self.core.pool().put(m.into_bytes());
+            }
+        }
+        // Closed pull rooms drained empty are forgotten.
+        let done: Vec<u32> = self
             .m
             .rooms
-            .iter()
-            .filter(|(_, r)| self.m.inboxes[r.inbox].held)
-            .map(|(&id, _)| id)
+            .keys()
+            .copied()
+            .filter(|&id| self.m.forgettable(id))
             .collect();
-        for room in held {
-            self.op_release(room);
+        for room in done {
+            self.tally.forgotten_at_take += 1;
+            self.m.rooms.remove(&room);
+        }
+    }
+
+    /// The model's side of a delivery of `groups` (checked): budgets back, counters.
+    fn taken(&mut self, groups: &[Group]) {
+        for g in groups {
+            self.m.inboxes[g.inbox].reserved -= g.cost;
+            self.m.k.delivered += u64::from(g.moves);
+            // `batches` counts room entries.
+            self.m.k.batches += 1;
+        }
+    }
+
+    /// `release_delivery(shard)`, as `Dispatcher` calls it once `onDelivery` returns; the
+    /// buffer goes back to the pool, as the `ArrayBuffer`'s finalizer does.
+    fn op_release(&mut self, shard: usize) {
+        self.m.release(shard);
+        if let Some(m) = self.held.get_mut(shard).and_then(Option::take) {
+            self.core.pool().put(m.into_bytes());
+        }
+        self.core.release_delivery(shard as u32);
+    }
+
+    /// Lets the workers run until the flush is answered, releasing push deliveries as
+    /// `Dispatcher` does, except the last one of the shards in `hold` (bit `s` for shard
+    /// `s`), which stays out until the next flush or release; pauses. Deliveries held by
+    /// the previous flush are released first, or, with bit 7 of `hold`, only after one round
+    /// of the workers: a shard whose delivery is out cannot deliver, so the flush must not
+    /// be answered then if such a shard has push moves waiting.
+    fn flush(&mut self, hold: u8) {
+        let late_release = hold & 0x80 != 0;
+        if !late_release {
+            self.release_held();
         }
         self.m.run_workers();
         let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -963,13 +1240,14 @@ impl Driver<'_> {
         self.core.request_flush(token);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut done = false;
+        let mut first_round = true;
         while !done {
             if self.inline {
                 self.core.step_workers();
             }
             for d in self.core.poll() {
                 match d {
-                    Delivery::Batch(b) => self.push_batch(b, hold),
+                    Delivery::Moves(m) => self.push_delivery(m, hold),
                     Delivery::Flushed { token: t } => {
                         assert_eq!(t, token, "unexpected flush token");
                         done = true;
@@ -978,6 +1256,24 @@ impl Driver<'_> {
                     Delivery::Failed { shard, message } => self.failure(shard, &message),
                 }
             }
+            if first_round && late_release {
+                self.tally.waited += self
+                    .m
+                    .shards
+                    .iter()
+                    .filter(|s| s.out && !s.pushed.is_empty())
+                    .count() as u32;
+                for (i, s) in self.m.shards.iter().enumerate() {
+                    assert!(
+                        !(done && s.out && !s.pushed.is_empty()),
+                        "flush answered while shard {i}'s delivery is out and {} push \
+                         moves or rejections wait",
+                        s.pushed.len()
+                    );
+                }
+                self.release_held();
+            }
+            first_round = false;
             assert!(Instant::now() < deadline, "flush {token} never answered");
             if !done && !self.inline {
                 std::thread::yield_now();
@@ -999,17 +1295,19 @@ impl Driver<'_> {
                 s.reports
             );
             s.reported = s.failed;
+            assert!(
+                s.pushed.is_empty(),
+                "shard {i}: push moves not delivered by the flush: {} left",
+                s.pushed.len()
+            );
         }
-        for i in &self.m.inboxes {
-            if i.push {
-                assert!(i.events.is_empty(), "push moves not delivered by the flush");
-            }
-            if let (Some(a), Some((off, bytes))) = (&i.arc, &i.last_pull) {
-                assert_eq!(
-                    a.copy_out(*off, bytes.len()).as_ref(),
-                    Some(bytes),
-                    "a pull batch changed before the next drain"
-                );
+    }
+
+    /// Releases the deliveries held out (the shards whose delivery the model has out).
+    fn release_held(&mut self) {
+        for shard in 0..self.m.shards.len() {
+            if self.m.shards[shard].out {
+                self.op_release(shard);
             }
         }
     }
@@ -1053,42 +1351,54 @@ impl Driver<'_> {
         );
     }
 
-    fn push_batch(&mut self, b: move_dispatcher::inbox::Batch, hold: u8) {
-        let r = self
-            .m
-            .rooms
-            .get(&b.room)
-            .expect("a push batch for a room the model does not know");
-        assert!(r.push, "a batch delivered for a pull room");
-        let arc = Arc::clone(self.core.inbox(b.room).expect("inbox of a delivered room"));
-        assert_eq!(b.mem_id, arc.memory().id());
-        let half = self.m.cfg.room_bytes;
-        let inbox = &mut self.m.inboxes[r.inbox];
+    /// A shard's push delivery: the next run of its worker's push events (every room with
+    /// something waiting when the worker took them, in the order it listed them), each room
+    /// with everything it held; one out at a time per shard.
+    fn push_delivery(&mut self, m: Moves, hold: u8) {
+        let shard = m.shard().expect("a push delivery names its shard") as usize;
+        assert!(shard < self.m.shards.len(), "delivery of shard {shard}");
+        let read = read_delivery(&m, Some(shard as u32));
+        let s = &mut self.m.shards[shard];
         assert!(
-            !inbox.held,
-            "a batch delivered while the previous one is held"
+            !s.out,
+            "shard {shard}: a push delivery while the previous one is out"
         );
-        inbox.arc = Some(Arc::clone(&arc));
-        assert!(b.count > 0 || !b.rejections.is_empty(), "empty push batch");
-        assert_eq!(b.offset, inbox.fill * half, "push batch in the wrong half");
-        let (bytes, cost) = take_segment(&mut inbox.events, b.count as usize, &b.rejections);
-        assert_eq!(b.length, bytes.len());
+        let n = (m.moves() + m.rejections()) as usize;
+        assert!(
+            n <= s.pushed.len(),
+            "shard {shard}: a delivery of {n} moves and rejections, the model has {} waiting",
+            s.pushed.len()
+        );
+        let want = group(s.pushed.drain(..n));
+        let rooms: Vec<u32> = read.iter().map(|r| r.entry.room).collect();
         assert_eq!(
-            arc.copy_out(b.offset, b.length).as_ref(),
-            Some(&bytes),
-            "push batch bytes"
+            rooms,
+            want.iter().map(|g| g.room).collect::<Vec<_>>(),
+            "shard {shard}: the delivery's rooms (in the order the worker listed them)"
         );
-        inbox.fill ^= 1;
-        inbox.reserved -= cost;
-        self.m.k.delivered += u64::from(b.count);
-        self.m.k.batches += 1;
-        let idx = ROOM_IDS.iter().position(|&x| x == b.room).unwrap_or(7);
-        if inbox.events.is_empty() && hold & (1 << idx) != 0 {
-            inbox.held = true;
-        } else {
-            self.op_release(b.room);
+        for (r, g) in read.iter().zip(&want) {
+            let push = self.m.rooms.get(&g.room).is_some_and(|x| x.push);
+            assert!(push, "room {} in a push delivery", g.room);
+            check_room(&m, r, g, "push delivery");
         }
-        self.core.recycle_rejections(b.room, b.rejections);
+        s.out = true;
+        let last = s.pushed.is_empty();
+        self.taken(&want);
+        // Closed rooms whose last moves just went out are forgotten.
+        for g in &want {
+            if self.m.forgettable(g.room) {
+                self.tally.forgotten_at_take += 1;
+            }
+            self.m.forget_if_done(g.room);
+        }
+        self.tally.push += 1;
+        self.tally.push_multi += u32::from(want.len() > 1);
+        self.held[shard] = Some(m);
+        if last && hold & (1 << shard) != 0 {
+            self.tally.held += 1;
+        } else {
+            self.op_release(shard);
+        }
     }
 
     /// Everything observable agrees with the model.
@@ -1103,6 +1413,11 @@ impl Driver<'_> {
         assert_eq!(c.rejected, self.m.rejected(), "rejected");
         assert_eq!(c.delivered, k.delivered, "delivered");
         assert_eq!(c.batches, k.batches, "batches");
+        // The model forgets a closed room as soon as nothing of it is in flight or waiting
+        // (closeRoom, a drain, a push delivery): none lingers.
+        for &id in self.m.rooms.keys() {
+            assert!(!self.m.forgettable(id), "model: room {id} not forgotten");
+        }
         for id in ROOM_IDS.iter().chain(&[UNKNOWN_ROOM]) {
             assert_eq!(
                 self.core.has_room(*id),
@@ -1150,17 +1465,23 @@ impl Driver<'_> {
                 }
                 5..=8 => self.op_move(),
                 9 => self.op_stream(),
-                10 | 11 => {
+                10 => {
                     let room = self.room_id();
                     self.op_drain(room);
                 }
+                11 => self.op_drain_all(),
                 12 => {
                     let hold = self.input.u8();
                     self.flush(hold);
                 }
                 13 => {
-                    let room = self.room_id();
-                    self.op_release(room);
+                    // Shard 0, 1 or 2 (2, and 1 with one shard, do not exist: a no-op).
+                    let shard = self.input.below(3);
+                    if shard < self.m.shards.len() {
+                        self.op_release(shard);
+                    } else {
+                        self.core.release_delivery(shard as u32);
+                    }
                 }
                 14 => {
                     for d in self.core.poll() {
@@ -1199,6 +1520,11 @@ impl Driver<'_> {
             }
         }
         self.flush(0);
+        // Every pull room: at once (then each room, which has nothing left), or one by one
+        // (by the input alone: a reused core's counters are not part of the reproduction).
+        if ops % 2 == 0 {
+            self.op_drain_all();
+        }
         let rooms: Vec<u32> = self.m.rooms.keys().copied().collect();
         for room in rooms {
             self.op_drain(room);
@@ -1214,9 +1540,10 @@ impl Driver<'_> {
         assert_eq!(c.accepted, c.delivered + c.rejected, "exactly once");
         if std::env::var_os("MOVE_FUZZ_DEBUG").is_some() {
             eprintln!(
-                "counters {c:?}; overload events {}; failures reported {:?}",
+                "counters {c:?}; overload events {}; failures reported {:?}; deliveries {:?}",
                 self.events.len(),
-                self.failures
+                self.failures,
+                self.tally
             );
         }
         for (&id, r) in &self.m.rooms {
@@ -1231,6 +1558,11 @@ impl Driver<'_> {
             .inboxes
             .iter()
             .all(|i| i.reserved == 0 && i.events.is_empty()));
+        assert!(
+            self.m.shards.iter().all(|s| !s.out && s.pushed.is_empty())
+                && self.held.iter().all(Option::is_none),
+            "a push delivery left out or push moves left at the end"
+        );
         self.check_overload_events();
     }
 
@@ -1374,7 +1706,9 @@ fn fresh(cfg: &Config, offsets: &[usize]) -> Slot {
                     std::thread::yield_now();
                 }
             }
-            core.drain(room).expect("drain");
+            if let Some(m) = core.drain(room).expect("drain") {
+                core.pool().put(m.into_bytes());
+            }
         }
         assert_eq!(core.close_room(room), Status::Ok);
         assert!(!core.has_room(room));
@@ -1464,7 +1798,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|k| PlayerKey::new(k).expect("key"))
             .collect(),
         inline: !threaded(),
+        held: Vec::new(),
+        tally: Tally::default(),
     };
+    d.held.resize_with(cfg.shards, || None);
     d.core.pause(true);
     d.run();
     if d.m.closed || fresh_only || d.m.shards.iter().any(|s| s.failed) {

@@ -207,7 +207,13 @@ impl Harness {
         'flush: loop {
             for d in self.core.poll() {
                 match d {
-                    Delivery::Batch(b) => self.core.release(b.room),
+                    // As `Dispatcher` does once `onDelivery` returns: release the shard's
+                    // delivery, and (the ArrayBuffer's finalizer) give its buffer back.
+                    Delivery::Moves(m) => {
+                        let shard = m.shard().expect("a push delivery names its shard");
+                        self.core.release_delivery(shard);
+                        self.core.pool().put(m.into_bytes());
+                    }
                     Delivery::Flushed { token: t } if t == token => break 'flush,
                     _ => {}
                 }
@@ -215,10 +221,16 @@ impl Harness {
             assert!(Instant::now() < deadline, "reset flush never answered");
             std::thread::yield_now();
         }
-        for r in [1, 2, 4, REOPENED_ROOM, FULL_ROOM] {
-            let (b, _) = self.core.drain(r).expect("drain");
-            self.core.recycle_rejections(r, b.rejections);
+        // Every pull room at once (rooms 1, 2, 4, 6 and 9).
+        if let Some(m) = self.core.drain_all() {
+            assert!(m.shard().is_none(), "a drain is a pull delivery");
+            self.core.pool().put(m.into_bytes());
         }
+        assert_eq!(
+            self.core.room_stats(usize::MAX),
+            vec![],
+            "budget left reserved after the flush and drain_all"
+        );
         self.core.pause(true);
         let c = self.core.counters();
         assert_eq!(

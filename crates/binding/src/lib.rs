@@ -2,10 +2,10 @@
 //! there), and the process's global allocator ([`allocator`]).
 //!
 //! - `dispatch` borrows the frame as `&[u8]` for the call (no reference is created).
-//! - Room memory is exposed as an external `ArrayBuffer` whose finalizer holds the memory's
-//!   [`Exposure`] token: the memory outlives every JavaScript view, and the core refuses a
-//!   second exposure while one is alive (V8 must never see two live external buffers over
-//!   one address).
+//! - Each delivery (many rooms' moves, `move_dispatcher::delivery`) is exposed as one
+//!   external `ArrayBuffer` over its own buffer, which nothing writes once built; the
+//!   finalizer gives the buffer back to the core's pool only after V8 let go of it, and
+//!   `releaseDelivery` detaches it first, so no view ever sees it reused.
 //! - Workers wake JavaScript through one weak `ThreadsafeFunction` (it never keeps the
 //!   process alive), called at most once per batch of news.
 //! - One environment cleanup hook per JavaScript thread stops the workers of every core
@@ -17,8 +17,8 @@
 //!   (`Stopper::stop_in_background`); the cleanup hook joins what is still stopping.
 //!
 //! # Safety
-//! `unsafe` here: exposing room memory as an external `ArrayBuffer`, and writing the
-//! caller's private `Uint32Array` in `pollPacked`; each block says why it is sound.
+//! `unsafe` here: exposing a delivery as an external `ArrayBuffer`, and writing the caller's
+//! private `Uint32Array` in `pollPacked`; each block says why it is sound.
 #![allow(unsafe_code)]
 // napi-derive registers exports only outside `cfg(test)`; `clippy --all-targets` checks a
 // test build of the crate too, where every export would look unused.
@@ -41,7 +41,7 @@ use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use allocator::jemalloc_stats;
 use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
 use move_dispatcher::core::{Config, Core, RateLimit, View};
-use move_dispatcher::inbox::{Batch, Exposure};
+use move_dispatcher::delivery::{Moves, Pool};
 use move_dispatcher::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::runtime::{self, Stopper};
@@ -66,26 +66,6 @@ pub struct NativeConfig {
     pub overload_room_bytes: u32,
 }
 
-/// An accepted move that failed validation.
-#[napi(object)]
-pub struct NativeRejection {
-    pub room: u32,
-    pub player: u32,
-    pub seq: u32,
-    pub reason: u32,
-}
-
-/// Result of `drain`: `status` 0 and a window of room memory, or a `Status` code.
-#[napi(object)]
-pub struct NativeDrain {
-    pub status: u32,
-    pub mem_id: u32,
-    pub offset: u32,
-    pub length: u32,
-    pub count: u32,
-    pub rejections: Vec<NativeRejection>,
-}
-
 /// An overload (or recovery) notification.
 #[napi(object)]
 pub struct NativeOverload {
@@ -96,16 +76,6 @@ pub struct NativeOverload {
     pub depth: f64,
     pub threshold: f64,
     pub p99_wait_ns: f64,
-}
-
-/// Result of `dispatchStream`.
-#[napi(object)]
-pub struct NativeStream {
-    pub consumed: f64,
-    pub accepted: u32,
-    pub rejected: u32,
-    pub backpressure: bool,
-    pub malformed: bool,
 }
 
 /// Counters (numbers are exact up to 2^53).
@@ -247,20 +217,16 @@ fn overload(e: &OverloadEvent) -> NativeOverload {
 }
 
 /// `pollPacked` record kinds (first word of each record).
-const REC_BATCH: u32 = 0;
 const REC_FLUSHED: u32 = 1;
 const REC_OVERLOAD: u32 = 2;
 const REC_GROW: u32 = 3;
 const REC_FAILED: u32 = 4;
-/// Words of a batch record before its rejections, and per rejection.
-const BATCH_WORDS: usize = 7;
-const REJECTION_WORDS: usize = 4;
+const REC_DELIVERY: u32 = 5;
 
 fn record_words(d: &Delivery) -> usize {
     match d {
-        Delivery::Batch(b) => BATCH_WORDS + REJECTION_WORDS * b.rejections.len(),
+        Delivery::Moves(_) | Delivery::Overload(_) => 1,
         Delivery::Flushed { .. } => 3,
-        Delivery::Overload(_) => 1,
         Delivery::Failed { .. } => 2,
     }
 }
@@ -268,30 +234,10 @@ fn record_words(d: &Delivery) -> usize {
 /// Writes `d` at the start of `out` (which has room for it); returns the words written.
 fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
     match d {
-        Delivery::Batch(mut b) => {
-            let head = [
-                REC_BATCH,
-                b.room,
-                b.mem_id,
-                u32_of(b.offset),
-                u32_of(b.length),
-                b.count,
-                u32_of(b.rejections.len()),
-            ];
-            out[..BATCH_WORDS].copy_from_slice(&head);
-            let mut w = BATCH_WORDS;
-            for r in &b.rejections {
-                out[w..w + REJECTION_WORDS].copy_from_slice(&[
-                    r.room,
-                    r.player,
-                    r.seq,
-                    r.reason as u32,
-                ]);
-                w += REJECTION_WORDS;
-            }
-            e.core
-                .recycle_rejections(b.room, std::mem::take(&mut b.rejections));
-            w
+        Delivery::Moves(m) => {
+            e.deliveries.push_back(m);
+            out[0] = REC_DELIVERY;
+            1
         }
         Delivery::Flushed { token } => {
             #[expect(clippy::cast_possible_truncation, reason = "split into two words")]
@@ -310,18 +256,6 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
             2
         }
     }
-}
-
-fn rejections(b: &Batch) -> Vec<NativeRejection> {
-    b.rejections
-        .iter()
-        .map(|r| NativeRejection {
-            room: r.room,
-            player: r.player,
-            seq: r.seq,
-            reason: r.reason as u32,
-        })
-        .collect()
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counters stay far below 2^53")]
@@ -352,6 +286,8 @@ struct Entry {
     events: Vec<NativeOverload>,
     /// Shard failures written as a marker, for `takeFailures`, in order.
     failures: Vec<NativeFailure>,
+    /// Push deliveries written as a marker, for `takeDelivery`, in order.
+    deliveries: VecDeque<Moves>,
 }
 
 /// A shard whose worker panicked (see `move_dispatcher::shard`).
@@ -407,6 +343,7 @@ fn insert_core(core: Core) -> u32 {
         stash: VecDeque::new(),
         events: Vec::new(),
         failures: Vec::new(),
+        deliveries: VecDeque::new(),
     };
     CORES.with_borrow_mut(|slab| {
         if let Some(id) = slab.free.pop() {
@@ -542,116 +479,52 @@ impl NativeDispatcher {
         self.status(|c| c.close_room(room))
     }
 
-    /// Pull rooms: everything validated since the last drain.
+    /// Pull rooms: the room's moves and rejections since its last drain, as a delivery of
+    /// that one room; `0` when nothing waits, else a `Status` code.
     #[napi(catch_unwind)]
-    pub fn drain(&self, room: u32) -> NativeDrain {
-        let drained = with_core(self.id, |c| {
-            c.drain(room).map(|(mut b, _)| {
-                let list = rejections(&b);
-                c.recycle_rejections(room, std::mem::take(&mut b.rejections));
-                (b, list)
-            })
-        });
-        match drained.unwrap_or(Err(EngineStatus::Closed)) {
-            Ok((b, rejections)) => NativeDrain {
-                status: EngineStatus::Ok as u32,
-                mem_id: b.mem_id,
-                offset: u32_of(b.offset),
-                length: u32_of(b.length),
-                count: b.count,
-                rejections,
-            },
-            Err(status) => NativeDrain {
-                status: status as u32,
-                mem_id: 0,
-                offset: 0,
-                length: 0,
-                count: 0,
-                rejections: Vec::new(),
-            },
+    pub fn drain<'env>(&self, env: &'env Env, room: u32) -> Result<Either<ArrayBuffer<'env>, u32>> {
+        match with_core(self.id, |c| {
+            c.drain(room).map(|m| (m, Arc::clone(c.pool())))
+        }) {
+            None => Ok(Either::B(EngineStatus::Closed as u32)),
+            Some(Err(status)) => Ok(Either::B(status as u32)),
+            Some(Ok((None, _))) => Ok(Either::B(EngineStatus::Ok as u32)),
+            Some(Ok((Some(m), pool))) => expose(env, m, pool).map(Either::A),
         }
     }
 
-    /// The room's memory as an `ArrayBuffer`, once per allocation at a time: V8 aborts the
-    /// process on two live external buffers over one address, so a second call while the
-    /// first buffer is alive fails (`src/native.ts` caches the buffer by `memId`).
-    ///
-    /// # Errors
-    /// The room or allocation is gone, the memory is already exposed (`ALREADY_EXPOSED`), or
-    /// the runtime does not allow external buffers (Electron, V8 sandbox): then the message
-    /// starts with `NO_EXTERNAL_BUFFERS` and JavaScript switches to
-    /// [`NativeDispatcher::copy_batch`].
+    /// Pull rooms: every pull room's moves and rejections since its last drain, in one
+    /// delivery; `undefined` when nothing waits.
     #[napi(catch_unwind)]
-    pub fn room_buffer<'env>(
-        &self,
-        env: &'env Env,
-        room: u32,
-        mem_id: u32,
-    ) -> Result<ArrayBuffer<'env>> {
-        let exposure = self.exposure(room, mem_id)?;
-        let (ptr, len) = (exposure.memory().as_ptr(), exposure.memory().len());
-        // SAFETY: `ptr` points to `len` bytes of room memory that `exposure` keeps alive;
-        // the finalizer owns `exposure`, so the memory outlives the ArrayBuffer, and no other
-        // exposure of this allocation (hence no other external buffer over this address)
-        // can exist until the finalizer drops it (`RoomMemory::expose` is exclusive).
-        let buffer = unsafe {
-            ArrayBuffer::from_external(env, ptr, len, exposure, |_env, exposure| drop(exposure))
-        }?;
-        if buffer.as_ptr() != ptr.cast_const() {
-            // napi-rs fell back to a copy: a snapshot would never see later batches.
-            return Err(Error::new(
-                Status::GenericFailure,
-                "NO_EXTERNAL_BUFFERS: this runtime refuses external ArrayBuffers; batches will be copied".to_owned(),
-            ));
-        }
-        Ok(buffer)
-    }
-
-    /// A copy of `length` bytes at `offset` of the room's memory, for runtimes without
-    /// external buffers (or `MOVE_DISPATCHER_COPY_BATCHES=1`).
-    ///
-    /// # Errors
-    /// The room or allocation is gone, or the range is not a delivered batch's: out of
-    /// bounds, or overlapping the half the worker is filling.
-    #[napi(catch_unwind)]
-    pub fn copy_batch<'env>(
-        &self,
-        env: &'env Env,
-        room: u32,
-        mem_id: u32,
-        offset: u32,
-        length: u32,
-    ) -> Result<ArrayBuffer<'env>> {
-        let bytes = with_core(self.id, |c| {
-            let inbox = c.inbox(room).filter(|i| i.memory().id() == mem_id)?;
-            Some(inbox.copy_out(offset as usize, length as usize))
+    pub fn drain_all<'env>(&self, env: &'env Env) -> Result<Option<ArrayBuffer<'env>>> {
+        match with_core(self.id, |c| {
+            c.drain_all().map(|m| (m, Arc::clone(c.pool())))
         })
         .flatten()
-        .ok_or_else(|| {
-            Error::new(
-                Status::InvalidArg,
-                format!("room {room} memory {mem_id} is gone"),
-            )
-        })?
-        .ok_or_else(|| {
-            Error::new(
-                Status::InvalidArg,
-                format!("{offset}+{length} is not a delivered batch of room {room}"),
-            )
-        })?;
-        ArrayBuffer::from_data(env, bytes)
+        {
+            None => Ok(None),
+            Some((m, pool)) => expose(env, m, pool).map(Some),
+        }
     }
 
-    /// Whether the room is open or still closing (its memory is still in use).
+    /// JavaScript is done with a delivery: detaches `buffer` (every view over it then
+    /// reads as empty) and, for a push delivery (`shard` < 0xFFFFFFFF), lets its shard
+    /// deliver again. Idempotent for the buffer; a shard is released once per delivery.
+    #[napi(catch_unwind)]
+    pub fn release_delivery(&self, buffer: ArrayBuffer, shard: u32) -> Result<()> {
+        if !buffer.is_detached()? {
+            buffer.detach()?;
+        }
+        if shard != move_dispatcher::delivery::PULL {
+            with_core(self.id, |c| c.release_delivery(shard));
+        }
+        Ok(())
+    }
+
+    /// Whether the room is open or still closing (moves of it still on their way).
     #[napi(catch_unwind)]
     pub fn has_room(&self, room: u32) -> bool {
         with_core(self.id, |c| c.has_room(room)).unwrap_or(false)
-    }
-
-    /// Push rooms: JavaScript released the room's outstanding batch.
-    #[napi(catch_unwind)]
-    pub fn release(&self, room: u32) {
-        with_core(self.id, |c| c.release(room));
     }
 
     /// Every shard answers `token` (through `poll`) once everything before it is delivered.
@@ -765,6 +638,14 @@ impl NativeDispatcher {
         with_core(self.id, |c| c.pause(paused));
     }
 
+    /// From now on `dispatch` / `dispatchStream` owe their workers the wake-up, paid by
+    /// `wakeOwed(id)` (once per event-loop turn, from a microtask) or by any call that waits
+    /// on the workers; no more than 64 moves of a shard wait for theirs.
+    #[napi(catch_unwind)]
+    pub fn defer_wakes(&self, defer: bool) {
+        with_core(self.id, |c| c.defer_wakes(defer));
+    }
+
     /// Asks for a wake-up once the worker frees capacity after the last `Backpressure`.
     #[napi(catch_unwind)]
     pub fn want_writable(&self) {
@@ -775,26 +656,6 @@ impl NativeDispatcher {
     #[napi(catch_unwind)]
     pub fn fail_shard_for_testing(&self, shard: u32) -> u32 {
         self.status(|c| c.fail_shard_for_testing(shard as usize))
-    }
-
-    fn exposure(&self, room: u32, mem_id: u32) -> Result<Exposure> {
-        let mem = with_core(self.id, |c| c.inbox(room).map(|i| Arc::clone(i.memory())))
-            .flatten()
-            .ok_or_else(|| Error::new(Status::InvalidArg, format!("room {room} has no memory")))?;
-        if mem.id() != mem_id {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("room {room} memory {mem_id} is gone"),
-            ));
-        }
-        mem.expose().ok_or_else(|| {
-            Error::new(
-                Status::GenericFailure,
-                format!(
-                    "ALREADY_EXPOSED: room {room} memory {mem_id} is exposed to JavaScript already"
-                ),
-            )
-        })
     }
 
     fn status(&self, f: impl FnOnce(&mut Core) -> EngineStatus) -> u32 {
@@ -822,9 +683,12 @@ pub fn dispatch_from(id: u32, frame: &[u8], sender: u32) -> u32 {
     with_core(id, |c| c.dispatch(frame, Some(sender))).unwrap_or(Verdict::Closed) as u32
 }
 
-/// Dispatches back-to-back frames. `sender < 0`: no sender check.
+/// Dispatches back-to-back frames. `sender < 0`: no sender check. Writes the outcome into
+/// `out` (the engine's private `Float64Array` of 4: consumed, accepted, rejected, flags —
+/// 1 backpressure, 2 malformed) instead of returning an object: creating one through N-API
+/// cost more than the rest of a one-frame call. Returns the frames accepted.
 #[napi(catch_unwind)]
-pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
+pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64, mut out: Float64ArraySlice) -> u32 {
     let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
         #[expect(clippy::cast_sign_loss, reason = "range checked above")]
         Some(sender as u32)
@@ -832,38 +696,54 @@ pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64) -> NativeStream {
         None
     };
     let o = with_core(id, |c| c.dispatch_stream(chunk, sender)).unwrap_or_default();
-    NativeStream {
-        #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
-        consumed: o.consumed as f64,
-        accepted: o.accepted,
-        rejected: o.rejected,
-        backpressure: o.backpressure,
-        malformed: o.malformed,
+    // SAFETY: `out` is the engine's private Float64Array (src/native.ts), never shared with
+    // another thread; JavaScript is blocked in this call, so nothing else reads or writes it
+    // while the slice lives, and the slice does not outlive the call.
+    let out = unsafe { out.as_mut() };
+    let flags = u8::from(o.backpressure) | (u8::from(o.malformed) << 1);
+    #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
+    let fields = [
+        o.consumed as f64,
+        f64::from(o.accepted),
+        f64::from(o.rejected),
+        f64::from(flags),
+    ];
+    for (slot, v) in out.iter_mut().zip(fields) {
+        *slot = v;
     }
+    o.accepted
 }
 
-/// The delivery path in one call, without an object per delivery: first releases the push
-/// batches of `released[..n_released]` (rooms JavaScript is done with), then writes what
-/// `poll` would return into `out` as records of `u32` words, and returns the words written
-/// (0: nothing new). Records, by their first word:
-/// - `0` batch: `room, memId, offset, length, count, nRejections`, then per rejection
-///   `room, player, seq, reason`;
+/// Exposes a delivery to JavaScript: one external `ArrayBuffer` over its buffer, which goes
+/// back to `pool` from the finalizer.
+fn expose(env: &Env, moves: Moves, pool: Arc<Pool>) -> Result<ArrayBuffer<'_>> {
+    let mut bytes = moves.into_bytes();
+    let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+    // SAFETY: `ptr` points to `len` initialised bytes of `bytes`, a buffer nothing in Rust
+    // writes once built (`move_dispatcher::delivery`); the finalizer owns `bytes`, so they
+    // stay valid for the ArrayBuffer's whole life, and they return to `pool` (to be written
+    // again) only when V8 has finalized the ArrayBuffer, so no live external buffer ever
+    // shares this address. (`len` ≥ 32: a delivery has a header.)
+    unsafe { ArrayBuffer::from_external(env, ptr, len, bytes, move |_env, b| pool.put(b)) }
+}
+
+/// The delivery path in one call, without an object per event: writes what `poll` returns
+/// into `out` as records of `u32` words, and returns the words written (0: nothing new).
+/// Records, by their first word:
 /// - `1` flush answered: `token` low word, high word;
 /// - `2` overload event: the next of `takeEvents(id)`, in order;
 /// - `3` the next record needs `out.length >= words` (the second word): grow and call again;
-/// - `4` shard failed: `shard`; its message is the next of `takeFailures(id)`.
+/// - `4` shard failed: `shard`; its message is the next of `takeFailures(id)`;
+/// - `5` a push delivery: the next of `takeDelivery(id)`, in order.
 ///
 /// Deliveries that do not fit wait for the next call, in order.
 #[napi(catch_unwind)]
-pub fn poll_packed(id: u32, released: &[u32], n_released: u32, mut out: Uint32ArraySlice) -> u32 {
+pub fn poll_packed(id: u32, mut out: Uint32ArraySlice) -> u32 {
     // SAFETY: `out` is the engine's private Uint32Array (src/native.ts), never shared with
     // another thread; JavaScript is blocked in this call, so nothing else reads or writes
     // it while the slice lives, and the slice does not outlive the call.
     let out = unsafe { out.as_mut() };
     with_entry(id, |e| {
-        for &room in released.iter().take(n_released as usize) {
-            e.core.release(room);
-        }
         if e.stash.is_empty() {
             e.stash.extend(e.core.poll());
         }
@@ -884,6 +764,28 @@ pub fn poll_packed(id: u32, released: &[u32], n_released: u32, mut out: Uint32Ar
         u32_of(w)
     })
     .unwrap_or(0)
+}
+
+/// The push delivery `pollPacked` announced (record `5`), in order, as an `ArrayBuffer`;
+/// `undefined` when none is waiting.
+#[napi(catch_unwind)]
+pub fn take_delivery(env: &Env, id: u32) -> Result<Option<ArrayBuffer<'_>>> {
+    match with_entry(id, |e| {
+        e.deliveries
+            .pop_front()
+            .map(|m| (m, Arc::clone(e.core.pool())))
+    })
+    .flatten()
+    {
+        None => Ok(None),
+        Some((m, pool)) => expose(env, m, pool).map(Some),
+    }
+}
+
+/// Pays the wake-ups `dispatch` / `dispatchStream` owe the workers (see `deferWakes`).
+#[napi(catch_unwind)]
+pub fn wake_owed(id: u32) {
+    with_core(id, Core::wake_owed);
 }
 
 /// The overload events `pollPacked` announced (record `2`), in order; empties the list.

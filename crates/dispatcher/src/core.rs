@@ -36,8 +36,9 @@ use std::sync::Arc;
 use crate::alloc::HotPath;
 use crate::arena::{self, Producer};
 use crate::auth::PlayerKey;
+use crate::delivery::{Builder, Moves, Pool};
 use crate::frame::{self, FrameError};
-use crate::inbox::{Batch, Inbox, Rejection};
+use crate::inbox::Inbox;
 use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
 use crate::outbox::{Delivery, Outbox, Waker};
 use crate::overload::{mark_room, mark_shard};
@@ -86,10 +87,10 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    /// Closed, with nothing in flight, undelivered or out with JavaScript: the room can be
-    /// forgotten (a later `openRoom` starts afresh).
+    /// Closed, with nothing in flight or waiting in its inbox: the room can be forgotten (a
+    /// later `openRoom` starts afresh). Moves already in a delivery live there.
     fn forgettable(&self) -> bool {
-        !self.open && self.inbox.reserved() == 0 && !self.inbox.is_held()
+        !self.open && self.inbox.reserved() == 0
     }
 }
 
@@ -113,10 +114,15 @@ pub(crate) struct ShardHandle {
     /// Crossed its mark inside `dispatch` at this depth; the event is published by the next
     /// `poll`, `drain` or flush (publishing allocates, `dispatch` must not).
     pub(crate) raise_pending: Option<u64>,
-    /// `dispatch_stream` pushed to this shard and owes it a wake-up at the end of the call.
-    wake_owed: bool,
+    /// Moves pushed to this shard whose wake-up is owed: at the end of a `dispatch_stream`
+    /// call, or, with deferred wake-ups ([`Core::defer_wakes`]), at [`Core::wake_owed`].
+    owed: u32,
     /// Its worker panicked and [`Core::poll`] reported it: its rooms answer `Closed`.
     failed: bool,
+    /// Push deliveries of this shard polled, and released by JavaScript: one is out when
+    /// they differ (a release with none out is ignored).
+    deliveries: u64,
+    releases: u64,
 }
 
 impl ShardHandle {
@@ -184,9 +190,11 @@ pub struct Core {
     stopper: Arc<Stopper>,
     closed: bool,
     counters: Counters,
-    /// The inbox of the room the last `drain` forgot: JavaScript may still need to expose
-    /// the memory of that final batch (see [`Core::inbox`]).
-    retired: Option<Arc<Inbox>>,
+    /// Buffers for deliveries, shared with the workers and with the finalizers of the
+    /// `ArrayBuffer`s that expose them.
+    pool: Arc<Pool>,
+    /// Builds the drains' deliveries.
+    builder: Builder,
     /// Histograms recorded on the JavaScript thread.
     delivered: Histo,
     batch_size: Histo,
@@ -200,12 +208,17 @@ pub struct Core {
     pressure: Option<(usize, Pressure)>,
     /// Some shard has failed (see [`Core::poll`]).
     any_failed: bool,
+    /// `dispatch` leaves the worker's wake-up to [`Core::wake_owed`] ([`Core::defer_wakes`]).
+    defer: bool,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread (`None` once stopped for good, as a runtime task would have
     /// returned); empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
     inline: Vec<Option<Worker>>,
 }
+
+/// The most moves of a shard that wait for their worker's wake-up when it is deferred.
+pub const WAKE_EVERY: u32 = 64;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,6 +256,7 @@ impl Core {
     fn build(cfg: Config, waker: Waker, inline: bool) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let outbox = Arc::new(Outbox::new(waker));
+        let pool = Arc::new(Pool::new());
         let runtime = if inline {
             None
         } else {
@@ -268,6 +282,7 @@ impl Core {
                 Arc::clone(&shared),
                 consumer,
                 Arc::clone(&outbox),
+                Arc::clone(&pool),
                 policy,
                 validated,
             );
@@ -286,7 +301,9 @@ impl Core {
                 validated: [observer.clone(), observer.clone(), observer],
                 overloaded: false,
                 raise_pending: None,
-                wake_owed: false,
+                owed: 0,
+                deliveries: 0,
+                releases: 0,
                 failed: false,
             });
         }
@@ -303,13 +320,15 @@ impl Core {
             stopper,
             closed: false,
             counters: Counters::default(),
-            retired: None,
+            pool,
+            builder: Builder::new(),
             delivered: Histo::new(Scale::LATENCY_NS),
             batch_size: Histo::new(Scale::SIZE),
             arena_alloc: Histo::new(Scale::LATENCY_NS),
             overloaded_rooms: Vec::new(),
             pressure: None,
             any_failed: false,
+            defer: false,
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
         })
@@ -428,9 +447,13 @@ impl Core {
             bucket.tokens -= 1.0;
         }
         shard.count_push();
-        if chunk_stamp.is_some() {
-            shard.wake_owed = true;
+        // Wake the worker now, or owe it the wake-up (a stream's frames arrived together; a
+        // caller that defers wakes it once per event-loop turn) — but never let more than
+        // `WAKE_EVERY` moves wait for one.
+        if (chunk_stamp.is_some() || self.defer) && shard.owed < WAKE_EVERY {
+            shard.owed += 1;
         } else {
+            shard.owed = 0;
             shard.shared.wake();
         }
         // Overload marks: only flagged here; events are published (and recovery checked) on
@@ -493,13 +516,37 @@ impl Core {
             }
             out.consumed += len;
         }
-        // The wake-ups owed: after every push of the call, as `dispatch` does after one.
-        for s in &mut self.shards {
-            if std::mem::take(&mut s.wake_owed) {
-                s.shared.wake();
-            }
+        // The wake-ups owed: after every push of the call, as `dispatch` does after one
+        // (or later, with deferred wake-ups).
+        if !self.defer {
+            self.wake_owed();
         }
         out
+    }
+
+    /// From now on (`true`), `dispatch` and `dispatch_stream` only owe their workers the
+    /// wake-up, which [`Core::wake_owed`] pays: the caller (JavaScript) calls it once per
+    /// event-loop turn, so a socket handler's one-frame calls cost one wake-up a turn, not
+    /// one each. Every call that waits on the workers (drains, flushes, polls, pause,
+    /// shutdown) pays what is owed first, and no more than [`WAKE_EVERY`] moves of a shard
+    /// ever wait for theirs.
+    pub fn defer_wakes(&mut self, defer: bool) {
+        self.defer = defer;
+        if !defer {
+            self.wake_owed();
+        }
+    }
+
+    /// Wakes every worker owed a wake-up (see [`Core::defer_wakes`]); whether any was.
+    pub fn wake_owed(&mut self) -> bool {
+        let mut any = false;
+        for s in &mut self.shards {
+            if std::mem::take(&mut s.owed) > 0 {
+                s.shared.wake();
+                any = true;
+            }
+        }
+        any
     }
 
     /// Queues `control` on `shard`, in order with its moves; whether it was queued. A shard
@@ -510,11 +557,12 @@ impl Core {
         match s.shared.push_control(s.next_seq, control) {
             Ok(()) => {
                 s.next_seq += 1;
+                s.owed = 0;
                 s.shared.wake();
                 true
             }
             Err(Control::Flush { token }) => {
-                self.outbox.publish(&mut Vec::new(), &[token]);
+                self.outbox.publish(None, &[token]);
                 false
             }
             Err(_) => false,
@@ -640,51 +688,106 @@ impl Core {
         Status::Ok
     }
 
-    /// Pull rooms: everything validated since the last drain.
+    /// Pull rooms: everything validated (and rejected) since the room's last drain, as a
+    /// delivery of that one room; `None` when nothing waits.
     ///
     /// # Errors
     /// `UnknownRoom` (never opened, or closed and fully drained: then it is forgotten),
     /// `WrongDelivery` for push rooms.
-    pub fn drain(&mut self, room: u32) -> Result<(Batch, Arc<Inbox>), Status> {
+    pub fn drain(&mut self, room: u32) -> Result<Option<Moves>, Status> {
+        self.wake_owed();
         let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
         if r.push {
             return Err(Status::WrongDelivery);
         }
         let inbox = Arc::clone(&r.inbox);
-        let mut batch = inbox.drain();
-        if batch.count > 0 || !batch.rejections.is_empty() {
-            self.count_delivery(&mut batch);
-        }
-        // The stamps are read; hand them back for reuse (the rejections go with the batch,
-        // and come back through `recycle_rejections`).
-        inbox.recycle(Vec::new(), std::mem::take(&mut batch.stamps));
-        self.overload_events();
-        self.retired = None;
+        self.builder.start(self.pool.get());
+        inbox.take_into(&mut self.builder);
+        let moves = self.finish_drain();
         if self.rooms.get(&room).is_some_and(Room::forgettable) {
             self.rooms.remove(&room);
-            self.retired = Some(Arc::clone(&inbox));
         }
-        Ok((batch, inbox))
+        Ok(moves)
     }
 
-    /// Counts a batch handed to JavaScript and records its latencies (from each move's
-    /// dispatch stamp to now) and size.
-    fn count_delivery(&mut self, batch: &mut Batch) {
-        self.counters.delivered += u64::from(batch.count);
-        self.counters.batches += 1;
-        if batch.count > 0 {
-            let now = crate::clock::now_ns();
-            for &stamp in &batch.stamps {
-                self.delivered.recorder.record(now.saturating_sub(stamp));
+    /// Pull rooms: every pull room's moves and rejections since its last drain, in one
+    /// delivery; `None` when nothing waits. Closed rooms drained empty are forgotten.
+    pub fn drain_all(&mut self) -> Option<Moves> {
+        self.wake_owed();
+        self.builder.start(self.pool.get());
+        let mut forget = false;
+        for r in self.rooms.values().filter(|r| !r.push) {
+            // Nothing reserved: nothing in flight or waiting, no lock taken.
+            if r.inbox.reserved() > 0 {
+                r.inbox.take_into(&mut self.builder);
             }
-            self.batch_size.recorder.record(u64::from(batch.count));
-            if let Some(waits) = self
+            forget |= r.forgettable();
+        }
+        let moves = self.finish_drain();
+        if forget {
+            // Pull rooms only: a push room's last moves may sit in a delivery not yet
+            // polled, which still needs the room (its waits); poll forgets it.
+            self.rooms.retain(|_, r| r.push || !r.forgettable());
+        }
+        moves
+    }
+
+    /// The drain just built, counted; then the overload events it may have settled.
+    fn finish_drain(&mut self) -> Option<Moves> {
+        let moves = if self.builder.is_empty() {
+            self.pool.put(self.builder.abandon());
+            None
+        } else {
+            let m = self.builder.finish(None);
+            self.count_delivery(&m);
+            Some(m)
+        };
+        self.overload_events();
+        moves
+    }
+
+    /// Push rooms: JavaScript released `shard`'s push delivery; its worker may deliver again.
+    /// A release when none of the shard's deliveries is out is ignored (JavaScript releases
+    /// each delivery once; this keeps a stray call from letting two out).
+    pub fn release_delivery(&mut self, shard: u32) {
+        if let Some(s) = self.shards.get_mut(shard as usize) {
+            if s.releases < s.deliveries {
+                s.releases += 1;
+                s.shared.release_delivery();
+            }
+        }
+    }
+
+    /// The buffers deliveries are built in (a finalizer gives each back when JavaScript is
+    /// done with it).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Counts a delivery handed to JavaScript and records its latencies (from each move's
+    /// dispatch stamp to now, overall and per room for overload events) and the size of
+    /// each room's batch.
+    fn count_delivery(&mut self, m: &Moves) {
+        self.counters.delivered += u64::from(m.moves());
+        self.counters.batches += u64::from(m.rooms());
+        if m.moves() == 0 {
+            return;
+        }
+        let now = crate::clock::now_ns();
+        let mut stamps = m.stamps();
+        for e in m.room_entries() {
+            if e.moves > 0 {
+                self.batch_size.recorder.record(u64::from(e.moves));
+            }
+            let mut waits = self
                 .rooms
-                .get_mut(&batch.room)
-                .and_then(|r| r.waits.as_deref_mut())
-            {
-                for &stamp in &batch.stamps {
-                    waits.record(now.saturating_sub(stamp));
+                .get_mut(&e.room)
+                .and_then(|r| r.waits.as_deref_mut());
+            for stamp in stamps.by_ref().take(e.moves as usize) {
+                let wait = now.saturating_sub(stamp);
+                self.delivered.recorder.record(wait);
+                if let Some(w) = waits.as_deref_mut() {
+                    w.record(wait);
                 }
             }
         }
@@ -730,35 +833,12 @@ impl Core {
         self.rooms.contains_key(&room)
     }
 
-    /// The inbox of `room` (open or closing, or forgotten by the last `drain`), to expose
-    /// its memory.
-    pub fn inbox(&self, room: u32) -> Option<&Arc<Inbox>> {
-        self.rooms
-            .get(&room)
-            .map(|r| &r.inbox)
-            .or_else(|| self.retired.as_ref().filter(|i| i.room() == room))
-    }
-
-    /// Push rooms: JavaScript is done with the room's outstanding batch.
-    pub fn release(&mut self, room: u32) {
-        let Some(r) = self.rooms.get(&room) else {
-            return;
-        };
-        if r.inbox.release_push() {
-            let s = &self.shards[r.shard].shared;
-            s.kick.store(true, Ordering::SeqCst);
-            s.poke();
-        } else if r.forgettable() {
-            self.rooms.remove(&room);
-        }
-    }
-
     /// Asks every shard to answer `token` once everything queued before is delivered.
     pub fn request_flush(&mut self, token: u64) {
         self.overload_events();
         if self.stopper.is_stopped() {
             self.outbox.expect_flush(token, 1);
-            self.outbox.publish(&mut Vec::new(), &[token]);
+            self.outbox.publish(None, &[token]);
             return;
         }
         self.outbox.expect_flush(token, self.shards.len());
@@ -769,24 +849,31 @@ impl Core {
 
     /// Deliveries ready for JavaScript, in order; counts delivered push moves.
     pub fn poll(&mut self) -> Vec<Delivery> {
+        self.wake_owed();
         let mut items = self.outbox.take();
-        self.count_batches(&mut items);
+        self.count_batches(&items);
         // After the batches: their moves count in the rooms' waits and depths.
         self.overload_events();
         // The events just published, and whatever the workers delivered meanwhile.
         let mut more = self.outbox.take();
-        self.count_batches(&mut more);
+        self.count_batches(&more);
         items.append(&mut more);
         items
     }
 
-    fn count_batches(&mut self, items: &mut [Delivery]) {
+    fn count_batches(&mut self, items: &[Delivery]) {
         for d in items {
             match d {
-                Delivery::Batch(b) => {
-                    self.count_delivery(b);
-                    if let Some(inbox) = self.inbox(b.room) {
-                        inbox.recycle(Vec::new(), std::mem::take(&mut b.stamps));
+                Delivery::Moves(m) => {
+                    if let Some(s) = m.shard().and_then(|s| self.shards.get_mut(s as usize)) {
+                        s.deliveries += 1;
+                    }
+                    self.count_delivery(m);
+                    // Closed push rooms whose last moves just went out are forgotten.
+                    for e in m.room_entries() {
+                        if self.rooms.get(&e.room).is_some_and(Room::forgettable) {
+                            self.rooms.remove(&e.room);
+                        }
                     }
                 }
                 // From now on the shard's rooms answer `Closed`.
@@ -830,16 +917,6 @@ impl Core {
             return Status::Closed;
         }
         Status::Ok
-    }
-
-    /// Hands back a delivered batch's rejection list (read and emptied by the caller) to
-    /// its room's inbox, so the worker reuses the allocation.
-    pub fn recycle_rejections(&self, room: u32, rejections: Vec<Rejection>) {
-        if rejections.capacity() > 0 {
-            if let Some(inbox) = self.inbox(room) {
-                inbox.recycle(rejections, Vec::new());
-            }
-        }
     }
 
     /// A snapshot of the counters.
@@ -1049,18 +1126,58 @@ mod tests {
         (c, wakes)
     }
 
-    /// Requests a flush and polls until it is answered, releasing push batches as they
-    /// arrive (as `Dispatcher` does after `onBatch` returns).
+    /// What a delivery (or a drain) held: its moves' count, rejections and frame bytes,
+    /// every room merged.
+    #[derive(Debug, Default)]
+    struct Got {
+        count: u32,
+        rejections: Vec<crate::inbox::Rejection>,
+        bytes: Vec<u8>,
+        rooms: Vec<u32>,
+    }
+
+    fn got(m: Option<&Moves>) -> Got {
+        let mut g = Got::default();
+        if let Some(m) = m {
+            g.count = m.moves();
+            g.rejections = m.rejection_entries().collect();
+            for e in m.room_entries() {
+                g.bytes.extend_from_slice(m.frames(&e));
+                g.rooms.push(e.room);
+            }
+        }
+        g
+    }
+
+    fn drained(c: &mut Core, room: u32) -> Got {
+        got(c.drain(room).unwrap().as_ref())
+    }
+
+    /// A push delivery's contents, if `d` is one.
+    fn pushed(d: &Delivery) -> Option<Got> {
+        match d {
+            Delivery::Moves(m) => Some(got(Some(m))),
+            _ => None,
+        }
+    }
+
+    /// Releases every push delivery in `items` (as `Dispatcher` does after `onDelivery`).
+    fn release_all(c: &mut Core, items: &[Delivery]) {
+        for d in items {
+            if let Delivery::Moves(m) = d {
+                c.release_delivery(m.shard().unwrap());
+            }
+        }
+    }
+
+    /// Requests a flush and polls until it is answered, releasing push deliveries as they
+    /// arrive (as `Dispatcher` does after `onDelivery` returns).
     fn flush(c: &mut Core, token: u64) -> Vec<Delivery> {
         c.request_flush(token);
         let mut got = Vec::new();
         for _ in 0..10_000 {
             let news = c.poll();
-            for d in &news {
-                if let Delivery::Batch(b) = d {
-                    c.release(b.room);
-                }
-            }
+            release_all(c, &news);
             got.extend(news);
             if got.contains(&Delivery::Flushed { token }) {
                 return got;
@@ -1087,11 +1204,11 @@ mod tests {
             "replays are caught later"
         );
         flush(&mut c, 1);
-        let (b, inbox) = c.drain(1).unwrap();
+        let b = drained(&mut c, 1);
         assert_eq!(b.count, 100);
         assert_eq!(b.rejections.len(), 1);
         assert_eq!(b.rejections[0].reason, Reason::Replay);
-        assert_eq!(inbox.copy_out(b.offset, b.length).unwrap(), frames.concat());
+        assert_eq!(b.bytes, frames.concat());
         let k = c.counters();
         assert_eq!(k.accepted, 101);
         assert_eq!(k.delivered + k.rejected, 101);
@@ -1187,13 +1304,7 @@ mod tests {
             );
         }
         let got = flush(&mut c, 9);
-        let batches: Vec<&Batch> = got
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Batch(b) => Some(b),
-                _ => None,
-            })
-            .collect();
+        let batches: Vec<Got> = got.iter().filter_map(pushed).collect();
         assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 10);
         assert!(wakes.load(Ordering::SeqCst) >= 1);
         assert_eq!(c.drain(5).unwrap_err(), Status::WrongDelivery);
@@ -1230,30 +1341,23 @@ mod tests {
         c.pause(false);
         // Shard 0: 10 moves (and open, join, flush); shard 1: 1 move.
         assert_eq!(c.step_workers(), 11);
-        // Batches of 4 fill during the run; the first is delivered, the rest wait for its
+        // A batch of 4 fills during the run and is delivered; the rest wait for its
         // release, so the flush is not answered yet.
         let got = c.poll();
-        let counts: Vec<u32> = got
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Batch(b) => Some(b.count),
-                _ => None,
-            })
-            .collect();
+        let counts: Vec<u32> = got.iter().filter_map(pushed).map(|b| b.count).collect();
         assert_eq!(counts, vec![4]);
         assert!(!got.contains(&Delivery::Flushed { token: 7 }));
         let mut delivered = 4;
         for _ in 0..10 {
-            c.release(4);
+            c.release_delivery(0);
             assert_eq!(c.step_workers(), 0, "nothing left to validate");
             for d in c.poll() {
                 match d {
-                    Delivery::Batch(b) => delivered += b.count,
+                    Delivery::Moves(m) => delivered += m.moves(),
                     Delivery::Flushed { token } => {
                         assert_eq!(token, 7);
                         assert_eq!(delivered, 10);
-                        let (b, _) = c.drain(5).unwrap();
-                        assert_eq!(b.count, 1);
+                        assert_eq!(drained(&mut c, 5).count, 1);
                         let k = c.counters();
                         assert_eq!(k.accepted, k.delivered + k.rejected);
                         c.shutdown();
@@ -1269,7 +1373,7 @@ mod tests {
     }
 
     #[test]
-    fn flush_waits_for_an_unreleased_push_batch() {
+    fn flush_waits_for_an_unreleased_push_delivery() {
         let (mut c, _) = core(Config::default());
         c.open_room(5, false, true, None);
         c.join(5, 1, None);
@@ -1278,17 +1382,15 @@ mod tests {
             Verdict::Accepted
         );
         let first = flush(&mut c, 1);
-        assert!(first
-            .iter()
-            .any(|d| matches!(d, Delivery::Batch(b) if b.count == 1)));
-        // The test's flush released that batch; deliver one more and hold it.
+        assert!(first.iter().filter_map(pushed).any(|b| b.count == 1));
+        // The test's flush released that delivery; deliver one more and hold it.
         assert_eq!(
             c.dispatch(&frame(5, 1, 2, b"p", None), None),
             Verdict::Accepted
         );
         let mut held = false;
         for _ in 0..5_000 {
-            if c.poll().iter().any(|d| matches!(d, Delivery::Batch(_))) {
+            if c.poll().iter().any(|d| matches!(d, Delivery::Moves(_))) {
                 held = true;
                 break;
             }
@@ -1303,9 +1405,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(
             !c.poll().contains(&Delivery::Flushed { token: 2 }),
-            "flush answered while a batch was held"
+            "flush answered while a delivery was held"
         );
-        c.release(5);
+        c.release_delivery(0);
         let got = flush(&mut c, 3);
         assert!(got.contains(&Delivery::Flushed { token: 2 }));
     }
@@ -1331,7 +1433,7 @@ mod tests {
             Verdict::NotMember
         );
         flush(&mut c, 1);
-        let (b, _) = c.drain(4).unwrap();
+        let b = drained(&mut c, 4);
         assert_eq!(b.count, 1);
         let reasons: Vec<Reason> = b.rejections.iter().map(|r| r.reason).collect();
         assert_eq!(reasons, vec![Reason::BadTag]);
@@ -1352,7 +1454,7 @@ mod tests {
             Verdict::UnknownRoom
         );
         flush(&mut c, 1);
-        assert_eq!(c.drain(1).unwrap().0.count, 1);
+        assert_eq!(drained(&mut c, 1).count, 1);
         assert_eq!(c.drain(1).unwrap_err(), Status::UnknownRoom);
         assert_eq!(c.open_room(1, false, false, None), Status::Ok);
         // Nothing pending: forgotten at once.
@@ -1391,7 +1493,7 @@ mod tests {
             );
             if i % 1000 == 999 {
                 flush(&mut c, u64::from(i));
-                let (batch, _) = c.drain(1).unwrap();
+                let batch = drained(&mut c, 1);
                 assert_eq!(batch.count, 2000, "round {i}");
                 assert!(batch.rejections.is_empty(), "{:?}", batch.rejections[0]);
             }
@@ -1566,7 +1668,7 @@ mod tests {
         );
         c.pause(false);
         flush(&mut c, 1);
-        let (b, _) = c.drain(1).unwrap();
+        let b = drained(&mut c, 1);
         assert_eq!((b.count, b.rejections.len()), (1, 0));
         assert_eq!(c.counters().verdicts[Verdict::NotMember as usize], 450);
     }
@@ -1602,11 +1704,7 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..5_000 {
             let news = c.poll();
-            for d in &news {
-                if let Delivery::Batch(b) = d {
-                    c.release(b.room);
-                }
-            }
+            release_all(c, &news);
             got.extend(news);
             if pred(&got) {
                 return got;
@@ -1692,19 +1790,19 @@ mod tests {
         let push_rejected: usize = got
             .iter()
             .filter_map(|d| match d {
-                Delivery::Batch(b) if b.room == 2 => Some(b.rejections.len()),
+                Delivery::Moves(m) => Some(m.rejection_entries().filter(|r| r.room == 2).count()),
                 _ => None,
             })
             .sum();
         assert_eq!(push_rejected, 5);
-        let (b4, _) = c.drain(4).unwrap();
+        let b4 = drained(&mut c, 4);
         assert_eq!(b4.count, 30, "queued before the failure point: delivered");
         assert_eq!(b4.rejections.len(), 5);
         assert!(b4
             .rejections
             .iter()
             .all(|r| r.reason == Reason::ShardFailed));
-        assert_eq!(c.drain(3).unwrap().0.count, 1);
+        assert_eq!(drained(&mut c, 3).count, 1);
         let k = c.counters();
         assert_eq!(k.accepted, k.delivered + k.rejected);
         assert_eq!(k.reasons[Reason::ShardFailed as usize], 10);
@@ -1730,7 +1828,7 @@ mod tests {
             Verdict::Accepted
         );
         flush(&mut c, 5);
-        assert_eq!(c.drain(3).unwrap().0.count, 1);
+        assert_eq!(drained(&mut c, 3).count, 1);
         c.shutdown();
     }
 
@@ -1839,8 +1937,58 @@ mod tests {
             c.poll().contains(&Delivery::Flushed { token: 9 }),
             "answered by the producer"
         );
-        let (b, _) = c.drain(1).unwrap();
+        let b = drained(&mut c, 1);
         assert_eq!(b.rejections[0].reason, Reason::ShardFailed);
+        c.shutdown();
+    }
+
+    /// Deferred wake-ups: a parked worker stays parked through one-frame dispatches until
+    /// the owed wake-up is paid (once for many calls), or until a shard owes `WAKE_EVERY`.
+    #[test]
+    fn deferred_wakes_are_paid_once_per_turn() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        flush(&mut c, 1);
+        c.defer_wakes(true);
+        // Let the worker park (it spins briefly first).
+        std::thread::sleep(Duration::from_millis(20));
+        for seq in 1..=10 {
+            assert_eq!(
+                c.dispatch(&frame(1, 1, seq, b"d", None), None),
+                Verdict::Accepted
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.shard_stats()[0].queue_depth, 10, "nobody woke the worker");
+        assert!(c.wake_owed());
+        assert!(!c.wake_owed(), "paid once");
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.shard_stats()[0].queue_depth, 0);
+        // A long burst never waits for more than WAKE_EVERY moves.
+        std::thread::sleep(Duration::from_millis(20));
+        for seq in 11..=(11 + WAKE_EVERY) {
+            assert_eq!(
+                c.dispatch(&frame(1, 1, seq, b"d", None), None),
+                Verdict::Accepted
+            );
+        }
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.shard_stats()[0].queue_depth, 0, "woken at WAKE_EVERY");
+        // A drain pays what is owed.
+        c.dispatch(&frame(1, 1, 200, b"d", None), None);
+        let _ = c.drain(1);
+        flush(&mut c, 2);
         c.shutdown();
     }
 }

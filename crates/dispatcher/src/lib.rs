@@ -6,7 +6,8 @@
 //! - [`auth`]: SHA-256 / HMAC-SHA256 tags, constant-time comparison, zeroised keys;
 //! - [`window`]: anti-replay sliding window;
 //! - [`arena`]: the shard's ingress ring (bump-pointer, single producer/consumer);
-//! - [`inbox`]: room memory that JavaScript reads in place;
+//! - [`inbox`]: a room's validated moves until a delivery takes them;
+//! - [`delivery`]: many rooms' moves in one buffer handed to JavaScript, never written again;
 //! - [`shard`]: the worker and its one loop: validation, room inboxes, push delivery, failure;
 //! - [`outbox`]: deliveries waiting for JavaScript;
 //! - [`core`]: the dispatcher as seen from the JavaScript thread (sync checks, controls,
@@ -18,13 +19,12 @@
 //!
 //! # Safety
 //! `unsafe` is denied crate-wide and allowed, module by module, only where it is needed:
-//! [`arena`] (the ring's raw memory), [`inbox`] (room memory shared with JavaScript),
-//! [`alloc`] (the `GlobalAlloc` wrapper, an `unsafe` trait) and one function of [`runtime`]
-//! (`sched_setaffinity` for core pinning). Every `unsafe` block carries a `// SAFETY:`
-//! comment (`clippy::undocumented_unsafe_blocks` is denied), and no safe public function can
-//! cause undefined behaviour: the arena frees only records it handed out
-//! ([`arena::Consumer::pop`]), room memory is read only outside the half being filled
-//! ([`inbox::Inbox::copy_out`]) and exposed once at a time ([`inbox::RoomMemory::expose`]).
+//! [`arena`] (the ring's raw memory), [`alloc`] (the `GlobalAlloc` wrapper, an `unsafe`
+//! trait) and one function of [`runtime`] (`sched_setaffinity` for core pinning). Every
+//! `unsafe` block carries a `// SAFETY:` comment (`clippy::undocumented_unsafe_blocks` is
+//! denied), and no safe public function can cause undefined behaviour: the arena frees only
+//! records it handed out ([`arena::Consumer::pop`]); memory handed to JavaScript is a
+//! [`delivery::Moves`] buffer that nothing writes once built.
 #![deny(unsafe_code)]
 
 pub mod alloc;
@@ -33,6 +33,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod delivery;
 pub mod frame;
 pub mod inbox;
 pub mod latency;

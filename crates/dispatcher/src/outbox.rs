@@ -1,4 +1,5 @@
-//! Deliveries waiting for JavaScript: push batches and flush answers, in order.
+//! What waits for JavaScript: push deliveries, flush answers, overload events and shard
+//! failures, in order.
 //!
 //! Workers append; the JavaScript thread takes everything at once in `poll()`. A wake-up
 //! (one `ThreadsafeFunction` call) is sent only when the outbox goes from "seen" to
@@ -8,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::inbox::Batch;
+use crate::delivery::Moves;
 
 /// Something JavaScript must see.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
-    /// A push room's batch.
-    Batch(Batch),
+    /// A shard's push delivery (many rooms).
+    Moves(Moves),
     /// Every shard has answered flush `token`.
     Flushed { token: u64 },
     /// A shard queue or a room crossed its overload mark (`recovered: false`), or fell back
@@ -137,14 +138,14 @@ impl Outbox {
         self.lock().flushes.insert(token, shards);
     }
 
-    /// Appends `batches` (moved out of the vector) and the answers of `flushed` tokens.
-    pub fn publish(&self, batches: &mut Vec<Batch>, flushed: &[u64]) {
-        if batches.is_empty() && flushed.is_empty() {
+    /// Appends a push delivery, if any, then the answers of `flushed` tokens.
+    pub fn publish(&self, moves: Option<Moves>, flushed: &[u64]) {
+        if moves.is_none() && flushed.is_empty() {
             return;
         }
         {
             let mut inner = self.lock();
-            inner.items.extend(batches.drain(..).map(Delivery::Batch));
+            inner.items.extend(moves.map(Delivery::Moves));
             for &token in flushed {
                 let done = match inner.flushes.get_mut(&token) {
                     Some(left) => {

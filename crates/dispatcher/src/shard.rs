@@ -3,7 +3,9 @@
 //! The worker takes moves from the arena and control operations from the control queue
 //! in one order (their sequence numbers), validates each move (session, tag in constant
 //! time, replay window), appends it to its room's inbox or records a rejection, and
-//! delivers push batches when its queue runs dry or a room's batch is full.
+//! delivers its push rooms — all of them in one delivery ([`crate::delivery`]) — when its
+//! queue runs dry or a room's batch is full. At most one push delivery of a shard is out
+//! with JavaScript: the next waits until it is released ([`Shared::out`]).
 //!
 //! # One loop
 //! [`Worker::step`] is the worker's whole policy: take up to [`TURN`] items, deliver when
@@ -36,8 +38,9 @@ use std::time::Duration;
 use crate::alloc::HotPath;
 use crate::arena::Consumer;
 use crate::auth::{self, PlayerKey};
+use crate::delivery::{Builder, Pool};
 use crate::frame;
-use crate::inbox::{Batch, Inbox, Rejection};
+use crate::inbox::{Inbox, Rejection};
 use crate::latency::Recorder;
 use crate::outbox::Outbox;
 use crate::verdict::Reason;
@@ -175,8 +178,11 @@ pub struct Shared {
     /// The worker saw `paused` and is idle until it is cleared.
     pub paused_ack: AtomicBool,
     pub stop: AtomicBool,
-    /// A push batch was released: try delivering again.
+    /// A push delivery was released: try delivering again.
     pub kick: AtomicBool,
+    /// A push delivery of this shard is out with JavaScript, not yet released: the worker
+    /// builds no other until [`Shared::release_delivery`].
+    out: AtomicBool,
     /// The producer met `Backpressure` on this shard's queue or arena and wants to hear
     /// when the worker frees some ([`crate::outbox::Outbox::notify`]), once.
     pub want_writable: AtomicBool,
@@ -198,6 +204,7 @@ impl Default for Shared {
             paused_ack: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             kick: AtomicBool::new(false),
+            out: AtomicBool::new(false),
             want_writable: AtomicBool::new(false),
             reasons: Default::default(),
             dead: AtomicBool::new(false),
@@ -267,6 +274,13 @@ impl Shared {
         }
     }
 
+    /// Producer: JavaScript released the shard's push delivery; the worker may deliver again.
+    pub fn release_delivery(&self) {
+        self.out.store(false, Ordering::Release);
+        self.kick.store(true, Ordering::SeqCst);
+        self.poke();
+    }
+
     /// Wakes the worker unconditionally (pause changes, stop, kicks).
     pub fn poke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
@@ -303,25 +317,29 @@ pub struct Worker {
     /// Push rooms with moves not yet delivered.
     dirty: Vec<Arc<Inbox>>,
     flushes: Vec<PendingFlush>,
+    /// Builds the push deliveries; its buffers come from, and return to, `pool`.
+    builder: Builder,
+    pool: Arc<Pool>,
     /// A push room reached `batch_full` since the last delivery.
     full: bool,
     /// A step panicked: moves are rejected with [`Reason::ShardFailed`], not validated.
     failed: bool,
     /// When [`Worker::deliver`] last ran ([`crate::clock::now_ns`]).
     delivered_at: u64,
-    scratch_batches: Vec<Batch>,
     scratch_tokens: Vec<u64>,
     /// Dispatch → validated, nanoseconds.
     validated: Recorder,
 }
 
 impl Worker {
-    /// The worker of shard `index`, reading `consumer`, delivering to `outbox`.
+    /// The worker of shard `index`, reading `consumer`, delivering to `outbox` in buffers
+    /// of `pool`.
     pub fn new(
         index: u32,
         shared: Arc<Shared>,
         consumer: Consumer,
         outbox: Arc<Outbox>,
+        pool: Arc<Pool>,
         policy: Policy,
         validated: Recorder,
     ) -> Self {
@@ -337,10 +355,11 @@ impl Worker {
             rooms: HashMap::default(),
             dirty: Vec::new(),
             flushes: Vec::new(),
+            builder: Builder::new(),
+            pool,
             full: false,
             failed: false,
             delivered_at: 0,
-            scratch_batches: Vec::new(),
             scratch_tokens: Vec::new(),
             validated,
         }
@@ -381,7 +400,7 @@ impl Worker {
             self.index,
             format!("{message} (again, while failed: the shard stopped; moves still in its queue are lost)"),
         );
-        self.outbox.publish(&mut Vec::new(), &tokens);
+        self.outbox.publish(None, &tokens);
         Step::Stop
     }
 
@@ -557,9 +576,12 @@ impl Worker {
         };
         match outcome {
             Ok(()) => {
-                // `full` only when the batch can go now: a held room would make every
-                // following move trigger a pointless delivery pass.
-                if room.inbox.push_frame(bytes, stamp, batch_full) && room.push {
+                // `full` only when a delivery can go now: while one is out, every following
+                // move would trigger a pointless delivery pass.
+                if room.inbox.push_frame(bytes, stamp, batch_full)
+                    && room.push
+                    && !shared.out.load(Ordering::Relaxed)
+                {
                     *full = true;
                 }
             }
@@ -584,7 +606,6 @@ impl Worker {
     fn control(&mut self, c: Control) {
         match c {
             Control::OpenRoom { inbox, hmac, push } => {
-                inbox.set_closed(false);
                 if push && inbox.has_pending() {
                     mark_dirty(&mut self.dirty, &inbox);
                 }
@@ -620,9 +641,9 @@ impl Worker {
                 }
             }
             Control::CloseRoom { room } => {
-                if let Some(r) = self.rooms.remove(&room) {
-                    r.inbox.set_closed(true);
-                }
+                // Its pending moves stay in the inbox (and on the dirty list, for a push
+                // room) until delivered.
+                self.rooms.remove(&room);
             }
             Control::Flush { token } => {
                 let waits: Vec<(Arc<Inbox>, u64)> = self
@@ -632,7 +653,7 @@ impl Worker {
                     .map(|i| (Arc::clone(i), i.generation()))
                     .collect();
                 if waits.is_empty() && self.flushes.is_empty() {
-                    self.outbox.publish(&mut self.scratch_batches, &[token]);
+                    self.outbox.publish(None, &[token]);
                 } else {
                     self.flushes.push(PendingFlush { token, waits });
                 }
@@ -654,23 +675,28 @@ impl Worker {
             && crate::clock::now_ns().saturating_sub(self.delivered_at) >= hold_ns
     }
 
-    /// Delivers every push room whose previous batch was released, then answers the
-    /// flushes whose rooms have all been delivered since.
+    /// Delivers every push room with something waiting, in one delivery, unless the
+    /// previous one is still out with JavaScript; then answers the flushes whose rooms have
+    /// all been delivered since.
     fn deliver(&mut self) {
         self.full = false;
         self.delivered_at = crate::clock::now_ns();
         self.shared.kick.store(false, Ordering::Release);
-        let batches = &mut self.scratch_batches;
-        self.dirty.retain(|inbox| {
-            if let Some(b) = inbox.deliver_push() {
-                batches.push(b);
-            }
-            let keep = inbox.has_pending();
-            if !keep {
+        let mut moves = None;
+        if !self.dirty.is_empty() && !self.shared.out.load(Ordering::Acquire) {
+            self.builder.start(self.pool.get());
+            for inbox in self.dirty.drain(..) {
+                // Only this worker lists and unlists push rooms: no race on the flag.
                 inbox.dirty.store(false, Ordering::Relaxed);
+                inbox.take_into(&mut self.builder);
             }
-            keep
-        });
+            if self.builder.is_empty() {
+                self.pool.put(self.builder.abandon());
+            } else {
+                self.shared.out.store(true, Ordering::Release);
+                moves = Some(self.builder.finish(Some(self.index)));
+            }
+        }
         // Flushes complete in order: a later one never overtakes an earlier one.
         let tokens = &mut self.scratch_tokens;
         let mut blocked = false;
@@ -689,8 +715,7 @@ impl Worker {
             }
             !done
         });
-        self.outbox
-            .publish(&mut self.scratch_batches, &self.scratch_tokens);
+        self.outbox.publish(moves, &self.scratch_tokens);
         self.scratch_tokens.clear();
     }
 }

@@ -51,6 +51,18 @@ pub enum Reason {
 impl Reason {
     /// Number of reasons.
     pub const COUNT: usize = 4;
+
+    /// The reason numbered `n`, if any.
+    pub fn from_u32(n: u32) -> Option<Self> {
+        [
+            Self::BadTag,
+            Self::UnknownPlayer,
+            Self::Replay,
+            Self::ShardFailed,
+        ]
+        .get(n as usize)
+        .copied()
+    }
 }
 
 /// Answer of control calls; JavaScript turns it into a typed error.

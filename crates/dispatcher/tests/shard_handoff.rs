@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use move_dispatcher::arena;
 use move_dispatcher::auth;
+use move_dispatcher::delivery::{Builder, Moves, Pool};
 use move_dispatcher::frame::{self, Header};
 use move_dispatcher::inbox::Inbox;
 use move_dispatcher::latency::{pair, Scale};
@@ -76,6 +77,7 @@ fn start(index: u32, ring_bytes: usize) -> Harness {
         Arc::clone(&shared),
         consumer,
         Arc::clone(&outbox),
+        Arc::new(Pool::new()),
         Policy {
             spins: SPINS,
             ..Policy::runtime(8)
@@ -162,43 +164,43 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
 
     // Expected next move seq per room, as the JavaScript side reads them back.
     let (mut next_pull, mut next_push) = (1_u32, 1_u32);
-    let check = |next: &mut u32, inbox: &Inbox, offset: usize, length: usize, count: u32| {
-        let bytes = inbox.copy_out(offset, length).unwrap();
-        let mut at = 0;
-        for _ in 0..count {
-            let f = frame(inbox.room(), *next);
-            assert_eq!(
-                &bytes[at..at + f.len()],
-                &f[..],
-                "room {} move {}",
-                inbox.room(),
-                next
-            );
-            at += f.len();
-            *next += 1;
+    // Every room of a delivery, its moves in order, as the JavaScript side reads them.
+    let check = |next: &mut u32, room: u32, m: &Moves| {
+        assert_eq!(m.rejections(), 0);
+        for e in m.room_entries() {
+            assert_eq!(e.room, room);
+            let bytes = m.frames(&e);
+            let mut at = 0;
+            for _ in 0..e.moves {
+                let f = frame(room, *next);
+                assert_eq!(&bytes[at..at + f.len()], &f[..], "room {room} move {next}");
+                at += f.len();
+                *next += 1;
+            }
+            assert_eq!(at, e.frame_bytes);
         }
-        assert_eq!(at, length);
     };
-    let take = |next_pull: &mut u32, next_push: &mut u32| {
+    let mut builder = Builder::new();
+    let mut take = |next_pull: &mut u32, next_push: &mut u32| {
         let mut flushed = Vec::new();
         for d in outbox.take() {
             match d {
-                Delivery::Batch(b) => {
-                    assert_eq!(b.room, PUSH);
-                    assert!(b.rejections.is_empty());
-                    check(next_push, &push, b.offset, b.length, b.count);
-                    if push.release_push() {
-                        shared.kick.store(true, Ordering::SeqCst);
-                        shared.poke();
-                    }
+                Delivery::Moves(m) => {
+                    assert_eq!(m.shard(), Some(0));
+                    check(next_push, PUSH, &m);
+                    shared.release_delivery();
                 }
                 Delivery::Flushed { token } => flushed.push(token),
                 Delivery::Overload(e) => panic!("no overload marks configured: {e:?}"),
                 Delivery::Failed { message, .. } => panic!("the worker failed: {message}"),
             }
         }
-        let b = pull.drain();
-        check(next_pull, &pull, b.offset, b.length, b.count);
+        builder.start(Vec::new());
+        if pull.take_into(&mut builder) {
+            check(next_pull, PULL, &builder.finish(None));
+        } else {
+            builder.abandon();
+        }
         flushed
     };
 
@@ -344,12 +346,14 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
     wait_for(1, &mut failures);
     assert_eq!(failures.len(), 1);
     assert!(failures[0].contains("on purpose"), "{}", failures[0]);
-    let b = inbox.drain();
-    assert_eq!(b.count, n, "queued before the failure point: validated");
-    assert_eq!(b.rejections.len(), n as usize);
-    assert!(b
-        .rejections
-        .iter()
+    let mut b = Builder::new();
+    b.start(Vec::new());
+    assert!(inbox.take_into(&mut b));
+    let m = b.finish(None);
+    assert_eq!(m.moves(), n, "queued before the failure point: validated");
+    assert_eq!(m.rejections(), n);
+    assert!(m
+        .rejection_entries()
         .all(|r| r.reason == move_dispatcher::verdict::Reason::ShardFailed));
     assert_eq!(inbox.reserved(), 0);
     // A second panic: the worker stops, answering the flush queued behind it.

@@ -18,6 +18,7 @@ export { encodeMove, encodeMoveInto, frameLength, parseHeader } from './src/enco
 export { DEFAULTS } from './src/options';
 export type {
   AuthMode,
+  Delivery,
   DeliveryMode,
   DispatcherOptions,
   DispatcherStats,

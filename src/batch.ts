@@ -49,6 +49,12 @@ class FrameView implements MoveView {
   get kind(): number {
     return this.#dv.getUint16(this.frameOffset + 20, true);
   }
+  get payloadOffset(): number {
+    return this.frameOffset + HEADER_BYTES;
+  }
+  get payloadLength(): number {
+    return this.frameLength - HEADER_BYTES - TAG_BYTES;
+  }
   get payload(): Uint8Array {
     const start = this.frameOffset + HEADER_BYTES;
     return this.#bytes.subarray(start, this.frameOffset + this.frameLength - TAG_BYTES);

@@ -126,34 +126,87 @@ export interface MoveView {
   readonly seq: number;
   readonly tick: number;
   readonly kind: number;
-  /** The payload, a view into the batch memory (no copy). Each step of the iteration returns a new view object only when read. */
+  /**
+   * The payload, a view into the delivery memory (no copy of the bytes). Reading it creates
+   * a `Uint8Array` view object each time: for zero allocations read the bytes at
+   * `payloadOffset .. payloadOffset + payloadLength` of `batch.buffer` (`delivery.bytes`)
+   * through a view you already hold.
+   */
   readonly payload: Uint8Array;
-  /** Offset of the frame in `batch.buffer`. */
+  /** Offset of the payload in `batch.buffer` (= `delivery.bytes`): `frameOffset + 24`. */
+  readonly payloadOffset: number;
+  /** Length of the payload in bytes: `frameLength - 56`. */
+  readonly payloadLength: number;
+  /** Offset of the frame in `batch.buffer` (= `delivery.bytes`). */
   readonly frameOffset: number;
   /** Length of the whole frame (56 + payload length). */
   readonly frameLength: number;
 }
 
 /**
- * Validated moves of one room, back to back in arena memory that JavaScript reads in place:
- * frames from `offset` to `offset + length` of `buffer`, in dispatch order.
- * Valid until `release()` or the room's next `drain()`; `copy()` keeps the data longer.
+ * Validated moves of one room, back to back in the memory of the delivery that brought
+ * them: frames from `offset` to `offset + length` of `buffer`, in dispatch order.
+ * `buffer` is the delivery's `ArrayBuffer`, shared with the other rooms of the delivery;
+ * nothing writes it again, and releasing detaches it (every view over it then reads as
+ * empty). A pull batch is valid until `release()` or the room's next non-empty `drain()`;
+ * a push batch until `onBatch` returns (or the `batches()` loop asks for the next one).
+ * `copy()` keeps the data longer.
  */
 export interface MoveBatch extends Iterable<MoveView> {
   readonly room: number;
   readonly count: number;
+  /** The delivery's `ArrayBuffer` (detached once the delivery is released). */
   readonly buffer: ArrayBuffer;
+  /** Offset of the room's first frame in `buffer`. */
   readonly offset: number;
   readonly length: number;
+  /**
+   * The room's rejections in the order they occurred (an array built on first read; reading
+   * it for the first time after release throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`).
+   */
   readonly rejections: readonly Rejection[];
   /** True once released (or, for a pull batch, once the room was drained again); reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
   readonly released: boolean;
+  /**
+   * Releases the batch. Idempotent. For the room view a `Delivery` hands out while it is
+   * iterated, this releases the whole delivery.
+   */
   release(): void;
-  /** A batch with the same moves in memory of its own, valid forever. */
+  /** A batch with the same moves and rejections in memory of its own (valid until its own `release()`). */
   copy(): MoveBatch;
   /** The frames as one `Uint8Array` view over `buffer` (no copy). */
   bytes(): Uint8Array;
+  /** Iterates the moves with one reused view (no allocation per move). */
   [Symbol.iterator](): Iterator<MoveView>;
+}
+
+/**
+ * Many rooms' moves and rejections in ONE `ArrayBuffer` that nobody writes again
+ * (`drainAll()`, or a push delivery handed to `onDelivery`). Iterate it for one `MoveBatch`
+ * view per room (the SAME reused object, moved from room to room), and each room for its
+ * moves (one reused `MoveView`): a loop allocates nothing per room or per move.
+ *
+ * `release()` detaches `buffer`: every view handed out (`bytes`, `batch.bytes()`,
+ * `move.payload`, `new Uint8Array(batch.buffer)`) then has byteLength 0, and iterating
+ * throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. A `drainAll()` delivery is released by the
+ * next `drainAll()`; a push delivery when `onDelivery` returns.
+ */
+export interface Delivery extends Iterable<MoveBatch> {
+  /** Moves in the delivery (all rooms). */
+  readonly count: number;
+  /** Rooms in the delivery: those with moves or rejections. */
+  readonly rooms: number;
+  /** The delivery's memory (an empty buffer for an empty delivery); detached once released. */
+  readonly buffer: ArrayBuffer;
+  /** `buffer` as one `Uint8Array`: `move.frameOffset` and `move.payloadOffset` index into it. */
+  readonly bytes: Uint8Array;
+  /** Every room's rejections, room after room, each room's in order (built on first read). */
+  readonly rejections: readonly Rejection[];
+  readonly released: boolean;
+  /** Detaches the memory (and lets a push delivery's shard deliver again). Idempotent. */
+  release(): void;
+  /** One reused `MoveBatch` view per room, in the delivery's room order. */
+  [Symbol.iterator](): Iterator<MoveBatch>;
 }
 
 export interface StreamResult {

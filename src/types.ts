@@ -6,7 +6,7 @@ import type { Reason, Verdict } from './constants';
 
 /** Room authentication mode. */
 export type AuthMode = 'sha256' | 'hmac-sha256';
-/** Room delivery mode: `pull` rooms are drained by the game loop, `push` rooms deliver to `onBatch` / `batches()`. */
+/** Room delivery mode: `pull` rooms are drained by the game loop (`drain`, `drainAll`), `push` rooms deliver to `onDelivery` / `onBatch` / `batches()`. */
 export type DeliveryMode = 'pull' | 'push';
 
 export interface DispatcherOptions {
@@ -26,7 +26,7 @@ export interface DispatcherOptions {
   maxPendingAsync?: number;
   /** Bytes of each shard's ingress arena. Default 8 MiB. Range 64 KiB..=1 GiB, and at least 2 × (88 + maxPayload). */
   arenaBytes?: number;
-  /** Bytes a room may hold undelivered before `Backpressure` (two halves of this size are allocated per room, touched lazily). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
+  /** Bytes a room may hold undelivered before `Backpressure` (validated moves wait in room memory of this size, touched lazily, until they are copied into a delivery). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
   roomBytes?: number;
   /** Largest payload accepted, in bytes. Default 1024. Range 0..=65535. */
   maxPayload?: number;
@@ -43,23 +43,38 @@ export interface DispatcherOptions {
   /** Name prefix of the native threads (≤ 15 bytes shown by the OS). Default `'move-disp'`. */
   threadName?: string;
   /**
-   * Push delivery: called with each batch of validated moves of `push` rooms. The batch is
-   * released when the callback returns (call `batch.copy()` to keep its data). A throw, or the
-   * rejection of a promise it returns, is reported through `onError` (or
-   * `process.emitWarning`) and does not stop delivery.
+   * Push delivery, many rooms per call: called with each push delivery (the validated moves
+   * and rejections of every push room of one shard that had something, in one `ArrayBuffer`).
+   * The delivery is released — detached: every view over it reads as empty — when the
+   * callback returns; call `batch.copy()` on a room to keep its data. Iterating it allocates
+   * nothing per room or per move. A throw, or the rejection of a promise it returns, is
+   * reported through `onError` (or `process.emitWarning`) and does not stop delivery.
+   *
+   * Give `onDelivery` or `onBatch`, not both (the constructor throws
+   * `ERR_MOVE_DISPATCHER_INVALID_OPTION`, field `onDelivery`). With `onDelivery`, `batches()`
+   * receives nothing.
+   */
+  onDelivery?: (delivery: Delivery) => void;
+  /**
+   * Push delivery, one room per call (compatibility with `onDelivery`'s per-room path): called
+   * once per room of each push delivery with a `MoveBatch` of that room. Each batch is
+   * released when the callback returns (call `batch.copy()` to keep its data); the delivery's
+   * memory is detached once all its batches are released. A throw, or the rejection of a
+   * promise it returns, is reported through `onError` (or `process.emitWarning`) and does not
+   * stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
   /**
-   * Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`, and with an
-   * `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose worker
-   * failed. Default: `process.emitWarning`.
+   * Called with errors thrown by `onDelivery`, `onBatch`, `onOverload` or `onRecovered`, and
+   * with an `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose
+   * worker failed. Default: `process.emitWarning`.
    */
   onError?: (error: unknown) => void;
   /**
    * Overload marks: a shard whose queue reaches `queueDepth` moves, or a room holding
    * `roomBytes` undelivered bytes, is reported to `onOverload`; `onRecovered` follows once it
    * falls to half the mark. Defaults: 75% of `channelCapacity` and of `roomBytes`; 0 turns a
-   * mark off. Recovery is noticed on `drain()`, push deliveries and `flush()`.
+   * mark off. Recovery is noticed on `drain()`, `drainAll()`, push deliveries and `flush()`.
    */
   overload?: { queueDepth?: number; roomBytes?: number };
   /** A shard queue or a room crossed its overload mark (asynchronous, never inside `dispatch`). */
@@ -272,11 +287,11 @@ export interface HistogramStats {
 export interface LatencyStats {
   /** Dispatch → validated by the shard worker. */
   validatedNs: HistogramStats;
-  /** Dispatch → handed to JavaScript (`drain()` returns, or a push batch reaches `onBatch`). */
+  /** Dispatch → handed to JavaScript (copied into a delivery: a `drain()` / `drainAll()`, or a push delivery for `onDelivery` / `onBatch`). */
   deliveredNs: HistogramStats;
   /** Arena allocation (the bump-pointer copy of a frame), timed on every 64th dispatch. */
   arenaAllocNs: HistogramStats;
-  /** Moves per delivered batch. */
+  /** Moves per delivered room entry (rooms with at least one move). */
   batchSize: HistogramStats;
 }
 
@@ -309,11 +324,14 @@ export interface DispatcherStats {
   verdicts: Record<keyof typeof Verdict, number>;
   /** Count per reason name. */
   reasons: Record<keyof typeof Reason, number>;
-  /** Moves handed to JavaScript in batches. */
+  /** Moves handed to JavaScript (drains and push deliveries). */
   delivered: number;
   /** Accepted moves rejected by validation. */
   rejected: number;
-  /** Batches handed to JavaScript (non-empty drains and push batches). */
+  /**
+   * Room entries handed to JavaScript: each room with moves or rejections in a `drain()`,
+   * `drainAll()` or push delivery counts once.
+   */
   batches: number;
   /** `Backpressure` verdicts by cause (they add up to `verdicts.Backpressure`). */
   backpressure: { queue: number; arena: number; room: number };

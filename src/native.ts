@@ -43,6 +43,8 @@ interface NativeDispatcherInstance {
   pause(paused: boolean): void;
   /** @internal Test hook: the shard's worker panics at its next turn. Absent in older addons. */
   failShardForTesting?(shard: number): void;
+  /** `dispatch` / `dispatchStream` owe the workers their wake-up, paid by `wakeOwed(id)`. */
+  deferWakes(defer: boolean): void;
 }
 
 interface Binding {
@@ -51,6 +53,8 @@ interface Binding {
   dispatch(id: number, frame: Uint8Array): number;
   dispatchFrom(id: number, frame: Uint8Array, sender: number): number;
   dispatchStream(id: number, chunk: Uint8Array, sender: number): StreamResult;
+  /** Pays the wake-ups the turn's dispatches owe the workers (once per event-loop turn). */
+  wakeOwed(id: number): void;
   allocatorStats(): AllocatorStats;
   /** Writes what is ready into `out` as records (binding.rs); returns the words written. */
   pollPacked(id: number, out: Uint32Array): number;
@@ -203,6 +207,12 @@ class NativeEngine implements Engine {
   readonly #id: number;
   /** Where `pollPacked` writes its records. */
   #out = new Uint32Array(16 * 1024);
+  /** A microtask will pay the wake-ups this turn's dispatches owe the workers. */
+  #wakeQueued = false;
+  readonly #payWakes = (): void => {
+    this.#wakeQueued = false;
+    this.#b.wakeOwed(this.#id);
+  };
 
   constructor(config: EngineConfig, wake: WakeFn) {
     const b = loadBinding();
@@ -212,15 +222,34 @@ class NativeEngine implements Engine {
     this.#b = b;
     const id = this.#n.id;
     this.#id = id;
+    // A socket handler makes one call per frame: the workers' wake-up is paid once per
+    // event-loop turn (a microtask), not once per call (a futex wake-up and a context switch
+    // each). Calls that wait on the workers (drain, flush, poll) pay what is owed first.
+    if (typeof b.wakeOwed !== 'function' || typeof this.#n.deferWakes !== 'function') {
+      throw stateError(ErrorCode.NativeUnavailable, 'move-dispatcher: the native addon is from an older build (no deferred wake-ups): rebuild it or reinstall the package');
+    }
+    this.#n.deferWakes(true);
     // Bind the hot path once: one closure call and one plain N-API call per frame.
     const { dispatch, dispatchFrom } = b;
-    this.dispatch = (frame, sender) => (sender < 0 ? dispatch(id, frame) : dispatchFrom(id, frame, sender));
+    this.dispatch = (frame, sender) => {
+      const verdict = sender < 0 ? dispatch(id, frame) : dispatchFrom(id, frame, sender);
+      if (verdict === 0 && !this.#wakeQueued) {
+        this.#wakeQueued = true;
+        queueMicrotask(this.#payWakes);
+      }
+      return verdict;
+    };
   }
 
   dispatch: (frame: Uint8Array, sender: number) => number;
 
   dispatchStream(chunk: Uint8Array, sender: number): StreamResult {
-    return this.#b.dispatchStream(this.#id, chunk, sender);
+    const result = this.#b.dispatchStream(this.#id, chunk, sender);
+    if (result.accepted > 0 && !this.#wakeQueued) {
+      this.#wakeQueued = true;
+      queueMicrotask(this.#payWakes);
+    }
+    return result;
   }
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
     return this.#n.openRoom(room, auth, push, rate?.perSecond ?? 0, rate?.burst ?? 0) as Status;

@@ -52,7 +52,8 @@ interface Binding {
   /** Hot path: plain functions taking the dispatcher id (class methods cost ~200 ns more per call). */
   dispatch(id: number, frame: Uint8Array): number;
   dispatchFrom(id: number, frame: Uint8Array, sender: number): number;
-  dispatchStream(id: number, chunk: Uint8Array, sender: number): StreamResult;
+  /** Writes `[consumed, accepted, rejected, flags]` (flags: 1 backpressure, 2 malformed) into `out`; returns `accepted`. */
+  dispatchStream(id: number, chunk: Uint8Array, sender: number, out: Float64Array): number;
   /** Pays the wake-ups the turn's dispatches owe the workers (once per event-loop turn). */
   wakeOwed(id: number): void;
   allocatorStats(): AllocatorStats;
@@ -207,7 +208,9 @@ class NativeEngine implements Engine {
   readonly #id: number;
   /** Where `pollPacked` writes its records. */
   #out = new Uint32Array(16 * 1024);
-  /** A microtask will pay the wake-ups this turn's dispatches owe the workers. */
+  /** Where `dispatchStream` writes its outcome (an object made by N-API costs more). */
+  readonly #stream = new Float64Array(4);
+  /** A `setImmediate` will pay the wake-ups this loop iteration's dispatches owe the workers. */
   #wakeQueued = false;
   readonly #payWakes = (): void => {
     this.#wakeQueued = false;
@@ -223,8 +226,10 @@ class NativeEngine implements Engine {
     const id = this.#n.id;
     this.#id = id;
     // A socket handler makes one call per frame: the workers' wake-up is paid once per
-    // event-loop turn (a microtask), not once per call (a futex wake-up and a context switch
-    // each). Calls that wait on the workers (drain, flush, poll) pay what is owed first.
+    // event-loop iteration (in its check phase, after the poll phase has run every socket's
+    // callbacks), not once per call (a futex wake-up and a context switch each). Calls that
+    // wait on the workers (drain, flush, poll) pay what is owed first, and no more than 64
+    // moves of a shard wait for their wake-up.
     if (typeof b.wakeOwed !== 'function' || typeof this.#n.deferWakes !== 'function') {
       throw stateError(ErrorCode.NativeUnavailable, 'move-dispatcher: the native addon is from an older build (no deferred wake-ups): rebuild it or reinstall the package');
     }
@@ -235,7 +240,7 @@ class NativeEngine implements Engine {
       const verdict = sender < 0 ? dispatch(id, frame) : dispatchFrom(id, frame, sender);
       if (verdict === 0 && !this.#wakeQueued) {
         this.#wakeQueued = true;
-        queueMicrotask(this.#payWakes);
+        setImmediate(this.#payWakes);
       }
       return verdict;
     };
@@ -244,12 +249,14 @@ class NativeEngine implements Engine {
   dispatch: (frame: Uint8Array, sender: number) => number;
 
   dispatchStream(chunk: Uint8Array, sender: number): StreamResult {
-    const result = this.#b.dispatchStream(this.#id, chunk, sender);
-    if (result.accepted > 0 && !this.#wakeQueued) {
+    const out = this.#stream;
+    const accepted = this.#b.dispatchStream(this.#id, chunk, sender, out);
+    if (accepted > 0 && !this.#wakeQueued) {
       this.#wakeQueued = true;
-      queueMicrotask(this.#payWakes);
+      setImmediate(this.#payWakes);
     }
-    return result;
+    const flags = out[3]!;
+    return { consumed: out[0]!, accepted, rejected: out[2]!, backpressure: (flags & 1) !== 0, malformed: (flags & 2) !== 0 };
   }
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {
     return this.#n.openRoom(room, auth, push, rate?.perSecond ?? 0, rate?.burst ?? 0) as Status;

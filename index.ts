@@ -9,6 +9,8 @@
  * d.dispatch(encodeMove({ room: 1, player: 7, seq: 1, payload }), 7) === Verdict.Accepted;
  * await d.flush();
  * for (const move of d.drain(1)) console.log(move.player, move.seq, move.payload);
+ * // or every pull room at once, in one buffer:
+ * for (const batch of d.drainAll()) for (const move of batch) console.log(batch.room, move.seq);
  * ```
  */
 export { Dispatcher } from './src/dispatcher';
@@ -18,6 +20,7 @@ export { encodeMove, encodeMoveInto, frameLength, parseHeader } from './src/enco
 export { DEFAULTS } from './src/options';
 export type {
   AuthMode,
+  Delivery,
   DeliveryMode,
   DispatcherOptions,
   DispatcherStats,

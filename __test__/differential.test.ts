@@ -3,11 +3,13 @@
  * a `js` and a `native` dispatcher with identical options (big enough never to answer
  * Backpressure). Verdicts, control-call outcomes, stream results, deliveries (per room: the
  * exact frame bytes in order, and the rejections) and the final stats must be identical.
+ * Pull rooms are drained by `drain(room)` and by `drainAll()`; push deliveries go to
+ * `onDelivery` (even seeds) or `onBatch` (odd seeds; `DIFF_PUSH=onBatch|onDelivery` forces one).
  */
 import { writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, Verdict } from '../index';
-import type { DispatcherOptions, DispatcherStats, MoveBatch, Rejection } from '../index';
+import type { Delivery, DispatcherOptions, DispatcherStats, MoveBatch, Rejection } from '../index';
 import { NATIVE_LOAD_ERROR, OVERHEAD, Rng, bytesOf, concat, corrupt, frame, hex, IN_CI, keyFor, patch, plainRejections, retag, verdictName } from './helpers';
 
 const OPS = 120_000;
@@ -15,6 +17,8 @@ const SEED = Number(process.env.DIFF_SEED ?? 0x5eed_2024);
 const CHECKPOINT_EVERY = 1500;
 /** Set DIFF_TRACE=/path to write every operation and both outcomes there on failure. */
 const FULL_TRACE = process.env.DIFF_TRACE;
+/** How push deliveries reach the test: many rooms per call, or the per-room compatibility path. */
+const PUSH: 'onDelivery' | 'onBatch' = process.env.DIFF_PUSH === 'onBatch' || process.env.DIFF_PUSH === 'onDelivery' ? process.env.DIFF_PUSH : SEED % 2 === 0 ? 'onDelivery' : 'onBatch';
 
 const OPTIONS: DispatcherOptions = {
   shards: 3,
@@ -37,8 +41,28 @@ interface RoomLog {
 class Side {
   readonly d: Dispatcher;
   readonly rooms = new Map<number, RoomLog>();
+  /** Push deliveries taken (onDelivery) and the most rooms one of them held. */
+  pushDeliveries = 0;
+  pushMostRooms = 0;
   constructor(readonly engine: 'js' | 'native') {
-    this.d = new Dispatcher({ ...OPTIONS, engine, onBatch: (b) => this.absorb(b) });
+    this.d = new Dispatcher(
+      PUSH === 'onDelivery' ? { ...OPTIONS, engine, onDelivery: (delivery) => this.absorbPush(delivery) } : { ...OPTIONS, engine, onBatch: (b) => this.absorb(b) },
+    );
+  }
+  absorbPush(delivery: Delivery): void {
+    this.pushDeliveries++;
+    this.pushMostRooms = Math.max(this.pushMostRooms, delivery.rooms);
+    this.absorbAll(delivery);
+  }
+  /** Every room of a delivery (pull or push); returns its shape. */
+  absorbAll(delivery: Delivery): { rooms: number; count: number } {
+    let moves = 0;
+    for (const b of delivery) {
+      moves += b.count;
+      this.absorb(b);
+    }
+    if (moves !== delivery.count) throw new Error(`${this.engine}: delivery.count ${delivery.count}, but its rooms hold ${moves} moves`);
+    return { rooms: delivery.rooms, count: delivery.count };
   }
   absorb(b: MoveBatch): void {
     const room = b.room!;
@@ -163,8 +187,18 @@ describe('differential: js engine vs native engine', () => {
         }
       };
 
+      let checkpoints = 0;
       const checkpoint = async (): Promise<void> => {
         await Promise.all(sides.map((s) => s.d.flush()));
+        // Every other checkpoint, drainAll() first. Its shape is not compared: earlier
+        // unflushed drains took timing-dependent shares, so what is left differs per room;
+        // the contents are compared as per-room totals below.
+        if (checkpoints++ % 2 === 0) {
+          both('drainAll() after flush', (d, side) => {
+            side.absorbAll(d.drainAll());
+            return 'ok';
+          });
+        }
         for (const room of [...drainable].sort((x, y) => x - y)) {
           // Earlier unflushed drains took timing-dependent shares, so a closing room may already
           // be emptied (and forgotten) on one side only. Drain each side until it has nothing
@@ -266,6 +300,17 @@ describe('differential: js engine vs native engine', () => {
           }
           continue;
         }
+        if (x < 0.067) {
+          // drainAll without flushing: like drain(room) above, its contents depend on worker
+          // timing; they are logged and compared as per-room totals at the next checkpoint
+          const outcomes = sides.map((s) => {
+            const shape = s.absorbAll(s.d.drainAll());
+            return `rooms ${shape.rooms}, moves ${shape.count}`;
+          });
+          trace.push(`#${op} drainAll() without flush -> ${outcomes[0]} | ${outcomes[1]}`);
+          if (FULL_TRACE !== undefined) fullTrace.push(trace[trace.length - 1]!);
+          continue;
+        }
         if (x < 0.08) {
           // a stream of 1..5 frames, sometimes with a partial tail
           const parts: Uint8Array[] = [];
@@ -349,8 +394,10 @@ describe('differential: js engine vs native engine', () => {
       }
 
       await checkpoint();
-      // close both; push rooms deliver the rest, pull rooms drain after close
+      // close both; push rooms deliver the rest, pull rooms drain after close (drainAll
+      // first, then each room: empty or forgotten alike)
       await Promise.all(sides.map((s) => s.d.close()));
+      both('final drainAll()', (d, side) => side.absorbAll(d.drainAll()));
       for (const room of [...drainable].sort((x, y) => x - y)) {
         both(`final drain(${room})`, (d, side) => {
           const b = d.drain(room);
@@ -391,6 +438,8 @@ describe('differential: js engine vs native engine', () => {
       expect(sa.reasons.UnknownPlayer).toBe(0);
       expect(sa.delivered).toBeGreaterThan(OPS * 0.4);
       expect(counts['ok'] ?? 0).toBeGreaterThan(1000);
+      // push deliveries really coalesced rooms (one shard's push rooms per delivery)
+      if (PUSH === 'onDelivery') for (const side of sides) expect(side.pushMostRooms, `${side.engine}: most rooms in one push delivery`).toBeGreaterThan(1);
     },
     180_000,
   );

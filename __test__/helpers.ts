@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { Dispatcher, ErrorCode, Verdict } from '../index';
-import type { DispatcherOptions, MoveBatch, Rejection } from '../index';
+import type { Delivery, DispatcherOptions, MoveBatch, Rejection } from '../index';
 import type * as Internal from '../src/internal';
 
 export { Dispatcher, ErrorCode, Verdict };
@@ -418,6 +418,42 @@ export function pushSink(): { onBatch: (b: MoveBatch) => void; rooms: Map<number
       let c = rooms.get(room);
       if (c === undefined) rooms.set(room, (c = emptyCollected()));
       absorb(c, b);
+    },
+    total() {
+      let n = 0;
+      for (const c of rooms.values()) n += c.moves.length + c.rejections.length;
+      return n;
+    },
+  };
+}
+
+/** Appends every room of `delivery` (while it is valid) to `rooms`. */
+export function absorbDelivery(rooms: Map<number, Collected>, delivery: Delivery): void {
+  for (const b of delivery) {
+    let c = rooms.get(b.room);
+    if (c === undefined) rooms.set(b.room, (c = emptyCollected()));
+    absorb(c, b);
+  }
+}
+
+/** A push-delivery sink for `onDelivery`: per room, what was delivered (copied while valid), and each call's shape. */
+export function deliverySink(): {
+  onDelivery: (d: Delivery) => void;
+  rooms: Map<number, Collected>;
+  /** Per call: rooms and moves of the delivery, and its rooms in order. */
+  calls: { rooms: number; count: number; roomIds: number[] }[];
+  total: () => number;
+} {
+  const rooms = new Map<number, Collected>();
+  const calls: { rooms: number; count: number; roomIds: number[] }[] = [];
+  return {
+    rooms,
+    calls,
+    onDelivery(d: Delivery) {
+      const roomIds: number[] = [];
+      for (const b of d) roomIds.push(b.room);
+      calls.push({ rooms: d.rooms, count: d.count, roomIds });
+      absorbDelivery(rooms, d);
     },
     total() {
       let n = 0;

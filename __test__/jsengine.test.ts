@@ -1,16 +1,18 @@
 /**
  * Direct unit tests of `JsEngine` (below the Dispatcher): the sync check order, the replay
- * window against a reference model, the three Backpressure budgets, halves and delivery.
+ * window against a reference model, the three Backpressure budgets, and deliveries (one
+ * buffer of its own each; one push delivery out per shard).
  * The shared contract is covered for both engines by the conformance suite.
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { AUTH_HMAC, AUTH_SHA256, Reason, REPLAY_WINDOW, Verdict } from '../src/constants';
 import { encodeMove } from '../src/encode';
-import { type Delivery, type EngineConfig, type RawBatch, Status } from '../src/engine';
+import { DeliveryView, PULL_SHARD } from '../src/delivery';
+import { type Delivery, type EngineConfig, Status } from '../src/engine';
 import { JsEngine } from '../src/js-engine';
 import { RECORD_HEADER_BYTES } from '../src/options';
-import type { EncodeMoveInput } from '../src/types';
+import type { EncodeMoveInput, Rejection } from '../src/types';
 
 function config(overrides: Partial<EngineConfig> = {}): EngineConfig {
   return {
@@ -47,19 +49,43 @@ function frame(input: Partial<EncodeMoveInput> & { size?: number } = {}): Uint8A
   return encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(size).fill(7), ...rest });
 }
 
-function batchOf(result: RawBatch | Status): RawBatch {
-  if (typeof result === 'number') throw new Error(`expected a batch, got status ${result}`);
-  return result;
+/** What a drain (or a delivery) held, read through the delivery views. */
+interface Drained {
+  buffer: ArrayBuffer | null;
+  shard: number;
+  rooms: number[];
+  count: number;
+  rejections: readonly Rejection[];
+  /** (player, seq) of each move, room after room. */
+  moves: [number, number][];
 }
 
-/** The (player, seq) pairs of a batch, read from its frames. */
-function movesOf(batch: RawBatch): [number, number][] {
-  const view = new DataView(batch.buffer, batch.offset, batch.length);
-  const out: [number, number][] = [];
-  for (let at = 0; at < batch.length; at += 56 + view.getUint16(at + 22, true)) {
-    out.push([view.getUint32(at + 8, true), view.getUint32(at + 12, true)]);
+/** Reads a delivery buffer (null: nothing pending). */
+function read(buffer: ArrayBuffer | null): Drained {
+  if (buffer === null) return { buffer, shard: PULL_SHARD, rooms: [], count: 0, rejections: [], moves: [] };
+  const d = new DeliveryView(buffer);
+  const rooms: number[] = [];
+  const moves: [number, number][] = [];
+  for (const b of d) {
+    rooms.push(b.room);
+    for (const m of b) moves.push([m.player, m.seq]);
   }
-  return out;
+  return { buffer, shard: d.shard, rooms, count: d.count, rejections: d.rejections, moves };
+}
+
+function batchOf(result: ArrayBuffer | null | Status): Drained {
+  if (typeof result === 'number') throw new Error(`expected a delivery, got status ${result}`);
+  return read(result);
+}
+
+/** The (player, seq) pairs of a drain, read from its frames. */
+function movesOf(batch: Drained): [number, number][] {
+  return batch.moves;
+}
+
+/** The push deliveries of a poll, read. */
+function pushed(out: Delivery[]): Drained[] {
+  return out.filter((d): d is Extract<Delivery, { type: 'delivery' }> => d.type === 'delivery').map((d) => read(d.buffer));
 }
 
 describe('JsEngine sync checks', () => {
@@ -349,56 +375,103 @@ describe('JsEngine backpressure', () => {
 });
 
 describe('JsEngine delivery', () => {
-  it('drain swaps the halves of one buffer; an empty drain swaps nothing', async () => {
-    const roomBytes = 4096;
-    const { e } = engine({ roomBytes });
+  it('drain copies the room into a delivery of its own (null when nothing is pending); its memory is reused at once, never the delivery', async () => {
+    const { e } = engine({ roomBytes: 4096 });
     e.openRoom(1, AUTH_SHA256, false);
     e.join(1, 1, null);
-    const first = batchOf(e.drain(1));
-    expect(first.count).toBe(0);
+    expect(e.drain(1)).toBeNull();
     e.dispatch(frame({ seq: 1 }), -1);
     e.dispatch(frame({ seq: 2 }), -1);
     await settle();
     const a = batchOf(e.drain(1));
-    expect([a.offset, a.length, a.count]).toEqual([0, 240, 2]);
-    expect(a.buffer.byteLength).toBe(2 * roomBytes);
-    const empty = batchOf(e.drain(1));
-    expect(empty.count).toBe(0);
-    e.dispatch(frame({ seq: 3 }), -1);
+    expect([a.shard, a.rooms, a.count, a.moves]).toEqual([
+      PULL_SHARD,
+      [1],
+      2,
+      [
+        [1, 1],
+        [1, 2],
+      ],
+    ]);
+    const kept = new Uint8Array(a.buffer!).slice();
+    expect(e.drain(1)).toBeNull();
+    // the whole budget is back: 34 × 120 bytes fit again, and the first delivery is untouched
+    for (let seq = 3; seq <= 36; seq++) expect(e.dispatch(frame({ seq }), -1)).toBe(Verdict.Accepted);
     await settle();
     const b = batchOf(e.drain(1));
-    expect([b.offset, b.length, b.count]).toEqual([roomBytes, 120, 1]);
-    expect(b.buffer).toBe(a.buffer);
-    expect(movesOf(b)).toEqual([[1, 3]]);
-    e.dispatch(frame({ seq: 4 }), -1);
-    await settle();
-    expect(batchOf(e.drain(1)).offset).toBe(0);
-    expect(e.counters().batches).toBe(3);
+    expect(b.count).toBe(34);
+    expect(b.buffer).not.toBe(a.buffer);
+    expect(new Uint8Array(a.buffer!)).toEqual(kept);
+    e.releaseDelivery(a.buffer!, PULL_SHARD);
+    e.releaseDelivery(a.buffer!, PULL_SHARD);
+    expect(a.buffer!.byteLength).toBe(0);
+    expect(b.buffer!.byteLength).toBeGreaterThan(0);
+    expect(e.counters().batches).toBe(2);
     e.shutdown();
   });
 
-  it('push rooms deliver when the queue runs dry or at maxBatchMoves, one unreleased batch at a time', async () => {
+  it('drainAll: every pull room with content in one delivery, in the order they got content; null when none; push rooms left out', async () => {
+    const { e } = engine({ shards: 2 });
+    for (const room of [4, 1, 3]) {
+      e.openRoom(room, AUTH_SHA256, false);
+      e.join(room, 1, null);
+    }
+    e.openRoom(2, AUTH_SHA256, true);
+    e.join(2, 1, null);
+    expect(e.drainAll()).toBeNull();
+    e.dispatch(frame({ room: 3, seq: 1 }), -1);
+    e.dispatch(frame({ room: 1, seq: 1 }), -1);
+    e.dispatch(frame({ room: 2, seq: 1 }), -1);
+    const bad = frame({ room: 3, seq: 2 });
+    bad[bad.length - 1]! ^= 1;
+    e.dispatch(bad, -1);
+    e.dispatch(frame({ room: 1, seq: 2 }), -1);
+    await settle();
+    // drain(1) takes room 1 first: drainAll skips it
+    expect(batchOf(e.drain(1)).count).toBe(2);
+    e.dispatch(frame({ room: 4, seq: 1 }), -1);
+    await settle();
+    const all = batchOf(e.drainAll());
+    expect([all.shard, all.rooms, all.count]).toEqual([PULL_SHARD, [3, 4], 2]);
+    expect(all.rejections).toEqual([{ room: 3, player: 1, seq: 2, reason: Reason.BadTag }]);
+    expect(e.drainAll()).toBeNull();
+    // drain(1), drainAll's 2 rooms, room 2's push delivery
+    expect(e.counters().batches).toBe(4);
+    expect(pushed(e.poll()).map((d) => d.rooms)).toEqual([[2]]);
+    e.shutdown();
+  });
+
+  it('one push delivery out per shard: its rooms coalesce; maxBatchMoves delivers before the queue runs dry; the rest waits for releaseDelivery', async () => {
     const { e, wakes } = engine({ maxBatchMoves: 3 });
-    e.openRoom(1, AUTH_SHA256, true);
-    e.join(1, 1, null);
+    for (const room of [1, 2]) {
+      e.openRoom(room, AUTH_SHA256, true);
+      e.join(room, 1, null);
+    }
     expect(e.drain(1)).toBe(Status.WrongDelivery);
-    for (let seq = 1; seq <= 7; seq++) e.dispatch(frame({ seq }), -1);
+    e.dispatch(frame({ room: 2, seq: 1 }), -1);
+    for (let seq = 1; seq <= 7; seq++) e.dispatch(frame({ room: 1, seq }), -1);
     await settle();
     expect(wakes()).toBe(1);
-    let out = e.poll();
-    expect(out.map((d) => (d.type === 'batch' ? d.batch.count : -1))).toEqual([3]);
+    const first = pushed(e.poll());
+    // room 1 reached 3 moves: the shard delivered both rooms then, and holds the rest
+    expect(first.map((d) => [d.shard, d.rooms, d.count])).toEqual([[0, [2, 1], 4]]);
     expect(e.poll()).toEqual([]);
-    e.release(1);
+    // a stale or foreign release does not free the shard
+    e.releaseDelivery(new ArrayBuffer(64), 0);
     await settle();
-    out = e.poll();
-    expect(out.map((d) => (d.type === 'batch' ? d.batch.count : -1))).toEqual([4]);
-    const batch = (out[0] as Extract<Delivery, { type: 'batch' }>).batch;
-    expect(movesOf(batch).map(([, s]) => s)).toEqual([4, 5, 6, 7]);
-    e.release(1);
+    expect(e.poll()).toEqual([]);
+    e.releaseDelivery(first[0]!.buffer!, 0);
+    expect(first[0]!.buffer!.byteLength).toBe(0);
+    await settle();
+    const second = pushed(e.poll());
+    expect(second.map((d) => [d.rooms, d.moves.map(([, s]) => s)])).toEqual([[[1], [4, 5, 6, 7]]]);
+    // released twice: the second release is a no-op
+    e.releaseDelivery(first[0]!.buffer!, 0);
+    e.releaseDelivery(second[0]!.buffer!, 0);
     e.shutdown();
   });
 
-  it('answers a flush token once, after every shard passed it and push batches went out', async () => {
+  it('answers a flush token once, after every shard passed it and push deliveries went out', async () => {
     const { e, wakes } = engine({ shards: 3 });
     for (const room of [0, 1, 2]) {
       e.openRoom(room, AUTH_SHA256, true);
@@ -410,20 +483,22 @@ describe('JsEngine delivery', () => {
     e.requestFlush(8);
     await settle();
     const out = e.poll();
-    expect(out.map((d) => d.type)).toEqual(['batch', 'batch', 'flushed', 'flushed']);
+    expect(out.map((d) => d.type)).toEqual(['delivery', 'delivery', 'flushed', 'flushed']);
     expect(out.slice(2)).toEqual([
       { type: 'flushed', token: 7 },
       { type: 'flushed', token: 8 },
     ]);
+    const held = pushed(out);
+    expect(held.map((d) => d.shard)).toEqual([0, 2]);
     expect(wakes()).toBe(1);
-    // A flush waits for a push room whose batch was not released.
+    // A flush waits for a shard whose delivery was not released.
     e.dispatch(frame({ room: 0, seq: 2 }), -1);
     e.requestFlush(9);
     await settle();
     expect(e.poll()).toEqual([]);
-    e.release(0);
+    e.releaseDelivery(held[0]!.buffer!, 0);
     await settle();
-    expect(e.poll().map((d) => (d.type === 'flushed' ? d.token : d.type === 'batch' ? d.batch.count : -1))).toEqual([1, 9]);
+    expect(e.poll().map((d) => (d.type === 'flushed' ? d.token : d.type === 'delivery' ? read(d.buffer).count : -1))).toEqual([1, 9]);
     e.shutdown();
   });
 

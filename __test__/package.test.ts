@@ -71,7 +71,7 @@ describe('published declarations (tsc -p tsconfig.json, declarations only)', () 
     const r = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), '--emitDeclarationOnly', '--outDir', out], { encoding: 'utf8', timeout: 110_000 });
     expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
     const all = files();
-    expect(all.map((f) => relative(out, f))).toEqual(expect.arrayContaining(['index.d.ts', join('src', 'dispatcher.d.ts'), join('src', 'batch.d.ts'), join('src', 'internal.d.ts')]));
+    expect(all.map((f) => relative(out, f))).toEqual(expect.arrayContaining(['index.d.ts', join('src', 'dispatcher.d.ts'), join('src', 'delivery.d.ts'), join('src', 'internal.d.ts')]));
     const forbidden: [string, RegExp][] = [
       ['_pauseForTesting', /_pauseForTesting/],
       ['invalidate', /\binvalidate\b/],

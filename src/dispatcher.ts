@@ -1,19 +1,31 @@
 /**
  * `Dispatcher`: the public API. It validates every argument, then drives one engine
- * (native addon or pure TypeScript twin), and owns push delivery (`onBatch`,
- * `batches()`), `flush()`, `dispatchAsync()` and `close()`.
+ * (native addon or pure TypeScript twin), and owns the deliveries handed to JavaScript
+ * (`drain`, `drainAll`, push: `onDelivery`, `onBatch`, `batches()`; src/delivery.ts),
+ * `flush()`, `dispatchAsync()` and `close()`.
  */
 import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
-import { type Engine, type EngineConfig, type RawBatch, Status } from './engine';
+import { type Engine, type EngineConfig, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
-import { MoveBatch, invalidate } from './batch';
+import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, detachBuffer, emptyBatch } from './delivery';
 import { registerEngine } from './internal';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
 import { describe, resolveOptions } from './options';
-import type { DispatcherOptions, DispatcherStats, OverloadEvent, RateLimit, StatsOptions, JoinOptions, MoveBatch as MoveBatchType, RoomOptions, StreamResult } from './types';
+import type {
+  Delivery,
+  DispatcherOptions,
+  DispatcherStats,
+  OverloadEvent,
+  RateLimit,
+  StatsOptions,
+  JoinOptions,
+  MoveBatch as MoveBatchType,
+  RoomOptions,
+  StreamResult,
+} from './types';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -144,16 +156,19 @@ export class Dispatcher {
   readonly engine: 'native' | 'js';
   readonly #engine: Engine;
   readonly #config: EngineConfig;
+  readonly #onDelivery: ((delivery: Delivery) => void) | undefined;
   readonly #onBatch: ((batch: MoveBatchType) => void) | undefined;
   readonly #onError: ((error: unknown) => void) | undefined;
   readonly #onOverload: ((event: OverloadEvent) => void) | undefined;
   readonly #onRecovered: ((event: OverloadEvent) => void) | undefined;
-  /** The last batch handed out by `drain()`, per pull room (invalidated by the next drain). */
-  readonly #lastDrain = new Map<number, MoveBatch>();
+  /** The last batch handed out by `drain()`, per pull room (released by the room's next non-empty drain). */
+  readonly #lastDrain = new Map<number, RoomBatch>();
+  /** The last delivery handed out by `drainAll()` (released by the next `drainAll()`). */
+  #lastDrainAll: DeliveryView | undefined;
   /** Rooms closed with moves possibly pending: their `#lastDrain` entry goes once they are forgotten. */
   readonly #closingRooms = new Set<number>();
-  /** Push batches waiting for a `batches()` consumer. */
-  readonly #pending: MoveBatch[] = [];
+  /** Push batches (one per room of a push delivery) waiting for a `batches()` consumer. */
+  readonly #pending: MoveBatchType[] = [];
   readonly #batchWaiters: Waiter[] = [];
   readonly #flushes = new Map<number, () => void>();
   /** `dispatchAsync` calls waiting for capacity, in call order (at most `#maxPendingAsync`). */
@@ -181,12 +196,21 @@ export class Dispatcher {
   #polling = false;
   /** Failed shards and their failure messages (reported once each to onError). */
   readonly #failedShards = new Map<number, string>();
+  /**
+   * Release hooks of pull deliveries (detach) and push deliveries (detach, and the shard may
+   * deliver again). A delivery JavaScript keeps (a pull room's last drain) must not keep the
+   * dispatcher alive: the hooks reach it through a WeakRef, and once it is gone they only
+   * detach the buffer.
+   */
+  readonly #releasePull: DeliveryReleaseHook;
+  readonly #releasePush: DeliveryReleaseHook;
 
   constructor(options?: DispatcherOptions) {
     const { engine, config, maxPendingAsync } = resolveOptions(options);
     this.engine = engine;
     this.#config = config;
     this.#maxPendingAsync = maxPendingAsync;
+    this.#onDelivery = options?.onDelivery;
     this.#onBatch = options?.onBatch;
     this.#onOverload = options?.onOverload;
     this.#onRecovered = options?.onRecovered;
@@ -201,6 +225,20 @@ export class Dispatcher {
     };
     this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
     registerEngine(this, this.#engine);
+    this.#releasePull = (buffer, shard) => {
+      const d = self.deref();
+      if (d === undefined) detachBuffer(buffer);
+      else d.#engine.releaseDelivery(buffer, shard);
+    };
+    this.#releasePush = (buffer, shard) => {
+      const d = self.deref();
+      if (d === undefined) {
+        detachBuffer(buffer);
+        return;
+      }
+      d.#engine.releaseDelivery(buffer, shard);
+      d.#kick();
+    };
   }
 
   /** Opens a room on its shard. Throws `ERR_MOVE_DISPATCHER_ROOM_EXISTS` if it is open. */
@@ -261,7 +299,7 @@ export class Dispatcher {
     this.#forgetIfGone(room);
   }
 
-  /** Drops our reference to a forgotten room's last batch (the batch itself stays valid). */
+  /** Drops our reference to a forgotten room's last batch (the batch itself stays valid until released). */
   #forgetIfGone(room: number): void {
     if (!this.#engine.hasRoom(room)) {
       this.#closingRooms.delete(room);
@@ -349,7 +387,11 @@ export class Dispatcher {
     return waitIn(this.#writableWaiters, signal, () => aborted('whenWritable', signal!));
   }
 
-  /** Pull rooms: every move validated since the last drain. Invalidates the previous batch. */
+  /**
+   * Pull rooms: every move (and rejection) of `room` since its last drain, in a delivery of its
+   * own. A non-empty drain releases (detaches) the room's previous drain batch; an empty drain
+   * returns an empty batch and leaves the previous one valid.
+   */
   drain(room: number): MoveBatchType {
     checkId(room, 'room', 'drain');
     const raw = this.#engine.drain(room);
@@ -359,19 +401,43 @@ export class Dispatcher {
       this.#status(raw as Status, 'drain', room);
       throw stateError(ErrorCode.UnknownRoom, `drain: unexpected engine status ${raw}`, { room });
     }
-    if (raw.count === 0 && raw.rejections.length === 0) {
-      return new MoveBatch(raw);
+    if (raw === null) {
+      if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
+      return emptyBatch(room);
     }
+    const batch = new DeliveryView(raw, this.#releasePull).single();
     const previous = this.#lastDrain.get(room);
-    if (previous !== undefined) invalidate(previous);
-    const batch = new MoveBatch(raw);
     this.#lastDrain.set(room, batch);
+    previous?.release();
     if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
-    // The drain handed room budget back.
+    this.#drained();
+    return batch;
+  }
+
+  /**
+   * Pull rooms, all at once: every pull room's moves and rejections since its last drain, in
+   * ONE delivery (one `ArrayBuffer`; iterating it allocates nothing per room or per move).
+   * Releases (detaches) the previous `drainAll()` delivery, even when this one is empty; an
+   * empty delivery (count 0, rooms 0) when nothing is pending. `drain(room)` batches are not
+   * affected. Closed rooms' last moves come out here too; then the room is forgotten.
+   */
+  drainAll(): Delivery {
+    const buffer = this.#engine.drainAll();
+    const previous = this.#lastDrainAll;
+    this.#lastDrainAll = undefined;
+    previous?.release();
+    for (const room of this.#closingRooms) this.#forgetIfGone(room);
+    const delivery = new DeliveryView(buffer, this.#releasePull);
+    this.#lastDrainAll = delivery;
+    if (buffer !== null) this.#drained();
+    return delivery;
+  }
+
+  /** A drain handed room budget back. */
+  #drained(): void {
     this.#kick();
     // After close() the engine no longer wakes us: deliver the recoveries this drain noticed.
     if (this.#closed && this.#closing === undefined) queueMicrotask(() => this.#poll());
-    return batch;
   }
 
   /** Resolves once every move accepted before the call is delivered (push) or drainable (pull). */
@@ -397,8 +463,10 @@ export class Dispatcher {
   }
 
   /**
-   * Push rooms: an async iterator of batches. Each batch is released when the loop asks for
-   * the next one (or ends). Ends when `signal` aborts or the dispatcher is closed.
+   * Push rooms (when no `onDelivery` / `onBatch` is given): an async iterator of batches, one
+   * per room of each push delivery. Each batch is released when the loop asks for the next
+   * one (or ends); a delivery's memory is detached once all its batches are released, and its
+   * shard delivers again only then. Ends when `signal` aborts or the dispatcher is closed.
    */
   async *batches(options: { signal?: AbortSignal } = {}): AsyncGenerator<MoveBatchType, void, undefined> {
     if (typeof options !== 'object' || options === null) {
@@ -408,7 +476,7 @@ export class Dispatcher {
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw typeError(ErrorCode.InvalidArgument, `batches: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });
     }
-    let current: MoveBatch | undefined;
+    let current: MoveBatchType | undefined;
     try {
       for (;;) {
         current?.release();
@@ -502,8 +570,9 @@ export class Dispatcher {
     this.#closed = true;
     this.#engine.closeInput();
     for (const w of this.#writableWaiters.splice(0)) w.resolve();
-    // Push batches nobody has consumed yet would hold their rooms, and the flush below would
-    // wait for them forever: keep copies for a later batches() loop and release the memory.
+    // Push batches nobody has consumed yet would hold their shards (one push delivery out per
+    // shard), and the flush below would wait for them forever: keep copies for a later
+    // batches() loop and release the deliveries.
     for (let i = 0; i < this.#pending.length; i++) this.#pending[i] = this.#detach(this.#pending[i]!);
     this.#closing = (async () => {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
@@ -549,7 +618,7 @@ export class Dispatcher {
             field: 'key',
           });
         }
-        throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onBatch / batches()`, { ...fields, field: 'room' });
+        throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onDelivery / onBatch / batches()`, { ...fields, field: 'room' });
       case Status.Closed: {
         if (this.#closed) throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
         // Not closed: the room's shard has failed (its failure may not have been polled yet).
@@ -565,7 +634,7 @@ export class Dispatcher {
     }
   }
 
-  /** Takes deliveries from the engine: push batches go to onBatch or the batches() queue. */
+  /** Takes deliveries from the engine: push deliveries go to onDelivery, onBatch or the batches() queue. */
   #poll(): void {
     if (this.#polling) return;
     this.#polling = true;
@@ -575,7 +644,7 @@ export class Dispatcher {
     try {
       for (let deliveries = this.#engine.poll(); deliveries.length > 0; deliveries = this.#engine.poll()) {
         for (const d of deliveries) {
-          if (d.type === 'batch') this.#deliver(d.batch);
+          if (d.type === 'delivery') this.#deliver(d.buffer);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
           else if (d.type === 'overload') this.#notify(d.event);
           else this.#shardFailed(d.shard, d.message);
@@ -621,7 +690,7 @@ export class Dispatcher {
    * callback), goes to `onError` (default: a process warning naming the callback) and never
    * reaches the engine.
    */
-  #guard(callback: () => unknown, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
+  #guard(callback: () => unknown, name: CallbackName): void {
     try {
       const result = callback();
       // An async callback rejects instead of throwing: report that too (an unhandled
@@ -635,7 +704,7 @@ export class Dispatcher {
   }
 
   /** Hands an error of a user callback to `onError` (default: a process warning naming the callback). */
-  #report(error: unknown, name: 'onBatch' | 'onOverload' | 'onRecovered'): void {
+  #report(error: unknown, name: CallbackName): void {
     try {
       if (this.#onError !== undefined) {
         const result: unknown = this.#onError(error);
@@ -656,24 +725,35 @@ export class Dispatcher {
     }
   }
 
-  #deliver(raw: RawBatch): void {
-    const room = raw.room;
-    const batch = new MoveBatch(raw, () => {
-      this.#engine.release(room);
-      this.#kick();
-    });
-    const onBatch = this.#onBatch;
-    if (onBatch !== undefined) {
-      this.#guard(() => onBatch(batch), 'onBatch');
-      batch.release();
+  /**
+   * A push delivery: to `onDelivery` (released when it returns), or split into one batch per
+   * room for `onBatch` (each released when it returns) or the `batches()` queue.
+   */
+  #deliver(buffer: ArrayBuffer): void {
+    const delivery = new DeliveryView(buffer, this.#releasePush);
+    const onDelivery = this.#onDelivery;
+    if (onDelivery !== undefined) {
+      this.#guard(() => onDelivery(delivery), 'onDelivery');
+      delivery.release();
       return;
     }
-    this.#pending.push(this.#closed ? this.#detach(batch) : batch);
-    this.#batchWaiters.shift()?.resolve();
+    const batches = delivery.split();
+    const onBatch = this.#onBatch;
+    if (onBatch !== undefined) {
+      for (const batch of batches) {
+        this.#guard(() => onBatch(batch), 'onBatch');
+        batch.release();
+      }
+      return;
+    }
+    for (const batch of batches) {
+      this.#pending.push(this.#closed ? this.#detach(batch) : batch);
+      this.#batchWaiters.shift()?.resolve();
+    }
   }
 
   /** A copy of `batch` that owns its memory; the original is released. */
-  #detach(batch: MoveBatch): MoveBatch {
+  #detach(batch: MoveBatchType): MoveBatchType {
     const copy = batch.copy();
     batch.release();
     return copy;
@@ -727,5 +807,8 @@ export class Dispatcher {
     }
   }
 }
+
+/** The user callbacks whose errors go to `onError`. */
+type CallbackName = 'onDelivery' | 'onBatch' | 'onOverload' | 'onRecovered';
 
 export type { ErrorCodeType };

@@ -26,7 +26,7 @@ export interface PromHistograms {
   arenaAlloc: PromHistogram;
 }
 
-/** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`, `release`). */
+/** Answer of the control calls (`openRoom`, `join`, `leave`, `closeRoom`) and of a failed `drain`. */
 export const Status = {
   Ok: 0,
   UnknownRoom: 1,
@@ -70,21 +70,12 @@ export interface RawRejection {
 }
 
 /**
- * A window of room memory holding `count` validated frames back to back,
- * in dispatch order, from `offset` to `offset + length` of `buffer`.
+ * What the engine hands to JavaScript asynchronously: push deliveries (one shard's push rooms
+ * in one delivery buffer, src/delivery.ts), flush completions, events, shard failures.
  */
-export interface RawBatch {
-  room: number;
-  buffer: ArrayBuffer;
-  offset: number;
-  length: number;
-  count: number;
-  rejections: RawRejection[];
-}
-
-/** What the engine hands to JavaScript asynchronously (push batches, flush completions, events, shard failures). */
 export type Delivery =
-  | { type: 'batch'; batch: RawBatch }
+  /** A push delivery of one shard (its header names the shard); the shard delivers again once it is released. */
+  | { type: 'delivery'; buffer: ArrayBuffer }
   | { type: 'flushed'; token: number }
   | { type: 'overload'; event: OverloadEvent }
   /** The shard's worker failed (once per shard); `message` is the panic / exception message. */
@@ -100,10 +91,11 @@ export interface EngineCounters {
   verdicts: number[];
   /** Indexed by `Reason` value. */
   reasons: number[];
-  /** Moves delivered to JavaScript (in batches). */
+  /** Moves delivered to JavaScript (copied into deliveries). */
   delivered: number;
   /** Accepted moves rejected by validation (sum of `reasons`). */
   rejected: number;
+  /** Room entries delivered (rooms with moves or rejections, per delivery). */
   batches: number;
   /** `Backpressure` by cause: [queue, arena, room budget]. */
   backpressure: number[];
@@ -130,10 +122,21 @@ export interface Engine {
   join(room: number, player: number, key: Uint8Array | null): Status;
   leave(room: number, player: number): Status;
   closeRoom(room: number): Status;
-  /** Pull rooms: everything validated since the last drain (invalidates the previous batch). */
-  drain(room: number): RawBatch | Status;
-  /** Push rooms: JavaScript is done with the room's outstanding batch. */
-  release(room: number): void;
+  /**
+   * Pull rooms: a delivery (src/delivery.ts, shard `PULL_SHARD`) holding this one room's moves
+   * and rejections since its last drain; `null` when nothing is pending; a `Status` when the
+   * room is unknown (`UnknownRoom`) or a push room (`WrongDelivery`).
+   */
+  drain(room: number): ArrayBuffer | null | Status;
+  /** Pull rooms: one delivery holding every pull room with something pending; `null` when none has. */
+  drainAll(): ArrayBuffer | null;
+  /**
+   * JavaScript is done with a delivery: detaches `buffer` (unless it is already detached) and,
+   * for a push delivery (`shard` ≠ `PULL_SHARD`, as read from the header when the delivery
+   * was handed out), lets that shard deliver again (each shard keeps at most one push
+   * delivery out). Idempotent.
+   */
+  releaseDelivery(buffer: ArrayBuffer, shard: number): void;
   /** Whether the room is open or still closing (not yet forgotten). */
   hasRoom(room: number): boolean;
   /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */

@@ -6,7 +6,8 @@
  * # Threads
  * None: the "shard workers" run on the JS thread, in one `setImmediate` round scheduled
  * when work arrives (no timers). A round processes everything queued on every ready
- * shard, then delivers push batches and answers flushes, then calls `wake()` once.
+ * shard, then makes each shard's push delivery (one out per shard) and answers flushes,
+ * then calls `wake()` once.
  *
  * # Backpressure
  * The same accounting as the native engine, so both refuse at the same points: moves in
@@ -17,6 +18,12 @@
  * # Allocation
  * `dispatch` allocates nothing: the frame is copied into the shard's preallocated ring and
  * queued in typed arrays. Validation allocates what `node:crypto` needs (views, digests).
+ *
+ * # Deliveries
+ * Validated frames are appended to their room's memory (one area per room, grown up to
+ * `roomBytes`, never seen by JavaScript). A delivery (src/delivery.ts) copies rooms out of
+ * it into a fresh `ArrayBuffer`, after which the room's memory is reused at once;
+ * `releaseDelivery` detaches that buffer (`structuredClone` with a transfer list).
  *
  * # Shutdown
  * `shutdown()` stops processing and makes `dispatch` answer `Closed`; pull rooms can
@@ -32,7 +39,8 @@
 import { createHash, createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { AUTH_HMAC, FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, Reason, REASON_NAMES, REPLAY_WINDOW, VERDICT_NAMES, Verdict, WIRE_VERSION } from './constants';
 import { readU32LE } from './encode';
-import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawBatch, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
+import { PULL_SHARD, detachBuffer, writeDelivery } from './delivery';
+import { type Delivery, type Engine, type EngineConfig, type EngineCounters, type EngineShardStats, type PromHistograms, type RawRejection, Status, type StreamResult, type WakeFn } from './engine';
 import { CoarseHistogram, LATENCY_LE_NS, LogHistogram, SIZE_LE } from './histogram';
 import { RECORD_HEADER_BYTES } from './options';
 import type { AllocatorStats, LatencyStats, RateLimit } from './types';
@@ -41,8 +49,8 @@ import type { AllocatorStats, LatencyStats, RateLimit } from './types';
 const MIN_RECORD = align8(RECORD_HEADER_BYTES + FRAME_OVERHEAD);
 /** Room memory before a room's first validated move. */
 const NO_BYTES = new Uint8Array(0);
-/** A room keeps its `stamps` array between batches up to this length (8 bytes an entry). */
-const STAMPS_KEPT = 64;
+/** Room memory's first size (it doubles as needed, up to `roomBytes`). */
+const MIN_ROOM_MEMORY = 1024;
 /** `validate()` answer for a move that passed. */
 const VALID = -1;
 
@@ -157,27 +165,21 @@ class Room {
   rate: RateLimit | null = null;
   /** Worker-side players, updated in order with the moves by the shard's controls. */
   readonly players = new Map<number, Player>();
-  /** The two halves, `2 * roomBytes`, allocated on the first validated move. */
+  /**
+   * Validated frames waiting for a delivery, from byte 0 to `fillLen` (never seen by
+   * JavaScript: deliveries copy them out). Allocated on the first validated move, grown by
+   * doubling up to `roomBytes` (the budget keeps `fillLen` within it).
+   */
   bytes: Uint8Array<ArrayBuffer> = NO_BYTES;
-  /** Offset of the fill half in `bytes` (0 or `roomBytes`). */
-  fillBase = 0;
   fillLen = 0;
   fillCount = 0;
   rejections: RawRejection[] = [];
   /** Frame bytes of `rejections` (still reserved until delivered). */
   rejectedBytes = 0;
-  /** Push rooms: a delivered batch JavaScript has not released yet. */
-  outstanding = false;
-  /** Push rooms: listed in the shard's `pushPending`. */
+  /** Listed for delivery: push rooms in the shard's `pushPending`, pull rooms in the engine's `#pullPending`. */
   listed = false;
-  /**
-   * Dispatch time (`performance.now()`) of each move in the fill half: `stamps[0..stampCount)`.
-   * The array is reused from batch to batch (emptying it with `length = 0` would make V8
-   * drop its backing store, and the next move allocate a new one), unless it grew past
-   * `STAMPS_KEPT`.
-   */
+  /** Dispatch time (`performance.now()`) of each move in `bytes`. */
   stamps: number[] = [];
-  stampCount = 0;
   /** Reported overloaded, not yet recovered. */
   overloaded = false;
   /** Dispatch → delivered of this room's moves since its last overload event (null: events off). */
@@ -215,6 +217,11 @@ type Control =
 
 /** One shard: its ingress ring, its move queue (typed arrays) and its control queue. */
 class Shard {
+  constructor(
+    /** Its index: the `shard` of its push deliveries' header. */
+    readonly index: number,
+  ) {}
+
   /** Ingress ring, `arenaBytes`, allocated on the first accepted move. */
   ring = NO_BYTES;
   /** Per queued move: offset of the frame in `ring`, and ring bytes it holds (skip + record). */
@@ -243,9 +250,10 @@ class Shard {
   readonly waits = new CoarseHistogram();
   readonly controls: Control[] = [];
   controlHead = 0;
-  /** Push rooms with content waiting for delivery: `pushPending[0..pendingCount)` (reused, like the engine's ready list). */
-  readonly pushPending: (Room | undefined)[] = [];
-  pendingCount = 0;
+  /** Push rooms with content waiting for delivery. */
+  readonly pushPending: Room[] = [];
+  /** The shard's push delivery JavaScript holds (at most one out), or null. */
+  out: ArrayBuffer | null = null;
   /** Listed in the engine's ready list. */
   ready = false;
   /** The worker failed: its moves are rejected `ShardFailed`, its rooms refuse everything. */
@@ -306,11 +314,15 @@ export class JsEngine implements Engine {
   readonly #reasons = new Array<number>(REASON_NAMES.length).fill(0);
   #delivered = 0;
   #batches = 0;
+  /** Pull rooms with content waiting for a drain (`drainAll` takes them in this order). */
+  #pullPending: Room[] = [];
+  /** The rooms of the delivery being built (reused). */
+  #taking: Room[] = [];
 
   constructor(config: EngineConfig, wake: WakeFn) {
     this.#config = config;
     this.#wake = wake;
-    this.#shards = Array.from({ length: config.shards }, () => new Shard());
+    this.#shards = Array.from({ length: config.shards }, (_, i) => new Shard(i));
   }
 
   dispatch(frame: Uint8Array, sender: number): number {
@@ -402,22 +414,41 @@ export class JsEngine implements Engine {
     return Status.Ok;
   }
 
-  drain(room: number): RawBatch | Status {
+  drain(room: number): ArrayBuffer | null | Status {
     const r = this.#rooms.get(room);
     if (r === undefined) return Status.UnknownRoom;
     if (r.push) return Status.WrongDelivery;
-    const batch = this.#takeBatch(r);
+    let buffer: ArrayBuffer | null = null;
+    if (r.hasContent()) {
+      // It stays in #pullPending (listed): drainAll skips rooms without content.
+      this.#taking.push(r);
+      buffer = this.#take(PULL_SHARD);
+    }
     this.#forgetIfDone(r);
     this.#checkRecovery();
-    return batch;
+    return buffer;
   }
 
-  release(room: number): void {
-    const r = this.#rooms.get(room);
-    if (r === undefined || !r.push || !r.outstanding) return;
-    r.outstanding = false;
-    if (r.hasContent()) this.#schedule(r.shard);
-    else this.#forgetIfDone(r);
+  drainAll(): ArrayBuffer | null {
+    const list = this.#pullPending;
+    for (const room of list) {
+      room.listed = false;
+      if (room.hasContent()) this.#taking.push(room);
+    }
+    list.length = 0;
+    const buffer = this.#taking.length === 0 ? null : this.#take(PULL_SHARD);
+    this.#checkRecovery();
+    return buffer;
+  }
+
+  releaseDelivery(buffer: ArrayBuffer, shard: number): void {
+    detachBuffer(buffer);
+    if (shard === PULL_SHARD) return;
+    const s = this.#shards[shard];
+    // Once per delivery: a stale or repeated release never frees the shard's next one.
+    if (s === undefined || s.out !== buffer) return;
+    s.out = null;
+    if (s.pushPending.length > 0) this.#schedule(s);
   }
 
   hasRoom(room: number): boolean {
@@ -683,9 +714,13 @@ export class JsEngine implements Engine {
     this.#schedule(shard);
   }
 
-  /** A closed room with nothing left to deliver is forgotten (drain then answers `UnknownRoom`). */
+  /**
+   * A closed room with nothing left to deliver is forgotten (drain then answers
+   * `UnknownRoom`). JavaScript holds deliveries, never room memory: what it holds does not
+   * keep a room.
+   */
   #forgetIfDone(room: Room): void {
-    if (!room.open && room.reserved === 0 && !room.outstanding && this.#rooms.get(room.id) === room) {
+    if (!room.open && room.reserved === 0 && this.#rooms.get(room.id) === room) {
       this.#rooms.delete(room.id);
     }
   }
@@ -809,7 +844,7 @@ export class JsEngine implements Engine {
   /** Delivers the shard's push rooms; answers the marker unless one of them waits for a release. */
   #passFlushMarker(shard: Shard, request: FlushRequest): boolean {
     this.#deliverPending(shard);
-    if (shard.pendingCount > 0) return false;
+    if (shard.pushPending.length > 0) return false;
     if (--request.remaining === 0) this.#outbox.push({ type: 'flushed', token: request.token });
     return true;
   }
@@ -837,7 +872,7 @@ export class JsEngine implements Engine {
       shard.waits.record(waitNs);
       if (reason === VALID) {
         this.#append(room, ring, start, FRAME_OVERHEAD + len);
-        room.stamps[room.stampCount++] = stamp;
+        room.stamps.push(stamp);
       } else {
         this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
       }
@@ -869,84 +904,92 @@ export class JsEngine implements Engine {
   }
 
   #append(room: Room, ring: Uint8Array, start: number, length: number): void {
-    if (room.bytes.length === 0) room.bytes = new Uint8Array(2 * this.#config.roomBytes);
-    room.bytes.set(ring.subarray(start, start + length), room.fillBase + room.fillLen);
-    room.fillLen += length;
+    const end = room.fillLen + length;
+    if (end > room.bytes.length) {
+      // Within roomBytes: the room's budget counts these bytes until they are delivered.
+      const grown = new Uint8Array(Math.min(this.#config.roomBytes, Math.max(end, 2 * room.bytes.length, MIN_ROOM_MEMORY)));
+      grown.set(room.bytes.subarray(0, room.fillLen));
+      room.bytes = grown;
+    }
+    room.bytes.set(ring.subarray(start, start + length), room.fillLen);
+    room.fillLen = end;
     room.fillCount++;
-    if (!room.push) return;
-    if (room.fillCount >= this.#config.maxBatchMoves && !room.outstanding) this.#deliverPush(room);
-    else this.#listPush(room);
+    this.#list(room);
+    // A full batch does not wait for the queue to run dry (if the shard has no delivery out).
+    if (room.push && room.fillCount >= this.#config.maxBatchMoves) this.#deliverPending(room.shard);
   }
 
   #reject(room: Room, player: number, seq: number, reason: number, length: number): void {
     room.rejections.push({ room: room.id, player, seq, reason });
     room.rejectedBytes += length;
     this.#reasons[reason]!++;
-    if (room.push) this.#listPush(room);
+    this.#list(room);
   }
 
-  #listPush(room: Room): void {
+  /** The room has content: list it for its shard's next push delivery, or for `drainAll`. */
+  #list(room: Room): void {
     if (room.listed) return;
     room.listed = true;
-    const shard = room.shard;
-    shard.pushPending[shard.pendingCount++] = room;
+    if (room.push) room.shard.pushPending.push(room);
+    else this.#pullPending.push(room);
   }
 
-  /** Delivers every listed push room that has content and no unreleased batch; keeps the others listed. */
+  /**
+   * Makes the shard's push delivery: every listed push room, in one buffer, unless the shard
+   * already has one out (then they stay listed until it is released).
+   */
   #deliverPending(shard: Shard): void {
+    if (shard.out !== null) return;
     const list = shard.pushPending;
-    const n = shard.pendingCount;
-    let kept = 0;
-    for (let k = 0; k < n; k++) {
-      const room = list[k]!;
-      if (room.push && room.hasContent() && room.outstanding) {
-        list[kept++] = room;
-        continue;
-      }
+    for (const room of list) {
       room.listed = false;
-      if (room.push && room.hasContent()) this.#deliverPush(room);
+      if (room.hasContent()) this.#taking.push(room);
       else this.#forgetIfDone(room);
     }
-    // Drop the references past the kept ones (a forgotten room must not stay reachable).
-    for (let k = kept; k < n; k++) list[k] = undefined;
-    shard.pendingCount = kept;
+    list.length = 0;
+    if (this.#taking.length === 0) return;
+    const buffer = this.#take(shard.index);
+    shard.out = buffer;
+    this.#outbox.push({ type: 'delivery', buffer });
   }
 
-  #deliverPush(room: Room): void {
-    this.#outbox.push({ type: 'batch', batch: this.#takeBatch(room) });
-    room.outstanding = true;
-  }
-
-  /** Hands out the fill half (swapping halves unless it is empty) and the rejections. */
-  #takeBatch(room: Room): RawBatch {
-    const count = room.fillCount;
-    const length = room.fillLen;
-    const batch: RawBatch = { room: room.id, buffer: room.bytes.buffer, offset: room.fillBase, length, count, rejections: room.rejections };
-    if (count > 0) {
-      // Delivered now: drain() returns it, or the push round hands it to onBatch before it ends.
-      const now = performance.now();
-      const waits = room.waits;
-      const stamps = room.stamps;
-      for (let k = 0; k < room.stampCount; k++) {
-        const ns = (now - stamps[k]!) * 1e6;
-        this.#deliveredNs.record(ns);
-        waits?.record(ns);
+  /**
+   * Copies the rooms of `#taking` into one delivery (src/delivery.ts) and empties them: their
+   * budget is handed back and their memory is reusable at once. Delivered now: drain() or
+   * drainAll() returns it, or the round hands it to JavaScript before it ends.
+   */
+  #take(shard: number): ArrayBuffer {
+    const rooms = this.#taking;
+    const buffer = writeDelivery(shard, rooms);
+    const now = performance.now();
+    let freed = 0;
+    for (const room of rooms) {
+      const count = room.fillCount;
+      if (count > 0) {
+        const waits = room.waits;
+        for (const stamp of room.stamps) {
+          const ns = (now - stamp) * 1e6;
+          this.#deliveredNs.record(ns);
+          waits?.record(ns);
+        }
+        room.stamps.length = 0;
+        this.#batchSize.record(count);
+        this.#delivered += count;
       }
-      room.stampCount = 0;
-      if (stamps.length > STAMPS_KEPT) room.stamps = [];
-      this.#batchSize.record(count);
-      room.fillBase = room.fillBase === 0 ? this.#config.roomBytes : 0;
+      // Like the native engine: every room entry (moves or rejections) counts.
+      this.#batches++;
+      const cost = room.fillLen + room.rejectedBytes;
+      freed += cost;
+      room.reserved -= cost;
       room.fillLen = 0;
       room.fillCount = 0;
-      this.#delivered += count;
+      room.rejections.length = 0;
+      room.rejectedBytes = 0;
     }
-    // Like the native engine: a batch counts when it hands out moves or rejections.
-    if (count > 0 || room.rejections.length > 0) this.#batches++;
-    if (length + room.rejectedBytes > 0) this.#freed();
-    room.reserved -= length + room.rejectedBytes;
-    room.rejections = [];
-    room.rejectedBytes = 0;
-    return batch;
+    for (const room of rooms) this.#forgetIfDone(room);
+    rooms.length = 0;
+    if (freed > 0) this.#freed();
+    return buffer;
   }
 }
 

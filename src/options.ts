@@ -60,10 +60,16 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   if (engine !== 'native' && engine !== 'js') {
     throw typeError(ErrorCode.InvalidOption, `options.engine must be 'native' or 'js', got ${describe(engine)}`, { field: 'engine' });
   }
-  for (const fn of ['onBatch', 'onError'] as const) {
+  for (const fn of ['onDelivery', 'onBatch', 'onError'] as const) {
     if (options[fn] !== undefined && typeof options[fn] !== 'function') {
       throw typeError(ErrorCode.InvalidOption, `options.${fn} must be a function, got ${describe(options[fn])}`, { field: fn });
     }
+  }
+  // One consumer of push deliveries: a second callback would silently receive nothing.
+  if (options.onDelivery !== undefined && options.onBatch !== undefined) {
+    throw typeError(ErrorCode.InvalidOption, 'options.onDelivery and options.onBatch are both given: push deliveries go to one of them; pass onDelivery (many rooms per call) or onBatch (one room per call)', {
+      field: 'onDelivery',
+    });
   }
   const n = cores();
   // One core stays with the JavaScript thread: on 2 cores, one shard and one worker.

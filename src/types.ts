@@ -6,7 +6,7 @@ import type { Reason, Verdict } from './constants';
 
 /** Room authentication mode. */
 export type AuthMode = 'sha256' | 'hmac-sha256';
-/** Room delivery mode: `pull` rooms are drained by the game loop, `push` rooms deliver to `onBatch` / `batches()`. */
+/** Room delivery mode: `pull` rooms are drained by the game loop (`drain`, `drainAll`), `push` rooms deliver to `onDelivery` / `onBatch` / `batches()`. */
 export type DeliveryMode = 'pull' | 'push';
 
 export interface DispatcherOptions {
@@ -26,7 +26,7 @@ export interface DispatcherOptions {
   maxPendingAsync?: number;
   /** Bytes of each shard's ingress arena. Default 8 MiB. Range 64 KiB..=1 GiB, and at least 2 × (88 + maxPayload). */
   arenaBytes?: number;
-  /** Bytes a room may hold undelivered before `Backpressure` (two halves of this size are allocated per room, touched lazily). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
+  /** Bytes a room may hold undelivered before `Backpressure` (validated moves wait in room memory of this size, touched lazily, until they are copied into a delivery). Default 256 KiB. Range 4 KiB..=64 MiB, at least 56 + maxPayload. */
   roomBytes?: number;
   /** Largest payload accepted, in bytes. Default 1024. Range 0..=65535. */
   maxPayload?: number;
@@ -43,23 +43,38 @@ export interface DispatcherOptions {
   /** Name prefix of the native threads (≤ 15 bytes shown by the OS). Default `'move-disp'`. */
   threadName?: string;
   /**
-   * Push delivery: called with each batch of validated moves of `push` rooms. The batch is
-   * released when the callback returns (call `batch.copy()` to keep its data). A throw, or the
-   * rejection of a promise it returns, is reported through `onError` (or
-   * `process.emitWarning`) and does not stop delivery.
+   * Push delivery, many rooms per call: called with each push delivery (the validated moves
+   * and rejections of every push room of one shard that had something, in one `ArrayBuffer`).
+   * The delivery is released — detached: every view over it reads as empty — when the
+   * callback returns; call `batch.copy()` on a room to keep its data. Iterating it allocates
+   * nothing per room or per move. A throw, or the rejection of a promise it returns, is
+   * reported through `onError` (or `process.emitWarning`) and does not stop delivery.
+   *
+   * Give `onDelivery` or `onBatch`, not both (the constructor throws
+   * `ERR_MOVE_DISPATCHER_INVALID_OPTION`, field `onDelivery`). With `onDelivery`, `batches()`
+   * receives nothing.
+   */
+  onDelivery?: (delivery: Delivery) => void;
+  /**
+   * Push delivery, one room per call (compatibility with `onDelivery`'s per-room path): called
+   * once per room of each push delivery with a `MoveBatch` of that room. Each batch is
+   * released when the callback returns (call `batch.copy()` to keep its data); the delivery's
+   * memory is detached once all its batches are released. A throw, or the rejection of a
+   * promise it returns, is reported through `onError` (or `process.emitWarning`) and does not
+   * stop delivery.
    */
   onBatch?: (batch: MoveBatch) => void;
   /**
-   * Called with errors thrown by `onBatch`, `onOverload` or `onRecovered`, and with an
-   * `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose worker
-   * failed. Default: `process.emitWarning`.
+   * Called with errors thrown by `onDelivery`, `onBatch`, `onOverload` or `onRecovered`, and
+   * with an `ERR_MOVE_DISPATCHER_SHARD_FAILED` error (field `shard`) once per shard whose
+   * worker failed. Default: `process.emitWarning`.
    */
   onError?: (error: unknown) => void;
   /**
    * Overload marks: a shard whose queue reaches `queueDepth` moves, or a room holding
    * `roomBytes` undelivered bytes, is reported to `onOverload`; `onRecovered` follows once it
    * falls to half the mark. Defaults: 75% of `channelCapacity` and of `roomBytes`; 0 turns a
-   * mark off. Recovery is noticed on `drain()`, push deliveries and `flush()`.
+   * mark off. Recovery is noticed on `drain()`, `drainAll()`, push deliveries and `flush()`.
    */
   overload?: { queueDepth?: number; roomBytes?: number };
   /** A shard queue or a room crossed its overload mark (asynchronous, never inside `dispatch`). */
@@ -126,34 +141,87 @@ export interface MoveView {
   readonly seq: number;
   readonly tick: number;
   readonly kind: number;
-  /** The payload, a view into the batch memory (no copy). Each step of the iteration returns a new view object only when read. */
+  /**
+   * The payload, a view into the delivery memory (no copy of the bytes). Reading it creates
+   * a `Uint8Array` view object each time: for zero allocations read the bytes at
+   * `payloadOffset .. payloadOffset + payloadLength` of `batch.buffer` (`delivery.bytes`)
+   * through a view you already hold.
+   */
   readonly payload: Uint8Array;
-  /** Offset of the frame in `batch.buffer`. */
+  /** Offset of the payload in `batch.buffer` (= `delivery.bytes`): `frameOffset + 24`. */
+  readonly payloadOffset: number;
+  /** Length of the payload in bytes: `frameLength - 56`. */
+  readonly payloadLength: number;
+  /** Offset of the frame in `batch.buffer` (= `delivery.bytes`). */
   readonly frameOffset: number;
   /** Length of the whole frame (56 + payload length). */
   readonly frameLength: number;
 }
 
 /**
- * Validated moves of one room, back to back in arena memory that JavaScript reads in place:
- * frames from `offset` to `offset + length` of `buffer`, in dispatch order.
- * Valid until `release()` or the room's next `drain()`; `copy()` keeps the data longer.
+ * Validated moves of one room, back to back in the memory of the delivery that brought
+ * them: frames from `offset` to `offset + length` of `buffer`, in dispatch order.
+ * `buffer` is the delivery's `ArrayBuffer`, shared with the other rooms of the delivery;
+ * nothing writes it again, and releasing detaches it (every view over it then reads as
+ * empty). A pull batch is valid until `release()` or the room's next non-empty `drain()`;
+ * a push batch until `onBatch` returns (or the `batches()` loop asks for the next one).
+ * `copy()` keeps the data longer.
  */
 export interface MoveBatch extends Iterable<MoveView> {
   readonly room: number;
   readonly count: number;
+  /** The delivery's `ArrayBuffer` (detached once the delivery is released). */
   readonly buffer: ArrayBuffer;
+  /** Offset of the room's first frame in `buffer`. */
   readonly offset: number;
   readonly length: number;
+  /**
+   * The room's rejections in the order they occurred (an array built on first read; reading
+   * it for the first time after release throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`).
+   */
   readonly rejections: readonly Rejection[];
   /** True once released (or, for a pull batch, once the room was drained again); reading it then throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. */
   readonly released: boolean;
+  /**
+   * Releases the batch. Idempotent. For the room view a `Delivery` hands out while it is
+   * iterated, this releases the whole delivery.
+   */
   release(): void;
-  /** A batch with the same moves in memory of its own, valid forever. */
+  /** A batch with the same moves and rejections in memory of its own (valid until its own `release()`). */
   copy(): MoveBatch;
   /** The frames as one `Uint8Array` view over `buffer` (no copy). */
   bytes(): Uint8Array;
+  /** Iterates the moves with one reused view (no allocation per move). */
   [Symbol.iterator](): Iterator<MoveView>;
+}
+
+/**
+ * Many rooms' moves and rejections in ONE `ArrayBuffer` that nobody writes again
+ * (`drainAll()`, or a push delivery handed to `onDelivery`). Iterate it for one `MoveBatch`
+ * view per room (the SAME reused object, moved from room to room), and each room for its
+ * moves (one reused `MoveView`): a loop allocates nothing per room or per move.
+ *
+ * `release()` detaches `buffer`: every view handed out (`bytes`, `batch.bytes()`,
+ * `move.payload`, `new Uint8Array(batch.buffer)`) then has byteLength 0, and iterating
+ * throws `ERR_MOVE_DISPATCHER_BATCH_RELEASED`. A `drainAll()` delivery is released by the
+ * next `drainAll()`; a push delivery when `onDelivery` returns.
+ */
+export interface Delivery extends Iterable<MoveBatch> {
+  /** Moves in the delivery (all rooms). */
+  readonly count: number;
+  /** Rooms in the delivery: those with moves or rejections. */
+  readonly rooms: number;
+  /** The delivery's memory (an empty buffer for an empty delivery); detached once released. */
+  readonly buffer: ArrayBuffer;
+  /** `buffer` as one `Uint8Array`: `move.frameOffset` and `move.payloadOffset` index into it. */
+  readonly bytes: Uint8Array;
+  /** Every room's rejections, room after room, each room's in order (built on first read). */
+  readonly rejections: readonly Rejection[];
+  readonly released: boolean;
+  /** Detaches the memory (and lets a push delivery's shard deliver again). Idempotent. */
+  release(): void;
+  /** One reused `MoveBatch` view per room, in the delivery's room order. */
+  [Symbol.iterator](): Iterator<MoveBatch>;
 }
 
 export interface StreamResult {
@@ -219,11 +287,11 @@ export interface HistogramStats {
 export interface LatencyStats {
   /** Dispatch → validated by the shard worker. */
   validatedNs: HistogramStats;
-  /** Dispatch → handed to JavaScript (`drain()` returns, or a push batch reaches `onBatch`). */
+  /** Dispatch → handed to JavaScript (copied into a delivery: a `drain()` / `drainAll()`, or a push delivery for `onDelivery` / `onBatch`). */
   deliveredNs: HistogramStats;
   /** Arena allocation (the bump-pointer copy of a frame), timed on every 64th dispatch. */
   arenaAllocNs: HistogramStats;
-  /** Moves per delivered batch. */
+  /** Moves per delivered room entry (rooms with at least one move). */
   batchSize: HistogramStats;
 }
 
@@ -256,11 +324,14 @@ export interface DispatcherStats {
   verdicts: Record<keyof typeof Verdict, number>;
   /** Count per reason name. */
   reasons: Record<keyof typeof Reason, number>;
-  /** Moves handed to JavaScript in batches. */
+  /** Moves handed to JavaScript (drains and push deliveries). */
   delivered: number;
   /** Accepted moves rejected by validation. */
   rejected: number;
-  /** Batches handed to JavaScript (non-empty drains and push batches). */
+  /**
+   * Room entries handed to JavaScript: each room with moves or rejections in a `drain()`,
+   * `drainAll()` or push delivery counts once.
+   */
   batches: number;
   /** `Backpressure` verdicts by cause (they add up to `verdicts.Backpressure`). */
   backpressure: { queue: number; arena: number; room: number };

@@ -7,7 +7,7 @@
  * read `k` is due at `start + (k + 1) * sliceMs`. A clock thread (lib/ticker.ts) posts each
  * read when it is due; the main thread hands every frame due by then to `dispatchStream`.
  * Frames refused with Backpressure stay due and are retried on the next read. A move's
- * latency runs from its read's due time to the moment JavaScript has it (`onBatch`, the
+ * latency runs from its read's due time to the moment JavaScript has it (`onDelivery`, the
  * worker_threads row's delivery callback, or the hand-written row's consumer, which it
  * calls inside `dispatchStream`): time spent waiting behind a busy event loop, behind
  * backpressure, or in a queue is all counted (no coordinated omission).
@@ -18,7 +18,7 @@
 import { monitorEventLoopDelay, PerformanceObserver, performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Dispatcher, type MoveBatch } from '../index';
+import { type Delivery, Dispatcher } from '../index';
 import { frameLength, inversePermutation, loadStore, permutation, playerKey, roomCount, roomOf } from './lib/frames';
 import { Histogram, type Summary } from './lib/hist';
 import type { GcFigures, RunResult, RunSpec } from './lib/types';
@@ -190,12 +190,13 @@ async function run(spec: RunSpec): Promise<RunResult> {
       rejectedByReason: null,
     };
   } else {
-    const onBatch = (batch: MoveBatch): void => {
+    // Delivery v2: one call per delivery (many rooms), reused views, no object per move.
+    const onDelivery = (delivery: Delivery): void => {
       now = performance.now();
-      for (const move of batch) delivered(move.player, move.seq);
-      for (const r of batch.rejections) mark(r.player, r.seq);
+      for (const batch of delivery) for (const move of batch) delivered(move.player, move.seq);
+      for (const r of delivery.rejections) mark(r.player, r.seq);
     };
-    const d = new Dispatcher({ engine: spec.row === 'js' ? 'js' : 'native', onBatch });
+    const d = new Dispatcher({ engine: spec.row === 'js' ? 'js' : 'native', onDelivery });
     for (let r = 0; r < rooms; r++) d.openRoom(r, { auth: store.auth, delivery: 'push' });
     for (let p = 0; p < P; p++) d.join(roomOf(store, p), p, hmac ? { key: playerKey(p) } : {});
     await d.flush();

@@ -4,7 +4,7 @@
  * process and run.
  */
 import { createHash, createHmac, createSecretKey, hash } from 'node:crypto';
-import { Dispatcher } from '../index';
+import { Dispatcher, encodeMove } from '../index';
 import { hmacMidstates, MIDSTATE_WORDS, verifyHmac, verifySha256 } from './hand/sha256';
 import { loadBenchBinding } from './lib/binding';
 import { frameLength, loadStore, playerKey, roomCount, roomOf, type Store } from './lib/frames';
@@ -80,7 +80,7 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
   // ---- dispatch(): the public API, native engine ----
   const rooms = roomCount(st);
   const hmac = st.auth === 'hmac-sha256';
-  const dispatchTrial = async (engine: 'native' | 'js', mode: 'frame' | 'stream'): Promise<{ median: number; min: number; max: number; refused: number }> => {
+  const dispatchTrial = async (engine: 'native' | 'js', mode: 'frame' | 'stream' | 'one'): Promise<{ median: number; min: number; max: number; refused: number }> => {
     const d = new Dispatcher({ engine });
     for (let r = 0; r < rooms; r++) d.openRoom(r, { auth: st.auth, delivery: 'pull' });
     for (let p = 0; p < st.players; p++) d.join(roomOf(st, p), p, hmac ? { key: playerKey(p) } : {});
@@ -92,6 +92,8 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
       const t0 = nowNs();
       if (mode === 'frame') {
         for (let i = from; i < from + perTrial; i++) if (d.dispatch(views[i]!) !== 0) refused++;
+      } else if (mode === 'one') {
+        for (let i = from; i < from + perTrial; i++) if (d.dispatchStream(views[i]!).accepted !== 1) refused++;
       } else {
         const chunk = 1000;
         for (let i = from; i < from + perTrial; i += chunk) {
@@ -111,6 +113,8 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
   const nd = await dispatchTrial('native', 'frame');
   progress('dispatchStream() native');
   const ns = await dispatchTrial('native', 'stream');
+  progress('dispatchStream() native, one frame per call');
+  const oneFrame = await dispatchTrial('native', 'one');
   progress('dispatch() js engine');
   const jd = await dispatchTrial('js', 'frame');
   progress('Core::dispatch in Rust');
@@ -169,6 +173,62 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
     },
   );
 
+  // ---- delivery: JavaScript reading the moves of one drainAll() over 5,000 rooms ----
+  progress('delivered-move read (drainAll, 5,000 rooms)');
+  const readRooms = 5_000;
+  const readMoves = Math.round(50_000 * scale);
+  const dr = new Dispatcher({ shards: 1, channelCapacity: 1 << 20, arenaBytes: 256 << 20, roomBytes: 1 << 20 });
+  for (let r = 0; r < readRooms; r++) {
+    dr.openRoom(r);
+    dr.join(r, 1);
+  }
+  const readPayload = new Uint8Array(st.payload).fill(9);
+  const readFrames = Buffer.concat(
+    Array.from({ length: readMoves }, (_, i) => encodeMove({ room: i % readRooms, player: 1, seq: Math.floor(i / readRooms) + 1, kind: i & 0xffff, payload: readPayload })),
+  );
+  for (let at = 0; at < readFrames.length; ) at += dr.dispatchStream(readFrames.subarray(at, at + 120 * 1000)).consumed;
+  await dr.flush();
+  const delivery = dr.drainAll();
+  if (delivery.count !== readMoves) throw new Error(`drainAll delivered ${delivery.count} of ${readMoves} moves`);
+  const readDelivery = perOp(trials, readMoves * 20, (n) => {
+    let s = 0;
+    for (let done = 0; done < n; ) {
+      for (const batch of delivery) {
+        for (const m of batch) s += m.room + m.player + m.seq + m.kind + m.payload.length;
+        done += batch.count;
+      }
+    }
+    return s;
+  });
+  // The same fields from a plain Uint8Array (a copy of the delivery's bytes), frame after frame.
+  const plainBytes = delivery.bytes.slice();
+  const frameEnd = 32 + readFrames.length;
+  const le32 = (b: Uint8Array, o: number): number => (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+  const readPlain = perOp(trials, readMoves * 20, (n) => {
+    let s = 0;
+    for (let done = 0; done < n; ) {
+      for (let at = 32; at < frameEnd; done++) {
+        const len = plainBytes[at + 22]! | (plainBytes[at + 23]! << 8);
+        s += le32(plainBytes, at + 4) + le32(plainBytes, at + 8) + le32(plainBytes, at + 12) + (plainBytes[at + 20]! | (plainBytes[at + 21]! << 8));
+        s += plainBytes.subarray(at + 24, at + 24 + len).length;
+        at += 56 + len;
+      }
+    }
+    return s;
+  });
+  delivery.release();
+  await dr.close();
+  out.push({
+    name: 'delivered-move read',
+    what: `reading room, player, seq, kind and the payload view of every move of one drainAll() delivery over ${readRooms.toLocaleString('en-US')} rooms (${readMoves.toLocaleString('en-US')} moves; reused room and move views)`,
+    value: readDelivery.median,
+    unit: 'ns/move',
+    floorName: 'the same reads from a plain Uint8Array in a loop',
+    floor: readPlain.median,
+    ratio: readDelivery.median / readPlain.median,
+    extra: { min: readDelivery.min, max: readDelivery.max, plainMin: readPlain.min },
+  });
+
   // ---- tags: Rust vs node:crypto, per 120-byte frame (hash of its first 88 bytes) ----
   progress('SHA-256 / HMAC-SHA256');
   const tagFrame = 120;
@@ -204,6 +264,16 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
     let s = 0;
     for (let i = 0; i < n; i++) if (verifySha256(shaFrame, 0, body.length)) s++;
     return s;
+  });
+  out.push({
+    name: 'dispatchStream() one frame per call',
+    what: 'Dispatcher.dispatchStream(frame) with a single frame per call, as a socket handler makes them (native; the worker\'s wake-up is paid once per event-loop iteration)',
+    value: oneFrame.median,
+    unit: 'ns/call',
+    floorName: 'SHA-256 verify, hand-written JS (validating the frame by hand)',
+    floor: handSha.median,
+    ratio: oneFrame.median / handSha.median,
+    extra: { min: oneFrame.min, max: oneFrame.max, refused: oneFrame.refused },
   });
   const handHmac = perOp(trials, Math.round(hashIters / 4), (n) => {
     let s = 0;

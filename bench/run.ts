@@ -3,14 +3,16 @@
  *
  * Steps, each in a fresh child process: micro floors (bench/micro.ts); the idle baseline;
  * the four rows at the target load (bench/load.ts); a search for each row's sustainable
- * rate; the four rows again at a load every row sustains. Writes
+ * rate; the four rows again at a load every row sustains, and at 1,000 and 10,000 moves/s;
+ * one frame per message over loopback TCP (bench/permessage.ts). Writes
  * `<out>/<date>-<host>.json`, and refreshes `<out>/latest.md` and `<out>/latency.svg`.
  * `--quick` (CI's smoke test) runs shorter windows and writes to `bench/results/quick/`
  * (ignored by git) unless `--out` says otherwise.
  *
  * Options: --quick, --out DIR, --players N (50000), --room-size N (10), --hz N (20),
  * --payload N (64), --auth sha256|hmac-sha256, --rows node,js,wt,native, --no-micro,
- * --no-sustainable, --wt-workers N, --window S, --keep-frames, --wait-idle S (before each
+ * --no-sustainable, --no-low-rates, --no-per-message, --wt-workers N, --window S,
+ * --keep-frames, --wait-idle S (before each
  * step, wait up to S seconds for other processes to leave the machine quiet).
  */
 import { execFileSync, fork } from 'node:child_process';
@@ -18,6 +20,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { availableParallelism, cpus, hostname, release, tmpdir, totalmem } from 'node:os';
 import { join, relative } from 'node:path';
 import { benchAddonPath } from './lib/binding';
+import type { PerMessageResult, PerMessageSpec } from './permessage';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
 import { fmtInt, fmtNs, type Machine, type Measured, type Probe, renderMarkdown, renderPlot, type Results, type Settings, type Sustainable } from './lib/report';
 import { BASELINE_ROWS, type MicroResult, ROW_LABELS, ROWS, type Row, type RunResult, type RunSpec } from './lib/types';
@@ -44,6 +47,10 @@ interface Options {
   rows: Row[];
   micro: boolean;
   sustainable: boolean;
+  /** Every row at 1,000 and 10,000 moves/s. */
+  lowRates: boolean;
+  /** One frame per message over loopback TCP (bench/permessage.ts). */
+  perMessage: boolean;
   wtWorkers: number;
   window: number | null;
   keepFrames: boolean;
@@ -78,6 +85,8 @@ function parseArgs(argv: string[]): Options {
     rows,
     micro: !argv.includes('--no-micro'),
     sustainable: !argv.includes('--no-sustainable'),
+    lowRates: !argv.includes('--no-low-rates'),
+    perMessage: !argv.includes('--no-per-message'),
     wtWorkers: Math.floor(num('wt-workers', Math.max(1, availableParallelism() - 1))),
     window: value('window') === undefined ? null : num('window', 8),
     keepFrames: argv.includes('--keep-frames'),
@@ -319,6 +328,8 @@ async function main(): Promise<void> {
     sustainable: [],
     baseline: null,
     equalLoad: null,
+    lowRates: [],
+    perMessage: [],
     micro: [],
   };
 
@@ -411,6 +422,35 @@ async function main(): Promise<void> {
         say(`equal  ${ROW_LABELS[row].padEnd(32)} ${brief(r)}`);
       }
       results.equalLoad = { rate, runs };
+    }
+  }
+
+  // 5. every row at two low rates (the js engine's tail at 1,000 and 10,000 moves/s)
+  if (opts.lowRates) {
+    for (const rate of [1_000, 10_000]) {
+      const runs: Measured[] = [];
+      for (const row of opts.rows) {
+        const r = await load(row, rate, settings.warmupS, settings.windowS, settings.drainLimitS, `low rate ${fmtInt(rate)}/s · ${ROW_LABELS[row]}`);
+        runs.push(r);
+        say(`low    ${ROW_LABELS[row].padEnd(32)} ${brief(r)}`);
+      }
+      results.lowRates.push({ rate, runs });
+    }
+  }
+
+  // 6. one frame per message over loopback TCP: the JavaScript thread's time per message
+  if (opts.perMessage) {
+    const conns = 200;
+    for (const rate of [20_000, 50_000]) {
+      for (const row of ['floor', 'hand', 'native'] as const) {
+        const { result } = await child<PerMessageResult>(
+          'permessage.js',
+          { row, rate, conns, seconds: q ? 2 : 5, rooms: 100 } satisfies PerMessageSpec,
+          `one frame per message · ${row} · ${fmtInt(rate)}/s`,
+        );
+        results.perMessage.push(result);
+        say(`permsg ${row.padEnd(8)} ${fmtInt(rate)}/s over ${conns} connections: JS thread ${result.jsThreadUsPerMessage.toFixed(2)} µs/msg, process ${result.processUsPerMessage.toFixed(2)} µs/msg (${fmtInt(result.messages)} messages, ${fmtInt(result.valid)} valid)`);
+      }
     }
   }
 

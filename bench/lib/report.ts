@@ -80,7 +80,23 @@ export interface Results {
   /** The strongest baseline: the best sustainable rate among the rows without the addon (`BASELINE_ROWS`). */
   baseline: { row: Row; rate: number } | null;
   equalLoad: { rate: number; runs: Measured[] } | null;
+  /** Every row at 1,000 and 10,000 moves/s. */
+  lowRates: { rate: number; runs: Measured[] }[];
+  /** One frame per message over loopback TCP (bench/permessage.ts). */
+  perMessage: PerMessageRow[];
   micro: MicroResult[];
+}
+
+/** One row of the one-frame-per-message step (bench/permessage.ts). */
+export interface PerMessageRow {
+  row: 'floor' | 'hand' | 'native';
+  rate: number;
+  conns: number;
+  messages: number;
+  valid: number;
+  delivered: number;
+  jsThreadUsPerMessage: number;
+  processUsPerMessage: number;
 }
 
 const COLORS: Record<Row, string> = { idle: '#999999', node: '#2ca02c', js: '#d62728', wt: '#ff7f0e', native: '#1f77b4' };
@@ -184,6 +200,17 @@ function targets(res: Results): Target[] {
       measured: `${fmtNs(one.value)} vs ${fmtNs(one.floor)}: ${ratio(one.ratio)}`,
       met: one.ratio !== null && one.ratio <= 1,
     });
+  }
+  for (const rate of [...new Set((res.perMessage ?? []).map((r) => r.rate))]) {
+    const hand = res.perMessage.find((r) => r.rate === rate && r.row === 'hand');
+    const nat = res.perMessage.find((r) => r.rate === rate && r.row === 'native');
+    if (hand !== undefined && nat !== undefined) {
+      t.push({
+        target: `one frame per message (loopback TCP, ${fmtInt(rate)} msgs/s): the JS thread pays no more than validating by hand`,
+        measured: `${nat.jsThreadUsPerMessage.toFixed(2)} vs ${hand.jsThreadUsPerMessage.toFixed(2)} µs/message (process ${nat.processUsPerMessage.toFixed(2)} vs ${hand.processUsPerMessage.toFixed(2)})`,
+        met: nat.jsThreadUsPerMessage <= hand.jsThreadUsPerMessage,
+      });
+    }
   }
   const read = micro('delivered-move read');
   if (read !== undefined) {
@@ -315,6 +342,26 @@ export function renderMarkdown(res: Results, svgName: string): string {
     L.push(...runTable(res.equalLoad.runs));
     L.push('');
     L.push(...noteRuns(res.equalLoad.runs));
+    L.push('');
+  }
+  for (const low of res.lowRates ?? []) {
+    L.push(`## Every row at ${fmtInt(low.rate)} moves/s`);
+    L.push('');
+    L.push(...runTable(low.runs));
+    L.push('');
+  }
+  if ((res.perMessage ?? []).length > 0) {
+    L.push('## One frame per message over loopback TCP (bench/permessage.ts)');
+    L.push('');
+    L.push(
+      "200 client connections (a child process) write one 120-byte frame per `write` (Nagle off), open loop on 1 ms ticks; the server's `'data'` handler gets about one frame per call. `floor`: the handler only counts bytes (what the sockets cost). `hand`: validation written inline (header checks, the hand-written JS SHA-256, compare). `native`: `dispatchStream(chunk)`, pull rooms drained by `drainAll()` every 50 ms. CPU from /proc (10 ms ticks).",
+    );
+    L.push('');
+    L.push('| messages/s | row | JS thread µs/message | process µs/message | messages | valid |');
+    L.push('|---:|---|---:|---:|---:|---:|');
+    for (const r of res.perMessage) {
+      L.push(`| ${fmtInt(r.rate)} | ${r.row} | ${r.jsThreadUsPerMessage.toFixed(2)} | ${r.processUsPerMessage.toFixed(2)} | ${fmtInt(r.messages)} | ${fmtInt(r.valid)} |`);
+    }
     L.push('');
   }
   if (res.sustainable.length > 0) {

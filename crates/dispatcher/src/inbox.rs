@@ -70,6 +70,9 @@ impl std::fmt::Debug for Inbox {
 /// at most 4,681 of the smallest frames; most rooms never come near, so the list starts
 /// here and grows once if it must.
 const STAMPS_AT_FIRST: usize = 256;
+/// Rejections an inbox holds without growing its list (a few forged or replayed frames
+/// between two deliveries; a flood grows it once, within the room's budget).
+const REJECTIONS_AT_FIRST: usize = 8;
 
 impl Inbox {
     /// An inbox that holds up to `capacity` bytes of frames.
@@ -81,6 +84,8 @@ impl Inbox {
             state: Mutex::new(State {
                 frames: Vec::with_capacity(capacity),
                 stamps: Vec::with_capacity(STAMPS_AT_FIRST.min(capacity / 56 + 1)),
+                // A room's first rejection would otherwise allocate on the hot path.
+                rejections: Vec::with_capacity(REJECTIONS_AT_FIRST),
                 ..State::default()
             }),
             dirty: AtomicBool::new(false),

@@ -606,8 +606,17 @@ impl Worker {
     fn control(&mut self, c: Control) {
         match c {
             Control::OpenRoom { inbox, hmac, push } => {
-                if push && inbox.has_pending() {
-                    mark_dirty(&mut self.dirty, &inbox);
+                if push {
+                    // Room on the dirty list for every room of the shard, sized here (a
+                    // control) rather than grown on the hot path when a delivery is held
+                    // longer than ever before. Closed rooms may stay listed until delivered.
+                    let want = (self.rooms.len() + 1).max(self.dirty.len() + 1);
+                    if self.dirty.capacity() < want {
+                        self.dirty.reserve(want - self.dirty.len());
+                    }
+                    if inbox.has_pending() {
+                        mark_dirty(&mut self.dirty, &inbox);
+                    }
                 }
                 self.rooms.insert(
                     inbox.room(),

@@ -17,6 +17,7 @@ import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Dispatcher } from '../index';
 import { verifySha256 } from './hand/sha256';
+import type { PerMessageRow } from './lib/report';
 import { threadTicks } from './lib/threads';
 
 export interface PerMessageSpec {
@@ -27,18 +28,8 @@ export interface PerMessageSpec {
   rooms: number;
 }
 
-export interface PerMessageResult {
-  row: PerMessageSpec['row'];
-  rate: number;
-  conns: number;
-  messages: number;
-  /** Frames that passed validation (hand) or were accepted (native); the floor row counts bytes / frame size. */
-  valid: number;
-  /** Moves that reached JavaScript (native: through drainAll), or were validated inline (hand). */
-  delivered: number;
-  jsThreadUsPerMessage: number;
-  processUsPerMessage: number;
-}
+/** What one row measured (the report's row type). */
+export type PerMessageResult = PerMessageRow;
 
 function send(msg: unknown, then?: () => void): void {
   if (process.send === undefined) then?.();

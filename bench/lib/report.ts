@@ -87,7 +87,7 @@ export interface Results {
   micro: MicroResult[];
 }
 
-/** One row of the one-frame-per-message step (bench/permessage.ts). */
+/** One row of the one-frame-per-message step (bench/permessage.ts); `valid`: frames that passed validation (hand) or were accepted (native), or whole frames counted (floor); `delivered`: moves that reached JavaScript. */
 export interface PerMessageRow {
   row: 'floor' | 'hand' | 'native';
   rate: number;

@@ -35,6 +35,7 @@ pub mod config;
 pub mod core;
 pub mod delivery;
 pub mod frame;
+pub mod ingress;
 pub mod inbox;
 pub mod latency;
 pub mod outbox;

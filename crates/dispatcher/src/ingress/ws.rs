@@ -1,0 +1,1 @@
+//! RFC 6455, server side, sans-IO (filled in next).

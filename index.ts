@@ -18,6 +18,7 @@ export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVER
 export { ErrorCode } from './src/errors';
 export { encodeMove, encodeMoveInto, frameLength, parseHeader } from './src/encode';
 export { DEFAULTS } from './src/options';
+export { issueTicket, TICKET_VERSION, MAX_TICKET_TTL_MS, DEFAULT_TICKET_TTL_MS } from './src/ticket';
 export type {
   AuthMode,
   Delivery,
@@ -41,3 +42,4 @@ export type {
   StatsOptions,
   StreamResult,
 } from './src/types';
+export type { TicketClaims } from './src/ticket';

@@ -43,3 +43,4 @@ export type {
   StreamResult,
 } from './src/types';
 export type { TicketClaims } from './src/ticket';
+export type { ConnectionInfo, DisconnectInfo, DisconnectReason, IngressServer, ListenAddress, ListenOptions, SendResult, Transport } from './src/ingress';

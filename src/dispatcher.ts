@@ -10,6 +10,7 @@ import { type Engine, type EngineConfig, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
 import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, detachBuffer, emptyBatch } from './delivery';
 import { registerEngine } from './internal';
+import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type ListenOptions, type SendResult, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
@@ -202,6 +203,8 @@ export class Dispatcher {
    * dispatcher alive: the hooks reach it through a WeakRef, and once it is gone they only
    * detach the buffer.
    */
+  /** Native ingress, once `listen()` started it. */
+  #ingress: IngressState | undefined;
   readonly #releasePull: DeliveryReleaseHook;
   readonly #releasePush: DeliveryReleaseHook;
 
@@ -560,6 +563,100 @@ export class Dispatcher {
   }
 
   /**
+   * Native ingress: clients connect to the data plane itself (WebSocket, TCP) with a ticket
+   * (`issueTicket`) and their frames are validated on the data plane's threads, never on
+   * this one; moves arrive through `drain`, `drainAll`, `onBatch` and `onDelivery` as if
+   * `dispatch` had been called with the ticket's player as `sender`. Native engine only
+   * (`ERR_MOVE_DISPATCHER_NATIVE_UNAVAILABLE` on the js engine); one `listen` per dispatcher.
+   */
+  listen(options: ListenOptions): Promise<IngressServer> {
+    try {
+      return Promise.resolve(this.#listen(options));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+  }
+
+  #listen(options: ListenOptions): IngressServer {
+    const resolved = resolveListenOptions(options);
+    if (this.#closed) throw stateError(ErrorCode.Closed, 'listen: the dispatcher is closed');
+    const engine = this.#engine;
+    if (engine.listen === undefined) {
+      throw stateError(ErrorCode.NativeUnavailable, 'listen: native ingress needs the native engine (this dispatcher runs the js engine)');
+    }
+    if (this.#ingress !== undefined && !this.#ingress.closed) throw stateError(ErrorCode.InvalidArgument, 'listen: this dispatcher is already listening; close that server first');
+    let info;
+    try {
+      info = engine.listen(resolved);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw stateError(ErrorCode.ListenFailed, `listen: ${message}`);
+    } finally {
+      resolved.ticketKey.fill(0);
+    }
+    const state: IngressState = { closed: false };
+    if (options.onConnection !== undefined) state.onConnection = options.onConnection;
+    if (options.onDisconnect !== undefined) state.onDisconnect = options.onDisconnect;
+    this.#ingress = state;
+    const addresses = {
+      ws: info.wsPort === undefined ? null : { host: info.wsHost ?? '127.0.0.1', port: info.wsPort },
+      tcp: info.tcpPort === undefined ? null : { host: info.tcpHost ?? '127.0.0.1', port: info.tcpPort },
+      grpc: null,
+    };
+    return {
+      address: (transport) => {
+        const a = addresses[transport];
+        return a === null || a === undefined ? null : { ...a };
+      },
+      get connections() {
+        return state.closed ? 0 : (engine.ingressStats?.()?.open ?? 0);
+      },
+      close: () => {
+        if (!state.closed) {
+          state.closed = true;
+          engine.stopListening?.();
+        }
+        return Promise.resolve();
+      },
+    };
+  }
+
+  /**
+   * Queues `bytes` for `player`'s connection in `room` (native ingress): `'sent'`;
+   * `'backpressure'` when its outbound queue would pass `maxBackpressureBytes` (nothing
+   * queued); `'dropped'` when it was already over at the previous send (the connection is
+   * closed, reason `backpressure`); `'closed'` when the player has no open connection.
+   * WebSocket clients get one binary message; TCP clients the bytes behind their length as
+   * a u32 (little-endian).
+   */
+  send(room: number, player: number, bytes: Uint8Array): SendResult {
+    checkBytes(bytes, 'bytes', 'send');
+    if (this.#ingress === undefined || this.#ingress.closed) return 'closed';
+    return SEND_RESULTS[this.#engine.send?.(room >>> 0, player >>> 0, bytes) ?? 3] ?? 'closed';
+  }
+
+  /**
+   * Queues `bytes` for every connection of `room` but those of `except` (encoded once per
+   * transport); returns how many connections took it (see `send` for those that did not).
+   */
+  broadcast(room: number, bytes: Uint8Array, options: { except?: number | readonly number[] } = {}): number {
+    checkBytes(bytes, 'bytes', 'broadcast');
+    if (this.#ingress === undefined || this.#ingress.closed) return 0;
+    const e = options.except;
+    const except = e === undefined ? undefined : typeof e === 'number' ? [e >>> 0] : e.map((p) => p >>> 0);
+    return this.#engine.broadcast?.(room >>> 0, bytes, except) ?? 0;
+  }
+
+  /**
+   * Closes `player`'s connection in `room` — or, without `player`, every connection of the
+   * room (reason `kicked`); returns how many.
+   */
+  disconnect(room: number, player?: number): number {
+    if (this.#ingress === undefined || this.#ingress.closed) return 0;
+    return this.#engine.disconnect?.(room >>> 0, player === undefined ? undefined : player >>> 0) ?? 0;
+  }
+
+  /**
    * Refuses new frames, delivers everything accepted, stops the threads. Later calls answer
    * `Verdict.Closed` (dispatch) or throw `ERR_MOVE_DISPATCHER_CLOSED`; pull rooms can still
    * be drained. Idempotent.
@@ -647,6 +744,7 @@ export class Dispatcher {
           if (d.type === 'delivery') this.#deliver(d.buffer);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
           else if (d.type === 'overload') this.#notify(d.event);
+          else if (d.type === 'connection') this.#connection(d.flags, d.room, d.player);
           else this.#shardFailed(d.shard, d.message);
         }
       }
@@ -677,6 +775,20 @@ export class Dispatcher {
       }
     } catch {
       // The error reporter itself threw: nothing sensible is left to do with it.
+    }
+  }
+
+  /** A native ingress connection opened or closed: tell `onConnection` / `onDisconnect`. */
+  #connection(flags: number, room: number, player: number): void {
+    const { opened, info } = connectionEvent(flags, room, player);
+    const ingress = this.#ingress;
+    if (ingress === undefined) return;
+    if (opened) {
+      const fn = ingress.onConnection;
+      if (fn !== undefined) this.#guard(() => fn({ room, player, transport: info.transport }), 'onConnection');
+    } else {
+      const fn = ingress.onDisconnect;
+      if (fn !== undefined) this.#guard(() => fn(info), 'onDisconnect');
     }
   }
 
@@ -808,7 +920,14 @@ export class Dispatcher {
   }
 }
 
+/** What a dispatcher keeps of its `listen()`. */
+interface IngressState {
+  onConnection?: (info: ConnectionInfo) => void;
+  onDisconnect?: (info: DisconnectInfo) => void;
+  closed: boolean;
+}
+
 /** The user callbacks whose errors go to `onError`. */
-type CallbackName = 'onDelivery' | 'onBatch' | 'onOverload' | 'onRecovered';
+type CallbackName = 'onDelivery' | 'onBatch' | 'onOverload' | 'onRecovered' | 'onConnection' | 'onDisconnect';
 
 export type { ErrorCodeType };

@@ -7,6 +7,7 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
+import type { NativeListenOptions } from './ingress';
 import type { AllocatorStats, LatencyStats, OverloadEvent, RateLimit, StreamResult } from './types';
 
 /** A histogram as Prometheus needs it: cumulative counts at the bounds `le` (in the histogram's unit). */
@@ -79,7 +80,8 @@ export type Delivery =
   | { type: 'flushed'; token: number }
   | { type: 'overload'; event: OverloadEvent }
   /** The shard's worker failed (once per shard); `message` is the panic / exception message. */
-  | { type: 'failed'; shard: number; message: string };
+  | { type: 'failed'; shard: number; message: string }
+  | { type: 'connection'; flags: number; room: number; player: number };
 
 export type { StreamResult } from './types';
 
@@ -165,6 +167,14 @@ export interface Engine {
   closeInput(): void;
   /** Stop threads / timers. Idempotent. After it, dispatch answers Closed. */
   shutdown(): void;
+  /** Native ingress (the native engine only). */
+  listen?(options: NativeListenOptions): NativeListenInfo;
+  stopListening?(): void;
+  /** 0 sent, 1 backpressure, 2 dropped, 3 closed. */
+  send?(room: number, player: number, bytes: Uint8Array): number;
+  broadcast?(room: number, bytes: Uint8Array, except: number[] | undefined): number;
+  disconnect?(room: number, player: number | undefined): number;
+  ingressStats?(): NativeIngressStats | null;
   /** @internal Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
   pause(paused: boolean): void;
   /** @internal Test hook: the shard's worker fails (panics / throws) at its next turn. */
@@ -173,3 +183,23 @@ export interface Engine {
 
 /** Called by an engine (possibly many times) when `poll()` has something new. */
 export type WakeFn = () => void;
+
+/** The addresses `listen` bound (addon). */
+export interface NativeListenInfo {
+  wsHost?: string;
+  wsPort?: number;
+  tcpHost?: string;
+  tcpPort?: number;
+}
+
+/** Native ingress counters (addon). */
+export interface NativeIngressStats {
+  open: number;
+  acceptedConnections: number;
+  refusedConnections: number;
+  closedConnections: number;
+  bytesIn: number;
+  bytesOut: number;
+  messagesOut: number;
+  droppedOut: number;
+}

@@ -23,6 +23,8 @@ export const ErrorCode = {
   BatchReleased: 'ERR_MOVE_DISPATCHER_BATCH_RELEASED',
   /** The native addon could not be loaded. */
   NativeUnavailable: 'ERR_MOVE_DISPATCHER_NATIVE_UNAVAILABLE',
+  /** `listen` could not bind a listener (address in use, permission, bad host). */
+  ListenFailed: 'ERR_MOVE_DISPATCHER_LISTEN_FAILED',
   /** The operation was aborted through its `AbortSignal`. */
   Aborted: 'ERR_MOVE_DISPATCHER_ABORTED',
   /**

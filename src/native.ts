@@ -6,7 +6,8 @@
  */
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, PromHistograms, Status, StreamResult, WakeFn } from './engine';
+import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, NativeIngressStats, NativeListenInfo, PromHistograms, Status, StreamResult, WakeFn } from './engine';
+import type { NativeListenOptions } from './ingress';
 import { ErrorCode, stateError } from './errors';
 import type { AllocatorStats, HistogramStats, LatencyStats, OverloadEvent, RateLimit } from './types';
 
@@ -45,6 +46,13 @@ interface NativeDispatcherInstance {
   failShardForTesting?(shard: number): void;
   /** `dispatch` / `dispatchStream` owe the workers their wake-up, paid by `wakeOwed(id)`. */
   deferWakes(defer: boolean): void;
+  /** Native ingress. Absent in addons built before it existed. */
+  listen?(options: NativeListenOptions): NativeListenInfo;
+  stopListening?(): void;
+  send?(room: number, player: number, bytes: Uint8Array): number;
+  broadcast?(room: number, bytes: Uint8Array, except?: Uint32Array): number;
+  disconnect?(room: number, player?: number): number;
+  ingressStats?(): NativeIngressStats | null | undefined;
 }
 
 interface Binding {
@@ -77,6 +85,8 @@ const REC_GROW = 3;
 const REC_FAILED = 4;
 /** `[5]`: a push delivery, the next of `takeDelivery`. */
 const REC_DELIVERY = 5;
+/** `[6, flags, room, player]`: a native ingress connection opened (flags bit 0) or closed (reason in bits 16–23; transport in bits 8–15). */
+const REC_CONNECTION = 6;
 
 interface NativeHistogram extends Omit<HistogramStats, 'buckets'> {
   /** Flattened `[value, count, value, count, …]`. */
@@ -324,6 +334,9 @@ class NativeEngine implements Engine {
         const e = events[nextEvent++]!;
         out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
         i += 1;
+      } else if (kind === REC_CONNECTION) {
+        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]! });
+        i += 4;
       } else if (kind === REC_FAILED) {
         failures ??= this.#b.takeFailures(this.#id);
         const shard = w[i + 1]!;
@@ -372,6 +385,27 @@ class NativeEngine implements Engine {
   }
   shutdown(): void {
     this.#n.shutdown();
+  }
+  listen(options: NativeListenOptions): NativeListenInfo {
+    if (typeof this.#n.listen !== 'function') {
+      throw stateError(ErrorCode.NativeUnavailable, 'move-dispatcher: the native addon is from an older build (no native ingress): rebuild it or reinstall the package');
+    }
+    return this.#n.listen(options);
+  }
+  stopListening(): void {
+    this.#n.stopListening?.();
+  }
+  send(room: number, player: number, bytes: Uint8Array): number {
+    return this.#n.send?.(room, player, bytes) ?? 3;
+  }
+  broadcast(room: number, bytes: Uint8Array, except: number[] | undefined): number {
+    return this.#n.broadcast?.(room, bytes, except === undefined ? undefined : Uint32Array.from(except)) ?? 0;
+  }
+  disconnect(room: number, player: number | undefined): number {
+    return this.#n.disconnect?.(room, player) ?? 0;
+  }
+  ingressStats(): NativeIngressStats | null {
+    return this.#n.ingressStats?.() ?? null;
   }
   /** @internal Test hook (see `Engine.pause`). */
   pause(paused: boolean): void {

@@ -42,6 +42,7 @@ use allocator::jemalloc_stats;
 use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
 use move_dispatcher::core::{Config, Core, RateLimit, View};
 use move_dispatcher::delivery::{Moves, Pool};
+use move_dispatcher::ingress::{self, Ingress, SendOutcome, Transport};
 use move_dispatcher::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::runtime::{self, Stopper};
@@ -222,12 +223,14 @@ const REC_OVERLOAD: u32 = 2;
 const REC_GROW: u32 = 3;
 const REC_FAILED: u32 = 4;
 const REC_DELIVERY: u32 = 5;
+const REC_CONNECTION: u32 = 6;
 
 fn record_words(d: &Delivery) -> usize {
     match d {
         Delivery::Moves(_) | Delivery::Overload(_) => 1,
         Delivery::Flushed { .. } => 3,
         Delivery::Failed { .. } => 2,
+        Delivery::Connection(_) => 4,
     }
 }
 
@@ -254,6 +257,12 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
             e.failures.push(NativeFailure { shard, message });
             out[..2].copy_from_slice(&[REC_FAILED, shard]);
             2
+        }
+        Delivery::Connection(c) => {
+            let flags =
+                u32::from(c.opened) | (u32::from(c.transport) << 8) | (u32::from(c.reason) << 16);
+            out[..4].copy_from_slice(&[REC_CONNECTION, flags, c.room, c.player]);
+            4
         }
     }
 }
@@ -288,6 +297,47 @@ struct Entry {
     failures: Vec<NativeFailure>,
     /// Push deliveries written as a marker, for `takeDelivery`, in order.
     deliveries: VecDeque<Moves>,
+    /// Native ingress, once `listen` started it.
+    ingress: Option<Ingress>,
+}
+
+/// `listen`'s options, resolved by `src/ingress.ts`.
+#[napi(object)]
+pub struct NativeListenOptions {
+    pub ws_host: Option<String>,
+    pub ws_port: Option<u32>,
+    pub tcp_host: Option<String>,
+    pub tcp_port: Option<u32>,
+    pub ticket_key: Buffer,
+    pub max_connections: u32,
+    pub idle_timeout_ms: u32,
+    pub max_backpressure_bytes: u32,
+    pub max_message_bytes: u32,
+    pub handshake_timeout_ms: u32,
+    pub max_refusals: u32,
+    pub echo_for_testing: Option<bool>,
+}
+
+/// The addresses `listen` bound.
+#[napi(object)]
+pub struct NativeListenInfo {
+    pub ws_host: Option<String>,
+    pub ws_port: Option<u32>,
+    pub tcp_host: Option<String>,
+    pub tcp_port: Option<u32>,
+}
+
+/// Native ingress counters.
+#[napi(object)]
+pub struct NativeIngressStats {
+    pub open: f64,
+    pub accepted_connections: f64,
+    pub refused_connections: f64,
+    pub closed_connections: f64,
+    pub bytes_in: f64,
+    pub bytes_out: f64,
+    pub messages_out: f64,
+    pub dropped_out: f64,
 }
 
 /// A shard whose worker panicked (see `move_dispatcher::shard`).
@@ -344,6 +394,7 @@ fn insert_core(core: Core) -> u32 {
         events: Vec::new(),
         failures: Vec::new(),
         deliveries: VecDeque::new(),
+        ingress: None,
     };
     CORES.with_borrow_mut(|slab| {
         if let Some(id) = slab.free.pop() {
@@ -629,7 +680,156 @@ impl NativeDispatcher {
     /// Stops the workers after they finish what is queued. Idempotent.
     #[napi(catch_unwind)]
     pub fn shutdown(&mut self) {
-        with_core(self.id, Core::shutdown);
+        with_entry(self.id, |e| {
+            if let Some(i) = e.ingress.take() {
+                i.close();
+            }
+            e.core.shutdown();
+        });
+    }
+
+    /// Starts native ingress on this dispatcher's runtime; the addresses bound.
+    #[napi(catch_unwind)]
+    pub fn listen(&self, options: NativeListenOptions) -> Result<NativeListenInfo> {
+        let addr =
+            |host: &Option<String>, port: Option<u32>| -> Result<Option<std::net::SocketAddr>> {
+                let Some(port) = port else { return Ok(None) };
+                let host = host.as_deref().unwrap_or("127.0.0.1");
+                let port = u16::try_from(port).map_err(|_| {
+                    Error::new(Status::InvalidArg, format!("port {port} is out of range"))
+                })?;
+                let ip: std::net::IpAddr = if host == "localhost" {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    host.parse().map_err(|_| {
+                        Error::new(
+                            Status::InvalidArg,
+                            format!("host {host:?} is not an IP address"),
+                        )
+                    })?
+                };
+                Ok(Some(std::net::SocketAddr::new(ip, port)))
+            };
+        let opts = ingress::Options {
+            ws: addr(&options.ws_host, options.ws_port)?,
+            tcp: addr(&options.tcp_host, options.tcp_port)?,
+            ticket_key: Vec::from(options.ticket_key),
+            max_connections: options.max_connections as usize,
+            idle_timeout_ms: u64::from(options.idle_timeout_ms),
+            max_backpressure_bytes: options.max_backpressure_bytes as usize,
+            max_message_bytes: options.max_message_bytes as usize,
+            handshake_timeout_ms: u64::from(options.handshake_timeout_ms),
+            max_refusals: options.max_refusals,
+            echo_for_testing: options.echo_for_testing.unwrap_or(false),
+        };
+        with_entry(self.id, |e| {
+            if e.ingress.is_some() {
+                return Err(Error::new(
+                    Status::GenericFailure,
+                    "this dispatcher is already listening".to_owned(),
+                ));
+            }
+            let parts = e.core.ingress_parts().ok_or_else(|| {
+                Error::new(
+                    Status::GenericFailure,
+                    "the dispatcher is closed".to_owned(),
+                )
+            })?;
+            let i = Ingress::start(parts, opts).map_err(|err| match err {
+                ingress::ListenError::Invalid(..) => {
+                    Error::new(Status::InvalidArg, err.to_string())
+                }
+                ingress::ListenError::Bind(..) => {
+                    Error::new(Status::GenericFailure, err.to_string())
+                }
+            })?;
+            let info = NativeListenInfo {
+                ws_port: i.address(Transport::Ws).map(|a| u32::from(a.port())),
+                ws_host: i.address(Transport::Ws).map(|a| a.ip().to_string()),
+                tcp_port: i.address(Transport::Tcp).map(|a| u32::from(a.port())),
+                tcp_host: i.address(Transport::Tcp).map(|a| a.ip().to_string()),
+            };
+            e.ingress = Some(i);
+            Ok(info)
+        })
+        .unwrap_or_else(|| {
+            Err(Error::new(
+                Status::GenericFailure,
+                "the dispatcher is gone".to_owned(),
+            ))
+        })
+    }
+
+    /// Stops native ingress: listeners close, connections close (reason `shutdown`).
+    #[napi(catch_unwind)]
+    pub fn stop_listening(&self) {
+        with_entry(self.id, |e| {
+            if let Some(i) = e.ingress.take() {
+                i.close();
+            }
+        });
+    }
+
+    /// Queues `bytes` for a connected player: 0 sent, 1 backpressure, 2 dropped, 3 closed.
+    #[napi(catch_unwind)]
+    pub fn send(&self, room: u32, player: u32, bytes: &[u8]) -> u32 {
+        let r = with_entry(self.id, |e| {
+            e.ingress.as_ref().map(|i| i.send(room, player, bytes))
+        })
+        .flatten()
+        .unwrap_or(SendOutcome::Closed);
+        match r {
+            SendOutcome::Sent => 0,
+            SendOutcome::Backpressure => 1,
+            SendOutcome::Dropped => 2,
+            SendOutcome::Closed => 3,
+        }
+    }
+
+    /// Queues `bytes` for every connection of `room` but `except`; how many took it.
+    #[napi(catch_unwind)]
+    pub fn broadcast(&self, room: u32, bytes: &[u8], except: Option<&[u32]>) -> u32 {
+        with_entry(self.id, |e| {
+            e.ingress
+                .as_ref()
+                .map(|i| i.broadcast(room, bytes, except.unwrap_or(&[])))
+        })
+        .flatten()
+        .unwrap_or(0)
+    }
+
+    /// Closes a player's connection (`player` given) or every connection of `room`; how many.
+    #[napi(catch_unwind)]
+    pub fn disconnect(&self, room: u32, player: Option<u32>) -> u32 {
+        with_entry(self.id, |e| {
+            e.ingress.as_ref().map(|i| match player {
+                Some(p) => u32::from(i.disconnect(room, p)),
+                None => u32_of(i.disconnect_room(room)),
+            })
+        })
+        .flatten()
+        .unwrap_or(0)
+    }
+
+    /// Native ingress figures; `undefined` when not listening.
+    #[napi(catch_unwind)]
+    pub fn ingress_stats(&self) -> Option<NativeIngressStats> {
+        with_entry(self.id, |e| {
+            e.ingress.as_ref().map(|i| {
+                let c = i.counters();
+                NativeIngressStats {
+                    open: num(c.open),
+                    accepted_connections: num(c.accepted_connections),
+                    refused_connections: num(c.refused_connections),
+                    closed_connections: num(c.closed_connections),
+                    bytes_in: num(c.bytes_in),
+                    bytes_out: num(c.bytes_out),
+                    messages_out: num(c.messages_out),
+                    dropped_out: num(c.dropped_out),
+                }
+            })
+        })
+        .flatten()
     }
 
     /// Test hook: stop (`true`) or resume validation.

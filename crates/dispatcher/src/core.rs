@@ -30,8 +30,8 @@
 //! of it).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::alloc::HotPath;
 use crate::arena::{self, Producer};
@@ -210,6 +210,11 @@ pub struct Core {
     any_failed: bool,
     /// `dispatch` leaves the worker's wake-up to [`Core::wake_owed`] ([`Core::defer_wakes`]).
     defer: bool,
+    /// The runtime's workers, which native ingress also runs (between their steps) on the
+    /// threads that read its connections; empty for inline workers.
+    workers: Vec<Arc<Mutex<Worker>>>,
+    /// Verdicts of native ingress, counted by the threads that read the connections.
+    ingress_verdicts: Arc<[AtomicU64; Verdict::COUNT]>,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread (`None` once stopped for good, as a runtime task would have
     /// returned); empty when they run on the runtime.
@@ -268,6 +273,7 @@ impl Core {
             Policy::runtime(cfg.max_batch_moves)
         };
         let mut parked = Vec::new();
+        let mut workers = Vec::new();
         let mut shards = Vec::with_capacity(cfg.shards);
         for index in 0..cfg.shards {
             let shared = Arc::new(Shared::default());
@@ -287,7 +293,11 @@ impl Core {
                 validated,
             );
             match &runtime {
-                Some(rt) => drop(rt.spawn(shard::drive(worker))),
+                Some(rt) => {
+                    let worker = Arc::new(Mutex::new(worker));
+                    workers.push(Arc::clone(&worker));
+                    drop(rt.spawn(shard::drive(worker)));
+                }
                 None => parked.push(Some(worker)),
             }
             shards.push(ShardHandle {
@@ -329,6 +339,8 @@ impl Core {
             pressure: None,
             any_failed: false,
             defer: false,
+            workers,
+            ingress_verdicts: Arc::default(),
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
         })
@@ -337,6 +349,21 @@ impl Core {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// What native ingress needs of this core: the workers, the verdict counters, the
+    /// runtime and the frame limit; `None` for inline workers or once closed.
+    pub fn ingress_parts(&self) -> Option<crate::ingress::Parts> {
+        if self.closed || self.workers.is_empty() {
+            return None;
+        }
+        Some(crate::ingress::Parts {
+            workers: self.workers.clone(),
+            verdicts: Arc::clone(&self.ingress_verdicts),
+            runtime: self.stopper.handle()?,
+            outbox: Arc::clone(&self.outbox),
+            max_payload: self.cfg.max_payload,
+        })
     }
 
     /// The handle that stops the workers (for environment cleanup hooks).
@@ -619,7 +646,15 @@ impl Core {
                 inbox
             }
         };
-        self.push_control(shard, Control::OpenRoom { inbox, hmac, push });
+        self.push_control(
+            shard,
+            Control::OpenRoom {
+                inbox,
+                hmac,
+                push,
+                rate,
+            },
+        );
         Status::Ok
     }
 
@@ -883,7 +918,7 @@ impl Core {
                         self.any_failed = true;
                     }
                 }
-                Delivery::Flushed { .. } | Delivery::Overload(_) => {}
+                Delivery::Flushed { .. } | Delivery::Overload(_) | Delivery::Connection(_) => {}
             }
         }
     }
@@ -922,6 +957,14 @@ impl Core {
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
+        for (i, v) in self.ingress_verdicts.iter().enumerate() {
+            let n = v.load(Ordering::Relaxed);
+            c.verdicts[i] += n;
+            c.dispatched += n;
+            if i == Verdict::Accepted as usize {
+                c.accepted += n;
+            }
+        }
         for s in &self.shards {
             for (i, r) in s.shared.reasons.iter().enumerate() {
                 c.reasons[i] += r.load(Ordering::Relaxed);
@@ -1364,7 +1407,7 @@ mod tests {
                         assert_eq!(c.step_workers(), 0);
                         return;
                     }
-                    Delivery::Overload(_) => {}
+                    Delivery::Overload(_) | Delivery::Connection(_) => {}
                     Delivery::Failed { message, .. } => panic!("{message}"),
                 }
             }

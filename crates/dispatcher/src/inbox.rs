@@ -105,15 +105,16 @@ impl Inbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Producer side: reserves `bytes` of budget, or refuses if the room is full.
-    /// Only the JavaScript thread reserves; others only release, so check-then-add is exact.
+    /// Producer side: reserves `bytes` of budget, or refuses if the room is full. The
+    /// JavaScript thread (`dispatch`) and native ingress both reserve: one compare-and-swap,
+    /// so the budget is exact with several producers.
     pub fn try_reserve(&self, bytes: usize) -> bool {
-        let now = self.reserved.0.load(Ordering::Acquire);
-        if now + bytes > self.capacity {
-            return false;
-        }
-        self.reserved.0.fetch_add(bytes, Ordering::AcqRel);
-        true
+        self.reserved
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + bytes <= self.capacity).then_some(now + bytes)
+            })
+            .is_ok()
     }
 
     /// Gives back a reservation that was never used (the move was refused after reserving).

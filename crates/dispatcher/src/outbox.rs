@@ -24,6 +24,19 @@ pub enum Delivery {
     /// A shard's worker panicked (a bug of this crate): the shard is failed (see
     /// [`crate::shard`]); `message` is the panic's.
     Failed { shard: u32, message: String },
+    /// A native ingress connection opened or closed.
+    Connection(ConnectionEvent),
+}
+
+/// A native ingress connection opened (`reason` 0) or closed (with its reason), as
+/// `crate::ingress` numbers transports and reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    pub opened: bool,
+    pub room: u32,
+    pub player: u32,
+    pub transport: u8,
+    pub reason: u8,
 }
 
 /// What crossed its mark.
@@ -176,6 +189,13 @@ impl Outbox {
     }
 
     /// Wakes JavaScript without news (capacity was freed: retry what met `Backpressure`).
+    /// Queues a connection event; events published close together reach JavaScript in one
+    /// poll (the wake-up is coalesced until JavaScript takes them).
+    pub fn publish_connection(&self, event: ConnectionEvent) {
+        self.lock().items.push(Delivery::Connection(event));
+        self.wake();
+    }
+
     pub fn notify(&self) {
         self.wake();
     }

@@ -104,6 +104,15 @@ impl Stopper {
         }
     }
 
+    /// A handle to the runtime (for native ingress), unless stopped or inline.
+    pub fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+    }
+
     /// Whether the workers have been stopped.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
@@ -131,7 +140,10 @@ pub fn join_retired() {
 /// core pinning.
 pub(crate) fn build(cfg: &Config) -> Result<tokio::runtime::Runtime, ConfigError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // I/O and timers: native ingress (`crate::ingress`) runs its sockets on this runtime.
     builder
+        .enable_io()
+        .enable_time()
         .worker_threads(cfg.worker_threads)
         .max_blocking_threads(cfg.max_blocking_threads)
         .thread_name(cfg.thread_name.clone());

@@ -43,7 +43,8 @@ use crate::frame;
 use crate::inbox::{Inbox, Rejection};
 use crate::latency::Recorder;
 use crate::outbox::Outbox;
-use crate::verdict::Reason;
+use crate::ratelimit::{Bucket, RateLimit};
+use crate::verdict::{Reason, Verdict};
 use crate::window::ReplayWindow;
 use crate::IdHashBuilder;
 
@@ -53,6 +54,8 @@ pub enum Control {
         inbox: Arc<Inbox>,
         hmac: bool,
         push: bool,
+        /// The room's rate limit, which native ingress applies per connection.
+        rate: Option<RateLimit>,
     },
     Join {
         room: u32,
@@ -79,7 +82,9 @@ pub enum Control {
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::OpenRoom { inbox, hmac, push } => {
+            Self::OpenRoom {
+                inbox, hmac, push, ..
+            } => {
                 write!(f, "OpenRoom({}, hmac={hmac}, push={push})", inbox.room())
             }
             Self::Join { room, player, key } => {
@@ -296,6 +301,7 @@ struct Player {
 struct Room {
     hmac: bool,
     push: bool,
+    rate: Option<RateLimit>,
     players: HashMap<u32, Player, IdHashBuilder>,
     inbox: Arc<Inbox>,
 }
@@ -605,7 +611,12 @@ impl Worker {
 
     fn control(&mut self, c: Control) {
         match c {
-            Control::OpenRoom { inbox, hmac, push } => {
+            Control::OpenRoom {
+                inbox,
+                hmac,
+                push,
+                rate,
+            } => {
                 if push {
                     // Room on the dirty list for every room of the shard, sized here (a
                     // control) rather than grown on the hot path when a delivery is held
@@ -623,6 +634,7 @@ impl Worker {
                     Room {
                         hmac,
                         push,
+                        rate,
                         players: HashMap::default(),
                         inbox,
                     },
@@ -729,6 +741,188 @@ impl Worker {
     }
 }
 
+/// Locks a worker shared with native ingress. A panic while it was held (a bug, caught and
+/// reported by [`Worker::step`] or [`Worker::ingest`], which leave the worker consistent)
+/// does not make the lock unusable.
+pub fn lock_worker(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The proven sender of a native ingress connection (its ticket's room and player), for
+/// [`Worker::ingest`].
+#[derive(Debug)]
+pub struct Sender {
+    pub room: u32,
+    pub player: u32,
+    /// The connection's token bucket, made on its first frame of a rate-limited room.
+    bucket: Option<Bucket>,
+}
+
+impl Sender {
+    /// The sender `player` of `room`.
+    pub fn new(room: u32, player: u32) -> Self {
+        Self {
+            room,
+            player,
+            bucket: None,
+        }
+    }
+}
+
+/// What [`Worker::ingest`] did with a chunk of back-to-back frames.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// Bytes of whole frames taken (accepted or refused); the rest is a partial frame, or
+    /// what followed a stop.
+    pub consumed: usize,
+    /// Frames accepted (validated or rejected by the worker, as `dispatch`'s `Accepted`).
+    pub accepted: u32,
+    /// Frames refused at once (any verdict but `Accepted` and `Backpressure`).
+    pub refused: u32,
+    /// Stopped before a frame its room has no budget for: nothing of it was kept; offer it
+    /// again later.
+    pub backpressure: bool,
+    /// Stopped at bytes that are not a v1 frame: the stream cannot be resynchronised.
+    pub malformed: bool,
+}
+
+impl Worker {
+    /// Native ingress: takes the back-to-back v1 frames of `chunk`, read by a connection of
+    /// `sender` at `stamp`, on the calling thread — checked, validated and stored with no
+    /// hand-off to another thread. Each frame gets the verdict `dispatch` would give it
+    /// (counted in `verdicts`) plus `NotMember` for a room other than the ticket's; the
+    /// accepted ones are validated at once and land in their room's inbox like any other.
+    ///
+    /// Controls and moves queued before (by `dispatch`) are taken first, so a `join` made
+    /// before a ticket was issued is in force for its connection's frames. Push rooms are
+    /// delivered before returning when nothing else is queued (smart batching: while a
+    /// delivery is out, later moves wait and go together in the next).
+    pub fn ingest(
+        &mut self,
+        chunk: &[u8],
+        sender: &mut Sender,
+        stamp: u64,
+        max_payload: usize,
+        verdicts: &[AtomicU64; Verdict::COUNT],
+    ) -> Ingested {
+        let mut out = Ingested::default();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.has_work() {
+                self.run(TURN);
+            }
+            while out.consumed < chunk.len() {
+                let rest = &chunk[out.consumed..];
+                let len = match frame::read_header(rest) {
+                    Ok(h) => h.frame_len(),
+                    Err(frame::FrameError::Short { .. }) => break,
+                    Err(_) => {
+                        verdicts[Verdict::Malformed as usize].fetch_add(1, Ordering::Relaxed);
+                        out.malformed = true;
+                        break;
+                    }
+                };
+                let Some(bytes) = rest.get(..len) else { break };
+                let v = self.ingest_one(bytes, sender, stamp, max_payload);
+                verdicts[v as usize].fetch_add(1, Ordering::Relaxed);
+                match v {
+                    Verdict::Accepted => out.accepted += 1,
+                    Verdict::Backpressure => {
+                        out.backpressure = true;
+                        break;
+                    }
+                    _ => out.refused += 1,
+                }
+                out.consumed += len;
+                if self.full {
+                    self.deliver();
+                }
+            }
+            if out.accepted > 0 && !self.has_work() {
+                self.deliver();
+            }
+        }));
+        if let Err(panic) = caught {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            // The frames of this chunk not counted yet are lost with the connection, which
+            // the caller closes; the shard goes on in failed mode as after a step's panic.
+            let _ = self.recover(message);
+            out.malformed = true;
+        }
+        // The worker may have work of its own (moves dispatched meanwhile, a delivery kept
+        // back): its own loop takes it.
+        if self.has_work() || !self.dirty.is_empty() {
+            self.shared.wake();
+        }
+        out
+    }
+
+    fn ingest_one(
+        &mut self,
+        bytes: &[u8],
+        sender: &mut Sender,
+        stamp: u64,
+        max_payload: usize,
+    ) -> Verdict {
+        let h = match frame::check_header(bytes, bytes.len(), max_payload) {
+            Ok(h) => h,
+            Err(frame::FrameError::Oversize { .. }) => return Verdict::Oversize,
+            Err(_) => return Verdict::Malformed,
+        };
+        if h.room != sender.room {
+            // A connection speaks for its ticket's room only.
+            return Verdict::NotMember;
+        }
+        if self.failed {
+            return Verdict::Closed;
+        }
+        let Some(room) = self.rooms.get_mut(&h.room) else {
+            return Verdict::UnknownRoom;
+        };
+        if h.is_hmac() != room.hmac {
+            return Verdict::AuthMismatch;
+        }
+        if h.player != sender.player {
+            return Verdict::WrongSender;
+        }
+        if !room.players.contains_key(&h.player) {
+            return Verdict::NotMember;
+        }
+        if let Some(rate) = room.rate {
+            let bucket = sender
+                .bucket
+                .get_or_insert_with(|| Bucket::full(Some(rate)));
+            if !bucket.ready(rate, stamp) {
+                return Verdict::RateLimited;
+            }
+        }
+        if !room.inbox.try_reserve(bytes.len()) {
+            return Verdict::Backpressure;
+        }
+        if let (Some(_), Some(bucket)) = (room.rate, sender.bucket.as_mut()) {
+            bucket.tokens -= 1.0;
+        }
+        let hot = HotPath::enter();
+        Self::validate(
+            &mut self.rooms,
+            &mut self.dirty,
+            &self.shared,
+            bytes,
+            stamp,
+            self.policy.batch_full,
+            false,
+            &mut self.full,
+        );
+        drop(hot);
+        self.validated
+            .record(crate::clock::now_ns().saturating_sub(stamp));
+        Verdict::Accepted
+    }
+}
+
 fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
     if !inbox.dirty.swap(true, Ordering::Relaxed) {
         dirty.push(Arc::clone(inbox));
@@ -737,10 +931,12 @@ fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
 
 /// The worker as a tokio task: steps it, yielding, parking and returning as it says.
 /// Spawned once per shard by the runtime; the hand-off test runs the same function.
-pub async fn drive(mut worker: Worker) {
-    let shared = Arc::clone(&worker.shared);
+pub async fn drive(worker: Arc<Mutex<Worker>>) {
+    let shared = Arc::clone(lock_worker(&worker).shared());
     loop {
-        match worker.step() {
+        // The lock is held for one step only: native ingress takes it between steps.
+        let step = lock_worker(&worker).step();
+        match step {
             Step::Again => {}
             Step::Yield => tokio::task::yield_now().await,
             Step::Park | Step::Paused => shared.notify.notified().await,

@@ -50,7 +50,7 @@ fn worker_loop(w: Worker) {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(shard::drive(w));
+        .block_on(shard::drive(std::sync::Arc::new(std::sync::Mutex::new(w))));
 }
 
 /// The JavaScript side of one shard: the arena's producer, the shared state, the outbox and
@@ -152,6 +152,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
             inbox: Arc::clone(inbox),
             hmac: false,
             push: is_push,
+            rate: None,
         });
         let room = inbox.room();
         control(Control::Join {
@@ -193,6 +194,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
                 Delivery::Flushed { token } => flushed.push(token),
                 Delivery::Overload(e) => panic!("no overload marks configured: {e:?}"),
                 Delivery::Failed { message, .. } => panic!("the worker failed: {message}"),
+                Delivery::Connection(e) => panic!("no ingress here: {e:?}"),
             }
         }
         builder.start(Vec::new());
@@ -291,6 +293,7 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
             inbox: Arc::clone(&inbox),
             hmac: false,
             push: false,
+            rate: None,
         },
         Control::Join {
             room: PULL,

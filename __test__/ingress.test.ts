@@ -1,0 +1,343 @@
+/**
+ * Native ingress end to end, with clients nobody here wrote: npm `ws` (WebSocket) and
+ * Node's `net` (TCP). Tickets from `issueTicket`; moves read and validated on the data
+ * plane's threads arrive through drain / onDelivery like dispatched ones; send and
+ * broadcast go back through the data plane; hostile clients are refused or dropped with a
+ * reason while the others go on.
+ */
+import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { ErrorCode, issueTicket, Verdict } from '../index';
+import type { DisconnectInfo, ConnectionInfo, Dispatcher, IngressServer, ListenOptions, MoveBatch } from '../index';
+import { concat, frame, keyFor, skipReason, until, useDispatchers } from './helpers';
+
+const KEY = 'a ticket key of thirty-two bytes';
+const skip = skipReason('native');
+
+interface Events {
+  opened: ConnectionInfo[];
+  closed: DisconnectInfo[];
+}
+
+async function start(d: Dispatcher, extra: Partial<ListenOptions> = {}): Promise<{ server: IngressServer; events: Events; wsUrl: (ticket: string) => string; tcpPort: number }> {
+  const events: Events = { opened: [], closed: [] };
+  const server = await d.listen({
+    ws: { port: 0 },
+    tcp: { port: 0 },
+    ticketKey: KEY,
+    onConnection: (c) => events.opened.push(c),
+    onDisconnect: (c) => events.closed.push(c),
+    ...extra,
+  });
+  servers.push(server);
+  const ws = server.address('ws')!;
+  return { server, events, wsUrl: (t) => `ws://127.0.0.1:${ws.port}/moves?ticket=${t}`, tcpPort: server.address('tcp')!.port };
+}
+
+const servers: IngressServer[] = [];
+const sockets: (WebSocket | Socket)[] = [];
+afterEach(async () => {
+  for (const s of sockets.splice(0)) {
+    if (s instanceof WebSocket) s.terminate();
+    else s.destroy();
+  }
+  for (const s of servers.splice(0)) await s.close();
+});
+
+function openWs(url: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    sockets.push(ws);
+    ws.binaryType = 'nodebuffer';
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode ?? 0}`)));
+  });
+}
+
+/** The HTTP status a refused upgrade answered. */
+function refusedWith(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    sockets.push(ws);
+    ws.once('open', () => reject(new Error('the upgrade was accepted')));
+    ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+    ws.once('error', () => undefined);
+  });
+}
+
+function closeOf(ws: WebSocket): Promise<{ code: number; reason: string }> {
+  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+}
+
+function openTcp(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => resolve(s));
+    sockets.push(s);
+    s.setNoDelay(true);
+    s.once('error', reject);
+  });
+}
+
+function moves(batch: MoveBatch): { player: number; seq: number }[] {
+  const out: { player: number; seq: number }[] = [];
+  for (const m of batch) out.push({ player: m.player, seq: m.seq });
+  return out;
+}
+
+async function drainAllOf(d: Dispatcher, room: number, want: number): Promise<{ player: number; seq: number }[]> {
+  const got: { player: number; seq: number }[] = [];
+  await until(
+    () => {
+      got.push(...moves(d.drain(room)));
+      return got.length >= want;
+    },
+    5000,
+    `${want} moves in room ${room}`,
+  );
+  return got;
+}
+
+describe.skipIf(skip !== null)('native ingress', () => {
+  const make = useDispatchers('native');
+
+  it('takes WebSocket messages of one or many frames from a ticketed client, in order, with its player as sender', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const { events, wsUrl } = await start(d);
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    await until(() => events.opened.length === 1, 2000, 'onConnection');
+    expect(events.opened[0]).toEqual({ room: 1, player: 7, transport: 'ws' });
+    for (let seq = 1; seq <= 3; seq++) ws.send(frame({ room: 1, player: 7, seq, payload: 64 }));
+    ws.send(concat([4, 5, 6, 7, 8].map((seq) => frame({ room: 1, player: 7, seq, payload: 64 }))));
+    const got = await drainAllOf(d, 1, 8);
+    expect(got).toEqual([1, 2, 3, 4, 5, 6, 7, 8].map((seq) => ({ player: 7, seq })));
+    const s = d.stats();
+    expect(s.verdicts.Accepted).toBe(8);
+    ws.close(1000);
+    await until(() => events.closed.length === 1, 2000, 'onDisconnect');
+    expect(events.closed[0]).toEqual({ room: 1, player: 7, transport: 'ws', reason: 'closed' });
+  });
+
+  it('delivers ingress moves through onDelivery (push rooms) and HMAC rooms check the player key', async () => {
+    const got: number[] = [];
+    const d = make({
+      onDelivery: (delivery) => {
+        for (const batch of delivery) for (const m of batch) got.push(m.seq);
+      },
+    });
+    const key = keyFor(9);
+    d.openRoom(2, { delivery: 'push', auth: 'hmac-sha256' });
+    d.join(2, 9, { key });
+    const { wsUrl } = await start(d);
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 2, player: 9 })));
+    for (let seq = 1; seq <= 20; seq++) ws.send(frame({ room: 2, player: 9, seq, payload: 16, key }));
+    // A forged tag is accepted then rejected by validation (BadTag), like dispatch.
+    ws.send(frame({ room: 2, player: 9, seq: 21, payload: 16, key: keyFor(9, 1) }));
+    await until(() => got.length === 20, 5000, '20 moves');
+    await d.flush();
+    expect(got).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect(d.stats().reasons.BadTag).toBe(1);
+  });
+
+  it('refuses missing, forged, reused, expired and malformed tickets before the upgrade', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const { wsUrl, server } = await start(d);
+    expect(await refusedWith(wsUrl(''))).toBe(401);
+    expect(await refusedWith(wsUrl('not-a-ticket'))).toBe(401);
+    expect(await refusedWith(wsUrl(issueTicket('another key of thirty-two bytes!', { room: 1, player: 7 })))).toBe(401);
+    const t = issueTicket(KEY, { room: 1, player: 7 });
+    const ws = await openWs(wsUrl(t));
+    expect(await refusedWith(wsUrl(t))).toBe(401);
+    const short = issueTicket(KEY, { room: 1, player: 7, ttlMs: 1 });
+    await sleep(20);
+    expect(await refusedWith(wsUrl(short))).toBe(401);
+    expect(ws.readyState).toBe(WebSocket.OPEN);
+    expect(server.connections).toBe(1);
+  });
+
+  it('counts frames for another player or room and closes a connection after maxRefusals', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    d.join(1, 8);
+    d.openRoom(2);
+    d.join(2, 7);
+    const { events, wsUrl } = await start(d, { maxRefusals: 4 });
+    const good = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 8 })));
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    ws.send(frame({ room: 1, player: 8, seq: 1 }));
+    ws.send(frame({ room: 2, player: 7, seq: 1 }));
+    await until(() => d.stats().verdicts.WrongSender === 1 && d.stats().verdicts.NotMember === 1, 2000, 'refusals counted');
+    const closed = closeOf(ws);
+    for (let seq = 2; seq <= 6; seq++) ws.send(frame({ room: 1, player: 8, seq }));
+    expect((await closed).code).toBe(1008);
+    await until(() => events.closed.some((e) => e.player === 7), 2000, 'onDisconnect');
+    expect(events.closed.find((e) => e.player === 7)?.reason).toBe('refused');
+    good.send(frame({ room: 1, player: 8, seq: 1 }));
+    expect(await drainAllOf(d, 1, 1)).toEqual([{ player: 8, seq: 1 }]);
+  });
+
+  it('closes a WebSocket that sends text with 1003, and one that sends a partial frame as malformed', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    d.join(1, 8);
+    const { events, wsUrl } = await start(d);
+    const a = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    const closedA = closeOf(a);
+    a.send('hello');
+    expect((await closedA).code).toBe(1003);
+    const b = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 8 })));
+    const closedB = closeOf(b);
+    b.send(frame({ room: 1, player: 8, seq: 1 }).subarray(0, 40));
+    expect((await closedB).code).toBe(1007);
+    await until(() => events.closed.length === 2, 2000, 'two disconnects');
+    expect(events.closed.map((e) => e.reason).sort()).toEqual(['malformed', 'text']);
+  });
+
+  it('send and broadcast reach WebSocket clients; broadcast skips `except`', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [1, 2, 3]) d.join(1, p);
+    const { wsUrl, events } = await start(d);
+    const clients = await Promise.all([1, 2, 3].map((p) => openWs(wsUrl(issueTicket(KEY, { room: 1, player: p })))));
+    await until(() => events.opened.length === 3, 2000, 'three connections');
+    const inbox: string[][] = [[], [], []];
+    clients.forEach((c, i) => c.on('message', (m: Buffer) => inbox[i]!.push(m.toString())));
+    expect(d.send(1, 2, Buffer.from('to two'))).toBe('sent');
+    expect(d.broadcast(1, Buffer.from('to all but one'), { except: 1 })).toBe(2);
+    expect(d.send(1, 99, Buffer.from('nobody'))).toBe('closed');
+    await until(() => inbox[1]!.length === 2 && inbox[2]!.length === 1, 2000, 'messages');
+    expect(inbox).toEqual([[], ['to two', 'to all but one'], ['to all but one']]);
+  });
+
+  it('a client that never reads is answered backpressure, then dropped', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const { wsUrl, events } = await start(d, { maxBackpressureBytes: 64 * 1024 });
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    (ws as unknown as { _socket: Socket })._socket.pause();
+    const big = Buffer.alloc(32 * 1024, 1);
+    const answers: string[] = [];
+    for (let i = 0; i < 2000 && !answers.includes('dropped'); i++) {
+      answers.push(d.send(1, 7, big));
+      if (i % 20 === 0) await sleep(1);
+    }
+    expect(answers).toContain('backpressure');
+    expect(answers.at(-1)).toBe('dropped');
+    await until(() => events.closed.length === 1, 3000, 'dropped connection');
+    expect(events.closed[0]!.reason).toBe('backpressure');
+  });
+
+  it('TCP: a ticket line, then frames split at every byte; outbound length-prefixed', async () => {
+    const d = make();
+    d.openRoom(3);
+    d.join(3, 5);
+    const { tcpPort, events } = await start(d);
+    const s = await openTcp(tcpPort);
+    const received: Buffer[] = [];
+    s.on('data', (b: Buffer) => received.push(b));
+    const frames = concat([1, 2, 3].map((seq) => frame({ room: 3, player: 5, seq, payload: 10 })));
+    s.write(`ticket ${issueTicket(KEY, { room: 3, player: 5 })}\n`);
+    for (let i = 0; i < frames.length; i++) {
+      s.write(frames.subarray(i, i + 1));
+      if (i % 7 === 0) await sleep(1);
+    }
+    expect(await drainAllOf(d, 3, 3)).toEqual([1, 2, 3].map((seq) => ({ player: 5, seq })));
+    expect(events.opened[0]).toEqual({ room: 3, player: 5, transport: 'tcp' });
+    expect(d.send(3, 5, Buffer.from('state'))).toBe('sent');
+    await until(() => Buffer.concat(received).length === 9, 2000, 'outbound bytes');
+    const got = Buffer.concat(received);
+    expect(got.readUInt32LE(0)).toBe(5);
+    expect(got.subarray(4).toString()).toBe('state');
+  });
+
+  it('TCP: a bad ticket line is answered and closed; garbage after frames drops that connection only', async () => {
+    const d = make();
+    d.openRoom(3);
+    d.join(3, 5);
+    d.join(3, 6);
+    const { tcpPort, events } = await start(d);
+    const bad = await openTcp(tcpPort);
+    const answer = new Promise<string>((resolve) => {
+      let text = '';
+      bad.on('data', (b: Buffer) => (text += b.toString()));
+      bad.on('close', () => resolve(text));
+    });
+    bad.write('ticket nope\n');
+    expect(await answer).toBe('error ticket_malformed\n');
+    const good = await openTcp(tcpPort);
+    good.write(`ticket ${issueTicket(KEY, { room: 3, player: 6 })}\n`);
+    const evil = await openTcp(tcpPort);
+    evil.write(`ticket ${issueTicket(KEY, { room: 3, player: 5 })}\n`);
+    evil.write(concat([frame({ room: 3, player: 5, seq: 1 }), new Uint8Array(64).fill(0x41)]));
+    await until(() => events.closed.some((e) => e.player === 5), 2000, 'evil dropped');
+    expect(events.closed.find((e) => e.player === 5)!.reason).toBe('malformed');
+    good.write(frame({ room: 3, player: 6, seq: 1 }));
+    const got = await drainAllOf(d, 3, 2);
+    expect(got).toEqual([
+      { player: 5, seq: 1 },
+      { player: 6, seq: 1 },
+    ]);
+  });
+
+  it('refuses connections beyond maxConnections at once, and closes idle ones', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [1, 2, 3]) d.join(1, p);
+    const { wsUrl, events, server } = await start(d, { maxConnections: 2, idleTimeoutMs: 400 });
+    await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 1 })));
+    await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 2 })));
+    expect(await refusedWith(wsUrl(issueTicket(KEY, { room: 1, player: 3 })))).toBe(503);
+    expect(server.connections).toBe(2);
+    // `ws` answers the server's ping at half the timeout, so WebSocket clients stay; a silent TCP client does not.
+    await sleep(900);
+    expect(server.connections).toBe(2);
+    expect(events.closed).toEqual([]);
+  });
+
+  it('server.close() and dispatcher.close() close every connection with a reason', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 1);
+    d.join(1, 2);
+    const first = await start(d);
+    const ws = await openWs(first.wsUrl(issueTicket(KEY, { room: 1, player: 1 })));
+    const closed = closeOf(ws);
+    await first.server.close();
+    expect((await closed).code).toBe(1001);
+    await until(() => first.events.closed.length === 1, 2000, 'shutdown event');
+    expect(first.events.closed[0]!.reason).toBe('shutdown');
+    const second = await start(d);
+    const ws2 = await openWs(second.wsUrl(issueTicket(KEY, { room: 1, player: 2 })));
+    const closed2 = closeOf(ws2);
+    await d.close();
+    expect([1001, 1006]).toContain((await closed2).code);
+  });
+
+  it('rejects bad options with typed errors', async () => {
+    const d = make();
+    await expect(d.listen({ ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.InvalidOption });
+    await expect(d.listen({ ws: { port: 0 }, ticketKey: 'short' })).rejects.toMatchObject({ code: ErrorCode.InvalidOption, field: 'ticketKey' });
+    await expect(d.listen({ ws: { port: 70_000 }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.InvalidOption });
+    await expect(d.listen({ ws: { port: 0, host: 'nowhere' }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.ListenFailed });
+    expect(() => d.send(1, 1, 'text' as unknown as Uint8Array)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument }));
+    expect(d.send(1, 1, Buffer.from('x'))).toBe('closed');
+    expect(Verdict.Accepted).toBe(0);
+  });
+});
+
+describe('native ingress on the js engine', () => {
+  const make = useDispatchers('js');
+  it('listen() rejects with NATIVE_UNAVAILABLE', async () => {
+    const d = make();
+    await expect(d.listen({ ws: { port: 0 }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.NativeUnavailable });
+  });
+});

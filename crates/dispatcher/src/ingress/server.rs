@@ -1,0 +1,1058 @@
+//! The listeners and connections of native ingress, on the dispatcher's tokio runtime.
+//!
+//! # Where the work runs
+//! A connection is a task of the runtime. When its socket is readable, the task reads into
+//! a buffer of the thread it runs on (a connection keeps only a partial frame of its own),
+//! cuts v1 frames, and hands them to [`Worker::ingest`] of the shard that owns its ticket's
+//! room, under that worker's lock, on the same thread: the frame is checked, validated
+//! (tag, replay window) and stored in its room's inbox with no hand-off to another thread
+//! and no wake-up per message. The shard's own task takes the lock between its steps, so
+//! moves dispatched from JavaScript and moves read from the network meet in one order per
+//! room. JavaScript hears only of deliveries and of connection events, in batches.
+//!
+//! # Outbound
+//! `send` and `broadcast` queue shared, already-encoded bytes on each connection (a
+//! broadcast encodes once per transport) and wake its task; a connection whose queue would
+//! pass `max_backpressure_bytes` answers `Backpressure`, and is dropped if it is still
+//! over the limit at the next send.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::ticket::{self, TicketVerifier};
+use super::ws;
+use super::Parts;
+use crate::outbox::ConnectionEvent;
+use crate::shard::{lock_worker, Sender};
+
+/// Transports, as numbered in connection events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Transport {
+    Ws = 0,
+    Tcp = 1,
+    Grpc = 2,
+}
+
+/// Why a connection closed, as numbered in connection events (`src/ingress.ts` names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client closed it (WebSocket close handshake, or end of stream between frames).
+    Closed = 1,
+    /// The stream ended or failed mid-frame, or the socket failed.
+    Reset = 2,
+    /// Nothing arrived for `idle_timeout_ms`.
+    Idle = 3,
+    /// Bytes that are not v1 frames: the stream cannot be resynchronised.
+    Malformed = 4,
+    /// Too many frames refused in a row (wrong sender, not a member, forged room, …).
+    Refused = 5,
+    /// The client did not read: its outbound queue stayed over `max_backpressure_bytes`.
+    Backpressure = 6,
+    /// Another connection of the same room and player replaced it.
+    Replaced = 7,
+    /// The server (or the dispatcher) closed.
+    Shutdown = 8,
+    /// A WebSocket text message (moves are binary): close code 1003.
+    Text = 9,
+    /// A WebSocket protocol violation (close code 1002 or 1007).
+    Protocol = 10,
+    /// A WebSocket message larger than the limit (close code 1009).
+    TooBig = 11,
+    /// `disconnect` or `closeRoom` from the control plane.
+    Kicked = 12,
+}
+
+/// The answer of [`Ingress::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent,
+    Backpressure,
+    Dropped,
+    Closed,
+}
+
+/// What `listen` takes (validated by the TypeScript layer, re-checked here).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ws: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub ticket_key: Vec<u8>,
+    pub max_connections: usize,
+    /// 0: never.
+    pub idle_timeout_ms: u64,
+    pub max_backpressure_bytes: usize,
+    /// The largest WebSocket message (also bounds a fragmented one).
+    pub max_message_bytes: usize,
+    /// How long a client may take to send its upgrade request or ticket line.
+    pub handshake_timeout_ms: u64,
+    /// Frames refused in a row after which a connection is closed (0: never).
+    pub max_refusals: u32,
+    /// Test hook for the WebSocket conformance suite: echo every message instead of
+    /// taking it as moves, and accept text (validated UTF-8); no ticket needed.
+    pub echo_for_testing: bool,
+}
+
+/// Counters of native ingress (`stats()`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted_connections: AtomicU64,
+    /// Refused before opening: bad ticket, full, bad handshake.
+    pub refused_connections: AtomicU64,
+    pub closed_connections: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub dropped_out: AtomicU64,
+}
+
+/// A plain-number snapshot of [`Counters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub open: u64,
+    pub accepted_connections: u64,
+    pub refused_connections: u64,
+    pub closed_connections: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub messages_out: u64,
+    pub dropped_out: u64,
+}
+
+/// The outbound side of one connection, shared with `send` and `broadcast`.
+struct Conn {
+    room: u32,
+    player: u32,
+    transport: Transport,
+    out: Mutex<Outbound>,
+    /// Wakes the connection's task: bytes to write, or a close to carry out.
+    notify: Notify,
+    /// 0 while open; else the [`CloseReason`] the server side asked for.
+    close: AtomicU8,
+}
+
+#[derive(Default)]
+struct Outbound {
+    queue: VecDeque<Arc<[u8]>>,
+    /// Bytes of the front buffer already written.
+    offset: usize,
+    bytes: usize,
+    /// A send was refused for backpressure and the queue has not drained since.
+    over: bool,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, Outbound> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ask_close(&self, reason: CloseReason) {
+        let _ = self
+            .close
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_player: HashMap<(u32, u32), Arc<Conn>, crate::IdHashBuilder>,
+    by_room: HashMap<u32, Vec<Arc<Conn>>, crate::IdHashBuilder>,
+}
+
+impl Registry {
+    fn insert(&mut self, c: &Arc<Conn>) -> Option<Arc<Conn>> {
+        self.by_room.entry(c.room).or_default().push(Arc::clone(c));
+        let old = self.by_player.insert((c.room, c.player), Arc::clone(c));
+        if let Some(old) = &old {
+            self.remove_from_room(old);
+        }
+        old
+    }
+
+    fn remove(&mut self, c: &Arc<Conn>) {
+        if self
+            .by_player
+            .get(&(c.room, c.player))
+            .is_some_and(|x| Arc::ptr_eq(x, c))
+        {
+            self.by_player.remove(&(c.room, c.player));
+        }
+        self.remove_from_room(c);
+    }
+
+    fn remove_from_room(&mut self, c: &Arc<Conn>) {
+        if let Some(list) = self.by_room.get_mut(&c.room) {
+            list.retain(|x| !Arc::ptr_eq(x, c));
+            if list.is_empty() {
+                self.by_room.remove(&c.room);
+            }
+        }
+    }
+}
+
+/// What every listener and connection task shares.
+struct Hub {
+    parts: Parts,
+    opts: Options,
+    verifier: Mutex<TicketVerifier>,
+    registry: Mutex<Registry>,
+    open: AtomicUsize,
+    counters: Counters,
+    /// Set by [`Ingress::close`]: listeners stop, connections close.
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+impl Hub {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn event(&self, opened: bool, c: &Conn, reason: u8) {
+        self.parts.outbox.publish_connection(ConnectionEvent {
+            opened,
+            room: c.room,
+            player: c.player,
+            transport: c.transport as u8,
+            reason,
+        });
+    }
+}
+
+/// A running native ingress: its listeners and connections.
+pub struct Ingress {
+    hub: Arc<Hub>,
+    ws: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("ws", &self.ws)
+            .field("tcp", &self.tcp)
+            .field("open", &self.hub.open.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why `listen` failed.
+#[derive(Debug)]
+pub enum ListenError {
+    /// An option out of range (the field's name).
+    Invalid(&'static str, String),
+    /// Binding a listener failed.
+    Bind(&'static str, std::io::Error),
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(field, m) => write!(f, "{field}: {m}"),
+            Self::Bind(what, e) => write!(f, "could not listen for {what}: {e}"),
+        }
+    }
+}
+
+impl Ingress {
+    /// Binds the listeners (synchronously, so that ports are known on return) and starts
+    /// accepting on the runtime of `parts`.
+    ///
+    /// # Errors
+    /// A bad option, or a listener that could not bind.
+    pub fn start(parts: Parts, opts: Options) -> Result<Self, ListenError> {
+        if opts.ws.is_none() && opts.tcp.is_none() {
+            return Err(ListenError::Invalid(
+                "listen",
+                "give at least one of ws, tcp".into(),
+            ));
+        }
+        let verifier = TicketVerifier::new(&opts.ticket_key, opts.max_connections.max(1) * 4)
+            .map_err(|e| {
+                ListenError::Invalid("ticketKey", format!("must be 16 to 64 bytes ({e:?})"))
+            })?;
+        if opts.max_connections == 0 {
+            return Err(ListenError::Invalid(
+                "maxConnections",
+                "must be at least 1".into(),
+            ));
+        }
+        let runtime = parts.runtime.clone();
+        let bind = |addr: SocketAddr, what: &'static str| -> Result<TcpListener, ListenError> {
+            let std = std::net::TcpListener::bind(addr).map_err(|e| ListenError::Bind(what, e))?;
+            std.set_nonblocking(true)
+                .map_err(|e| ListenError::Bind(what, e))?;
+            let _guard = runtime.enter();
+            TcpListener::from_std(std).map_err(|e| ListenError::Bind(what, e))
+        };
+        let ws = opts.ws.map(|a| bind(a, "ws")).transpose()?;
+        let tcp = opts.tcp.map(|a| bind(a, "tcp")).transpose()?;
+        let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let hub = Arc::new(Hub {
+            parts,
+            opts,
+            verifier: Mutex::new(verifier),
+            registry: Mutex::default(),
+            open: AtomicUsize::new(0),
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        let mut tasks = Vec::new();
+        for (listener, transport) in [(ws, Transport::Ws), (tcp, Transport::Tcp)] {
+            if let Some(l) = listener {
+                tasks.push(runtime.spawn(accept_loop(Arc::clone(&hub), l, transport)));
+            }
+        }
+        Ok(Self {
+            hub,
+            ws: ws_addr,
+            tcp: tcp_addr,
+            tasks,
+        })
+    }
+
+    /// The address a transport is bound to.
+    pub fn address(&self, transport: Transport) -> Option<SocketAddr> {
+        match transport {
+            Transport::Ws => self.ws,
+            Transport::Tcp => self.tcp,
+            Transport::Grpc => None,
+        }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.hub.open.load(Ordering::Acquire)
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        let c = &self.hub.counters;
+        CounterSnapshot {
+            open: self.hub.open.load(Ordering::Relaxed) as u64,
+            accepted_connections: c.accepted_connections.load(Ordering::Relaxed),
+            refused_connections: c.refused_connections.load(Ordering::Relaxed),
+            closed_connections: c.closed_connections.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+            dropped_out: c.dropped_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues `bytes` for `player` of `room`.
+    pub fn send(&self, room: u32, player: u32, bytes: &[u8]) -> SendOutcome {
+        let Some(c) = self.hub.registry().by_player.get(&(room, player)).cloned() else {
+            return SendOutcome::Closed;
+        };
+        let msg = encode(c.transport, bytes);
+        offer(&self.hub, &c, &msg)
+    }
+
+    /// Queues `bytes` for every connection of `room` but `except`; how many took it.
+    /// Encoded once per transport.
+    pub fn broadcast(&self, room: u32, bytes: &[u8], except: &[u32]) -> u32 {
+        let targets: Vec<Arc<Conn>> = match self.hub.registry().by_room.get(&room) {
+            Some(list) => list
+                .iter()
+                .filter(|c| !except.contains(&c.player))
+                .cloned()
+                .collect(),
+            None => return 0,
+        };
+        let mut encoded: [Option<Arc<[u8]>>; 3] = [None, None, None];
+        let mut n = 0;
+        for c in &targets {
+            let msg =
+                encoded[c.transport as usize].get_or_insert_with(|| encode(c.transport, bytes));
+            if offer(&self.hub, c, msg) == SendOutcome::Sent {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Closes the connection of `player` in `room` (reason `Kicked`); whether there was one.
+    pub fn disconnect(&self, room: u32, player: u32) -> bool {
+        let c = self.hub.registry().by_player.get(&(room, player)).cloned();
+        c.inspect(|c| c.ask_close(CloseReason::Kicked)).is_some()
+    }
+
+    /// Closes every connection of `room` (reason `Kicked`); how many.
+    pub fn disconnect_room(&self, room: u32) -> usize {
+        let list = self
+            .hub
+            .registry()
+            .by_room
+            .get(&room)
+            .cloned()
+            .unwrap_or_default();
+        for c in &list {
+            c.ask_close(CloseReason::Kicked);
+        }
+        list.len()
+    }
+
+    /// Stops accepting and closes every connection (reason `Shutdown`); returns at once.
+    /// Their close events follow as the tasks end.
+    pub fn close(&self) {
+        if self.hub.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.hub.stop.notify_waiters();
+        for t in &self.tasks {
+            t.abort();
+        }
+        let all: Vec<Arc<Conn>> = self.hub.registry().by_player.values().cloned().collect();
+        for c in all {
+            c.ask_close(CloseReason::Shutdown);
+        }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The bytes a client receives for one outbound message: a WebSocket binary frame, or on
+/// TCP (a byte stream) the message behind its length as a u32, little-endian.
+fn encode(transport: Transport, bytes: &[u8]) -> Arc<[u8]> {
+    let mut out = Vec::with_capacity(bytes.len() + 10);
+    match transport {
+        Transport::Ws | Transport::Grpc => ws::encode_frame(ws::Opcode::Binary, bytes, &mut out),
+        Transport::Tcp => {
+            out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+    out.into()
+}
+
+fn offer(hub: &Hub, c: &Conn, msg: &Arc<[u8]>) -> SendOutcome {
+    if c.close.load(Ordering::Acquire) != 0 {
+        return SendOutcome::Closed;
+    }
+    let mut out = c.lock();
+    // A message larger than the limit still goes to an idle connection (alone in its queue).
+    if out.bytes > 0 && out.bytes + msg.len() > hub.opts.max_backpressure_bytes {
+        if out.over {
+            drop(out);
+            hub.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+            c.ask_close(CloseReason::Backpressure);
+            return SendOutcome::Dropped;
+        }
+        out.over = true;
+        return SendOutcome::Backpressure;
+    }
+    let was_empty = out.queue.is_empty();
+    out.bytes += msg.len();
+    out.queue.push_back(Arc::clone(msg));
+    drop(out);
+    if was_empty {
+        c.notify.notify_one();
+    }
+    SendOutcome::Sent
+}
+
+/// Queues a control frame (pong, close) ahead of nothing in particular: it goes out in
+/// order with the messages queued before it. Never refused (bounded by the peer's pings,
+/// which are rate-limited by the read path).
+fn queue_raw(c: &Conn, bytes: Vec<u8>) {
+    let mut out = c.lock();
+    out.bytes += bytes.len();
+    out.queue.push_back(bytes.into());
+}
+
+async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport) {
+    loop {
+        let accepted = tokio::select! {
+            () = hub.stop.notified() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                if hub.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let hub2 = Arc::clone(&hub);
+                tokio::spawn(async move {
+                    serve(&hub2, stream, transport).await;
+                });
+            }
+            // Out of file descriptors (or another transient failure): wait a little rather
+            // than spin; connections beyond the limit wait in the backlog or are refused by
+            // the kernel.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+thread_local! {
+    /// The read buffer of this thread's connections: a connection keeps only a partial
+    /// frame of its own.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// The most bytes of a handshake (the WebSocket upgrade request, the TCP ticket line).
+const MAX_TCP_LINE: usize = 256;
+
+async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
+    // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
+    if hub.open.fetch_add(1, Ordering::AcqRel) >= hub.opts.max_connections {
+        hub.open.fetch_sub(1, Ordering::AcqRel);
+        hub.counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let msg: &[u8] = match transport {
+            Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            _ => b"error full\n",
+        };
+        let _ = stream.try_write(msg);
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
+    let shaken = tokio::time::timeout_at(deadline, handshake(hub, &mut stream, transport)).await;
+    let (who, leftover) = match shaken {
+        Ok(Ok(x)) => x,
+        Ok(Err(response)) => {
+            hub.open.fetch_sub(1, Ordering::AcqRel);
+            hub.counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), stream.write_all(&response)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
+            linger(&mut stream).await;
+            return;
+        }
+        Err(_) => {
+            // Slowloris: no complete request in time.
+            hub.open.fetch_sub(1, Ordering::AcqRel);
+            hub.counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = stream.try_write(match transport {
+                Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                _ => b"error timeout\n",
+            });
+            return;
+        }
+    };
+    let conn = Arc::new(Conn {
+        room: who.room,
+        player: who.player,
+        transport,
+        out: Mutex::default(),
+        notify: Notify::new(),
+        close: AtomicU8::new(0),
+    });
+    if !hub.opts.echo_for_testing {
+        let old = hub.registry().insert(&conn);
+        if let Some(old) = old {
+            old.ask_close(CloseReason::Replaced);
+        }
+        hub.counters
+            .accepted_connections
+            .fetch_add(1, Ordering::Relaxed);
+        hub.event(true, &conn, 0);
+    }
+    let reason = run(hub, &conn, &mut stream, leftover).await;
+    if !hub.opts.echo_for_testing {
+        hub.registry().remove(&conn);
+        hub.counters
+            .closed_connections
+            .fetch_add(1, Ordering::Relaxed);
+        hub.event(false, &conn, reason as u8);
+    }
+    hub.open.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Who a connection is, from its ticket.
+struct Who {
+    room: u32,
+    player: u32,
+}
+
+/// Reads the upgrade request (WebSocket) or the ticket line (TCP), checks the ticket, and
+/// answers; the bytes that followed the handshake are returned with the sender. On error,
+/// the response to write before closing.
+async fn handshake(
+    hub: &Hub,
+    stream: &mut TcpStream,
+    transport: Transport,
+) -> Result<(Who, Vec<u8>), Vec<u8>> {
+    let cap = match transport {
+        Transport::Ws => ws::MAX_REQUEST_BYTES,
+        _ => MAX_TCP_LINE,
+    };
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        stream.readable().await.map_err(|_| Vec::new())?;
+        let mut chunk = [0_u8; 1024];
+        let room = (cap + 1).saturating_sub(buf.len()).min(chunk.len());
+        let n = match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => return Err(Vec::new()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(Vec::new()),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if transport == Transport::Ws {
+            match ws::parse_request(&buf) {
+                Ok(None) => {}
+                Ok(Some((req, used))) => {
+                    let who = if hub.opts.echo_for_testing {
+                        Who { room: 0, player: 0 }
+                    } else {
+                        let t = ticket::ticket_from_query(req.target).unwrap_or("");
+                        match check_ticket(hub, t) {
+                            Ok(w) => w,
+                            Err(reason) => {
+                                let mut out = Vec::new();
+                                ws::response_error(401, reason, &mut out);
+                                return Err(out);
+                            }
+                        }
+                    };
+                    let mut out = Vec::new();
+                    ws::response_101(req.key, &mut out);
+                    let rest = buf[used..].to_vec();
+                    stream.write_all(&out).await.map_err(|_| Vec::new())?;
+                    return Ok((who, rest));
+                }
+                Err(e) => {
+                    let mut out = Vec::new();
+                    ws::response_error(e.status(), e.as_str(), &mut out);
+                    return Err(out);
+                }
+            }
+        } else {
+            {
+                if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let line = std::str::from_utf8(&buf[..nl]).unwrap_or("");
+                    let line = line.strip_suffix('\r').unwrap_or(line);
+                    let Some(t) = line.strip_prefix("ticket ") else {
+                        return Err(b"error ticket_malformed\n".to_vec());
+                    };
+                    return match check_ticket(hub, t.trim()) {
+                        Ok(who) => Ok((who, buf[nl + 1..].to_vec())),
+                        Err(reason) => Err(format!("error {reason}\n").into_bytes()),
+                    };
+                }
+                if buf.len() > MAX_TCP_LINE {
+                    return Err(b"error ticket_malformed\n".to_vec());
+                }
+            }
+        }
+        if buf.len() > cap {
+            return Err(match transport {
+                Transport::Ws => {
+                    let mut out = Vec::new();
+                    ws::response_error(431, "request too large", &mut out);
+                    out
+                }
+                _ => b"error ticket_malformed\n".to_vec(),
+            });
+        }
+    }
+}
+
+fn check_ticket(hub: &Hub, t: &str) -> Result<Who, &'static str> {
+    let claims = hub
+        .verifier
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .verify_str(t, ticket::now_unix_ms())
+        .map_err(ticket::TicketError::as_str)?;
+    Ok(Who {
+        room: claims.room,
+        player: claims.player,
+    })
+}
+
+/// Per-connection reading state (kept small: it lives as long as the connection).
+struct Reader {
+    decoder: Option<ws::Decoder>,
+    /// A partial frame (TCP) or partial WebSocket frame waiting for more bytes; and, after
+    /// a room ran out of budget, whole frames waiting to be offered again.
+    pending: Vec<u8>,
+    /// Whole v1 frames held back by backpressure (WebSocket: decoded already).
+    stalled: Vec<u8>,
+    sender: Sender,
+    /// Frames refused in a row.
+    refusals: u32,
+    /// The last [`offer_frames`] stopped on backpressure.
+    held: bool,
+}
+
+/// What processing a read decided.
+enum Next {
+    Go,
+    /// Offer `stalled` again after a pause (room budget full).
+    Stall,
+    Close(CloseReason),
+}
+
+async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) -> CloseReason {
+    let mut r = Reader {
+        decoder: (conn.transport == Transport::Ws)
+            .then(|| ws::Decoder::new(hub.opts.max_message_bytes, hub.opts.echo_for_testing)),
+        pending: Vec::new(),
+        stalled: Vec::new(),
+        sender: Sender::new(conn.room, conn.player),
+        refusals: 0,
+        held: false,
+    };
+    let idle =
+        (hub.opts.idle_timeout_ms > 0).then(|| Duration::from_millis(hub.opts.idle_timeout_ms));
+    let mut last_read = Instant::now();
+    let mut pinged = false;
+    if !leftover.is_empty() {
+        let mut buf = leftover;
+        match process(hub, conn, &mut r, &mut buf) {
+            Next::Go | Next::Stall => {}
+            Next::Close(reason) => return finish(hub, conn, stream, reason).await,
+        }
+    }
+    loop {
+        let want_write = !conn.lock().queue.is_empty();
+        let stalled = !r.stalled.is_empty();
+        let wake_at = match idle {
+            Some(d) if !pinged && conn.transport == Transport::Ws => last_read + d / 2,
+            Some(d) => last_read + d,
+            None => Instant::now() + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            biased;
+            () = conn.notify.notified() => {}
+            w = stream.writable(), if want_write => {
+                if w.is_err() {
+                    return CloseReason::Reset;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(1)), if stalled => {
+                let mut held = std::mem::take(&mut r.stalled);
+                match offer_frames(hub, conn, &mut r, &held) {
+                    Ok(n) => {
+                        held.drain(..n);
+                        if !held.is_empty() {
+                            r.stalled = held;
+                        }
+                    }
+                    Err(reason) => return finish(hub, conn, stream, reason).await,
+                }
+            }
+            rd = stream.readable(), if !stalled => {
+                if rd.is_err() {
+                    return CloseReason::Reset;
+                }
+                let got = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
+                    Ok(0) => Some(Next::Close(if r.pending.is_empty() && r.decoder.is_none() {
+                        CloseReason::Closed
+                    } else {
+                        CloseReason::Reset
+                    })),
+                    Ok(n) => {
+                        hub.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        Some(process(hub, conn, &mut r, &mut buf[..n]))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    Err(_) => Some(Next::Close(CloseReason::Reset)),
+                });
+                match got {
+                    None => {}
+                    Some(Next::Go | Next::Stall) => {
+                        last_read = Instant::now();
+                        pinged = false;
+                    }
+                    Some(Next::Close(reason)) => return finish(hub, conn, stream, reason).await,
+                }
+            }
+            () = tokio::time::sleep_until(wake_at), if idle.is_some() => {
+                if conn.transport == Transport::Ws && !pinged {
+                    pinged = true;
+                    let mut ping = Vec::with_capacity(2);
+                    ws::encode_frame(ws::Opcode::Ping, &[], &mut ping);
+                    queue_raw(conn, ping);
+                } else {
+                    return finish(hub, conn, stream, CloseReason::Idle).await;
+                }
+            }
+        }
+        let asked = conn.close.load(Ordering::Acquire);
+        if asked != 0 {
+            let reason = close_reason(asked);
+            return finish(hub, conn, stream, reason).await;
+        }
+        if let Err(reason) = write_some(hub, conn, stream) {
+            return reason;
+        }
+    }
+}
+
+fn close_reason(n: u8) -> CloseReason {
+    match n {
+        6 => CloseReason::Backpressure,
+        7 => CloseReason::Replaced,
+        12 => CloseReason::Kicked,
+        _ => CloseReason::Shutdown,
+    }
+}
+
+/// Writes what the socket takes now of the outbound queue.
+fn write_some(hub: &Hub, conn: &Conn, stream: &TcpStream) -> Result<(), CloseReason> {
+    let mut out = conn.lock();
+    while let Some(front) = out.queue.front().cloned() {
+        let from = out.offset;
+        match stream.try_write(&front[from..]) {
+            Ok(n) => {
+                hub.counters
+                    .bytes_out
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                out.bytes -= n;
+                if from + n == front.len() {
+                    out.queue.pop_front();
+                    out.offset = 0;
+                    hub.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    out.offset = from + n;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(CloseReason::Reset),
+        }
+    }
+    if out.queue.is_empty() {
+        out.over = false;
+        if out.queue.capacity() > 64 {
+            out.queue.shrink_to(8);
+        }
+    }
+    Ok(())
+}
+
+/// Closes a connection the server decided to close: the WebSocket close frame (with the
+/// code for `reason`), then the socket. Bounded in time: a peer that does not read is not
+/// waited for.
+async fn finish(
+    hub: &Hub,
+    conn: &Conn,
+    stream: &mut TcpStream,
+    reason: CloseReason,
+) -> CloseReason {
+    if conn.transport == Transport::Ws
+        && !matches!(reason, CloseReason::Reset | CloseReason::Closed)
+    {
+        let (code, text) = match reason {
+            CloseReason::Text => (1003, "text messages are not accepted"),
+            CloseReason::Protocol => (1002, "protocol error"),
+            CloseReason::TooBig => (1009, "message too big"),
+            CloseReason::Malformed => (1007, "not v1 frames"),
+            CloseReason::Refused => (1008, "too many frames refused"),
+            CloseReason::Idle => (1001, "idle"),
+            CloseReason::Backpressure => (1008, "not reading"),
+            CloseReason::Replaced => (1008, "replaced by a new connection"),
+            CloseReason::Shutdown => (1001, "server closing"),
+            _ => (1000, "closed"),
+        };
+        let mut frame = Vec::new();
+        ws::encode_close(code, text, &mut frame);
+        // Whatever is queued goes first if the socket takes it now; the close frame after.
+        let _ = write_some(hub, conn, stream);
+        let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(&frame)).await;
+    } else if conn.transport == Transport::Ws && reason == CloseReason::Closed {
+        let _ = write_some(hub, conn, stream);
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
+    linger(stream).await;
+    reason
+}
+
+/// After the server's last bytes and its half-close: reads and drops what the client still
+/// sends, until it closes too or 200 ms pass. Closing a socket with unread input makes the
+/// kernel answer with a reset, which can destroy the close frame or error line just sent
+/// before the client reads it.
+async fn linger(stream: &mut TcpStream) {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut sink = [0_u8; 512];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+        match stream.try_read(&mut sink) {
+            Ok(0) => break,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
+            _ => {}
+        }
+    }
+}
+
+/// Takes freshly read bytes (`input`, in the thread's buffer, or the leftover of the
+/// handshake): decodes them (WebSocket) and offers their frames.
+fn process(hub: &Hub, conn: &Conn, r: &mut Reader, input: &mut [u8]) -> Next {
+    // Bytes kept from the previous read go first: then the whole is worked on in `pending`.
+    let mut owned;
+    let work: &mut [u8] = if r.pending.is_empty() {
+        input
+    } else {
+        owned = std::mem::take(&mut r.pending);
+        owned.extend_from_slice(input);
+        &mut owned
+    };
+    let (used, next) = match r.decoder.as_mut() {
+        None => match offer_frames(hub, conn, r, work) {
+            Ok(n) if n < work.len() && r.held => {
+                // The room is out of budget: hold the rest, whole frames and partial tail.
+                r.stalled.extend_from_slice(&work[n..]);
+                (work.len(), Next::Stall)
+            }
+            Ok(n) => (n, Next::Go),
+            Err(reason) => return Next::Close(reason),
+        },
+        Some(_) => decode_ws(hub, conn, r, work),
+    };
+    if let Next::Close(_) = next {
+        return next;
+    }
+    let rest = &work[used..];
+    if !rest.is_empty() {
+        if rest.len() > hub.opts.max_message_bytes + 14 + hub.parts.max_payload + 64 {
+            return Next::Close(CloseReason::Malformed);
+        }
+        let mut keep = std::mem::take(&mut r.pending);
+        keep.clear();
+        keep.extend_from_slice(rest);
+        r.pending = keep;
+    } else if r.pending.capacity() > 4096 {
+        r.pending = Vec::new();
+    }
+    next
+}
+
+/// Offers back-to-back frames to the shard; returns the bytes taken (whole frames), or
+/// the reason to close.
+fn offer_frames(
+    hub: &Hub,
+    conn: &Conn,
+    r: &mut Reader,
+    frames: &[u8],
+) -> Result<usize, CloseReason> {
+    let _ = conn;
+    r.held = false;
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    let shard = r.sender.room as usize % hub.parts.workers.len();
+    let done = lock_worker(&hub.parts.workers[shard]).ingest(
+        frames,
+        &mut r.sender,
+        crate::clock::now_ns(),
+        hub.parts.max_payload,
+        &hub.parts.verdicts,
+    );
+    if done.malformed {
+        return Err(CloseReason::Malformed);
+    }
+    if done.accepted > 0 {
+        r.refusals = 0;
+    }
+    r.refusals = r.refusals.saturating_add(done.refused);
+    if hub.opts.max_refusals > 0 && r.refusals > hub.opts.max_refusals {
+        return Err(CloseReason::Refused);
+    }
+    r.held = done.backpressure;
+    Ok(done.consumed)
+}
+
+/// Decodes WebSocket frames from `work`; returns the bytes consumed and what to do next.
+fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize, Next) {
+    let Some(mut decoder) = r.decoder.take() else {
+        return (0, Next::Close(CloseReason::Protocol));
+    };
+    let echo = hub.opts.echo_for_testing;
+    let mut next = Next::Go;
+    let fed = decoder.feed(work, &mut |event| {
+        if let Next::Close(_) = next {
+            return;
+        }
+        match event {
+            ws::Event::Binary(payload) if echo => {
+                let mut out = Vec::with_capacity(payload.len() + 10);
+                ws::encode_frame(ws::Opcode::Binary, payload, &mut out);
+                queue_raw(conn, out);
+            }
+            ws::Event::Text(payload) if echo => {
+                let mut out = Vec::with_capacity(payload.len() + 10);
+                ws::encode_frame(ws::Opcode::Text, payload, &mut out);
+                queue_raw(conn, out);
+            }
+            ws::Event::Binary(payload) => {
+                if !r.stalled.is_empty() {
+                    r.stalled.extend_from_slice(payload);
+                    return;
+                }
+                match offer_frames(hub, conn, r, payload) {
+                    Ok(n) if n < payload.len() => {
+                        if r.held {
+                            r.stalled.extend_from_slice(&payload[n..]);
+                            next = Next::Stall;
+                        } else {
+                            // A message must hold whole frames.
+                            next = Next::Close(CloseReason::Malformed);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(reason) => next = Next::Close(reason),
+                }
+            }
+            ws::Event::Text(_) => next = Next::Close(CloseReason::Text),
+            ws::Event::Ping(payload) => {
+                let mut out = Vec::with_capacity(payload.len() + 2);
+                ws::encode_frame(ws::Opcode::Pong, payload, &mut out);
+                queue_raw(conn, out);
+            }
+            ws::Event::Pong(_) => {}
+            ws::Event::Close { code, .. } => {
+                // Echo the code back (or 1000), then close.
+                let mut out = Vec::with_capacity(4);
+                ws::encode_close(code.unwrap_or(1000), "", &mut out);
+                if code.is_none() {
+                    out.clear();
+                    ws::encode_frame(ws::Opcode::Close, &[], &mut out);
+                }
+                queue_raw(conn, out);
+                next = Next::Close(CloseReason::Closed);
+            }
+        }
+    });
+    r.decoder = Some(decoder);
+    match fed {
+        Ok(used) => (used, next),
+        Err(close) => {
+            let reason = match close.code {
+                1003 => CloseReason::Text,
+                1009 => CloseReason::TooBig,
+                _ => CloseReason::Protocol,
+            };
+            (work.len(), Next::Close(reason))
+        }
+    }
+}

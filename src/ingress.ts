@@ -1,0 +1,206 @@
+/**
+ * Native ingress: `listen()` options, their resolution, and the names of transports and
+ * close reasons the addon numbers.
+ */
+import { ErrorCode, rangeError, typeError } from './errors';
+
+/** Where a transport listens. `port` 0 picks a free port (see `IngressServer.address`). */
+export interface ListenAddress {
+  port: number;
+  /** An IP address (default `127.0.0.1`; `0.0.0.0` for every interface). */
+  host?: string;
+}
+
+export type Transport = 'ws' | 'tcp' | 'grpc';
+
+/** Why a connection closed (`onDisconnect`). */
+export type DisconnectReason =
+  /** The client closed it (WebSocket close handshake, or end of stream between frames). */
+  | 'closed'
+  /** The stream ended or failed mid-frame, or the socket failed. */
+  | 'reset'
+  /** Nothing arrived for `idleTimeoutMs`. */
+  | 'idle'
+  /** Bytes that are not v1 frames. */
+  | 'malformed'
+  /** More than `maxRefusals` frames refused in a row (wrong sender, not a member, …). */
+  | 'refused'
+  /** The client did not read: its outbound queue stayed over `maxBackpressureBytes`. */
+  | 'backpressure'
+  /** A newer connection of the same room and player replaced it. */
+  | 'replaced'
+  /** `server.close()` or `dispatcher.close()`. */
+  | 'shutdown'
+  /** A WebSocket text message (moves are binary): close code 1003. */
+  | 'text'
+  /** A WebSocket protocol violation (close code 1002 or 1007). */
+  | 'protocol'
+  /** A WebSocket message over `maxMessageBytes` (close code 1009). */
+  | 'too_big'
+  /** `disconnect()` from the control plane. */
+  | 'kicked';
+
+/** Reason names by the addon's numbers (crates/dispatcher/src/ingress/server.rs). */
+const REASONS: readonly (DisconnectReason | undefined)[] = [
+  undefined,
+  'closed',
+  'reset',
+  'idle',
+  'malformed',
+  'refused',
+  'backpressure',
+  'replaced',
+  'shutdown',
+  'text',
+  'protocol',
+  'too_big',
+  'kicked',
+];
+const TRANSPORTS: readonly Transport[] = ['ws', 'tcp', 'grpc'];
+
+/** A connection opened. */
+export interface ConnectionInfo {
+  room: number;
+  player: number;
+  transport: Transport;
+}
+
+/** A connection closed. */
+export interface DisconnectInfo extends ConnectionInfo {
+  reason: DisconnectReason;
+}
+
+export interface ListenOptions {
+  /** WebSocket (RFC 6455): each binary message holds one or more v1 frames; the ticket in `?ticket=`. */
+  ws?: ListenAddress;
+  /** Raw TCP: the line `ticket <t>\n`, then back-to-back v1 frames. */
+  tcp?: ListenAddress;
+  /** The key tickets are signed with (`issueTicket`): 16–64 bytes, or a string taken as UTF-8. */
+  ticketKey: Uint8Array | string;
+  /** Open connections at most; more are refused at once (WebSocket 503, TCP `error full`). Default 10,000. */
+  maxConnections?: number;
+  /** A connection with nothing to read for this long is closed (`idle`); WebSocket clients are pinged at half of it. 0 = never. Default 60,000. */
+  idleTimeoutMs?: number;
+  /** Outbound bytes queued per connection at most: `send` answers `backpressure` past it, then `dropped`. Default 64 KiB. */
+  maxBackpressureBytes?: number;
+  /** The largest WebSocket message (also bounds fragmented ones). Default 64 KiB. */
+  maxMessageBytes?: number;
+  /** How long a client may take to send its upgrade request or ticket line. Default 5,000. */
+  handshakeTimeoutMs?: number;
+  /** Frames refused in a row after which a connection is closed (`refused`); 0 = never. Default 32. */
+  maxRefusals?: number;
+  /** Called in batches (never per move) when connections open. */
+  onConnection?: (info: ConnectionInfo) => void;
+  /** Called in batches when connections close, with the reason. */
+  onDisconnect?: (info: DisconnectInfo) => void;
+}
+
+/** A running native ingress (`Dispatcher.listen`). */
+export interface IngressServer {
+  /** The address a transport is bound to (the port actually chosen when 0 was asked). */
+  address(transport: Transport): { host: string; port: number } | null;
+  /** Open connections. */
+  readonly connections: number;
+  /** Stops accepting and closes every connection (`shutdown`). */
+  close(): Promise<void>;
+}
+
+/** What `send` answers. */
+export type SendResult = 'sent' | 'backpressure' | 'dropped' | 'closed';
+
+/** Resolved options, as the addon takes them. */
+export interface NativeListenOptions {
+  wsHost?: string;
+  wsPort?: number;
+  tcpHost?: string;
+  tcpPort?: number;
+  ticketKey: Buffer;
+  maxConnections: number;
+  idleTimeoutMs: number;
+  maxBackpressureBytes: number;
+  maxMessageBytes: number;
+  handshakeTimeoutMs: number;
+  maxRefusals: number;
+  echoForTesting?: boolean;
+}
+
+export const LISTEN_DEFAULTS = {
+  maxConnections: 10_000,
+  idleTimeoutMs: 60_000,
+  maxBackpressureBytes: 64 * 1024,
+  maxMessageBytes: 64 * 1024,
+  handshakeTimeoutMs: 5_000,
+  maxRefusals: 32,
+} as const;
+
+function int(value: unknown, field: string, min: number, max: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw rangeError(ErrorCode.InvalidOption, `listen: ${field} must be an integer from ${min} to ${max}, got ${String(value)}`, { field });
+  }
+  return value;
+}
+
+function address(value: unknown, field: string): { host: string; port: number } | undefined {
+  if (value === undefined) return undefined;
+  if (value === null || typeof value !== 'object') {
+    throw typeError(ErrorCode.InvalidOption, `listen: ${field} must be { port, host? }`, { field });
+  }
+  const { port, host } = value as { port?: unknown; host?: unknown };
+  const p = int(port, `${field}.port`, 0, 65_535, -1);
+  if (p < 0) throw typeError(ErrorCode.InvalidOption, `listen: ${field}.port is required`, { field: `${field}.port` });
+  if (host !== undefined && typeof host !== 'string') {
+    throw typeError(ErrorCode.InvalidOption, `listen: ${field}.host must be a string (an IP address)`, { field: `${field}.host` });
+  }
+  return { host: host ?? '127.0.0.1', port: p };
+}
+
+/** Checks `listen()`'s options; throws typed errors naming the field. */
+export function resolveListenOptions(options: ListenOptions): NativeListenOptions {
+  if (options === null || typeof options !== 'object') {
+    throw typeError(ErrorCode.InvalidOption, 'listen: options must be an object', { field: 'options' });
+  }
+  const ws = address(options.ws, 'ws');
+  const tcp = address(options.tcp, 'tcp');
+  if (ws === undefined && tcp === undefined) {
+    throw typeError(ErrorCode.InvalidOption, 'listen: give at least one transport (ws, tcp)', { field: 'ws' });
+  }
+  const key = options.ticketKey;
+  const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : key instanceof Uint8Array ? Buffer.from(key) : undefined;
+  if (bytes === undefined || bytes.length < 16 || bytes.length > 64) {
+    throw rangeError(ErrorCode.InvalidOption, 'listen: ticketKey must be 16 to 64 bytes (a Uint8Array, or a string taken as UTF-8)', { field: 'ticketKey' });
+  }
+  for (const cb of ['onConnection', 'onDisconnect'] as const) {
+    if (options[cb] !== undefined && typeof options[cb] !== 'function') {
+      throw typeError(ErrorCode.InvalidOption, `listen: ${cb} must be a function`, { field: cb });
+    }
+  }
+  const echo = (options as { echoForTesting?: unknown }).echoForTesting === true;
+  return {
+    ...(ws === undefined ? {} : { wsHost: ws.host, wsPort: ws.port }),
+    ...(tcp === undefined ? {} : { tcpHost: tcp.host, tcpPort: tcp.port }),
+    ticketKey: bytes,
+    maxConnections: int(options.maxConnections, 'maxConnections', 1, 1_000_000, LISTEN_DEFAULTS.maxConnections),
+    idleTimeoutMs: int(options.idleTimeoutMs, 'idleTimeoutMs', 0, 86_400_000, LISTEN_DEFAULTS.idleTimeoutMs),
+    maxBackpressureBytes: int(options.maxBackpressureBytes, 'maxBackpressureBytes', 1024, 1 << 30, LISTEN_DEFAULTS.maxBackpressureBytes),
+    maxMessageBytes: int(options.maxMessageBytes, 'maxMessageBytes', 128, 16 << 20, LISTEN_DEFAULTS.maxMessageBytes),
+    handshakeTimeoutMs: int(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 1, 600_000, LISTEN_DEFAULTS.handshakeTimeoutMs),
+    maxRefusals: int(options.maxRefusals, 'maxRefusals', 0, 1_000_000, LISTEN_DEFAULTS.maxRefusals),
+    ...(echo ? { echoForTesting: true } : {}),
+  };
+}
+
+/** The connection event of an addon record. */
+export function connectionEvent(flags: number, room: number, player: number): { opened: boolean; info: DisconnectInfo } {
+  return {
+    opened: (flags & 1) === 1,
+    info: {
+      room,
+      player,
+      transport: TRANSPORTS[(flags >> 8) & 0xff] ?? 'ws',
+      reason: REASONS[(flags >> 16) & 0xff] ?? 'reset',
+    },
+  };
+}
+
+export const SEND_RESULTS: readonly SendResult[] = ['sent', 'backpressure', 'dropped', 'closed'];

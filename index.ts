@@ -27,6 +27,7 @@ export type {
   DispatcherStats,
   EncodeMoveInput,
   HistogramStats,
+  IngressStats,
   AllocatorStats,
   JoinOptions,
   LatencyStats,

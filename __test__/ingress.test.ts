@@ -117,9 +117,13 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(got).toEqual([1, 2, 3, 4, 5, 6, 7, 8].map((seq) => ({ player: 7, seq })));
     const s = d.stats();
     expect(s.verdicts.Accepted).toBe(8);
+    expect(s.ingress).toMatchObject({ connections: 1, accepted: 1, refused: 0, closed: 0 });
+    expect(s.ingress!.bytesIn).toBeGreaterThan(8 * 120);
+    expect(d.metrics()).toContain('move_dispatcher_ingress_connections 1\n');
     ws.close(1000);
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
     expect(events.closed[0]).toEqual({ room: 1, player: 7, transport: 'ws', reason: 'closed' });
+    expect(d.stats().ingress).toMatchObject({ connections: 0, accepted: 1, closed: 1 });
   });
 
   it('delivers ingress moves through onDelivery (push rooms) and HMAC rooms check the player key', async () => {
@@ -324,6 +328,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
 
   it('rejects bad options with typed errors', async () => {
     const d = make();
+    expect(d.stats().ingress).toBeNull();
     await expect(d.listen({ ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.InvalidOption });
     await expect(d.listen({ ws: { port: 0 }, ticketKey: 'short' })).rejects.toMatchObject({ code: ErrorCode.InvalidOption, field: 'ticketKey' });
     await expect(d.listen({ ws: { port: 70_000 }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.InvalidOption });

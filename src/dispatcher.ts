@@ -528,6 +528,20 @@ export class Dispatcher {
     const rooms = this.#engine.roomStats(top);
     const latency = withLatency ? this.#engine.latencies(options.reset === true) : null;
     const allocator = this.#engine.allocator();
+    const i = this.#ingress === undefined || this.#ingress.closed ? null : (this.#engine.ingressStats?.() ?? null);
+    const ingress =
+      i === null
+        ? null
+        : {
+            connections: i.open,
+            accepted: i.acceptedConnections,
+            refused: i.refusedConnections,
+            closed: i.closedConnections,
+            bytesIn: i.bytesIn,
+            bytesOut: i.bytesOut,
+            messagesOut: i.messagesOut,
+            dropped: i.droppedOut,
+          };
     if (options.reset === true) this.#engine.resetHighWater();
     const cfg = this.#config;
     const verdicts = Object.fromEntries(VERDICT_NAMES.map((name, i) => [name, c.verdicts[i] ?? 0])) as DispatcherStats['verdicts'];
@@ -553,6 +567,7 @@ export class Dispatcher {
       },
       latency,
       allocator,
+      ingress,
     };
   }
 

@@ -83,5 +83,16 @@ export function renderMetrics(s: DispatcherStats, histograms: PromHistograms | n
   if (a?.hotPathAllocations !== null && a?.hotPathAllocations !== undefined) {
     e.metric('hot_path_allocations_total', 'counter', 'Heap allocations made on the hot path (dispatch, validation).', [['', a.hotPathAllocations]]);
   }
+  const g = s.ingress;
+  if (g !== null) {
+    e.metric('ingress_connections', 'gauge', 'Native ingress connections open.', [['', g.connections]])
+      .metric('ingress_connections_accepted_total', 'counter', 'Native ingress connections admitted (ticket checked).', [['', g.accepted]])
+      .metric('ingress_connections_refused_total', 'counter', 'Native ingress connections refused before opening.', [['', g.refused]])
+      .metric('ingress_connections_closed_total', 'counter', 'Admitted native ingress connections closed.', [['', g.closed]])
+      .metric('ingress_received_bytes_total', 'counter', 'Bytes read from native ingress connections.', [['', g.bytesIn]])
+      .metric('ingress_sent_bytes_total', 'counter', 'Bytes written to native ingress connections.', [['', g.bytesOut]])
+      .metric('ingress_sent_messages_total', 'counter', 'Outbound messages written whole.', [['', g.messagesOut]])
+      .metric('ingress_dropped_total', 'counter', 'Connections dropped for outbound backpressure.', [['', g.dropped]]);
+  }
   return e.toString();
 }

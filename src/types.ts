@@ -343,6 +343,26 @@ export interface DispatcherStats {
   latency: LatencyStats | null;
   /** Allocator figures (native engine; null on the js engine). */
   allocator: AllocatorStats | null;
+  /** Native ingress (`listen`); null when not listening. Its frames' verdicts count in `verdicts` above. */
+  ingress: IngressStats | null;
+}
+
+/** Native ingress figures (`stats().ingress`). */
+export interface IngressStats {
+  /** Connections open now. */
+  connections: number;
+  /** Connections admitted (ticket checked) since `listen`. */
+  accepted: number;
+  /** Connections refused before opening: bad ticket, `maxConnections`, bad or slow handshake. */
+  refused: number;
+  /** Admitted connections closed since. */
+  closed: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Outbound messages written whole. */
+  messagesOut: number;
+  /** `send` / `broadcast` calls that dropped a connection for backpressure. */
+  dropped: number;
 }
 
 export interface EncodeMoveInput {

@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets and runs each for N seconds, one at a time, then replays the
 # saved corpus and regression inputs; prints executions and results per target.
 #
-#   fuzz/run.sh [--seconds N] [--runs N] [--targets frame,stream,window,dispatch]
+#   fuzz/run.sh [--seconds N] [--runs N] [--targets frame,stream,window,dispatch,ws]
 #               [--sanitizer none|address] [--codegen-units N] [--no-build]
 #               [--no-trace-compares] [--corpus-only] [--keep-going]
 #   npm run fuzz -- --seconds 30
@@ -29,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 FUZZ_DIR=$(pwd)
 
 SECS=60
-TARGETS="frame stream window dispatch"
+TARGETS="frame stream window dispatch ws"
 SAN=none
 CORPUS_ONLY=0
 KEEP_GOING=0

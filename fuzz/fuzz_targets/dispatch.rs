@@ -1254,6 +1254,7 @@ impl Driver<'_> {
                     }
                     Delivery::Overload(e) => self.events.push(e),
                     Delivery::Failed { shard, message } => self.failure(shard, &message),
+                    Delivery::Connection(e) => panic!("no native ingress in this target: {e:?}"),
                 }
             }
             if first_round && late_release {

@@ -5,10 +5,10 @@
  * same code the server's tests use. Every frame is `56 + payload.length` bytes,
  * little-endian, tagged with SHA-256 (no key) or HMAC-SHA256 (with the player's key).
  */
-import { FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, MAX_KEY_BYTES, MAX_WIRE_PAYLOAD, MIN_KEY_BYTES, WIRE_VERSION } from './constants';
+import { FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, MAX_KEY_BYTES, MAX_WIRE_PAYLOAD, MIN_KEY_BYTES, TAG_BYTES, WIRE_VERSION } from './constants';
 import { ErrorCode, rangeError, typeError } from './errors';
 import { hmacSha256, sha256 } from './sha256';
-import type { EncodeMoveInput } from './types';
+import type { AuthMode, EncodeMoveInput } from './types';
 
 const U32_MAX = 0xffff_ffff;
 const U16_MAX = 0xffff;
@@ -60,8 +60,77 @@ export function frameLength(payloadLength: number): number {
 export function encodeMove(input: EncodeMoveInput): Uint8Array {
   const move = check(input, 'encodeMove');
   const out = new Uint8Array(FRAME_OVERHEAD + move.payload.length);
-  write(move, out, 0);
+  write(move, out, 0, true);
   return out;
+}
+
+/**
+ * Builds one v1 frame whose 32 tag bytes are left zero, for a tag computed elsewhere — with
+ * WebCrypto in a browser, say (`crypto.subtle.sign('HMAC', key, frameBody(frame))`, then
+ * {@link setTag}). `key` is not used to sign: it only selects the flag, like `auth`.
+ * @param auth the tag the frame will carry (flags bit 0): `'hmac-sha256'` or `'sha256'`;
+ * by default `'hmac-sha256'` when `input.key` is given, else `'sha256'`.
+ * @throws like {@link encodeMove}, and TypeError (field `auth`) for another `auth`.
+ * @example
+ * const frame = encodeMoveUnsigned({ room: 1, player: 7, seq: 1, payload }, 'hmac-sha256');
+ * setTag(frame, await crypto.subtle.sign('HMAC', cryptoKey, frameBody(frame)));
+ */
+export function encodeMoveUnsigned(input: EncodeMoveInput, auth?: AuthMode): Uint8Array {
+  const move = check(input, 'encodeMoveUnsigned');
+  if (auth !== undefined && auth !== 'sha256' && auth !== 'hmac-sha256') {
+    throw typeError(ErrorCode.InvalidArgument, "encodeMoveUnsigned: auth must be 'sha256' or 'hmac-sha256'", { field: 'auth' });
+  }
+  const out = new Uint8Array(FRAME_OVERHEAD + move.payload.length);
+  write(move, out, 0, false);
+  out[3] = auth === 'hmac-sha256' || (auth === undefined && move.key !== undefined) ? FLAG_HMAC : 0;
+  return out;
+}
+
+/**
+ * The bytes a frame's tag covers — header and payload — of the frame at `frame[offset..]`,
+ * as a view (no copy): what to hash (`sha256`) or sign (`hmac-sha256`) for {@link setTag}.
+ * @throws TypeError / RangeError (`ERR_MOVE_DISPATCHER_INVALID_ARGUMENT`, field `frame` /
+ * `offset`) unless a whole v1 frame is there: magic and version, then header, the payload
+ * its length field says, and the tag's 32 bytes.
+ */
+export function frameBody(frame: Uint8Array, offset = 0): Uint8Array {
+  const len = wholeFrame(frame, offset, 'frameBody');
+  return frame.subarray(offset, offset + HEADER_BYTES + len);
+}
+
+/**
+ * Writes `tag` (32 bytes: a SHA-256 digest or HMAC-SHA256 of {@link frameBody}) into the
+ * tag field of the frame at `frame[offset..]`. Accepts the `ArrayBuffer` that
+ * `crypto.subtle.sign` / `digest` resolve to as is.
+ * @throws like {@link frameBody}, and TypeError / RangeError (field `tag`) unless `tag` is
+ * a `Uint8Array` or `ArrayBuffer` of exactly 32 bytes.
+ */
+export function setTag(frame: Uint8Array, tag: Uint8Array | ArrayBuffer, offset = 0): void {
+  const len = wholeFrame(frame, offset, 'setTag');
+  const bytes = tag instanceof Uint8Array ? tag : tag instanceof ArrayBuffer ? new Uint8Array(tag) : null;
+  if (bytes === null) throw typeError(ErrorCode.InvalidArgument, 'setTag: tag must be a Uint8Array or an ArrayBuffer', { field: 'tag' });
+  if (bytes.length !== TAG_BYTES) {
+    throw rangeError(ErrorCode.InvalidArgument, `setTag: tag must be ${TAG_BYTES} bytes, got ${bytes.length}`, { field: 'tag' });
+  }
+  frame.set(bytes, offset + HEADER_BYTES + len);
+}
+
+/** Checks that a whole v1 frame (magic, version, length) is at `frame[offset..]`; returns its payload length. */
+function wholeFrame(frame: Uint8Array, offset: number, fn: string): number {
+  if (!(frame instanceof Uint8Array)) {
+    throw typeError(ErrorCode.InvalidArgument, `${fn}: frame must be a Uint8Array`, { field: 'frame' });
+  }
+  if (!Number.isInteger(offset) || offset < 0 || offset > frame.length) {
+    throw rangeError(ErrorCode.InvalidArgument, `${fn}: offset must be an integer in 0..=${frame.length}`, { field: 'offset' });
+  }
+  const header = parseHeader(frame, offset);
+  if (header === null || frame[offset] !== MAGIC_0 || frame[offset + 1] !== MAGIC_1 || frame[offset + 2] !== WIRE_VERSION) {
+    throw rangeError(ErrorCode.InvalidArgument, `${fn}: no v1 frame header at offset ${offset}`, { field: 'frame' });
+  }
+  if (frame.length - offset < FRAME_OVERHEAD + header.len) {
+    throw rangeError(ErrorCode.InvalidArgument, `${fn}: the frame at offset ${offset} needs ${FRAME_OVERHEAD + header.len} bytes, ${frame.length - offset} are there`, { field: 'frame' });
+  }
+  return header.len;
 }
 
 /**
@@ -81,7 +150,7 @@ export function encodeMoveInto(input: EncodeMoveInput, out: Uint8Array, offset: 
   if (out.length - offset < bytes) {
     throw rangeError(ErrorCode.InvalidArgument, `encodeMoveInto: out has ${out.length - offset} bytes after offset, the frame needs ${bytes}`, { field: 'out' });
   }
-  write(move, out, offset);
+  write(move, out, offset, true);
   return bytes;
 }
 
@@ -114,8 +183,8 @@ function putU32(out: Uint8Array, at: number, value: number): void {
   out[at + 3] = value >>> 24;
 }
 
-/** Writes header, payload and tag; `out` has room for the whole frame at `at`. */
-function write(move: CheckedMove, out: Uint8Array, at: number): void {
+/** Writes header, payload and (when `tag`) the tag; `out` has room for the whole frame at `at`. */
+function write(move: CheckedMove, out: Uint8Array, at: number, tag: boolean): void {
   const len = move.payload.length;
   out[at] = MAGIC_0;
   out[at + 1] = MAGIC_1;
@@ -132,6 +201,7 @@ function write(move: CheckedMove, out: Uint8Array, at: number): void {
   // Nothing to copy for an empty payload. (A view whose buffer was detached reads as empty,
   // but `set` from it throws: it encodes as an empty payload, like any zero-length view.)
   if (len > 0) out.set(move.payload, at + HEADER_BYTES);
+  if (!tag) return;
   const body = out.subarray(at, at + HEADER_BYTES + len);
   out.set(move.key === undefined ? sha256(body) : hmacSha256(move.key, body), at + HEADER_BYTES + len);
 }

@@ -290,12 +290,20 @@ impl Ingress {
             ));
         }
         let runtime = parts.runtime.clone();
+        // A backlog of 4096 (std's `bind` listens with 128): a burst of connections waits
+        // in the kernel instead of being dropped and retried by the clients a second later.
         let bind = |addr: SocketAddr, what: &'static str| -> Result<TcpListener, ListenError> {
-            let std = std::net::TcpListener::bind(addr).map_err(|e| ListenError::Bind(what, e))?;
-            std.set_nonblocking(true)
-                .map_err(|e| ListenError::Bind(what, e))?;
             let _guard = runtime.enter();
-            TcpListener::from_std(std).map_err(|e| ListenError::Bind(what, e))
+            let fail = |e| ListenError::Bind(what, e);
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(fail)?;
+            socket.set_reuseaddr(true).map_err(fail)?;
+            socket.bind(addr).map_err(fail)?;
+            socket.listen(LISTEN_BACKLOG).map_err(fail)
         };
         let ws = opts.ws.map(|a| bind(a, "ws")).transpose()?;
         let tcp = opts.tcp.map(|a| bind(a, "tcp")).transpose()?;
@@ -509,6 +517,9 @@ thread_local! {
     /// frame of its own.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
 }
+
+/// Connections waiting in the kernel to be accepted (the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The most bytes of a handshake (the WebSocket upgrade request, the TCP ticket line).
 const MAX_TCP_LINE: usize = 256;

@@ -539,7 +539,10 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
         return;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
-    let shaken = tokio::time::timeout_at(deadline, handshake(hub, &mut stream, transport)).await;
+    // Boxed (as the close below): only a live handshake pays for its buffers, not every idle
+    // connection's task.
+    let shaken =
+        tokio::time::timeout_at(deadline, Box::pin(handshake(hub, &mut stream, transport))).await;
     let (who, leftover) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
@@ -550,7 +553,7 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
             let _ =
                 tokio::time::timeout(Duration::from_millis(100), stream.write_all(&response)).await;
             let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
-            linger(&mut stream).await;
+            Box::pin(linger(&mut stream)).await;
             return;
         }
         Err(_) => {
@@ -739,7 +742,7 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
         let mut buf = leftover;
         match process(hub, conn, &mut r, &mut buf) {
             Next::Go | Next::Stall => {}
-            Next::Close(reason) => return finish(hub, conn, stream, reason).await,
+            Next::Close(reason) => return Box::pin(finish(hub, conn, stream, reason)).await,
         }
     }
     loop {
@@ -750,24 +753,17 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
             Some(d) => last_read + d,
             None => Instant::now() + Duration::from_secs(3600),
         };
+        let timer_at = if stalled {
+            Instant::now() + Duration::from_millis(1)
+        } else {
+            wake_at
+        };
         tokio::select! {
             biased;
             () = conn.notify.notified() => {}
             w = stream.writable(), if want_write => {
                 if w.is_err() {
                     return CloseReason::Reset;
-                }
-            }
-            () = tokio::time::sleep(Duration::from_millis(1)), if stalled => {
-                let mut held = std::mem::take(&mut r.stalled);
-                match offer_frames(hub, conn, &mut r, &held) {
-                    Ok(n) => {
-                        held.drain(..n);
-                        if !held.is_empty() {
-                            r.stalled = held;
-                        }
-                    }
-                    Err(reason) => return finish(hub, conn, stream, reason).await,
                 }
             }
             rd = stream.readable(), if !stalled => {
@@ -793,24 +789,37 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
                         last_read = Instant::now();
                         pinged = false;
                     }
-                    Some(Next::Close(reason)) => return finish(hub, conn, stream, reason).await,
+                    Some(Next::Close(reason)) => return Box::pin(finish(hub, conn, stream, reason)).await,
                 }
             }
-            () = tokio::time::sleep_until(wake_at), if idle.is_some() => {
-                if conn.transport == Transport::Ws && !pinged {
+            // One timer (a connection's task stays small): the retry of frames held back
+            // by a full room, or the idle deadline.
+            () = tokio::time::sleep_until(timer_at), if stalled || idle.is_some() => {
+                if stalled {
+                    let mut held = std::mem::take(&mut r.stalled);
+                    match offer_frames(hub, conn, &mut r, &held) {
+                        Ok(n) => {
+                            held.drain(..n);
+                            if !held.is_empty() {
+                                r.stalled = held;
+                            }
+                        }
+                        Err(reason) => return Box::pin(finish(hub, conn, stream, reason)).await,
+                    }
+                } else if conn.transport == Transport::Ws && !pinged {
                     pinged = true;
                     let mut ping = Vec::with_capacity(2);
                     ws::encode_frame(ws::Opcode::Ping, &[], &mut ping);
                     queue_raw(conn, ping);
                 } else {
-                    return finish(hub, conn, stream, CloseReason::Idle).await;
+                    return Box::pin(finish(hub, conn, stream, CloseReason::Idle)).await;
                 }
             }
         }
         let asked = conn.close.load(Ordering::Acquire);
         if asked != 0 {
             let reason = close_reason(asked);
-            return finish(hub, conn, stream, reason).await;
+            return Box::pin(finish(hub, conn, stream, reason)).await;
         }
         if let Err(reason) = write_some(hub, conn, stream) {
             return reason;

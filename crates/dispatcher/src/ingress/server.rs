@@ -14,7 +14,10 @@
 //! `send` and `broadcast` queue shared, already-encoded bytes on each connection (a
 //! broadcast encodes once per transport) and wake its task; a connection whose queue would
 //! pass `max_backpressure_bytes` answers `Backpressure`, and is dropped if it is still
-//! over the limit at the next send.
+//! over the limit at the next send. The frames a connection's task queues itself count
+//! against the same limit: an echo (test mode) past it drops the connection, and a pong
+//! past it replaces the pong waiting at the end of the queue, so pings from a client that
+//! does not read cannot grow the queue.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -478,13 +481,47 @@ fn offer(hub: &Hub, c: &Conn, msg: &Arc<[u8]>) -> SendOutcome {
     SendOutcome::Sent
 }
 
-/// Queues a control frame (pong, close) ahead of nothing in particular: it goes out in
-/// order with the messages queued before it. Never refused (bounded by the peer's pings,
-/// which are rate-limited by the read path).
-fn queue_raw(c: &Conn, bytes: Vec<u8>) {
+/// Queues a frame the connection's own task made: a pong, the server's ping, an echo (test
+/// mode). Counted against `max_backpressure_bytes` like `send`: past the limit (the queue
+/// not empty) it is refused with [`CloseReason::Backpressure`], and the caller closes the
+/// connection. But a pong is never refused: past the limit it replaces a pong still
+/// waiting, untouched, at the end of the queue (RFC 6455 §5.5.3: only the latest ping
+/// needs an answer), so a client that floods pings without reading holds one pong here
+/// beyond the limit, not one per ping (and at most one after each queued message). Below
+/// the limit every ping gets its pong.
+fn queue_own(hub: &Hub, c: &Conn, frame: Vec<u8>) -> Result<(), CloseReason> {
+    if push_own(&mut c.lock(), frame, hub.opts.max_backpressure_bytes) {
+        Ok(())
+    } else {
+        hub.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+        Err(CloseReason::Backpressure)
+    }
+}
+
+/// [`queue_own`] on the locked queue, with the limit: whether `frame` was taken.
+fn push_own(out: &mut Outbound, frame: Vec<u8>, limit: usize) -> bool {
+    if out.bytes > 0 && out.bytes + frame.len() > limit {
+        if !ws::is_pong(&frame) {
+            return false;
+        }
+        // The front buffer may be partly written: it is not replaced.
+        let untouched = out.queue.len() > 1 || out.offset == 0;
+        if let Some(last) = out.queue.back_mut().filter(|b| untouched && ws::is_pong(b)) {
+            out.bytes = out.bytes - last.len() + frame.len();
+            *last = frame.into();
+            return true;
+        }
+    }
+    out.bytes += frame.len();
+    out.queue.push_back(frame.into());
+    true
+}
+
+/// Queues the answer to a client's Close: the connection's last frame, never refused.
+fn queue_close(c: &Conn, frame: Vec<u8>) {
     let mut out = c.lock();
-    out.bytes += bytes.len();
-    out.queue.push_back(bytes.into());
+    out.bytes += frame.len();
+    out.queue.push_back(frame.into());
 }
 
 async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport) {
@@ -535,7 +572,7 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
             Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             _ => b"error full\n",
         };
-        let _ = stream.try_write(msg);
+        refuse(&mut stream, msg).await;
         return;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
@@ -550,10 +587,7 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
             hub.counters
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            let _ =
-                tokio::time::timeout(Duration::from_millis(100), stream.write_all(&response)).await;
-            let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
-            Box::pin(linger(&mut stream)).await;
+            Box::pin(refuse(&mut stream, &response)).await;
             return;
         }
         Err(_) => {
@@ -562,10 +596,11 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
             hub.counters
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = stream.try_write(match transport {
+            let msg: &[u8] = match transport {
                 Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 _ => b"error timeout\n",
-            });
+            };
+            refuse(&mut stream, msg).await;
             return;
         }
     };
@@ -596,6 +631,16 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
         hub.event(false, &conn, reason as u8);
     }
     hub.open.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
+/// it, in at most about 400 ms. The half-close and [`linger`] matter: the client has sent
+/// bytes the server did not read (its request, or the start of it), and closing a socket
+/// with unread input sends a reset that can destroy the answer before the client reads it.
+async fn refuse(stream: &mut TcpStream, response: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(response)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
+    linger(stream).await;
 }
 
 /// Who a connection is, from its ticket.
@@ -714,6 +759,24 @@ struct Reader {
     refusals: u32,
     /// The last [`offer_frames`] stopped on backpressure.
     held: bool,
+    /// Why the WebSocket decoder failed the connection: its code (1002, 1003, 1007, 1009)
+    /// and reason go in the close frame.
+    ws_close: Option<ws::Close>,
+}
+
+impl Reader {
+    fn new(hub: &Hub, conn: &Conn) -> Self {
+        Self {
+            decoder: (conn.transport == Transport::Ws)
+                .then(|| ws::Decoder::new(hub.opts.max_message_bytes, hub.opts.echo_for_testing)),
+            pending: Vec::new(),
+            stalled: Vec::new(),
+            sender: Sender::new(conn.room, conn.player),
+            refusals: 0,
+            held: false,
+            ws_close: None,
+        }
+    }
 }
 
 /// What processing a read decided.
@@ -725,15 +788,7 @@ enum Next {
 }
 
 async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) -> CloseReason {
-    let mut r = Reader {
-        decoder: (conn.transport == Transport::Ws)
-            .then(|| ws::Decoder::new(hub.opts.max_message_bytes, hub.opts.echo_for_testing)),
-        pending: Vec::new(),
-        stalled: Vec::new(),
-        sender: Sender::new(conn.room, conn.player),
-        refusals: 0,
-        held: false,
-    };
+    let mut r = Reader::new(hub, conn);
     let idle =
         (hub.opts.idle_timeout_ms > 0).then(|| Duration::from_millis(hub.opts.idle_timeout_ms));
     let mut last_read = Instant::now();
@@ -742,7 +797,9 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
         let mut buf = leftover;
         match process(hub, conn, &mut r, &mut buf) {
             Next::Go | Next::Stall => {}
-            Next::Close(reason) => return Box::pin(finish(hub, conn, stream, reason)).await,
+            Next::Close(reason) => {
+                return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
+            }
         }
     }
     loop {
@@ -789,37 +846,36 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
                         last_read = Instant::now();
                         pinged = false;
                     }
-                    Some(Next::Close(reason)) => return Box::pin(finish(hub, conn, stream, reason)).await,
+                    Some(Next::Close(reason)) => {
+                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
+                    }
                 }
             }
             // One timer (a connection's task stays small): the retry of frames held back
             // by a full room, or the idle deadline.
             () = tokio::time::sleep_until(timer_at), if stalled || idle.is_some() => {
                 if stalled {
-                    let mut held = std::mem::take(&mut r.stalled);
-                    match offer_frames(hub, conn, &mut r, &held) {
-                        Ok(n) => {
-                            held.drain(..n);
-                            if !held.is_empty() {
-                                r.stalled = held;
-                            }
-                        }
-                        Err(reason) => return Box::pin(finish(hub, conn, stream, reason)).await,
+                    if let Err(reason) = retry_held(hub, conn, &mut r) {
+                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
                     }
-                } else if conn.transport == Transport::Ws && !pinged {
+                    continue;
+                }
+                let idle = if conn.transport == Transport::Ws && !pinged {
                     pinged = true;
-                    let mut ping = Vec::with_capacity(2);
-                    ws::encode_frame(ws::Opcode::Ping, &[], &mut ping);
-                    queue_raw(conn, ping);
+                    // An empty ping: 0x89 0x00.
+                    queue_own(hub, conn, vec![0x89, 0]).err()
                 } else {
-                    return Box::pin(finish(hub, conn, stream, CloseReason::Idle)).await;
+                    Some(CloseReason::Idle)
+                };
+                if let Some(reason) = idle {
+                    return Box::pin(finish(hub, conn, stream, reason, None)).await;
                 }
             }
         }
         let asked = conn.close.load(Ordering::Acquire);
         if asked != 0 {
             let reason = close_reason(asked);
-            return Box::pin(finish(hub, conn, stream, reason)).await;
+            return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
         }
         if let Err(reason) = write_some(hub, conn, stream) {
             return reason;
@@ -834,6 +890,17 @@ fn close_reason(n: u8) -> CloseReason {
         12 => CloseReason::Kicked,
         _ => CloseReason::Shutdown,
     }
+}
+
+/// Offers the frames a full room held back again; keeps what it still refuses.
+fn retry_held(hub: &Hub, conn: &Conn, r: &mut Reader) -> Result<(), CloseReason> {
+    let mut held = std::mem::take(&mut r.stalled);
+    let n = offer_frames(hub, conn, r, &held)?;
+    held.drain(..n);
+    if !held.is_empty() {
+        r.stalled = held;
+    }
+    Ok(())
 }
 
 /// Writes what the socket takes now of the outbound queue.
@@ -868,39 +935,82 @@ fn write_some(hub: &Hub, conn: &Conn, stream: &TcpStream) -> Result<(), CloseRea
     Ok(())
 }
 
-/// Closes a connection the server decided to close: the WebSocket close frame (with the
-/// code for `reason`), then the socket. Bounded in time: a peer that does not read is not
-/// waited for.
+/// How long a server-side close waits for the outbound queue to drain before its close
+/// frame: a peer that does not read is not waited for.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+/// How long the answer to a client's Close (queued after the messages before it) may take
+/// to go out: the client is reading, it waits for that answer.
+const CLOSE_HANDSHAKE_FLUSH: Duration = Duration::from_secs(2);
+
+/// The code and reason of the close frame the server sends when it closes for `reason`:
+/// the decoder's own (1002, 1003, 1007, 1009) when the decoder failed the connection.
+fn close_frame(reason: CloseReason, decoder: Option<ws::Close>) -> (u16, &'static str) {
+    if let Some(close) = decoder {
+        return (close.code, close.reason);
+    }
+    match reason {
+        CloseReason::Text => (ws::CLOSE_UNSUPPORTED_DATA, "text messages are not accepted"),
+        CloseReason::Protocol => (ws::CLOSE_PROTOCOL_ERROR, "protocol error"),
+        CloseReason::TooBig => (ws::CLOSE_TOO_BIG, "message too big"),
+        CloseReason::Malformed => (ws::CLOSE_INVALID_DATA, "not v1 frames"),
+        CloseReason::Refused => (ws::CLOSE_POLICY_VIOLATION, "too many frames refused"),
+        CloseReason::Idle => (ws::CLOSE_GOING_AWAY, "idle"),
+        CloseReason::Backpressure => (ws::CLOSE_POLICY_VIOLATION, "not reading"),
+        CloseReason::Replaced => (ws::CLOSE_POLICY_VIOLATION, "replaced by a new connection"),
+        CloseReason::Shutdown => (ws::CLOSE_GOING_AWAY, "server closing"),
+        CloseReason::Kicked | CloseReason::Closed | CloseReason::Reset => {
+            (ws::CLOSE_NORMAL, "closed")
+        }
+    }
+}
+
+/// Writes the outbound queue until it is empty or `deadline` passes. Returns whether the
+/// stream stands between frames (nothing written of the front buffer), where a close frame
+/// may follow; what is left in the queue is never written.
+async fn flush(hub: &Hub, conn: &Conn, stream: &TcpStream, deadline: Instant) -> bool {
+    loop {
+        if write_some(hub, conn, stream).is_err() {
+            return false;
+        }
+        if conn.lock().queue.is_empty() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, stream.writable()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    conn.lock().offset == 0
+}
+
+/// Closes a connection the server decided to close (or whose client sent a Close): what
+/// is queued (the answer to the client's Close last), the WebSocket close frame (with the
+/// code for `reason`, or the decoder's `ws_close`), then the socket. Bounded in time: a
+/// peer that does not read is not waited for.
 async fn finish(
     hub: &Hub,
     conn: &Conn,
     stream: &mut TcpStream,
     reason: CloseReason,
+    ws_close: Option<ws::Close>,
 ) -> CloseReason {
-    if conn.transport == Transport::Ws
-        && !matches!(reason, CloseReason::Reset | CloseReason::Closed)
-    {
-        let (code, text) = match reason {
-            CloseReason::Text => (1003, "text messages are not accepted"),
-            CloseReason::Protocol => (1002, "protocol error"),
-            CloseReason::TooBig => (1009, "message too big"),
-            CloseReason::Malformed => (1007, "not v1 frames"),
-            CloseReason::Refused => (1008, "too many frames refused"),
-            CloseReason::Idle => (1001, "idle"),
-            CloseReason::Backpressure => (1008, "not reading"),
-            CloseReason::Replaced => (1008, "replaced by a new connection"),
-            CloseReason::Shutdown => (1001, "server closing"),
-            _ => (1000, "closed"),
+    if conn.transport == Transport::Ws && reason != CloseReason::Reset {
+        let grace = if reason == CloseReason::Closed {
+            CLOSE_HANDSHAKE_FLUSH
+        } else {
+            CLOSE_FLUSH
         };
-        let mut frame = Vec::new();
-        ws::encode_close(code, text, &mut frame);
-        // Whatever is queued goes first if the socket takes it now; the close frame after.
-        let _ = write_some(hub, conn, stream);
-        let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(&frame)).await;
-    } else if conn.transport == Transport::Ws && reason == CloseReason::Closed {
-        let _ = write_some(hub, conn, stream);
+        let between_frames = flush(hub, conn, stream, Instant::now() + grace).await;
+        // A client's Close was answered in the queue. Otherwise the close frame follows
+        // whole frames only: after a frame cut short, the client could not parse it.
+        if reason != CloseReason::Closed && between_frames {
+            let (code, text) = close_frame(reason, ws_close);
+            let mut frame = Vec::new();
+            ws::encode_close(code, text, &mut frame);
+            let _ = tokio::time::timeout(CLOSE_FLUSH, stream.write_all(&frame)).await;
+        }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_FLUSH, stream.shutdown()).await;
     linger(stream).await;
     reason
 }
@@ -1017,12 +1127,16 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
             ws::Event::Binary(payload) if echo => {
                 let mut out = Vec::with_capacity(payload.len() + 10);
                 ws::encode_frame(ws::Opcode::Binary, payload, &mut out);
-                queue_raw(conn, out);
+                if let Err(reason) = queue_own(hub, conn, out) {
+                    next = Next::Close(reason);
+                }
             }
             ws::Event::Text(payload) if echo => {
                 let mut out = Vec::with_capacity(payload.len() + 10);
                 ws::encode_frame(ws::Opcode::Text, payload, &mut out);
-                queue_raw(conn, out);
+                if let Err(reason) = queue_own(hub, conn, out) {
+                    next = Next::Close(reason);
+                }
             }
             ws::Event::Binary(payload) => {
                 if !r.stalled.is_empty() {
@@ -1047,7 +1161,9 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
             ws::Event::Ping(payload) => {
                 let mut out = Vec::with_capacity(payload.len() + 2);
                 ws::encode_frame(ws::Opcode::Pong, payload, &mut out);
-                queue_raw(conn, out);
+                if let Err(reason) = queue_own(hub, conn, out) {
+                    next = Next::Close(reason);
+                }
             }
             ws::Event::Pong(_) => {}
             ws::Event::Close { code, .. } => {
@@ -1058,7 +1174,7 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
                     out.clear();
                     ws::encode_frame(ws::Opcode::Close, &[], &mut out);
                 }
-                queue_raw(conn, out);
+                queue_close(conn, out);
                 next = Next::Close(CloseReason::Closed);
             }
         }
@@ -1067,6 +1183,7 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
     match fed {
         Ok(used) => (used, next),
         Err(close) => {
+            r.ws_close = Some(close);
             let reason = match close.code {
                 1003 => CloseReason::Text,
                 1009 => CloseReason::TooBig,
@@ -1074,5 +1191,253 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
             };
             (work.len(), Next::Close(reason))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdStream;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::core::Core;
+
+    /// A core and its ingress in echo mode, on a free port of 127.0.0.1.
+    fn echo_server(max_message_bytes: usize, max_backpressure_bytes: usize) -> (Core, Ingress) {
+        let core = Core::new(Config::default(), Box::new(|| {})).unwrap();
+        let parts = core.ingress_parts().unwrap();
+        let ingress = Ingress::start(
+            parts,
+            Options {
+                ws: Some("127.0.0.1:0".parse().unwrap()),
+                tcp: None,
+                ticket_key: vec![7; 32],
+                max_connections: 8,
+                idle_timeout_ms: 0,
+                max_backpressure_bytes,
+                max_message_bytes,
+                handshake_timeout_ms: 5_000,
+                max_refusals: 0,
+                echo_for_testing: true,
+            },
+        )
+        .unwrap();
+        (core, ingress)
+    }
+
+    /// A client past the upgrade.
+    fn connect(ingress: &Ingress) -> StdStream {
+        let mut s = StdStream::connect(ingress.address(Transport::Ws).unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        s
+    }
+
+    /// A masked client frame.
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0xfe);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0xff);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    /// The next server frame: first byte and payload.
+    fn read_frame(s: &mut StdStream) -> (u8, Vec<u8>) {
+        let mut h = [0; 2];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut x = [0; 2];
+                s.read_exact(&mut x).unwrap();
+                usize::from(u16::from_be_bytes(x))
+            }
+            127 => {
+                let mut x = [0; 8];
+                s.read_exact(&mut x).unwrap();
+                usize::try_from(u64::from_be_bytes(x)).unwrap()
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).unwrap();
+        (h[0], payload)
+    }
+
+    fn close_code(payload: &[u8]) -> u16 {
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    #[test]
+    fn the_close_frame_carries_the_decoders_code() {
+        // Invalid UTF-8 is 1007 (RFC 6455 §7.4.1), not the generic protocol error.
+        assert_eq!(
+            close_frame(CloseReason::Protocol, Some(ws::Close::BAD_TEXT)),
+            (1007, "invalid UTF-8 in text")
+        );
+        assert_eq!(
+            close_frame(CloseReason::Protocol, Some(ws::Close::BAD_CLOSE_REASON)).0,
+            1007
+        );
+        assert_eq!(
+            close_frame(CloseReason::Protocol, Some(ws::Close::UNMASKED)).0,
+            1002
+        );
+        assert_eq!(
+            close_frame(CloseReason::TooBig, Some(ws::Close::TOO_BIG)).0,
+            1009
+        );
+        assert_eq!(close_frame(CloseReason::Protocol, None).0, 1002);
+        assert_eq!(close_frame(CloseReason::Malformed, None).0, 1007);
+        assert_eq!(close_frame(CloseReason::Shutdown, None).0, 1001);
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_closed_with_1007_on_the_wire() {
+        let (_core, ingress) = echo_server(1 << 16, 64 << 10);
+        let mut s = connect(&ingress);
+        s.write_all(&client_frame(0x81, b"fine")).unwrap();
+        assert_eq!(read_frame(&mut s), (0x81, b"fine".to_vec()));
+        // A fragmented text message whose second fragment breaks UTF-8 (Autobahn 6.4.1).
+        s.write_all(&client_frame(0x01, "κόσμε".as_bytes()))
+            .unwrap();
+        s.write_all(&client_frame(0x00, &[0xf4, 0x90, 0x80, 0x80]))
+            .unwrap();
+        let (b0, payload) = read_frame(&mut s);
+        assert_eq!(b0, 0x88);
+        assert_eq!(close_code(&payload), 1007);
+        // And a Close whose reason is not UTF-8 (Autobahn 7.5.1).
+        let mut s = connect(&ingress);
+        s.write_all(&client_frame(0x88, &[0x03, 0xe8, 0xff, 0xfe]))
+            .unwrap();
+        let (b0, payload) = read_frame(&mut s);
+        assert_eq!(b0, 0x88);
+        assert_eq!(close_code(&payload), 1007);
+    }
+
+    #[test]
+    fn a_clients_close_is_answered_after_everything_queued_before_it() {
+        // 16 MiB echoed, then the Close answered: more than the socket buffers take at
+        // once, so the answer waits for the client to read (it used to be written only as
+        // far as one non-blocking write went, then the socket was closed).
+        let (_core, ingress) = echo_server(16 << 20, 64 << 20);
+        let mut s = connect(&ingress);
+        let message: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut out = client_frame(0x82, &message);
+        out.extend_from_slice(&client_frame(0x88, &[0x03, 0xe8]));
+        let mut writer = s.try_clone().unwrap();
+        let sending = std::thread::spawn(move || writer.write_all(&out));
+        std::thread::sleep(Duration::from_millis(300));
+        let (b0, echoed) = read_frame(&mut s);
+        assert_eq!(b0, 0x82);
+        assert!(echoed == message, "the echo differs");
+        let (b0, payload) = read_frame(&mut s);
+        assert_eq!((b0, close_code(&payload)), (0x88, 1000));
+        sending.join().unwrap().unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(
+            s.read_to_end(&mut rest).unwrap(),
+            0,
+            "then the server closes"
+        );
+    }
+
+    #[test]
+    fn pongs_past_the_limit_are_coalesced() {
+        let pong = |tag: u8| {
+            let mut f = Vec::new();
+            ws::encode_frame(ws::Opcode::Pong, &[tag; 100], &mut f);
+            f
+        };
+        // Below the limit (here 3 pongs of 102 bytes), every ping gets its pong (Autobahn
+        // 2.10); past it, the latest replaces the one at the end of the queue.
+        let mut out = Outbound::default();
+        for tag in 0..100 {
+            assert!(push_own(&mut out, pong(tag), 350));
+        }
+        assert_eq!(out.queue.len(), 3);
+        assert_eq!(out.bytes, 306);
+        let tags: Vec<u8> = out.queue.iter().map(|f| f[2]).collect();
+        assert_eq!(tags, [0, 1, 99], "the latest ping is answered");
+        // A partly written front pong is not replaced: a new one goes behind it.
+        let mut out = Outbound::default();
+        assert!(push_own(&mut out, pong(0), 150));
+        out.offset = 10;
+        assert!(push_own(&mut out, pong(1), 150));
+        assert!(push_own(&mut out, pong(2), 150));
+        assert_eq!(out.queue.len(), 2);
+        assert_eq!(out.queue[1][2], 2);
+        // Other frames count against the limit and are refused past it; behind one, a pong
+        // is queued even past the limit (then coalesced).
+        let mut echo = Vec::new();
+        ws::encode_frame(ws::Opcode::Binary, &[0; 600], &mut echo);
+        assert!(!push_own(&mut out, echo.clone(), 700));
+        let mut out = Outbound::default();
+        assert!(push_own(&mut out, echo.clone(), 1024));
+        assert!(!push_own(&mut out, echo, 1024));
+        assert!(push_own(&mut out, pong(3), 650));
+        assert!(push_own(&mut out, pong(4), 650));
+        assert_eq!(out.queue.len(), 2);
+        assert_eq!(out.bytes, 604 + 102);
+        // An empty queue takes a frame of any size.
+        let mut empty = Outbound::default();
+        let mut big = Vec::new();
+        ws::encode_frame(ws::Opcode::Binary, &[0; 4096], &mut big);
+        assert!(push_own(&mut empty, big, 1024));
+    }
+
+    #[test]
+    fn a_ping_flood_from_a_client_that_does_not_read_holds_one_pong() {
+        let (_core, ingress) = echo_server(1 << 16, 64 << 10);
+        let mut s = connect(&ingress);
+        // 100,000 pings of 125 bytes: 12 MiB of pongs, more than the socket buffers and the
+        // 64 KiB limit hold.
+        let ping = client_frame(0x89, &[0x5a; 125]);
+        let flood: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * 100_000)
+            .collect();
+        s.write_all(&flood).unwrap();
+        s.write_all(&client_frame(0x89, b"last")).unwrap();
+        // Reading now: the pongs that made it into the socket buffers and the queue, the
+        // latest last; far fewer pongs than pings, and the connection still open.
+        let mut pongs = 0;
+        loop {
+            let (b0, payload) = read_frame(&mut s);
+            assert_eq!(b0, 0x8a, "only pongs");
+            pongs += 1;
+            if payload == b"last" {
+                break;
+            }
+        }
+        s.write_all(&client_frame(0x82, b"still here")).unwrap();
+        assert_eq!(read_frame(&mut s), (0x82, b"still here".to_vec()));
+        assert!(pongs < 100_000, "{pongs} pongs");
     }
 }

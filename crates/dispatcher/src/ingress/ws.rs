@@ -968,6 +968,11 @@ pub fn encode_header(opcode: Opcode, len: usize, out: &mut [u8; 10]) -> usize {
     }
 }
 
+/// Whether `frame`, a frame this module encoded, is a pong.
+pub fn is_pong(frame: &[u8]) -> bool {
+    frame.first() == Some(&(FIN | OP_PONG))
+}
+
 /// Appends a final, unmasked frame carrying `payload`.
 pub fn encode_frame(opcode: Opcode, payload: &[u8], out: &mut Vec<u8>) {
     let mut header = [0; 10];

@@ -43,6 +43,11 @@ describe('platform packages (npm/)', () => {
     expect(readFileSync(join(ROOT, 'CHANGELOG.md'), 'utf8')).toContain(`## [${PKG.version}]`);
   });
 
+  it('proto/ingress.proto, the gRPC transport\'s contract, is published', () => {
+    expect(PKG.files).toContain('proto/');
+    expect(readFileSync(join(ROOT, 'proto', 'ingress.proto'), 'utf8')).toContain('package move_dispatcher.v1;');
+  });
+
   it('docs/architecture.md, which the published comments cite, is published', () => {
     expect(PKG.files).toContain('docs/architecture.md');
     expect(existsSync(join(ROOT, 'docs', 'architecture.md'))).toBe(true);

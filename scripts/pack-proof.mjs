@@ -81,7 +81,7 @@ step('npm pack: root package, with the optionalDependencies napi prepublish writ
   writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
   const packed = packOne(join(unpacked, 'package'));
   const files = packed.files.map((f) => f.path);
-  for (const need of ['package.json', 'dist/index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'binding.js', 'README.md', 'CHANGELOG.md', 'docs/architecture.md']) {
+  for (const need of ['package.json', 'dist/index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'binding.js', 'README.md', 'CHANGELOG.md', 'docs/architecture.md', 'proto/ingress.proto']) {
     if (!files.includes(need)) throw new Error(`root tarball lacks ${need}`);
   }
   const stray = files.filter((f) => f.endsWith('.node') || f === 'binding.d.ts' || f.startsWith('src/') || f.startsWith('__test__/') || f.startsWith('crates/'));

@@ -578,7 +578,7 @@ export class Dispatcher {
   }
 
   /**
-   * Native ingress: clients connect to the data plane itself (WebSocket, TCP) with a ticket
+   * Native ingress: clients connect to the data plane itself (WebSocket, TCP, gRPC) with a ticket
    * (`issueTicket`) and their frames are validated on the data plane's threads, never on
    * this one; moves arrive through `drain`, `drainAll`, `onBatch` and `onDelivery` as if
    * `dispatch` had been called with the ticket's player as `sender`. Native engine only
@@ -616,7 +616,7 @@ export class Dispatcher {
     const addresses = {
       ws: info.wsPort === undefined ? null : { host: info.wsHost ?? '127.0.0.1', port: info.wsPort },
       tcp: info.tcpPort === undefined ? null : { host: info.tcpHost ?? '127.0.0.1', port: info.tcpPort },
-      grpc: null,
+      grpc: info.grpcPort === undefined ? null : { host: info.grpcHost ?? '127.0.0.1', port: info.grpcPort },
     };
     return {
       address: (transport) => {
@@ -642,7 +642,7 @@ export class Dispatcher {
    * queued); `'dropped'` when it was already over at the previous send (the connection is
    * closed, reason `backpressure`); `'closed'` when the player has no open connection.
    * WebSocket clients get one binary message; TCP clients the bytes behind their length as
-   * a u32 (little-endian).
+   * a u32 (little-endian); gRPC clients one `MoveAcks` whose `message` holds the bytes.
    */
   send(room: number, player: number, bytes: Uint8Array): SendResult {
     checkBytes(bytes, 'bytes', 'send');

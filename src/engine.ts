@@ -190,6 +190,8 @@ export interface NativeListenInfo {
   wsPort?: number;
   tcpHost?: string;
   tcpPort?: number;
+  grpcHost?: string;
+  grpcPort?: number;
 }
 
 /** Native ingress counters (addon). */

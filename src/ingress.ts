@@ -75,17 +75,23 @@ export interface ListenOptions {
   ws?: ListenAddress;
   /** Raw TCP: the line `ticket <t>\n`, then back-to-back v1 frames. */
   tcp?: ListenAddress;
+  /**
+   * gRPC (HTTP/2, no TLS): `move_dispatcher.v1.Ingress/Moves` of the shipped
+   * `proto/ingress.proto`, one bidirectional stream per connection; the ticket in the
+   * metadata `authorization: Bearer <ticket>`.
+   */
+  grpc?: ListenAddress;
   /** The key tickets are signed with (`issueTicket`): 16–64 bytes, or a string taken as UTF-8. */
   ticketKey: Uint8Array | string;
-  /** Open connections at most; more are refused at once (WebSocket 503, TCP `error full`). Default 10,000. */
+  /** Open connections at most, every transport together; more are refused at once (WebSocket 503, TCP `error full`, gRPC `RESOURCE_EXHAUSTED`). Default 10,000. */
   maxConnections?: number;
   /** A connection with nothing to read for this long is closed (`idle`); WebSocket clients are pinged at half of it. 0 = never. Default 60,000. */
   idleTimeoutMs?: number;
   /** Outbound bytes queued per connection at most: `send` answers `backpressure` past it, then `dropped`. Default 64 KiB. */
   maxBackpressureBytes?: number;
-  /** The largest WebSocket message (also bounds fragmented ones). Default 64 KiB. */
+  /** The largest WebSocket message (also bounds fragmented ones), and the largest `MoveFrames` of frames on gRPC. Default 64 KiB. */
   maxMessageBytes?: number;
-  /** How long a client may take to send its upgrade request or ticket line. Default 5,000. */
+  /** How long a client may take to send its upgrade request or ticket line (WebSocket, TCP). Default 5,000. */
   handshakeTimeoutMs?: number;
   /** Frames refused in a row after which a connection is closed (`refused`); 0 = never. Default 32. */
   maxRefusals?: number;
@@ -114,6 +120,8 @@ export interface NativeListenOptions {
   wsPort?: number;
   tcpHost?: string;
   tcpPort?: number;
+  grpcHost?: string;
+  grpcPort?: number;
   ticketKey: Buffer;
   maxConnections: number;
   idleTimeoutMs: number;
@@ -162,8 +170,9 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   }
   const ws = address(options.ws, 'ws');
   const tcp = address(options.tcp, 'tcp');
-  if (ws === undefined && tcp === undefined) {
-    throw typeError(ErrorCode.InvalidOption, 'listen: give at least one transport (ws, tcp)', { field: 'ws' });
+  const grpc = address(options.grpc, 'grpc');
+  if (ws === undefined && tcp === undefined && grpc === undefined) {
+    throw typeError(ErrorCode.InvalidOption, 'listen: give at least one transport (ws, tcp, grpc)', { field: 'ws' });
   }
   const key = options.ticketKey;
   const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : key instanceof Uint8Array ? Buffer.from(key) : undefined;
@@ -179,6 +188,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   return {
     ...(ws === undefined ? {} : { wsHost: ws.host, wsPort: ws.port }),
     ...(tcp === undefined ? {} : { tcpHost: tcp.host, tcpPort: tcp.port }),
+    ...(grpc === undefined ? {} : { grpcHost: grpc.host, grpcPort: grpc.port }),
     ticketKey: bytes,
     maxConnections: int(options.maxConnections, 'maxConnections', 1, 1_000_000, LISTEN_DEFAULTS.maxConnections),
     idleTimeoutMs: int(options.idleTimeoutMs, 'idleTimeoutMs', 0, 86_400_000, LISTEN_DEFAULTS.idleTimeoutMs),

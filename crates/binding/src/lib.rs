@@ -308,6 +308,8 @@ pub struct NativeListenOptions {
     pub ws_port: Option<u32>,
     pub tcp_host: Option<String>,
     pub tcp_port: Option<u32>,
+    pub grpc_host: Option<String>,
+    pub grpc_port: Option<u32>,
     pub ticket_key: Buffer,
     pub max_connections: u32,
     pub idle_timeout_ms: u32,
@@ -325,6 +327,8 @@ pub struct NativeListenInfo {
     pub ws_port: Option<u32>,
     pub tcp_host: Option<String>,
     pub tcp_port: Option<u32>,
+    pub grpc_host: Option<String>,
+    pub grpc_port: Option<u32>,
 }
 
 /// Native ingress counters.
@@ -713,6 +717,7 @@ impl NativeDispatcher {
         let opts = ingress::Options {
             ws: addr(&options.ws_host, options.ws_port)?,
             tcp: addr(&options.tcp_host, options.tcp_port)?,
+            grpc: addr(&options.grpc_host, options.grpc_port)?,
             ticket_key: Vec::from(options.ticket_key),
             max_connections: options.max_connections as usize,
             idle_timeout_ms: u64::from(options.idle_timeout_ms),
@@ -748,6 +753,8 @@ impl NativeDispatcher {
                 ws_host: i.address(Transport::Ws).map(|a| a.ip().to_string()),
                 tcp_port: i.address(Transport::Tcp).map(|a| u32::from(a.port())),
                 tcp_host: i.address(Transport::Tcp).map(|a| a.ip().to_string()),
+                grpc_port: i.address(Transport::Grpc).map(|a| u32::from(a.port())),
+                grpc_host: i.address(Transport::Grpc).map(|a| a.ip().to_string()),
             };
             e.ingress = Some(i);
             Ok(info)

@@ -1,4 +1,4 @@
-//! Native ingress: clients connect to the data plane itself (WebSocket, TCP), prove who they
+//! Native ingress: clients connect to the data plane itself (WebSocket, TCP, gRPC), prove who they
 //! are once with a ticket the control plane minted, and their frames are validated on the
 //! thread that read them ([`server`] says how).
 //!
@@ -6,7 +6,9 @@
 //!   TypeScript);
 //! - [`ws`]: RFC 6455 for the server side, sans-IO (handshake parsing, frame decoding and
 //!   encoding);
-//! - [`server`]: listeners, connections, outbound queues.
+//! - [`server`]: listeners, connections, outbound queues — and what every transport shares
+//!   (admission, frame offering, outbound queue, close);
+//! - [`grpc`]: the gRPC transport (`proto/ingress.proto`, served by tonic).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use crate::outbox::Outbox;
 use crate::shard::Worker;
 use crate::verdict::Verdict;
 
+pub mod grpc;
 pub mod server;
 pub mod ticket;
 pub mod ws;

@@ -1,5 +1,14 @@
 //! The listeners and connections of native ingress, on the dispatcher's tokio runtime.
 //!
+//! # Shared by every transport
+//! WebSocket, TCP and gRPC ([`super::grpc`]) differ only in how bytes reach a connection
+//! and leave it. The rest is here, once: the admission ([`Hub::reserve`] for
+//! `max_connections`, [`Hub::check_ticket`], [`Hub::admit`] for the registry and the open
+//! event), the frame offering ([`Intake`]: `Worker::ingest`, refusals in a row, frames held
+//! back while a room is out of budget and offered again ~1 ms later, none lost), the
+//! outbound queue ([`Conn`], `send`, `broadcast`), and the close ([`Hub::leave`]: registry
+//! removal and the close event with its reason).
+//!
 //! # Where the work runs
 //! A connection is a task of the runtime. When its socket is readable, the task reads into
 //! a buffer of the thread it runs on (a connection keeps only a partial frame of its own),
@@ -90,6 +99,7 @@ pub enum SendOutcome {
 pub struct Options {
     pub ws: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
     pub ticket_key: Vec<u8>,
     pub max_connections: usize,
     /// 0: never.
@@ -133,13 +143,13 @@ pub struct CounterSnapshot {
 }
 
 /// The outbound side of one connection, shared with `send` and `broadcast`.
-struct Conn {
-    room: u32,
-    player: u32,
+pub(super) struct Conn {
+    pub(super) room: u32,
+    pub(super) player: u32,
     transport: Transport,
     out: Mutex<Outbound>,
     /// Wakes the connection's task: bytes to write, or a close to carry out.
-    notify: Notify,
+    pub(super) notify: Notify,
     /// 0 while open; else the [`CloseReason`] the server side asked for.
     close: AtomicU8,
 }
@@ -157,6 +167,42 @@ struct Outbound {
 impl Conn {
     fn lock(&self) -> MutexGuard<'_, Outbound> {
         self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether messages wait in the outbound queue.
+    pub(super) fn has_outbound(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// The close the server side asked for, if any.
+    pub(super) fn asked_close(&self) -> Option<CloseReason> {
+        match self.close.load(Ordering::Acquire) {
+            0 => None,
+            6 => Some(CloseReason::Backpressure),
+            7 => Some(CloseReason::Replaced),
+            12 => Some(CloseReason::Kicked),
+            _ => Some(CloseReason::Shutdown),
+        }
+    }
+
+    /// Takes the next whole message of the outbound queue, counted as written (message
+    /// transports, whose messages are handed over whole: gRPC).
+    pub(super) fn pop_message(&self, hub: &Hub) -> Option<Arc<[u8]>> {
+        let mut out = self.lock();
+        let msg = out.queue.pop_front()?;
+        out.bytes -= msg.len() - out.offset;
+        out.offset = 0;
+        hub.counters
+            .bytes_out
+            .fetch_add(msg.len() as u64, Ordering::Relaxed);
+        hub.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        if out.queue.is_empty() {
+            out.over = false;
+            if out.queue.capacity() > 64 {
+                out.queue.shrink_to(8);
+            }
+        }
+        Some(msg)
     }
 
     fn ask_close(&self, reason: CloseReason) {
@@ -205,13 +251,13 @@ impl Registry {
 }
 
 /// What every listener and connection task shares.
-struct Hub {
+pub(super) struct Hub {
     parts: Parts,
-    opts: Options,
+    pub(super) opts: Options,
     verifier: Mutex<TicketVerifier>,
     registry: Mutex<Registry>,
     open: AtomicUsize,
-    counters: Counters,
+    pub(super) counters: Counters,
     /// Set by [`Ingress::close`]: listeners stop, connections close.
     stopping: AtomicBool,
     stop: Notify,
@@ -220,6 +266,104 @@ struct Hub {
 impl Hub {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether [`Ingress::close`] was called.
+    pub(super) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Ingress::close`] was called (at once if it was already).
+    pub(super) async fn stopped(&self) {
+        loop {
+            let notified = self.stop.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Admission, first step (every transport): takes a slot of `max_connections`;
+    /// `false`, counted as refused, when none is left. Cheap, and a client refused here
+    /// keeps its ticket.
+    pub(super) fn reserve(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.opts.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the slot of a client refused after [`Hub::reserve`] (bad ticket, bad
+    /// handshake), counted as refused.
+    pub(super) fn refuse(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Admission, second step: who a ticket names, or the ticket error's reason
+    /// (`ticket_expired`, …).
+    pub(super) fn check_ticket(&self, t: &str) -> Result<Who, &'static str> {
+        let claims = self
+            .verifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .verify_str(t, ticket::now_unix_ms())
+            .map_err(ticket::TicketError::as_str)?;
+        Ok(Who {
+            room: claims.room,
+            player: claims.player,
+        })
+    }
+
+    /// Admission, last step (in a slot of [`Hub::reserve`], the ticket checked): registers
+    /// the connection (an older one of the same room and player is closed, `Replaced`),
+    /// counts it and tells JavaScript. A connection admitted while the server closes is
+    /// asked to close at once.
+    pub(super) fn admit(&self, who: &Who, transport: Transport) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            room: who.room,
+            player: who.player,
+            transport,
+            out: Mutex::default(),
+            notify: Notify::new(),
+            close: AtomicU8::new(0),
+        });
+        if !self.opts.echo_for_testing {
+            let old = self.registry().insert(&conn);
+            if let Some(old) = old {
+                old.ask_close(CloseReason::Replaced);
+            }
+            self.counters
+                .accepted_connections
+                .fetch_add(1, Ordering::Relaxed);
+            self.event(true, &conn, 0);
+        }
+        if self.stopping() {
+            conn.ask_close(CloseReason::Shutdown);
+        }
+        conn
+    }
+
+    /// The end of an admitted connection (every transport): out of the registry, counted,
+    /// the close event with `reason`, its slot given back.
+    pub(super) fn leave(&self, conn: &Arc<Conn>, reason: CloseReason) {
+        if !self.opts.echo_for_testing {
+            self.registry().remove(conn);
+            self.counters
+                .closed_connections
+                .fetch_add(1, Ordering::Relaxed);
+            self.event(false, conn, reason as u8);
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn event(&self, opened: bool, c: &Conn, reason: u8) {
@@ -238,6 +382,7 @@ pub struct Ingress {
     hub: Arc<Hub>,
     ws: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -246,6 +391,7 @@ impl std::fmt::Debug for Ingress {
         f.debug_struct("Ingress")
             .field("ws", &self.ws)
             .field("tcp", &self.tcp)
+            .field("grpc", &self.grpc)
             .field("open", &self.hub.open.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -276,10 +422,10 @@ impl Ingress {
     /// # Errors
     /// A bad option, or a listener that could not bind.
     pub fn start(parts: Parts, opts: Options) -> Result<Self, ListenError> {
-        if opts.ws.is_none() && opts.tcp.is_none() {
+        if opts.ws.is_none() && opts.tcp.is_none() && opts.grpc.is_none() {
             return Err(ListenError::Invalid(
                 "listen",
-                "give at least one of ws, tcp".into(),
+                "give at least one of ws, tcp, grpc".into(),
             ));
         }
         let verifier = TicketVerifier::new(&opts.ticket_key, opts.max_connections.max(1) * 4)
@@ -310,8 +456,10 @@ impl Ingress {
         };
         let ws = opts.ws.map(|a| bind(a, "ws")).transpose()?;
         let tcp = opts.tcp.map(|a| bind(a, "tcp")).transpose()?;
+        let grpc = opts.grpc.map(|a| bind(a, "grpc")).transpose()?;
         let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         let hub = Arc::new(Hub {
             parts,
             opts,
@@ -328,10 +476,16 @@ impl Ingress {
                 tasks.push(runtime.spawn(accept_loop(Arc::clone(&hub), l, transport)));
             }
         }
+        if let Some(l) = grpc {
+            // Not in `tasks`: it stops on its own when asked (GOAWAY, then the calls end
+            // with their status), rather than being aborted.
+            runtime.spawn(super::grpc::serve(Arc::clone(&hub), l));
+        }
         Ok(Self {
             hub,
             ws: ws_addr,
             tcp: tcp_addr,
+            grpc: grpc_addr,
             tasks,
         })
     }
@@ -341,7 +495,7 @@ impl Ingress {
         match transport {
             Transport::Ws => self.ws,
             Transport::Tcp => self.tcp,
-            Transport::Grpc => None,
+            Transport::Grpc => self.grpc,
         }
     }
 
@@ -441,18 +595,24 @@ impl Drop for Ingress {
     }
 }
 
-/// The bytes a client receives for one outbound message: a WebSocket binary frame, or on
-/// TCP (a byte stream) the message behind its length as a u32, little-endian.
+/// The bytes a client receives for one outbound message: a WebSocket binary frame; on
+/// TCP (a byte stream) the message behind its length as a u32, little-endian; on gRPC the
+/// raw bytes (the `message` of a `MoveAcks`, which shares them).
 fn encode(transport: Transport, bytes: &[u8]) -> Arc<[u8]> {
-    let mut out = Vec::with_capacity(bytes.len() + 10);
     match transport {
-        Transport::Ws | Transport::Grpc => ws::encode_frame(ws::Opcode::Binary, bytes, &mut out),
+        Transport::Ws => {
+            let mut out = Vec::with_capacity(bytes.len() + 10);
+            ws::encode_frame(ws::Opcode::Binary, bytes, &mut out);
+            out.into()
+        }
         Transport::Tcp => {
+            let mut out = Vec::with_capacity(bytes.len() + 4);
             out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
             out.extend_from_slice(bytes);
+            out.into()
         }
+        Transport::Grpc => bytes.into(),
     }
-    out.into()
 }
 
 fn offer(hub: &Hub, c: &Conn, msg: &Arc<[u8]>) -> SendOutcome {
@@ -563,11 +723,7 @@ const MAX_TCP_LINE: usize = 256;
 
 async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
     // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
-    if hub.open.fetch_add(1, Ordering::AcqRel) >= hub.opts.max_connections {
-        hub.open.fetch_sub(1, Ordering::AcqRel);
-        hub.counters
-            .refused_connections
-            .fetch_add(1, Ordering::Relaxed);
+    if !hub.reserve() {
         let msg: &[u8] = match transport {
             Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             _ => b"error full\n",
@@ -583,19 +739,13 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
     let (who, leftover) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
-            hub.open.fetch_sub(1, Ordering::AcqRel);
-            hub.counters
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
+            hub.refuse();
             Box::pin(refuse(&mut stream, &response)).await;
             return;
         }
         Err(_) => {
             // Slowloris: no complete request in time.
-            hub.open.fetch_sub(1, Ordering::AcqRel);
-            hub.counters
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
+            hub.refuse();
             let msg: &[u8] = match transport {
                 Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 _ => b"error timeout\n",
@@ -604,33 +754,9 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
             return;
         }
     };
-    let conn = Arc::new(Conn {
-        room: who.room,
-        player: who.player,
-        transport,
-        out: Mutex::default(),
-        notify: Notify::new(),
-        close: AtomicU8::new(0),
-    });
-    if !hub.opts.echo_for_testing {
-        let old = hub.registry().insert(&conn);
-        if let Some(old) = old {
-            old.ask_close(CloseReason::Replaced);
-        }
-        hub.counters
-            .accepted_connections
-            .fetch_add(1, Ordering::Relaxed);
-        hub.event(true, &conn, 0);
-    }
+    let conn = hub.admit(&who, transport);
     let reason = run(hub, &conn, &mut stream, leftover).await;
-    if !hub.opts.echo_for_testing {
-        hub.registry().remove(&conn);
-        hub.counters
-            .closed_connections
-            .fetch_add(1, Ordering::Relaxed);
-        hub.event(false, &conn, reason as u8);
-    }
-    hub.open.fetch_sub(1, Ordering::AcqRel);
+    hub.leave(&conn, reason);
 }
 
 /// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
@@ -644,7 +770,7 @@ async fn refuse(stream: &mut TcpStream, response: &[u8]) {
 }
 
 /// Who a connection is, from its ticket.
-struct Who {
+pub(super) struct Who {
     room: u32,
     player: u32,
 }
@@ -681,7 +807,7 @@ async fn handshake(
                         Who { room: 0, player: 0 }
                     } else {
                         let t = ticket::ticket_from_query(req.target).unwrap_or("");
-                        match check_ticket(hub, t) {
+                        match hub.check_ticket(t) {
                             Ok(w) => w,
                             Err(reason) => {
                                 let mut out = Vec::new();
@@ -710,7 +836,7 @@ async fn handshake(
                     let Some(t) = line.strip_prefix("ticket ") else {
                         return Err(b"error ticket_malformed\n".to_vec());
                     };
-                    return match check_ticket(hub, t.trim()) {
+                    return match hub.check_ticket(t.trim()) {
                         Ok(who) => Ok((who, buf[nl + 1..].to_vec())),
                         Err(reason) => Err(format!("error {reason}\n").into_bytes()),
                     };
@@ -733,32 +859,117 @@ async fn handshake(
     }
 }
 
-fn check_ticket(hub: &Hub, t: &str) -> Result<Who, &'static str> {
-    let claims = hub
-        .verifier
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .verify_str(t, ticket::now_unix_ms())
-        .map_err(ticket::TicketError::as_str)?;
-    Ok(Who {
-        room: claims.room,
-        player: claims.player,
-    })
-}
-
-/// Per-connection reading state (kept small: it lives as long as the connection).
-struct Reader {
-    decoder: Option<ws::Decoder>,
-    /// A partial frame (TCP) or partial WebSocket frame waiting for more bytes; and, after
-    /// a room ran out of budget, whole frames waiting to be offered again.
-    pending: Vec<u8>,
-    /// Whole v1 frames held back by backpressure (WebSocket: decoded already).
-    stalled: Vec<u8>,
+/// Where a connection's v1 frames go, whatever the transport: `Worker::ingest` of the
+/// shard of its ticket's room, under the worker's lock, on the thread that read them.
+pub(super) struct Intake {
     sender: Sender,
     /// Frames refused in a row.
     refusals: u32,
-    /// The last [`offer_frames`] stopped on backpressure.
-    held: bool,
+    /// Frames held back while their room is out of budget (on TCP, with the partial frame
+    /// that followed them), offered again by [`Intake::retry`] after a pause: none is lost.
+    /// While it holds bytes, the connection reads nothing more.
+    stalled: Vec<u8>,
+}
+
+/// What [`Intake::offer`] did with a chunk of frames.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Offered {
+    /// Bytes of whole frames taken (accepted or refused).
+    pub(super) consumed: usize,
+    pub(super) accepted: u32,
+    pub(super) refused: u32,
+    /// Stopped at a frame its room has no budget for: offer the rest again later.
+    pub(super) held: bool,
+}
+
+impl Intake {
+    pub(super) fn new(room: u32, player: u32) -> Self {
+        Self {
+            sender: Sender::new(room, player),
+            refusals: 0,
+            stalled: Vec::new(),
+        }
+    }
+
+    /// Whether frames are held back ([`Intake::retry`] them in ~1 ms, read nothing more).
+    pub(super) fn stalled(&self) -> bool {
+        !self.stalled.is_empty()
+    }
+
+    /// Offers back-to-back frames to the shard: what it took, or the reason to close
+    /// (bytes that are not v1 frames; more than `max_refusals` frames refused in a row).
+    pub(super) fn offer(&mut self, hub: &Hub, frames: &[u8]) -> Result<Offered, CloseReason> {
+        if frames.is_empty() {
+            return Ok(Offered::default());
+        }
+        let shard = self.sender.room as usize % hub.parts.workers.len();
+        let done = lock_worker(&hub.parts.workers[shard]).ingest(
+            frames,
+            &mut self.sender,
+            crate::clock::now_ns(),
+            hub.parts.max_payload,
+            &hub.parts.verdicts,
+        );
+        if done.malformed {
+            return Err(CloseReason::Malformed);
+        }
+        if done.accepted > 0 {
+            self.refusals = 0;
+        }
+        self.refusals = self.refusals.saturating_add(done.refused);
+        if hub.opts.max_refusals > 0 && self.refusals > hub.opts.max_refusals {
+            return Err(CloseReason::Refused);
+        }
+        Ok(Offered {
+            consumed: done.consumed,
+            accepted: done.accepted,
+            refused: done.refused,
+            held: done.backpressure,
+        })
+    }
+
+    /// Offers `frames`, holding back what the room has no budget for now: what was taken,
+    /// and whether bytes that are not whole frames were left (the caller decides: a partial
+    /// frame to complete on a byte stream, a malformed message otherwise).
+    pub(super) fn offer_or_hold(
+        &mut self,
+        hub: &Hub,
+        frames: &[u8],
+    ) -> Result<(Offered, bool), CloseReason> {
+        if self.stalled() {
+            // Behind frames already held back: in order, after them.
+            self.stalled.extend_from_slice(frames);
+            return Ok((Offered::default(), false));
+        }
+        let o = self.offer(hub, frames)?;
+        if o.held {
+            self.stalled.extend_from_slice(&frames[o.consumed..]);
+            return Ok((o, false));
+        }
+        Ok((o, o.consumed < frames.len()))
+    }
+
+    /// Offers the frames held back again. What was taken, and the bytes left that are not
+    /// whole frames once the room took every whole one (empty most of the time).
+    pub(super) fn retry(&mut self, hub: &Hub) -> Result<(Offered, Vec<u8>), CloseReason> {
+        let mut held = std::mem::take(&mut self.stalled);
+        let o = self.offer(hub, &held)?;
+        held.drain(..o.consumed);
+        if o.held {
+            self.stalled = held;
+            return Ok((o, Vec::new()));
+        }
+        Ok((o, held))
+    }
+}
+
+/// Per-connection reading state of a socket transport (kept small: it lives as long as
+/// the connection).
+struct Reader {
+    decoder: Option<ws::Decoder>,
+    /// A partial frame (TCP) or partial WebSocket frame waiting for more bytes.
+    pending: Vec<u8>,
+    intake: Intake,
     /// Why the WebSocket decoder failed the connection: its code (1002, 1003, 1007, 1009)
     /// and reason go in the close frame.
     ws_close: Option<ws::Close>,
@@ -770,10 +981,7 @@ impl Reader {
             decoder: (conn.transport == Transport::Ws)
                 .then(|| ws::Decoder::new(hub.opts.max_message_bytes, hub.opts.echo_for_testing)),
             pending: Vec::new(),
-            stalled: Vec::new(),
-            sender: Sender::new(conn.room, conn.player),
-            refusals: 0,
-            held: false,
+            intake: Intake::new(conn.room, conn.player),
             ws_close: None,
         }
     }
@@ -804,7 +1012,7 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
     }
     loop {
         let want_write = !conn.lock().queue.is_empty();
-        let stalled = !r.stalled.is_empty();
+        let stalled = r.intake.stalled();
         let wake_at = match idle {
             Some(d) if !pinged && conn.transport == Transport::Ws => last_read + d / 2,
             Some(d) => last_read + d,
@@ -855,7 +1063,7 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
             // by a full room, or the idle deadline.
             () = tokio::time::sleep_until(timer_at), if stalled || idle.is_some() => {
                 if stalled {
-                    if let Err(reason) = retry_held(hub, conn, &mut r) {
+                    if let Err(reason) = retry_held(hub, &mut r) {
                         return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
                     }
                     continue;
@@ -872,9 +1080,7 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
                 }
             }
         }
-        let asked = conn.close.load(Ordering::Acquire);
-        if asked != 0 {
-            let reason = close_reason(asked);
+        if let Some(reason) = conn.asked_close() {
             return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
         }
         if let Err(reason) = write_some(hub, conn, stream) {
@@ -883,24 +1089,17 @@ async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) 
     }
 }
 
-fn close_reason(n: u8) -> CloseReason {
-    match n {
-        6 => CloseReason::Backpressure,
-        7 => CloseReason::Replaced,
-        12 => CloseReason::Kicked,
-        _ => CloseReason::Shutdown,
+/// Offers the frames a full room held back again. A partial frame that followed them
+/// waits for the next read (TCP); on WebSocket a message must hold whole frames.
+fn retry_held(hub: &Hub, r: &mut Reader) -> Result<(), CloseReason> {
+    match r.intake.retry(hub)? {
+        (_, tail) if tail.is_empty() => Ok(()),
+        (_, tail) if r.decoder.is_none() => {
+            r.pending = tail;
+            Ok(())
+        }
+        _ => Err(CloseReason::Malformed),
     }
-}
-
-/// Offers the frames a full room held back again; keeps what it still refuses.
-fn retry_held(hub: &Hub, conn: &Conn, r: &mut Reader) -> Result<(), CloseReason> {
-    let mut held = std::mem::take(&mut r.stalled);
-    let n = offer_frames(hub, conn, r, &held)?;
-    held.drain(..n);
-    if !held.is_empty() {
-        r.stalled = held;
-    }
-    Ok(())
 }
 
 /// Writes what the socket takes now of the outbound queue.
@@ -1048,13 +1247,13 @@ fn process(hub: &Hub, conn: &Conn, r: &mut Reader, input: &mut [u8]) -> Next {
         &mut owned
     };
     let (used, next) = match r.decoder.as_mut() {
-        None => match offer_frames(hub, conn, r, work) {
-            Ok(n) if n < work.len() && r.held => {
+        None => match r.intake.offer(hub, work) {
+            Ok(o) if o.held => {
                 // The room is out of budget: hold the rest, whole frames and partial tail.
-                r.stalled.extend_from_slice(&work[n..]);
+                r.intake.stalled.extend_from_slice(&work[o.consumed..]);
                 (work.len(), Next::Stall)
             }
-            Ok(n) => (n, Next::Go),
+            Ok(o) => (o.consumed, Next::Go),
             Err(reason) => return Next::Close(reason),
         },
         Some(_) => decode_ws(hub, conn, r, work),
@@ -1075,41 +1274,6 @@ fn process(hub: &Hub, conn: &Conn, r: &mut Reader, input: &mut [u8]) -> Next {
         r.pending = Vec::new();
     }
     next
-}
-
-/// Offers back-to-back frames to the shard; returns the bytes taken (whole frames), or
-/// the reason to close.
-fn offer_frames(
-    hub: &Hub,
-    conn: &Conn,
-    r: &mut Reader,
-    frames: &[u8],
-) -> Result<usize, CloseReason> {
-    let _ = conn;
-    r.held = false;
-    if frames.is_empty() {
-        return Ok(0);
-    }
-    let shard = r.sender.room as usize % hub.parts.workers.len();
-    let done = lock_worker(&hub.parts.workers[shard]).ingest(
-        frames,
-        &mut r.sender,
-        crate::clock::now_ns(),
-        hub.parts.max_payload,
-        &hub.parts.verdicts,
-    );
-    if done.malformed {
-        return Err(CloseReason::Malformed);
-    }
-    if done.accepted > 0 {
-        r.refusals = 0;
-    }
-    r.refusals = r.refusals.saturating_add(done.refused);
-    if hub.opts.max_refusals > 0 && r.refusals > hub.opts.max_refusals {
-        return Err(CloseReason::Refused);
-    }
-    r.held = done.backpressure;
-    Ok(done.consumed)
 }
 
 /// Decodes WebSocket frames from `work`; returns the bytes consumed and what to do next.
@@ -1138,25 +1302,13 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
                     next = Next::Close(reason);
                 }
             }
-            ws::Event::Binary(payload) => {
-                if !r.stalled.is_empty() {
-                    r.stalled.extend_from_slice(payload);
-                    return;
-                }
-                match offer_frames(hub, conn, r, payload) {
-                    Ok(n) if n < payload.len() => {
-                        if r.held {
-                            r.stalled.extend_from_slice(&payload[n..]);
-                            next = Next::Stall;
-                        } else {
-                            // A message must hold whole frames.
-                            next = Next::Close(CloseReason::Malformed);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(reason) => next = Next::Close(reason),
-                }
-            }
+            ws::Event::Binary(payload) => match r.intake.offer_or_hold(hub, payload) {
+                // A message must hold whole frames.
+                Ok((_, true)) => next = Next::Close(CloseReason::Malformed),
+                Ok(_) if r.intake.stalled() => next = Next::Stall,
+                Ok(_) => {}
+                Err(reason) => next = Next::Close(reason),
+            },
             ws::Event::Text(_) => next = Next::Close(CloseReason::Text),
             ws::Event::Ping(payload) => {
                 let mut out = Vec::with_capacity(payload.len() + 2);
@@ -1212,6 +1364,7 @@ mod tests {
             Options {
                 ws: Some("127.0.0.1:0".parse().unwrap()),
                 tcp: None,
+                grpc: None,
                 ticket_key: vec![7; 32],
                 max_connections: 8,
                 idle_timeout_ms: 0,

@@ -333,6 +333,8 @@ pub struct Worker {
     full: bool,
     /// A step panicked: moves are rejected with [`Reason::ShardFailed`], not validated.
     failed: bool,
+    /// The failure's message, until the next [`Worker::deliver`] reports it.
+    failure: Option<String>,
     /// When [`Worker::deliver`] last ran ([`crate::clock::now_ns`]).
     delivered_at: u64,
     /// Native ingress moves wait for a delivery at this time (0: none waits): reads that
@@ -371,6 +373,7 @@ impl Worker {
             pool,
             full: false,
             failed: false,
+            failure: None,
             delivered_at: 0,
             ingress_due: 0,
             scratch_tokens: Vec::new(),
@@ -402,11 +405,17 @@ impl Worker {
     fn recover(&mut self, message: String) -> Step {
         if !self.failed {
             self.failed = true;
-            self.outbox.publish_failure(self.index, message);
+            // Reported with the next delivery, after the moves validated before the failure:
+            // JavaScript hears of it only once those are on their way (a second failure,
+            // which stops the worker for good, cannot then overtake them).
+            self.failure = Some(message);
             return Step::Again;
         }
         // A panic in failed mode: stop for good, but answer every flush waiting on this
         // shard first (queued controls, and those waiting for deliveries), so none hangs.
+        if let Some(first) = self.failure.take() {
+            self.outbox.publish_failure(self.index, first);
+        }
         let mut tokens: Vec<u64> = self.flushes.drain(..).map(|f| f.token).collect();
         tokens.extend(self.shared.bury());
         self.outbox.publish_failure(
@@ -685,6 +694,10 @@ impl Worker {
                     .map(|i| (Arc::clone(i), i.generation()))
                     .collect();
                 if waits.is_empty() && self.flushes.is_empty() {
+                    // A failure not reported yet goes before the flush that follows it.
+                    if let Some(message) = self.failure.take() {
+                        self.outbox.publish_failure(self.index, message);
+                    }
                     self.outbox.publish(None, &[token]);
                 } else {
                     self.flushes.push(PendingFlush { token, waits });
@@ -748,7 +761,15 @@ impl Worker {
             }
             !done
         });
-        self.outbox.publish(moves, &self.scratch_tokens);
+        // In this order: the moves, a failure not reported yet (after the moves validated
+        // before it), then the flushes answered (after both).
+        if let Some(message) = self.failure.take() {
+            self.outbox.publish(moves, &[]);
+            self.outbox.publish_failure(self.index, message);
+            self.outbox.publish(None, &self.scratch_tokens);
+        } else {
+            self.outbox.publish(moves, &self.scratch_tokens);
+        }
         self.scratch_tokens.clear();
     }
 }
@@ -873,6 +894,9 @@ impl Worker {
             // The frames of this chunk not counted yet are lost with the connection, which
             // the caller closes; the shard goes on in failed mode as after a step's panic.
             let _ = self.recover(message);
+            if let Some(message) = self.failure.take() {
+                self.outbox.publish_failure(self.index, message);
+            }
             out.malformed = true;
         }
         // The worker may have work of its own (moves dispatched meanwhile): its own loop

@@ -114,7 +114,7 @@ export interface IngressServer {
 /** What `send` answers. */
 export type SendResult = 'sent' | 'backpressure' | 'dropped' | 'closed';
 
-/** Resolved options, as the addon takes them. */
+/** Resolved options, as the addon takes them (not part of the API). */
 export interface NativeListenOptions {
   wsHost?: string;
   wsPort?: number;
@@ -122,7 +122,8 @@ export interface NativeListenOptions {
   tcpPort?: number;
   grpcHost?: string;
   grpcPort?: number;
-  ticketKey: Buffer;
+  /** A Buffer (the addon takes one), typed without Node's types. */
+  ticketKey: Uint8Array;
   maxConnections: number;
   idleTimeoutMs: number;
   maxBackpressureBytes: number;
@@ -163,7 +164,7 @@ function address(value: unknown, field: string): { host: string; port: number } 
   return { host: host ?? '127.0.0.1', port: p };
 }
 
-/** Checks `listen()`'s options; throws typed errors naming the field. */
+/** @internal Checks `listen()`'s options; throws typed errors naming the field. */
 export function resolveListenOptions(options: ListenOptions): NativeListenOptions {
   if (options === null || typeof options !== 'object') {
     throw typeError(ErrorCode.InvalidOption, 'listen: options must be an object', { field: 'options' });
@@ -200,7 +201,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   };
 }
 
-/** The connection event of an addon record. */
+/** @internal The connection event of an addon record. */
 export function connectionEvent(flags: number, room: number, player: number): { opened: boolean; info: DisconnectInfo } {
   return {
     opened: (flags & 1) === 1,

@@ -528,3 +528,21 @@ export function loadWireVectors(): WireVector[] {
   if (vectors.length === 0) throw new Error(`no vectors in ${path}`);
   return vectors;
 }
+
+// ---------------------------------------------------------------------------------------
+// Native ingress
+// ---------------------------------------------------------------------------------------
+
+/** Drains pull room `room` until it gave `want` moves (5 s at most): each as `{ player, seq }`, in order. */
+export async function drainAllOf(d: Dispatcher, room: number, want: number): Promise<{ player: number; seq: number }[]> {
+  const got: { player: number; seq: number }[] = [];
+  await until(
+    () => {
+      for (const m of d.drain(room)) got.push({ player: m.player, seq: m.seq });
+      return got.length >= want;
+    },
+    5000,
+    `${want} moves in room ${room}`,
+  );
+  return got;
+}

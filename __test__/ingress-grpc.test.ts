@@ -13,8 +13,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ErrorCode, issueTicket } from '../index';
-import type { ConnectionInfo, DisconnectInfo, Dispatcher, IngressServer, ListenOptions, MoveBatch } from '../index';
-import { concat, frame, skipReason, until, useDispatchers } from './helpers';
+import type { ConnectionInfo, DisconnectInfo, Dispatcher, IngressServer, ListenOptions } from '../index';
+import { concat, drainAllOf, frame, skipReason, until, useDispatchers } from './helpers';
 
 const KEY = 'a ticket key of thirty-two bytes';
 const skip = skipReason('native');
@@ -97,25 +97,6 @@ async function start(d: Dispatcher, extra: Partial<ListenOptions> = {}): Promise
   });
   servers.push(server);
   return { server, events, port: server.address('grpc')!.port };
-}
-
-function moves(batch: MoveBatch): { player: number; seq: number }[] {
-  const out: { player: number; seq: number }[] = [];
-  for (const m of batch) out.push({ player: m.player, seq: m.seq });
-  return out;
-}
-
-async function drainAllOf(d: Dispatcher, room: number, want: number): Promise<{ player: number; seq: number }[]> {
-  const got: { player: number; seq: number }[] = [];
-  await until(
-    () => {
-      got.push(...moves(d.drain(room)));
-      return got.length >= want;
-    },
-    5000,
-    `${want} moves in room ${room}`,
-  );
-  return got;
 }
 
 describe.skipIf(skip !== null)('native ingress over gRPC', () => {

@@ -10,8 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ErrorCode, issueTicket, Verdict } from '../index';
-import type { DisconnectInfo, ConnectionInfo, Dispatcher, IngressServer, ListenOptions, MoveBatch } from '../index';
-import { concat, frame, keyFor, skipReason, until, useDispatchers } from './helpers';
+import type { DisconnectInfo, ConnectionInfo, Dispatcher, IngressServer, ListenOptions } from '../index';
+import { concat, drainAllOf, frame, keyFor, skipReason, until, useDispatchers } from './helpers';
 
 const KEY = 'a ticket key of thirty-two bytes';
 const skip = skipReason('native');
@@ -79,25 +79,6 @@ function openTcp(port: number): Promise<Socket> {
     s.setNoDelay(true);
     s.once('error', reject);
   });
-}
-
-function moves(batch: MoveBatch): { player: number; seq: number }[] {
-  const out: { player: number; seq: number }[] = [];
-  for (const m of batch) out.push({ player: m.player, seq: m.seq });
-  return out;
-}
-
-async function drainAllOf(d: Dispatcher, room: number, want: number): Promise<{ player: number; seq: number }[]> {
-  const got: { player: number; seq: number }[] = [];
-  await until(
-    () => {
-      got.push(...moves(d.drain(room)));
-      return got.length >= want;
-    },
-    5000,
-    `${want} moves in room ${room}`,
-  );
-  return got;
 }
 
 describe.skipIf(skip !== null)('native ingress', () => {

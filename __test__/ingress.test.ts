@@ -168,6 +168,18 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(await drainAllOf(d, 1, 1)).toEqual([{ player: 8, seq: 1 }]);
   });
 
+  it("applies the room's rate limit per connection (RateLimited, nothing kept)", async () => {
+    const d = make();
+    d.openRoom(1, { rateLimit: { perSecond: 1, burst: 3 } });
+    d.join(1, 7);
+    const { wsUrl } = await start(d);
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    ws.send(concat([1, 2, 3, 4, 5, 6].map((seq) => frame({ room: 1, player: 7, seq }))));
+    await until(() => d.stats().verdicts.RateLimited === 3, 2000, 'three frames over the burst refused');
+    expect(await drainAllOf(d, 1, 3)).toEqual([1, 2, 3].map((seq) => ({ player: 7, seq })));
+    expect(d.stats().verdicts.Accepted).toBe(3);
+  });
+
   it('closes a WebSocket that sends text with 1003, and one that sends a partial frame as malformed', async () => {
     const d = make();
     d.openRoom(1);

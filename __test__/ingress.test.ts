@@ -300,6 +300,20 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(events.closed).toEqual([]);
   });
 
+  it('closes a silent TCP connection after idleTimeoutMs (idle)', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 4);
+    const { tcpPort, events } = await start(d, { idleTimeoutMs: 300 });
+    const s = await openTcp(tcpPort);
+    const ended = new Promise<void>((resolve) => s.once('close', () => resolve()));
+    s.write(`ticket ${issueTicket(KEY, { room: 1, player: 4 })}\n`);
+    await until(() => events.opened.length === 1, 2000, 'onConnection');
+    await ended;
+    await until(() => events.closed.length === 1, 2000, 'onDisconnect');
+    expect(events.closed[0]).toEqual({ room: 1, player: 4, transport: 'tcp', reason: 'idle' });
+  });
+
   it('server.close() and dispatcher.close() close every connection with a reason', async () => {
     const d = make();
     d.openRoom(1);

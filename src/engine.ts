@@ -7,7 +7,7 @@
  * Engines never throw for anything a caller controls: control calls answer a
  * `Status` code that `Dispatcher` turns into a typed error.
  */
-import type { NativeListenOptions } from './ingress';
+import type { ListenAddresses, NativeListenOptions } from './ingress';
 import type { AllocatorStats, LatencyStats, OverloadEvent, RateLimit, StreamResult } from './types';
 
 /** A histogram as Prometheus needs it: cumulative counts at the bounds `le` (in the histogram's unit). */
@@ -184,15 +184,8 @@ export interface Engine {
 /** Called by an engine (possibly many times) when `poll()` has something new. */
 export type WakeFn = () => void;
 
-/** The addresses `listen` bound (addon). */
-export interface NativeListenInfo {
-  wsHost?: string;
-  wsPort?: number;
-  tcpHost?: string;
-  tcpPort?: number;
-  grpcHost?: string;
-  grpcPort?: number;
-}
+/** The addresses `listen` bound (addon): the same fields it takes. */
+export type NativeListenInfo = ListenAddresses;
 
 /** Native ingress counters (addon). */
 export interface NativeIngressStats {

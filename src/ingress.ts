@@ -114,14 +114,18 @@ export interface IngressServer {
 /** What `send` answers. */
 export type SendResult = 'sent' | 'backpressure' | 'dropped' | 'closed';
 
-/** Resolved options, as the addon takes them (not part of the API). */
-export interface NativeListenOptions {
+/** Where each transport listens, as the addon takes and answers them (not part of the API). */
+export interface ListenAddresses {
   wsHost?: string;
   wsPort?: number;
   tcpHost?: string;
   tcpPort?: number;
   grpcHost?: string;
   grpcPort?: number;
+}
+
+/** Resolved options, as the addon takes them (not part of the API). */
+export interface NativeListenOptions extends ListenAddresses {
   /** A Buffer (the addon takes one), typed without Node's types. */
   ticketKey: Uint8Array;
   maxConnections: number;

@@ -384,14 +384,7 @@ impl Worker {
     pub fn step(&mut self) -> Step {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn())) {
             Ok(step) => step,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned());
-                self.recover(message)
-            }
+            Err(panic) => self.recover(panic_message(&*panic)),
         }
     }
 
@@ -762,6 +755,15 @@ impl Worker {
     }
 }
 
+/// The message of a caught panic (`panic!` with a literal or a formatted string).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// Locks a worker shared with native ingress. A panic while it was held (a bug, caught and
 /// reported by [`Worker::step`] or [`Worker::ingest`], which leave the worker consistent)
 /// does not make the lock unusable.
@@ -867,11 +869,7 @@ impl Worker {
             }
         }));
         if let Err(panic) = caught {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let message = panic_message(&*panic);
             // The frames of this chunk not counted yet are lost with the connection, which
             // the caller closes; the shard goes on in failed mode as after a step's panic.
             let _ = self.recover(message);

@@ -55,12 +55,19 @@ interface NativeDispatcherInstance {
   ingressStats?(): NativeIngressStats | null | undefined;
 }
 
+/** The hot path's calling convention the addon must export as `hotPath` (crates/binding/src/hot.rs). */
+const HOT_PATH = 2;
+/** Set on a `dispatch` answer when a worker it fed sleeps: `wakeOwed(id)` must be scheduled. */
+const WAKE_DUE = 0x100;
+
 interface Binding {
+  /** The hot path's calling convention (`HOT_PATH`). */
+  hotPath?: number;
   NativeDispatcher: new (config: Omit<EngineConfig, 'pinCores'> & { pinCores?: number[] }, wake: () => void) => NativeDispatcherInstance;
-  /** Hot path: plain functions taking the dispatcher id (class methods cost ~200 ns more per call). */
+  /** Hot path: plain functions taking the dispatcher id (class methods cost ~200 ns more per call); the verdict, plus `WAKE_DUE`. */
   dispatch(id: number, frame: Uint8Array): number;
   dispatchFrom(id: number, frame: Uint8Array, sender: number): number;
-  /** Writes `[consumed, accepted, rejected, flags]` (flags: 1 backpressure, 2 malformed) into `out`; returns `accepted`. */
+  /** Writes `[consumed, accepted, rejected, flags]` (flags: 1 backpressure, 2 malformed, 4 wake due) into `out`; returns `accepted`. */
   dispatchStream(id: number, chunk: Uint8Array, sender: number, out: Float64Array): number;
   /** Pays the wake-ups the turn's dispatches owe the workers (once per event-loop turn). */
   wakeOwed(id: number): void;
@@ -240,19 +247,22 @@ class NativeEngine implements Engine {
     // callbacks), not once per call (a futex wake-up and a context switch each). Calls that
     // wait on the workers (drain, flush, poll) pay what is owed first, and no more than 64
     // moves of a shard wait for their wake-up.
-    if (typeof b.wakeOwed !== 'function' || typeof this.#n.deferWakes !== 'function') {
-      throw stateError(ErrorCode.NativeUnavailable, 'move-dispatcher: the native addon is from an older build (no deferred wake-ups): rebuild it or reinstall the package');
+    // A call answers whether a worker it fed had announced sleep (`WAKE_DUE`): only then is
+    // the payment scheduled, so a turn of calls to busy workers schedules nothing.
+    if (typeof b.wakeOwed !== 'function' || typeof this.#n.deferWakes !== 'function' || b.hotPath !== HOT_PATH) {
+      throw stateError(ErrorCode.NativeUnavailable, 'move-dispatcher: the native addon is from an older build (hot path without wake-up answers): rebuild it or reinstall the package');
     }
     this.#n.deferWakes(true);
     // Bind the hot path once: one closure call and one plain N-API call per frame.
     const { dispatch, dispatchFrom } = b;
     this.dispatch = (frame, sender) => {
-      const verdict = sender < 0 ? dispatch(id, frame) : dispatchFrom(id, frame, sender);
-      if (verdict === 0 && !this.#wakeQueued) {
+      const answer = sender < 0 ? dispatch(id, frame) : dispatchFrom(id, frame, sender);
+      if (answer < WAKE_DUE) return answer;
+      if (!this.#wakeQueued) {
         this.#wakeQueued = true;
         setImmediate(this.#payWakes);
       }
-      return verdict;
+      return answer & 0xff;
     };
   }
 
@@ -261,11 +271,11 @@ class NativeEngine implements Engine {
   dispatchStream(chunk: Uint8Array, sender: number): StreamResult {
     const out = this.#stream;
     const accepted = this.#b.dispatchStream(this.#id, chunk, sender, out);
-    if (accepted > 0 && !this.#wakeQueued) {
+    const flags = out[3]!;
+    if ((flags & 4) !== 0 && !this.#wakeQueued) {
       this.#wakeQueued = true;
       setImmediate(this.#payWakes);
     }
-    const flags = out[3]!;
     return { consumed: out[0]!, accepted, rejected: out[2]!, backpressure: (flags & 1) !== 0, malformed: (flags & 2) !== 0 };
   }
   openRoom(room: number, auth: number, push: boolean, rate: RateLimit | null = null): Status {

@@ -1,7 +1,9 @@
 //! The Node.js addon: napi-rs conversions over the `move-dispatcher` crate (all logic lives
 //! there), and the process's global allocator ([`allocator`]).
 //!
-//! - `dispatch` borrows the frame as `&[u8]` for the call (no reference is created).
+//! - `dispatch`, `dispatchFrom` and `dispatchStream` are plain N-API callbacks ([`hot`]):
+//!   they borrow the frame as `&[u8]` for the call only, and skip napi-rs's per-call
+//!   wrapper, which cost a one-frame call more than the rest of the binding's share.
 //! - Each delivery (many rooms' moves, `move_dispatcher::delivery`) is exposed as one
 //!   external `ArrayBuffer` over its own buffer, which nothing writes once built; the
 //!   finalizer gives the buffer back to the core's pool only after V8 let go of it, and
@@ -30,6 +32,7 @@ extern crate napi_derive;
 mod allocator;
 #[cfg(feature = "bench")]
 mod bench;
+mod hot;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -46,7 +49,7 @@ use move_dispatcher::ingress::{self, Ingress, SendOutcome, Transport};
 use move_dispatcher::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::runtime::{self, Stopper};
-use move_dispatcher::verdict::{Status as EngineStatus, Verdict};
+use move_dispatcher::verdict::Status as EngineStatus;
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
 #[napi(object)]
@@ -878,47 +881,11 @@ impl ObjectFinalize for NativeDispatcher {
     }
 }
 
-/// Checks and queues one frame on core `id`. Returns a `Verdict` (`Closed` if the core is gone).
-#[napi(catch_unwind)]
-pub fn dispatch(id: u32, frame: &[u8]) -> u32 {
-    with_core(id, |c| c.dispatch(frame, None)).unwrap_or(Verdict::Closed) as u32
-}
-
-/// Like `dispatch`, refusing frames whose player is not `sender`.
-#[napi(catch_unwind)]
-pub fn dispatch_from(id: u32, frame: &[u8], sender: u32) -> u32 {
-    with_core(id, |c| c.dispatch(frame, Some(sender))).unwrap_or(Verdict::Closed) as u32
-}
-
-/// Dispatches back-to-back frames. `sender < 0`: no sender check. Writes the outcome into
-/// `out` (the engine's private `Float64Array` of 4: consumed, accepted, rejected, flags —
-/// 1 backpressure, 2 malformed) instead of returning an object: creating one through N-API
-/// cost more than the rest of a one-frame call. Returns the frames accepted.
-#[napi(catch_unwind)]
-pub fn dispatch_stream(id: u32, chunk: &[u8], sender: f64, mut out: Float64ArraySlice) -> u32 {
-    let sender = if sender >= 0.0 && sender <= f64::from(u32::MAX) {
-        #[expect(clippy::cast_sign_loss, reason = "range checked above")]
-        Some(sender as u32)
-    } else {
-        None
-    };
-    let o = with_core(id, |c| c.dispatch_stream(chunk, sender)).unwrap_or_default();
-    // SAFETY: `out` is the engine's private Float64Array (src/native.ts), never shared with
-    // another thread; JavaScript is blocked in this call, so nothing else reads or writes it
-    // while the slice lives, and the slice does not outlive the call.
-    let out = unsafe { out.as_mut() };
-    let flags = u8::from(o.backpressure) | (u8::from(o.malformed) << 1);
-    #[expect(clippy::cast_precision_loss, reason = "buffer lengths are below 2^53")]
-    let fields = [
-        o.consumed as f64,
-        f64::from(o.accepted),
-        f64::from(o.rejected),
-        f64::from(flags),
-    ];
-    for (slot, v) in out.iter_mut().zip(fields) {
-        *slot = v;
-    }
-    o.accepted
+/// The hot path's `dispatch`, `dispatchFrom` and `dispatchStream`: plain N-API callbacks
+/// ([`hot`]), set on the module's exports when it loads.
+#[napi(module_exports)]
+pub fn hot_path_exports(exports: Object, env: Env) -> Result<()> {
+    hot::register(env, exports.raw())
 }
 
 /// Exposes a delivery to JavaScript: one external `ArrayBuffer` over its buffer, which goes

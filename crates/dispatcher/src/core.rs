@@ -181,6 +181,18 @@ impl ShardHandle {
     }
 }
 
+/// Who wakes a shard's worker after `dispatch` pushed to it ([`Core::defer_wakes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wakes {
+    /// `dispatch` does, at once (`dispatch_stream` at the end of its call).
+    Now,
+    /// The caller, through [`Core::wake_owed`]; no worker it fed since has announced sleep.
+    Deferred,
+    /// As `Deferred`, and a move went to a worker that announced sleep since the last
+    /// [`Core::wake_owed`]: the caller must pay ([`Core::wake_due`]).
+    Due,
+}
+
 /// The dispatcher, JavaScript-thread side.
 pub struct Core {
     pub(crate) cfg: Config,
@@ -208,8 +220,8 @@ pub struct Core {
     pressure: Option<(usize, Pressure)>,
     /// Some shard has failed (see [`Core::poll`]).
     any_failed: bool,
-    /// `dispatch` leaves the worker's wake-up to [`Core::wake_owed`] ([`Core::defer_wakes`]).
-    defer: bool,
+    /// Whether `dispatch` wakes workers itself or leaves it to [`Core::wake_owed`].
+    wakes: Wakes,
     /// The runtime's workers, which native ingress also runs (between their steps) on the
     /// threads that read its connections; empty for inline workers.
     workers: Vec<Arc<Mutex<Worker>>>,
@@ -338,7 +350,7 @@ impl Core {
             overloaded_rooms: Vec::new(),
             pressure: None,
             any_failed: false,
-            defer: false,
+            wakes: Wakes::Now,
             workers,
             ingress_verdicts: Arc::default(),
             #[cfg(any(test, feature = "inline-workers"))]
@@ -477,8 +489,14 @@ impl Core {
         // Wake the worker now, or owe it the wake-up (a stream's frames arrived together; a
         // caller that defers wakes it once per event-loop turn) — but never let more than
         // `WAKE_EVERY` moves wait for one.
-        if (chunk_stamp.is_some() || self.defer) && shard.owed < WAKE_EVERY {
+        if (chunk_stamp.is_some() || self.wakes != Wakes::Now) && shard.owed < WAKE_EVERY {
             shard.owed += 1;
+            // A deferred wake-up matters only to a worker that announced sleep: tell the
+            // caller (once until paid), so that a turn of calls to running or napping
+            // workers schedules no payment at all.
+            if self.wakes == Wakes::Deferred && shard.shared.sleeps() {
+                self.wakes = Wakes::Due;
+            }
         } else {
             shard.owed = 0;
             shard.shared.wake();
@@ -545,7 +563,7 @@ impl Core {
         }
         // The wake-ups owed: after every push of the call, as `dispatch` does after one
         // (or later, with deferred wake-ups).
-        if !self.defer {
+        if self.wakes == Wakes::Now {
             self.wake_owed();
         }
         out
@@ -558,14 +576,24 @@ impl Core {
     /// shutdown) pays what is owed first, and no more than [`WAKE_EVERY`] moves of a shard
     /// ever wait for theirs.
     pub fn defer_wakes(&mut self, defer: bool) {
-        self.defer = defer;
+        self.wakes = if defer { Wakes::Deferred } else { Wakes::Now };
         if !defer {
             self.wake_owed();
         }
     }
 
+    /// With deferred wake-ups ([`Core::defer_wakes`]): whether a move pushed since the last
+    /// [`Core::wake_owed`] went to a worker that announced sleep, so that the caller must
+    /// pay what is owed (its other workers are running or napping and need no wake-up).
+    pub fn wake_due(&self) -> bool {
+        self.wakes == Wakes::Due
+    }
+
     /// Wakes every worker owed a wake-up (see [`Core::defer_wakes`]); whether any was.
     pub fn wake_owed(&mut self) -> bool {
+        if self.wakes == Wakes::Due {
+            self.wakes = Wakes::Deferred;
+        }
         let mut any = false;
         for s in &mut self.shards {
             if std::mem::take(&mut s.owed) > 0 {
@@ -585,7 +613,7 @@ impl Core {
             Ok(()) => {
                 s.next_seq += 1;
                 s.owed = 0;
-                s.shared.wake();
+                s.shared.wake_for_control();
                 true
             }
             Err(Control::Flush { token }) => {
@@ -2004,7 +2032,9 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(c.shard_stats()[0].queue_depth, 10, "nobody woke the worker");
+        assert!(c.wake_due(), "the caller is told: the worker sleeps");
         assert!(c.wake_owed());
+        assert!(!c.wake_due());
         assert!(!c.wake_owed(), "paid once");
         for _ in 0..2_000 {
             if c.shard_stats()[0].queue_depth == 0 {
@@ -2032,6 +2062,51 @@ mod tests {
         c.dispatch(&frame(1, 1, 200, b"d", None), None);
         let _ = c.drain(1);
         flush(&mut c, 2);
+        c.shutdown();
+    }
+
+    /// A worker of pull rooms that just took moves naps (`Policy::nap_ns`) instead of
+    /// sleeping: a move dispatched then is not reported as needing a wake-up, and the
+    /// worker still takes it, at the end of its nap, with no wake-up ever paid.
+    #[test]
+    fn a_napping_worker_takes_moves_without_a_wake_up() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        flush(&mut c, 1);
+        c.defer_wakes(true);
+        let mut seq = 0;
+        let mut napping = 0;
+        for _ in 0..50 {
+            // Keep the worker busy: a burst, paid for, taken.
+            for _ in 0..20 {
+                seq += 1;
+                assert_eq!(
+                    c.dispatch(&frame(1, 1, seq, b"d", None), None),
+                    Verdict::Accepted
+                );
+            }
+            c.wake_owed();
+            while c.shard_stats()[0].queue_depth > 0 {
+                std::thread::yield_now();
+            }
+            // At once: the worker naps (or, on a slow machine, may already sleep).
+            seq += 1;
+            c.dispatch(&frame(1, 1, seq, b"d", None), None);
+            if c.wake_due() {
+                c.wake_owed();
+            } else {
+                napping += 1;
+            }
+            let mut waited = 0;
+            while c.shard_stats()[0].queue_depth > 0 {
+                assert!(waited < 2_000, "a move left waiting without a wake-up");
+                std::thread::sleep(Duration::from_millis(1));
+                waited += 1;
+            }
+        }
+        assert!(napping > 0, "the worker never napped");
+        assert_eq!(c.drain_all().map_or(0, |m| m.moves()), seq);
         c.shutdown();
     }
 }

@@ -120,6 +120,15 @@ pub struct Policy {
     pub hold_ns: Option<u64>,
     /// Empty polls a worker spins through before it announces sleep.
     pub spins: u32,
+    /// How long a busy worker of pull rooms only naps when its queue runs dry, instead of
+    /// announcing sleep; `None`: never naps. A napping worker is not woken by moves (the
+    /// producer's wake-up finds it not sleeping and costs one load), only by controls,
+    /// pokes and the end of the nap: no JavaScript-side wake-up (an eventfd write and often
+    /// a context switch) per event-loop turn while moves keep coming. Pull rooms' moves
+    /// are read at `drain` time, so the nap delays nothing JavaScript can see except a
+    /// move validated after a drain it would just have made (at most the nap). A nap that
+    /// finds no work ends the streak: the worker then sleeps as usual.
+    pub nap_ns: Option<u64>,
 }
 
 impl Policy {
@@ -129,6 +138,7 @@ impl Policy {
             batch_full,
             hold_ns: Some(100_000),
             spins: 200,
+            nap_ns: Some(1_000_000),
         }
     }
 
@@ -139,6 +149,7 @@ impl Policy {
             batch_full,
             hold_ns: None,
             spins: 0,
+            nap_ns: None,
         }
     }
 }
@@ -152,6 +163,9 @@ pub enum Step {
     Yield,
     /// The worker announced sleep: wait for a wake-up ([`Shared::notify`]), then step again.
     Park,
+    /// The worker of pull rooms ran dry while busy ([`Policy::nap_ns`]): wait for that long
+    /// or a notification, whichever comes first, then step again.
+    Nap(Duration),
     /// Paused (test hook): wait for a poke, then step again.
     Paused,
     /// Stopped, or gone for good after a second panic: return.
@@ -178,6 +192,8 @@ pub struct Shared {
     pub consumed: Padded<AtomicU64>,
     /// The worker is parked (or about to be) and needs a notification.
     pub sleeping: AtomicBool,
+    /// The worker naps ([`Step::Nap`]): moves do not wake it, controls do.
+    pub napping: AtomicBool,
     pub notify: tokio::sync::Notify,
     pub paused: AtomicBool,
     /// The worker saw `paused` and is idle until it is cleared.
@@ -204,6 +220,7 @@ impl Default for Shared {
             next_control: AtomicU64::new(u64::MAX),
             consumed: Padded(AtomicU64::new(0)),
             sleeping: AtomicBool::new(false),
+            napping: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             paused_ack: AtomicBool::new(false),
@@ -279,6 +296,25 @@ impl Shared {
         }
     }
 
+    /// Producer, after pushing a move: whether the worker announced sleep (and so needs
+    /// [`Shared::wake`]). The fence pairs with the worker's in [`Worker::may_sleep`]: either
+    /// the worker sees the move, or this sees it asleep.
+    pub fn sleeps(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.sleeping.load(Ordering::Relaxed)
+    }
+
+    /// Producer: wakes the worker if it sleeps or naps, for a control operation (which a
+    /// nap must not hold back: a flush waits on it).
+    pub fn wake_for_control(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel)
+            || self.napping.load(Ordering::Relaxed)
+        {
+            self.notify.notify_one();
+        }
+    }
+
     /// Producer: JavaScript released the shard's push delivery; the worker may deliver again.
     pub fn release_delivery(&self) {
         self.out.store(false, Ordering::Release);
@@ -337,6 +373,8 @@ pub struct Worker {
     scratch_tokens: Vec<u64>,
     /// Dispatch → validated, nanoseconds.
     validated: Recorder,
+    /// Open push rooms: a shard with any never naps ([`Policy::nap_ns`]).
+    push_rooms: usize,
 }
 
 impl Worker {
@@ -371,6 +409,7 @@ impl Worker {
             delivered_at: 0,
             scratch_tokens: Vec::new(),
             validated,
+            push_rooms: 0,
         }
     }
 
@@ -438,6 +477,9 @@ impl Worker {
         }
         // The queue ran dry: deliver (smart batching, no timers).
         self.deliver();
+        if let Some(nap) = self.nap(n) {
+            return nap;
+        }
         for _ in 0..self.policy.spins {
             if self.has_work()
                 || self.shared.kick.load(Ordering::Acquire)
@@ -452,6 +494,19 @@ impl Worker {
         } else {
             Step::Again
         }
+    }
+
+    /// A nap instead of sleep ([`Policy::nap_ns`]): the turn that ran dry took work (`taken`),
+    /// and nothing of this shard waits on a timely delivery (no push room, nothing held
+    /// for one, no flush waiting).
+    fn nap(&self, taken: usize) -> Option<Step> {
+        let ns = self.policy.nap_ns?;
+        (taken > 0
+            && self.push_rooms == 0
+            && self.dirty.is_empty()
+            && self.flushes.is_empty()
+            && !self.shared.stop.load(Ordering::Acquire))
+        .then(|| Step::Nap(Duration::from_nanos(ns)))
     }
 
     /// Tells the producer it freed capacity, if it asked ([`Shared::want_writable`]).
@@ -631,7 +686,7 @@ impl Worker {
                         mark_dirty(&mut self.dirty, &inbox);
                     }
                 }
-                self.rooms.insert(
+                let replaced = self.rooms.insert(
                     inbox.room(),
                     Room {
                         hmac,
@@ -641,6 +696,8 @@ impl Worker {
                         inbox,
                     },
                 );
+                self.push_rooms -= usize::from(replaced.is_some_and(|r| r.push));
+                self.push_rooms += usize::from(push);
             }
             Control::Join { room, player, key } => {
                 if let Some(r) = self.rooms.get_mut(&room) {
@@ -666,7 +723,9 @@ impl Worker {
             Control::CloseRoom { room } => {
                 // Its pending moves stay in the inbox (and on the dirty list, for a push
                 // room) until delivered.
-                self.rooms.remove(&room);
+                if self.rooms.remove(&room).is_some_and(|r| r.push) {
+                    self.push_rooms -= 1;
+                }
             }
             Control::Flush { token } => {
                 let waits: Vec<(Arc<Inbox>, u64)> = self
@@ -967,6 +1026,14 @@ pub async fn drive(worker: Arc<Mutex<Worker>>) {
             Step::Again => {}
             Step::Yield => tokio::task::yield_now().await,
             Step::Park | Step::Paused => shared.notify.notified().await,
+            Step::Nap(d) => {
+                shared.napping.store(true, Ordering::SeqCst);
+                // A control queued before `napping` was set is seen by the next step.
+                if shared.next_control.load(Ordering::SeqCst) == u64::MAX {
+                    let _ = tokio::time::timeout(d, shared.notify.notified()).await;
+                }
+                shared.napping.store(false, Ordering::Relaxed);
+            }
             Step::Stop => return,
         }
     }

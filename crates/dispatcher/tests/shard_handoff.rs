@@ -47,7 +47,9 @@ fn frame(room: u32, seq: u32) -> Vec<u8> {
 
 /// `shard::drive`, on a current-thread runtime (no I/O or timer driver).
 fn worker_loop(w: Worker) {
+    // Timers on, as the runtime's (runtime.rs): a worker of pull rooms naps on one.
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap()
         .block_on(shard::drive(std::sync::Arc::new(std::sync::Mutex::new(w))));

@@ -6,6 +6,7 @@
  * MoveFrames is acked with its counts; send and broadcast come back as MoveAcks messages;
  * the call ends with a status named after the close reason.
  */
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as grpc from '@grpc/grpc-js';
@@ -47,10 +48,12 @@ interface Call {
 }
 
 const clients: grpc.Client[] = [];
+const rawSockets: Socket[] = [];
 const servers: IngressServer[] = [];
 const sockets: WebSocket[] = [];
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
+  for (const s of rawSockets.splice(0)) s.destroy();
   for (const s of sockets.splice(0)) s.terminate();
   for (const s of servers.splice(0)) await s.close();
 });
@@ -281,5 +284,86 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
       { player: 1, seq: 1 },
       { player: 2, seq: 1 },
     ]);
+  });
+  /**
+   * A raw TCP socket to the gRPC port, reading (and discarding) what the server writes;
+   * `closed` resolves, with the ms since connecting, when the server ends it.
+   */
+  function rawSocket(port: number): Promise<{ socket: Socket; closed: Promise<number> }> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.resume();
+      rawSockets.push(socket);
+      const t0 = Date.now();
+      const closed = new Promise<number>((r) => socket.once('close', () => r(Date.now() - t0)));
+      socket.on('error', () => undefined);
+      socket.once('connect', () => resolve({ socket, closed }));
+      socket.once('error', reject);
+    });
+  }
+
+  it('the gRPC port closes a socket that has no call admitted within handshakeTimeoutMs (silent, or a bare HTTP/2 preface)', async () => {
+    const d = make();
+    const { port } = await start(d, { handshakeTimeoutMs: 300 });
+    const silent = await rawSocket(port);
+    const preface = await rawSocket(port);
+    // The client connection preface and an empty SETTINGS frame, then nothing.
+    preface.socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    const [a, b] = await Promise.all([silent.closed, preface.closed]);
+    expect(a).toBeGreaterThanOrEqual(250);
+    expect(a).toBeLessThan(5_000);
+    expect(b).toBeLessThan(5_000);
+    // A socket with an admitted call outlives the deadline.
+    d.openRoom(1);
+    d.join(1, 1);
+    const c = call(client(port), issueTicket(KEY, { room: 1, player: 1 }));
+    send(c, frame({ room: 1, player: 1, seq: 1 }));
+    await until(() => c.acks.length === 1, 2000, 'the ack');
+    await sleep(600);
+    send(c, frame({ room: 1, player: 1, seq: 2 }));
+    await until(() => c.acks.length === 2, 2000, 'the second ack, past the deadline');
+  });
+
+  it('the gRPC port holds at most maxConnections sockets: more are closed at once and counted refused', async () => {
+    const d = make();
+    const { port } = await start(d, { maxConnections: 3, handshakeTimeoutMs: 60_000 });
+    const held = await Promise.all([0, 1, 2].map(() => rawSocket(port)));
+    // Accepted in order: let the accept loop take the three before the fourth.
+    await sleep(100);
+    const over = await rawSocket(port);
+    expect(await over.closed).toBeLessThan(2_000);
+    expect(d.stats().ingress?.refused).toBeGreaterThanOrEqual(1);
+    // The three are still open; one gone frees a place.
+    await sleep(100);
+    expect(held.every((h) => !h.socket.destroyed)).toBe(true);
+    held[0]!.socket.destroy();
+    await sleep(100);
+    const next = await rawSocket(port);
+    const race = await Promise.race([next.closed.then(() => 'closed'), sleep(500).then(() => 'open')]);
+    expect(race).toBe('open');
+  });
+
+  it('server.close() ends every socket of the gRPC port within the grace, even one whose client never reads', async () => {
+    const d = make();
+    const { server, port } = await start(d, { handshakeTimeoutMs: 60_000 });
+    const stuck = await rawSocket(port);
+    // Never read: the server's writes (SETTINGS, later GOAWAY) stay unread, so the graceful
+    // shutdown alone would wait for this client forever.
+    stuck.socket.pause();
+    stuck.socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    await sleep(100);
+    const t0 = Date.now();
+    await server.close();
+    // An unread socket reports the server's close only when it writes (a reset answers):
+    // probe with PING frames until it does.
+    const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    const probe = setInterval(() => stuck.socket.write(ping, () => undefined), 100);
+    try {
+      await Promise.race([stuck.closed, sleep(8_000).then(() => Promise.reject(new Error('the socket outlived server.close() by 8 s')))]);
+    } finally {
+      clearInterval(probe);
+    }
+    expect(Date.now() - t0).toBeLessThan(8_000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
   });
 });

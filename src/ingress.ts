@@ -83,7 +83,7 @@ export interface ListenOptions {
   grpc?: ListenAddress;
   /** The key tickets are signed with (`issueTicket`): 16–64 bytes, or a string taken as UTF-8. */
   ticketKey: Uint8Array | string;
-  /** Open connections at most, every transport together; more are refused at once (WebSocket 503, TCP `error full`, gRPC `RESOURCE_EXHAUSTED`). Default 10,000. */
+  /** Open connections at most, every transport together; more are refused at once (WebSocket 503, TCP `error full`, gRPC `RESOURCE_EXHAUSTED`). The gRPC port also holds at most this many TCP sockets. Default 10,000. */
   maxConnections?: number;
   /** A connection with nothing to read for this long is closed (`idle`); WebSocket clients are pinged at half of it. 0 = never. Default 60,000. */
   idleTimeoutMs?: number;
@@ -91,7 +91,7 @@ export interface ListenOptions {
   maxBackpressureBytes?: number;
   /** The largest WebSocket message (also bounds fragmented ones), and the largest `MoveFrames` of frames on gRPC. Default 64 KiB. */
   maxMessageBytes?: number;
-  /** How long a client may take to send its upgrade request or ticket line (WebSocket, TCP). Default 5,000. */
+  /** How long a client may take to send its upgrade request (WebSocket) or ticket line (TCP), or to have a call admitted on a new socket (gRPC). Default 5,000. */
   handshakeTimeoutMs?: number;
   /** Frames refused in a row after which a connection is closed (`refused`); 0 = never. Default 32. */
   maxRefusals?: number;

@@ -20,19 +20,33 @@
 //! message is the close reason's name (see [`status_of`]); for `backpressure` and
 //! `shutdown` the status goes before the messages still queued.
 //!
+//! # The gRPC port's sockets
+//! A TCP connection to the gRPC port is not a connection in the `max_connections` sense
+//! until it opens a call (HTTP/2 multiplexes calls, and a client may carry several players'
+//! calls over one socket), but the sockets themselves are bounded too ([`Socket`]): at most
+//! `max_connections` at once (more are closed at once and counted refused); one that has
+//! not had a call admitted within `handshake_timeout_ms` is closed (a client that connects
+//! and says nothing, or only fails tickets, holds no file for long); HTTP/2 keepalive pings
+//! at `idle_timeout_ms / 2` close a peer that stopped answering; and when the server stops,
+//! every socket still open [`STOP_GRACE`] after the GOAWAY is closed, even one whose client
+//! never reads (which would otherwise keep its connection task forever).
+//!
 //! The two messages are derived by hand with `prost` and the service is the few lines of
 //! glue `tonic-build` would generate: no build script, no `protoc`. The TypeScript tests
 //! load the shipped `proto/ingress.proto` with `@grpc/proto-loader`, which keeps the two in
 //! step.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::codegen::tokio_stream::Stream;
@@ -77,16 +91,191 @@ const CHANNEL_DEPTH: usize = 16;
 /// client's writes then wait on HTTP/2 flow control).
 const MAX_ACKS_WAITING: usize = 64;
 
+/// How long the gRPC port's sockets may outlive the server's stop (its GOAWAY) before they
+/// are closed regardless.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves `Ingress.Moves` on `listener` until [`Hub::stopped`]; then stops accepting, sends
-/// GOAWAY and waits for the calls, which the close ends.
+/// GOAWAY and waits for the calls, which the close ends, and for the sockets, which
+/// [`STOP_GRACE`] ends.
 pub(super) async fn serve(hub: Arc<Hub>, listener: TcpListener) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (tx, rx) = mpsc::channel::<std::io::Result<Socket>>(64);
+    tokio::spawn(accept(Arc::clone(&hub), listener, tx));
+    let incoming = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx);
     let service = IngressService {
         hub: Arc::clone(&hub),
     };
-    let _ = tonic::transport::Server::builder()
+    let keepalive = (hub.opts.idle_timeout_ms > 0).then(|| {
+        Duration::from_millis(hub.opts.idle_timeout_ms / 2).max(Duration::from_millis(100))
+    });
+    let mut server = tonic::transport::Server::builder().http2_keepalive_interval(keepalive);
+    if let Some(k) = keepalive {
+        server = server.http2_keepalive_timeout(Some(k));
+    }
+    let _ = server
         .serve_with_incoming_shutdown(service, incoming, hub.stopped())
         .await;
+}
+
+/// Accepts the gRPC port's sockets until the server stops, each wrapped as a [`Socket`];
+/// beyond `max_connections` open at once, closes them at once (counted refused).
+async fn accept(hub: Arc<Hub>, listener: TcpListener, tx: mpsc::Sender<std::io::Result<Socket>>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            () = hub.stopped() => return,
+            a = listener.accept() => a,
+        };
+        // Out of files, or a connection reset before it was taken: try the next one (after
+        // a pause, so that a full file table does not spin this loop).
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= hub.opts.max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
+            hub.counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let socket = Socket::new(&hub, stream, Slot(Arc::clone(&open)));
+        if tx.send(Ok(socket)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One of the `max_connections` places of the gRPC port's sockets, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a socket's calls tell it: one was admitted (its handshake deadline is over). Handed
+/// to every request of the socket as its connect info.
+#[derive(Clone, Debug, Default)]
+pub struct SocketInfo(Arc<AtomicBool>);
+
+/// A TCP connection of the gRPC port, which ends (reads and writes fail) when no call was
+/// admitted on it within `handshake_timeout_ms`, or [`STOP_GRACE`] after the server stopped.
+struct Socket {
+    io: TcpStream,
+    info: SocketInfo,
+    /// Until a call is admitted.
+    handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The server's stop, then the grace.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// An end came: every later read and write fails at once.
+    ended: bool,
+    _slot: Slot,
+}
+
+impl Socket {
+    fn new(hub: &Arc<Hub>, io: TcpStream, slot: Slot) -> Self {
+        let ms = hub.opts.handshake_timeout_ms;
+        let hub = Arc::clone(hub);
+        Self {
+            io,
+            info: SocketInfo::default(),
+            handshake: (ms > 0).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms)))),
+            stop: Box::pin(async move {
+                hub.stopped().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            }),
+            ended: false,
+            _slot: slot,
+        }
+    }
+
+    /// Whether the socket must end now; registers `cx` for both ends otherwise.
+    fn ending(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended {
+            if let Some(h) = self.handshake.as_mut() {
+                if self.info.0.load(Ordering::Acquire) {
+                    self.handshake = None;
+                } else if h.as_mut().poll(cx).is_ready() {
+                    self.ended = true;
+                }
+            }
+            if !self.ended && self.stop.as_mut().poll(cx).is_ready() {
+                self.ended = true;
+            }
+        }
+        self.ended
+    }
+
+    fn ended_error() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "gRPC socket closed by the server (no call admitted in time, or the server stopped)",
+        )
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.ending(cx) {
+            return Poll::Ready(Err(Self::ended_error()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.ending(cx) {
+            return Poll::Ready(Err(Self::ended_error()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.ending(cx) {
+            return Poll::Ready(Err(Self::ended_error()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.ending(cx) {
+            return Poll::Ready(Err(Self::ended_error()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Socket {
+    type ConnectInfo = SocketInfo;
+
+    fn connect_info(&self) -> SocketInfo {
+        self.info.clone()
+    }
 }
 
 /// The HTTP service: `Moves`, or `UNIMPLEMENTED`.
@@ -166,6 +355,9 @@ fn open(hub: Arc<Hub>, req: Request<Streaming<MoveFrames>>) -> Result<Response<A
             return Err(Status::unauthenticated(reason));
         }
     };
+    if let Some(info) = req.extensions().get::<SocketInfo>() {
+        info.0.store(true, Ordering::Release);
+    }
     let conn = hub.admit(&who, Transport::Grpc);
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let end = Arc::new(Mutex::new(None));

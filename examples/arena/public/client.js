@@ -61,6 +61,7 @@ async function post(path, body) {
 
 form.addEventListener('submit', async (event) => {
   event.preventDefault();
+  nameInput.blur(); // the arrow keys steer from now on
   form.hidden = true;
   setStatus('waiting for players…');
   try {

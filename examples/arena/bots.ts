@@ -212,6 +212,13 @@ export interface ServerFigures {
   ticks: number;
   ticksLate: number;
   ticksSkipped: number;
+  /** Late and skipped ticks since the server started (logins included). */
+  ticksLateSinceStart: number;
+  ticksSkippedSinceStart: number;
+  /** Ticks the quantiles below cover: the server's last ≤ 1200 ticks at the end of the window. */
+  quantileTicks: number;
+  /** Ticks the server ran since it started (the quantiles cover all of them when ≤ 1200). */
+  serverTicks: number;
   /** Quantiles of the server's last ≤ 1200 ticks at the end of the window (ms). */
   tickLatenessMs: { p50: number; p99: number; max: number };
   tickDurationMs: { p50: number; p99: number; max: number };
@@ -238,6 +245,10 @@ export function serverFigures(before: Map<string, number>, after: Map<string, nu
     ticks: d('arena_ticks_total'),
     ticksLate: d('arena_ticks_late_total'),
     ticksSkipped: d('arena_ticks_skipped_total'),
+    ticksLateSinceStart: v(after, 'arena_ticks_late_total'),
+    ticksSkippedSinceStart: v(after, 'arena_ticks_skipped_total'),
+    quantileTicks: Math.min(1200, v(after, 'arena_tick_lateness_seconds_count')),
+    serverTicks: v(after, 'arena_tick_lateness_seconds_count'),
     tickLatenessMs: summary('arena_tick_lateness_seconds'),
     tickDurationMs: summary('arena_tick_duration_seconds'),
     movesPerTickP50: v(after, 'arena_moves_per_tick{quantile="0.5"}'),
@@ -265,6 +276,7 @@ function spawnServer(roomSize: number, maxPlayers: number): Promise<{ child: Chi
 }
 
 function markdown(command: string, when: string, bots: BotsSummary, server: ServerFigures): string {
+  const over = server.quantileTicks === server.serverTicks ? `the server's whole run, ${server.serverTicks} ticks, logins included` : `the server's last ${server.quantileTicks} ticks`;
   return [
     '# Arena: bots run',
     '',
@@ -279,9 +291,9 @@ function markdown(command: string, when: string, bots: BotsSummary, server: Serv
     `| moves sent by the bots (whole run) / accepted by the server (window) | ${bots.movesSent} / ${server.movesAccepted} |`,
     `| states received by the bots (whole run) | ${bots.statesReceived} |`,
     `| moves per tick, p50 | ${server.movesPerTickP50} |`,
-    `| tick lateness p50 / p99 / max (last ≤ 1200 ticks) | ${server.tickLatenessMs.p50} / ${server.tickLatenessMs.p99} / ${server.tickLatenessMs.max} ms |`,
-    `| tick duration p50 / p99 / max | ${server.tickDurationMs.p50} / ${server.tickDurationMs.p99} / ${server.tickDurationMs.max} ms |`,
-    `| ticks late (≥ 1 period) / skipped (window) | ${server.ticksLate} / ${server.ticksSkipped} |`,
+    `| tick lateness p50 / p99 / max (${over}) | ${server.tickLatenessMs.p50} / ${server.tickLatenessMs.p99} / ${server.tickLatenessMs.max} ms |`,
+    `| tick duration p50 / p99 / max (same ticks) | ${server.tickDurationMs.p50} / ${server.tickDurationMs.p99} / ${server.tickDurationMs.max} ms |`,
+    `| ticks late (≥ 1 period) / skipped: window; since the server started | ${server.ticksLate} / ${server.ticksSkipped}; ${server.ticksLateSinceStart} / ${server.ticksSkippedSinceStart} |`,
     `| server CPU (window; one core = 100 %) | ${server.cpuPercent} % |`,
     `| server RSS (end) | ${server.rssMiB} MiB |`,
     `| bots' ping (input → state echo) p50 / p99 | ${bots.ping.p50} / ${bots.ping.p99} ms (${bots.ping.samples} samples) |`,

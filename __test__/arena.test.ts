@@ -14,7 +14,10 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import NodeWebSocket from 'ws';
+import { encodeMove } from '../index';
 import { startBots, type Bots } from '../examples/arena/bots';
+import { decodeState, encodeInput, KIND_INPUT, type DotState, type State } from '../examples/arena/game';
 import { startArena, type Arena } from '../examples/arena/server';
 import { IN_CI, skipReason } from './helpers';
 
@@ -225,5 +228,62 @@ describe.skipIf(noNative !== null)('arena control plane (no browser)', () => {
     await until('rooms closed', () => arena.control.rooms.size, (n) => n === 0);
     expect(arena.control.counters.roomsClosed).toBe(arena.control.counters.roomsOpened);
     expect(metric(arena, 'arena_grace_expired_total')).toBe(4);
+  });
+});
+
+describe.skipIf(noNative !== null)('arena reconnect with npm ws (no browser)', () => {
+  let arena: Arena;
+  beforeAll(async () => {
+    arena = await startArena({ port: 0, roomSize: 2, queueTimeoutMs: 100, graceMs: 5_000 });
+  });
+  afterAll(() => arena?.close());
+
+  interface Seat {
+    session: string;
+    player: number;
+    room: number;
+    key: string;
+    url: string;
+  }
+  const post = async (path: string, body: object): Promise<Seat> => (await (await fetch(`${arena.url}${path}`, { method: 'POST', body: JSON.stringify(body) })).json()) as Seat;
+
+  /** A ws connection that keeps the last state and its close. */
+  async function connect(url: string): Promise<{ ws: NodeWebSocket; last: () => State | null; closed: () => number | null }> {
+    const ws = new NodeWebSocket(url);
+    let last: State | null = null;
+    let code: number | null = null;
+    ws.on('message', (data: Buffer) => (last = decodeState(data) ?? last));
+    ws.on('close', (c) => (code = c));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    return { ws, last: () => last, closed: () => code };
+  }
+  const input = (seat: Seat, seq: number, dx: number): Uint8Array =>
+    encodeMove({ room: seat.room, player: seat.player, seq, kind: KIND_INPUT, payload: encodeInput({ dx, dy: 0, clientTime: seq }), key: Buffer.from(seat.key, 'base64') });
+
+  it('reconnecting while connected: a new key and ticket, the old connection is replaced, seqs start again at 1 without a Replay', async () => {
+    const seat = await post('/api/login', { name: 'solo' });
+    const first = await connect(seat.url);
+    for (const seq of [1, 2, 3]) first.ws.send(input(seat, seq, 127));
+    const mine = (c: { last: () => State | null }): DotState | undefined => c.last()?.dots.find((d) => d.id === seat.player);
+    await until('seq 3 applied', () => mine(first)?.lastSeq, (s) => s === 3);
+
+    const again = await post('/api/reconnect', { session: seat.session });
+    expect(again).toMatchObject({ player: seat.player, room: seat.room, session: seat.session });
+    expect(again.key).not.toBe(seat.key);
+    const second = await connect(again.url);
+    await until('the first connection replaced', () => first.closed(), (c) => c !== null);
+    expect(first.closed()).toBe(1008);
+    second.ws.send(input(again, 1, -127));
+    await until('seq 1 under the new key applied', () => mine(second), (d) => d !== undefined && d.lastSeq === 1 && d.lastClientTime === 1 && d.connected);
+    // A frame signed with the old key is refused (BadTag), never applied.
+    const badTag = arena.dispatcher.stats().reasons.BadTag;
+    second.ws.send(input(seat, 4, 127)); // old key: the connection's ticket still names this player
+    await until('old-key frame refused', () => arena.dispatcher.stats().reasons.BadTag, (n) => n === badTag + 1);
+    expect(arena.dispatcher.stats().reasons.Replay).toBe(0);
+    expect(mine(second)!.lastSeq).toBe(1);
+    second.ws.close();
   });
 });

@@ -163,7 +163,8 @@ export class Control {
     // moves around it: the old connection's moves accepted before still arrive.
     this.d.leave(room.id, session.player);
     this.d.join(room.id, session.player, { key: session.key });
-    room.world.dots.get(session.player)!.lastSeq = 0;
+    const dot = room.world.dots.get(session.player);
+    if (dot !== undefined) dot.lastSeq = 0;
     return this.#seat(session, room);
   }
 

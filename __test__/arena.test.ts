@@ -9,6 +9,7 @@
  * Needs the native engine and Chromium (/usr/bin/chromium, or CHROMIUM_PATH): outside CI a
  * missing one skips with the reason; in CI (CI=true) both must be there.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -228,6 +229,18 @@ describe.skipIf(noNative !== null)('arena control plane (no browser)', () => {
     await until('rooms closed', () => arena.control.rooms.size, (n) => n === 0);
     expect(arena.control.counters.roomsClosed).toBe(arena.control.counters.roomsOpened);
     expect(metric(arena, 'arena_grace_expired_total')).toBe(4);
+  });
+
+  it('/metrics is one valid exposition: the game series, then the dispatcher series (promtool, when installed; required in CI)', async () => {
+    const text = await (await fetch(`${arena.url}/metrics`)).text();
+    for (const name of ['arena_tick_duration_seconds', 'arena_tick_lateness_seconds', 'arena_moves_per_tick', 'arena_ticks_skipped_total', 'move_dispatcher_verdicts_total']) {
+      expect(text).toContain(`# TYPE ${name} `);
+    }
+    if (spawnSync('promtool', ['--version']).status === 0 || IN_CI) {
+      const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+      expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
+      expect(r.status).toBe(0);
+    }
   });
 });
 

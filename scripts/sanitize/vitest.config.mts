@@ -39,9 +39,10 @@ export default mergeConfig(
       // memory error: scripts/sanitize.sh fails on any ASan report file, whatever the tests say.
       retry: 2,
       // Chromium would inherit LD_PRELOAD (the ASan runtime) and is not instrumented: the
-      // real-browser test runs in the plain suite; the addon's ingress paths it drives are
-      // covered here by ingress.test.ts, ingress-hostile.test.ts and ingress-grpc.test.ts.
-      exclude: [...configDefaults.exclude, '__test__/browser-ingress.test.ts'],
+      // real-browser tests (and the arena example's, which drives Chromium too) run in the
+      // plain suite; the addon's ingress paths they drive are covered here by
+      // ingress.test.ts, ingress-hostile.test.ts and ingress-grpc.test.ts.
+      exclude: [...configDefaults.exclude, '__test__/browser-ingress.test.ts', '__test__/arena.test.ts'],
     },
   }),
 );

@@ -286,7 +286,9 @@ export class Dispatcher {
   /**
    * Removes `player` from `room`: from the call on its frames answer `Verdict.NotMember`; its
    * moves accepted before the call are still validated and delivered (its key is zeroised
-   * after them).
+   * after them). A native-ingress connection of the player stays open (its frames are
+   * refused, and `maxRefusals` of them close it): call `disconnect(room, player)` too to
+   * close it at once.
    */
   leave(room: number, player: number): void {
     checkId(room, 'room', 'leave');
@@ -643,6 +645,7 @@ export class Dispatcher {
    * closed, reason `backpressure`); `'closed'` when the player has no open connection.
    * WebSocket clients get one binary message; TCP clients the bytes behind their length as
    * a u32 (little-endian); gRPC clients one `MoveAcks` whose `message` holds the bytes.
+   * The bytes are copied before the call returns: the caller may reuse its buffer at once.
    */
   send(room: number, player: number, bytes: Uint8Array): SendResult {
     checkBytes(bytes, 'bytes', 'send');
@@ -653,6 +656,7 @@ export class Dispatcher {
   /**
    * Queues `bytes` for every connection of `room` but those of `except` (encoded once per
    * transport); returns how many connections took it (see `send` for those that did not).
+   * The bytes are copied before the call returns: the caller may reuse its buffer at once.
    */
   broadcast(room: number, bytes: Uint8Array, options: { except?: number | readonly number[] } = {}): number {
     checkBytes(bytes, 'bytes', 'broadcast');

@@ -20,7 +20,8 @@ function importGraph(file: string, seen = new Map<string, string[]>()): Map<stri
   const specs = [...text.matchAll(/^\s*(?:import|export)\s+(?!type\b)[^'"]*?from\s+['"]([^'"]+)['"]/gm)].map((m) => m[1]!);
   seen.set(file, specs);
   for (const spec of specs) {
-    if (spec.startsWith('.')) importGraph(`${resolve(dirname(file), spec)}.ts`, seen);
+    // Sources name their imports as the built files (`./encode.js`, for the ES module build).
+    if (spec.startsWith('.')) importGraph(`${resolve(dirname(file), spec).replace(/\.js$/, '')}.ts`, seen);
   }
   return seen;
 }
@@ -50,7 +51,7 @@ describe('browser entry', () => {
       const code = readFileSync(join(dist, `${name}.js`), 'utf8');
       const localRequire = (spec: string): Record<string, unknown> => {
         if (!spec.startsWith('./')) throw new Error(`browser entry required ${spec}`);
-        return load(spec.slice(2));
+        return load(spec.slice(2).replace(/\.js$/, ''));
       };
       runInNewContext(`(function (exports, require) {${code}\n})`, { Uint8Array, DataView, Error, TypeError, RangeError, Object, Number, Math, Array, Int32Array, Uint32Array, Symbol })(exports, localRequire);
       return exports;

@@ -171,15 +171,39 @@ console.log(JSON.stringify({ result, missing, same: md === cjs && Dispatcher ===
     expect(r.entry).toMatch(/\/index\.mjs$/);
   });
 
-  it("'move-dispatcher/encode' works from both module systems", () => {
+  it("'move-dispatcher/encode' works from both module systems; import gets the ES module build", () => {
     const r = node(
       'encode.mjs',
       `import { encodeMove } from '${PKG.name}/encode';
 import { createRequire } from 'node:module';
-const viaRequire = createRequire(import.meta.url)('${PKG.name}/encode').encodeMove;
+const require = createRequire(import.meta.url);
+const viaRequire = require('${PKG.name}/encode').encodeMove;
 const input = { room: 1, player: 2, seq: 3, payload: new Uint8Array([1]) };
-console.log(JSON.stringify({ same: Buffer.from(encodeMove(input)).equals(Buffer.from(viaRequire(input))), length: encodeMove(input).length }));`,
+console.log(JSON.stringify({
+  same: Buffer.from(encodeMove(input)).equals(Buffer.from(viaRequire(input))),
+  length: encodeMove(input).length,
+  esm: import.meta.resolve('${PKG.name}/encode').endsWith('/dist/esm/src/browser.js'),
+  cjs: require.resolve('${PKG.name}/encode').endsWith('/dist/src/browser.js'),
+}));`,
     );
-    expect(r).toEqual({ same: true, length: 57 });
+    expect(r).toEqual({ same: true, length: 57, esm: true, cjs: true });
+  });
+
+  it('the ES module build of the browser entry imports only relative files with extensions, nothing from Node', () => {
+    const dir = join(ROOT, 'dist', 'esm', 'src');
+    expect(JSON.parse(readFileSync(join(ROOT, 'dist', 'esm', 'package.json'), 'utf8'))).toEqual({ type: 'module' });
+    const seen = new Set<string>();
+    const visit = (file: string): void => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const text = readFileSync(join(dir, file), 'utf8');
+      for (const m of text.matchAll(/^(?:import|export)\b[^;]*?from\s+'([^']+)'/gm)) {
+        const spec = m[1]!;
+        expect(spec, `${file} imports ${spec}`).toMatch(/^\.\/[\w-]+\.js$/);
+        visit(spec.slice(2));
+      }
+    };
+    visit('browser.js');
+    expect([...seen].sort()).toEqual(['browser.js', 'constants.js', 'encode.js', 'errors.js', 'sha256.js', 'webcrypto.js']);
   });
 });

@@ -9,9 +9,9 @@
  * imported once, `encodeMoveUnsigned` + `crypto.subtle.sign('HMAC', key, frameBody(f))` +
  * `setTag`.
  */
-export { encodeMove, encodeMoveInto, encodeMoveUnsigned, frameBody, frameLength, parseHeader, setTag, type FrameHeader } from './encode';
-export { signMove, type SubtleCryptoLike } from './webcrypto';
-export { hmacSha256, sha256 } from './sha256';
-export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './constants';
-export { ErrorCode } from './errors';
-export type { EncodeMoveInput } from './types';
+export { encodeMove, encodeMoveInto, encodeMoveUnsigned, frameBody, frameLength, parseHeader, setTag, type FrameHeader } from './encode.js';
+export { signMove, type SubtleCryptoLike } from './webcrypto.js';
+export { hmacSha256, sha256 } from './sha256.js';
+export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './constants.js';
+export { ErrorCode } from './errors.js';
+export type { EncodeMoveInput } from './types.js';

@@ -5,10 +5,10 @@
  * same code the server's tests use. Every frame is `56 + payload.length` bytes,
  * little-endian, tagged with SHA-256 (no key) or HMAC-SHA256 (with the player's key).
  */
-import { FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, MAX_KEY_BYTES, MAX_WIRE_PAYLOAD, MIN_KEY_BYTES, TAG_BYTES, WIRE_VERSION } from './constants';
-import { ErrorCode, rangeError, typeError } from './errors';
-import { hmacSha256, sha256 } from './sha256';
-import type { AuthMode, EncodeMoveInput } from './types';
+import { FLAG_HMAC, FRAME_OVERHEAD, HEADER_BYTES, MAGIC_0, MAGIC_1, MAX_KEY_BYTES, MAX_WIRE_PAYLOAD, MIN_KEY_BYTES, TAG_BYTES, WIRE_VERSION } from './constants.js';
+import { ErrorCode, rangeError, typeError } from './errors.js';
+import { hmacSha256, sha256 } from './sha256.js';
+import type { AuthMode, EncodeMoveInput } from './types.js';
 
 const U32_MAX = 0xffff_ffff;
 const U16_MAX = 0xffff;

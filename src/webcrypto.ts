@@ -6,9 +6,9 @@
  * Browser-safe: no Node.js imports; `subtle` is passed in (any WebCrypto: browsers,
  * workers, Node.js ≥ 20's `globalThis.crypto.subtle`, Deno, Bun).
  */
-import { encodeMoveUnsigned, frameBody, setTag } from './encode';
-import { ErrorCode, typeError } from './errors';
-import type { EncodeMoveInput } from './types';
+import { encodeMoveUnsigned, frameBody, setTag } from './encode.js';
+import { ErrorCode, typeError } from './errors.js';
+import type { EncodeMoveInput } from './types.js';
 
 /**
  * The three methods of WebCrypto's `SubtleCrypto` that {@link signMove} calls, typed

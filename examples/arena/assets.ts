@@ -1,16 +1,10 @@
 /**
  * The files the browser loads: `public/` (the page and its script), served from the
- * source tree, and the package's browser entry `move-dispatcher/encode` as one ES module.
- *
- * Why a wrapper: the package's browser entry (`exports['./encode']`, dist/src/browser.js)
- * is a CommonJS build, which a page cannot `import` without a bundler. This serves those
- * built files byte for byte, each wrapped in a function of a small module table, with the
- * entry's names re-exported (as __test__/browser-ingress.test.ts does). With a bundler
- * (esbuild, Vite, webpack) a client imports `move-dispatcher/encode` and none of this is
- * needed; the page's import map names the same specifier, so its code reads the same.
+ * source tree, and the package's browser entry `move-dispatcher/encode` as the ES modules
+ * the package ships for it (`exports['./encode'].import`, dist/esm/src/): the page's import
+ * map names `move-dispatcher/encode`, so its code reads as it would with a bundler.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 /** The package root: the nearest directory up from here whose package.json is move-dispatcher's (source and dist/ alike). */
@@ -27,52 +21,14 @@ export function publicDir(root: string = packageRoot()): string {
   return join(root, 'examples', 'arena', 'public');
 }
 
-/** The file `move-dispatcher/encode` resolves to, by the package's own `exports`. */
-function encodeEntry(root: string): string {
-  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { default?: string } | undefined> };
-  const target = pkg.exports['./encode']?.default;
-  if (target === undefined) throw new Error("arena: package.json has no exports['./encode']");
+/** The directory of the ES module build `import 'move-dispatcher/encode'` resolves to, by the package's own `exports`. */
+export function encodeDir(root: string = packageRoot()): string {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { import?: string } | undefined> };
+  const target = pkg.exports['./encode']?.import;
+  if (target === undefined) throw new Error("arena: package.json has no exports['./encode'].import");
   const file = join(root, target);
   if (!existsSync(file)) throw new Error(`arena: ${file} is missing: run 'npm run build' first`);
-  return file;
-}
-
-/**
- * `move-dispatcher/encode` as one ES module: the built CommonJS files of its `require`
- * graph (relative requires only, which the browser entry is limited to) in a module table.
- */
-export function browserEncodeModule(root: string = packageRoot()): string {
-  const entryFile = encodeEntry(root);
-  const dir = dirname(entryFile);
-  const files = new Map<string, string>();
-  const visit = (name: string): void => {
-    if (files.has(name)) return;
-    const code = readFileSync(join(dir, `${name}.js`), 'utf8').replace(/^\/\/# sourceMappingURL=.*$/gm, '');
-    files.set(name, code);
-    for (const m of code.matchAll(/require\(("[^"]*"|'[^']*')\)/g)) {
-      const spec = m[1]!.slice(1, -1);
-      if (!/^\.\/[\w.-]+$/.test(spec)) throw new Error(`arena: ${name}.js requires ${spec}, not a browser-safe local module`);
-      visit(spec.slice(2).replace(/\.js$/, ''));
-    }
-  };
-  const entry = entryFile.slice(dir.length + 1).replace(/\.js$/, '');
-  visit(entry);
-  const names = Object.keys(createRequire(__filename)(entryFile) as Record<string, unknown>).filter((n) => n !== '__esModule');
-  const table = [...files].map(([name, code]) => `${JSON.stringify(name)}: function (exports, require) {\n${code}\n}`).join(',\n');
-  return [
-    `// move-dispatcher/encode (${[...files.keys()].map((f) => `${f}.js`).join(', ')}): the CommonJS build, unchanged, in a module table.`,
-    `const files = {\n${table}\n};`,
-    'const cache = {};',
-    'function load(name) {',
-    '  if (cache[name] !== undefined) return cache[name];',
-    '  const exports = (cache[name] = {});',
-    "  files[name](exports, (spec) => load(spec.slice(2).replace(/\\.js$/, '')));",
-    '  return exports;',
-    '}',
-    `const entry = load(${JSON.stringify(entry)});`,
-    `export const { ${names.join(', ')} } = entry;`,
-    '',
-  ].join('\n');
+  return dirname(file);
 }
 
 /** A static file: its content type and bytes. */
@@ -84,10 +40,16 @@ export interface Asset {
 /** Every file the page needs, by URL path, read once at startup. */
 export function loadAssets(root: string = packageRoot()): Map<string, Asset> {
   const dir = publicDir(root);
+  const js = 'text/javascript; charset=utf-8';
   const file = (name: string, type: string): Asset => ({ type, body: readFileSync(join(dir, name)) });
-  return new Map<string, Asset>([
+  const assets = new Map<string, Asset>([
     ['/', file('index.html', 'text/html; charset=utf-8')],
-    ['/client.js', file('client.js', 'text/javascript; charset=utf-8')],
-    ['/vendor/move-dispatcher-encode.mjs', { type: 'text/javascript; charset=utf-8', body: Buffer.from(browserEncodeModule(root)) }],
+    ['/client.js', file('client.js', js)],
   ]);
+  // move-dispatcher/encode: browser.js and the modules it imports (relative, with extensions).
+  const esm = encodeDir(root);
+  for (const name of readdirSync(esm)) {
+    if (name.endsWith('.js')) assets.set(`/vendor/move-dispatcher/encode/${name}`, { type: js, body: readFileSync(join(esm, name)) });
+  }
+  return assets;
 }

@@ -81,7 +81,7 @@ step('npm pack: root package, with the optionalDependencies napi prepublish writ
   writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
   const packed = packOne(join(unpacked, 'package'));
   const files = packed.files.map((f) => f.path);
-  for (const need of ['package.json', 'dist/index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'binding.js', 'README.md', 'CHANGELOG.md', 'docs/architecture.md', 'proto/ingress.proto']) {
+  for (const need of ['package.json', 'dist/index.js', 'index.mjs', 'index.d.ts', 'index.d.mts', 'binding.js', 'README.md', 'CHANGELOG.md', 'docs/architecture.md', 'proto/ingress.proto', 'dist/esm/package.json', 'dist/esm/src/browser.js']) {
     if (!files.includes(need)) throw new Error(`root tarball lacks ${need}`);
   }
   const stray = files.filter((f) => f.endsWith('.node') || f === 'binding.d.ts' || f.startsWith('src/') || f.startsWith('__test__/') || f.startsWith('crates/'));
@@ -150,6 +150,19 @@ step("import … from 'move-dispatcher': dispatch + drain on the native engine",
       `if (md.Dispatcher !== Dispatcher || require('${pkg.name}').Dispatcher !== Dispatcher) throw new Error('two instances');\n${body('')}`,
   );
   expectOne(run(process.execPath, ['esm.mjs'], app, cleanEnv));
+});
+
+step("import … from 'move-dispatcher/encode': the ES module build (dist/esm), same frames as require", () => {
+  writeFileSync(
+    join(app, 'encode.mjs'),
+    `import { encodeMove } from '${pkg.name}/encode';\nimport { createRequire } from 'node:module';\nconst require = createRequire(import.meta.url);\n` +
+      `if (!import.meta.resolve('${pkg.name}/encode').endsWith('/dist/esm/src/browser.js')) throw new Error('import resolved to ' + import.meta.resolve('${pkg.name}/encode'));\n` +
+      `const input = { room: 1, player: 2, seq: 3, payload: new Uint8Array([9]) };\n` +
+      `if (!Buffer.from(encodeMove(input)).equals(Buffer.from(require('${pkg.name}/encode').encodeMove(input)))) throw new Error('the two builds differ');\n` +
+      `console.log(JSON.stringify({ ok: 1 }));\n`,
+  );
+  const out = run(process.execPath, ['encode.mjs'], app, cleanEnv);
+  if (!out.includes('{"ok":1}')) throw new Error(`encode.mjs printed ${out}`);
 });
 
 step('tsc (module nodenext): a CommonJS and an ES module consumer type-check', () => {

@@ -68,6 +68,8 @@ const ladders: Record<number, number[]> = {
 const commonRate: Record<number, number> = { 1: Number(opt('common-rate') ?? 20_000), 8: Number(opt('common-rate8') ?? 2_500) };
 const rssSizes = nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]);
 const noCap = flag('no-cap');
+/** Skips the load ladders (`--no-load --no-cap`: only the idle-RSS rows, e.g. `--rows native --rss 15000`). */
+const noLoad = flag('no-load');
 const hardLimit = Number(spawnSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).stdout.trim()) || 1024;
 /** The cap every server is given (native: maxConnections), and how many connections the test attempts. */
 const capConns = quick ? 300 : Math.max(100, hardLimit - 300);
@@ -388,6 +390,8 @@ interface RssResult {
   kibPerConn: number;
   pinged: number;
   received: number;
+  /** Native rows: jemalloc's stats.allocated growth per connection, in bytes. */
+  jemallocBytesPerConn?: number;
 }
 
 async function rss(row: Row, n: number): Promise<RssResult> {
@@ -396,6 +400,8 @@ async function rss(row: Row, n: number): Promise<RssResult> {
   try {
     await sleep(1_000);
     const baseKiB = rssKiB(server.pid);
+    server.send('stats');
+    const st0 = await server.next('stats');
     gen = startGen(port, n, 0, 1);
     const c = await gen.next('connected', 180_000);
     gen.send('ping');
@@ -404,7 +410,21 @@ async function rss(row: Row, n: number): Promise<RssResult> {
     const loadedKiB = rssKiB(server.pid);
     server.send('stats');
     const st = await server.next('stats');
-    return { row, conns: n, held: c.held as number, baseKiB, loadedKiB, kibPerConn: (loadedKiB - baseKiB) / Math.max(1, c.held as number), pinged: p.sent as number, received: st.received as number };
+    const held = Math.max(1, c.held as number);
+    const allocated = (x: Record<string, unknown>): number | undefined => x.jemallocAllocated as number | undefined;
+    const a0 = allocated(st0);
+    const a1 = allocated(st);
+    return {
+      row,
+      conns: n,
+      held: c.held as number,
+      baseKiB,
+      loadedKiB,
+      kibPerConn: (loadedKiB - baseKiB) / held,
+      pinged: p.sent as number,
+      received: st.received as number,
+      ...(a0 !== undefined && a1 !== undefined ? { jemallocBytesPerConn: (a1 - a0) / held } : {}),
+    };
   } finally {
     if (gen !== null) {
       gen.send('close');
@@ -569,7 +589,7 @@ async function main(): Promise<void> {
     cap: [],
     note: 'The load generator shares the machine with the server under test.',
   };
-  for (const frames of shapes) {
+  for (const frames of noLoad ? [] : shapes) {
     for (const row of rows) {
       log(`${row}, ${frames} frame(s)/message, ${conns} connections`);
       report.loads.push(await load(row, frames));
@@ -580,7 +600,8 @@ async function main(): Promise<void> {
       try {
         const x = await rss(row, n);
         report.rss.push(x);
-        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n} (received ${x.received} pings)`);
+        const alloc = x.jemallocBytesPerConn === undefined ? '' : `, jemalloc ${f1(x.jemallocBytesPerConn, 0)} B allocated`;
+        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n}${alloc} (received ${x.received} pings)`);
       } catch (e) {
         log(`${row}: RSS at ${n}: ${e instanceof Error ? e.message : String(e)}`);
       }

@@ -126,7 +126,8 @@ async function main(spec: IngressServerSpec): Promise<{ port: number; extra: () 
           accepted: s.accepted,
           delivered: s.delivered,
           rejected: s.rejected,
-          jemallocAllocated: s.allocator?.jemalloc?.allocated,
+          jemalloc: s.allocator?.jemalloc ?? undefined,
+          memory: process.memoryUsage(),
         };
       },
     };

@@ -66,9 +66,9 @@ const ladders: Record<number, number[]> = {
 };
 /** The rate every row is compared at (p99, CPU per message), per shape. */
 const commonRate: Record<number, number> = { 1: Number(opt('common-rate') ?? 20_000), 8: Number(opt('common-rate8') ?? 2_500) };
-const rssSizes = nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]);
+const rssSizes = flag('no-rss') ? [] : (nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]));
 const noCap = flag('no-cap');
-/** Skips the load ladders (`--no-load --no-cap`: only the idle-RSS rows, e.g. `--rows native --rss 15000`). */
+/** Skips the load ladders (`--no-load --no-cap`: only the idle-RSS rows, e.g. `--rows native --rss 15000`; `--no-rss` skips those). */
 const noLoad = flag('no-load');
 const hardLimit = Number(spawnSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).stdout.trim()) || 1024;
 /** The cap every server is given (native: maxConnections), and how many connections the test attempts. */
@@ -390,8 +390,8 @@ interface RssResult {
   kibPerConn: number;
   pinged: number;
   received: number;
-  /** Native rows: jemalloc's stats.allocated growth per connection, in bytes. */
-  jemallocBytesPerConn?: number;
+  /** Native rows: growth per connection of jemalloc's stats.allocated, .active and .resident, in bytes. */
+  jemallocBytesPerConn?: { allocated: number; active: number; resident: number };
 }
 
 async function rss(row: Row, n: number): Promise<RssResult> {
@@ -411,9 +411,9 @@ async function rss(row: Row, n: number): Promise<RssResult> {
     server.send('stats');
     const st = await server.next('stats');
     const held = Math.max(1, c.held as number);
-    const allocated = (x: Record<string, unknown>): number | undefined => x.jemallocAllocated as number | undefined;
-    const a0 = allocated(st0);
-    const a1 = allocated(st);
+    type Je = { allocated: number; active: number; resident: number };
+    const a0 = st0.jemalloc as Je | undefined;
+    const a1 = st.jemalloc as Je | undefined;
     return {
       row,
       conns: n,
@@ -423,7 +423,9 @@ async function rss(row: Row, n: number): Promise<RssResult> {
       kibPerConn: (loadedKiB - baseKiB) / held,
       pinged: p.sent as number,
       received: st.received as number,
-      ...(a0 !== undefined && a1 !== undefined ? { jemallocBytesPerConn: (a1 - a0) / held } : {}),
+      ...(a0 !== undefined && a1 !== undefined
+        ? { jemallocBytesPerConn: { allocated: (a1.allocated - a0.allocated) / held, active: (a1.active - a0.active) / held, resident: (a1.resident - a0.resident) / held } }
+        : {}),
     };
   } finally {
     if (gen !== null) {
@@ -600,7 +602,8 @@ async function main(): Promise<void> {
       try {
         const x = await rss(row, n);
         report.rss.push(x);
-        const alloc = x.jemallocBytesPerConn === undefined ? '' : `, jemalloc ${f1(x.jemallocBytesPerConn, 0)} B allocated`;
+        const j = x.jemallocBytesPerConn;
+        const alloc = j === undefined ? '' : `; jemalloc per connection: ${f1(j.allocated, 0)} B allocated, ${f1(j.active, 0)} active, ${f1(j.resident, 0)} resident`;
         log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n}${alloc} (received ${x.received} pings)`);
       } catch (e) {
         log(`${row}: RSS at ${n}: ${e instanceof Error ? e.message : String(e)}`);

@@ -19,6 +19,12 @@
 //! moves dispatched from JavaScript and moves read from the network meet in one order per
 //! room. JavaScript hears only of deliveries and of connection events, in batches.
 //!
+//! # Waiting
+//! A waiting connection's task holds no timer and no waiter node: its socket's readiness
+//! keeps the task's waker ([`TcpStream::poll_read_ready`]), [`Conn::notify`] wakes it through
+//! a slot of its outbound state, and idle deadlines are [`sweep_idle`]'s, one task per
+//! ingress that scans the open connections.
+//!
 //! # Outbound
 //! `send` and `broadcast` queue shared, already-encoded bytes on each connection (a
 //! broadcast encodes once per transport) and wake its task; a connection whose queue would
@@ -30,9 +36,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -147,11 +156,16 @@ pub(super) struct Conn {
     pub(super) room: u32,
     pub(super) player: u32,
     transport: Transport,
-    out: Mutex<Outbound>,
-    /// Wakes the connection's task: bytes to write, or a close to carry out.
-    pub(super) notify: Notify,
+    /// Whether the idle sweeper pinged the connection since its last read (WebSocket).
+    pinged: AtomicBool,
     /// 0 while open; else the [`CloseReason`] the server side asked for.
     close: AtomicU8,
+    /// When the connection last read something, in [`Hub::now_ms`] (the idle sweeper's
+    /// clock; wraps after 49 days, compared with wrapping arithmetic).
+    last_read_ms: AtomicU32,
+    /// Its index in the idle sweeper's table ([`Hub::live`]), `u32::MAX` when none.
+    slot: AtomicU32,
+    out: Mutex<Outbound>,
 }
 
 #[derive(Default)]
@@ -162,6 +176,10 @@ struct Outbound {
     bytes: usize,
     /// A send was refused for backpressure and the queue has not drained since.
     over: bool,
+    /// The task was notified (bytes to write, a close to carry out) and has not looked yet.
+    notified: bool,
+    /// The connection's task, while it waits ([`Conn::poll_notified`]).
+    waker: Option<Waker>,
 }
 
 impl Conn {
@@ -180,6 +198,7 @@ impl Conn {
             0 => None,
             6 => Some(CloseReason::Backpressure),
             7 => Some(CloseReason::Replaced),
+            3 => Some(CloseReason::Idle),
             12 => Some(CloseReason::Kicked),
             _ => Some(CloseReason::Shutdown),
         }
@@ -209,8 +228,60 @@ impl Conn {
         let _ = self
             .close
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.notify();
     }
+
+    /// Wakes the connection's task (bytes to write, or a close to carry out); if it is not
+    /// waiting, its next [`Conn::poll_notified`] is ready at once (one permit, as
+    /// `tokio::sync::Notify::notify_one`).
+    pub(super) fn notify(&self) {
+        let waker = {
+            let mut out = self.lock();
+            out.notified = true;
+            out.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready (and the permit taken) once [`Conn::notify`] was called since the last time it
+    /// was ready; else the task's waker is kept for it. A slot of the outbound state rather
+    /// than a `Notify`: a waiting task holds no waiter node of its own.
+    pub(super) fn poll_notified(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut out = self.lock();
+        if std::mem::take(&mut out.notified) {
+            return Poll::Ready(());
+        }
+        match &mut out.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Resolves at the next [`Conn::notify`] (at once if one is pending).
+    pub(super) async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
+    }
+
+    /// Notes a read: the idle deadline starts again, and a new ping is due at its half.
+    pub(super) fn mark_read(&self, hub: &Hub) {
+        if hub.opts.idle_timeout_ms > 0 {
+            self.last_read_ms.store(Hub::now_ms(), Ordering::Relaxed);
+            if self.pinged.load(Ordering::Relaxed) {
+                self.pinged.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The connections the idle sweeper watches (only when `idle_timeout_ms > 0`): a slot per
+/// open connection, reused.
+#[derive(Default)]
+struct Live {
+    slots: Vec<Option<Arc<Conn>>>,
+    free: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -261,11 +332,23 @@ pub(super) struct Hub {
     /// Set by [`Ingress::close`]: listeners stop, connections close.
     stopping: AtomicBool,
     stop: Notify,
+    /// What the idle sweeper scans ([`sweep_idle`]).
+    live: Mutex<Live>,
 }
 
 impl Hub {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds of the process's monotonic clock, truncated to 32 bits (the idle
+    /// sweeper compares them with wrapping arithmetic).
+    fn now_ms() -> u32 {
+        (crate::clock::now_ns() / 1_000_000) as u32
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether [`Ingress::close`] was called.
@@ -333,10 +416,23 @@ impl Hub {
             room: who.room,
             player: who.player,
             transport,
-            out: Mutex::default(),
-            notify: Notify::new(),
+            pinged: AtomicBool::new(false),
             close: AtomicU8::new(0),
+            last_read_ms: AtomicU32::new(Self::now_ms()),
+            slot: AtomicU32::new(u32::MAX),
+            out: Mutex::default(),
         });
+        if self.opts.idle_timeout_ms > 0 {
+            let mut live = self.live();
+            let slot = if let Some(i) = live.free.pop() {
+                live.slots[i as usize] = Some(Arc::clone(&conn));
+                i
+            } else {
+                live.slots.push(Some(Arc::clone(&conn)));
+                u32::try_from(live.slots.len() - 1).unwrap_or(u32::MAX)
+            };
+            conn.slot.store(slot, Ordering::Relaxed);
+        }
         if !self.opts.echo_for_testing {
             let old = self.registry().insert(&conn);
             if let Some(old) = old {
@@ -356,6 +452,12 @@ impl Hub {
     /// The end of an admitted connection (every transport): out of the registry, counted,
     /// the close event with `reason`, its slot given back.
     pub(super) fn leave(&self, conn: &Arc<Conn>, reason: CloseReason) {
+        let slot = conn.slot.swap(u32::MAX, Ordering::Relaxed);
+        if slot != u32::MAX {
+            let mut live = self.live();
+            live.slots[slot as usize] = None;
+            live.free.push(slot);
+        }
         if !self.opts.echo_for_testing {
             self.registry().remove(conn);
             self.counters
@@ -469,8 +571,12 @@ impl Ingress {
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            live: Mutex::default(),
         });
         let mut tasks = Vec::new();
+        if hub.opts.idle_timeout_ms > 0 {
+            tasks.push(runtime.spawn(sweep_idle(Arc::clone(&hub))));
+        }
         for (listener, transport) in [(ws, Transport::Ws), (tcp, Transport::Tcp)] {
             if let Some(l) = listener {
                 tasks.push(runtime.spawn(accept_loop(Arc::clone(&hub), l, transport)));
@@ -636,7 +742,7 @@ fn offer(hub: &Hub, c: &Conn, msg: &Arc<[u8]>) -> SendOutcome {
     out.queue.push_back(Arc::clone(msg));
     drop(out);
     if was_empty {
-        c.notify.notify_one();
+        c.notify();
     }
     SendOutcome::Sent
 }
@@ -684,6 +790,49 @@ fn queue_close(c: &Conn, frame: Vec<u8>) {
     out.queue.push_back(frame.into());
 }
 
+/// The idle sweeper (when `idle_timeout_ms > 0`): one task for every connection of every
+/// transport, instead of a timer in each connection's task. Every tenth of the timeout (1 ms
+/// to 1 s) it scans the open connections: one that has read nothing for half the timeout is
+/// pinged (WebSocket; once per silence), one that has read nothing for the whole timeout is
+/// asked to close, reason [`CloseReason::Idle`]. So a connection is closed between
+/// `idle_timeout_ms` and 1.1 × that after its last read.
+async fn sweep_idle(hub: Arc<Hub>) {
+    let idle = u32::try_from(hub.opts.idle_timeout_ms)
+        .unwrap_or(u32::MAX / 2)
+        .min(u32::MAX / 2);
+    let period = Duration::from_millis(u64::from(idle / 10))
+        .clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.stopped() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Hub::now_ms();
+        let live = hub.live();
+        for c in live.slots.iter().flatten() {
+            let silent = now.wrapping_sub(c.last_read_ms.load(Ordering::Relaxed));
+            if silent > u32::MAX / 2 {
+                // Read after `now` was taken.
+                continue;
+            }
+            if silent >= idle {
+                c.ask_close(CloseReason::Idle);
+            } else if silent >= idle / 2
+                && c.transport == Transport::Ws
+                && !c.pinged.swap(true, Ordering::Relaxed)
+            {
+                // An empty ping: 0x89 0x00.
+                match queue_own(&hub, c, vec![0x89, 0]) {
+                    Ok(()) => c.notify(),
+                    Err(reason) => c.ask_close(reason),
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport) {
     loop {
         let accepted = tokio::select! {
@@ -696,16 +845,41 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport)
                 if hub.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                let hub2 = Arc::clone(&hub);
-                tokio::spawn(async move {
-                    serve(&hub2, stream, transport).await;
-                });
+                tokio::spawn(connection_task(Arc::clone(&hub), stream, transport));
             }
             // Out of file descriptors (or another transient failure): wait a little rather
             // than spin; connections beyond the limit wait in the backlog or are refused by
             // the kernel.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+/// The task of one accepted connection: what every idle connection keeps alive, so its
+/// size is watched (`the_connection_task_stays_small`).
+///
+/// The hub and the stream are the task's own and everything below borrows them: an async
+/// fn's arguments taken by value are kept twice in its future (as captured, then as its
+/// locals), which every idle connection would pay for.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn connection_task(
+    hub: Arc<Hub>,
+    mut stream: TcpStream,
+    transport: Transport,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Boxed: only a connection in its handshake pays for it (buffers, timer, refusals).
+        let Some((conn, mut r, first)) = Box::pin(admission(&hub, &mut stream, transport)).await
+        else {
+            return;
+        };
+        let reason = match first {
+            Next::Close(reason) => {
+                Box::pin(finish(&hub, &conn, &mut stream, reason, r.ws_close.take())).await
+            }
+            Next::Go | Next::Stall => run(&hub, &conn, &mut stream, &mut r).await,
+        };
+        hub.leave(&conn, reason);
     }
 }
 
@@ -721,27 +895,31 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// The most bytes of a handshake (the WebSocket upgrade request, the TCP ticket line).
 const MAX_TCP_LINE: usize = 256;
 
-async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
+/// A connection's admission: a slot of `max_connections`, its handshake (within
+/// `handshake_timeout_ms`), its ticket. Then the connection, its reader, and what the bytes
+/// that followed the handshake decided; `None` when it was refused (and answered).
+async fn admission(
+    hub: &Arc<Hub>,
+    stream: &mut TcpStream,
+    transport: Transport,
+) -> Option<(Arc<Conn>, Reader, Next)> {
     // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
     if !hub.reserve() {
         let msg: &[u8] = match transport {
             Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             _ => b"error full\n",
         };
-        refuse(&mut stream, msg).await;
-        return;
+        refuse(stream, msg).await;
+        return None;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
-    // Boxed (as the close below): only a live handshake pays for its buffers, not every idle
-    // connection's task.
-    let shaken =
-        tokio::time::timeout_at(deadline, Box::pin(handshake(hub, &mut stream, transport))).await;
+    let shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)).await;
     let (who, leftover) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
             hub.refuse();
-            Box::pin(refuse(&mut stream, &response)).await;
-            return;
+            refuse(stream, &response).await;
+            return None;
         }
         Err(_) => {
             // Slowloris: no complete request in time.
@@ -750,13 +928,19 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
                 Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 _ => b"error timeout\n",
             };
-            refuse(&mut stream, msg).await;
-            return;
+            refuse(stream, msg).await;
+            return None;
         }
     };
     let conn = hub.admit(&who, transport);
-    let reason = run(hub, &conn, &mut stream, leftover).await;
-    hub.leave(&conn, reason);
+    let mut r = Reader::new(hub, &conn);
+    // The bytes that followed the handshake.
+    let first = if leftover.is_empty() {
+        Next::Go
+    } else {
+        process(hub, &conn, &mut r, &mut { leftover })
+    };
+    Some((conn, r, first))
 }
 
 /// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
@@ -995,96 +1179,112 @@ enum Next {
     Close(CloseReason),
 }
 
-async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) -> CloseReason {
-    let mut r = Reader::new(hub, conn);
-    let idle =
-        (hub.opts.idle_timeout_ms > 0).then(|| Duration::from_millis(hub.opts.idle_timeout_ms));
-    let mut last_read = Instant::now();
-    let mut pinged = false;
-    if !leftover.is_empty() {
-        let mut buf = leftover;
-        match process(hub, conn, &mut r, &mut buf) {
-            Next::Go | Next::Stall => {}
-            Next::Close(reason) => {
-                return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
+/// What woke a connection's task ([`run`]), in the order they are looked at.
+enum Wake {
+    /// [`Conn::notify`]: bytes to write, or a close to carry out.
+    Notified,
+    Writable,
+    Readable,
+    /// Time to offer the frames a full room held back again.
+    Retry,
+}
+
+/// How long frames held back by a full room wait before they are offered again.
+const RETRY_HELD: Duration = Duration::from_millis(1);
+
+/// A connection's life once admitted, its reader's state borrowed (see [`connection_task`];
+/// an `async` block rather than an `async fn`, whose arguments would be kept twice).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run<'a>(
+    hub: &'a Hub,
+    conn: &'a Conn,
+    stream: &'a mut TcpStream,
+    r: &'a mut Reader,
+) -> impl Future<Output = CloseReason> + Send + 'a {
+    async move {
+        // The retry timer of frames held back, boxed: only a connection whose room is out of
+        // budget pays for a timer (idle deadlines are the sweeper's, [`sweep_idle`]).
+        let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let want_write = conn.has_outbound();
+            let stalled = r.intake.stalled();
+            if !stalled {
+                retry = None;
+            } else if retry.is_none() {
+                retry = Some(Box::pin(tokio::time::sleep(RETRY_HELD)));
             }
-        }
-    }
-    loop {
-        let want_write = !conn.lock().queue.is_empty();
-        let stalled = r.intake.stalled();
-        let wake_at = match idle {
-            Some(d) if !pinged && conn.transport == Transport::Ws => last_read + d / 2,
-            Some(d) => last_read + d,
-            None => Instant::now() + Duration::from_secs(3600),
-        };
-        let timer_at = if stalled {
-            Instant::now() + Duration::from_millis(1)
-        } else {
-            wake_at
-        };
-        tokio::select! {
-            biased;
-            () = conn.notify.notified() => {}
-            w = stream.writable(), if want_write => {
-                if w.is_err() {
-                    return CloseReason::Reset;
+            // One small future instead of `select!` over `Notified`, two `Readiness` futures and
+            // a `Sleep`: the socket's readiness keeps the task's waker itself
+            // (`poll_read_ready`), and the notification slot is the connection's.
+            let woke = std::future::poll_fn(|cx| {
+                if conn.poll_notified(cx).is_ready() {
+                    return Poll::Ready(Ok(Wake::Notified));
                 }
-            }
-            rd = stream.readable(), if !stalled => {
-                if rd.is_err() {
-                    return CloseReason::Reset;
-                }
-                let got = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
-                    Ok(0) => Some(Next::Close(if r.pending.is_empty() && r.decoder.is_none() {
-                        CloseReason::Closed
-                    } else {
-                        CloseReason::Reset
-                    })),
-                    Ok(n) => {
-                        hub.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                        Some(process(hub, conn, &mut r, &mut buf[..n]))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    Err(_) => Some(Next::Close(CloseReason::Reset)),
-                });
-                match got {
-                    None => {}
-                    Some(Next::Go | Next::Stall) => {
-                        last_read = Instant::now();
-                        pinged = false;
-                    }
-                    Some(Next::Close(reason)) => {
-                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
+                if want_write {
+                    if let Poll::Ready(w) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(w.map(|()| Wake::Writable));
                     }
                 }
-            }
-            // One timer (a connection's task stays small): the retry of frames held back
-            // by a full room, or the idle deadline.
-            () = tokio::time::sleep_until(timer_at), if stalled || idle.is_some() => {
-                if stalled {
-                    if let Err(reason) = retry_held(hub, &mut r) {
-                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
+                match retry.as_mut() {
+                    Some(t) => {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(Wake::Retry));
+                        }
+                    }
+                    None => {
+                        if let Poll::Ready(rd) = stream.poll_read_ready(cx) {
+                            return Poll::Ready(rd.map(|()| Wake::Readable));
+                        }
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Err(_) => return CloseReason::Reset,
+                Ok(Wake::Notified | Wake::Writable) => {}
+                Ok(Wake::Readable) => {
+                    let got = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
+                        Ok(0) => Some(Next::Close(
+                            if r.pending.is_empty() && r.decoder.is_none() {
+                                CloseReason::Closed
+                            } else {
+                                CloseReason::Reset
+                            },
+                        )),
+                        Ok(n) => {
+                            hub.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            Some(process(hub, conn, r, &mut buf[..n]))
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                        Err(_) => Some(Next::Close(CloseReason::Reset)),
+                    });
+                    match got {
+                        None => {}
+                        Some(Next::Go | Next::Stall) => conn.mark_read(hub),
+                        Some(Next::Close(reason)) => {
+                            return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take()))
+                                .await
+                        }
+                    }
+                }
+                Ok(Wake::Retry) => {
+                    if let Some(t) = retry.as_mut() {
+                        t.as_mut().reset(Instant::now() + RETRY_HELD);
+                    }
+                    if let Err(reason) = retry_held(hub, r) {
+                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take()))
+                            .await;
                     }
                     continue;
                 }
-                let idle = if conn.transport == Transport::Ws && !pinged {
-                    pinged = true;
-                    // An empty ping: 0x89 0x00.
-                    queue_own(hub, conn, vec![0x89, 0]).err()
-                } else {
-                    Some(CloseReason::Idle)
-                };
-                if let Some(reason) = idle {
-                    return Box::pin(finish(hub, conn, stream, reason, None)).await;
-                }
             }
-        }
-        if let Some(reason) = conn.asked_close() {
-            return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
-        }
-        if let Err(reason) = write_some(hub, conn, stream) {
-            return reason;
+            if let Some(reason) = conn.asked_close() {
+                return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
+            }
+            if let Err(reason) = write_some(hub, conn, stream) {
+                return reason;
+            }
         }
     }
 }
@@ -1357,6 +1557,15 @@ mod tests {
 
     /// A core and its ingress in echo mode, on a free port of 127.0.0.1.
     fn echo_server(max_message_bytes: usize, max_backpressure_bytes: usize) -> (Core, Ingress) {
+        echo_server_idle(max_message_bytes, max_backpressure_bytes, 0)
+    }
+
+    /// [`echo_server`] with an idle timeout.
+    fn echo_server_idle(
+        max_message_bytes: usize,
+        max_backpressure_bytes: usize,
+        idle_timeout_ms: u64,
+    ) -> (Core, Ingress) {
         let core = Core::new(Config::default(), Box::new(|| {})).unwrap();
         let parts = core.ingress_parts().unwrap();
         let ingress = Ingress::start(
@@ -1367,7 +1576,7 @@ mod tests {
                 grpc: None,
                 ticket_key: vec![7; 32],
                 max_connections: 8,
-                idle_timeout_ms: 0,
+                idle_timeout_ms,
                 max_backpressure_bytes,
                 max_message_bytes,
                 handshake_timeout_ms: 5_000,
@@ -1443,6 +1652,58 @@ mod tests {
 
     fn close_code(payload: &[u8]) -> u16 {
         u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    #[test]
+    fn the_connection_task_stays_small() {
+        let (_core, ingress) = echo_server(1 << 16, 64 << 10);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let _guard = ingress.hub.parts.runtime.enter();
+        let stream = TcpStream::from_std(accepted).unwrap();
+        let task = connection_task(Arc::clone(&ingress.hub), stream, Transport::Ws);
+        let size = std::mem::size_of_val(&task);
+        println!(
+            "connection task future: {size} B; Conn: {} B; Reader: {} B; Outbound: {} B",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<Reader>(),
+            std::mem::size_of::<Outbound>()
+        );
+        assert!(size <= 400, "the connection task grew to {size} bytes");
+    }
+
+    #[test]
+    fn a_silent_websocket_is_pinged_at_half_the_idle_timeout_then_closed_idle() {
+        let (_core, ingress) = echo_server_idle(1 << 16, 64 << 10, 400);
+        let mut s = connect(&ingress);
+        let t0 = std::time::Instant::now();
+        assert_eq!(read_frame(&mut s), (0x89, Vec::new()), "an empty ping");
+        let pinged = t0.elapsed();
+        assert!(
+            pinged >= Duration::from_millis(180),
+            "pinged after {pinged:?}"
+        );
+        // Not answered: closed at the timeout, 1001 "idle".
+        let (b0, payload) = read_frame(&mut s);
+        let closed = t0.elapsed();
+        assert_eq!(b0, 0x88);
+        assert_eq!(close_code(&payload), 1001);
+        assert_eq!(&payload[2..], b"idle");
+        assert!(
+            closed >= Duration::from_millis(390) && closed < Duration::from_millis(1_500),
+            "closed after {closed:?}"
+        );
+        // A client that answers (any frame) is not closed.
+        let mut s = connect(&ingress);
+        for _ in 0..3 {
+            assert_eq!(read_frame(&mut s).0, 0x89);
+            s.write_all(&client_frame(0x8a, b"")).unwrap();
+        }
+        s.write_all(&client_frame(0x82, b"still here")).unwrap();
+        assert_eq!(read_frame(&mut s), (0x82, b"still here".to_vec()));
+        assert_eq!(ingress.connections(), 1);
     }
 
     #[test]

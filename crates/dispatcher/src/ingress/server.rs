@@ -1244,7 +1244,7 @@ fn run<'a>(
                 Err(_) => return CloseReason::Reset,
                 Ok(Wake::Notified | Wake::Writable) => {}
                 Ok(Wake::Readable) => {
-                    let got = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
+                    let got = READ_BUF.with_borrow_mut(|buf| match read_drained(stream, buf) {
                         Ok(0) => Some(Next::Close(
                             if r.pending.is_empty() && r.decoder.is_none() {
                                 CloseReason::Closed
@@ -1286,6 +1286,32 @@ fn run<'a>(
                 return reason;
             }
         }
+    }
+}
+
+/// Reads what the socket holds into `buf` (non-blocking): the bytes read, 0 at the end of
+/// the stream, or `WouldBlock`.
+///
+/// A read shorter than `buf` drained the socket (a stream socket's read returns less than
+/// asked only when nothing more is queued), so the socket's readiness is cleared right away
+/// rather than by a second read answering `EAGAIN`: one read syscall per wake-up instead of
+/// two. `try_io` clears the readiness it saw before the read, so a readiness event the
+/// driver records after it (bytes that arrived since) is kept: nothing is missed, and at
+/// worst one more wake-up reads nothing. The end of the stream stays signalled (tokio never
+/// clears read-closed).
+fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut short = 0;
+    match stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            // Makes `try_io` clear the readiness; the bytes are returned below.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }) {
+        Err(_) if short > 0 => Ok(short),
+        r => r,
     }
 }
 

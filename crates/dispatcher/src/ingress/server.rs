@@ -971,18 +971,25 @@ async fn handshake(
         Transport::Ws => ws::MAX_REQUEST_BYTES,
         _ => MAX_TCP_LINE,
     };
+    // Read straight into `buf` (no chunk in the future: every handshake in flight pays for
+    // its future, and a burst of connections has thousands in flight).
     let mut buf = Vec::with_capacity(512);
     loop {
         stream.readable().await.map_err(|_| Vec::new())?;
-        let mut chunk = [0_u8; 1024];
-        let room = (cap + 1).saturating_sub(buf.len()).min(chunk.len());
-        let n = match stream.try_read(&mut chunk[..room]) {
+        let had = buf.len();
+        // What the buffer holds without growing (at least 512 bytes), up to one past `cap`.
+        let room = (cap + 1)
+            .saturating_sub(had)
+            .min((buf.capacity() - had).max(512));
+        buf.resize(had + room, 0);
+        let read = stream.try_read(&mut buf[had..]);
+        buf.truncate(had + *read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) => return Err(Vec::new()),
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(Vec::new()),
-        };
-        buf.extend_from_slice(&chunk[..n]);
+        }
         if transport == Transport::Ws {
             match ws::parse_request(&buf) {
                 Ok(None) => {}
@@ -1446,13 +1453,13 @@ async fn finish(
 /// before the client reads it.
 async fn linger(stream: &mut TcpStream) {
     let deadline = Instant::now() + Duration::from_millis(200);
-    let mut sink = [0_u8; 512];
     loop {
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Ok(Ok(())) => {}
             _ => break,
         }
-        match stream.try_read(&mut sink) {
+        // Into the thread's read buffer: no sink in the future of every closing connection.
+        match READ_BUF.with_borrow_mut(|sink| stream.try_read(sink)) {
             Ok(0) => break,
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
             _ => {}

@@ -1291,6 +1291,9 @@ fn run<'a>(
                         ))
                         .await;
                     }
+                    // Not idle: the client's bytes wait for its room (a connection held back
+                    // by a full room is not timed out, as before the sweeper).
+                    conn.mark_read(hub);
                     continue;
                 }
             }

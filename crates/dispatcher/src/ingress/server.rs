@@ -1748,6 +1748,44 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_arrive_after_a_short_read_are_not_missed() {
+        // A short read clears the socket's readiness without a read answering EAGAIN: bytes
+        // that arrive right after it must still wake the connection. Messages written in
+        // pieces of every size, some back to back, some after the previous echo.
+        let (_core, ingress) = echo_server(1 << 16, 64 << 20);
+        let mut s = connect(&ingress);
+        let mut writer = s.try_clone().unwrap();
+        let messages: Vec<Vec<u8>> = (0..3_000_u32)
+            .map(|i| client_frame(0x82, &i.to_le_bytes().repeat(1 + (i % 7) as usize)))
+            .collect();
+        let expected = messages.clone();
+        let sending = std::thread::spawn(move || {
+            for (i, m) in messages.iter().enumerate() {
+                let cut = (i * 7) % m.len();
+                writer.write_all(&m[..cut]).unwrap();
+                if i % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                writer.write_all(&m[cut..]).unwrap();
+            }
+        });
+        for (i, m) in expected.iter().enumerate() {
+            let (b0, payload) = read_frame(&mut s);
+            assert_eq!(b0, 0x82, "message {i}");
+            assert_eq!(
+                payload,
+                m[6..]
+                    .iter()
+                    .zip([0x11, 0x22, 0x33, 0x44].iter().cycle())
+                    .map(|(b, k)| b ^ k)
+                    .collect::<Vec<u8>>(),
+                "message {i}"
+            );
+        }
+        sending.join().unwrap();
+    }
+
+    #[test]
     fn a_silent_websocket_is_pinged_at_half_the_idle_timeout_then_closed_idle() {
         let (_core, ingress) = echo_server_idle(1 << 16, 64 << 10, 400);
         let mut s = connect(&ingress);

@@ -253,6 +253,28 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     expect([grpc.status.UNAVAILABLE, grpc.status.CANCELLED]).toContain((await last.ended).code);
   });
 
+  it('ends a call that sends nothing for idleTimeoutMs with DEADLINE_EXCEEDED idle (no pings on gRPC); one that sends stays', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [1, 2]) d.join(1, p);
+    const { port, events } = await start(d, { idleTimeoutMs: 300 });
+    const c = client(port);
+    const t0 = performance.now();
+    const silent = call(c, issueTicket(KEY, { room: 1, player: 1 }));
+    const busy = call(c, issueTicket(KEY, { room: 1, player: 2 }));
+    await until(() => events.opened.length === 2, 2000, 'two calls');
+    let seq = 0;
+    const sending = setInterval(() => send(busy, frame({ room: 1, player: 2, seq: ++seq })), 50);
+    try {
+      expect(await silent.ended).toEqual({ code: grpc.status.DEADLINE_EXCEEDED, details: 'idle' });
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(280);
+      await sleep(400);
+      expect(events.closed).toEqual([{ room: 1, player: 1, transport: 'grpc', reason: 'idle' }]);
+    } finally {
+      clearInterval(sending);
+    }
+  });
+
   it('a room with a WebSocket client and a gRPC client: one broadcast reaches each once', async () => {
     const d = make();
     d.openRoom(1);

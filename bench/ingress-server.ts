@@ -118,7 +118,17 @@ async function main(spec: IngressServerSpec): Promise<{ port: number; extra: () 
       port: server.address('ws')!.port,
       extra: () => {
         const s = d.stats({ topRooms: 0 });
-        return { connections: server.connections, ingress: s.ingress, verdicts: s.verdicts, reasons: s.reasons, accepted: s.accepted, delivered: s.delivered, rejected: s.rejected };
+        return {
+          connections: server.connections,
+          ingress: s.ingress,
+          verdicts: s.verdicts,
+          reasons: s.reasons,
+          accepted: s.accepted,
+          delivered: s.delivered,
+          rejected: s.rejected,
+          jemalloc: s.allocator?.jemalloc ?? undefined,
+          memory: process.memoryUsage(),
+        };
       },
     };
   }

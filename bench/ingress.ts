@@ -66,8 +66,10 @@ const ladders: Record<number, number[]> = {
 };
 /** The rate every row is compared at (p99, CPU per message), per shape. */
 const commonRate: Record<number, number> = { 1: Number(opt('common-rate') ?? 20_000), 8: Number(opt('common-rate8') ?? 2_500) };
-const rssSizes = nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]);
+const rssSizes = flag('no-rss') ? [] : (nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]));
 const noCap = flag('no-cap');
+/** Skips the load ladders (`--no-load --no-cap`: only the idle-RSS rows, e.g. `--rows native --rss 15000`; `--no-rss` skips those). */
+const noLoad = flag('no-load');
 const hardLimit = Number(spawnSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).stdout.trim()) || 1024;
 /** The cap every server is given (native: maxConnections), and how many connections the test attempts. */
 const capConns = quick ? 300 : Math.max(100, hardLimit - 300);
@@ -388,6 +390,8 @@ interface RssResult {
   kibPerConn: number;
   pinged: number;
   received: number;
+  /** Native rows: growth per connection of jemalloc's stats.allocated, .active and .resident, in bytes. */
+  jemallocBytesPerConn?: { allocated: number; active: number; resident: number };
 }
 
 async function rss(row: Row, n: number): Promise<RssResult> {
@@ -396,6 +400,8 @@ async function rss(row: Row, n: number): Promise<RssResult> {
   try {
     await sleep(1_000);
     const baseKiB = rssKiB(server.pid);
+    server.send('stats');
+    const st0 = await server.next('stats');
     gen = startGen(port, n, 0, 1);
     const c = await gen.next('connected', 180_000);
     gen.send('ping');
@@ -404,7 +410,23 @@ async function rss(row: Row, n: number): Promise<RssResult> {
     const loadedKiB = rssKiB(server.pid);
     server.send('stats');
     const st = await server.next('stats');
-    return { row, conns: n, held: c.held as number, baseKiB, loadedKiB, kibPerConn: (loadedKiB - baseKiB) / Math.max(1, c.held as number), pinged: p.sent as number, received: st.received as number };
+    const held = Math.max(1, c.held as number);
+    type Je = { allocated: number; active: number; resident: number };
+    const a0 = st0.jemalloc as Je | undefined;
+    const a1 = st.jemalloc as Je | undefined;
+    return {
+      row,
+      conns: n,
+      held: c.held as number,
+      baseKiB,
+      loadedKiB,
+      kibPerConn: (loadedKiB - baseKiB) / held,
+      pinged: p.sent as number,
+      received: st.received as number,
+      ...(a0 !== undefined && a1 !== undefined
+        ? { jemallocBytesPerConn: { allocated: (a1.allocated - a0.allocated) / held, active: (a1.active - a0.active) / held, resident: (a1.resident - a0.resident) / held } }
+        : {}),
+    };
   } finally {
     if (gen !== null) {
       gen.send('close');
@@ -569,7 +591,7 @@ async function main(): Promise<void> {
     cap: [],
     note: 'The load generator shares the machine with the server under test.',
   };
-  for (const frames of shapes) {
+  for (const frames of noLoad ? [] : shapes) {
     for (const row of rows) {
       log(`${row}, ${frames} frame(s)/message, ${conns} connections`);
       report.loads.push(await load(row, frames));
@@ -580,7 +602,9 @@ async function main(): Promise<void> {
       try {
         const x = await rss(row, n);
         report.rss.push(x);
-        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n} (received ${x.received} pings)`);
+        const j = x.jemallocBytesPerConn;
+        const alloc = j === undefined ? '' : `; jemalloc per connection: ${f1(j.allocated, 0)} B allocated, ${f1(j.active, 0)} active, ${f1(j.resident, 0)} resident`;
+        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n}${alloc} (received ${x.received} pings)`);
       } catch (e) {
         log(`${row}: RSS at ${n}: ${e instanceof Error ? e.message : String(e)}`);
       }

@@ -522,9 +522,6 @@ async fn pump(
     let mut acks: VecDeque<MoveAcks> = VecDeque::new();
     // The counts of the MoveFrames whose frames a full room held back: its ack waits.
     let (mut held_accepted, mut held_refused) = (0_u32, 0_u32);
-    let idle =
-        (hub.opts.idle_timeout_ms > 0).then(|| Duration::from_millis(hub.opts.idle_timeout_ms));
-    let mut last_read = Instant::now();
     loop {
         if push(hub, conn, tx, &mut acks).is_err() {
             return CloseReason::Reset;
@@ -532,10 +529,10 @@ async fn pump(
         let want_write = !acks.is_empty() || conn.has_outbound();
         let stalled = intake.stalled();
         let reading = !stalled && acks.len() < MAX_ACKS_WAITING;
-        let wake_at = last_read + idle.unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             biased;
-            () = conn.notify.notified() => {}
+            // Also the idle sweeper's close (`idle`).
+            () = conn.notified() => {}
             permit = tx.reserve(), if want_write => match permit {
                 Ok(permit) => {
                     if let Some(m) = next_out(hub, conn, &mut acks) {
@@ -563,7 +560,7 @@ async fn pump(
             }
             m = inbound.message(), if reading => match m {
                 Ok(Some(MoveFrames { frames })) => {
-                    last_read = Instant::now();
+                    conn.mark_read(hub);
                     hub.counters
                         .bytes_in
                         .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -582,9 +579,6 @@ async fn pump(
                 }
                 Err(status) => return reason_of(&status),
             },
-            () = tokio::time::sleep_until(wake_at), if idle.is_some() => {
-                return CloseReason::Idle;
-            }
         }
         if let Some(reason) = conn.asked_close() {
             return reason;

@@ -19,6 +19,12 @@
 //! moves dispatched from JavaScript and moves read from the network meet in one order per
 //! room. JavaScript hears only of deliveries and of connection events, in batches.
 //!
+//! # Waiting
+//! A waiting connection's task holds no timer and no waiter node: its socket's readiness
+//! keeps the task's waker ([`TcpStream::poll_read_ready`]), [`Conn::notify`] wakes it through
+//! a slot of its outbound state, and idle deadlines are [`sweep_idle`]'s, one task per
+//! ingress that scans the open connections.
+//!
 //! # Outbound
 //! `send` and `broadcast` queue shared, already-encoded bytes on each connection (a
 //! broadcast encodes once per transport) and wake its task; a connection whose queue would
@@ -30,9 +36,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -147,11 +156,16 @@ pub(super) struct Conn {
     pub(super) room: u32,
     pub(super) player: u32,
     transport: Transport,
-    out: Mutex<Outbound>,
-    /// Wakes the connection's task: bytes to write, or a close to carry out.
-    pub(super) notify: Notify,
+    /// Whether the idle sweeper pinged the connection since its last read (WebSocket).
+    pinged: AtomicBool,
     /// 0 while open; else the [`CloseReason`] the server side asked for.
     close: AtomicU8,
+    /// When the connection last read something, in [`Hub::now_ms`] (the idle sweeper's
+    /// clock; wraps after 49 days, compared with wrapping arithmetic).
+    last_read_ms: AtomicU32,
+    /// Its index in the idle sweeper's table ([`Hub::live`]), `u32::MAX` when none.
+    slot: AtomicU32,
+    out: Mutex<Outbound>,
 }
 
 #[derive(Default)]
@@ -162,6 +176,10 @@ struct Outbound {
     bytes: usize,
     /// A send was refused for backpressure and the queue has not drained since.
     over: bool,
+    /// The task was notified (bytes to write, a close to carry out) and has not looked yet.
+    notified: bool,
+    /// The connection's task, while it waits ([`Conn::poll_notified`]).
+    waker: Option<Waker>,
 }
 
 impl Conn {
@@ -180,6 +198,7 @@ impl Conn {
             0 => None,
             6 => Some(CloseReason::Backpressure),
             7 => Some(CloseReason::Replaced),
+            3 => Some(CloseReason::Idle),
             12 => Some(CloseReason::Kicked),
             _ => Some(CloseReason::Shutdown),
         }
@@ -209,8 +228,62 @@ impl Conn {
         let _ = self
             .close
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.notify();
     }
+
+    /// Wakes the connection's task (bytes to write, or a close to carry out); if it is not
+    /// waiting, its next [`Conn::poll_notified`] is ready at once (one permit, as
+    /// `tokio::sync::Notify::notify_one`).
+    pub(super) fn notify(&self) {
+        let waker = {
+            let mut out = self.lock();
+            out.notified = true;
+            out.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready (and the permit taken) once [`Conn::notify`] was called since the last time it
+    /// was ready; else the task's waker is kept for it. A slot of the outbound state rather
+    /// than a `Notify`: a waiting task holds no waiter node of its own.
+    /// Also says whether messages wait in the outbound queue (one lock for both).
+    pub(super) fn poll_notified(&self, cx: &Context<'_>) -> (Poll<()>, bool) {
+        let mut out = self.lock();
+        let outbound = !out.queue.is_empty();
+        if std::mem::take(&mut out.notified) {
+            return (Poll::Ready(()), outbound);
+        }
+        match &mut out.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        (Poll::Pending, outbound)
+    }
+
+    /// Resolves at the next [`Conn::notify`] (at once if one is pending).
+    pub(super) async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx).0).await;
+    }
+
+    /// Notes a read: the idle deadline starts again, and a new ping is due at its half.
+    pub(super) fn mark_read(&self, hub: &Hub) {
+        if hub.opts.idle_timeout_ms > 0 {
+            self.last_read_ms.store(Hub::now_ms(), Ordering::Relaxed);
+            if self.pinged.load(Ordering::Relaxed) {
+                self.pinged.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The connections the idle sweeper watches (only when `idle_timeout_ms > 0`): a slot per
+/// open connection, reused.
+#[derive(Default)]
+struct Live {
+    slots: Vec<Option<Arc<Conn>>>,
+    free: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -261,11 +334,23 @@ pub(super) struct Hub {
     /// Set by [`Ingress::close`]: listeners stop, connections close.
     stopping: AtomicBool,
     stop: Notify,
+    /// What the idle sweeper scans ([`sweep_idle`]).
+    live: Mutex<Live>,
 }
 
 impl Hub {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds of the process's monotonic clock, truncated to 32 bits (the idle
+    /// sweeper compares them with wrapping arithmetic).
+    fn now_ms() -> u32 {
+        (crate::clock::now_ns() / 1_000_000) as u32
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether [`Ingress::close`] was called.
@@ -333,10 +418,23 @@ impl Hub {
             room: who.room,
             player: who.player,
             transport,
-            out: Mutex::default(),
-            notify: Notify::new(),
+            pinged: AtomicBool::new(false),
             close: AtomicU8::new(0),
+            last_read_ms: AtomicU32::new(Self::now_ms()),
+            slot: AtomicU32::new(u32::MAX),
+            out: Mutex::default(),
         });
+        if self.opts.idle_timeout_ms > 0 {
+            let mut live = self.live();
+            let slot = if let Some(i) = live.free.pop() {
+                live.slots[i as usize] = Some(Arc::clone(&conn));
+                i
+            } else {
+                live.slots.push(Some(Arc::clone(&conn)));
+                u32::try_from(live.slots.len() - 1).unwrap_or(u32::MAX)
+            };
+            conn.slot.store(slot, Ordering::Relaxed);
+        }
         if !self.opts.echo_for_testing {
             let old = self.registry().insert(&conn);
             if let Some(old) = old {
@@ -356,6 +454,12 @@ impl Hub {
     /// The end of an admitted connection (every transport): out of the registry, counted,
     /// the close event with `reason`, its slot given back.
     pub(super) fn leave(&self, conn: &Arc<Conn>, reason: CloseReason) {
+        let slot = conn.slot.swap(u32::MAX, Ordering::Relaxed);
+        if slot != u32::MAX {
+            let mut live = self.live();
+            live.slots[slot as usize] = None;
+            live.free.push(slot);
+        }
         if !self.opts.echo_for_testing {
             self.registry().remove(conn);
             self.counters
@@ -469,8 +573,12 @@ impl Ingress {
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            live: Mutex::default(),
         });
         let mut tasks = Vec::new();
+        if hub.opts.idle_timeout_ms > 0 {
+            tasks.push(runtime.spawn(sweep_idle(Arc::clone(&hub))));
+        }
         for (listener, transport) in [(ws, Transport::Ws), (tcp, Transport::Tcp)] {
             if let Some(l) = listener {
                 tasks.push(runtime.spawn(accept_loop(Arc::clone(&hub), l, transport)));
@@ -636,7 +744,7 @@ fn offer(hub: &Hub, c: &Conn, msg: &Arc<[u8]>) -> SendOutcome {
     out.queue.push_back(Arc::clone(msg));
     drop(out);
     if was_empty {
-        c.notify.notify_one();
+        c.notify();
     }
     SendOutcome::Sent
 }
@@ -684,6 +792,49 @@ fn queue_close(c: &Conn, frame: Vec<u8>) {
     out.queue.push_back(frame.into());
 }
 
+/// The idle sweeper (when `idle_timeout_ms > 0`): one task for every connection of every
+/// transport, instead of a timer in each connection's task. Every tenth of the timeout (1 ms
+/// to 1 s) it scans the open connections: one that has read nothing for half the timeout is
+/// pinged (WebSocket; once per silence), one that has read nothing for the whole timeout is
+/// asked to close, reason [`CloseReason::Idle`]. So a connection is closed between
+/// `idle_timeout_ms` and 1.1 × that after its last read.
+async fn sweep_idle(hub: Arc<Hub>) {
+    let idle = u32::try_from(hub.opts.idle_timeout_ms)
+        .unwrap_or(u32::MAX / 2)
+        .min(u32::MAX / 2);
+    let period = Duration::from_millis(u64::from(idle / 10))
+        .clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.stopped() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Hub::now_ms();
+        let live = hub.live();
+        for c in live.slots.iter().flatten() {
+            let silent = now.wrapping_sub(c.last_read_ms.load(Ordering::Relaxed));
+            if silent > u32::MAX / 2 {
+                // Read after `now` was taken.
+                continue;
+            }
+            if silent >= idle {
+                c.ask_close(CloseReason::Idle);
+            } else if silent >= idle / 2
+                && c.transport == Transport::Ws
+                && !c.pinged.swap(true, Ordering::Relaxed)
+            {
+                // An empty ping: 0x89 0x00.
+                match queue_own(&hub, c, vec![0x89, 0]) {
+                    Ok(()) => c.notify(),
+                    Err(reason) => c.ask_close(reason),
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport) {
     loop {
         let accepted = tokio::select! {
@@ -696,16 +847,48 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, transport: Transport)
                 if hub.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                let hub2 = Arc::clone(&hub);
-                tokio::spawn(async move {
-                    serve(&hub2, stream, transport).await;
-                });
+                tokio::spawn(connection_task(Arc::clone(&hub), stream, transport));
             }
             // Out of file descriptors (or another transient failure): wait a little rather
             // than spin; connections beyond the limit wait in the backlog or are refused by
             // the kernel.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+/// The task of one accepted connection: what every idle connection keeps alive, so its
+/// size is watched (`the_connection_task_stays_small`).
+///
+/// The hub and the stream are the task's own and everything below borrows them: an async
+/// fn's arguments taken by value are kept twice in its future (as captured, then as its
+/// locals), which every idle connection would pay for.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn connection_task(
+    hub: Arc<Hub>,
+    mut stream: TcpStream,
+    transport: Transport,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Boxed: only a connection in its handshake pays for it (buffers, timer, refusals).
+        let Some((conn, mut r, first)) = Box::pin(admission(&hub, &mut stream, transport)).await
+        else {
+            return;
+        };
+        let reason = match first {
+            Next::Close(reason) => {
+                Box::pin(finish(
+                    &hub,
+                    &conn,
+                    &mut stream,
+                    reason,
+                    r.ws_close.take().map(|c| *c),
+                ))
+                .await
+            }
+            Next::Go | Next::Stall => run(&hub, &conn, &mut stream, &mut r).await,
+        };
+        hub.leave(&conn, reason);
     }
 }
 
@@ -721,27 +904,31 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// The most bytes of a handshake (the WebSocket upgrade request, the TCP ticket line).
 const MAX_TCP_LINE: usize = 256;
 
-async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
+/// A connection's admission: a slot of `max_connections`, its handshake (within
+/// `handshake_timeout_ms`), its ticket. Then the connection, its reader, and what the bytes
+/// that followed the handshake decided; `None` when it was refused (and answered).
+async fn admission(
+    hub: &Arc<Hub>,
+    stream: &mut TcpStream,
+    transport: Transport,
+) -> Option<(Arc<Conn>, Reader, Next)> {
     // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
     if !hub.reserve() {
         let msg: &[u8] = match transport {
             Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             _ => b"error full\n",
         };
-        refuse(&mut stream, msg).await;
-        return;
+        refuse(stream, msg).await;
+        return None;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
-    // Boxed (as the close below): only a live handshake pays for its buffers, not every idle
-    // connection's task.
-    let shaken =
-        tokio::time::timeout_at(deadline, Box::pin(handshake(hub, &mut stream, transport))).await;
+    let shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)).await;
     let (who, leftover) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
             hub.refuse();
-            Box::pin(refuse(&mut stream, &response)).await;
-            return;
+            refuse(stream, &response).await;
+            return None;
         }
         Err(_) => {
             // Slowloris: no complete request in time.
@@ -750,13 +937,19 @@ async fn serve(hub: &Arc<Hub>, mut stream: TcpStream, transport: Transport) {
                 Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 _ => b"error timeout\n",
             };
-            refuse(&mut stream, msg).await;
-            return;
+            refuse(stream, msg).await;
+            return None;
         }
     };
     let conn = hub.admit(&who, transport);
-    let reason = run(hub, &conn, &mut stream, leftover).await;
-    hub.leave(&conn, reason);
+    let mut r = Reader::new(hub, &conn);
+    // The bytes that followed the handshake.
+    let first = if leftover.is_empty() {
+        Next::Go
+    } else {
+        process(hub, &conn, &mut r, &mut { leftover })
+    };
+    Some((conn, r, first))
 }
 
 /// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
@@ -787,18 +980,25 @@ async fn handshake(
         Transport::Ws => ws::MAX_REQUEST_BYTES,
         _ => MAX_TCP_LINE,
     };
+    // Read straight into `buf` (no chunk in the future: every handshake in flight pays for
+    // its future, and a burst of connections has thousands in flight).
     let mut buf = Vec::with_capacity(512);
     loop {
         stream.readable().await.map_err(|_| Vec::new())?;
-        let mut chunk = [0_u8; 1024];
-        let room = (cap + 1).saturating_sub(buf.len()).min(chunk.len());
-        let n = match stream.try_read(&mut chunk[..room]) {
+        let had = buf.len();
+        // What the buffer holds without growing (at least 512 bytes), up to one past `cap`.
+        let room = (cap + 1)
+            .saturating_sub(had)
+            .min((buf.capacity() - had).max(512));
+        buf.resize(had + room, 0);
+        let read = stream.try_read(&mut buf[had..]);
+        buf.truncate(had + *read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) => return Err(Vec::new()),
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(Vec::new()),
-        };
-        buf.extend_from_slice(&chunk[..n]);
+        }
         if transport == Transport::Ws {
             match ws::parse_request(&buf) {
                 Ok(None) => {}
@@ -972,7 +1172,8 @@ struct Reader {
     intake: Intake,
     /// Why the WebSocket decoder failed the connection: its code (1002, 1003, 1007, 1009)
     /// and reason go in the close frame.
-    ws_close: Option<ws::Close>,
+    /// (Boxed: it is set only as the connection closes.)
+    ws_close: Option<Box<ws::Close>>,
 }
 
 impl Reader {
@@ -995,97 +1196,167 @@ enum Next {
     Close(CloseReason),
 }
 
-async fn run(hub: &Hub, conn: &Conn, stream: &mut TcpStream, leftover: Vec<u8>) -> CloseReason {
-    let mut r = Reader::new(hub, conn);
-    let idle =
-        (hub.opts.idle_timeout_ms > 0).then(|| Duration::from_millis(hub.opts.idle_timeout_ms));
-    let mut last_read = Instant::now();
-    let mut pinged = false;
-    if !leftover.is_empty() {
-        let mut buf = leftover;
-        match process(hub, conn, &mut r, &mut buf) {
-            Next::Go | Next::Stall => {}
-            Next::Close(reason) => {
-                return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
+/// What woke a connection's task ([`run`]), in the order they are looked at.
+enum Wake {
+    /// [`Conn::notify`]: bytes to write, or a close to carry out.
+    Notified,
+    Writable,
+    Readable,
+    /// Time to offer the frames a full room held back again.
+    Retry,
+}
+
+/// How long frames held back by a full room wait before they are offered again.
+const RETRY_HELD: Duration = Duration::from_millis(1);
+
+/// A connection's life once admitted, its reader's state borrowed (see [`connection_task`];
+/// an `async` block rather than an `async fn`, whose arguments would be kept twice).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run<'a>(
+    hub: &'a Hub,
+    conn: &'a Conn,
+    stream: &'a mut TcpStream,
+    r: &'a mut Reader,
+) -> impl Future<Output = CloseReason> + Send + 'a {
+    async move {
+        // The retry timer of frames held back, boxed: only a connection whose room is out of
+        // budget pays for a timer (idle deadlines are the sweeper's, [`sweep_idle`]).
+        let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let stalled = r.intake.stalled();
+            if !stalled {
+                retry = None;
+            } else if retry.is_none() {
+                retry = Some(Box::pin(tokio::time::sleep(RETRY_HELD)));
+            }
+            // One small future instead of `select!` over `Notified`, two `Readiness` futures and
+            // a `Sleep`: the socket's readiness keeps the task's waker itself
+            // (`poll_read_ready`), and the notification slot is the connection's.
+            // Matched at once: only the 1-byte `Wake` lives across the awaits below.
+            let Ok(woke) = std::future::poll_fn(|cx| {
+                let (notified, want_write) = conn.poll_notified(cx);
+                if notified.is_ready() {
+                    return Poll::Ready(Ok(Wake::Notified));
+                }
+                if want_write {
+                    if let Poll::Ready(w) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(w.map(|()| Wake::Writable));
+                    }
+                }
+                match retry.as_mut() {
+                    Some(t) => {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(Wake::Retry));
+                        }
+                    }
+                    None => {
+                        if let Poll::Ready(rd) = stream.poll_read_ready(cx) {
+                            return Poll::Ready(rd.map(|()| Wake::Readable));
+                        }
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+            else {
+                return CloseReason::Reset;
+            };
+            match woke {
+                Wake::Notified | Wake::Writable => {}
+                Wake::Readable => match read_some(hub, conn, stream, r) {
+                    None => {}
+                    Some(Next::Go | Next::Stall) => conn.mark_read(hub),
+                    Some(Next::Close(reason)) => {
+                        return Box::pin(finish(
+                            hub,
+                            conn,
+                            stream,
+                            reason,
+                            r.ws_close.take().map(|c| *c),
+                        ))
+                        .await
+                    }
+                },
+                Wake::Retry => {
+                    if let Some(t) = retry.as_mut() {
+                        t.as_mut().reset(Instant::now() + RETRY_HELD);
+                    }
+                    if let Err(reason) = retry_held(hub, r) {
+                        return Box::pin(finish(
+                            hub,
+                            conn,
+                            stream,
+                            reason,
+                            r.ws_close.take().map(|c| *c),
+                        ))
+                        .await;
+                    }
+                    // Not idle: the client's bytes wait for its room (a connection held back
+                    // by a full room is not timed out, as before the sweeper).
+                    conn.mark_read(hub);
+                    continue;
+                }
+            }
+            if let Some(reason) = conn.asked_close() {
+                return Box::pin(finish(
+                    hub,
+                    conn,
+                    stream,
+                    reason,
+                    r.ws_close.take().map(|c| *c),
+                ))
+                .await;
+            }
+            if let Err(reason) = write_some(hub, conn, stream) {
+                return reason;
             }
         }
     }
-    loop {
-        let want_write = !conn.lock().queue.is_empty();
-        let stalled = r.intake.stalled();
-        let wake_at = match idle {
-            Some(d) if !pinged && conn.transport == Transport::Ws => last_read + d / 2,
-            Some(d) => last_read + d,
-            None => Instant::now() + Duration::from_secs(3600),
-        };
-        let timer_at = if stalled {
-            Instant::now() + Duration::from_millis(1)
-        } else {
-            wake_at
-        };
-        tokio::select! {
-            biased;
-            () = conn.notify.notified() => {}
-            w = stream.writable(), if want_write => {
-                if w.is_err() {
-                    return CloseReason::Reset;
-                }
-            }
-            rd = stream.readable(), if !stalled => {
-                if rd.is_err() {
-                    return CloseReason::Reset;
-                }
-                let got = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
-                    Ok(0) => Some(Next::Close(if r.pending.is_empty() && r.decoder.is_none() {
-                        CloseReason::Closed
-                    } else {
-                        CloseReason::Reset
-                    })),
-                    Ok(n) => {
-                        hub.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                        Some(process(hub, conn, &mut r, &mut buf[..n]))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    Err(_) => Some(Next::Close(CloseReason::Reset)),
-                });
-                match got {
-                    None => {}
-                    Some(Next::Go | Next::Stall) => {
-                        last_read = Instant::now();
-                        pinged = false;
-                    }
-                    Some(Next::Close(reason)) => {
-                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await
-                    }
-                }
-            }
-            // One timer (a connection's task stays small): the retry of frames held back
-            // by a full room, or the idle deadline.
-            () = tokio::time::sleep_until(timer_at), if stalled || idle.is_some() => {
-                if stalled {
-                    if let Err(reason) = retry_held(hub, &mut r) {
-                        return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
-                    }
-                    continue;
-                }
-                let idle = if conn.transport == Transport::Ws && !pinged {
-                    pinged = true;
-                    // An empty ping: 0x89 0x00.
-                    queue_own(hub, conn, vec![0x89, 0]).err()
-                } else {
-                    Some(CloseReason::Idle)
-                };
-                if let Some(reason) = idle {
-                    return Box::pin(finish(hub, conn, stream, reason, None)).await;
-                }
-            }
+}
+
+/// Reads what the socket holds into the thread's buffer and processes it: what to do next,
+/// or `None` when there was nothing to read after all.
+fn read_some(hub: &Hub, conn: &Conn, stream: &TcpStream, r: &mut Reader) -> Option<Next> {
+    READ_BUF.with_borrow_mut(|buf| match read_drained(stream, buf) {
+        Ok(0) => Some(Next::Close(
+            if r.pending.is_empty() && r.decoder.is_none() {
+                CloseReason::Closed
+            } else {
+                CloseReason::Reset
+            },
+        )),
+        Ok(n) => {
+            hub.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            Some(process(hub, conn, r, &mut buf[..n]))
         }
-        if let Some(reason) = conn.asked_close() {
-            return Box::pin(finish(hub, conn, stream, reason, r.ws_close.take())).await;
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(_) => Some(Next::Close(CloseReason::Reset)),
+    })
+}
+
+/// Reads what the socket holds into `buf` (non-blocking): the bytes read, 0 at the end of
+/// the stream, or `WouldBlock`.
+///
+/// A read shorter than `buf` drained the socket (a stream socket's read returns less than
+/// asked only when nothing more is queued), so the socket's readiness is cleared right away
+/// rather than by a second read answering `EAGAIN`: one read syscall per wake-up instead of
+/// two. `try_io` clears the readiness it saw before the read, so a readiness event the
+/// driver records after it (bytes that arrived since) is kept: nothing is missed, and at
+/// worst one more wake-up reads nothing. The end of the stream stays signalled (tokio never
+/// clears read-closed).
+fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut short = 0;
+    match stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            // Makes `try_io` clear the readiness; the bytes are returned below.
+            return Err(std::io::ErrorKind::WouldBlock.into());
         }
-        if let Err(reason) = write_some(hub, conn, stream) {
-            return reason;
-        }
+        Ok(n)
+    }) {
+        Err(_) if short > 0 => Ok(short),
+        r => r,
     }
 }
 
@@ -1220,13 +1491,13 @@ async fn finish(
 /// before the client reads it.
 async fn linger(stream: &mut TcpStream) {
     let deadline = Instant::now() + Duration::from_millis(200);
-    let mut sink = [0_u8; 512];
     loop {
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Ok(Ok(())) => {}
             _ => break,
         }
-        match stream.try_read(&mut sink) {
+        // Into the thread's read buffer: no sink in the future of every closing connection.
+        match READ_BUF.with_borrow_mut(|sink| stream.try_read(sink)) {
             Ok(0) => break,
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
             _ => {}
@@ -1335,7 +1606,7 @@ fn decode_ws(hub: &Hub, conn: &Conn, r: &mut Reader, work: &mut [u8]) -> (usize,
     match fed {
         Ok(used) => (used, next),
         Err(close) => {
-            r.ws_close = Some(close);
+            r.ws_close = Some(Box::new(close));
             let reason = match close.code {
                 1003 => CloseReason::Text,
                 1009 => CloseReason::TooBig,
@@ -1357,6 +1628,15 @@ mod tests {
 
     /// A core and its ingress in echo mode, on a free port of 127.0.0.1.
     fn echo_server(max_message_bytes: usize, max_backpressure_bytes: usize) -> (Core, Ingress) {
+        echo_server_idle(max_message_bytes, max_backpressure_bytes, 0)
+    }
+
+    /// [`echo_server`] with an idle timeout.
+    fn echo_server_idle(
+        max_message_bytes: usize,
+        max_backpressure_bytes: usize,
+        idle_timeout_ms: u64,
+    ) -> (Core, Ingress) {
         let core = Core::new(Config::default(), Box::new(|| {})).unwrap();
         let parts = core.ingress_parts().unwrap();
         let ingress = Ingress::start(
@@ -1367,7 +1647,7 @@ mod tests {
                 grpc: None,
                 ticket_key: vec![7; 32],
                 max_connections: 8,
-                idle_timeout_ms: 0,
+                idle_timeout_ms,
                 max_backpressure_bytes,
                 max_message_bytes,
                 handshake_timeout_ms: 5_000,
@@ -1443,6 +1723,98 @@ mod tests {
 
     fn close_code(payload: &[u8]) -> u16 {
         u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    #[test]
+    fn the_connection_task_stays_small() {
+        let (_core, ingress) = echo_server(1 << 16, 64 << 10);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let _guard = ingress.hub.parts.runtime.enter();
+        let stream = TcpStream::from_std(accepted).unwrap();
+        let task = connection_task(Arc::clone(&ingress.hub), stream, Transport::Ws);
+        let size = std::mem::size_of_val(&task);
+        println!(
+            "connection task future: {size} B; Conn: {} B; Reader: {} B; Outbound: {} B",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<Reader>(),
+            std::mem::size_of::<Outbound>()
+        );
+        // 280 bytes in release builds (288 in debug ones): tokio's task cell (header and
+        // trailer around the future, aligned to 128) is then 384 bytes; 8 more would make it 512.
+        assert!(size <= 288, "the connection task grew to {size} bytes");
+    }
+
+    #[test]
+    fn bytes_that_arrive_after_a_short_read_are_not_missed() {
+        // A short read clears the socket's readiness without a read answering EAGAIN: bytes
+        // that arrive right after it must still wake the connection. Messages written in
+        // pieces of every size, some back to back, some after the previous echo.
+        let (_core, ingress) = echo_server(1 << 16, 64 << 20);
+        let mut s = connect(&ingress);
+        let mut writer = s.try_clone().unwrap();
+        let messages: Vec<Vec<u8>> = (0..3_000_u32)
+            .map(|i| client_frame(0x82, &i.to_le_bytes().repeat(1 + (i % 7) as usize)))
+            .collect();
+        let expected = messages.clone();
+        let sending = std::thread::spawn(move || {
+            for (i, m) in messages.iter().enumerate() {
+                let cut = (i * 7) % m.len();
+                writer.write_all(&m[..cut]).unwrap();
+                if i % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                writer.write_all(&m[cut..]).unwrap();
+            }
+        });
+        for (i, m) in expected.iter().enumerate() {
+            let (b0, payload) = read_frame(&mut s);
+            assert_eq!(b0, 0x82, "message {i}");
+            assert_eq!(
+                payload,
+                m[6..]
+                    .iter()
+                    .zip([0x11, 0x22, 0x33, 0x44].iter().cycle())
+                    .map(|(b, k)| b ^ k)
+                    .collect::<Vec<u8>>(),
+                "message {i}"
+            );
+        }
+        sending.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_websocket_is_pinged_at_half_the_idle_timeout_then_closed_idle() {
+        let (_core, ingress) = echo_server_idle(1 << 16, 64 << 10, 400);
+        let mut s = connect(&ingress);
+        let t0 = std::time::Instant::now();
+        assert_eq!(read_frame(&mut s), (0x89, Vec::new()), "an empty ping");
+        let pinged = t0.elapsed();
+        assert!(
+            pinged >= Duration::from_millis(180),
+            "pinged after {pinged:?}"
+        );
+        // Not answered: closed at the timeout, 1001 "idle".
+        let (b0, payload) = read_frame(&mut s);
+        let closed = t0.elapsed();
+        assert_eq!(b0, 0x88);
+        assert_eq!(close_code(&payload), 1001);
+        assert_eq!(&payload[2..], b"idle");
+        assert!(
+            closed >= Duration::from_millis(390) && closed < Duration::from_millis(1_500),
+            "closed after {closed:?}"
+        );
+        // A client that answers (any frame) is not closed.
+        let mut s = connect(&ingress);
+        for _ in 0..3 {
+            assert_eq!(read_frame(&mut s).0, 0x89);
+            s.write_all(&client_frame(0x8a, b"")).unwrap();
+        }
+        s.write_all(&client_frame(0x82, b"still here")).unwrap();
+        assert_eq!(read_frame(&mut s), (0x82, b"still here".to_vec()));
+        assert_eq!(ingress.connections(), 1);
     }
 
     #[test]

@@ -80,6 +80,32 @@ describe.each(['js', 'native'] as const)('wake-ups of one-frame calls [%s]', (en
     expect(d.stats().accepted).toBe(sent);
   });
 
+  it.skipIf(skip !== null)('drainAll() and drain(room) hold every move dispatched before them (workers busy, napping or asleep)', async () => {
+    const d = make({ shards: 2 });
+    for (const room of [1, 2, 3]) {
+      d.openRoom(room);
+      d.join(room, 7);
+    }
+    await d.flush();
+    let seq = 0;
+    for (let round = 0; round < 200; round++) {
+      const n = 1 + (round % 4);
+      for (let i = 0; i < n; i++) {
+        seq++;
+        expect(d.dispatch(move(1 + (seq % 3), 7, seq), 7)).toBe(0);
+      }
+      let got = 0;
+      if (round % 2 === 0) {
+        for (const b of d.drainAll()) got += b.count;
+      } else {
+        for (const room of [1, 2, 3]) got += d.drain(room)?.count ?? 0;
+      }
+      expect(got, `round ${round}`).toBe(n);
+      if (round % 40 === 0) await sleep(5);
+      else if (round % 7 === 0) await new Promise<void>((r) => setImmediate(r));
+    }
+  });
+
   it.skipIf(skip !== null)('push rooms: a move sent to a sleeping worker reaches onDelivery without a flush', async () => {
     const seen: number[] = [];
     const d = make({

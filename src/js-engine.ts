@@ -418,6 +418,7 @@ export class JsEngine implements Engine {
     const r = this.#rooms.get(room);
     if (r === undefined) return Status.UnknownRoom;
     if (r.push) return Status.WrongDelivery;
+    this.#catchUp();
     let buffer: ArrayBuffer | null = null;
     if (r.hasContent()) {
       // It stays in #pullPending (listed): drainAll skips rooms without content.
@@ -430,6 +431,7 @@ export class JsEngine implements Engine {
   }
 
   drainAll(): ArrayBuffer | null {
+    this.#catchUp();
     const list = this.#pullPending;
     for (const room of list) {
       room.listed = false;
@@ -731,6 +733,16 @@ export class JsEngine implements Engine {
       this.#ready[this.#readyCount++] = shard;
     }
     if (this.#immediate === null && !this.#paused && !this.#shut) this.#scheduleRound();
+  }
+
+  /**
+   * Runs the scheduled processing round now: a drain holds every move dispatched before
+   * it, as the native engine's does (it runs its workers' remaining steps).
+   */
+  #catchUp(): void {
+    if (this.#immediate === null || this.#readyCount === 0) return;
+    clearImmediate(this.#immediate);
+    this.#round();
   }
 
   #scheduleRound(): void {

@@ -181,6 +181,10 @@ impl ShardHandle {
     }
 }
 
+/// Steps of a worker a drain runs at most to catch up ([`Core::catch_up`]): each takes up to
+/// [`shard::TURN`] moves, far more than a nap lets wait.
+const CATCH_UP_STEPS: usize = 4096;
+
 /// Who wakes a shard's worker after `dispatch` pushed to it ([`Core::defer_wakes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wakes {
@@ -759,6 +763,7 @@ impl Core {
     /// `WrongDelivery` for push rooms.
     pub fn drain(&mut self, room: u32) -> Result<Option<Moves>, Status> {
         self.wake_owed();
+        self.catch_up();
         let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
         if r.push {
             return Err(Status::WrongDelivery);
@@ -777,6 +782,7 @@ impl Core {
     /// delivery; `None` when nothing waits. Closed rooms drained empty are forgotten.
     pub fn drain_all(&mut self) -> Option<Moves> {
         self.wake_owed();
+        self.catch_up();
         self.builder.start(self.pool.get());
         let mut forget = false;
         for r in self.rooms.values().filter(|r| !r.push) {
@@ -793,6 +799,28 @@ impl Core {
             self.rooms.retain(|_, r| r.push || !r.forgettable());
         }
         moves
+    }
+
+    /// Before a drain: a shard whose worker has not taken every move pushed to it (it naps,
+    /// [`crate::shard::Policy::nap_ns`], or has not run yet) gets its worker's remaining
+    /// steps run here, on the caller's thread, under the worker's lock (the lock native
+    /// ingress and the worker's task take), so that a drain holds every move dispatched
+    /// before it: a nap never makes a move miss the game loop's tick. The work is what
+    /// the worker would have done next, in the same order (bounded: what is queued).
+    fn catch_up(&mut self) {
+        for (s, w) in self.shards.iter_mut().zip(&self.workers) {
+            let consumed = s.shared.consumed.0.load(Ordering::Acquire);
+            s.consumed_cache = consumed;
+            if consumed == s.pushed {
+                continue;
+            }
+            let mut w = shard::lock_worker(w);
+            for _ in 0..CATCH_UP_STEPS {
+                if !matches!(w.step(), shard::Step::Again | shard::Step::Yield) {
+                    break;
+                }
+            }
+        }
     }
 
     /// The drain just built, counted; then the overload events it may have settled.
@@ -2107,6 +2135,45 @@ mod tests {
         }
         assert!(napping > 0, "the worker never napped");
         assert_eq!(c.drain_all().map_or(0, |m| m.moves()), seq);
+        c.shutdown();
+    }
+
+    /// A drain holds every move dispatched before it, whether the worker napped, slept or
+    /// ran: it takes the worker's remaining steps itself (`Core::catch_up`).
+    #[test]
+    fn a_drain_holds_every_move_dispatched_before_it() {
+        let (mut c, _) = core(Config::default());
+        for room in [1, 2, 3] {
+            c.open_room(room, false, false, None);
+            c.join(room, 1, None);
+        }
+        flush(&mut c, 1);
+        c.defer_wakes(true);
+        let mut seq = 0;
+        for round in 0..300_u32 {
+            let n = 1 + round % 5;
+            for i in 0..n {
+                seq += 1;
+                let room = 1 + seq % 3;
+                assert_eq!(
+                    c.dispatch(&frame(room, 1, seq, b"d", None), None),
+                    Verdict::Accepted,
+                    "{i}"
+                );
+            }
+            // Sometimes pay the wake-up (the worker races the drain), sometimes not.
+            if round % 3 == 0 {
+                c.wake_owed();
+            }
+            let got = c.drain_all().map_or(0, |m| m.moves());
+            assert_eq!(
+                got, n,
+                "round {round}: a drain missed moves dispatched before it"
+            );
+            if round % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }
         c.shutdown();
     }
 }

@@ -267,7 +267,7 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
   });
   out.push({
     name: 'dispatchStream() one frame per call',
-    what: 'Dispatcher.dispatchStream(frame) with a single frame per call, as a socket handler makes them (native; the worker\'s wake-up is paid once per event-loop iteration)',
+    what: 'Dispatcher.dispatchStream(frame) with a single frame per call, as a socket handler makes them (native; the wake-up of a worker is scheduled at most once per event-loop iteration, and only for a worker that announced sleep)',
     value: oneFrame.median,
     unit: 'ns/call',
     floorName: 'SHA-256 verify, hand-written JS (validating the frame by hand)',

@@ -107,6 +107,32 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.stats().ingress).toMatchObject({ connections: 0, accepted: 1, closed: 1 });
   });
 
+  it('a player connecting again replaces its connection: the new one opens first, then the old one closes (replaced, 1008)', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const order: string[] = [];
+    const { wsUrl, tcpPort } = await start(d, {
+      onConnection: (c) => order.push(`open ${c.transport}`),
+      onDisconnect: (c) => order.push(`close ${c.transport} ${c.reason}`),
+    });
+    const first = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    const firstClosed = closeOf(first);
+    await until(() => order.length === 1, 2000, 'the first onConnection');
+    for (const transport of ['ws', 'tcp'] as const) {
+      const before = order.length;
+      if (transport === 'ws') await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+      else {
+        const s = await openTcp(tcpPort);
+        s.write(`ticket ${issueTicket(KEY, { room: 1, player: 7 })}\n`);
+      }
+      await until(() => order.length === before + 2, 2000, `${transport}: the new open and the old close`);
+    }
+    expect(order).toEqual(['open ws', 'open ws', 'close ws replaced', 'open tcp', 'close ws replaced']);
+    expect(await firstClosed).toEqual({ code: 1008, reason: 'replaced by a new connection' });
+    expect(d.stats().ingress).toMatchObject({ connections: 1 });
+  });
+
   it('delivers ingress moves through onDelivery (push rooms) and HMAC rooms check the player key', async () => {
     const got: number[] = [];
     const d = make({

@@ -95,9 +95,14 @@ export interface ListenOptions {
   handshakeTimeoutMs?: number;
   /** Frames refused in a row after which a connection is closed (`refused`); 0 = never. Default 32. */
   maxRefusals?: number;
-  /** Called in batches (never per move) when connections open. */
+  /**
+   * Called in batches (never per move) when connections open. A player who connects again
+   * replaces its open connection: the new one's `onConnection` comes first, the old one's
+   * `onDisconnect` (reason `replaced`) after it — count a player's connections, or skip
+   * `replaced` closes, to track presence.
+   */
   onConnection?: (info: ConnectionInfo) => void;
-  /** Called in batches when connections close, with the reason. */
+  /** Called in batches when connections close, with the reason (after the successor's `onConnection` for `replaced`). */
   onDisconnect?: (info: DisconnectInfo) => void;
 }
 

@@ -876,16 +876,7 @@ fn connection_task(
             return;
         };
         let reason = match first {
-            Next::Close(reason) => {
-                Box::pin(finish(
-                    &hub,
-                    &conn,
-                    &mut stream,
-                    reason,
-                    r.ws_close.take().map(|c| *c),
-                ))
-                .await
-            }
+            Next::Close(reason) => Box::pin(finish(&hub, &conn, &mut stream, reason, &mut r)).await,
             Next::Go | Next::Stall => run(&hub, &conn, &mut stream, &mut r).await,
         };
         hub.leave(&conn, reason);
@@ -1267,14 +1258,7 @@ fn run<'a>(
                     None => {}
                     Some(Next::Go | Next::Stall) => conn.mark_read(hub),
                     Some(Next::Close(reason)) => {
-                        return Box::pin(finish(
-                            hub,
-                            conn,
-                            stream,
-                            reason,
-                            r.ws_close.take().map(|c| *c),
-                        ))
-                        .await
+                        return Box::pin(finish(hub, conn, stream, reason, r)).await
                     }
                 },
                 Wake::Retry => {
@@ -1282,14 +1266,7 @@ fn run<'a>(
                         t.as_mut().reset(Instant::now() + RETRY_HELD);
                     }
                     if let Err(reason) = retry_held(hub, r) {
-                        return Box::pin(finish(
-                            hub,
-                            conn,
-                            stream,
-                            reason,
-                            r.ws_close.take().map(|c| *c),
-                        ))
-                        .await;
+                        return Box::pin(finish(hub, conn, stream, reason, r)).await;
                     }
                     // Not idle: the client's bytes wait for its room (a connection held back
                     // by a full room is not timed out, as before the sweeper).
@@ -1298,14 +1275,7 @@ fn run<'a>(
                 }
             }
             if let Some(reason) = conn.asked_close() {
-                return Box::pin(finish(
-                    hub,
-                    conn,
-                    stream,
-                    reason,
-                    r.ws_close.take().map(|c| *c),
-                ))
-                .await;
+                return Box::pin(finish(hub, conn, stream, reason, r)).await;
             }
             if let Err(reason) = write_some(hub, conn, stream) {
                 return reason;
@@ -1455,15 +1425,16 @@ async fn flush(hub: &Hub, conn: &Conn, stream: &TcpStream, deadline: Instant) ->
 
 /// Closes a connection the server decided to close (or whose client sent a Close): what
 /// is queued (the answer to the client's Close last), the WebSocket close frame (with the
-/// code for `reason`, or the decoder's `ws_close`), then the socket. Bounded in time: a
+/// code for `reason`, or the decoder's, kept in `r.ws_close`), then the socket. Bounded in time: a
 /// peer that does not read is not waited for.
 async fn finish(
     hub: &Hub,
     conn: &Conn,
     stream: &mut TcpStream,
     reason: CloseReason,
-    ws_close: Option<ws::Close>,
+    r: &mut Reader,
 ) -> CloseReason {
+    let ws_close = r.ws_close.take().map(|c| *c);
     if conn.transport == Transport::Ws && reason != CloseReason::Reset {
         let grace = if reason == CloseReason::Closed {
             CLOSE_HANDSHAKE_FLUSH

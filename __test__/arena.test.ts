@@ -19,7 +19,7 @@ import NodeWebSocket from 'ws';
 import { encodeMove } from '../index';
 import { startBots, type Bots } from '../examples/arena/bots';
 import { decodeState, encodeInput, KIND_INPUT, type DotState, type State } from '../examples/arena/game';
-import { startArena, type Arena } from '../examples/arena/server';
+import { startArena, type Arena, type SeatAnswer } from '../examples/arena/server';
 import { IN_CI, skipReason } from './helpers';
 
 const OUT = join(__dirname, '..', '.vitest', 'arena');
@@ -251,14 +251,7 @@ describe.skipIf(noNative !== null)('arena reconnect with npm ws (no browser)', (
   });
   afterAll(() => arena?.close());
 
-  interface Seat {
-    session: string;
-    player: number;
-    room: number;
-    key: string;
-    url: string;
-  }
-  const post = async (path: string, body: object): Promise<Seat> => (await (await fetch(`${arena.url}${path}`, { method: 'POST', body: JSON.stringify(body) })).json()) as Seat;
+  const post = async (path: string, body: object): Promise<SeatAnswer> => (await (await fetch(`${arena.url}${path}`, { method: 'POST', body: JSON.stringify(body) })).json()) as SeatAnswer;
 
   /** A ws connection that keeps the last state and its close. */
   async function connect(url: string): Promise<{ ws: NodeWebSocket; last: () => State | null; closed: () => number | null }> {
@@ -273,7 +266,7 @@ describe.skipIf(noNative !== null)('arena reconnect with npm ws (no browser)', (
     });
     return { ws, last: () => last, closed: () => code };
   }
-  const input = (seat: Seat, seq: number, dx: number): Uint8Array =>
+  const input = (seat: SeatAnswer, seq: number, dx: number): Uint8Array =>
     encodeMove({ room: seat.room, player: seat.player, seq, kind: KIND_INPUT, payload: encodeInput({ dx, dy: 0, clientTime: seq }), key: Buffer.from(seat.key, 'base64') });
 
   it('reconnecting while connected: a new key and ticket, the old connection is replaced, seqs start again at 1 without a Replay', async () => {

@@ -19,6 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { encodeMove } from '../../index';
 import { decodeState, encodeInput, KIND_INPUT } from './game';
+import type { SeatAnswer } from './server';
 
 export interface BotsOptions {
   /** The arena's HTTP address, e.g. `http://127.0.0.1:8080`. */
@@ -44,16 +45,8 @@ export interface BotsSummary {
   errors: string[];
 }
 
-interface Seat {
-  session: string;
-  player: number;
-  room: number;
-  key: string;
-  url: string;
-}
-
 class Bot {
-  seat: Seat | null = null;
+  seat: SeatAnswer | null = null;
   ws: WebSocket | null = null;
   key: Buffer = Buffer.alloc(0);
   seq = 0;
@@ -74,10 +67,10 @@ class Bot {
   ) {}
 
   async login(): Promise<void> {
-    this.#use(await post<Seat>(`${this.url}/api/login`, { name: this.name }));
+    this.#use(await post<SeatAnswer>(`${this.url}/api/login`, { name: this.name }));
   }
 
-  #use(seat: Seat): void {
+  #use(seat: SeatAnswer): void {
     this.seat = seat;
     this.key = Buffer.from(seat.key, 'base64');
     this.seq = 0; // a new key is a new replay window
@@ -90,7 +83,7 @@ class Bot {
       if (this.stopping || this.ws !== ws) return;
       this.ws = null;
       this.reconnects++;
-      post<Seat>(`${this.url}/api/reconnect`, { session: seat.session }).then(
+      post<SeatAnswer>(`${this.url}/api/reconnect`, { session: seat.session }).then(
         (s) => this.#use(s),
         (e: Error) => this.errors.length < 20 && this.errors.push(`${this.name} reconnect: ${e.message}`),
       );

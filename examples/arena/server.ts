@@ -23,6 +23,14 @@ import { ARENA_SIZE, decodeInput, KIND_INPUT, STATE_HEADER_BYTES, STATE_PLAYER_B
 import { TickLoop, type TickInfo } from './loop';
 import { renderSummary, renderValue, WindowSummary } from './metrics';
 
+/** What `POST /api/login` and `POST /api/reconnect` answer: the seat, and where to connect. */
+export interface SeatAnswer extends Seat {
+  /** The data plane's WebSocket URL, ticket included. */
+  url: string;
+  hz: number;
+  arenaSize: number;
+}
+
 export interface ArenaOptions {
   /** HTTP port (page, login, metrics). 0 picks a free one. Default 8080. */
   port?: number;
@@ -169,7 +177,7 @@ export async function startArena(options: ArenaOptions = {}): Promise<Arena> {
   });
 
   /** The data plane's URL for a seat, on the host name the page used to reach us. */
-  const answer = (req: IncomingMessage, seat: Seat): object => {
+  const answer = (req: IncomingMessage, seat: Seat): SeatAnswer => {
     const wsHost = hostOf(req) ?? (host === '0.0.0.0' ? '127.0.0.1' : host);
     return { ...seat, url: `ws://${wsHost}:${wsPort}/play?ticket=${seat.ticket}`, hz, arenaSize: ARENA_SIZE };
   };

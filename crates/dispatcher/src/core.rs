@@ -762,8 +762,8 @@ impl Core {
     /// `UnknownRoom` (never opened, or closed and fully drained: then it is forgotten),
     /// `WrongDelivery` for push rooms.
     pub fn drain(&mut self, room: u32) -> Result<Option<Moves>, Status> {
-        self.wake_owed();
         self.catch_up();
+        self.wake_owed();
         let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
         if r.push {
             return Err(Status::WrongDelivery);
@@ -781,8 +781,8 @@ impl Core {
     /// Pull rooms: every pull room's moves and rejections since its last drain, in one
     /// delivery; `None` when nothing waits. Closed rooms drained empty are forgotten.
     pub fn drain_all(&mut self) -> Option<Moves> {
-        self.wake_owed();
         self.catch_up();
+        self.wake_owed();
         self.builder.start(self.pool.get());
         let mut forget = false;
         for r in self.rooms.values().filter(|r| !r.push) {
@@ -819,6 +819,10 @@ impl Core {
                 if !matches!(w.step(), shard::Step::Again | shard::Step::Yield) {
                     break;
                 }
+            }
+            // All taken here: the wake-up the moves owed would find nothing to do.
+            if s.shared.consumed.0.load(Ordering::Acquire) == s.pushed {
+                s.owed = 0;
             }
         }
     }

@@ -8,8 +8,9 @@
 //!   external `ArrayBuffer` over its own buffer, which nothing writes once built; the
 //!   finalizer gives the buffer back to the core's pool only after V8 let go of it, and
 //!   `releaseDelivery` detaches it first, so no view ever sees it reused.
-//! - Workers wake JavaScript through one weak `ThreadsafeFunction` (it never keeps the
-//!   process alive), called at most once per batch of news.
+//! - Workers wake JavaScript through one libuv async handle per dispatcher ([`wake`]: no
+//!   lock shared with the JavaScript thread, unlike a `ThreadsafeFunction`; unref'd, so it
+//!   never keeps the process alive), sent at most once per batch of news.
 //! - One environment cleanup hook per JavaScript thread stops the workers of every core
 //!   still open there before the environment goes away (process exit, worker thread
 //!   termination). It is registered with the thread's first dispatcher and never removed:
@@ -33,13 +34,13 @@ mod allocator;
 #[cfg(feature = "bench")]
 mod bench;
 mod hot;
+mod wake;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 
 use allocator::jemalloc_stats;
 use move_dispatcher::alloc::{counting_installed, hot_path_allocations};
@@ -50,6 +51,7 @@ use move_dispatcher::latency::{Snapshot, LATENCY_LE_NS, SIZE_LE};
 use move_dispatcher::outbox::{Delivery, OverloadEvent, Subject};
 use move_dispatcher::runtime::{self, Stopper};
 use move_dispatcher::verdict::Status as EngineStatus;
+use wake::JsWake;
 
 /// Engine configuration, resolved and validated by `src/options.ts`.
 #[napi(object)]
@@ -302,6 +304,9 @@ struct Entry {
     deliveries: VecDeque<Moves>,
     /// Native ingress, once `listen` started it.
     ingress: Option<Ingress>,
+    /// The workers' wake-up of this thread; closed when the entry goes (the core's workers,
+    /// maybe still stopping in the background, then wake nothing).
+    _wake: JsWake,
 }
 
 /// `listen`'s options, resolved by `src/ingress.ts`.
@@ -394,9 +399,10 @@ fn stop_all() {
     let _ = HOOKED.try_with(|h| h.set(false));
 }
 
-fn insert_core(core: Core) -> u32 {
+fn insert_core(core: Core, wake: JsWake) -> u32 {
     let entry = Entry {
         core,
+        _wake: wake,
         stash: VecDeque::new(),
         events: Vec::new(),
         failures: Vec::new(),
@@ -477,22 +483,13 @@ impl NativeDispatcher {
             overload_queue_depth: u64::from(config.overload_queue_depth),
             overload_room_bytes: config.overload_room_bytes as usize,
         };
-        let tsfn = wake
-            .build_threadsafe_function::<()>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build()?;
-        let core = Core::new(
-            cfg,
-            Box::new(move || {
-                // NonBlocking: the outbox coalesces wake-ups, so at most one call is queued.
-                let _ = tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
-            }),
-        )
-        .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+        // The outbox coalesces wake-ups: at most one is pending at a time.
+        let (js_wake, waker) = JsWake::new(&env, wake.raw())?;
+        let core = Core::new(cfg, Box::new(move || waker.wake()))
+            .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
         hook_environment(env)?;
         Ok(Self {
-            id: insert_core(core),
+            id: insert_core(core, js_wake),
         })
     }
 

@@ -2,7 +2,7 @@
 //! failures, in order.
 //!
 //! Workers append; the JavaScript thread takes everything at once in `poll()`. A wake-up
-//! (one `ThreadsafeFunction` call) is sent only when the outbox goes from "seen" to
+//! (the binding's libuv async send) is sent only when the outbox goes from "seen" to
 //! "has news", so there is at most one call in flight however many batches arrive.
 
 use std::collections::HashMap;

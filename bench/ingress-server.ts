@@ -72,10 +72,13 @@ function u32(b: Uint8Array, at: number): number {
 const hist = new Histogram();
 let received = 0;
 let measured = 0;
+/** Non-empty deliveries the consumer held (push: `onDelivery` calls; pull: drains with moves). */
+let deliveries = 0;
 
 /** Records the moves of one delivery (one clock read). */
 function holdDelivery(delivery: Delivery): void {
   if (delivery.count === 0) return;
+  deliveries++;
   const now = nowNs();
   const bytes = delivery.bytes;
   for (const batch of delivery) {
@@ -267,7 +270,7 @@ main(spec).then(
       const cmd = line.trim();
       if (cmd === 'stats') {
         const s = hist.summary();
-        say({ type: 'stats', received, measured, latencyNs: { count: s.count, p50: s.p50, p99: s.p99, p999: s.p999, max: s.max }, ...extra() });
+        say({ type: 'stats', received, measured, deliveries, latencyNs: { count: s.count, p50: s.p50, p99: s.p99, p999: s.p999, max: s.max }, ...extra() });
       } else if (cmd === 'reset') {
         hist.counts.fill(0);
         hist.count = 0;
@@ -276,6 +279,7 @@ main(spec).then(
         hist.max = 0;
         received = 0;
         measured = 0;
+        deliveries = 0;
         say({ type: 'reset' });
       }
     }).on('close', () => process.exit(0));

@@ -278,10 +278,11 @@ impl Core {
         cfg.validate()?;
         let outbox = Arc::new(Outbox::new(waker));
         let pool = Arc::new(Pool::new());
+        let park = Arc::new(runtime::ParkDeliveries::default());
         let runtime = if inline {
             None
         } else {
-            Some(runtime::build(&cfg)?)
+            Some(runtime::build(&cfg, Arc::clone(&park))?)
         };
         let policy = if inline {
             Policy::inline(cfg.max_batch_moves)
@@ -333,6 +334,13 @@ impl Core {
                 failed: false,
             });
         }
+        park.set(
+            shards
+                .iter()
+                .map(|s| Arc::clone(&s.shared))
+                .zip(workers.iter().cloned())
+                .collect(),
+        );
         let stopper = Arc::new(Stopper::new(
             runtime,
             shards.iter().map(|s| Arc::clone(&s.shared)).collect(),
@@ -844,12 +852,27 @@ impl Core {
     /// Push rooms: JavaScript released `shard`'s push delivery; its worker may deliver again.
     /// A release when none of the shard's deliveries is out is ignored (JavaScript releases
     /// each delivery once; this keeps a stray call from letting two out).
+    ///
+    /// What waited for the release (push rooms' moves, flushes) is delivered right here,
+    /// under the worker's lock, when no one holds it: waking the worker's thread for that
+    /// cost a context switch per delivery — with native ingress, where a delivery carries a
+    /// few moves, as much as the JavaScript thread's own wake-up. When the lock is busy
+    /// (a worker step or an ingress read), the worker is kicked as before.
     pub fn release_delivery(&mut self, shard: u32) {
-        if let Some(s) = self.shards.get_mut(shard as usize) {
-            if s.releases < s.deliveries {
-                s.releases += 1;
-                s.shared.release_delivery();
-            }
+        let Some(s) = self.shards.get_mut(shard as usize) else {
+            return;
+        };
+        if s.releases >= s.deliveries {
+            return;
+        }
+        s.releases += 1;
+        let delivered = self
+            .workers
+            .get(shard as usize)
+            .and_then(|w| w.try_lock().ok())
+            .is_some_and(|mut w| w.release_here());
+        if !delivered {
+            s.shared.release_delivery();
         }
     }
 
@@ -1288,6 +1311,62 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         panic!("flush {token} never answered");
+    }
+
+    /// Native ingress's push moves wait for the runtime thread's park (or `hold_ns`), and a
+    /// release delivers what waited for it on the releasing thread: no worker wake-up.
+    #[test]
+    fn ingress_moves_go_at_the_park_or_the_hold_and_a_release_delivers_on_its_thread() {
+        let (mut c, _) = core(Config {
+            shards: 1,
+            ..Config::default()
+        });
+        assert_eq!(c.open_room(1, false, true, None), Status::Ok);
+        assert_eq!(c.join(1, 7, None), Status::Ok);
+        let _ = flush(&mut c, 1);
+        let verdicts: [AtomicU64; Verdict::COUNT] = Default::default();
+        let mut sender = shard::Sender::new(1, 7);
+        let worker = Arc::clone(&c.workers[0]);
+        let hold = shard::Policy::runtime(0).hold_ns.unwrap();
+        let moves_of = |items: &[Delivery]| {
+            items
+                .iter()
+                .filter_map(pushed)
+                .map(|g| g.count)
+                .sum::<u32>()
+        };
+        let t0 = crate::clock::now_ns();
+        let mut ingest = |seq: u32, at: u64| {
+            let f = frame(1, 7, seq, b"m", None);
+            let done = shard::lock_worker(&worker).ingest(&f, &mut sender, at, 1024, &verdicts);
+            assert_eq!(done.accepted, 1);
+        };
+        // Two reads before the park: nothing out yet; the park delivers both at once.
+        ingest(1, t0);
+        ingest(2, t0 + 1);
+        assert_eq!(moves_of(&c.poll()), 0, "held for the park");
+        assert!(c.shards[0].shared.park_due.swap(false, Ordering::AcqRel));
+        shard::lock_worker(&c.workers[0]).deliver_at_park();
+        let first = c.poll();
+        assert_eq!(moves_of(&first), 2, "one delivery for both reads");
+        // While it is out, more moves wait; a thread that never parks delivers once the
+        // first held move is `hold_ns` old, but not while a delivery is out.
+        ingest(3, t0 + 10);
+        ingest(4, t0 + 10 + hold);
+        assert_eq!(moves_of(&c.poll()), 0, "a delivery is out");
+        // The release delivers them here, before it returns: nothing waits for a worker.
+        release_all(&mut c, &first);
+        let second = c.poll();
+        assert_eq!(moves_of(&second), 2, "delivered by the release itself");
+        release_all(&mut c, &second);
+        // Past the hold, a read delivers at once.
+        ingest(5, t0 + 20 * hold);
+        ingest(6, t0 + 21 * hold);
+        assert_eq!(
+            moves_of(&c.poll()),
+            2,
+            "the second read found the first held past hold_ns"
+        );
     }
 
     #[test]

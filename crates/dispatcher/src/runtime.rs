@@ -10,13 +10,13 @@
 //! own, which [`join_retired`] waits for. Finalizers use it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::outbox::Outbox;
-use crate::shard::Shared;
+use crate::shard::{lock_worker, Shared, Worker};
 
 /// How long a stop waits for the workers' threads.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,12 +136,46 @@ pub fn join_retired() {
     }
 }
 
+/// The shards whose push moves native ingress left for a runtime thread's park
+/// ([`crate::shard::Policy::park_delivery`]): each thread about to park delivers them, so a
+/// burst of reads costs JavaScript one wake-up, not one per read. No thread parks while it
+/// has ready work, so nothing waits longer than that work (and at most `hold_ns`: ingress
+/// delivers at once past it).
+#[derive(Default)]
+pub(crate) struct ParkDeliveries {
+    shards: OnceLock<Vec<ShardWorker>>,
+}
+
+/// A shard's shared state and its worker.
+pub(crate) type ShardWorker = (Arc<Shared>, Arc<Mutex<Worker>>);
+
+impl ParkDeliveries {
+    /// The workers, once built (before any connection can be read).
+    pub(crate) fn set(&self, shards: Vec<ShardWorker>) {
+        let _ = self.shards.set(shards);
+    }
+
+    fn run(&self) {
+        for (shared, worker) in self.shards.get().map_or(&[][..], Vec::as_slice) {
+            if shared.park_due.load(Ordering::Relaxed)
+                && shared.park_due.swap(false, Ordering::AcqRel)
+            {
+                lock_worker(worker).deliver_at_park();
+            }
+        }
+    }
+}
+
 /// A multi-thread runtime as `cfg` sets it: worker threads, blocking pool, thread names,
-/// core pinning.
-pub(crate) fn build(cfg: &Config) -> Result<tokio::runtime::Runtime, ConfigError> {
+/// core pinning; its threads deliver what `park` holds before they park.
+pub(crate) fn build(
+    cfg: &Config,
+    park: Arc<ParkDeliveries>,
+) -> Result<tokio::runtime::Runtime, ConfigError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // I/O and timers: native ingress (`crate::ingress`) runs its sockets on this runtime.
     builder
+        .on_thread_park(move || park.run())
         .enable_io()
         .enable_time()
         .worker_threads(cfg.worker_threads)

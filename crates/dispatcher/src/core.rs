@@ -856,8 +856,10 @@ impl Core {
     /// What waited for the release (push rooms' moves, flushes) is delivered right here,
     /// under the worker's lock, when no one holds it: waking the worker's thread for that
     /// cost a context switch per delivery — with native ingress, where a delivery carries a
-    /// few moves, as much as the JavaScript thread's own wake-up. When the lock is busy
-    /// (a worker step or an ingress read), the worker is kicked as before.
+    /// few moves, as much as the JavaScript thread's own wake-up. When the lock is busy, its
+    /// holder is a runtime thread (a worker step, an ingress read, a park's delivery), and
+    /// that thread delivers when it next parks ([`Shared::release_to_park`]); a failed,
+    /// paused or stopped worker (and inline workers) get the release through their own task.
     pub fn release_delivery(&mut self, shard: u32) {
         let Some(s) = self.shards.get_mut(shard as usize) else {
             return;
@@ -866,13 +868,17 @@ impl Core {
             return;
         }
         s.releases += 1;
-        let delivered = self
-            .workers
-            .get(shard as usize)
-            .and_then(|w| w.try_lock().ok())
-            .is_some_and(|mut w| w.release_here());
-        if !delivered {
+        let Some(worker) = self.workers.get(shard as usize) else {
             s.shared.release_delivery();
+            return;
+        };
+        // Before the lock is tried: a holder that lets go after the try sees it at its park.
+        s.shared.release_to_park();
+        if let Ok(mut w) = worker.try_lock() {
+            if !w.release_here() {
+                drop(w);
+                s.shared.release_delivery();
+            }
         }
     }
 

@@ -156,6 +156,9 @@ impl ParkDeliveries {
     }
 
     fn run(&self) {
+        // Pairs with `Shared::release_to_park`'s fence: this thread's last unlock of a worker
+        // is ordered before the loads below, so a release that found the lock held is seen.
+        std::sync::atomic::fence(Ordering::SeqCst);
         for (shared, worker) in self.shards.get().map_or(&[][..], Vec::as_slice) {
             if shared.park_due.load(Ordering::Relaxed)
                 && shared.park_due.swap(false, Ordering::AcqRel)

@@ -333,6 +333,17 @@ impl Shared {
         self.poke();
     }
 
+    /// JavaScript released the shard's push delivery while a runtime thread holds the
+    /// worker's lock (or may): that thread delivers what waited when it next parks
+    /// ([`crate::runtime::ParkDeliveries`]). The fence pairs with the park's: either the
+    /// holder's park sees `park_due`, or the holder had let go and the caller's `try_lock`
+    /// takes the lock and delivers itself.
+    pub fn release_to_park(&self) {
+        self.out.store(false, Ordering::Release);
+        self.park_due.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
     /// Wakes the worker unconditionally (pause changes, stop, kicks).
     pub fn poke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);

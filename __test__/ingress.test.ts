@@ -154,6 +154,74 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.stats().reasons.BadTag).toBe(1);
   });
 
+  it('push rooms fed by many connections and by dispatch() at once: every move once, in order per player', async () => {
+    // Reads are delivered when the reading runtime thread parks, and a release builds the
+    // next delivery on the JavaScript thread, or leaves it to whichever runtime thread holds
+    // the worker's lock (an ingress read, a park, the worker's own task, busy here with the
+    // dispatched moves): a lost hand-off leaves moves undelivered and this times out.
+    const ROOMS = 4;
+    const PER_ROOM = 5;
+    const FRAMES = 200;
+    const seen = new Map<number, number[]>();
+    let deliveries = 0;
+    const d = make({
+      shards: 2,
+      onDelivery: (delivery) => {
+        deliveries++;
+        for (const batch of delivery) {
+          for (const m of batch) {
+            let list = seen.get(m.player);
+            if (list === undefined) seen.set(m.player, (list = []));
+            list.push(m.seq);
+          }
+        }
+        // Hold every third delivery a little, so reads pile up behind it.
+        if (deliveries % 3 === 0) {
+          const until = performance.now() + 0.3;
+          while (performance.now() < until);
+        }
+      },
+    });
+    const dispatched = (room: number): number => 1000 + room;
+    for (let room = 0; room < ROOMS; room++) {
+      d.openRoom(room, { delivery: 'push' });
+      for (let p = 0; p < PER_ROOM; p++) d.join(room, room * PER_ROOM + p);
+      d.join(room, dispatched(room));
+    }
+    const { wsUrl } = await start(d);
+    const clients = await Promise.all(
+      Array.from({ length: ROOMS * PER_ROOM }, (_, player) => openWs(wsUrl(issueTicket(KEY, { room: Math.floor(player / PER_ROOM), player })))),
+    );
+    clients.forEach((ws, player) => {
+      const room = Math.floor(player / PER_ROOM);
+      for (let seq = 1; seq <= FRAMES; ) {
+        const n = Math.min(1 + (seq % 3), FRAMES - seq + 1);
+        ws.send(concat(Array.from({ length: n }, (_, i) => frame({ room, player, seq: seq + i, payload: 16 }))));
+        seq += n;
+      }
+    });
+    // Meanwhile JavaScript dispatches into the same rooms, a few frames per turn.
+    const next = Array.from({ length: ROOMS }, () => 1);
+    while (next.some((seq) => seq <= FRAMES)) {
+      for (let room = 0; room < ROOMS; room++) {
+        for (let i = 0; i < 4 && next[room]! <= FRAMES; i++) {
+          const v = d.dispatch(frame({ room, player: dispatched(room), seq: next[room]!, payload: 16 }));
+          if (v === Verdict.Backpressure) break;
+          expect(v).toBe(Verdict.Accepted);
+          next[room]!++;
+        }
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const total = (): number => [...seen.values()].reduce((n, list) => n + list.length, 0);
+    await until(() => total() === ROOMS * (PER_ROOM + 1) * FRAMES, 15_000, 'every move delivered');
+    await d.flush();
+    const inOrder = Array.from({ length: FRAMES }, (_, i) => i + 1);
+    for (let player = 0; player < ROOMS * PER_ROOM; player++) expect(seen.get(player), `player ${player}`).toEqual(inOrder);
+    for (let room = 0; room < ROOMS; room++) expect(seen.get(dispatched(room)), `room ${room}'s dispatched player`).toEqual(inOrder);
+    expect(total()).toBe(ROOMS * (PER_ROOM + 1) * FRAMES);
+  });
+
   it('refuses missing, forged, reused, expired and malformed tickets before the upgrade', async () => {
     const d = make();
     d.openRoom(1);

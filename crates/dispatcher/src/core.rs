@@ -236,6 +236,9 @@ pub struct Core {
     /// returned); empty when they run on the runtime.
     #[cfg(any(test, feature = "inline-workers"))]
     inline: Vec<Option<Worker>>,
+    /// What the runtime's threads deliver before they park (tests run it by hand).
+    #[cfg(test)]
+    park: Arc<runtime::ParkDeliveries>,
 }
 
 /// The most moves of a shard that wait for their worker's wake-up when it is deferred.
@@ -367,6 +370,8 @@ impl Core {
             ingress_verdicts: Arc::default(),
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
+            #[cfg(test)]
+            park,
         })
     }
 
@@ -1368,11 +1373,31 @@ mod tests {
         // Past the hold, a read delivers at once.
         ingest(5, t0 + 20 * hold);
         ingest(6, t0 + 21 * hold);
+        let third = c.poll();
         assert_eq!(
-            moves_of(&c.poll()),
+            moves_of(&third),
             2,
             "the second read found the first held past hold_ns"
         );
+        // A release that finds the worker's lock held leaves the next delivery to the
+        // holder's park (here the lock is held by this thread, so `try_lock` fails).
+        ingest(7, t0 + 30 * hold);
+        c.park.run();
+        assert_eq!(
+            moves_of(&c.poll()),
+            0,
+            "a delivery is out: the park builds nothing"
+        );
+        let holder = shard::lock_worker(&worker);
+        release_all(&mut c, &third);
+        assert_eq!(
+            moves_of(&c.poll()),
+            0,
+            "the lock is held: nothing built here"
+        );
+        drop(holder);
+        c.park.run();
+        assert_eq!(moves_of(&c.poll()), 1, "the holder's park delivered it");
     }
 
     #[test]

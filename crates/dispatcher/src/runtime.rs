@@ -155,7 +155,7 @@ impl ParkDeliveries {
         let _ = self.shards.set(shards);
     }
 
-    fn run(&self) {
+    pub(crate) fn run(&self) {
         // Pairs with `Shared::release_to_park`'s fence: this thread's last unlock of a worker
         // is ordered before the loads below, so a release that found the lock held is seen.
         std::sync::atomic::fence(Ordering::SeqCst);

@@ -335,11 +335,14 @@ impl Shared {
 
     /// JavaScript released the shard's push delivery while a runtime thread holds the
     /// worker's lock (or may): that thread delivers what waited when it next parks
-    /// ([`crate::runtime::ParkDeliveries`]). The fence pairs with the park's: either the
-    /// holder's park sees `park_due`, or the holder had let go and the caller's `try_lock`
-    /// takes the lock and delivers itself.
+    /// ([`crate::runtime::ParkDeliveries`]), and a worker task that holds it (busy with
+    /// dispatched moves) at the end of its turn (`kick`, without a wake-up: a parked worker
+    /// is not needed for this). The fence pairs with the park's: either the holder's park
+    /// sees `park_due`, or the holder had let go and the caller's `try_lock` takes the lock
+    /// and delivers itself.
     pub fn release_to_park(&self) {
         self.out.store(false, Ordering::Release);
+        self.kick.store(true, Ordering::SeqCst);
         self.park_due.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
     }
@@ -806,7 +809,10 @@ impl Worker {
         {
             return false;
         }
+        // Done here: neither the worker's turn nor a park need to look at this release.
         self.shared.out.store(false, Ordering::Release);
+        self.shared.kick.store(false, Ordering::Release);
+        self.shared.park_due.store(false, Ordering::Release);
         if !self.dirty.is_empty() || !self.flushes.is_empty() {
             self.deliver();
         }

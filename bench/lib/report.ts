@@ -97,6 +97,25 @@ export interface PerMessageRow {
   delivered: number;
   jsThreadUsPerMessage: number;
   processUsPerMessage: number;
+  /** Which of the interleaved runs (0-based); absent in results from before they were repeated. */
+  rep?: number;
+}
+
+/** Per rate and row, the median of the interleaved runs (and every run's JS-thread figure). */
+export function perMessageMedians(rows: PerMessageRow[]): { rate: number; row: PerMessageRow['row']; js: number; process: number; runs: PerMessageRow[] }[] {
+  const median = (xs: number[]): number => {
+    const v = [...xs].sort((a, b) => a - b);
+    const m = v.length >> 1;
+    return v.length % 2 === 1 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+  };
+  const out: { rate: number; row: PerMessageRow['row']; js: number; process: number; runs: PerMessageRow[] }[] = [];
+  for (const rate of [...new Set(rows.map((r) => r.rate))]) {
+    for (const row of [...new Set(rows.filter((r) => r.rate === rate).map((r) => r.row))]) {
+      const runs = rows.filter((r) => r.rate === rate && r.row === row);
+      out.push({ rate, row, js: median(runs.map((r) => r.jsThreadUsPerMessage)), process: median(runs.map((r) => r.processUsPerMessage)), runs });
+    }
+  }
+  return out;
 }
 
 const COLORS: Record<Row, string> = { idle: '#999999', node: '#2ca02c', js: '#d62728', wt: '#ff7f0e', native: '#1f77b4' };
@@ -201,14 +220,16 @@ function targets(res: Results): Target[] {
       met: one.ratio !== null && one.ratio <= 1,
     });
   }
-  for (const rate of [...new Set((res.perMessage ?? []).map((r) => r.rate))]) {
-    const hand = res.perMessage.find((r) => r.rate === rate && r.row === 'hand');
-    const nat = res.perMessage.find((r) => r.rate === rate && r.row === 'native');
+  const pm = perMessageMedians(res.perMessage ?? []);
+  for (const rate of [...new Set(pm.map((r) => r.rate))]) {
+    const hand = pm.find((r) => r.rate === rate && r.row === 'hand');
+    const nat = pm.find((r) => r.rate === rate && r.row === 'native');
     if (hand !== undefined && nat !== undefined) {
+      const runs = nat.runs.length > 1 ? `medians of ${nat.runs.length} interleaved runs: ` : '';
       t.push({
         target: `one frame per message (loopback TCP, ${fmtInt(rate)} msgs/s): the JS thread pays no more than validating by hand`,
-        measured: `${nat.jsThreadUsPerMessage.toFixed(2)} vs ${hand.jsThreadUsPerMessage.toFixed(2)} µs/message (process ${nat.processUsPerMessage.toFixed(2)} vs ${hand.processUsPerMessage.toFixed(2)})`,
-        met: nat.jsThreadUsPerMessage <= hand.jsThreadUsPerMessage,
+        measured: `${runs}${nat.js.toFixed(2)} vs ${hand.js.toFixed(2)} µs/message (process ${nat.process.toFixed(2)} vs ${hand.process.toFixed(2)})`,
+        met: nat.js <= hand.js,
       });
     }
   }
@@ -357,10 +378,20 @@ export function renderMarkdown(res: Results, svgName: string): string {
       "200 client connections (a child process) write one 120-byte frame per `write` (Nagle off), open loop on 1 ms ticks; the server's `'data'` handler gets about one frame per call. `floor`: the handler only counts bytes (what the sockets cost). `hand`: validation written inline (header checks, the hand-written JS SHA-256, compare). `native`: `dispatchStream(chunk)`, pull rooms drained by `drainAll()` every 50 ms. CPU from /proc (10 ms ticks).",
     );
     L.push('');
+    const pm = perMessageMedians(res.perMessage);
+    const many = pm.some((r) => r.runs.length > 1);
+    if (many) {
+      L.push('The rows take turns (floor, hand, native, floor, …); each figure is the median of its runs, every run in brackets.');
+      L.push('');
+    }
     L.push('| messages/s | row | JS thread µs/message | process µs/message | messages | valid |');
     L.push('|---:|---|---:|---:|---:|---:|');
-    for (const r of res.perMessage) {
-      L.push(`| ${fmtInt(r.rate)} | ${r.row} | ${r.jsThreadUsPerMessage.toFixed(2)} | ${r.processUsPerMessage.toFixed(2)} | ${fmtInt(r.messages)} | ${fmtInt(r.valid)} |`);
+    for (const r of pm) {
+      const each = (f: (x: PerMessageRow) => number): string => (many ? ` (${r.runs.map((x) => f(x).toFixed(2)).join(', ')})` : '');
+      const sum = (f: (x: PerMessageRow) => number): number => r.runs.reduce((n, x) => n + f(x), 0);
+      L.push(
+        `| ${fmtInt(r.rate)} | ${r.row} | ${r.js.toFixed(2)}${each((x) => x.jsThreadUsPerMessage)} | ${r.process.toFixed(2)}${each((x) => x.processUsPerMessage)} | ${fmtInt(sum((x) => x.messages))} | ${fmtInt(sum((x) => x.valid))} |`,
+      );
     }
     L.push('');
   }

@@ -881,8 +881,9 @@ impl Core {
         s.shared.release_to_park();
         if let Ok(mut w) = worker.try_lock() {
             if !w.release_here() {
+                // Released and kicked above: the worker's own task takes it once woken.
                 drop(w);
-                s.shared.release_delivery();
+                s.shared.poke();
             }
         }
     }
@@ -1356,8 +1357,11 @@ mod tests {
         ingest(1, t0);
         ingest(2, t0 + 1);
         assert_eq!(moves_of(&c.poll()), 0, "held for the park");
-        assert!(c.shards[0].shared.park_due.swap(false, Ordering::AcqRel));
-        shard::lock_worker(&c.workers[0]).deliver_at_park();
+        assert!(
+            c.shards[0].shared.park_due.load(Ordering::Acquire),
+            "left for the park"
+        );
+        c.park.run();
         let first = c.poll();
         assert_eq!(moves_of(&first), 2, "one delivery for both reads");
         // While it is out, more moves wait; a thread that never parks delivers once the

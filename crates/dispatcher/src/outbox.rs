@@ -107,7 +107,7 @@ impl Outbox {
         self.enabled.store(false, Ordering::SeqCst);
     }
 
-    /// Drops the waker (and the JavaScript function it holds); later news is only polled.
+    /// Drops the waker (and what it holds of the JavaScript side); later news is only polled.
     pub fn drop_waker(&self) {
         self.disable_waker();
         drop(

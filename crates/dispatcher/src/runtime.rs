@@ -5,8 +5,8 @@
 //! for as long as the workers take to finish their current step (`Dispatcher.close` calls
 //! it after a flush, when they are idle; an environment cleanup hook calls it so that no
 //! worker outlives the JavaScript environment it wakes). [`Stopper::stop_in_background`]
-//! never blocks the calling thread: it drops the wake-up callback (which holds a
-//! JavaScript function) on the calling thread and shuts the runtime down on a thread of its
+//! never blocks the calling thread: it drops the wake-up callback (whatever it holds of
+//! the JavaScript side) on the calling thread and shuts the runtime down on a thread of its
 //! own, which [`join_retired`] waits for. Finalizers use it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -936,8 +936,9 @@ impl Worker {
     ///
     /// Controls and moves queued before (by `dispatch`) are taken first, so a `join` made
     /// before a ticket was issued is in force for its connection's frames. Push rooms are
-    /// delivered before returning when nothing else is queued (smart batching: while a
-    /// delivery is out, later moves wait and go together in the next).
+    /// delivered when this runtime thread is about to park ([`Policy::park_delivery`]; at
+    /// once past `hold_ns`), and while a delivery is out later moves wait and go together
+    /// in the next.
     pub fn ingest(
         &mut self,
         chunk: &[u8],
@@ -1012,7 +1013,7 @@ impl Worker {
         }
         // The worker may have work of its own (moves dispatched meanwhile): its own loop
         // takes it. Moves kept back while a delivery is out go when JavaScript releases it
-        // (the release kicks the worker).
+        // (`Core::release_delivery` builds the next one, or leaves it to the lock's holder).
         if self.has_work() {
             self.shared.wake();
         }

@@ -6,11 +6,20 @@
  */
 import { describe, expect, it } from 'vitest';
 import { encodeMove } from '../index';
-import type { MoveBatch } from '../index';
+import type { Dispatcher, MoveBatch } from '../index';
 import { skipReason, useDispatchers } from './helpers';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const move = (room: number, player: number, seq: number) => encodeMove({ room, player, seq, payload: new Uint8Array([seq & 0xff]) });
+
+/** Opens pull `rooms` with player 7 in each, and waits until they are in force. */
+async function pullRooms(d: Dispatcher, rooms: number[]): Promise<void> {
+  for (const room of rooms) {
+    d.openRoom(room);
+    d.join(room, 7);
+  }
+  await d.flush();
+}
 
 /** Drains pull rooms until `want` moves came, or fails after 5 s. */
 async function drainUntil(drainAll: () => Iterable<MoveBatch>, want: number): Promise<number[]> {
@@ -30,11 +39,7 @@ describe.each(['js', 'native'] as const)('wake-ups of one-frame calls [%s]', (en
 
   it.skipIf(skip !== null)('a move sent after the workers fell asleep arrives, by dispatch, dispatch with a sender and dispatchStream', async () => {
     const d = make({ shards: 2 });
-    for (const room of [1, 2]) {
-      d.openRoom(room);
-      d.join(room, 7);
-    }
-    await d.flush();
+    await pullRooms(d, [1, 2]);
     let seq = 0;
     for (const call of ['dispatch', 'dispatchFrom', 'dispatchStream'] as const) {
       // Long enough for every worker to end its nap and sleep.
@@ -53,11 +58,7 @@ describe.each(['js', 'native'] as const)('wake-ups of one-frame calls [%s]', (en
 
   it.skipIf(skip !== null)('a steady trickle of one-frame calls to pull rooms (workers napping between) loses nothing and ends idle', async () => {
     const d = make({ shards: 2 });
-    for (const room of [1, 2, 3]) {
-      d.openRoom(room);
-      d.join(room, 7);
-    }
-    await d.flush();
+    await pullRooms(d, [1, 2, 3]);
     const seqs = new Map<number, number>([[1, 0], [2, 0], [3, 0]]);
     let sent = 0;
     // ~2 s of calls in small bursts, one burst per event-loop turn, with gaps of 0–3 ms
@@ -82,11 +83,7 @@ describe.each(['js', 'native'] as const)('wake-ups of one-frame calls [%s]', (en
 
   it.skipIf(skip !== null)('drainAll() and drain(room) hold every move dispatched before them (workers busy, napping or asleep)', async () => {
     const d = make({ shards: 2 });
-    for (const room of [1, 2, 3]) {
-      d.openRoom(room);
-      d.join(room, 7);
-    }
-    await d.flush();
+    await pullRooms(d, [1, 2, 3]);
     let seq = 0;
     for (let round = 0; round < 200; round++) {
       const n = 1 + (round % 4);

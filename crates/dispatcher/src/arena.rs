@@ -264,6 +264,21 @@ pub struct Consumer {
     peeked: usize,
 }
 
+/// A lock-free look at whether a ring holds records, for a thread that does not own its
+/// [`Consumer`] (the worker's task, spinning without the worker's lock). A hint: the
+/// consumer may take the records meanwhile.
+#[derive(Clone)]
+pub struct Watch {
+    ring: Arc<Ring>,
+}
+
+impl Watch {
+    /// Whether the producer has published past the consumer's position.
+    pub fn has_records(&self) -> bool {
+        self.ring.head.0.load(Ordering::Acquire) != self.ring.tail.0.load(Ordering::Acquire)
+    }
+}
+
 /// A record at the tail of the ring, borrowed until the next call on its [`Consumer`].
 #[derive(Debug)]
 pub struct Record<'a> {
@@ -274,6 +289,13 @@ pub struct Record<'a> {
 }
 
 impl Consumer {
+    /// A [`Watch`] on this ring.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            ring: Arc::clone(&self.ring),
+        }
+    }
+
     /// Whether a record is ready (refreshing the producer's position).
     pub fn is_empty(&mut self) -> bool {
         if self.tail != self.head_cache {

@@ -373,3 +373,69 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
         "a dead shard refuses controls"
     );
 }
+
+/// A worker whose queue ran dry spins for work without holding its lock (native ingress and
+/// JavaScript's release take that lock), and still sees a move pushed meanwhile. Its spin
+/// here is endless, so under the lock the `try_lock` below could never succeed.
+#[test]
+#[cfg_attr(miri, ignore = "waits on wall-clock time")]
+fn a_spinning_worker_leaves_its_lock_free_and_sees_new_moves() {
+    let (mut producer, consumer) = arena::ring(4096);
+    let shared = Arc::new(Shared::default());
+    let outbox = Arc::new(Outbox::new(Box::new(|| {})));
+    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
+    let worker = Arc::new(Mutex::new(Worker::new(
+        0,
+        Arc::clone(&shared),
+        consumer,
+        outbox,
+        Arc::new(Pool::new()),
+        Policy {
+            spins: u32::MAX,
+            nap_ns: None,
+            ..Policy::runtime(8)
+        },
+        recorder,
+    )));
+    let thread = {
+        let worker = Arc::clone(&worker);
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(shard::drive(worker));
+        })
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "waited 10 s for {what}"
+            );
+            std::thread::yield_now();
+        }
+    };
+    // A move for a room the worker does not know: taken (and rejected), then the queue is dry.
+    producer.try_push(1, 0, &frame(PULL, 1)).unwrap();
+    shared.wake();
+    wait_for("the first move to be taken", &|| {
+        shared.consumed.0.load(Ordering::Acquire) == 1
+    });
+    wait_for("the worker's lock while it spins", &|| {
+        worker.try_lock().is_ok()
+    });
+    assert!(
+        !shared.sleeping.load(Ordering::SeqCst),
+        "still spinning: it never announces sleep"
+    );
+    // No wake-up: the spin itself finds the move.
+    producer.try_push(2, 0, &frame(PULL, 2)).unwrap();
+    wait_for("the spin to find the second move", &|| {
+        shared.consumed.0.load(Ordering::Acquire) == 2
+    });
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.poke();
+    thread.join().unwrap();
+}

@@ -752,7 +752,6 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct Coarse {
     counts: [u32; Coarse::BUCKETS],
-    total: u64,
 }
 
 impl Coarse {
@@ -762,7 +761,6 @@ impl Coarse {
     pub fn new() -> Self {
         Self {
             counts: [0; Self::BUCKETS],
-            total: 0,
         }
     }
 
@@ -790,24 +788,25 @@ impl Coarse {
     }
 
     /// Counts one sample (a saturated bucket stops counting; the quantiles stay right).
+    /// Touches one bucket and nothing else: a room's histogram is recorded for every move
+    /// delivered, on the JavaScript thread, and its memory is rarely in cache (no running
+    /// total on a line of its own; [`Coarse::count`] sums the buckets).
     #[inline]
     pub fn record(&mut self, value: u64) {
         let c = &mut self.counts[Self::index(value)];
-        if *c < u32::MAX {
-            *c += 1;
-            self.total += 1;
-        }
+        *c = c.saturating_add(1);
     }
 
     /// Number of samples.
     pub fn count(&self) -> u64 {
-        self.total
+        self.counts.iter().map(|&n| u64::from(n)).sum()
     }
 
     /// The highest value of the bucket holding the sample of rank `ceil(q * count)`;
     /// 0 without samples.
     pub fn value_at_quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
+        let total = self.count();
+        if total == 0 {
             return 0;
         }
         #[expect(
@@ -816,7 +815,7 @@ impl Coarse {
             clippy::cast_precision_loss,
             reason = "a rank between 1 and the count"
         )]
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
         for (i, &n) in self.counts.iter().enumerate() {
             seen += u64::from(n);
@@ -842,7 +841,7 @@ impl Default for Coarse {
 impl std::fmt::Debug for Coarse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coarse")
-            .field("count", &self.total)
+            .field("count", &self.count())
             .finish_non_exhaustive()
     }
 }

@@ -8,7 +8,7 @@ import { Dispatcher, encodeMove } from '../index';
 import { hmacMidstates, MIDSTATE_WORDS, verifyHmac, verifySha256 } from './hand/sha256';
 import { loadBenchBinding } from './lib/binding';
 import { frameLength, loadStore, playerKey, roomCount, roomOf, type Store } from './lib/frames';
-import type { MicroResult } from './lib/types';
+import { type MicroResult, microTrials } from './lib/types';
 
 interface MicroSpec {
   store: Store;
@@ -26,8 +26,13 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-/** Each shard's arena in the dispatch trials: a trial's moves (100,000 over two shards) fit twice. */
-const MICRO_ARENA = 16 << 20;
+/**
+ * Each shard's arena in the dispatch trials: a whole trial's records (frame + 24-byte record
+ * header) fit even in one shard — about twice a shard's share — and the warm-up trials wrap it.
+ */
+function microArena(perTrial: number, frameLen: number): number {
+  return 2 ** Math.ceil(Math.log2(perTrial * (frameLen + 24)));
+}
 
 /** How a dispatch trial's description names its refusals (none, when sized right). */
 function accepted(refused: number): string {
@@ -58,14 +63,12 @@ function progress(step: string): void {
 
 async function run(spec: MicroSpec): Promise<MicroResult[]> {
   const b = loadBenchBinding();
-  const trials = spec.quick ? 3 : 7;
+  const { perTrial, trials, warm: warmTrials } = microTrials(spec.quick);
   const scale = spec.quick ? 0.25 : 1;
   const out: MicroResult[] = [];
   const st = spec.store.spec;
   const fl = frameLength(st);
-  const perTrial = Math.round(100_000 * scale);
-  /** Trials run before the measured ones: enough to wrap each shard's arena (`MICRO_ARENA`) once. */
-  const warmTrials = 3;
+  // The warm-up trials (run before the measured ones) wrap each shard's arena (`microArena`) once.
   const storeFrames = perTrial * (trials + warmTrials);
   const frames = loadStore(spec.store, storeFrames);
   const views: Uint8Array[] = [];
@@ -94,7 +97,7 @@ async function run(spec: MicroSpec): Promise<MicroResult[]> {
     // Room in each shard's arena and queue for a whole trial (the workers may fall behind the
     // calls: nothing answers Backpressure, which would time a cheap refusal instead of a
     // move); the warm-up trials wrap the arena once, so no trial pays its first page faults.
-    const d = new Dispatcher({ engine, arenaBytes: MICRO_ARENA, channelCapacity: 1 << 18 });
+    const d = new Dispatcher({ engine, arenaBytes: microArena(perTrial, fl), channelCapacity: 1 << 18 });
     for (let r = 0; r < rooms; r++) d.openRoom(r, { auth: st.auth, delivery: 'pull' });
     for (let p = 0; p < st.players; p++) d.join(roomOf(st, p), p, hmac ? { key: playerKey(p) } : {});
     await d.flush();

@@ -23,7 +23,7 @@ import { benchAddonPath } from './lib/binding';
 import type { PerMessageResult, PerMessageSpec } from './permessage';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
 import { fmtInt, fmtNs, type Machine, type Measured, type Probe, renderMarkdown, renderPlot, type Results, type Settings, type Sustainable } from './lib/report';
-import { BASELINE_ROWS, type MicroResult, ROW_LABELS, ROWS, type Row, type RunResult, type RunSpec } from './lib/types';
+import { BASELINE_ROWS, type MicroResult, microTrials, ROW_LABELS, ROWS, type Row, type RunResult, type RunSpec } from './lib/types';
 
 const ROOT = join(__dirname, '..', '..');
 /** A failed probe during which other processes used more than this share of the machine is run again… */
@@ -335,7 +335,8 @@ async function main(): Promise<void> {
 
   // 1. micro floors
   if (opts.micro) {
-    const s = await storeFor(Math.round(100_000 * (q ? 0.25 : 1)) * ((q ? 3 : 7) + 1));
+    const m = microTrials(q);
+    const s = await storeFor(m.perTrial * (m.warm + m.trials));
     const { result } = await child<MicroResult[]>('micro.js', { store: s, quick: q }, 'micro');
     results.micro = result;
     for (const x of result) say(`micro  ${x.name.padEnd(40)} ${fmtNs(x.value).padStart(9)} ${x.unit.replace('ns', '').trim()}${x.ratio === null ? '' : `  (${x.ratio.toFixed(2)}× ${x.floorName})`}`);

@@ -103,6 +103,11 @@ export interface RunResult {
   rejectedByReason: Record<RejectReason, number> | null;
 }
 
+/** The micro benchmarks' dispatch trials: frames per trial, measured trials, warm-up trials. */
+export function microTrials(quick: boolean): { perTrial: number; trials: number; warm: number } {
+  return { perTrial: Math.round(100_000 * (quick ? 0.25 : 1)), trials: quick ? 3 : 7, warm: 3 };
+}
+
 export interface MicroResult {
   name: string;
   /** What is measured, in words. */

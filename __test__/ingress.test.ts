@@ -91,7 +91,9 @@ describe.skipIf(skip !== null)('native ingress', () => {
     const { events, wsUrl } = await start(d);
     const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
     await until(() => events.opened.length === 1, 2000, 'onConnection');
-    expect(events.opened[0]).toEqual({ room: 1, player: 7, transport: 'ws' });
+    const { connectionId } = events.opened[0]!;
+    expect(events.opened[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws' });
+    expect(Number.isSafeInteger(connectionId) && connectionId >= 1).toBe(true);
     for (let seq = 1; seq <= 3; seq++) ws.send(frame({ room: 1, player: 7, seq, payload: 64 }));
     ws.send(concat([4, 5, 6, 7, 8].map((seq) => frame({ room: 1, player: 7, seq, payload: 64 }))));
     const got = await drainAllOf(d, 1, 8);
@@ -103,7 +105,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.metrics()).toContain('move_dispatcher_ingress_connections 1\n');
     ws.close(1000);
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ room: 1, player: 7, transport: 'ws', reason: 'closed' });
+    expect(events.closed[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws', reason: 'closed' });
     expect(d.stats().ingress).toMatchObject({ connections: 0, accepted: 1, closed: 1 });
   });
 
@@ -112,9 +114,16 @@ describe.skipIf(skip !== null)('native ingress', () => {
     d.openRoom(1);
     d.join(1, 7);
     const order: string[] = [];
+    const ids: number[] = [];
     const { wsUrl, tcpPort } = await start(d, {
-      onConnection: (c) => order.push(`open ${c.transport}`),
-      onDisconnect: (c) => order.push(`close ${c.transport} ${c.reason}`),
+      onConnection: (c) => {
+        order.push(`open ${c.transport}`);
+        ids.push(c.connectionId);
+      },
+      onDisconnect: (c) => {
+        order.push(`close ${c.transport} ${c.reason}`);
+        ids.push(c.connectionId);
+      },
     });
     const first = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
     const firstClosed = closeOf(first);
@@ -129,6 +138,11 @@ describe.skipIf(skip !== null)('native ingress', () => {
       await until(() => order.length === before + 2, 2000, `${transport}: the new open and the old close`);
     }
     expect(order).toEqual(['open ws', 'open ws', 'close ws replaced', 'open tcp', 'close ws replaced']);
+    // The ids say which connection each event is about: every close names the one replaced.
+    const [a, b, aClosed, c, bClosed] = ids;
+    expect(new Set([a, b, c]).size).toBe(3);
+    expect([aClosed, bClosed]).toEqual([a, b]);
+    expect(b! > a! && c! > b!).toBe(true);
     expect(await firstClosed).toEqual({ code: 1008, reason: 'replaced by a new connection' });
     expect(d.stats().ingress).toMatchObject({ connections: 1 });
   });
@@ -342,7 +356,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
       if (i % 7 === 0) await sleep(1);
     }
     expect(await drainAllOf(d, 3, 3)).toEqual([1, 2, 3].map((seq) => ({ player: 5, seq })));
-    expect(events.opened[0]).toEqual({ room: 3, player: 5, transport: 'tcp' });
+    expect(events.opened[0]).toEqual({ connectionId: expect.any(Number), room: 3, player: 5, transport: 'tcp' });
     expect(d.send(3, 5, Buffer.from('state'))).toBe('sent');
     await until(() => Buffer.concat(received).length === 9, 2000, 'outbound bytes');
     const got = Buffer.concat(received);
@@ -405,7 +419,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
     await until(() => events.opened.length === 1, 2000, 'onConnection');
     await ended;
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ room: 1, player: 4, transport: 'tcp', reason: 'idle' });
+    expect(events.closed[0]).toEqual({ connectionId: expect.any(Number), room: 1, player: 4, transport: 'tcp', reason: 'idle' });
   });
 
   it('server.close() and dispatcher.close() close every connection with a reason', async () => {

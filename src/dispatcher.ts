@@ -763,7 +763,7 @@ export class Dispatcher {
           if (d.type === 'delivery') this.#deliver(d.buffer);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
           else if (d.type === 'overload') this.#notify(d.event);
-          else if (d.type === 'connection') this.#connection(d.flags, d.room, d.player);
+          else if (d.type === 'connection') this.#connection(d.flags, d.room, d.player, d.id);
           else this.#shardFailed(d.shard, d.message);
         }
       }
@@ -798,13 +798,13 @@ export class Dispatcher {
   }
 
   /** A native ingress connection opened or closed: tell `onConnection` / `onDisconnect`. */
-  #connection(flags: number, room: number, player: number): void {
-    const { opened, info } = connectionEvent(flags, room, player);
+  #connection(flags: number, room: number, player: number, id: number): void {
+    const { opened, info } = connectionEvent(flags, room, player, id);
     const ingress = this.#ingress;
     if (ingress === undefined) return;
     if (opened) {
       const fn = ingress.onConnection;
-      if (fn !== undefined) this.#guard(() => fn({ room, player, transport: info.transport }), 'onConnection');
+      if (fn !== undefined) this.#guard(() => fn({ connectionId: id, room, player, transport: info.transport }), 'onConnection');
     } else {
       const fn = ingress.onDisconnect;
       if (fn !== undefined) this.#guard(() => fn(info), 'onDisconnect');

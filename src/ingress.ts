@@ -60,6 +60,12 @@ const TRANSPORTS: readonly Transport[] = ['ws', 'tcp', 'grpc'];
 
 /** A connection opened. */
 export interface ConnectionInfo {
+  /**
+   * The connection's id, the same on its `onConnection` and `onDisconnect`; unique in the
+   * process (counted from 1, never reused, not even by a later `listen`). A player who
+   * reconnects gets a new one: the `replaced` close names the old connection.
+   */
+  connectionId: number;
   room: number;
   player: number;
   transport: Transport;
@@ -211,10 +217,11 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
 }
 
 /** @internal The connection event of an addon record. */
-export function connectionEvent(flags: number, room: number, player: number): { opened: boolean; info: DisconnectInfo } {
+export function connectionEvent(flags: number, room: number, player: number, connectionId: number): { opened: boolean; info: DisconnectInfo } {
   return {
     opened: (flags & 1) === 1,
     info: {
+      connectionId,
       room,
       player,
       transport: TRANSPORTS[(flags >> 8) & 0xff] ?? 'ws',

@@ -92,7 +92,7 @@ const REC_GROW = 3;
 const REC_FAILED = 4;
 /** `[5]`: a push delivery, the next of `takeDelivery`. */
 const REC_DELIVERY = 5;
-/** `[6, flags, room, player]`: a native ingress connection opened (flags bit 0) or closed (reason in bits 16–23; transport in bits 8–15). */
+/** `[6, flags, room, player, idLo, idHi]`: a native ingress connection opened (flags bit 0) or closed (reason in bits 16–23; transport in bits 8–15). */
 const REC_CONNECTION = 6;
 
 interface NativeHistogram extends Omit<HistogramStats, 'buckets'> {
@@ -345,8 +345,8 @@ class NativeEngine implements Engine {
         out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
         i += 1;
       } else if (kind === REC_CONNECTION) {
-        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]! });
-        i += 4;
+        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]!, id: w[i + 4]! + w[i + 5]! * 2 ** 32 });
+        i += 6;
       } else if (kind === REC_FAILED) {
         failures ??= this.#b.takeFailures(this.#id);
         const shard = w[i + 1]!;

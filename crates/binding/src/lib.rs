@@ -235,7 +235,7 @@ fn record_words(d: &Delivery) -> usize {
         Delivery::Moves(_) | Delivery::Overload(_) => 1,
         Delivery::Flushed { .. } => 3,
         Delivery::Failed { .. } => 2,
-        Delivery::Connection(_) => 4,
+        Delivery::Connection(_) => 6,
     }
 }
 
@@ -266,8 +266,10 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
         Delivery::Connection(c) => {
             let flags =
                 u32::from(c.opened) | (u32::from(c.transport) << 8) | (u32::from(c.reason) << 16);
-            out[..4].copy_from_slice(&[REC_CONNECTION, flags, c.room, c.player]);
-            4
+            #[expect(clippy::cast_possible_truncation, reason = "split into two words")]
+            let (lo, hi) = (c.id as u32, (c.id >> 32) as u32);
+            out[..6].copy_from_slice(&[REC_CONNECTION, flags, c.room, c.player, lo, hi]);
+            6
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionEvent {
     pub opened: bool,
+    /// The connection's id: unique in the process, the same on its open and close events.
+    pub id: u64,
     pub room: u32,
     pub player: u32,
     pub transport: u8,

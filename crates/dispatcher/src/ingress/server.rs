@@ -152,7 +152,15 @@ pub struct CounterSnapshot {
 }
 
 /// The outbound side of one connection, shared with `send` and `broadcast`.
+/// The next connection's [`Conn::id`]: one counter for every ingress of the process, so an
+/// id is never reused, not even by a later `listen` or another dispatcher.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 pub(super) struct Conn {
+    /// Unique in the process, from 1 ([`NEXT_CONNECTION_ID`]): what JavaScript tells a
+    /// connection's open and close events apart by (a replaced connection's close comes
+    /// after its successor's open, with the same room and player).
+    id: u64,
     pub(super) room: u32,
     pub(super) player: u32,
     transport: Transport,
@@ -415,6 +423,7 @@ impl Hub {
     /// asked to close at once.
     pub(super) fn admit(&self, who: &Who, transport: Transport) -> Arc<Conn> {
         let conn = Arc::new(Conn {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             room: who.room,
             player: who.player,
             transport,
@@ -473,6 +482,7 @@ impl Hub {
     fn event(&self, opened: bool, c: &Conn, reason: u8) {
         self.parts.outbox.publish_connection(ConnectionEvent {
             opened,
+            id: c.id,
             room: c.room,
             player: c.player,
             transport: c.transport as u8,

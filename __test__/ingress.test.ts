@@ -109,6 +109,24 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.stats().ingress).toMatchObject({ connections: 0, accepted: 1, closed: 1 });
   });
 
+  it('address(): never null for a transport listen was given (typed so), null for the others', async () => {
+    const d = make();
+    const server = await d.listen({ ws: { port: 0 }, ticketKey: KEY });
+    servers.push(server);
+    // Compiles without a null check: `ws` was given (tsc -p tsconfig.test.json, in npm run lint).
+    const port: number = server.address('ws').port;
+    expect(port).toBeGreaterThan(0);
+    expect(server.address('ws')).toEqual({ host: '127.0.0.1', port });
+    // @ts-expect-error -- `tcp` was not given: its address may be null.
+    expect(() => server.address('tcp').port).toThrow(TypeError);
+    expect(server.address('grpc')).toBeNull();
+    // A misspelt option is a type error (checked by tsc; this function is never called).
+    const misspelt = (): unknown =>
+      // @ts-expect-error -- `idleTimeoutMS` is not an option (`idleTimeoutMs` is).
+      d.listen({ ws: { port: 0 }, ticketKey: KEY, idleTimeoutMS: 5 });
+    void misspelt;
+  });
+
   it('a player connecting again replaces its connection: the new one opens first, then the old one closes (replaced, 1008)', async () => {
     const d = make();
     d.openRoom(1);

@@ -118,7 +118,7 @@ async function main(spec: IngressServerSpec): Promise<{ port: number; extra: () 
     if (!push) setInterval(() => holdDelivery(d.drainAll()), 50);
     const server = await d.listen({ ws: { port: 0, host: '127.0.0.1' }, ticketKey: key, maxConnections: spec.cap, idleTimeoutMs: 0 });
     return {
-      port: server.address('ws')!.port,
+      port: server.address('ws').port,
       extra: () => {
         const s = d.stats({ topRooms: 0 });
         return {

@@ -10,7 +10,7 @@ import { type Engine, type EngineConfig, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
 import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, detachBuffer, emptyBatch } from './delivery';
 import { registerEngine } from './internal';
-import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type ListenOptions, type SendResult, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
+import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type ListenedTransports, type ListenOptions, type SendResult, type Transport, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
@@ -586,15 +586,16 @@ export class Dispatcher {
    * `dispatch` had been called with the ticket's player as `sender`. Native engine only
    * (`ERR_MOVE_DISPATCHER_NATIVE_UNAVAILABLE` on the js engine); one `listen` per dispatcher.
    */
-  listen(options: ListenOptions): Promise<IngressServer> {
+  listen<O extends ListenOptions>(options: O & Record<Exclude<keyof O, keyof ListenOptions>, never>): Promise<IngressServer<ListenedTransports<O>>> {
     try {
-      return Promise.resolve(this.#listen(options));
+      // Each transport given is bound (or the call throws): its address is never null.
+      return Promise.resolve(this.#listen(options) as IngressServer<ListenedTransports<O>>);
     } catch (error) {
       return Promise.reject(error as Error);
     }
   }
 
-  #listen(options: ListenOptions): IngressServer {
+  #listen(options: ListenOptions): Omit<IngressServer, 'address'> & { address(transport: Transport): { host: string; port: number } | null } {
     const resolved = resolveListenOptions(options);
     if (this.#closed) throw stateError(ErrorCode.Closed, 'listen: the dispatcher is closed');
     const engine = this.#engine;

@@ -113,8 +113,22 @@ export interface ListenOptions {
 }
 
 /** A running native ingress (`Dispatcher.listen`). */
-export interface IngressServer {
-  /** The address a transport is bound to (the port actually chosen when 0 was asked). */
+/**
+ * The transports a `listen` options type asks for: keys present whose type excludes
+ * `undefined`. `IngressServer.address` is typed non-null for them.
+ */
+export type ListenedTransports<O> = {
+  [K in Transport]: K extends keyof O ? (undefined extends O[K] ? never : K) : never;
+}[Transport];
+
+/**
+ * A running native ingress. `Listened`: the transports `listen` was given (inferred from
+ * its options), whose `address` is never `null`.
+ */
+export interface IngressServer<Listened extends Transport = never> {
+  /** The address a transport `listen` was given is bound to (the port actually chosen when 0 was asked). */
+  address(transport: Listened): { host: string; port: number };
+  /** The address a transport is bound to; `null` for a transport `listen` was not given. */
   address(transport: Transport): { host: string; port: number } | null;
   /** Open connections. */
   readonly connections: number;

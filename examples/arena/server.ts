@@ -96,7 +96,7 @@ export async function startArena(options: ArenaOptions = {}): Promise<Arena> {
     onConnection: control.onConnection,
     onDisconnect: control.onDisconnect,
   });
-  const wsPort = ingress.address('ws')!.port;
+  const wsPort = ingress.address('ws').port;
 
   // The game loop's figures.
   const tickSeconds = new WindowSummary(WINDOW_TICKS);

@@ -417,8 +417,35 @@ fn a_spinning_worker_leaves_its_lock_free_and_sees_new_moves() {
             std::thread::yield_now();
         }
     };
-    // A move for a room the worker does not know: taken (and rejected), then the queue is dry.
-    producer.try_push(1, 0, &frame(PULL, 1)).unwrap();
+    // A pull room with one player; its first move is taken, then the queue is dry.
+    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
+    for (seq, c) in [
+        (
+            1,
+            Control::OpenRoom {
+                inbox: Arc::clone(&inbox),
+                hmac: false,
+                push: false,
+                rate: None,
+            },
+        ),
+        (
+            2,
+            Control::Join {
+                room: PULL,
+                player: PLAYER,
+                key: None,
+            },
+        ),
+    ] {
+        shared.push_control(seq, c).unwrap();
+    }
+    let mut push_move = |seq: u64, s: u32| {
+        let f = frame(PULL, s);
+        assert!(inbox.try_reserve(f.len()));
+        producer.try_push(seq, 0, &f).unwrap();
+    };
+    push_move(3, 1);
     shared.wake();
     wait_for("the first move to be taken", &|| {
         shared.consumed.0.load(Ordering::Acquire) == 1
@@ -431,7 +458,7 @@ fn a_spinning_worker_leaves_its_lock_free_and_sees_new_moves() {
         "still spinning: it never announces sleep"
     );
     // No wake-up: the spin itself finds the move.
-    producer.try_push(2, 0, &frame(PULL, 2)).unwrap();
+    push_move(4, 2);
     wait_for("the spin to find the second move", &|| {
         shared.consumed.0.load(Ordering::Acquire) == 2
     });

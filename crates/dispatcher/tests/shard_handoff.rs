@@ -46,13 +46,13 @@ fn frame(room: u32, seq: u32) -> Vec<u8> {
 }
 
 /// `shard::drive`, on a current-thread runtime (no I/O or timer driver).
-fn worker_loop(w: Worker) {
+fn worker_loop(w: Arc<Mutex<Worker>>) {
     // Timers on, as the runtime's (runtime.rs): a worker of pull rooms naps on one.
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap()
-        .block_on(shard::drive(std::sync::Arc::new(std::sync::Mutex::new(w))));
+        .block_on(shard::drive(w));
 }
 
 /// The JavaScript side of one shard: the arena's producer, the shared state, the outbox and
@@ -62,10 +62,24 @@ struct Harness {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     wake: Arc<Wake>,
+    /// The lock `shard::drive` takes for each step (native ingress and releases take it too).
+    worker: Arc<Mutex<Worker>>,
     thread: std::thread::JoinHandle<()>,
 }
 
+/// [`start_with`] the runtime's policy.
 fn start(index: u32, ring_bytes: usize) -> Harness {
+    start_with(
+        index,
+        ring_bytes,
+        Policy {
+            spins: SPINS,
+            ..Policy::runtime(8)
+        },
+    )
+}
+
+fn start_with(index: u32, ring_bytes: usize, policy: Policy) -> Harness {
     let (producer, consumer) = arena::ring(ring_bytes);
     let shared = Arc::new(Shared::default());
     let wake = Arc::new(Wake::default());
@@ -74,25 +88,51 @@ fn start(index: u32, ring_bytes: usize) -> Harness {
         Arc::new(Outbox::new(Box::new(move || wake.signal())))
     };
     let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
-    let worker = Worker::new(
+    let worker = Arc::new(Mutex::new(Worker::new(
         index,
         Arc::clone(&shared),
         consumer,
         Arc::clone(&outbox),
         Arc::new(Pool::new()),
-        Policy {
-            spins: SPINS,
-            ..Policy::runtime(8)
-        },
+        policy,
         recorder,
-    );
+    )));
+    let thread = {
+        let worker = Arc::clone(&worker);
+        std::thread::spawn(move || worker_loop(worker))
+    };
     Harness {
         producer,
         shared,
         outbox,
         wake,
-        thread: std::thread::spawn(move || worker_loop(worker)),
+        worker,
+        thread,
     }
+}
+
+/// Queues the controls that open the pull room and join its player (sequence numbers 1
+/// and 2) and wakes the worker; the room's inbox.
+fn open_pull_room(shared: &Shared) -> Arc<Inbox> {
+    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
+    let controls = [
+        Control::OpenRoom {
+            inbox: Arc::clone(&inbox),
+            hmac: false,
+            push: false,
+            rate: None,
+        },
+        Control::Join {
+            room: PULL,
+            player: PLAYER,
+            key: None,
+        },
+    ];
+    for (seq, c) in (1..).zip(controls) {
+        shared.push_control(seq, c).unwrap();
+    }
+    shared.wake();
+    inbox
 }
 
 /// The JavaScript side's "`poll()` has news" signal: set by the outbox's waker.
@@ -137,6 +177,7 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
         outbox,
         wake,
         thread,
+        ..
     } = start(0, if cfg!(miri) { 512 } else { 4096 });
 
     // One sequence for controls and moves, as `Core` numbers them per shard.
@@ -287,26 +328,10 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
         outbox,
         wake,
         thread,
+        ..
     } = start(3, 1 << 16);
-    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
-    let mut seq = 0_u64;
-    for c in [
-        Control::OpenRoom {
-            inbox: Arc::clone(&inbox),
-            hmac: false,
-            push: false,
-            rate: None,
-        },
-        Control::Join {
-            room: PULL,
-            player: PLAYER,
-            key: None,
-        },
-    ] {
-        seq += 1;
-        shared.push_control(seq, c).unwrap();
-        shared.wake();
-    }
+    let inbox = open_pull_room(&shared);
+    let mut seq = 2_u64;
     let mut push_move = |s: u32, seq: &mut u64| {
         let f = frame(PULL, s);
         assert!(inbox.try_reserve(f.len()));
@@ -380,33 +405,21 @@ fn a_panic_fails_the_shard_and_flushes_are_still_answered() {
 #[test]
 #[cfg_attr(miri, ignore = "waits on wall-clock time")]
 fn a_spinning_worker_leaves_its_lock_free_and_sees_new_moves() {
-    let (mut producer, consumer) = arena::ring(4096);
-    let shared = Arc::new(Shared::default());
-    let outbox = Arc::new(Outbox::new(Box::new(|| {})));
-    let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
-    let worker = Arc::new(Mutex::new(Worker::new(
+    let Harness {
+        mut producer,
+        shared,
+        worker,
+        thread,
+        ..
+    } = start_with(
         0,
-        Arc::clone(&shared),
-        consumer,
-        outbox,
-        Arc::new(Pool::new()),
+        4096,
         Policy {
             spins: u32::MAX,
             nap_ns: None,
             ..Policy::runtime(8)
         },
-        recorder,
-    )));
-    let thread = {
-        let worker = Arc::clone(&worker);
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
-                .block_on(shard::drive(worker));
-        })
-    };
+    );
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let started = std::time::Instant::now();
         while !done() {
@@ -418,28 +431,7 @@ fn a_spinning_worker_leaves_its_lock_free_and_sees_new_moves() {
         }
     };
     // A pull room with one player; its first move is taken, then the queue is dry.
-    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
-    for (seq, c) in [
-        (
-            1,
-            Control::OpenRoom {
-                inbox: Arc::clone(&inbox),
-                hmac: false,
-                push: false,
-                rate: None,
-            },
-        ),
-        (
-            2,
-            Control::Join {
-                room: PULL,
-                player: PLAYER,
-                key: None,
-            },
-        ),
-    ] {
-        shared.push_control(seq, c).unwrap();
-    }
+    let inbox = open_pull_room(&shared);
     let mut push_move = |seq: u64, s: u32| {
         let f = frame(PULL, s);
         assert!(inbox.try_reserve(f.len()));

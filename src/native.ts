@@ -82,6 +82,11 @@ interface Binding {
 }
 
 
+/** The 64-bit value a record holds as two words `[lo, hi]` at `at` (exact below 2^53). */
+function u64At(w: Uint32Array, at: number): number {
+  return w[at]! + w[at + 1]! * 2 ** 32;
+}
+
 /** `pollPacked` record kinds (binding.rs). `[1, tokenLo, tokenHi]`: a flush answered. */
 const REC_FLUSHED = 1;
 /** `[2]`: the next overload event of `takeEvents`. */
@@ -337,7 +342,7 @@ class NativeEngine implements Engine {
         out.push({ type: 'delivery', buffer: this.#b.takeDelivery(this.#id) });
         i += 1;
       } else if (kind === REC_FLUSHED) {
-        out.push({ type: 'flushed', token: w[i + 1]! + w[i + 2]! * 2 ** 32 });
+        out.push({ type: 'flushed', token: u64At(w, i + 1) });
         i += 3;
       } else if (kind === REC_OVERLOAD) {
         events ??= this.#b.takeEvents(this.#id);
@@ -345,7 +350,7 @@ class NativeEngine implements Engine {
         out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
         i += 1;
       } else if (kind === REC_CONNECTION) {
-        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]!, id: w[i + 4]! + w[i + 5]! * 2 ** 32 });
+        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]!, id: u64At(w, i + 4) });
         i += 6;
       } else if (kind === REC_FAILED) {
         failures ??= this.#b.takeFailures(this.#id);

@@ -230,6 +230,12 @@ const REC_FAILED: u32 = 4;
 const REC_DELIVERY: u32 = 5;
 const REC_CONNECTION: u32 = 6;
 
+/// A 64-bit value as the two record words `[lo, hi]` (read back by src/native.ts).
+#[expect(clippy::cast_possible_truncation, reason = "split into two words")]
+fn split_u64(n: u64) -> (u32, u32) {
+    (n as u32, (n >> 32) as u32)
+}
+
 fn record_words(d: &Delivery) -> usize {
     match d {
         Delivery::Moves(_) | Delivery::Overload(_) => 1,
@@ -248,8 +254,7 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
             1
         }
         Delivery::Flushed { token } => {
-            #[expect(clippy::cast_possible_truncation, reason = "split into two words")]
-            let (lo, hi) = (token as u32, (token >> 32) as u32);
+            let (lo, hi) = split_u64(token);
             out[..3].copy_from_slice(&[REC_FLUSHED, lo, hi]);
             3
         }
@@ -266,8 +271,7 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
         Delivery::Connection(c) => {
             let flags =
                 u32::from(c.opened) | (u32::from(c.transport) << 8) | (u32::from(c.reason) << 16);
-            #[expect(clippy::cast_possible_truncation, reason = "split into two words")]
-            let (lo, hi) = (c.id as u32, (c.id >> 32) as u32);
+            let (lo, hi) = split_u64(c.id);
             out[..6].copy_from_slice(&[REC_CONNECTION, flags, c.room, c.player, lo, hi]);
             6
         }

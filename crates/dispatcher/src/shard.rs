@@ -12,9 +12,9 @@
 //! the queue runs dry, a batch fills, a released batch asks for it, or (under sustained
 //! load) [`Policy::hold_ns`] has passed; spin briefly; announce sleep. It returns what the
 //! driver should do next ([`Step`]); the spin is the driver's, without the worker's lock
-//! ([`Step::Spin`], then [`Worker::settle`]). [`drive`] is the tokio task the runtime spawns; the
-//! inline mode of `Core` (fuzzing) and the hand-off test call the same `step`, so the loop
-//! that ships is the loop that is tested.
+//! ([`Step::Spin`], then [`Worker::settle`]). [`drive`] is the tokio task the runtime
+//! spawns; the inline mode of `Core` (fuzzing) and the hand-off test call the same `step`,
+//! so the loop that ships is the loop that is tested.
 //!
 //! # Failure
 //! A panic inside a step (a bug of this crate) never leaves the worker: it is caught, the

@@ -510,8 +510,9 @@ impl Core {
             shard.owed += 1;
             // A deferred wake-up matters only to a worker that announced sleep: tell the
             // caller (once until paid), so that a turn of calls to running or napping
-            // workers schedules no payment at all.
-            if self.wakes == Wakes::Deferred && shard.shared.sleeps() {
+            // workers schedules no payment at all. A stream asks once, at the end of its
+            // call ([`Core::note_sleepers`]): the question costs a full fence.
+            if self.wakes == Wakes::Deferred && chunk_stamp.is_none() && shard.shared.sleeps() {
                 self.wakes = Wakes::Due;
             }
         } else {
@@ -580,10 +581,24 @@ impl Core {
         }
         // The wake-ups owed: after every push of the call, as `dispatch` does after one
         // (or later, with deferred wake-ups).
-        if self.wakes == Wakes::Now {
-            self.wake_owed();
+        match self.wakes {
+            Wakes::Now => {
+                self.wake_owed();
+            }
+            Wakes::Deferred => self.note_sleepers(),
+            Wakes::Due => {}
         }
         out
+    }
+
+    /// With deferred wake-ups, after a stream's pushes: whether a shard owed a wake-up has
+    /// announced sleep (then the caller must pay, [`Core::wake_due`]). Asked once per call
+    /// and shard instead of once per move: every push of the call precedes the fence of
+    /// [`Shared::sleeps`], so either the worker sees them or this sees it asleep.
+    fn note_sleepers(&mut self) {
+        if self.shards.iter().any(|s| s.owed > 0 && s.shared.sleeps()) {
+            self.wakes = Wakes::Due;
+        }
     }
 
     /// From now on (`true`), `dispatch` and `dispatch_stream` only owe their workers the
@@ -2208,6 +2223,36 @@ mod tests {
         c.dispatch(&frame(1, 1, 200, b"d", None), None);
         let _ = c.drain(1);
         flush(&mut c, 2);
+        c.shutdown();
+    }
+
+    /// Deferred wake-ups and streams: a stream asks whether its workers sleep once, at the
+    /// end of the call, and a parked worker's moves are still reported as needing the
+    /// wake-up (and wait for it).
+    #[test]
+    fn a_stream_to_a_parked_worker_is_reported_due() {
+        let (mut c, _) = core(Config::default());
+        c.open_room(1, false, false, None);
+        c.join(1, 1, None);
+        flush(&mut c, 1);
+        c.defer_wakes(true);
+        std::thread::sleep(Duration::from_millis(20));
+        let chunk: Vec<u8> = (1..=10)
+            .flat_map(|seq| frame(1, 1, seq, b"s", None))
+            .collect();
+        let out = c.dispatch_stream(&chunk, None);
+        assert_eq!((out.accepted, out.consumed), (10, chunk.len()));
+        assert!(c.wake_due(), "the caller is told: the worker sleeps");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.shard_stats()[0].queue_depth, 10, "nobody woke the worker");
+        assert!(c.wake_owed());
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.shard_stats()[0].queue_depth, 0);
         c.shutdown();
     }
 

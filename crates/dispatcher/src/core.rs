@@ -29,7 +29,7 @@
 //! still be drained afterwards: room memory lives as long as the room (or a JavaScript view
 //! of it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,7 @@ use crate::delivery::{Builder, Moves, Pool};
 use crate::frame::{self, FrameError};
 use crate::inbox::Inbox;
 use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
+use crate::members::Members;
 use crate::outbox::{Delivery, Outbox, Waker};
 use crate::overload::{mark_room, mark_shard};
 use crate::ratelimit::Bucket;
@@ -78,10 +79,10 @@ pub(crate) struct Room {
     /// Dispatch → delivered of this room's moves since its last overload event (for the
     /// event's p99); `None` when room overload events are off.
     pub(crate) waits: Option<Box<Coarse>>,
-    /// Members, each with its rate-limit bucket (unused when `rate` is `None`): the
-    /// membership `dispatch` checks (`NotMember`), in step with the worker's through the
-    /// ordered `join` / `leave` controls.
-    players: HashMap<u32, Bucket, IdHashBuilder>,
+    /// Members: those of [`Core::members`] in this room (which `dispatch` checks, with
+    /// their rate-limit buckets), listed for `closeRoom`; in step with the worker's through
+    /// the ordered `join` / `leave` controls.
+    players: HashSet<u32, IdHashBuilder>,
     rate: Option<RateLimit>,
     pub(crate) inbox: Arc<Inbox>,
 }
@@ -91,6 +92,104 @@ impl Room {
     /// later `openRoom` starts afresh). Moves already in a delivery live there.
     fn forgettable(&self) -> bool {
         !self.open && self.inbox.reserved() == 0
+    }
+}
+
+/// The rooms of a dispatcher: by id (a map to slots) and by slot (where they live, so that
+/// [`Members`], which names each member's room by its slot, leads `dispatch` from a move to
+/// its room without a second hash lookup, and lets a stream prefetch it). A room keeps its
+/// slot while it exists; a forgotten room's slot is reused.
+#[derive(Default)]
+pub(crate) struct Rooms {
+    by_id: HashMap<u32, u32, IdHashBuilder>,
+    by_slot: Vec<Option<(u32, Room)>>,
+    free: Vec<u32>,
+}
+
+impl Rooms {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn contains_key(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// The room's slot, if it exists.
+    pub(crate) fn slot(&self, id: u32) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    pub(crate) fn get(&self, id: u32) -> Option<&Room> {
+        self.at(self.slot(id)?)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut Room> {
+        self.at_mut(self.slot(id)?)
+    }
+
+    /// The room in `slot`, if any.
+    #[inline]
+    pub(crate) fn at(&self, slot: u32) -> Option<&Room> {
+        self.by_slot.get(slot as usize)?.as_ref().map(|(_, r)| r)
+    }
+
+    #[inline]
+    pub(crate) fn at_mut(&mut self, slot: u32) -> Option<&mut Room> {
+        self.by_slot
+            .get_mut(slot as usize)?
+            .as_mut()
+            .map(|(_, r)| r)
+    }
+
+    /// Starts loading the room in `slot` (its first two cache lines).
+    #[inline]
+    pub(crate) fn prefetch(&self, slot: u32) {
+        if let Some(r) = self.by_slot.get(slot as usize) {
+            let at = std::ptr::from_ref(r).cast::<u8>();
+            crate::members::prefetch(at);
+            crate::members::prefetch(at.wrapping_add(64));
+        }
+    }
+
+    /// Adds a room that does not exist; its slot.
+    fn insert(&mut self, id: u32, room: Room) -> u32 {
+        debug_assert!(!self.by_id.contains_key(&id));
+        let slot = if let Some(slot) = self.free.pop() {
+            self.by_slot[slot as usize] = Some((id, room));
+            slot
+        } else {
+            self.by_slot.push(Some((id, room)));
+            u32::try_from(self.by_slot.len() - 1).expect("fewer than 2^32 rooms")
+        };
+        self.by_id.insert(id, slot);
+        slot
+    }
+
+    pub(crate) fn remove(&mut self, id: u32) -> Option<Room> {
+        let slot = self.by_id.remove(&id)?;
+        self.free.push(slot);
+        self.by_slot[slot as usize].take().map(|(_, r)| r)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Room)> {
+        self.by_slot.iter().flatten().map(|(id, r)| (*id, r))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Room> {
+        self.iter().map(|(_, r)| r)
+    }
+
+    /// Keeps the rooms `keep` says to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Room) -> bool) {
+        let gone: Vec<u32> = self
+            .iter()
+            .filter(|(_, r)| !keep(r))
+            .map(|(id, _)| id)
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
     }
 }
 
@@ -200,7 +299,9 @@ enum Wakes {
 /// The dispatcher, JavaScript-thread side.
 pub struct Core {
     pub(crate) cfg: Config,
-    pub(crate) rooms: HashMap<u32, Room, IdHashBuilder>,
+    pub(crate) rooms: Rooms,
+    /// Every room's members, with their rate-limit buckets: what `dispatch` checks.
+    members: Members,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) outbox: Arc<Outbox>,
     stopper: Arc<Stopper>,
@@ -239,6 +340,93 @@ pub struct Core {
     /// What the runtime's threads deliver before they park (tests run it by hand).
     #[cfg(test)]
     park: Arc<runtime::ParkDeliveries>,
+}
+
+/// Prefetches for `dispatch_stream` (see [`Members`]): cursors running ahead of its checks
+/// over the chunk's frames — the member slot of the frame `FAR` ahead of the one checked,
+/// the room of the frame `NEAR` ahead (whose slot has arrived by then), the room budget of
+/// the frame `NEAREST` ahead (whose room has), and the chunk's own bytes a kilobyte ahead.
+/// The cache misses of a stream's frames overlap instead of adding up.
+struct Lookahead {
+    far: Cursor,
+    near: Cursor,
+    nearest: Cursor,
+}
+
+impl Lookahead {
+    const FAR: usize = 8;
+    const NEAR: usize = 4;
+    const NEAREST: usize = 2;
+    /// A shorter chunk holds too few frames for prefetching to pay (one-frame calls).
+    const MIN_CHUNK: usize = 512;
+
+    fn start(core: &Core, chunk: &[u8]) -> Self {
+        let done = chunk.len() < Self::MIN_CHUNK;
+        let cursor = Cursor { at: 0, done };
+        let mut a = Self {
+            far: cursor,
+            near: cursor,
+            nearest: cursor,
+        };
+        for _ in 0..Self::FAR {
+            a.far
+                .step(chunk, |h| core.members.prefetch(h.room, h.player));
+        }
+        for _ in 0..Self::NEAR {
+            a.near.step(chunk, |_| {});
+        }
+        for _ in 0..Self::NEAREST {
+            a.nearest.step(chunk, |_| {});
+        }
+        a
+    }
+
+    /// Before the checks of the next frame: every cursor moves one frame on.
+    #[inline]
+    fn advance(&mut self, core: &Core, chunk: &[u8]) {
+        if let Some(b) = chunk.get(self.far.at + 1024..self.far.at + 1152) {
+            crate::members::prefetch(b.as_ptr());
+            crate::members::prefetch(b[64..].as_ptr());
+        }
+        self.far
+            .step(chunk, |h| core.members.prefetch(h.room, h.player));
+        self.near.step(chunk, |h| {
+            if let Some(m) = core.members.lookup(h.room, h.player) {
+                core.rooms.prefetch(core.members.room_slot(m));
+            }
+        });
+        self.nearest.step(chunk, |h| {
+            let m = core.members.lookup(h.room, h.player);
+            if let Some(r) = m.and_then(|m| core.rooms.at(core.members.room_slot(m))) {
+                r.inbox.prefetch_budget();
+            }
+        });
+    }
+}
+
+/// A position in a chunk, frame by frame.
+#[derive(Clone, Copy)]
+struct Cursor {
+    at: usize,
+    done: bool,
+}
+
+impl Cursor {
+    /// Calls `f` with the next frame's header and moves past the frame; stops for good at
+    /// bytes that are not a whole header (the checks will stop there too).
+    #[inline]
+    fn step(&mut self, chunk: &[u8], f: impl FnOnce(&frame::Header)) {
+        if self.done {
+            return;
+        }
+        match frame::read_header(chunk.get(self.at..).unwrap_or_default()) {
+            Ok(h) => {
+                f(&h);
+                self.at += h.frame_len();
+            }
+            Err(_) => self.done = true,
+        }
+    }
 }
 
 /// The most moves of a shard that wait for their worker's wake-up when it is deferred.
@@ -351,7 +539,8 @@ impl Core {
         ));
         Ok(Self {
             cfg,
-            rooms: HashMap::default(),
+            rooms: Rooms::default(),
+            members: Members::default(),
             shards,
             outbox,
             stopper,
@@ -428,15 +617,15 @@ impl Core {
             Err(v) => return v,
         };
         let rest = bytes.get(frame::HEADER_BYTES..).unwrap_or_default();
-        let Some(room) = self.rooms.get_mut(&h.room).filter(|r| r.open) else {
-            // A failed shard answers `Closed` for any room it would own, open or not (no
-            // division on the hot path: only unknown rooms pay for it).
-            let failed = self.any_failed && self.shards[h.room as usize % self.shards.len()].failed;
-            return if failed {
-                Verdict::Closed
-            } else {
-                Verdict::UnknownRoom
-            };
+        // A member leads to its room by slot, with no second hash lookup (and only members
+        // of open rooms are listed); anyone else is looked up by room id, for the verdict.
+        let member = self.members.lookup(h.room, h.player);
+        let room = match member {
+            Some(m) => self.rooms.at_mut(self.members.room_slot(m)),
+            None => self.rooms.get_mut(h.room),
+        };
+        let Some(room) = room.filter(|r| r.open) else {
+            return self.unknown_room(h.room);
         };
         let shard = &mut self.shards[room.shard];
         if shard.failed {
@@ -450,9 +639,10 @@ impl Core {
         }
         // Membership, exact here: the player (the proven sender, past `WrongSender`) must
         // have joined. A non-member spends nothing of the room.
-        let Some(bucket) = room.players.get_mut(&h.player) else {
+        let Some(member) = member else {
             return Verdict::NotMember;
         };
+        let bucket = self.members.bucket(member);
         // Rate limit: one clock read per move, the rate limit's `now` is the dispatch stamp.
         let mut now = chunk_stamp;
         if let Some(rate) = room.rate {
@@ -537,13 +727,26 @@ impl Core {
         Verdict::Accepted
     }
 
+    /// The verdict on a frame for a room that is not open: a failed shard answers `Closed`
+    /// for any room it would own, open or not (no division on the hot path: only unknown
+    /// rooms pay for it).
+    fn unknown_room(&self, room: u32) -> Verdict {
+        if self.any_failed && self.shards[room as usize % self.shards.len()].failed {
+            Verdict::Closed
+        } else {
+            Verdict::UnknownRoom
+        }
+    }
+
     /// Dispatches back-to-back frames from `chunk`. Stops before a partial frame, at a frame
     /// that meets backpressure (not consumed), or at bytes that are not a header (`malformed`).
     pub fn dispatch_stream(&mut self, chunk: &[u8], sender: Option<u32>) -> StreamOutcome {
         let mut out = StreamOutcome::default();
         // One clock reading for the chunk: its frames arrived together.
         let stamp = crate::clock::now_ns();
+        let mut ahead = Lookahead::start(self, chunk);
         loop {
+            ahead.advance(self, chunk);
             let rest = chunk.get(out.consumed..).unwrap_or_default();
             let len = match frame::read_header(rest) {
                 Ok(h) => h.frame_len(),
@@ -673,7 +876,7 @@ impl Core {
         if self.shards[shard].failed {
             return Status::Closed;
         }
-        let inbox = match self.rooms.get_mut(&room) {
+        let inbox = match self.rooms.get_mut(room) {
             Some(r) if r.open => return Status::RoomExists,
             Some(r) if r.push != push => return Status::WrongDelivery,
             Some(r) => {
@@ -696,7 +899,7 @@ impl Core {
                         // recovery is still to be reported, once.
                         overloaded: self.overloaded_rooms.iter().any(|e| e.0 == room),
                         waits: (self.cfg.overload_room_bytes > 0).then(Box::default),
-                        players: HashMap::default(),
+                        players: HashSet::default(),
                         rate,
                         inbox: Arc::clone(&inbox),
                     },
@@ -726,7 +929,7 @@ impl Core {
             return Err(Status::Closed);
         }
         self.rooms
-            .get_mut(&room)
+            .get_mut(room)
             .filter(|r| r.open)
             .ok_or(Status::UnknownRoom)
     }
@@ -744,11 +947,12 @@ impl Core {
             return Status::WrongDelivery;
         };
         // Joining again (key rotation) keeps the bucket: it cannot refill a rate limit.
-        let rate = r.rate;
-        r.players
-            .entry(player)
-            .or_insert_with(|| Bucket::full(rate));
-        let shard = r.shard;
+        r.players.insert(player);
+        let (rate, shard) = (r.rate, r.shard);
+        let Some(slot) = self.rooms.slot(room) else {
+            return Status::UnknownRoom; // unreachable: an open room has a slot
+        };
+        self.members.join(room, player, slot, Bucket::full(rate));
         self.push_control(shard, Control::Join { room, player, key });
         Status::Ok
     }
@@ -759,10 +963,11 @@ impl Core {
             Ok(r) => r,
             Err(s) => return s,
         };
-        if r.players.remove(&player).is_none() {
+        if !r.players.remove(&player) {
             return Status::UnknownPlayer;
         }
         let shard = r.shard;
+        self.members.leave(room, player);
         self.push_control(shard, Control::Leave { room, player });
         Status::Ok
     }
@@ -774,10 +979,13 @@ impl Core {
             Err(s) => return s,
         };
         r.open = false;
-        r.players.clear();
+        let players = std::mem::take(&mut r.players);
         let shard = r.shard;
         if r.forgettable() {
-            self.rooms.remove(&room);
+            self.rooms.remove(room);
+        }
+        for player in players {
+            self.members.leave(room, player);
         }
         self.push_control(shard, Control::CloseRoom { room });
         Status::Ok
@@ -792,7 +1000,7 @@ impl Core {
     pub fn drain(&mut self, room: u32) -> Result<Option<Moves>, Status> {
         self.catch_up();
         self.wake_owed();
-        let r = self.rooms.get(&room).ok_or(Status::UnknownRoom)?;
+        let r = self.rooms.get(room).ok_or(Status::UnknownRoom)?;
         if r.push {
             return Err(Status::WrongDelivery);
         }
@@ -800,8 +1008,8 @@ impl Core {
         self.builder.start(self.pool.get());
         inbox.take_into(&mut self.builder);
         let moves = self.finish_drain();
-        if self.rooms.get(&room).is_some_and(Room::forgettable) {
-            self.rooms.remove(&room);
+        if self.rooms.get(room).is_some_and(Room::forgettable) {
+            self.rooms.remove(room);
         }
         Ok(moves)
     }
@@ -824,7 +1032,7 @@ impl Core {
         if forget {
             // Pull rooms only: a push room's last moves may sit in a delivery not yet
             // polled, which still needs the room (its waits); poll forgets it.
-            self.rooms.retain(|_, r| r.push || !r.forgettable());
+            self.rooms.retain(|r| r.push || !r.forgettable());
         }
         moves
     }
@@ -926,7 +1134,7 @@ impl Core {
             }
             let mut waits = self
                 .rooms
-                .get_mut(&e.room)
+                .get_mut(e.room)
                 .and_then(|r| r.waits.as_deref_mut());
             for stamp in stamps.by_ref().take(e.moves as usize) {
                 let wait = now.saturating_sub(stamp);
@@ -975,7 +1183,7 @@ impl Core {
 
     /// Whether `room` is open or still has moves on their way (closing).
     pub fn has_room(&self, room: u32) -> bool {
-        self.rooms.contains_key(&room)
+        self.rooms.contains_key(room)
     }
 
     /// Asks every shard to answer `token` once everything queued before is delivered.
@@ -1016,8 +1224,8 @@ impl Core {
                     self.count_delivery(m);
                     // Closed push rooms whose last moves just went out are forgotten.
                     for e in m.room_entries() {
-                        if self.rooms.get(&e.room).is_some_and(Room::forgettable) {
-                            self.rooms.remove(&e.room);
+                        if self.rooms.get(e.room).is_some_and(Room::forgettable) {
+                            self.rooms.remove(e.room);
                         }
                     }
                 }
@@ -1113,7 +1321,7 @@ impl Core {
         let mut v: Vec<(u32, usize)> = self
             .rooms
             .iter()
-            .map(|(&id, r)| (id, r.inbox.reserved()))
+            .map(|(id, r)| (id, r.inbox.reserved()))
             .filter(|&(_, bytes)| bytes > 0)
             .collect();
         v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

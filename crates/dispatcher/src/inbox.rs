@@ -117,6 +117,12 @@ impl Inbox {
             .is_ok()
     }
 
+    /// Starts loading the budget's cache line, which [`Inbox::try_reserve`] will update.
+    #[inline]
+    pub(crate) fn prefetch_budget(&self) {
+        crate::members::prefetch(std::ptr::from_ref(&self.reserved).cast());
+    }
+
     /// Gives back a reservation that was never used (the move was refused after reserving).
     pub fn unreserve(&self, bytes: usize) {
         self.reserved.0.fetch_sub(bytes, Ordering::AcqRel);

@@ -20,7 +20,8 @@
 //! # Safety
 //! `unsafe` is denied crate-wide and allowed, module by module, only where it is needed:
 //! [`arena`] (the ring's raw memory), [`alloc`] (the `GlobalAlloc` wrapper, an `unsafe`
-//! trait) and one function of [`runtime`] (`sched_setaffinity` for core pinning). Every
+//! trait), one function of [`runtime`] (`sched_setaffinity` for core pinning) and one of
+//! `members` (the prefetch instruction, a hint that never faults). Every
 //! `unsafe` block carries a `// SAFETY:` comment (`clippy::undocumented_unsafe_blocks` is
 //! denied), and no safe public function can cause undefined behaviour: the arena frees only
 //! records it handed out ([`arena::Consumer::pop`]); memory handed to JavaScript is a
@@ -38,6 +39,7 @@ pub mod frame;
 pub mod inbox;
 pub mod ingress;
 pub mod latency;
+mod members;
 pub mod outbox;
 pub mod overload;
 pub mod ratelimit;

@@ -52,7 +52,7 @@ impl Core {
         let mut k = 0;
         while k < self.overloaded_rooms.len() {
             let (id, pending) = self.overloaded_rooms[k];
-            let room = self.rooms.get_mut(&id);
+            let room = self.rooms.get_mut(id);
             let bytes = room.as_ref().map_or(0, |r| r.inbox.reserved());
             let p99 = |room: Option<&mut Room>| {
                 room.and_then(|r| r.waits.as_deref_mut()).map_or(0, |w| {

@@ -17,6 +17,9 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
+    /// No tokens, never refilled (a placeholder).
+    pub(crate) const ZERO: Self = Self { tokens: 0.0, at: 0 };
+
     pub(crate) fn full(rate: Option<RateLimit>) -> Self {
         Self {
             tokens: rate.map_or(0.0, |r| r.burst),

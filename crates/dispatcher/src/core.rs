@@ -142,6 +142,16 @@ impl Rooms {
             .map(|(_, r)| r)
     }
 
+    /// The room in `slot` if it is room `id` (a member's slot is checked against the
+    /// frame's room, so that no bookkeeping slip could route a move to another room).
+    #[inline]
+    pub(crate) fn at_mut_if(&mut self, slot: u32, id: u32) -> Option<&mut Room> {
+        match self.by_slot.get_mut(slot as usize)? {
+            Some((at, r)) if *at == id => Some(r),
+            _ => None,
+        }
+    }
+
     /// Starts loading the room in `slot` (its first two cache lines).
     #[inline]
     pub(crate) fn prefetch(&self, slot: u32) {
@@ -621,7 +631,7 @@ impl Core {
         // of open rooms are listed); anyone else is looked up by room id, for the verdict.
         let member = self.members.lookup(h.room, h.player);
         let room = match member {
-            Some(m) => self.rooms.at_mut(self.members.room_slot(m)),
+            Some(m) => self.rooms.at_mut_if(self.members.room_slot(m), h.room),
             None => self.rooms.get_mut(h.room),
         };
         let Some(room) = room.filter(|r| r.open) else {
@@ -2379,6 +2389,54 @@ mod tests {
         );
         let b = drained(&mut c, 1);
         assert_eq!(b.rejections[0].reason, Reason::ShardFailed);
+        c.shutdown();
+    }
+
+    /// Rooms live in slots that members name: a forgotten room's slot serves the next room
+    /// with no member of the old one reaching it, and a closed room kept for its pending
+    /// moves keeps its slot when reopened, its members gone until they join again.
+    #[test]
+    fn room_slots_are_reused_without_stale_members() {
+        let (mut c, _) = core(Config::default());
+        let send = |c: &mut Core, room, player, seq| {
+            c.dispatch(&frame(room, player, seq, b"m", None), None)
+        };
+        assert_eq!(c.open_room(1, false, false, None), Status::Ok);
+        assert_eq!(c.join(1, 7, None), Status::Ok);
+        assert_eq!(c.close_room(1), Status::Ok);
+        assert!(!c.has_room(1), "nothing pending: forgotten at once");
+        assert_eq!(c.open_room(2, false, false, None), Status::Ok);
+        assert_eq!(c.rooms.slot(2), Some(0), "room 1's slot is reused");
+        assert_eq!(c.join(2, 8, None), Status::Ok);
+        flush(&mut c, 1);
+        assert_eq!(send(&mut c, 1, 7, 1), Verdict::UnknownRoom);
+        assert_eq!(send(&mut c, 2, 7, 1), Verdict::NotMember);
+        assert_eq!(send(&mut c, 2, 8, 1), Verdict::Accepted);
+
+        assert_eq!(c.open_room(3, false, false, None), Status::Ok);
+        assert_eq!(c.join(3, 9, None), Status::Ok);
+        assert_eq!(send(&mut c, 3, 9, 1), Verdict::Accepted);
+        let slot = c.rooms.slot(3);
+        assert_eq!(c.close_room(3), Status::Ok);
+        assert_eq!(send(&mut c, 3, 9, 2), Verdict::UnknownRoom);
+        assert_eq!(
+            c.open_room(3, false, false, None),
+            Status::Ok,
+            "kept for its pending move"
+        );
+        assert_eq!(c.rooms.slot(3), slot);
+        assert_eq!(
+            send(&mut c, 3, 9, 3),
+            Verdict::NotMember,
+            "closing removed its members"
+        );
+        assert_eq!(c.join(3, 9, None), Status::Ok);
+        assert_eq!(send(&mut c, 3, 9, 4), Verdict::Accepted);
+        flush(&mut c, 2);
+        let two = drained(&mut c, 2);
+        assert_eq!((two.count, two.rooms), (1, vec![2]));
+        let three = drained(&mut c, 3);
+        assert_eq!((three.count, three.rooms), (2, vec![3]));
         c.shutdown();
     }
 

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, type OverloadEvent, Verdict, encodeMove } from '../index';
+import { resolveOptions } from '../src/options';
 import { pauseForTesting } from './helpers';
 
 const move = (room: number, seq: number) => encodeMove({ room, player: 1, seq, payload: new Uint8Array(4) });
@@ -156,5 +157,20 @@ describe.each(['js', 'native'] as const)('overload [%s]', (engine) => {
     expect(() => new Dispatcher({ engine, overload: { queueDepth: -1 } })).toThrow(expect.objectContaining({ field: 'overload.queueDepth' }));
     expect(() => new Dispatcher({ engine, channelCapacity: 8, overload: { queueDepth: 9 } })).toThrow(expect.objectContaining({ field: 'overload.queueDepth' }));
     expect(() => new Dispatcher({ engine, onOverload: 3 as never })).toThrow(expect.objectContaining({ field: 'onOverload' }));
+  });
+});
+
+describe('overload marks are tracked only when someone listens', () => {
+  it('without onOverload / onRecovered both marks are off; with either, the defaults or the given marks hold', () => {
+    const off = resolveOptions({ channelCapacity: 1000, roomBytes: 8192, overload: { queueDepth: 10, roomBytes: 100 } }).config;
+    expect([off.overloadQueueDepth, off.overloadRoomBytes]).toEqual([0, 0]);
+    const byDefault = resolveOptions({ channelCapacity: 1000, roomBytes: 8192, onRecovered: () => {} }).config;
+    expect([byDefault.overloadQueueDepth, byDefault.overloadRoomBytes]).toEqual([750, 6144]);
+    const given = resolveOptions({ channelCapacity: 1000, roomBytes: 8192, overload: { queueDepth: 10, roomBytes: 100 }, onOverload: () => {} }).config;
+    expect([given.overloadQueueDepth, given.overloadRoomBytes]).toEqual([10, 100]);
+  });
+
+  it('a bad mark is refused even with nobody listening', () => {
+    expect(() => resolveOptions({ overload: { queueDepth: -1 } })).toThrow(RangeError);
   });
 });

@@ -105,6 +105,9 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
     }
     return value;
   };
+  const queueDepth = mark('queueDepth', channelCapacity, Math.ceil(0.75 * channelCapacity));
+  const roomMark = mark('roomBytes', roomBytes, Math.floor(0.75 * roomBytes));
+  const observed = options.onOverload !== undefined || options.onRecovered !== undefined;
   const threadName = options.threadName ?? DEFAULTS.threadName;
   if (typeof threadName !== 'string' || threadName.length === 0 || threadName.length > 64 || threadName.includes('\0')) {
     throw typeError(ErrorCode.InvalidOption, `options.threadName must be a non-empty string of at most 64 characters without NUL, got ${describe(threadName)}`, {
@@ -125,8 +128,11 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
       pinCores: resolvePinCores(options.pinCores, workerThreads, n),
       maxBlockingThreads,
       threadName,
-      overloadQueueDepth: mark('queueDepth', channelCapacity, Math.ceil(0.75 * channelCapacity)),
-      overloadRoomBytes: mark('roomBytes', roomBytes, Math.floor(0.75 * roomBytes)),
+      // Tracked only when someone listens: without `onOverload` / `onRecovered` nothing can
+      // observe the marks, and a room's wait histogram costs the JavaScript thread a cache
+      // miss per room of every delivery (the marks are still checked above).
+      overloadQueueDepth: observed ? queueDepth : 0,
+      overloadRoomBytes: observed ? roomMark : 0,
     },
   };
 }

@@ -75,6 +75,7 @@ export interface DispatcherOptions {
    * `roomBytes` undelivered bytes, is reported to `onOverload`; `onRecovered` follows once it
    * falls to half the mark. Defaults: 75% of `channelCapacity` and of `roomBytes`; 0 turns a
    * mark off. Recovery is noticed on `drain()`, `drainAll()`, push deliveries and `flush()`.
+   * Tracked only when `onOverload` or `onRecovered` is given (nothing else observes it).
    */
   overload?: { queueDepth?: number; roomBytes?: number };
   /** A shard queue or a room crossed its overload mark (asynchronous, never inside `dispatch`). */

@@ -125,7 +125,7 @@ impl Rooms {
     }
 
     pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut Room> {
-        self.at_mut(self.slot(id)?)
+        self.at_mut(self.slot(id)?, id)
     }
 
     /// The room in `slot`, if any.
@@ -134,18 +134,10 @@ impl Rooms {
         self.by_slot.get(slot as usize)?.as_ref().map(|(_, r)| r)
     }
 
-    #[inline]
-    pub(crate) fn at_mut(&mut self, slot: u32) -> Option<&mut Room> {
-        self.by_slot
-            .get_mut(slot as usize)?
-            .as_mut()
-            .map(|(_, r)| r)
-    }
-
     /// The room in `slot` if it is room `id` (a member's slot is checked against the
     /// frame's room, so that no bookkeeping slip could route a move to another room).
     #[inline]
-    pub(crate) fn at_mut_if(&mut self, slot: u32, id: u32) -> Option<&mut Room> {
+    pub(crate) fn at_mut(&mut self, slot: u32, id: u32) -> Option<&mut Room> {
         match self.by_slot.get_mut(slot as usize)? {
             Some((at, r)) if *at == id => Some(r),
             _ => None,
@@ -631,7 +623,7 @@ impl Core {
         // of open rooms are listed); anyone else is looked up by room id, for the verdict.
         let member = self.members.lookup(h.room, h.player);
         let room = match member {
-            Some(m) => self.rooms.at_mut_if(self.members.room_slot(m), h.room),
+            Some(m) => self.rooms.at_mut(self.members.room_slot(m), h.room),
             None => self.rooms.get_mut(h.room),
         };
         let Some(room) = room.filter(|r| r.open) else {
@@ -2440,17 +2432,33 @@ mod tests {
         c.shutdown();
     }
 
-    /// Deferred wake-ups: a parked worker stays parked through one-frame dispatches until
-    /// the owed wake-up is paid (once for many calls), or until a shard owes `WAKE_EVERY`.
-    #[test]
-    fn deferred_wakes_are_paid_once_per_turn() {
+    /// A core with room 1 and player 1, deferred wake-ups, and its worker parked (it spins
+    /// briefly first).
+    fn parked_with_deferred_wakes() -> Core {
         let (mut c, _) = core(Config::default());
         c.open_room(1, false, false, None);
         c.join(1, 1, None);
         flush(&mut c, 1);
         c.defer_wakes(true);
-        // Let the worker park (it spins briefly first).
         std::thread::sleep(Duration::from_millis(20));
+        c
+    }
+
+    /// Waits (up to 2 s) for shard 0's worker to take every queued move.
+    fn wait_for_empty_queue(c: &Core) {
+        for _ in 0..2_000 {
+            if c.shard_stats()[0].queue_depth == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Deferred wake-ups: a parked worker stays parked through one-frame dispatches until
+    /// the owed wake-up is paid (once for many calls), or until a shard owes `WAKE_EVERY`.
+    #[test]
+    fn deferred_wakes_are_paid_once_per_turn() {
+        let mut c = parked_with_deferred_wakes();
         for seq in 1..=10 {
             assert_eq!(
                 c.dispatch(&frame(1, 1, seq, b"d", None), None),
@@ -2463,12 +2471,7 @@ mod tests {
         assert!(c.wake_owed());
         assert!(!c.wake_due());
         assert!(!c.wake_owed(), "paid once");
-        for _ in 0..2_000 {
-            if c.shard_stats()[0].queue_depth == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_empty_queue(&c);
         assert_eq!(c.shard_stats()[0].queue_depth, 0);
         // A long burst never waits for more than WAKE_EVERY moves.
         std::thread::sleep(Duration::from_millis(20));
@@ -2478,12 +2481,7 @@ mod tests {
                 Verdict::Accepted
             );
         }
-        for _ in 0..2_000 {
-            if c.shard_stats()[0].queue_depth == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_empty_queue(&c);
         assert_eq!(c.shard_stats()[0].queue_depth, 0, "woken at WAKE_EVERY");
         // A drain pays what is owed.
         c.dispatch(&frame(1, 1, 200, b"d", None), None);
@@ -2497,12 +2495,7 @@ mod tests {
     /// wake-up (and wait for it).
     #[test]
     fn a_stream_to_a_parked_worker_is_reported_due() {
-        let (mut c, _) = core(Config::default());
-        c.open_room(1, false, false, None);
-        c.join(1, 1, None);
-        flush(&mut c, 1);
-        c.defer_wakes(true);
-        std::thread::sleep(Duration::from_millis(20));
+        let mut c = parked_with_deferred_wakes();
         let chunk: Vec<u8> = (1..=10)
             .flat_map(|seq| frame(1, 1, seq, b"s", None))
             .collect();
@@ -2512,12 +2505,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(c.shard_stats()[0].queue_depth, 10, "nobody woke the worker");
         assert!(c.wake_owed());
-        for _ in 0..2_000 {
-            if c.shard_stats()[0].queue_depth == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_empty_queue(&c);
         assert_eq!(c.shard_stats()[0].queue_depth, 0);
         c.shutdown();
     }

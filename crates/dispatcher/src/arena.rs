@@ -359,6 +359,40 @@ impl Consumer {
         true
     }
 
+    /// Where the oldest record is: the position [`Consumer::frame_at`] starts from.
+    pub(crate) fn tail(&self) -> usize {
+        self.tail
+    }
+
+    /// The frame of the record at `pos` and the position of the record after it, for a
+    /// reader looking ahead of the tail (prefetching what the records name): `pos` is the
+    /// tail or a position an earlier call returned since. `None` at the head as last seen
+    /// by [`Consumer::is_empty`] or [`Consumer::peek`] (no load of the producer's line), or
+    /// for a position behind the tail (its bytes may be rewritten already).
+    pub(crate) fn frame_at(&self, pos: usize) -> Option<(&[u8], usize)> {
+        if pos < self.tail || pos >= self.head_cache {
+            return None;
+        }
+        let cap = self.ring.cap;
+        let mut off = pos % cap;
+        let mut skip = 0;
+        if self.read_u32(off) == SKIP_MARKER {
+            skip = cap - off;
+            off = 0;
+        }
+        let len = self.read_u32(off) as usize;
+        let start = off + RECORD_HEADER;
+        let next = pos + skip + record_size(len);
+        assert!(
+            start + len <= cap && next <= self.head_cache,
+            "corrupt arena record"
+        );
+        // SAFETY: as in `peek`: `[tail, head)` is published and not written by the producer
+        // until the consumer advances past it, and the record lies in it (checked above).
+        let frame = unsafe { std::slice::from_raw_parts(self.ring.ptr(start).cast_const(), len) };
+        Some((frame, next))
+    }
+
     fn read<const N: usize>(&self, offset: usize) -> [u8; N] {
         assert!(offset + N <= self.ring.cap, "arena read out of bounds");
         let mut out = [0; N];
@@ -415,6 +449,34 @@ mod tests {
         assert!(c.pop());
         // The skip and the record were freed together.
         assert_eq!(p.used(), 0);
+    }
+
+    /// Looking ahead walks the published records in order, across the wrap, stops at the
+    /// head as last seen, and refuses positions the tail has passed.
+    #[test]
+    fn frame_at_walks_ahead_of_the_tail() {
+        let walk = |c: &Consumer| {
+            let (mut pos, mut seen) = (c.tail(), Vec::new());
+            while let Some((f, next)) = c.frame_at(pos) {
+                seen.push(f[0]);
+                pos = next;
+            }
+            seen
+        };
+        let (mut p, mut c) = ring(144);
+        p.try_push(1, 0, &[1; 40]).unwrap();
+        p.try_push(2, 0, &[2; 40]).unwrap();
+        assert!(walk(&c).is_empty(), "head not seen yet");
+        assert!(!c.is_empty());
+        assert_eq!(walk(&c), [1, 2]);
+        let first = c.tail();
+        assert!(c.peek().is_some() && c.pop());
+        assert!(c.frame_at(first).is_none(), "behind the tail");
+        p.try_push(3, 0, &[3; 40]).unwrap(); // skips to the start
+        assert_eq!(walk(&c), [2], "the head as last seen");
+        assert!(c.peek().is_some() && c.pop());
+        assert!(c.peek().is_some(), "sees the head move");
+        assert_eq!(walk(&c), [3], "across the wrap");
     }
 
     /// Property: any interleaving of pushes and pops returns exactly the pushed frames in

@@ -29,7 +29,7 @@
 //! still be drained afterwards: room memory lives as long as the room (or a JavaScript view
 //! of it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +40,7 @@ use crate::delivery::{Builder, Moves, Pool};
 use crate::frame::{self, FrameError};
 use crate::inbox::Inbox;
 use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
-use crate::members::Members;
+use crate::members::{Members, Rooms, FAR, NEAR, NEAREST};
 use crate::outbox::{Delivery, Outbox, Waker};
 use crate::overload::{mark_room, mark_shard};
 use crate::ratelimit::Bucket;
@@ -92,106 +92,6 @@ impl Room {
     /// later `openRoom` starts afresh). Moves already in a delivery live there.
     fn forgettable(&self) -> bool {
         !self.open && self.inbox.reserved() == 0
-    }
-}
-
-/// The rooms of a dispatcher: by id (a map to slots) and by slot (where they live, so that
-/// [`Members`], which names each member's room by its slot, leads `dispatch` from a move to
-/// its room without a second hash lookup, and lets a stream prefetch it). A room keeps its
-/// slot while it exists; a forgotten room's slot is reused.
-#[derive(Default)]
-pub(crate) struct Rooms {
-    by_id: HashMap<u32, u32, IdHashBuilder>,
-    by_slot: Vec<Option<(u32, Room)>>,
-    free: Vec<u32>,
-}
-
-impl Rooms {
-    pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub(crate) fn contains_key(&self, id: u32) -> bool {
-        self.by_id.contains_key(&id)
-    }
-
-    /// The room's slot, if it exists.
-    pub(crate) fn slot(&self, id: u32) -> Option<u32> {
-        self.by_id.get(&id).copied()
-    }
-
-    pub(crate) fn get(&self, id: u32) -> Option<&Room> {
-        self.at(self.slot(id)?)
-    }
-
-    pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut Room> {
-        self.at_mut(self.slot(id)?, id)
-    }
-
-    /// The room in `slot`, if any.
-    #[inline]
-    pub(crate) fn at(&self, slot: u32) -> Option<&Room> {
-        self.by_slot.get(slot as usize)?.as_ref().map(|(_, r)| r)
-    }
-
-    /// The room in `slot` if it is room `id` (a member's slot is checked against the
-    /// frame's room, so that no bookkeeping slip could route a move to another room).
-    #[inline]
-    pub(crate) fn at_mut(&mut self, slot: u32, id: u32) -> Option<&mut Room> {
-        match self.by_slot.get_mut(slot as usize)? {
-            Some((at, r)) if *at == id => Some(r),
-            _ => None,
-        }
-    }
-
-    /// Starts loading the room in `slot` (its first two cache lines).
-    #[inline]
-    pub(crate) fn prefetch(&self, slot: u32) {
-        if let Some(r) = self.by_slot.get(slot as usize) {
-            let at = std::ptr::from_ref(r).cast::<u8>();
-            crate::members::prefetch(at);
-            crate::members::prefetch(at.wrapping_add(64));
-        }
-    }
-
-    /// Adds a room that does not exist; its slot.
-    fn insert(&mut self, id: u32, room: Room) -> u32 {
-        debug_assert!(!self.by_id.contains_key(&id));
-        let slot = if let Some(slot) = self.free.pop() {
-            self.by_slot[slot as usize] = Some((id, room));
-            slot
-        } else {
-            self.by_slot.push(Some((id, room)));
-            u32::try_from(self.by_slot.len() - 1).expect("fewer than 2^32 rooms")
-        };
-        self.by_id.insert(id, slot);
-        slot
-    }
-
-    pub(crate) fn remove(&mut self, id: u32) -> Option<Room> {
-        let slot = self.by_id.remove(&id)?;
-        self.free.push(slot);
-        self.by_slot[slot as usize].take().map(|(_, r)| r)
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Room)> {
-        self.by_slot.iter().flatten().map(|(id, r)| (*id, r))
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Room> {
-        self.iter().map(|(_, r)| r)
-    }
-
-    /// Keeps the rooms `keep` says to.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Room) -> bool) {
-        let gone: Vec<u32> = self
-            .iter()
-            .filter(|(_, r)| !keep(r))
-            .map(|(id, _)| id)
-            .collect();
-        for id in gone {
-            self.remove(id);
-        }
     }
 }
 
@@ -301,9 +201,9 @@ enum Wakes {
 /// The dispatcher, JavaScript-thread side.
 pub struct Core {
     pub(crate) cfg: Config,
-    pub(crate) rooms: Rooms,
+    pub(crate) rooms: Rooms<Room>,
     /// Every room's members, with their rate-limit buckets: what `dispatch` checks.
-    members: Members,
+    members: Members<Bucket>,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) outbox: Arc<Outbox>,
     stopper: Arc<Stopper>,
@@ -356,9 +256,6 @@ struct Lookahead {
 }
 
 impl Lookahead {
-    const FAR: usize = 8;
-    const NEAR: usize = 4;
-    const NEAREST: usize = 2;
     /// A shorter chunk holds too few frames for prefetching to pay (one-frame calls).
     const MIN_CHUNK: usize = 512;
 
@@ -370,14 +267,14 @@ impl Lookahead {
             near: cursor,
             nearest: cursor,
         };
-        for _ in 0..Self::FAR {
+        for _ in 0..FAR {
             a.far
                 .step(chunk, |h| core.members.prefetch(h.room, h.player));
         }
-        for _ in 0..Self::NEAR {
+        for _ in 0..NEAR {
             a.near.step(chunk, |_| {});
         }
-        for _ in 0..Self::NEAREST {
+        for _ in 0..NEAREST {
             a.nearest.step(chunk, |_| {});
         }
         a
@@ -644,7 +541,7 @@ impl Core {
         let Some(member) = member else {
             return Verdict::NotMember;
         };
-        let bucket = self.members.bucket(member);
+        let bucket = self.members.value(member);
         // Rate limit: one clock read per move, the rate limit's `now` is the dispatch stamp.
         let mut now = chunk_stamp;
         if let Some(rate) = room.rate {
@@ -954,7 +851,10 @@ impl Core {
         let Some(slot) = self.rooms.slot(room) else {
             return Status::UnknownRoom; // unreachable: an open room has a slot
         };
-        self.members.join(room, player, slot, Bucket::full(rate));
+        let (bucket, new) = self.members.join(room, player, slot);
+        if new {
+            *bucket = Bucket::full(rate);
+        }
         self.push_control(shard, Control::Join { room, player, key });
         Status::Ok
     }
@@ -2386,7 +2286,8 @@ mod tests {
 
     /// Rooms live in slots that members name: a forgotten room's slot serves the next room
     /// with no member of the old one reaching it, and a closed room kept for its pending
-    /// moves keeps its slot when reopened, its members gone until they join again.
+    /// moves keeps its slot when reopened, its members gone until they join again — in
+    /// `dispatch`'s table and in the worker's.
     #[test]
     fn room_slots_are_reused_without_stale_members() {
         let (mut c, _) = core(Config::default());
@@ -2423,12 +2324,15 @@ mod tests {
             "closing removed its members"
         );
         assert_eq!(c.join(3, 9, None), Status::Ok);
-        assert_eq!(send(&mut c, 3, 9, 4), Verdict::Accepted);
+        // Sequence 1 again: the worker forgot the closed room's members (their windows)
+        // too, or it would answer Replay.
+        assert_eq!(send(&mut c, 3, 9, 1), Verdict::Accepted);
         flush(&mut c, 2);
         let two = drained(&mut c, 2);
         assert_eq!((two.count, two.rooms), (1, vec![2]));
         let three = drained(&mut c, 3);
         assert_eq!((three.count, three.rooms), (2, vec![3]));
+        assert!(three.rejections.is_empty(), "{:?}", three.rejections);
         c.shutdown();
     }
 

@@ -123,6 +123,14 @@ impl Inbox {
         crate::members::prefetch(std::ptr::from_ref(&self.reserved).cast());
     }
 
+    /// Starts loading the lock and the lists' headers, which [`Inbox::push_frame`] reads.
+    #[inline]
+    pub(crate) fn prefetch_state(&self) {
+        let at = std::ptr::from_ref(&self.state).cast::<u8>();
+        crate::members::prefetch(at);
+        crate::members::prefetch(at.wrapping_add(64));
+    }
+
     /// Gives back a reservation that was never used (the move was refused after reserving).
     pub fn unreserve(&self, bytes: usize) {
         self.reserved.0.fetch_sub(bytes, Ordering::AcqRel);

@@ -1,12 +1,14 @@
-//! Room membership as `dispatch` checks it: one open-addressing table keyed by
-//! `(room, player)`, holding each member's rate-limit bucket.
+//! Room membership as `dispatch` and the shard workers check it: one open-addressing table
+//! keyed by `(room, player)` per side, holding what that side keeps per member (`dispatch`:
+//! the rate-limit bucket; a worker: the replay window and key), and the rooms in a slab.
 //!
-//! `dispatch` looks up every move's member. With thousands of rooms the lookup misses the
-//! cache, and a per-room map missed twice more (its control bytes, then its bucket). Here a
-//! member is one 32-byte slot of one table whose address follows from the key alone, and it
-//! names its room's slot in [`crate::core::Rooms`], so a `dispatchStream` call can prefetch
-//! the members of the frames ahead of the one it checks ([`Members::prefetch`]) and, once
-//! those slots have arrived, their rooms: the misses overlap instead of adding up.
+//! With thousands of rooms a lookup misses the cache, and a per-room map behind a map of
+//! rooms missed three or four times (the rooms map's control bytes and entry, the room's own
+//! map's). Here a member is one slot of one table whose address follows from the key alone,
+//! and it names its room's slot in a [`Rooms`] slab, so a batch (a `dispatchStream` chunk,
+//! a worker's arena) can prefetch the members of the frames ahead of the one it checks
+//! ([`Members::prefetch`]) and, once those slots have arrived, their rooms: the misses
+//! overlap instead of adding up.
 //!
 //! Linear probing, Fibonacci hashing of the key, at most half full, removal by backward
 //! shift (no tombstones). The table only grows on `join` (the control path); lookups and
@@ -18,39 +20,35 @@
 //! faults and changes no memory, whatever address it is given.
 #![allow(unsafe_code)]
 
-use crate::ratelimit::Bucket;
+use std::collections::HashMap;
 
-/// One member: the key, the bucket, and its room's slot in [`crate::core::Rooms`]. Two
-/// slots per cache line.
-#[derive(Debug, Clone, Copy)]
+use crate::IdHashBuilder;
+
+/// One member: the key, its room's slot in a [`Rooms`], and what the table's owner keeps
+/// per member (`dispatch`: the rate-limit bucket, 32-byte slots, two per cache line; a
+/// worker: the replay window and key, 64-byte slots).
+#[derive(Debug, Default)]
 #[repr(C, align(32))]
-struct Slot {
+struct Slot<V> {
     key: u64,
-    bucket: Bucket,
     room: u32,
     used: bool,
+    value: V,
 }
-
-const EMPTY: Slot = Slot {
-    key: 0,
-    bucket: Bucket::ZERO,
-    room: 0,
-    used: false,
-};
 
 /// Slots of a new table (a power of two).
 const FIRST_SLOTS: usize = 16;
 
-/// The members of every room of a dispatcher.
+/// The members of every room of a dispatcher (or of a shard), with a `V` each.
 #[derive(Debug)]
-pub(crate) struct Members {
-    slots: Box<[Slot]>,
+pub(crate) struct Members<V> {
+    slots: Box<[Slot<V>]>,
     /// `64 - log2(slots.len())`: the shift that turns a product into a slot index.
     shift: u32,
     len: usize,
 }
 
-impl Default for Members {
+impl<V: Default> Default for Members<V> {
     fn default() -> Self {
         Self::with_slots(FIRST_SLOTS)
     }
@@ -60,11 +58,11 @@ fn key(room: u32, player: u32) -> u64 {
     u64::from(room) | u64::from(player) << 32
 }
 
-impl Members {
+impl<V: Default> Members<V> {
     fn with_slots(n: usize) -> Self {
         debug_assert!(n.is_power_of_two() && n >= 2);
         Self {
-            slots: vec![EMPTY; n].into_boxed_slice(),
+            slots: (0..n).map(|_| Slot::default()).collect(),
             shift: 64 - n.trailing_zeros(),
             len: 0,
         }
@@ -107,66 +105,67 @@ impl Members {
         self.len
     }
 
-    /// Where `player`'s membership of `room` is, if it is a member ([`Members::bucket`],
+    /// Where `player`'s membership of `room` is, if it is a member ([`Members::value`],
     /// [`Members::room_slot`]); valid until the next `join` or `leave`.
     #[inline]
     pub(crate) fn lookup(&self, room: u32, player: u32) -> Option<Member> {
         self.find(key(room, player)).map(Member)
     }
 
-    /// The member's room slot in [`crate::core::Rooms`].
+    /// The member's room slot in its [`Rooms`].
     #[inline]
     pub(crate) fn room_slot(&self, m: Member) -> u32 {
         self.slots[m.0].room
     }
 
-    /// The member's rate-limit bucket.
+    /// What the owner keeps for the member.
     #[inline]
-    pub(crate) fn bucket(&mut self, m: Member) -> &mut Bucket {
-        &mut self.slots[m.0].bucket
+    pub(crate) fn value(&mut self, m: Member) -> &mut V {
+        &mut self.slots[m.0].value
     }
 
     /// Whether `player` is a member of `room`.
-    #[cfg(test)]
-    fn contains(&self, room: u32, player: u32) -> bool {
+    pub(crate) fn contains(&self, room: u32, player: u32) -> bool {
         self.find(key(room, player)).is_some()
     }
 
-    /// Adds `player` to `room` (whose slot in [`crate::core::Rooms`] is `room_slot`) with
-    /// `bucket`, or keeps the member's bucket if it is one (joining again cannot refill a
-    /// rate limit). May grow the table (allocates).
-    pub(crate) fn join(&mut self, room: u32, player: u32, room_slot: u32, bucket: Bucket) {
+    /// Adds `player` to `room` (whose slot in its [`Rooms`] is `room_slot`) with a default
+    /// value, or finds the member if it is one; its value, and whether it is new. May grow
+    /// the table (allocates).
+    pub(crate) fn join(&mut self, room: u32, player: u32, room_slot: u32) -> (&mut V, bool) {
         let k = key(room, player);
         if let Some(i) = self.find(k) {
             debug_assert_eq!(self.slots[i].room, room_slot, "a room keeps its slot");
-            return;
+            return (&mut self.slots[i].value, false);
         }
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        self.put(Slot {
+        let i = self.put(Slot {
             key: k,
-            bucket,
             room: room_slot,
             used: true,
+            value: V::default(),
         });
         self.len += 1;
+        (&mut self.slots[i].value, true)
     }
 
-    /// Puts a slot whose key is not in the table into its first free slot.
-    fn put(&mut self, slot: Slot) {
+    /// Puts a slot whose key is not in the table into its first free slot; where.
+    fn put(&mut self, slot: Slot<V>) -> usize {
         let mask = self.mask();
         let mut i = self.home(slot.key);
         while self.slots[i].used {
             i = (i + 1) & mask;
         }
         self.slots[i] = slot;
+        i
     }
 
     fn grow(&mut self) {
         let old = std::mem::replace(self, Self::with_slots(self.slots.len() * 2));
-        for s in old.slots.iter().filter(|s| s.used) {
-            self.put(*s);
+        for s in old.slots.into_vec().into_iter().filter(|s| s.used) {
+            self.put(s);
         }
         self.len = old.len;
     }
@@ -178,18 +177,19 @@ impl Members {
         };
         // Backward shift: every slot of the run after the hole that may live at the hole
         // (the hole lies between its home and where it is) moves there, leaving its own
-        // slot as the next hole, until the run ends.
+        // slot as the next hole, until the run ends. The removed member travels along
+        // (swaps) and is dropped at the end.
         let mask = self.mask();
         let mut j = (hole + 1) & mask;
         while self.slots[j].used {
             let origin = self.home(self.slots[j].key);
             if (j.wrapping_sub(origin) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots[hole] = self.slots[j];
+                self.slots.swap(hole, j);
                 hole = j;
             }
             j = (j + 1) & mask;
         }
-        self.slots[hole] = EMPTY;
+        self.slots[hole] = Slot::default();
         self.len -= 1;
         true
     }
@@ -204,6 +204,123 @@ impl Members {
 /// A member found by [`Members::lookup`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Member(usize);
+
+/// Rooms (of a dispatcher, or of a shard): by id (a map to slots) and by slot (where they
+/// live, so that [`Members`], which names each member's room by its slot, leads from a move
+/// to its room without a second hash lookup, and lets a batch prefetch it). A room keeps
+/// its slot while it exists; a forgotten room's slot is reused.
+pub(crate) struct Rooms<R> {
+    by_id: HashMap<u32, u32, IdHashBuilder>,
+    by_slot: Vec<Option<(u32, R)>>,
+    free: Vec<u32>,
+}
+
+impl<R> Default for Rooms<R> {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::default(),
+            by_slot: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<R> Rooms<R> {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn contains_key(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// The room's slot, if it exists.
+    pub(crate) fn slot(&self, id: u32) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    pub(crate) fn get(&self, id: u32) -> Option<&R> {
+        self.at(self.slot(id)?)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut R> {
+        self.at_mut(self.slot(id)?, id)
+    }
+
+    /// The room in `slot`, if any.
+    #[inline]
+    pub(crate) fn at(&self, slot: u32) -> Option<&R> {
+        self.by_slot.get(slot as usize)?.as_ref().map(|(_, r)| r)
+    }
+
+    /// The room in `slot` if it is room `id` (a member's slot is checked against the
+    /// frame's room, so that no bookkeeping slip could route a move to another room).
+    #[inline]
+    pub(crate) fn at_mut(&mut self, slot: u32, id: u32) -> Option<&mut R> {
+        match self.by_slot.get_mut(slot as usize)? {
+            Some((at, r)) if *at == id => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Starts loading the room in `slot` (its first two cache lines).
+    #[inline]
+    pub(crate) fn prefetch(&self, slot: u32) {
+        if let Some(r) = self.by_slot.get(slot as usize) {
+            let at = std::ptr::from_ref(r).cast::<u8>();
+            crate::members::prefetch(at);
+            crate::members::prefetch(at.wrapping_add(64));
+        }
+    }
+
+    /// Adds a room that does not exist; its slot.
+    pub(crate) fn insert(&mut self, id: u32, room: R) -> u32 {
+        debug_assert!(!self.by_id.contains_key(&id));
+        let slot = if let Some(slot) = self.free.pop() {
+            self.by_slot[slot as usize] = Some((id, room));
+            slot
+        } else {
+            self.by_slot.push(Some((id, room)));
+            u32::try_from(self.by_slot.len() - 1).expect("fewer than 2^32 rooms")
+        };
+        self.by_id.insert(id, slot);
+        slot
+    }
+
+    pub(crate) fn remove(&mut self, id: u32) -> Option<R> {
+        let slot = self.by_id.remove(&id)?;
+        self.free.push(slot);
+        self.by_slot[slot as usize].take().map(|(_, r)| r)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &R)> {
+        self.by_slot.iter().flatten().map(|(id, r)| (*id, r))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &R> {
+        self.iter().map(|(_, r)| r)
+    }
+
+    /// Keeps the rooms `keep` says to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&R) -> bool) {
+        let gone: Vec<u32> = self
+            .iter()
+            .filter(|(_, r)| !keep(r))
+            .map(|(id, _)| id)
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
+    }
+}
+
+/// How far ahead of the frame it checks a batch looks (in frames; `dispatchStream`'s
+/// chunk and a worker's arena alike): the member slot `FAR` ahead, the room `NEAR` ahead
+/// (its slot has arrived by then), the room's budget or inbox `NEAREST` ahead (the room
+/// has). Tried longer (12/6/3, 16/8/4): no faster.
+pub(crate) const FAR: usize = 8;
+pub(crate) const NEAR: usize = 4;
+pub(crate) const NEAREST: usize = 2;
 
 /// Asks the CPU to bring the cache line of `at` closer (a hint: nothing else happens).
 #[inline]
@@ -230,17 +347,19 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn bucket(tokens: f64) -> Bucket {
-        let mut b = Bucket::ZERO;
-        b.tokens = tokens;
-        b
+    /// Joins with `value` unless a member already (whose value is kept).
+    fn join(m: &mut Members<f64>, room: u32, player: u32, slot: u32, value: f64) {
+        let (v, new) = m.join(room, player, slot);
+        if new {
+            *v = value;
+        }
     }
 
     /// Random joins and leaves, checked against a `HashMap` after every step: membership,
-    /// buckets (kept on a second join), length, and the half-full bound.
+    /// values (kept on a second join), length, and the half-full bound.
     #[test]
     fn behaves_as_a_map_through_joins_leaves_and_growth() {
-        let mut m = Members::default();
+        let mut m = Members::<f64>::default();
         let mut want: HashMap<(u32, u32), f64> = HashMap::new();
         let mut x = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = || {
@@ -262,7 +381,7 @@ mod tests {
                 };
             if r & (1 << 41) == 0 || step < 20_000 {
                 let t = f64::from(step);
-                m.join(room, player, room, bucket(t));
+                join(&mut m, room, player, room, t);
                 want.entry((room, player)).or_insert(t);
             } else {
                 assert_eq!(
@@ -274,7 +393,7 @@ mod tests {
             assert!(m.len() * 2 <= m.slots.len());
             if step % 997 == 0 {
                 for (&(room, player), &t) in &want {
-                    let at = m.lookup(room, player).map(|x| m.bucket(x).tokens);
+                    let at = m.lookup(room, player).map(|x| *m.value(x));
                     assert_eq!(at, Some(t));
                 }
                 let full = m.slots.iter().filter(|s| s.used).count();
@@ -292,7 +411,7 @@ mod tests {
     /// A run that wraps around the end of the table survives removals from its middle.
     #[test]
     fn backward_shift_across_the_end_of_the_table() {
-        let mut m = Members::default();
+        let mut m = Members::<f64>::default();
         let last = m.slots.len() - 1;
         // Keys whose home is the last slot (found by search: the hash is fixed).
         let keys: Vec<(u32, u32)> = (0..u32::MAX)
@@ -301,11 +420,11 @@ mod tests {
             .take(4)
             .collect();
         for &(r, p) in &keys {
-            m.join(r, p, r, bucket(f64::from(p)));
+            join(&mut m, r, p, r, f64::from(p));
         }
         assert!(m.leave(keys[1].0, keys[1].1));
         for (r, p) in [keys[0], keys[2], keys[3]] {
-            let at = m.lookup(r, p).map(|x| m.bucket(x).tokens);
+            let at = m.lookup(r, p).map(|x| *m.value(x));
             assert_eq!(at, Some(f64::from(p)));
         }
         assert!(!m.contains(keys[1].0, keys[1].1));
@@ -313,17 +432,51 @@ mod tests {
 
     #[test]
     fn a_member_names_its_room_slot() {
-        let mut m = Members::default();
+        let mut m = Members::<f64>::default();
         m.prefetch(1, 2);
-        m.join(1, 2, 40, bucket(1.0));
-        m.join(1, 2, 40, bucket(9.0));
+        join(&mut m, 1, 2, 40, 1.0);
+        join(&mut m, 1, 2, 40, 9.0);
         let x = m.lookup(1, 2).expect("a member");
         assert_eq!(
-            (m.room_slot(x), m.bucket(x).tokens),
+            (m.room_slot(x), *m.value(x)),
             (40, 1.0),
-            "joining again keeps the bucket"
+            "joining again keeps the value"
         );
         assert!(m.lookup(2, 1).is_none());
+    }
+
+    /// A member's value is dropped when it leaves (a backward shift moves values, never
+    /// copies them), and every value when the table goes; growing keeps them all.
+    #[test]
+    fn values_are_moved_and_dropped_not_copied() {
+        use std::rc::Rc;
+        let alive = Rc::new(());
+        let mut m = Members::<Option<Rc<()>>>::default();
+        for p in 0..100 {
+            *m.join(5, p, 0).0 = Some(Rc::clone(&alive));
+        }
+        assert_eq!(Rc::strong_count(&alive), 101);
+        for p in (0..100).step_by(2) {
+            assert!(m.leave(5, p));
+        }
+        assert_eq!(Rc::strong_count(&alive), 51);
+        for p in (1..100).step_by(2) {
+            let x = m.lookup(5, p).expect("a member");
+            assert!(m.value(x).is_some());
+        }
+        drop(m);
+        assert_eq!(Rc::strong_count(&alive), 1);
+    }
+
+    /// The slot sizes the docs promise: `dispatch`'s 32 bytes (two per line), a worker's
+    /// 64 (its value: a replay window, 32 bytes aligned to 16, and a key pointer).
+    #[test]
+    fn slots_fill_cache_lines_exactly() {
+        #[expect(dead_code, reason = "only its layout matters")]
+        #[derive(Default)]
+        struct WorkerLike(crate::window::ReplayWindow, Option<Box<u8>>);
+        assert_eq!(std::mem::size_of::<Slot<crate::ratelimit::Bucket>>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<WorkerLike>>(), 64);
     }
 
     #[test]

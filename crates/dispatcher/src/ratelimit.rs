@@ -16,6 +16,12 @@ pub(crate) struct Bucket {
     at: u64,
 }
 
+impl Default for Bucket {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
 impl Bucket {
     /// No tokens, never refilled (a placeholder).
     pub(crate) const ZERO: Self = Self { tokens: 0.0, at: 0 };

@@ -31,7 +31,7 @@
 //! copied into preallocated room memory. Rejections push onto a vector whose capacity
 //! is kept; control operations and deliveries may allocate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,6 +43,7 @@ use crate::delivery::{Builder, Pool};
 use crate::frame;
 use crate::inbox::{Inbox, Rejection};
 use crate::latency::Recorder;
+use crate::members::{Members, Rooms, FAR, NEAR, NEAREST};
 use crate::outbox::Outbox;
 use crate::ratelimit::{Bucket, RateLimit};
 use crate::verdict::{Reason, Verdict};
@@ -358,6 +359,9 @@ impl Shared {
     }
 }
 
+/// A member of one of the shard's rooms, as the worker checks its moves (a value of
+/// [`Worker::members`]).
+#[derive(Default)]
 struct Player {
     key: Option<Box<PlayerKey>>,
     window: ReplayWindow,
@@ -367,8 +371,80 @@ struct Room {
     hmac: bool,
     push: bool,
     rate: Option<RateLimit>,
-    players: HashMap<u32, Player, IdHashBuilder>,
+    /// Its members (their entries are in [`Worker::members`]), for closing the room.
+    players: HashSet<u32, IdHashBuilder>,
     inbox: Arc<Inbox>,
+}
+
+/// Prefetches for the worker (see [`Members`]): cursors running ahead of the record it
+/// validates over the records already published — the member slot of the move `FAR`
+/// records ahead, the room of the move `NEAR` ahead (whose slot has arrived by then), the
+/// inbox of the move `NEAREST` ahead (whose room has). With thousands of rooms each of
+/// these misses the cache; ahead of time, the misses of consecutive moves overlap.
+#[derive(Default)]
+struct Ahead {
+    far: RingCursor,
+    near: RingCursor,
+    nearest: RingCursor,
+}
+
+impl Ahead {
+    /// Before the worker takes the record at the tail (and after [`Ahead::popped`]).
+    #[inline]
+    fn advance(&mut self, consumer: &Consumer, members: &Members<Player>, rooms: &Rooms<Room>) {
+        self.far
+            .fill(consumer, FAR, |h| members.prefetch(h.room, h.player));
+        self.near.fill(consumer, NEAR, |h| {
+            if let Some(m) = members.lookup(h.room, h.player) {
+                rooms.prefetch(members.room_slot(m));
+            }
+        });
+        self.nearest.fill(consumer, NEAREST, |h| {
+            let m = members.lookup(h.room, h.player);
+            if let Some(r) = m.and_then(|m| rooms.at(members.room_slot(m))) {
+                r.inbox.prefetch_state();
+            }
+        });
+    }
+
+    /// The record at the tail was taken.
+    #[inline]
+    fn popped(&mut self) {
+        for c in [&mut self.far, &mut self.near, &mut self.nearest] {
+            c.n = c.n.saturating_sub(1);
+        }
+    }
+}
+
+/// A position in the arena ahead of its tail, record by record.
+#[derive(Default, Clone, Copy)]
+struct RingCursor {
+    pos: usize,
+    /// Records between the tail and `pos`.
+    n: usize,
+}
+
+impl RingCursor {
+    /// Moves on until `want` records ahead of the tail (or at the last record seen
+    /// published), calling `f` with the header of each record it passes.
+    #[inline]
+    fn fill(&mut self, consumer: &Consumer, want: usize, mut f: impl FnMut(&frame::Header)) {
+        if self.pos < consumer.tail() {
+            // Fell behind (the tail passed it): start again from the tail.
+            self.pos = consumer.tail();
+            self.n = 0;
+        }
+        while self.n < want {
+            let Some((bytes, next)) = consumer.frame_at(self.pos) else {
+                return;
+            };
+            if let Ok(h) = frame::read_header(bytes) {
+                f(&h);
+            }
+            self.pos = next;
+            self.n += 1;
+        }
+    }
 }
 
 struct PendingFlush {
@@ -384,7 +460,11 @@ pub struct Worker {
     consumer: Consumer,
     outbox: Arc<Outbox>,
     policy: Policy,
-    rooms: HashMap<u32, Room, IdHashBuilder>,
+    rooms: Rooms<Room>,
+    /// The members of the shard's rooms, keyed by `(room, player)`.
+    members: Members<Player>,
+    /// Prefetches ahead of the record validated.
+    ahead: Ahead,
     /// Push rooms with moves not yet delivered.
     dirty: Vec<Arc<Inbox>>,
     flushes: Vec<PendingFlush>,
@@ -430,7 +510,9 @@ impl Worker {
                 batch_full: policy.batch_full.max(1),
                 ..policy
             },
-            rooms: HashMap::default(),
+            rooms: Rooms::default(),
+            members: Members::default(),
+            ahead: Ahead::default(),
             dirty: Vec::new(),
             flushes: Vec::new(),
             builder: Builder::new(),
@@ -603,6 +685,8 @@ impl Worker {
             // before that record is visible once the record is. One load alone, on either
             // side, lets a move overtake a control queued just before it.
             let control_before = self.shared.next_control.load(Ordering::Acquire);
+            self.ahead
+                .advance(&self.consumer, &self.members, &self.rooms);
             let took_move = match self.consumer.peek() {
                 Some(record) if record.seq < self.shared.next_control.load(Ordering::Acquire) => {
                     let stamp = record.stamp;
@@ -610,6 +694,7 @@ impl Worker {
                     let hot = HotPath::enter();
                     Self::validate(
                         &mut self.rooms,
+                        &mut self.members,
                         &mut self.dirty,
                         &self.shared,
                         record.frame,
@@ -622,6 +707,7 @@ impl Worker {
                     self.validated
                         .record(crate::clock::now_ns().saturating_sub(stamp));
                     self.consumer.pop();
+                    self.ahead.popped();
                     let n = self.shared.consumed.0.load(Ordering::Relaxed);
                     self.shared.consumed.0.store(n + 1, Ordering::Release);
                     true
@@ -651,7 +737,8 @@ impl Worker {
         reason = "disjoint borrows of the worker's fields, so that the frame can borrow the arena"
     )]
     fn validate(
-        rooms: &mut HashMap<u32, Room, IdHashBuilder>,
+        rooms: &mut Rooms<Room>,
+        members: &mut Members<Player>,
         dirty: &mut Vec<Arc<Inbox>>,
         shared: &Shared,
         bytes: &[u8],
@@ -664,18 +751,25 @@ impl Worker {
             debug_assert!(false, "the arena holds only checked frames");
             return;
         };
-        let Some(room) = rooms.get_mut(&h.room) else {
+        // A member names its room's slot: one hash lookup for both.
+        let member = members.lookup(h.room, h.player);
+        let slot = match member {
+            Some(m) => Some(members.room_slot(m)),
+            None => rooms.slot(h.room),
+        };
+        let Some(room) = slot.and_then(|slot| rooms.at_mut(slot, h.room)) else {
             debug_assert!(false, "a move arrived for a room its shard does not know");
             return;
         };
         let outcome = if failed {
             Err(Reason::ShardFailed)
         } else {
-            match room.players.get_mut(&h.player) {
+            match member {
                 // `dispatch` answers `NotMember` for non-members, in order with join and
                 // leave: kept as a second line of defence, it does not occur.
                 None => Err(Reason::UnknownPlayer),
-                Some(p) => {
+                Some(m) => {
+                    let p = members.value(m);
                     if !auth::verify(bytes, if room.hmac { p.key.as_deref() } else { None }) {
                         Err(Reason::BadTag)
                     } else if p.window.accept(h.seq).is_err() {
@@ -735,47 +829,36 @@ impl Worker {
                         mark_dirty(&mut self.dirty, &inbox);
                     }
                 }
-                let replaced = self.rooms.insert(
+                // Opening a room the shard has replaces it (members and all).
+                self.close_room(inbox.room());
+                self.rooms.insert(
                     inbox.room(),
                     Room {
                         hmac,
                         push,
                         rate,
-                        players: HashMap::default(),
+                        players: HashSet::default(),
                         inbox,
                     },
                 );
-                self.push_rooms -= usize::from(replaced.is_some_and(|r| r.push));
                 self.push_rooms += usize::from(push);
             }
             Control::Join { room, player, key } => {
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    match r.players.get_mut(&player) {
-                        Some(p) => p.key = key,
-                        None => {
-                            r.players.insert(
-                                player,
-                                Player {
-                                    key,
-                                    window: ReplayWindow::new(),
-                                },
-                            );
-                        }
+                if let Some(slot) = self.rooms.slot(room) {
+                    // Joining again replaces the key and keeps the window.
+                    self.members.join(room, player, slot).0.key = key;
+                    if let Some(r) = self.rooms.at_mut(slot, room) {
+                        r.players.insert(player);
                     }
                 }
             }
             Control::Leave { room, player } => {
-                if let Some(r) = self.rooms.get_mut(&room) {
+                if let Some(r) = self.rooms.get_mut(room) {
                     r.players.remove(&player);
+                    self.members.leave(room, player);
                 }
             }
-            Control::CloseRoom { room } => {
-                // Its pending moves stay in the inbox (and on the dirty list, for a push
-                // room) until delivered.
-                if self.rooms.remove(&room).is_some_and(|r| r.push) {
-                    self.push_rooms -= 1;
-                }
-            }
+            Control::CloseRoom { room } => self.close_room(room),
             Control::Flush { token } => {
                 let waits: Vec<(Arc<Inbox>, u64)> = self
                     .dirty
@@ -799,6 +882,17 @@ impl Worker {
             ),
             #[cfg(test)]
             Control::Stall(d) => std::thread::sleep(d),
+        }
+    }
+
+    /// Forgets `room` and its members, if the shard has it. Its pending moves stay in the
+    /// inbox (and on the dirty list, for a push room) until delivered.
+    fn close_room(&mut self, room: u32) {
+        if let Some(r) = self.rooms.remove(room) {
+            for &player in &r.players {
+                self.members.leave(room, player);
+            }
+            self.push_rooms -= usize::from(r.push);
         }
     }
 
@@ -1059,7 +1153,7 @@ impl Worker {
         if self.failed {
             return Verdict::Closed;
         }
-        let Some(room) = self.rooms.get_mut(&h.room) else {
+        let Some(room) = self.rooms.get_mut(h.room) else {
             return Verdict::UnknownRoom;
         };
         if h.is_hmac() != room.hmac {
@@ -1068,7 +1162,7 @@ impl Worker {
         if h.player != sender.player {
             return Verdict::WrongSender;
         }
-        if !room.players.contains_key(&h.player) {
+        if !self.members.contains(h.room, h.player) {
             return Verdict::NotMember;
         }
         if let Some(rate) = room.rate {
@@ -1088,6 +1182,7 @@ impl Worker {
         let hot = HotPath::enter();
         Self::validate(
             &mut self.rooms,
+            &mut self.members,
             &mut self.dirty,
             &self.shared,
             bytes,
@@ -1104,7 +1199,9 @@ impl Worker {
 }
 
 fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
-    if !inbox.dirty.swap(true, Ordering::Relaxed) {
+    // The load first: a room already listed (most moves of a busy room) costs no locked
+    // instruction.
+    if !inbox.dirty.load(Ordering::Relaxed) && !inbox.dirty.swap(true, Ordering::Relaxed) {
         dirty.push(Arc::clone(inbox));
     }
 }

@@ -1030,14 +1030,20 @@ impl Core {
         }
         let now = crate::clock::now_ns();
         let mut stamps = m.stamps();
+        // Rooms keep wait histograms only with a room overload mark: without one, no room
+        // is looked up (two likely cache misses per room with thousands of rooms).
+        let track_waits = self.cfg.overload_room_bytes > 0;
         for e in m.room_entries() {
             if e.moves > 0 {
                 self.batch_size.recorder.record(u64::from(e.moves));
             }
-            let mut waits = self
-                .rooms
-                .get_mut(e.room)
-                .and_then(|r| r.waits.as_deref_mut());
+            let mut waits = if track_waits {
+                self.rooms
+                    .get_mut(e.room)
+                    .and_then(|r| r.waits.as_deref_mut())
+            } else {
+                None
+            };
             for stamp in stamps.by_ref().take(e.moves as usize) {
                 let wait = now.saturating_sub(stamp);
                 self.delivered.recorder.record(wait);

@@ -833,6 +833,7 @@ impl Decoder {
     /// taken.
     fn buffer_payload(&mut self, input: &mut [u8]) -> Result<usize, Close> {
         let take = input.len().min(self.remaining as usize);
+        self.reserve_bounded(take);
         let chunk = &mut input[..take];
         unmask(chunk, self.mask);
         self.mask.rotate_left(take % 4);
@@ -843,6 +844,21 @@ impl Decoder {
             self.append(chunk)?;
         }
         Ok(take)
+    }
+
+    /// Makes room in `buf` for `extra` more bytes, growing its capacity as a vector does
+    /// (doubling) but never past what the limits let it hold — `max_message` plus one
+    /// control frame — unless the bytes themselves need more (they cannot: headers are
+    /// checked against the limits first). Plain doubling could leave a buffer of a
+    /// message split across reads at almost twice the limit.
+    fn reserve_bounded(&mut self, extra: usize) {
+        let need = self.buf.len() + extra;
+        if need <= self.buf.capacity() {
+            return;
+        }
+        let limit = (self.max_message as usize + MAX_CONTROL_PAYLOAD).max(need);
+        let target = (self.buf.capacity() * 2).max(need).min(limit);
+        self.buf.reserve_exact(target - self.buf.len());
     }
 
     /// Appends message bytes, checking text as it goes: fails as soon as the bytes cannot
@@ -1602,6 +1618,47 @@ mod tests {
         assert_eq!(dec.feed(&mut first, &mut |_| panic!()), Ok(100));
         // 8 header bytes, 92 of payload.
         assert!(!dec.is_idle() && dec.buffered() >= 92);
+    }
+
+    /// A message or control frame split across reads never leaves the buffer's capacity
+    /// past `max_message` plus one control frame (a vector's doubling did: 85 bytes of a
+    /// ping, then 2 more, gave 170 with a 1-byte message limit — found by `fuzz/ws`).
+    #[test]
+    fn buffer_capacity_stays_within_the_limits() {
+        let ping = frame(true, OP_PING, &bytes(112), K);
+        let mut dec = Decoder::new(1, false);
+        let (head, tail) = ping.split_at(91);
+        assert_eq!(dec.feed(&mut head.to_vec(), &mut |_| panic!()), Ok(91));
+        assert_eq!(dec.feed(&mut tail[..2].to_vec(), &mut |_| panic!()), Ok(2));
+        assert!(
+            dec.buffered() <= 1 + MAX_CONTROL_PAYLOAD,
+            "{}",
+            dec.buffered()
+        );
+        for max in [1, 125, 126, 1024, 65_536] {
+            // A fragmented message at the limit, fed in uneven reads, with a ping between
+            // its fragments split too.
+            let body = bytes(max);
+            let mut wire = frame(false, OP_BINARY, &body[..max / 2], K);
+            wire.extend(frame(true, OP_PING, &bytes(125), K));
+            wire.extend(frame(true, OP_CONTINUATION, &body[max / 2..], K));
+            for step in [1, 7, 61, 600, 5_000] {
+                let mut dec = Decoder::new(max, false);
+                let mut messages = 0;
+                for chunk in wire.chunks(step) {
+                    dec.feed(&mut chunk.to_vec(), &mut |e| {
+                        messages += usize::from(matches!(e, Event::Binary(_)));
+                    })
+                    .expect("a valid stream");
+                    let cap = dec.buffered();
+                    assert!(
+                        cap <= max + MAX_CONTROL_PAYLOAD,
+                        "max {max} step {step}: {cap}"
+                    );
+                }
+                assert_eq!(messages, 1, "max {max} step {step}");
+            }
+        }
     }
 
     #[test]

@@ -290,13 +290,11 @@ impl Lookahead {
         self.far
             .step(chunk, |h| core.members.prefetch(h.room, h.player));
         self.near.step(chunk, |h| {
-            if let Some(m) = core.members.lookup(h.room, h.player) {
-                core.rooms.prefetch(core.members.room_slot(m));
-            }
+            core.rooms
+                .prefetch_of_member(&core.members, h.room, h.player);
         });
         self.nearest.step(chunk, |h| {
-            let m = core.members.lookup(h.room, h.player);
-            if let Some(r) = m.and_then(|m| core.rooms.at(core.members.room_slot(m))) {
+            if let Some(r) = core.rooms.of_member(&core.members, h.room, h.player) {
                 r.inbox.prefetch_budget();
             }
         });
@@ -519,10 +517,7 @@ impl Core {
         // A member leads to its room by slot, with no second hash lookup (and only members
         // of open rooms are listed); anyone else is looked up by room id, for the verdict.
         let member = self.members.lookup(h.room, h.player);
-        let room = match member {
-            Some(m) => self.rooms.at_mut(self.members.room_slot(m), h.room),
-            None => self.rooms.get_mut(h.room),
-        };
+        let room = self.rooms.of_move(&self.members, member, h.room);
         let Some(room) = room.filter(|r| r.open) else {
             return self.unknown_room(h.room);
         };
@@ -797,7 +792,7 @@ impl Core {
                         // A room forgotten while overloaded comes back overloaded: its
                         // recovery is still to be reported, once.
                         overloaded: self.overloaded_rooms.iter().any(|e| e.0 == room),
-                        waits: (self.cfg.overload_room_bytes > 0).then(Box::default),
+                        waits: self.rooms_keep_waits().then(Box::default),
                         players: HashSet::default(),
                         rate,
                         inbox: Arc::clone(&inbox),
@@ -1022,6 +1017,12 @@ impl Core {
     /// Counts a delivery handed to JavaScript and records its latencies (from each move's
     /// dispatch stamp to now, overall and per room for overload events) and the size of
     /// each room's batch.
+    /// Whether rooms keep a histogram of their moves' waits: only with a room overload
+    /// mark, which is all that reads them.
+    fn rooms_keep_waits(&self) -> bool {
+        self.cfg.overload_room_bytes > 0
+    }
+
     fn count_delivery(&mut self, m: &Moves) {
         self.counters.delivered += u64::from(m.moves());
         self.counters.batches += u64::from(m.rooms());
@@ -1030,9 +1031,9 @@ impl Core {
         }
         let now = crate::clock::now_ns();
         let mut stamps = m.stamps();
-        // Rooms keep wait histograms only with a room overload mark: without one, no room
-        // is looked up (two likely cache misses per room with thousands of rooms).
-        let track_waits = self.cfg.overload_room_bytes > 0;
+        // Without wait histograms no room is looked up (two likely cache misses per room
+        // with thousands of rooms).
+        let track_waits = self.rooms_keep_waits();
         for e in m.room_entries() {
             if e.moves > 0 {
                 self.batch_size.recorder.record(u64::from(e.moves));

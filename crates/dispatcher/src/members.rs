@@ -114,7 +114,7 @@ impl<V: Default> Members<V> {
 
     /// The member's room slot in its [`Rooms`].
     #[inline]
-    pub(crate) fn room_slot(&self, m: Member) -> u32 {
+    fn room_slot(&self, m: Member) -> u32 {
         self.slots[m.0].room
     }
 
@@ -260,6 +260,47 @@ impl<R> Rooms<R> {
         match self.by_slot.get_mut(slot as usize)? {
             Some((at, r)) if *at == id => Some(r),
             _ => None,
+        }
+    }
+
+    /// The room of a move of `player` in room `id`: by the slot its membership `m` names
+    /// (one hash lookup for both; the slot is checked against `id`), or by id for a
+    /// non-member.
+    #[inline]
+    pub(crate) fn of_move<V: Default>(
+        &mut self,
+        members: &Members<V>,
+        m: Option<Member>,
+        id: u32,
+    ) -> Option<&mut R> {
+        match m {
+            Some(m) => self.at_mut(members.room_slot(m), id),
+            None => self.get_mut(id),
+        }
+    }
+
+    /// The room of member `(room, player)` by its slot, for a batch looking ahead (a hint:
+    /// the slot is not checked against the id).
+    #[inline]
+    pub(crate) fn of_member<V: Default>(
+        &self,
+        members: &Members<V>,
+        room: u32,
+        player: u32,
+    ) -> Option<&R> {
+        self.at(members.room_slot(members.lookup(room, player)?))
+    }
+
+    /// Starts loading the room of member `(room, player)`, if it is one.
+    #[inline]
+    pub(crate) fn prefetch_of_member<V: Default>(
+        &self,
+        members: &Members<V>,
+        room: u32,
+        player: u32,
+    ) {
+        if let Some(m) = members.lookup(room, player) {
+            self.prefetch(members.room_slot(m));
         }
     }
 

@@ -395,13 +395,10 @@ impl Ahead {
         self.far
             .fill(consumer, FAR, |h| members.prefetch(h.room, h.player));
         self.near.fill(consumer, NEAR, |h| {
-            if let Some(m) = members.lookup(h.room, h.player) {
-                rooms.prefetch(members.room_slot(m));
-            }
+            rooms.prefetch_of_member(members, h.room, h.player);
         });
         self.nearest.fill(consumer, NEAREST, |h| {
-            let m = members.lookup(h.room, h.player);
-            if let Some(r) = m.and_then(|m| rooms.at(members.room_slot(m))) {
+            if let Some(r) = rooms.of_member(members, h.room, h.player) {
                 r.inbox.prefetch_state();
             }
         });
@@ -751,13 +748,8 @@ impl Worker {
             debug_assert!(false, "the arena holds only checked frames");
             return;
         };
-        // A member names its room's slot: one hash lookup for both.
         let member = members.lookup(h.room, h.player);
-        let slot = match member {
-            Some(m) => Some(members.room_slot(m)),
-            None => rooms.slot(h.room),
-        };
-        let Some(room) = slot.and_then(|slot| rooms.at_mut(slot, h.room)) else {
+        let Some(room) = rooms.of_move(members, member, h.room) else {
             debug_assert!(false, "a move arrived for a room its shard does not know");
             return;
         };

@@ -482,6 +482,8 @@ pub struct Worker {
     scratch_tokens: Vec<u64>,
     /// Dispatch → validated, nanoseconds.
     validated: Recorder,
+    /// Stamps of moves validated but not yet recorded in `validated` ([`Worker::note_validated`]).
+    unrecorded: Unrecorded,
     /// Open push rooms: a shard with any never naps ([`Policy::nap_ns`]).
     push_rooms: usize,
 }
@@ -521,6 +523,7 @@ impl Worker {
             held_since: 0,
             scratch_tokens: Vec::new(),
             validated,
+            unrecorded: Unrecorded::default(),
             push_rooms: 0,
         }
     }
@@ -701,8 +704,7 @@ impl Worker {
                         &mut self.full,
                     );
                     drop(hot);
-                    self.validated
-                        .record(crate::clock::now_ns().saturating_sub(stamp));
+                    self.note_validated(stamp);
                     self.consumer.pop();
                     self.ahead.popped();
                     let n = self.shared.consumed.0.load(Ordering::Relaxed);
@@ -726,7 +728,35 @@ impl Worker {
                 self.deliver();
             }
         }
+        self.record_validated();
         done
+    }
+
+    /// Notes that the move stamped `stamp` was validated: its wait is recorded with the next
+    /// [`UNRECORDED`] moves', after one clock read for them all. A per-move read was ~5 % of
+    /// a busy worker (perf, 1 M moves/s); each wait is now measured up to the end of the
+    /// last of those moves (a few µs at most), so it may read longer, never shorter.
+    #[inline]
+    fn note_validated(&mut self, stamp: u64) {
+        let u = &mut self.unrecorded;
+        u.stamps[u.len] = stamp;
+        u.len += 1;
+        if u.len == UNRECORDED {
+            self.record_validated();
+        }
+    }
+
+    /// Records the waits [`Worker::note_validated`] holds, with one clock read.
+    fn record_validated(&mut self) {
+        let u = &mut self.unrecorded;
+        if u.len == 0 {
+            return;
+        }
+        let now = crate::clock::now_ns();
+        for &stamp in &u.stamps[..u.len] {
+            self.validated.record(now.saturating_sub(stamp));
+        }
+        u.len = 0;
     }
 
     #[expect(
@@ -852,6 +882,8 @@ impl Worker {
             }
             Control::CloseRoom { room } => self.close_room(room),
             Control::Flush { token } => {
+                // What the flush answers for is counted before it is answered.
+                self.record_validated();
                 let waits: Vec<(Arc<Inbox>, u64)> = self
                     .dirty
                     .iter()
@@ -929,6 +961,7 @@ impl Worker {
     /// previous one is still out with JavaScript; then answers the flushes whose rooms have
     /// all been delivered since.
     fn deliver(&mut self) {
+        self.record_validated();
         self.full = false;
         self.delivered_at = crate::clock::now_ns();
         self.shared.kick.store(false, Ordering::Release);
@@ -1188,6 +1221,16 @@ impl Worker {
             .record(crate::clock::now_ns().saturating_sub(stamp));
         Verdict::Accepted
     }
+}
+
+/// Moves whose dispatch → validated waits share one clock read ([`Worker::note_validated`]).
+const UNRECORDED: usize = 16;
+
+/// Stamps of validated moves whose waits are not recorded yet.
+#[derive(Default)]
+struct Unrecorded {
+    stamps: [u64; UNRECORDED],
+    len: usize,
 }
 
 fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {

@@ -296,6 +296,11 @@ pub struct Record<'a> {
 }
 
 impl Consumer {
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
     /// A [`Watch`] on this ring.
     pub fn watch(&self) -> Watch {
         Watch {

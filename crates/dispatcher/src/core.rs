@@ -1761,6 +1761,102 @@ mod tests {
         assert!(got.contains(&Delivery::Flushed { token: 2 }));
     }
 
+    /// Push rooms' moves wait in the worker's staging, not in their inboxes, until a
+    /// delivery places them: each room's moves stay in dispatch order and together, across
+    /// a delivery held out by JavaScript, rejections, and a room closed and reopened while
+    /// its moves waited (they move to its inbox and go out first).
+    #[test]
+    fn push_rooms_keep_order_across_held_deliveries_and_reopen() {
+        let (mut c, _) = core(Config::default());
+        for room in 1..=3 {
+            assert_eq!(c.open_room(room, false, true, None), Status::Ok);
+            assert_eq!(c.join(room, 1, None), Status::Ok);
+        }
+        let send = |c: &mut Core, room: u32, seq: u32| {
+            assert_eq!(
+                c.dispatch(&frame(room, 1, seq, &[seq as u8; 3], None), None),
+                Verdict::Accepted
+            );
+        };
+        let mut got = Vec::new();
+        for seq in 1..=3 {
+            for room in 1..=3 {
+                send(&mut c, room, seq);
+            }
+        }
+        // Hold the first delivery: what follows waits for its release.
+        let mut held = false;
+        for _ in 0..5_000 {
+            let news = c.poll();
+            held |= news.iter().any(|d| matches!(d, Delivery::Moves(_)));
+            got.extend(news);
+            if held {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(held);
+        for seq in 4..=6 {
+            for room in 1..=3 {
+                send(&mut c, room, seq);
+            }
+        }
+        let mut forged = frame(2, 1, 9, b"x", None);
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(c.dispatch(&forged, None), Verdict::Accepted);
+        wait_for_empty_queue(&c);
+        assert_eq!(c.close_room(1), Status::Ok);
+        assert_eq!(c.open_room(1, false, true, None), Status::Ok);
+        assert_eq!(c.join(1, 1, None), Status::Ok);
+        send(&mut c, 1, 7);
+        send(&mut c, 3, 7);
+        wait_for_empty_queue(&c);
+        release_all(&mut c, &got);
+        got.extend(flush(&mut c, 1));
+
+        let mut seqs: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+        let mut rejected = Vec::new();
+        for d in &got {
+            let Delivery::Moves(m) = d else { continue };
+            let mut seen = HashSet::new();
+            for e in m.room_entries() {
+                assert!(seen.insert(e.room), "room {} twice in one delivery", e.room);
+                let frames = m.frames(&e);
+                let mut at = 0;
+                let mut n = 0;
+                while at < frames.len() {
+                    let h = frame::read_header(&frames[at..]).unwrap();
+                    assert_eq!(h.room, e.room);
+                    assert_eq!(
+                        frames[at + h.frame_len() - 33],
+                        h.seq as u8,
+                        "payload of seq {}",
+                        h.seq
+                    );
+                    seqs.entry(e.room).or_default().push(h.seq);
+                    at += h.frame_len();
+                    n += 1;
+                }
+                assert_eq!(n, e.moves);
+            }
+            assert_eq!(m.stamps().count(), m.moves() as usize);
+            assert!(m.stamps().all(|s| s > 0), "every placed move has its stamp");
+            rejected.extend(m.rejection_entries().map(|r| (r.room, r.seq, r.reason)));
+        }
+        assert_eq!(seqs[&1], (1..=7).collect::<Vec<_>>());
+        assert_eq!(seqs[&2], (1..=6).collect::<Vec<_>>());
+        assert_eq!(seqs[&3], (1..=7).collect::<Vec<_>>());
+        assert_eq!(rejected, vec![(2, 9, Reason::BadTag)]);
+        for room in 1..=3 {
+            assert_eq!(
+                c.rooms.get(room).unwrap().inbox.reserved(),
+                0,
+                "room {room}'s budget given back"
+            );
+        }
+        c.shutdown();
+    }
+
     #[test]
     fn hmac_rooms_check_keys() {
         let (mut c, _) = core(Config::default());

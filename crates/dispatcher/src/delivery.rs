@@ -222,6 +222,65 @@ impl Builder {
         self.stamps.extend_from_slice(stamps);
     }
 
+    /// Adds one room like [`Builder::push_room`], followed by room for `later_moves` more of
+    /// its frames (`later_bytes` in all) that the caller places with [`Builder::place`]:
+    /// the room's frames that waited in its inbox go first, then these. Returns where they
+    /// go: the byte offset of the first and the index of its stamp.
+    ///
+    /// Until every reserved frame is placed, the room holds zeros there (a worker only
+    /// reserves what it places).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the room's inbox part and its later part, as the inbox hands them over"
+    )]
+    pub fn push_room_reserving(
+        &mut self,
+        room: u32,
+        frames: &[u8],
+        moves: u32,
+        stamps: &[u64],
+        rejections: &[Rejection],
+        later_moves: u32,
+        later_bytes: usize,
+    ) -> Placement {
+        self.push_room(room, frames, moves, stamps, rejections);
+        let placement = Placement {
+            frame: self.buf.len(),
+            stamp: self.stamps.len(),
+        };
+        if later_moves > 0 {
+            self.buf.resize(self.buf.len() + later_bytes, 0);
+            self.stamps
+                .resize(self.stamps.len() + later_moves as usize, 0);
+            if let Some(entry) = self.rooms.last_mut() {
+                entry[2] = u32_of(frames.len() + later_bytes);
+                entry[3] = moves + later_moves;
+            }
+        }
+        placement
+    }
+
+    /// Writes one frame reserved by [`Builder::push_room_reserving`] at `at` and moves `at`
+    /// past it. A frame that would not fit where it was reserved is not written (`false`):
+    /// the caller's bookkeeping is wrong, and a delivery is never written out of place.
+    #[inline]
+    pub fn place(&mut self, at: &mut Placement, frame: &[u8], stamp: u64) -> bool {
+        let end = at.frame + frame.len();
+        match (
+            self.buf.get_mut(at.frame..end),
+            self.stamps.get_mut(at.stamp),
+        ) {
+            (Some(dst), Some(s)) => {
+                dst.copy_from_slice(frame);
+                *s = stamp;
+                at.frame = end;
+                at.stamp += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The delivery built since [`Builder::start`], for `shard` (`None`: a drain). The
     /// builder is empty afterwards.
     pub fn finish(&mut self, shard: Option<u32>) -> Moves {
@@ -274,6 +333,15 @@ impl Builder {
         self.stamps.clear();
         std::mem::take(&mut self.buf)
     }
+}
+
+/// Where the next frame reserved by [`Builder::push_room_reserving`] goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Byte offset in the delivery.
+    pub frame: usize,
+    /// Index in the stamps.
+    pub stamp: usize,
 }
 
 /// Delivery buffers that JavaScript is done with, for the next deliveries to reuse (their

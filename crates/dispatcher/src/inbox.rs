@@ -1,5 +1,7 @@
-//! A room's inbox: where the shard worker puts the room's validated moves and rejections
-//! until they are taken into a delivery ([`crate::delivery`]).
+//! A room's inbox: where the shard worker puts the room's rejections, and a pull room's
+//! validated moves, until they are taken into a delivery ([`crate::delivery`]). A push
+//! room's moves wait in the worker's staging instead, and join the room's inbox contents
+//! when the delivery is built ([`Inbox::take_reserving`]).
 //!
 //! JavaScript never sees inbox memory: a delivery copies the room's frames out (under the
 //! inbox lock), and the inbox is reusable at once. The worker appends; drains (on the
@@ -19,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::delivery::Builder;
+use crate::delivery::{Builder, Placement};
 use crate::verdict::Reason;
 
 /// An accepted move that failed validation.
@@ -189,6 +191,39 @@ impl Inbox {
             .0
             .fetch_sub(std::mem::take(&mut s.cost), Ordering::AcqRel);
         true
+    }
+
+    /// Worker, for a push room: like [`Inbox::take_into`], and also reserves room after
+    /// the inbox's frames for `later_moves` frames (`later_bytes` in all) that the worker
+    /// kept outside the inbox since the last take, whose budget it gives back here too.
+    /// `None` (nothing added) when nothing waits in either.
+    pub fn take_reserving(
+        &self,
+        out: &mut Builder,
+        later_moves: u32,
+        later_bytes: usize,
+    ) -> Option<Placement> {
+        let mut s = self.lock();
+        if s.count == 0 && s.rejections.is_empty() && later_moves == 0 {
+            return None;
+        }
+        let at = out.push_room_reserving(
+            self.room,
+            &s.frames,
+            s.count,
+            &s.stamps,
+            &s.rejections,
+            later_moves,
+            later_bytes,
+        );
+        s.frames.clear();
+        s.stamps.clear();
+        s.rejections.clear();
+        s.count = 0;
+        s.generation += 1;
+        let cost = std::mem::take(&mut s.cost) + later_bytes;
+        self.reserved.0.fetch_sub(cost, Ordering::AcqRel);
+        Some(at)
     }
 
     /// Takes so far.

@@ -2,7 +2,8 @@
 //!
 //! The worker takes moves from the arena and control operations from the control queue
 //! in one order (their sequence numbers), validates each move (session, tag in constant
-//! time, replay window), appends it to its room's inbox or records a rejection, and
+//! time, replay window), stages it (a push room's: [`Staging`]) or appends it to its room's
+//! inbox (a pull room's), or records a rejection in the inbox, and
 //! delivers its push rooms — all of them in one delivery ([`crate::delivery`]) — when its
 //! queue runs dry or a room's batch is full. At most one push delivery of a shard is out
 //! with JavaScript: the next waits until it is released ([`Shared::out`]).
@@ -28,9 +29,11 @@
 //!
 //! # Allocation
 //! Validating a move allocates nothing: the frame is read in place from the arena and
-//! copied into preallocated room memory. Rejections push onto a vector whose capacity
-//! is kept; control operations and deliveries may allocate.
+//! copied into preallocated memory (the staging, sized like the arena; a pull room's
+//! inbox). Rejections push onto a vector whose capacity is kept; control operations and
+//! deliveries may allocate.
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,7 +42,7 @@ use std::time::Duration;
 use crate::alloc::HotPath;
 use crate::arena::Consumer;
 use crate::auth::{self, PlayerKey};
-use crate::delivery::{Builder, Pool};
+use crate::delivery::{Builder, Placement, Pool};
 use crate::frame;
 use crate::inbox::{Inbox, Rejection};
 use crate::latency::Recorder;
@@ -374,6 +377,55 @@ struct Room {
     /// Its members (their entries are in [`Worker::members`]), for closing the room.
     players: HashSet<u32, IdHashBuilder>,
     inbox: Arc<Inbox>,
+    /// Its slot in [`Worker::rooms`].
+    slot: u32,
+    /// A push room's entry on [`Worker::dirty`], or [`NOT_LISTED`]. A cell: the worker
+    /// lists a room while it holds it shared (it reaches it through its member).
+    listed: Cell<u32>,
+}
+
+/// [`Room::listed`] of a room not on the dirty list.
+const NOT_LISTED: u32 = u32::MAX;
+/// [`Dirty::slot`] once its room is closed or replaced.
+const NO_SLOT: u32 = u32::MAX;
+/// [`Staged::entry`] of a move taken out of the staging ([`Worker::unstage`]).
+const UNSTAGED: u32 = u32::MAX;
+
+/// A push room with something to deliver, on the worker's dirty list until the next
+/// delivery is built.
+struct Dirty {
+    inbox: Arc<Inbox>,
+    /// The room's slot while it is open (its [`Room::listed`] names this entry), else
+    /// [`NO_SLOT`].
+    slot: u32,
+    /// Its moves in [`Worker::staging`], and their bytes.
+    staged_moves: u32,
+    staged_bytes: usize,
+    /// Where its staged frames go in the delivery being built.
+    at: Placement,
+}
+
+/// Validated moves of push rooms since the last delivery built, in validation order.
+///
+/// A push room's accepted move is copied here, next to the one before it, not into its
+/// room's inbox: with thousands of rooms an inbox is a lock and two or three cache lines
+/// nowhere near the previous move's, per move. The delivery then places each staged frame
+/// in its room's run ([`Builder::push_room_reserving`]): still one copy to the delivery,
+/// now from memory the worker just wrote. The inbox keeps rejections, the moves of pull
+/// rooms, and the staged moves of a room closed before its delivery ([`Worker::unstage`]).
+#[derive(Default)]
+struct Staging {
+    bytes: Vec<u8>,
+    moves: Vec<Staged>,
+}
+
+/// One staged move: its entry on the dirty list, its frame's length (the frames are back to
+/// back in [`Staging::bytes`]) and its dispatch stamp.
+#[derive(Clone, Copy)]
+struct Staged {
+    entry: u32,
+    len: u32,
+    stamp: u64,
 }
 
 /// Prefetches for the worker (see [`Members`]): cursors running ahead of the record it
@@ -398,7 +450,11 @@ impl Ahead {
             rooms.prefetch_of_member(members, h.room, h.player);
         });
         self.nearest.fill(consumer, NEAREST, |h| {
-            if let Some(r) = rooms.of_member(members, h.room, h.player) {
+            // A push room's move goes to the staging, which is in cache.
+            if let Some(r) = rooms
+                .of_member(members, h.room, h.player)
+                .filter(|r| !r.push)
+            {
                 r.inbox.prefetch_state();
             }
         });
@@ -444,9 +500,12 @@ impl RingCursor {
     }
 }
 
+/// A flush that waits for the push rooms listed when it arrived: every listed room goes
+/// into the next delivery built, so it is answered after that one.
 struct PendingFlush {
     token: u64,
-    waits: Vec<(Arc<Inbox>, u64)>,
+    /// [`Worker::builds`] when it arrived.
+    after: u64,
 }
 
 /// The worker of one shard.
@@ -462,8 +521,11 @@ pub struct Worker {
     members: Members<Player>,
     /// Prefetches ahead of the record validated.
     ahead: Ahead,
-    /// Push rooms with moves not yet delivered.
-    dirty: Vec<Arc<Inbox>>,
+    /// Push rooms with moves or rejections not yet delivered, in the order they got them.
+    dirty: Vec<Dirty>,
+    staging: Staging,
+    /// Deliveries built so far.
+    builds: u64,
     flushes: Vec<PendingFlush>,
     /// Builds the push deliveries; its buffers come from, and return to, `pool`.
     builder: Builder,
@@ -500,6 +562,7 @@ impl Worker {
         policy: Policy,
         validated: Recorder,
     ) -> Self {
+        let arena = consumer.capacity();
         Self {
             index,
             shared,
@@ -513,6 +576,13 @@ impl Worker {
             members: Members::default(),
             ahead: Ahead::default(),
             dirty: Vec::new(),
+            // Sized like the arena: what a delivery held out by JavaScript lets accumulate
+            // without growing on the hot path (more only once moves pile up beyond it).
+            staging: Staging {
+                bytes: Vec::with_capacity(arena),
+                moves: Vec::with_capacity(arena / 64),
+            },
+            builds: 0,
             flushes: Vec::new(),
             builder: Builder::new(),
             pool,
@@ -696,6 +766,7 @@ impl Worker {
                         &mut self.rooms,
                         &mut self.members,
                         &mut self.dirty,
+                        &mut self.staging,
                         &self.shared,
                         record.frame,
                         stamp,
@@ -766,7 +837,8 @@ impl Worker {
     fn validate(
         rooms: &mut Rooms<Room>,
         members: &mut Members<Player>,
-        dirty: &mut Vec<Arc<Inbox>>,
+        dirty: &mut Vec<Dirty>,
+        staging: &mut Staging,
         shared: &Shared,
         bytes: &[u8],
         stamp: u64,
@@ -803,15 +875,27 @@ impl Worker {
             }
         };
         match outcome {
-            Ok(()) => {
-                // `full` only when a delivery can go now: while one is out, every following
-                // move would trigger a pointless delivery pass.
-                if room.inbox.push_frame(bytes, stamp, batch_full)
-                    && room.push
-                    && !shared.out.load(Ordering::Relaxed)
-                {
-                    *full = true;
+            Ok(()) if room.push => {
+                let entry = list(dirty, room);
+                staging.bytes.extend_from_slice(bytes);
+                staging.moves.push(Staged {
+                    entry,
+                    len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                    stamp,
+                });
+                if let Some(d) = dirty.get_mut(entry as usize) {
+                    d.staged_moves += 1;
+                    d.staged_bytes += bytes.len();
+                    // `full` only when a delivery can go now: while one is out, every
+                    // following move would trigger a pointless delivery pass.
+                    if d.staged_moves >= batch_full && !shared.out.load(Ordering::Relaxed) {
+                        *full = true;
+                    }
                 }
+            }
+            Ok(()) => {
+                // A pull room: `drain` takes it from the inbox, on the JavaScript thread.
+                room.inbox.push_frame(bytes, stamp, batch_full);
             }
             Err(reason) => {
                 shared.reasons[reason as usize].fetch_add(1, Ordering::Relaxed);
@@ -824,10 +908,10 @@ impl Worker {
                     },
                     bytes.len(),
                 );
+                if room.push {
+                    list(dirty, room);
+                }
             }
-        }
-        if room.push {
-            mark_dirty(dirty, &room.inbox);
         }
     }
 
@@ -847,22 +931,44 @@ impl Worker {
                     if self.dirty.capacity() < want {
                         self.dirty.reserve(want - self.dirty.len());
                     }
-                    if inbox.has_pending() {
-                        mark_dirty(&mut self.dirty, &inbox);
-                    }
                 }
                 // Opening a room the shard has replaces it (members and all).
                 self.close_room(inbox.room());
-                self.rooms.insert(
-                    inbox.room(),
+                let id = inbox.room();
+                let slot = self.rooms.insert(
+                    id,
                     Room {
                         hmac,
                         push,
                         rate,
                         players: HashSet::default(),
-                        inbox,
+                        inbox: Arc::clone(&inbox),
+                        slot: 0,
+                        listed: Cell::new(NOT_LISTED),
                     },
                 );
+                if let Some(r) = self.rooms.at_mut(slot, id) {
+                    r.slot = slot;
+                    if push {
+                        // Reopened before the moves of its earlier life were delivered: they
+                        // wait in the inbox, listed; the room takes that entry back.
+                        let listed = inbox.dirty.load(Ordering::Relaxed);
+                        match self
+                            .dirty
+                            .iter()
+                            .position(|d| Arc::ptr_eq(&d.inbox, &inbox))
+                        {
+                            Some(i) if listed => {
+                                self.dirty[i].slot = slot;
+                                r.listed.set(u32::try_from(i).unwrap_or(NOT_LISTED));
+                            }
+                            _ if inbox.has_pending() => {
+                                list(&mut self.dirty, r);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 self.push_rooms += usize::from(push);
             }
             Control::Join { room, player, key } => {
@@ -884,20 +990,17 @@ impl Worker {
             Control::Flush { token } => {
                 // What the flush answers for is counted before it is answered.
                 self.record_validated();
-                let waits: Vec<(Arc<Inbox>, u64)> = self
-                    .dirty
-                    .iter()
-                    .filter(|i| i.has_pending())
-                    .map(|i| (Arc::clone(i), i.generation()))
-                    .collect();
-                if waits.is_empty() && self.flushes.is_empty() {
+                if self.dirty.is_empty() && self.flushes.is_empty() {
                     // A failure not reported yet goes before the flush that follows it.
                     if let Some(message) = self.failure.take() {
                         self.outbox.publish_failure(self.index, message);
                     }
                     self.outbox.publish(None, &[token]);
                 } else {
-                    self.flushes.push(PendingFlush { token, waits });
+                    self.flushes.push(PendingFlush {
+                        token,
+                        after: self.builds,
+                    });
                 }
             }
             Control::Fail => panic!(
@@ -913,11 +1016,40 @@ impl Worker {
     /// inbox (and on the dirty list, for a push room) until delivered.
     fn close_room(&mut self, room: u32) {
         if let Some(r) = self.rooms.remove(room) {
+            if r.listed.get() != NOT_LISTED {
+                self.unstage(r.listed.get());
+            }
             for &player in &r.players {
                 self.members.leave(room, player);
             }
             self.push_rooms -= usize::from(r.push);
         }
+    }
+
+    /// A listed push room is closing: its staged moves move into its inbox, in order, and
+    /// its entry stays listed without a room (the delivery takes them from the inbox).
+    fn unstage(&mut self, entry: u32) {
+        let Some(d) = self.dirty.get_mut(entry as usize) else {
+            return;
+        };
+        d.slot = NO_SLOT;
+        if d.staged_moves == 0 {
+            return;
+        }
+        let mut at = 0;
+        for m in &mut self.staging.moves {
+            let len = m.len as usize;
+            if m.entry == entry {
+                if let Some(frame) = self.staging.bytes.get(at..at + len) {
+                    d.inbox.push_frame(frame, m.stamp, u32::MAX);
+                }
+                m.entry = UNSTAGED;
+            }
+            at += len;
+        }
+        // The budget reserved at dispatch now covers the inbox's copies.
+        d.staged_moves = 0;
+        d.staged_bytes = 0;
     }
 
     /// Whether moves or flushes have waited at least `hold_ns` since the last delivery.
@@ -969,11 +1101,34 @@ impl Worker {
         if !self.dirty.is_empty() && !self.shared.out.load(Ordering::Acquire) {
             self.held_since = 0;
             self.builder.start(self.pool.get());
-            for inbox in self.dirty.drain(..) {
+            for d in &mut self.dirty {
                 // Only this worker lists and unlists push rooms: no race on the flag.
-                inbox.dirty.store(false, Ordering::Relaxed);
-                inbox.take_into(&mut self.builder);
+                d.inbox.dirty.store(false, Ordering::Relaxed);
+                if let Some(r) = self.rooms.at(d.slot) {
+                    r.listed.set(NOT_LISTED);
+                }
+                d.at = d
+                    .inbox
+                    .take_reserving(&mut self.builder, d.staged_moves, d.staged_bytes)
+                    .unwrap_or_default();
             }
+            // Each staged frame into its room's run, in order.
+            let mut at = 0;
+            for m in &self.staging.moves {
+                let len = m.len as usize;
+                if let (Some(d), Some(frame)) = (
+                    self.dirty.get_mut(m.entry as usize),
+                    self.staging.bytes.get(at..at + len),
+                ) {
+                    let placed = self.builder.place(&mut d.at, frame, m.stamp);
+                    debug_assert!(placed, "a staged frame outside its room's run");
+                }
+                at += len;
+            }
+            self.staging.bytes.clear();
+            self.staging.moves.clear();
+            self.dirty.clear();
+            self.builds += 1;
             if self.builder.is_empty() {
                 self.pool.put(self.builder.abandon());
             } else {
@@ -982,16 +1137,14 @@ impl Worker {
             }
         }
         // Flushes complete in order: a later one never overtakes an earlier one.
+        let builds = self.builds;
         let tokens = &mut self.scratch_tokens;
         let mut blocked = false;
         self.flushes.retain(|f| {
             if blocked {
                 return true;
             }
-            let done = f
-                .waits
-                .iter()
-                .all(|(inbox, gen)| inbox.generation() > *gen || !inbox.has_pending());
+            let done = builds > f.after;
             if done {
                 tokens.push(f.token);
             } else {
@@ -1209,6 +1362,7 @@ impl Worker {
             &mut self.rooms,
             &mut self.members,
             &mut self.dirty,
+            &mut self.staging,
             &self.shared,
             bytes,
             stamp,
@@ -1233,12 +1387,24 @@ struct Unrecorded {
     len: usize,
 }
 
-fn mark_dirty(dirty: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
-    // The load first: a room already listed (most moves of a busy room) costs no locked
-    // instruction.
-    if !inbox.dirty.load(Ordering::Relaxed) && !inbox.dirty.swap(true, Ordering::Relaxed) {
-        dirty.push(Arc::clone(inbox));
+/// Puts a push room on the dirty list if it is not there yet; its entry. The room says
+/// (no look at its inbox, elsewhere in memory, for the moves of a room already listed).
+fn list(dirty: &mut Vec<Dirty>, room: &Room) -> u32 {
+    let listed = room.listed.get();
+    if listed != NOT_LISTED {
+        return listed;
     }
+    let entry = u32::try_from(dirty.len()).unwrap_or(NOT_LISTED);
+    room.inbox.dirty.store(true, Ordering::Relaxed);
+    dirty.push(Dirty {
+        inbox: Arc::clone(&room.inbox),
+        slot: room.slot,
+        staged_moves: 0,
+        staged_bytes: 0,
+        at: Placement::default(),
+    });
+    room.listed.set(entry);
+    entry
 }
 
 /// The worker as a tokio task: steps it, yielding, parking and returning as it says.

@@ -18,7 +18,7 @@
 //! stamp and rejection lists keep their capacity when taken, so in steady state appending
 //! and taking allocate nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::delivery::{Builder, Placement};
@@ -54,8 +54,6 @@ pub struct Inbox {
     /// locks per move.
     reserved: crate::shard::Padded<AtomicUsize>,
     state: Mutex<State>,
-    /// Worker bookkeeping: the room is on its shard's list of push rooms to deliver.
-    pub(crate) dirty: AtomicBool,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -90,7 +88,6 @@ impl Inbox {
                 rejections: Vec::with_capacity(REJECTIONS_AT_FIRST),
                 ..State::default()
             }),
-            dirty: AtomicBool::new(false),
         }
     }
 
@@ -197,12 +194,25 @@ impl Inbox {
     /// the inbox's frames for `later_moves` frames (`later_bytes` in all) that the worker
     /// kept outside the inbox since the last take, whose budget it gives back here too.
     /// `None` (nothing added) when nothing waits in either.
+    ///
+    /// `used`: whether anything went into the inbox since the last take. Only the worker
+    /// (or whoever holds it) writes a push room's inbox, so it knows; when nothing did, the
+    /// lock is not taken.
     pub fn take_reserving(
         &self,
         out: &mut Builder,
+        used: bool,
         later_moves: u32,
         later_bytes: usize,
     ) -> Option<Placement> {
+        if !used {
+            if later_moves == 0 {
+                return None;
+            }
+            let at = out.push_room_reserving(self.room, &[], 0, &[], &[], later_moves, later_bytes);
+            self.reserved.0.fetch_sub(later_bytes, Ordering::AcqRel);
+            return Some(at);
+        }
         let mut s = self.lock();
         if s.count == 0 && s.rejections.is_empty() && later_moves == 0 {
             return None;

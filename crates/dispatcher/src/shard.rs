@@ -393,16 +393,35 @@ const UNSTAGED: u32 = u32::MAX;
 
 /// A push room with something to deliver, on the worker's dirty list until the next
 /// delivery is built.
+///
+/// An open room's entry names its slot, not its inbox: listing a room is then no atomic
+/// on a cache line of the inbox's (a reference count, a flag), which with thousands of
+/// rooms and a delivery every few hundred microseconds would be most moves' first touch
+/// of that line. A closed room's entry holds its inbox ([`Worker::unstage`]).
 struct Dirty {
-    inbox: Arc<Inbox>,
     /// The room's slot while it is open (its [`Room::listed`] names this entry), else
     /// [`NO_SLOT`].
     slot: u32,
+    /// The inbox of a room closed while listed; `None` while the room is open.
+    closed: Option<Arc<Inbox>>,
+    /// Something went into the inbox since the last delivery (rejections, unstaged moves),
+    /// so taking the room takes its lock; otherwise the inbox is empty and only its budget
+    /// is given back.
+    inbox_used: bool,
     /// Its moves in [`Worker::staging`], and their bytes.
     staged_moves: u32,
     staged_bytes: usize,
     /// Where its staged frames go in the delivery being built.
     at: Placement,
+}
+
+impl Dirty {
+    /// The entry's inbox: the closed room's, or the open room's in `rooms`.
+    fn inbox<'a>(&'a self, rooms: &'a Rooms<Room>) -> Option<&'a Arc<Inbox>> {
+        self.closed
+            .as_ref()
+            .or_else(|| rooms.at(self.slot).map(|r| &r.inbox))
+    }
 }
 
 /// Validated moves of push rooms since the last delivery built, in validation order.
@@ -909,7 +928,10 @@ impl Worker {
                     bytes.len(),
                 );
                 if room.push {
-                    list(dirty, room);
+                    let entry = list(dirty, room);
+                    if let Some(d) = dirty.get_mut(entry as usize) {
+                        d.inbox_used = true;
+                    }
                 }
             }
         }
@@ -952,20 +974,19 @@ impl Worker {
                     if push {
                         // Reopened before the moves of its earlier life were delivered: they
                         // wait in the inbox, listed; the room takes that entry back.
-                        let listed = inbox.dirty.load(Ordering::Relaxed);
-                        match self
-                            .dirty
-                            .iter()
-                            .position(|d| Arc::ptr_eq(&d.inbox, &inbox))
-                        {
-                            Some(i) if listed => {
-                                self.dirty[i].slot = slot;
-                                r.listed.set(u32::try_from(i).unwrap_or(NOT_LISTED));
+                        let earlier = self.dirty.iter().position(|d| {
+                            d.closed.as_ref().is_some_and(|i| Arc::ptr_eq(i, &inbox))
+                        });
+                        if let Some(i) = earlier {
+                            let d = &mut self.dirty[i];
+                            d.slot = slot;
+                            d.closed = None;
+                            r.listed.set(u32::try_from(i).unwrap_or(NOT_LISTED));
+                        } else if inbox.has_pending() {
+                            let entry = list(&mut self.dirty, r);
+                            if let Some(d) = self.dirty.get_mut(entry as usize) {
+                                d.inbox_used = true;
                             }
-                            _ if inbox.has_pending() => {
-                                list(&mut self.dirty, r);
-                            }
-                            _ => {}
                         }
                     }
                 }
@@ -1017,7 +1038,7 @@ impl Worker {
     fn close_room(&mut self, room: u32) {
         if let Some(r) = self.rooms.remove(room) {
             if r.listed.get() != NOT_LISTED {
-                self.unstage(r.listed.get());
+                self.unstage(r.listed.get(), &r.inbox);
             }
             for &player in &r.players {
                 self.members.leave(room, player);
@@ -1028,11 +1049,13 @@ impl Worker {
 
     /// A listed push room is closing: its staged moves move into its inbox, in order, and
     /// its entry stays listed without a room (the delivery takes them from the inbox).
-    fn unstage(&mut self, entry: u32) {
+    fn unstage(&mut self, entry: u32, inbox: &Arc<Inbox>) {
         let Some(d) = self.dirty.get_mut(entry as usize) else {
             return;
         };
         d.slot = NO_SLOT;
+        d.inbox_used = true;
+        d.closed = Some(Arc::clone(inbox));
         if d.staged_moves == 0 {
             return;
         }
@@ -1041,7 +1064,7 @@ impl Worker {
             let len = m.len as usize;
             if m.entry == entry {
                 if let Some(frame) = self.staging.bytes.get(at..at + len) {
-                    d.inbox.push_frame(frame, m.stamp, u32::MAX);
+                    inbox.push_frame(frame, m.stamp, u32::MAX);
                 }
                 m.entry = UNSTAGED;
             }
@@ -1101,15 +1124,31 @@ impl Worker {
         if !self.dirty.is_empty() && !self.shared.out.load(Ordering::Acquire) {
             self.held_since = 0;
             self.builder.start(self.pool.get());
+            // Each listed room's budget is given back below: an atomic on a line of its
+            // inbox, reached through its room, both most likely out of cache (thousands of
+            // rooms). Loaded ahead, in two passes, their misses overlap instead of adding up.
+            for d in &self.dirty {
+                self.rooms.prefetch(d.slot);
+            }
+            for d in &self.dirty {
+                if let Some(inbox) = d.inbox(&self.rooms) {
+                    inbox.prefetch_budget();
+                }
+            }
             for d in &mut self.dirty {
-                // Only this worker lists and unlists push rooms: no race on the flag.
-                d.inbox.dirty.store(false, Ordering::Relaxed);
                 if let Some(r) = self.rooms.at(d.slot) {
                     r.listed.set(NOT_LISTED);
                 }
                 d.at = d
-                    .inbox
-                    .take_reserving(&mut self.builder, d.staged_moves, d.staged_bytes)
+                    .inbox(&self.rooms)
+                    .and_then(|inbox| {
+                        inbox.take_reserving(
+                            &mut self.builder,
+                            d.inbox_used,
+                            d.staged_moves,
+                            d.staged_bytes,
+                        )
+                    })
                     .unwrap_or_default();
             }
             // Each staged frame into its room's run, in order.
@@ -1395,10 +1434,10 @@ fn list(dirty: &mut Vec<Dirty>, room: &Room) -> u32 {
         return listed;
     }
     let entry = u32::try_from(dirty.len()).unwrap_or(NOT_LISTED);
-    room.inbox.dirty.store(true, Ordering::Relaxed);
     dirty.push(Dirty {
-        inbox: Arc::clone(&room.inbox),
         slot: room.slot,
+        closed: None,
+        inbox_used: false,
         staged_moves: 0,
         staged_bytes: 0,
         at: Placement::default(),

@@ -194,25 +194,12 @@ impl Inbox {
     /// the inbox's frames for `later_moves` frames (`later_bytes` in all) that the worker
     /// kept outside the inbox since the last take, whose budget it gives back here too.
     /// `None` (nothing added) when nothing waits in either.
-    ///
-    /// `used`: whether anything went into the inbox since the last take. Only the worker
-    /// (or whoever holds it) writes a push room's inbox, so it knows; when nothing did, the
-    /// lock is not taken.
     pub fn take_reserving(
         &self,
         out: &mut Builder,
-        used: bool,
         later_moves: u32,
         later_bytes: usize,
     ) -> Option<Placement> {
-        if !used {
-            if later_moves == 0 {
-                return None;
-            }
-            let at = out.push_room_reserving(self.room, &[], 0, &[], &[], later_moves, later_bytes);
-            self.reserved.0.fetch_sub(later_bytes, Ordering::AcqRel);
-            return Some(at);
-        }
         let mut s = self.lock();
         if s.count == 0 && s.rejections.is_empty() && later_moves == 0 {
             return None;

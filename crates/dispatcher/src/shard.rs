@@ -377,7 +377,8 @@ struct Room {
     /// Its members (their entries are in [`Worker::members`]), for closing the room.
     players: HashSet<u32, IdHashBuilder>,
     inbox: Arc<Inbox>,
-    /// Its slot in [`Worker::rooms`].
+    /// Its id and its slot in [`Worker::rooms`].
+    id: u32,
     slot: u32,
     /// A push room's entry on [`Worker::dirty`], or [`NOT_LISTED`]. A cell: the worker
     /// lists a room while it holds it shared (it reaches it through its member).
@@ -399,6 +400,8 @@ const UNSTAGED: u32 = u32::MAX;
 /// rooms and a delivery every few hundred microseconds would be most moves' first touch
 /// of that line. A closed room's entry holds its inbox ([`Worker::unstage`]).
 struct Dirty {
+    /// The room's id.
+    room: u32,
     /// The room's slot while it is open (its [`Room::listed`] names this entry), else
     /// [`NO_SLOT`].
     slot: u32,
@@ -965,6 +968,7 @@ impl Worker {
                         rate,
                         players: HashSet::default(),
                         inbox: Arc::clone(&inbox),
+                        id,
                         slot: 0,
                         listed: Cell::new(NOT_LISTED),
                     },
@@ -1139,17 +1143,29 @@ impl Worker {
                 if let Some(r) = self.rooms.at(d.slot) {
                     r.listed.set(NOT_LISTED);
                 }
-                d.at = d
-                    .inbox(&self.rooms)
-                    .and_then(|inbox| {
-                        inbox.take_reserving(
-                            &mut self.builder,
-                            d.inbox_used,
-                            d.staged_moves,
-                            d.staged_bytes,
-                        )
-                    })
-                    .unwrap_or_default();
+                let Some(inbox) = d.inbox(&self.rooms) else {
+                    continue;
+                };
+                d.at = if d.inbox_used {
+                    inbox
+                        .take_reserving(&mut self.builder, d.staged_moves, d.staged_bytes)
+                        .unwrap_or_default()
+                } else if d.staged_moves > 0 {
+                    // Nothing went into the inbox (only the worker writes a push room's):
+                    // no lock, no look at it but its budget.
+                    inbox.unreserve(d.staged_bytes);
+                    self.builder.push_room_reserving(
+                        d.room,
+                        &[],
+                        0,
+                        &[],
+                        &[],
+                        d.staged_moves,
+                        d.staged_bytes,
+                    )
+                } else {
+                    Placement::default()
+                };
             }
             // Each staged frame into its room's run, in order.
             let mut at = 0;
@@ -1435,6 +1451,7 @@ fn list(dirty: &mut Vec<Dirty>, room: &Room) -> u32 {
     }
     let entry = u32::try_from(dirty.len()).unwrap_or(NOT_LISTED);
     dirty.push(Dirty {
+        room: room.id,
         slot: room.slot,
         closed: None,
         inbox_used: false,

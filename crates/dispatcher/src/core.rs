@@ -202,6 +202,9 @@ enum Wakes {
 pub struct Core {
     pub(crate) cfg: Config,
     pub(crate) rooms: Rooms<Room>,
+    /// Push rooms closed with moves still to deliver (kept until those went out): the ones
+    /// a delivery may let go of. Usually empty, so that a delivery looks up no room for it.
+    closing_push: Vec<u32>,
     /// Every room's members, with their rate-limit buckets: what `dispatch` checks.
     members: Members<Bucket>,
     pub(crate) shards: Vec<ShardHandle>,
@@ -437,6 +440,7 @@ impl Core {
         Ok(Self {
             cfg,
             rooms: Rooms::default(),
+            closing_push: Vec::new(),
             members: Members::default(),
             shards,
             outbox,
@@ -778,7 +782,9 @@ impl Core {
                 r.hmac = hmac;
                 r.push = push;
                 r.rate = rate;
-                Arc::clone(&r.inbox)
+                let inbox = Arc::clone(&r.inbox);
+                self.closing_push.retain(|&id| id != room);
+                inbox
             }
             None => {
                 let inbox = Arc::new(Inbox::new(room, self.cfg.room_bytes));
@@ -880,6 +886,8 @@ impl Core {
         let shard = r.shard;
         if r.forgettable() {
             self.rooms.remove(room);
+        } else if r.push {
+            self.closing_push.push(room);
         }
         for player in players {
             self.members.leave(room, player);
@@ -1131,11 +1139,21 @@ impl Core {
                         s.deliveries += 1;
                     }
                     self.count_delivery(m);
-                    // Closed push rooms whose last moves just went out are forgotten.
-                    for e in m.room_entries() {
-                        if self.rooms.get(e.room).is_some_and(Room::forgettable) {
-                            self.rooms.remove(e.room);
-                        }
+                    // Closed push rooms whose last moves went out are forgotten: rooms of
+                    // this delivery's shard (another shard's delivery holding a room's last
+                    // moves may not be polled yet, and counting it needs the room).
+                    if !self.closing_push.is_empty() {
+                        let rooms = &mut self.rooms;
+                        let shard = m.shard().map(|s| s as usize);
+                        self.closing_push.retain(|&id| {
+                            let gone = rooms
+                                .get(id)
+                                .is_none_or(|r| Some(r.shard) == shard && r.forgettable());
+                            if gone {
+                                rooms.remove(id);
+                            }
+                            !gone
+                        });
                     }
                 }
                 // From now on the shard's rooms answer `Closed`.
@@ -1854,6 +1872,56 @@ mod tests {
                 "room {room}'s budget given back"
             );
         }
+        c.shutdown();
+    }
+
+    /// A push room closed with moves still to deliver is kept until a delivery took them,
+    /// then forgotten; one reopened meanwhile is not. Only such rooms are looked at when a
+    /// delivery is counted (`closing_push`).
+    #[test]
+    fn closed_push_rooms_are_forgotten_once_their_moves_went_out() {
+        let (mut c, _) = core(Config {
+            shards: 1,
+            ..Config::default()
+        });
+        for room in [2, 4] {
+            assert_eq!(c.open_room(room, false, true, None), Status::Ok);
+            assert_eq!(c.join(room, 1, None), Status::Ok);
+        }
+        let send = |c: &mut Core, room: u32, seq: u32| {
+            assert_eq!(
+                c.dispatch(&frame(room, 1, seq, b"m", None), None),
+                Verdict::Accepted
+            );
+        };
+        send(&mut c, 2, 1);
+        let mut held = Vec::new();
+        for _ in 0..5_000 {
+            held.extend(c.poll());
+            if held.iter().any(|d| matches!(d, Delivery::Moves(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        send(&mut c, 2, 2);
+        send(&mut c, 4, 1);
+        wait_for_empty_queue(&c);
+        assert_eq!(c.close_room(2), Status::Ok);
+        assert_eq!(c.close_room(4), Status::Ok);
+        assert!(c.has_room(2) && c.has_room(4), "kept for their moves");
+        assert_eq!(c.closing_push, vec![2, 4]);
+        assert_eq!(c.open_room(4, false, true, None), Status::Ok);
+        assert_eq!(c.closing_push, vec![2]);
+        release_all(&mut c, &held);
+        let got = flush(&mut c, 1);
+        assert_eq!(
+            got.iter().filter_map(pushed).map(|g| g.count).sum::<u32>(),
+            2,
+            "both waiting moves delivered"
+        );
+        assert!(!c.has_room(2), "its last move went out: forgotten");
+        assert!(c.has_room(4), "reopened: kept");
+        assert!(c.closing_push.is_empty());
         c.shutdown();
     }
 

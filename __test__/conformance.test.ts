@@ -1972,6 +1972,28 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
           expectArgError(() => new Dispatcher(o as never), ErrorCode.InvalidOption);
         }
       });
+
+      it('a misspelt or unknown option key is refused, naming it and the closest known one', async () => {
+        // `onDeliver` would otherwise give a dispatcher that never delivers, without a word.
+        const e = expectArgError(() => new Dispatcher({ engine, onDeliver: () => {} } as never), ErrorCode.InvalidOption, 'onDeliver');
+        expect(e.message).toMatch(/unknown option "onDeliver" \(did you mean onDelivery\?\)/);
+        expect(expectArgError(() => new Dispatcher({ engine, Shards: 1 } as never), ErrorCode.InvalidOption, 'Shards').message).toMatch(/did you mean shards\?/);
+        expect(expectArgError(() => new Dispatcher({ engine, zzz: 1 } as never), ErrorCode.InvalidOption, 'zzz').message).not.toMatch(/did you mean/);
+        expectArgError(() => new Dispatcher({ engine, overload: { queueDeph: 5 } } as never), ErrorCode.InvalidOption, 'overload.queueDeph');
+        // a key set to undefined is a key left out
+        await new Dispatcher({ engine, onDeliver: undefined } as never).close();
+        const d = basic();
+        expectArgError(() => d.openRoom(9, { delivery: 'push', rateLimt: { perSecond: 1, burst: 1 } } as never), ErrorCode.InvalidArgument, 'rateLimt');
+        expectArgError(() => d.openRoom(9, { rateLimit: { perSecond: 1, burst: 1, bursts: 2 } } as never), ErrorCode.InvalidArgument, 'rateLimit.bursts');
+        expectArgError(() => d.join(1, 9, { kye: keyFor(9) } as never), ErrorCode.InvalidArgument, 'kye');
+        expectArgError(() => d.stats({ rest: true } as never), ErrorCode.InvalidArgument, 'rest');
+        expectArgError(() => d.broadcast(1, new Uint8Array(1), { excpt: 3 } as never), ErrorCode.InvalidArgument, 'excpt');
+        expectArgError(() => d.broadcast(1, new Uint8Array(1), { except: 'x' } as never), ErrorCode.InvalidArgument, 'except');
+        expectArgError(() => d.broadcast(1, new Uint8Array(1), null as never), ErrorCode.InvalidArgument, 'options');
+        expect(d.broadcast(1, new Uint8Array(1), { except: [1, 2] })).toBe(0);
+        await expect(d.batches({ sginal: undefined, singal: 1 } as never).next()).rejects.toMatchObject({ code: ErrorCode.InvalidArgument, field: 'singal' });
+        expect(d.stats({ reset: false }).shards.length).toBeGreaterThan(0);
+      });
     });
   });
 

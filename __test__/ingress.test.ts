@@ -466,6 +466,14 @@ describe.skipIf(skip !== null)('native ingress', () => {
     await expect(d.listen({ ws: { port: 0 }, ticketKey: 'short' })).rejects.toMatchObject({ code: ErrorCode.InvalidOption, field: 'ticketKey' });
     await expect(d.listen({ ws: { port: 70_000 }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.InvalidOption });
     await expect(d.listen({ ws: { port: 0, host: 'nowhere' }, ticketKey: KEY })).rejects.toMatchObject({ code: ErrorCode.ListenFailed });
+    // Misspelt keys (a type error in TypeScript; JavaScript callers get it at run time).
+    await expect(d.listen({ ws: { port: 0 }, ticketKey: KEY, idleTimeoutMS: 5 } as never)).rejects.toMatchObject({
+      code: ErrorCode.InvalidOption,
+      field: 'idleTimeoutMS',
+      message: expect.stringMatching(/did you mean idleTimeoutMs\?/),
+    });
+    await expect(d.listen({ ws: { prot: 0 }, ticketKey: KEY } as never)).rejects.toMatchObject({ code: ErrorCode.InvalidOption, field: 'ws.prot' });
+    expect(d.stats().ingress).toBeNull();
     expect(() => d.send(1, 1, 'text' as unknown as Uint8Array)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument }));
     expect(d.send(1, 1, Buffer.from('x'))).toBe('closed');
     expect(Verdict.Accepted).toBe(0);

@@ -101,6 +101,8 @@ describe('issueTicket', () => {
       expect(() => issueTicket(KEY, { room: 1, player: 1, ttlMs }), String(ttlMs)).toThrow(expect.objectContaining({ name: 'RangeError', code: ErrorCode.InvalidArgument, field: 'ttlMs' }));
     }
     expect(() => issueTicket(KEY, { room: 1, player: 1, ttlMs: '100' as unknown as number })).toThrow(expect.objectContaining({ name: 'TypeError', code: ErrorCode.InvalidArgument, field: 'ttlMs' }));
+    // A misspelt claim would otherwise give a ticket with the default lifetime.
+    expect(() => issueTicket(KEY, { room: 1, player: 1, ttl: 100 } as never)).toThrow(expect.objectContaining({ name: 'TypeError', code: ErrorCode.InvalidArgument, field: 'ttl' }));
   });
 
   it('accepts keys of 16..=64 bytes and refuses others', () => {

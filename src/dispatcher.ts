@@ -14,7 +14,7 @@ import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type List
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
-import { describe, resolveOptions } from './options';
+import { describe, rejectUnknownKeys, resolveOptions } from './options';
 import type {
   Delivery,
   DispatcherOptions,
@@ -54,6 +54,7 @@ function checkRateLimit(value: unknown): RateLimit | null {
   if (typeof value !== 'object' || value === null) {
     throw typeError(ErrorCode.InvalidArgument, `openRoom: rateLimit must be an object { perSecond, burst }, got ${describe(value)}`, { field: 'rateLimit' });
   }
+  rejectUnknownKeys(value, ['perSecond', 'burst'], 'openRoom', ErrorCode.InvalidArgument, 'rateLimit.');
   const { perSecond, burst } = value as Partial<RateLimit>;
   if (typeof perSecond !== 'number' || !Number.isFinite(perSecond) || perSecond <= 0 || perSecond > 1e9) {
     throw rangeError(ErrorCode.InvalidArgument, `openRoom: rateLimit.perSecond must be a number in (0, 1e9], got ${describe(perSecond)}`, {
@@ -250,6 +251,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    rejectUnknownKeys(options, ['auth', 'delivery', 'rateLimit'], 'openRoom', ErrorCode.InvalidArgument);
     const auth = options.auth ?? 'sha256';
     if (auth !== 'sha256' && auth !== 'hmac-sha256') {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: auth must be 'sha256' or 'hmac-sha256', got ${describe(auth)}`, { field: 'auth' });
@@ -273,6 +275,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `join: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    rejectUnknownKeys(options, ['key'], 'join', ErrorCode.InvalidArgument);
     let key: Uint8Array | null = null;
     if (options.key !== undefined) {
       key = checkBytes(options.key, 'key', 'join');
@@ -477,6 +480,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `batches: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    rejectUnknownKeys(options, ['signal'], 'batches', ErrorCode.InvalidArgument);
     const signal = options.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw typeError(ErrorCode.InvalidArgument, `batches: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });
@@ -513,6 +517,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `stats: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    rejectUnknownKeys(options, ['reset', 'topRooms'], 'stats', ErrorCode.InvalidArgument);
     if (options.reset !== undefined && typeof options.reset !== 'boolean') {
       throw typeError(ErrorCode.InvalidArgument, `stats: reset must be a boolean, got ${describe(options.reset)}`, { field: 'reset' });
     }
@@ -661,8 +666,15 @@ export class Dispatcher {
    */
   broadcast(room: number, bytes: Uint8Array, options: { except?: number | readonly number[] } = {}): number {
     checkBytes(bytes, 'bytes', 'broadcast');
+    if (typeof options !== 'object' || options === null) {
+      throw typeError(ErrorCode.InvalidArgument, `broadcast: options must be an object, got ${describe(options)}`, { field: 'options' });
+    }
+    rejectUnknownKeys(options, ['except'], 'broadcast', ErrorCode.InvalidArgument);
+    const e: unknown = options.except;
+    if (e !== undefined && !(typeof e === 'number' || (Array.isArray(e) && e.every((p) => typeof p === 'number')))) {
+      throw typeError(ErrorCode.InvalidArgument, `broadcast: except must be a player id or an array of them, got ${describe(e)}`, { field: 'except' });
+    }
     if (this.#ingress === undefined || this.#ingress.closed) return 0;
-    const e = options.except;
     const except = e === undefined ? undefined : typeof e === 'number' ? [e >>> 0] : e.map((p) => p >>> 0);
     return this.#engine.broadcast?.(room >>> 0, bytes, except) ?? 0;
   }

@@ -3,6 +3,7 @@
  * close reasons the addon numbers.
  */
 import { ErrorCode, rangeError, typeError } from './errors';
+import { rejectUnknownKeys } from './options';
 
 /** Where a transport listens. `port` 0 picks a free port (see `IngressServer.address`). */
 export interface ListenAddress {
@@ -162,6 +163,23 @@ export interface NativeListenOptions extends ListenAddresses {
   echoForTesting?: boolean;
 }
 
+/** `listen()`'s option keys (`echoForTesting`: internal, for the tests). */
+const LISTEN_KEYS = [
+  'ws',
+  'tcp',
+  'grpc',
+  'ticketKey',
+  'maxConnections',
+  'idleTimeoutMs',
+  'maxBackpressureBytes',
+  'maxMessageBytes',
+  'handshakeTimeoutMs',
+  'maxRefusals',
+  'onConnection',
+  'onDisconnect',
+  'echoForTesting',
+] as const;
+
 export const LISTEN_DEFAULTS = {
   maxConnections: 10_000,
   idleTimeoutMs: 60_000,
@@ -184,6 +202,7 @@ function address(value: unknown, field: string): { host: string; port: number } 
   if (value === null || typeof value !== 'object') {
     throw typeError(ErrorCode.InvalidOption, `listen: ${field} must be { port, host? }`, { field });
   }
+  rejectUnknownKeys(value, ['port', 'host'], 'listen', ErrorCode.InvalidOption, `${field}.`);
   const { port, host } = value as { port?: unknown; host?: unknown };
   const p = int(port, `${field}.port`, 0, 65_535, -1);
   if (p < 0) throw typeError(ErrorCode.InvalidOption, `listen: ${field}.port is required`, { field: `${field}.port` });
@@ -198,6 +217,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   if (options === null || typeof options !== 'object') {
     throw typeError(ErrorCode.InvalidOption, 'listen: options must be an object', { field: 'options' });
   }
+  rejectUnknownKeys(options, LISTEN_KEYS, 'listen', ErrorCode.InvalidOption);
   const ws = address(options.ws, 'ws');
   const tcp = address(options.tcp, 'tcp');
   const grpc = address(options.grpc, 'grpc');

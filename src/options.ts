@@ -49,12 +49,71 @@ export function cores(): number {
   return Math.max(1, availableParallelism());
 }
 
+/** Levenshtein distance, for suggesting the option a misspelt key meant. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+/**
+ * Throws a `TypeError` (`field`: the key) for the first own key of `value` that is not one of
+ * `known` and holds something: a misspelt option would otherwise be dropped without a word
+ * (`onDeliver` for `onDelivery`: a dispatcher that never delivers). A key set to `undefined`
+ * counts as left out. The message suggests the closest known key.
+ */
+export function rejectUnknownKeys(value: object, known: readonly string[], where: string, code: ErrorCode, prefix = ''): void {
+  for (const key of Object.keys(value)) {
+    if (known.includes(key) || (value as Record<string, unknown>)[key] === undefined) continue;
+    let best: string | undefined;
+    let bestDistance = Number.POSITIVE_INFINITY;
+    for (const k of known) {
+      const d = k.toLowerCase() === key.toLowerCase() ? 0 : distance(key, k);
+      if (d < bestDistance) {
+        best = k;
+        bestDistance = d;
+      }
+    }
+    const hint = best !== undefined && bestDistance <= Math.max(2, Math.floor(key.length / 3)) ? ` (did you mean ${prefix}${best}?)` : '';
+    throw typeError(code, `${where}: unknown option ${describe(prefix + key)}${hint}; known: ${known.join(', ')}`, { field: `${prefix}${key}` });
+  }
+}
+
+/** The constructor's option keys (`DispatcherOptions`). */
+const DISPATCHER_KEYS = [
+  'engine',
+  'workerThreads',
+  'shards',
+  'channelCapacity',
+  'maxPendingAsync',
+  'arenaBytes',
+  'roomBytes',
+  'maxPayload',
+  'maxBatchMoves',
+  'pinCores',
+  'maxBlockingThreads',
+  'threadName',
+  'onDelivery',
+  'onBatch',
+  'onError',
+  'overload',
+  'onOverload',
+  'onRecovered',
+] as const satisfies readonly (keyof DispatcherOptions)[];
+
 /** Validates the constructor options and fills in defaults. */
 export function resolveOptions(input: unknown): { engine: 'native' | 'js'; config: EngineConfig; maxPendingAsync: number } {
   if (input === undefined) input = {};
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw typeError(ErrorCode.InvalidOption, `options must be an object, got ${describe(input)}`, { field: 'options' });
   }
+  rejectUnknownKeys(input, DISPATCHER_KEYS, 'new Dispatcher', ErrorCode.InvalidOption);
   const options = input as DispatcherOptions;
   const engine = options.engine ?? 'native';
   if (engine !== 'native' && engine !== 'js') {
@@ -96,6 +155,7 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   if (typeof overload !== 'object' || overload === null) {
     throw typeError(ErrorCode.InvalidOption, `options.overload must be an object { queueDepth, roomBytes }, got ${describe(overload)}`, { field: 'overload' });
   }
+  rejectUnknownKeys(overload, ['queueDepth', 'roomBytes'], 'new Dispatcher', ErrorCode.InvalidOption, 'overload.');
   const marks = overload as Record<string, unknown>;
   const mark = (key: 'queueDepth' | 'roomBytes', max: number, fallback: number): number => {
     const value = marks[key];

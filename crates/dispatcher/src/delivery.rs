@@ -246,7 +246,9 @@ impl Builder {
         self.push_room(room, frames, moves, stamps, rejections);
         let placement = Placement {
             frame: self.buf.len(),
+            frame_end: self.buf.len() + later_bytes,
             stamp: self.stamps.len(),
+            stamp_end: self.stamps.len() + later_moves as usize,
         };
         if later_moves > 0 {
             self.buf.resize(self.buf.len() + later_bytes, 0);
@@ -261,11 +263,14 @@ impl Builder {
     }
 
     /// Writes one frame reserved by [`Builder::push_room_reserving`] at `at` and moves `at`
-    /// past it. A frame that would not fit where it was reserved is not written (`false`):
-    /// the caller's bookkeeping is wrong, and a delivery is never written out of place.
+    /// past it. A frame that would not fit in what its room reserved is not written
+    /// (`false`): the caller's bookkeeping is wrong, and no room's run is written past.
     #[inline]
     pub fn place(&mut self, at: &mut Placement, frame: &[u8], stamp: u64) -> bool {
         let end = at.frame + frame.len();
+        if end > at.frame_end || at.stamp >= at.stamp_end {
+            return false;
+        }
         match (
             self.buf.get_mut(at.frame..end),
             self.stamps.get_mut(at.stamp),
@@ -335,13 +340,16 @@ impl Builder {
     }
 }
 
-/// Where the next frame reserved by [`Builder::push_room_reserving`] goes.
+/// Where the next frame reserved by [`Builder::push_room_reserving`] goes, and where its
+/// room's reserved run ends. The default reserves nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Placement {
-    /// Byte offset in the delivery.
-    pub frame: usize,
-    /// Index in the stamps.
-    pub stamp: usize,
+    /// Byte offset in the delivery, and the end of the run.
+    frame: usize,
+    frame_end: usize,
+    /// Index in the stamps, and the end of the run.
+    stamp: usize,
+    stamp_end: usize,
 }
 
 /// Delivery buffers that JavaScript is done with, for the next deliveries to reuse (their
@@ -424,6 +432,40 @@ mod tests {
         b2.start(Vec::new());
         let pull = b2.finish(None);
         assert_eq!((pull.shard(), pull.rooms(), pull.moves()), (None, 0, 0));
+    }
+
+    /// Rooms reserved for frames placed later (a worker's staged moves): each room's waiting
+    /// frames first, then the placed ones in order, stamps alike; a frame that would leave
+    /// its room's run is refused, not written.
+    #[test]
+    fn reserved_runs_take_placed_frames_in_order() {
+        let mut b = Builder::new();
+        b.start(Pool::new().get());
+        let mut a = b.push_room_reserving(1, &[9; 10], 1, &[100], &[], 2, 7);
+        let mut c = b.push_room_reserving(2, &[], 0, &[], &[], 1, 4);
+        // Interleaved, as staged: room 1, room 2, room 1.
+        assert!(b.place(&mut a, &[1, 1, 1], 101));
+        assert!(b.place(&mut c, &[2, 2, 2, 2], 201));
+        assert!(
+            !b.place(&mut a, &[4; 5], 103),
+            "longer than what room 1 has left"
+        );
+        assert!(b.place(&mut a, &[3, 3, 3, 3], 102));
+        assert!(!b.place(&mut a, &[6], 104), "a third move for room 1's two");
+        assert!(!b.place(&mut c, &[5; 60], 202), "past room 2's run");
+        let m = b.finish(Some(0));
+        let rooms: Vec<RoomEntry> = m.room_entries().collect();
+        assert_eq!(
+            (rooms[0].room, rooms[0].moves, rooms[0].frame_bytes),
+            (1, 3, 17)
+        );
+        assert_eq!(
+            m.frames(&rooms[0]),
+            &[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 1, 1, 1, 3, 3, 3, 3][..]
+        );
+        assert_eq!((rooms[1].room, rooms[1].moves), (2, 1));
+        assert_eq!(m.frames(&rooms[1]), &[2, 2, 2, 2][..]);
+        assert_eq!(m.stamps().collect::<Vec<_>>(), vec![100, 101, 102, 201]);
     }
 
     #[test]

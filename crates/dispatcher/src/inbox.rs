@@ -42,8 +42,6 @@ struct State {
     rejections: Vec<Rejection>,
     /// Dispatch time of each move in `frames` ([`crate::clock::now_ns`]), in order.
     stamps: Vec<u64>,
-    /// Takes so far (flush tracking).
-    generation: u64,
 }
 
 /// The inbox of one room.
@@ -183,7 +181,6 @@ impl Inbox {
         s.stamps.clear();
         s.rejections.clear();
         s.count = 0;
-        s.generation += 1;
         self.reserved
             .0
             .fetch_sub(std::mem::take(&mut s.cost), Ordering::AcqRel);
@@ -217,15 +214,9 @@ impl Inbox {
         s.stamps.clear();
         s.rejections.clear();
         s.count = 0;
-        s.generation += 1;
         let cost = std::mem::take(&mut s.cost) + later_bytes;
         self.reserved.0.fetch_sub(cost, Ordering::AcqRel);
         Some(at)
-    }
-
-    /// Takes so far.
-    pub fn generation(&self) -> u64 {
-        self.lock().generation
     }
 }
 
@@ -265,7 +256,6 @@ mod tests {
         assert_eq!(m.frames(&e[0]), &[1; 100][..]);
         assert_eq!(m.stamps().collect::<Vec<_>>(), vec![5]);
         assert_eq!(inbox.reserved(), 0);
-        assert_eq!(inbox.generation(), 1);
         assert!(take(&inbox).is_none(), "nothing waits");
         // The inbox is reusable at once: the whole capacity again.
         assert!(inbox.try_reserve(4096));

@@ -1175,12 +1175,23 @@ mod tests {
         let (mut r, mut intervals) = pair(scale);
         let mut cumulative = intervals.clone();
         let done = Arc::new(AtomicBool::new(false));
+        // Snapshots taken so far: the writer records each half only after the reader took
+        // one more, so the two overlap however the threads are scheduled (a busy machine
+        // used to let the writer finish before the first snapshot).
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
             let values = Arc::clone(&values);
             let done = Arc::clone(&done);
+            let reads = Arc::clone(&reads);
             std::thread::spawn(move || {
-                for &v in values.iter() {
-                    r.record(v);
+                for half in values.chunks(values.len().div_ceil(2)) {
+                    let seen = reads.load(Ordering::Acquire);
+                    while reads.load(Ordering::Acquire) == seen {
+                        std::thread::yield_now();
+                    }
+                    for &v in half {
+                        r.record(v);
+                    }
                 }
                 done.store(true, Ordering::Release);
             })
@@ -1195,6 +1206,7 @@ mod tests {
             sum += s.sum();
             total.merge(&s).unwrap();
             snapshots += 1;
+            reads.fetch_add(1, Ordering::AcqRel);
             let c = cumulative.snapshot(false).count();
             assert!(c >= last_cumulative, "a cumulative count went down");
             last_cumulative = c;

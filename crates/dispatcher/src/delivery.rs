@@ -222,47 +222,28 @@ impl Builder {
         self.stamps.extend_from_slice(stamps);
     }
 
-    /// Adds one room like [`Builder::push_room`], followed by room for `later_moves` more of
-    /// its frames (`later_bytes` in all) that the caller places with [`Builder::place`]:
-    /// the room's frames that waited in its inbox go first, then these. Returns where they
-    /// go: the byte offset of the first and the index of its stamp.
-    ///
-    /// Until every reserved frame is placed, the room holds zeros there (a worker only
-    /// reserves what it places).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the room's inbox part and its later part, as the inbox hands them over"
-    )]
-    pub fn push_room_reserving(
-        &mut self,
-        room: u32,
-        frames: &[u8],
-        moves: u32,
-        stamps: &[u64],
-        rejections: &[Rejection],
-        later_moves: u32,
-        later_bytes: usize,
-    ) -> Placement {
-        self.push_room(room, frames, moves, stamps, rejections);
+    /// Reserves room after the last room's frames for `later_moves` more of them
+    /// (`later_bytes` in all), which the caller writes with [`Builder::place`]; where they
+    /// go. A worker's staged moves follow what waited in the room's inbox this way. Until
+    /// every reserved frame is placed, the room holds zeros there (a worker only reserves
+    /// what it places).
+    pub fn reserve(&mut self, later_moves: u32, later_bytes: usize) -> Placement {
         let placement = Placement {
             frame: self.buf.len(),
             frame_end: self.buf.len() + later_bytes,
             stamp: self.stamps.len(),
             stamp_end: self.stamps.len() + later_moves as usize,
         };
-        if later_moves > 0 {
-            self.buf.resize(self.buf.len() + later_bytes, 0);
-            self.stamps
-                .resize(self.stamps.len() + later_moves as usize, 0);
-            if let Some(entry) = self.rooms.last_mut() {
-                entry[2] = u32_of(frames.len() + later_bytes);
-                entry[3] = moves + later_moves;
-            }
+        if let Some(entry) = self.rooms.last_mut().filter(|_| later_moves > 0) {
+            self.buf.resize(placement.frame_end, 0);
+            self.stamps.resize(placement.stamp_end, 0);
+            entry[2] += u32_of(later_bytes);
+            entry[3] += later_moves;
         }
         placement
     }
 
-    /// Writes one frame reserved by [`Builder::push_room_reserving`] at `at` and moves `at`
+    /// Writes one frame reserved by [`Builder::reserve`] at `at` and moves `at`
     /// past it. A frame that would not fit in what its room reserved is not written
     /// (`false`): the caller's bookkeeping is wrong, and no room's run is written past.
     #[inline]
@@ -340,7 +321,7 @@ impl Builder {
     }
 }
 
-/// Where the next frame reserved by [`Builder::push_room_reserving`] goes, and where its
+/// Where the next frame reserved by [`Builder::reserve`] goes, and where its
 /// room's reserved run ends. The default reserves nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Placement {
@@ -441,8 +422,10 @@ mod tests {
     fn reserved_runs_take_placed_frames_in_order() {
         let mut b = Builder::new();
         b.start(Pool::new().get());
-        let mut a = b.push_room_reserving(1, &[9; 10], 1, &[100], &[], 2, 7);
-        let mut c = b.push_room_reserving(2, &[], 0, &[], &[], 1, 4);
+        b.push_room(1, &[9; 10], 1, &[100], &[]);
+        let mut a = b.reserve(2, 7);
+        b.push_room(2, &[], 0, &[], &[]);
+        let mut c = b.reserve(1, 4);
         // Interleaved, as staged: room 1, room 2, room 1.
         assert!(b.place(&mut a, &[1, 1, 1], 101));
         assert!(b.place(&mut c, &[2, 2, 2, 2], 201));

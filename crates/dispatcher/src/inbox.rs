@@ -172,19 +172,7 @@ impl Inbox {
     /// Copies everything waiting (moves and rejections) into `out` as one room and gives
     /// its budget back; `false` (and nothing added) when nothing waits.
     pub fn take_into(&self, out: &mut Builder) -> bool {
-        let mut s = self.lock();
-        if s.count == 0 && s.rejections.is_empty() {
-            return false;
-        }
-        out.push_room(self.room, &s.frames, s.count, &s.stamps, &s.rejections);
-        s.frames.clear();
-        s.stamps.clear();
-        s.rejections.clear();
-        s.count = 0;
-        self.reserved
-            .0
-            .fetch_sub(std::mem::take(&mut s.cost), Ordering::AcqRel);
-        true
+        self.take_reserving(out, 0, 0).is_some()
     }
 
     /// Worker, for a push room: like [`Inbox::take_into`], and also reserves room after
@@ -201,15 +189,8 @@ impl Inbox {
         if s.count == 0 && s.rejections.is_empty() && later_moves == 0 {
             return None;
         }
-        let at = out.push_room_reserving(
-            self.room,
-            &s.frames,
-            s.count,
-            &s.stamps,
-            &s.rejections,
-            later_moves,
-            later_bytes,
-        );
+        out.push_room(self.room, &s.frames, s.count, &s.stamps, &s.rejections);
+        let at = out.reserve(later_moves, later_bytes);
         s.frames.clear();
         s.stamps.clear();
         s.rejections.clear();

@@ -432,7 +432,7 @@ impl Dirty {
 /// A push room's accepted move is copied here, next to the one before it, not into its
 /// room's inbox: with thousands of rooms an inbox is a lock and two or three cache lines
 /// nowhere near the previous move's, per move. The delivery then places each staged frame
-/// in its room's run ([`Builder::push_room_reserving`]): still one copy to the delivery,
+/// in its room's run ([`Builder::reserve`]): still one copy to the delivery,
 /// now from memory the worker just wrote. The inbox keeps rejections, the moves of pull
 /// rooms, and the staged moves of a room closed before its delivery ([`Worker::unstage`]).
 #[derive(Default)]
@@ -1140,10 +1140,11 @@ impl Worker {
                 }
             }
             for d in &mut self.dirty {
-                if let Some(r) = self.rooms.at(d.slot) {
+                let room = self.rooms.at(d.slot);
+                if let Some(r) = room {
                     r.listed.set(NOT_LISTED);
                 }
-                let Some(inbox) = d.inbox(&self.rooms) else {
+                let Some(inbox) = d.closed.as_ref().or(room.map(|r| &r.inbox)) else {
                     continue;
                 };
                 d.at = if d.inbox_used {
@@ -1154,15 +1155,8 @@ impl Worker {
                     // Nothing went into the inbox (only the worker writes a push room's):
                     // no lock, no look at it but its budget.
                     inbox.unreserve(d.staged_bytes);
-                    self.builder.push_room_reserving(
-                        d.room,
-                        &[],
-                        0,
-                        &[],
-                        &[],
-                        d.staged_moves,
-                        d.staged_bytes,
-                    )
+                    self.builder.push_room(d.room, &[], 0, &[], &[]);
+                    self.builder.reserve(d.staged_moves, d.staged_bytes)
                 } else {
                     Placement::default()
                 };

@@ -14,7 +14,7 @@ import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type List
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
-import { describe, rejectUnknownKeys, resolveOptions } from './options';
+import { allKeys, describe, rejectUnknownKeys, resolveOptions } from './options';
 import type {
   Delivery,
   DispatcherOptions,
@@ -29,6 +29,10 @@ import type {
 } from './types';
 
 const U32_MAX = 0xffff_ffff;
+const ROOM_KEYS = allKeys<RoomOptions>()(['auth', 'delivery', 'rateLimit']);
+const RATE_LIMIT_KEYS = allKeys<RateLimit>()(['perSecond', 'burst']);
+const JOIN_KEYS = allKeys<JoinOptions>()(['key']);
+const STATS_KEYS = allKeys<StatsOptions>()(['reset', 'topRooms']);
 
 function checkId(value: unknown, field: string, method: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > U32_MAX) {
@@ -54,7 +58,7 @@ function checkRateLimit(value: unknown): RateLimit | null {
   if (typeof value !== 'object' || value === null) {
     throw typeError(ErrorCode.InvalidArgument, `openRoom: rateLimit must be an object { perSecond, burst }, got ${describe(value)}`, { field: 'rateLimit' });
   }
-  rejectUnknownKeys(value, ['perSecond', 'burst'], 'openRoom', ErrorCode.InvalidArgument, 'rateLimit.');
+  rejectUnknownKeys(value, RATE_LIMIT_KEYS, 'openRoom', ErrorCode.InvalidArgument, 'rateLimit.');
   const { perSecond, burst } = value as Partial<RateLimit>;
   if (typeof perSecond !== 'number' || !Number.isFinite(perSecond) || perSecond <= 0 || perSecond > 1e9) {
     throw rangeError(ErrorCode.InvalidArgument, `openRoom: rateLimit.perSecond must be a number in (0, 1e9], got ${describe(perSecond)}`, {
@@ -251,7 +255,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
-    rejectUnknownKeys(options, ['auth', 'delivery', 'rateLimit'], 'openRoom', ErrorCode.InvalidArgument);
+    rejectUnknownKeys(options, ROOM_KEYS, 'openRoom', ErrorCode.InvalidArgument);
     const auth = options.auth ?? 'sha256';
     if (auth !== 'sha256' && auth !== 'hmac-sha256') {
       throw typeError(ErrorCode.InvalidArgument, `openRoom: auth must be 'sha256' or 'hmac-sha256', got ${describe(auth)}`, { field: 'auth' });
@@ -275,7 +279,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `join: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
-    rejectUnknownKeys(options, ['key'], 'join', ErrorCode.InvalidArgument);
+    rejectUnknownKeys(options, JOIN_KEYS, 'join', ErrorCode.InvalidArgument);
     let key: Uint8Array | null = null;
     if (options.key !== undefined) {
       key = checkBytes(options.key, 'key', 'join');
@@ -517,7 +521,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `stats: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
-    rejectUnknownKeys(options, ['reset', 'topRooms'], 'stats', ErrorCode.InvalidArgument);
+    rejectUnknownKeys(options, STATS_KEYS, 'stats', ErrorCode.InvalidArgument);
     if (options.reset !== undefined && typeof options.reset !== 'boolean') {
       throw typeError(ErrorCode.InvalidArgument, `stats: reset must be a boolean, got ${describe(options.reset)}`, { field: 'reset' });
     }

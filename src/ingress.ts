@@ -3,7 +3,7 @@
  * close reasons the addon numbers.
  */
 import { ErrorCode, rangeError, typeError } from './errors';
-import { rejectUnknownKeys } from './options';
+import { allKeys, rejectUnknownKeys } from './options';
 
 /** Where a transport listens. `port` 0 picks a free port (see `IngressServer.address`). */
 export interface ListenAddress {
@@ -165,20 +165,23 @@ export interface NativeListenOptions extends ListenAddresses {
 
 /** `listen()`'s option keys (`echoForTesting`: internal, for the tests). */
 const LISTEN_KEYS = [
-  'ws',
-  'tcp',
-  'grpc',
-  'ticketKey',
-  'maxConnections',
-  'idleTimeoutMs',
-  'maxBackpressureBytes',
-  'maxMessageBytes',
-  'handshakeTimeoutMs',
-  'maxRefusals',
-  'onConnection',
-  'onDisconnect',
+  ...allKeys<ListenOptions>()([
+    'ws',
+    'tcp',
+    'grpc',
+    'ticketKey',
+    'maxConnections',
+    'idleTimeoutMs',
+    'maxBackpressureBytes',
+    'maxMessageBytes',
+    'handshakeTimeoutMs',
+    'maxRefusals',
+    'onConnection',
+    'onDisconnect',
+  ]),
   'echoForTesting',
-] as const;
+];
+const ADDRESS_KEYS = allKeys<ListenAddress>()(['port', 'host']);
 
 export const LISTEN_DEFAULTS = {
   maxConnections: 10_000,
@@ -202,7 +205,7 @@ function address(value: unknown, field: string): { host: string; port: number } 
   if (value === null || typeof value !== 'object') {
     throw typeError(ErrorCode.InvalidOption, `listen: ${field} must be { port, host? }`, { field });
   }
-  rejectUnknownKeys(value, ['port', 'host'], 'listen', ErrorCode.InvalidOption, `${field}.`);
+  rejectUnknownKeys(value, ADDRESS_KEYS, 'listen', ErrorCode.InvalidOption, `${field}.`);
   const { port, host } = value as { port?: unknown; host?: unknown };
   const p = int(port, `${field}.port`, 0, 65_535, -1);
   if (p < 0) throw typeError(ErrorCode.InvalidOption, `listen: ${field}.port is required`, { field: `${field}.port` });

@@ -85,8 +85,18 @@ export function rejectUnknownKeys(value: object, known: readonly string[], where
   }
 }
 
+/**
+ * Every key of `T`, listed for {@link rejectUnknownKeys}: `allKeys<T>()([...])` is a type error
+ * when the list misses a key of `T` or names one `T` lacks, so an option added to a type
+ * cannot be refused at run time by a list left behind.
+ */
+export const allKeys =
+  <T>() =>
+  <const K extends readonly (keyof T & string)[]>(keys: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : never)): readonly string[] =>
+    keys;
+
 /** The constructor's option keys (`DispatcherOptions`). */
-const DISPATCHER_KEYS = [
+const DISPATCHER_KEYS = allKeys<DispatcherOptions>()([
   'engine',
   'workerThreads',
   'shards',
@@ -105,7 +115,8 @@ const DISPATCHER_KEYS = [
   'overload',
   'onOverload',
   'onRecovered',
-] as const satisfies readonly (keyof DispatcherOptions)[];
+]);
+const OVERLOAD_KEYS = allKeys<NonNullable<DispatcherOptions['overload']>>()(['queueDepth', 'roomBytes']);
 
 /** Validates the constructor options and fills in defaults. */
 export function resolveOptions(input: unknown): { engine: 'native' | 'js'; config: EngineConfig; maxPendingAsync: number } {
@@ -155,7 +166,7 @@ export function resolveOptions(input: unknown): { engine: 'native' | 'js'; confi
   if (typeof overload !== 'object' || overload === null) {
     throw typeError(ErrorCode.InvalidOption, `options.overload must be an object { queueDepth, roomBytes }, got ${describe(overload)}`, { field: 'overload' });
   }
-  rejectUnknownKeys(overload, ['queueDepth', 'roomBytes'], 'new Dispatcher', ErrorCode.InvalidOption, 'overload.');
+  rejectUnknownKeys(overload, OVERLOAD_KEYS, 'new Dispatcher', ErrorCode.InvalidOption, 'overload.');
   const marks = overload as Record<string, unknown>;
   const mark = (key: 'queueDepth' | 'roomBytes', max: number, fallback: number): number => {
     const value = marks[key];

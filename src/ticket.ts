@@ -27,7 +27,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { isUint8Array } from 'node:util/types';
 import { MAX_KEY_BYTES, MIN_KEY_BYTES } from './constants';
 import { ErrorCode, rangeError, typeError } from './errors';
-import { describe, rejectUnknownKeys } from './options';
+import { allKeys, describe, rejectUnknownKeys } from './options';
 
 /** The format version in a ticket's first byte. */
 export const TICKET_VERSION = 1;
@@ -90,6 +90,8 @@ function sign(key: Uint8Array, room: number, player: number, expiresAt: number, 
   return raw.toString('base64url');
 }
 
+const CLAIM_KEYS = allKeys<TicketClaims>()(['room', 'player', 'ttlMs']);
+
 /**
  * Mints a connection ticket for `claims.player` in `claims.room`, valid for `claims.ttlMs`
  * (default 15 s, at most 5 min) and for one connection. `key` is the data plane's ticket key:
@@ -109,7 +111,7 @@ export function issueTicket(key: Uint8Array | string, claims: TicketClaims): str
   if (typeof claims !== 'object' || claims === null) {
     throw typeError(ErrorCode.InvalidArgument, `${method}: claims must be an object { room, player, ttlMs? }, got ${describe(claims)}`, { field: 'claims' });
   }
-  rejectUnknownKeys(claims, ['room', 'player', 'ttlMs'], method, ErrorCode.InvalidArgument);
+  rejectUnknownKeys(claims, CLAIM_KEYS, method, ErrorCode.InvalidArgument);
   const room = integer(claims.room, 'room', method, 0, U32_MAX);
   const player = integer(claims.player, 'player', method, 0, U32_MAX);
   const ttlMs = claims.ttlMs === undefined ? DEFAULT_TICKET_TTL_MS : integer(claims.ttlMs, 'ttlMs', method, 1, MAX_TICKET_TTL_MS);

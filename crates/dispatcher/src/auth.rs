@@ -221,11 +221,15 @@ pub fn sha256(data: &[u8]) -> [u8; TAG_BYTES] {
     Sha256::digest(data).into()
 }
 
-/// Compares two tags in constant time: every byte is combined, with no early exit,
-/// and the accumulator passes through `black_box` so the compiler cannot add one.
+/// Compares two tags in constant time: every byte is combined, eight at a time, with no
+/// early exit, and the accumulator passes through `black_box` so the compiler cannot add
+/// one. (Combining byte by byte through `black_box` spilled every byte to the stack:
+/// ~4 % of a busy worker.)
 pub fn ct_eq(a: &[u8; TAG_BYTES], b: &[u8; TAG_BYTES]) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
+    let mut diff = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or_default());
         diff |= std::hint::black_box(x ^ y);
     }
     std::hint::black_box(diff) == 0

@@ -102,7 +102,7 @@ const REC_CONNECTION = 6;
 
 interface NativeHistogram extends Omit<HistogramStats, 'buckets'> {
   /** Flattened `[value, count, value, count, …]`. */
-  buckets: number[];
+  buckets: Float64Array;
 }
 
 interface NativeLatencies {

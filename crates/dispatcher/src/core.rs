@@ -787,7 +787,7 @@ impl Core {
                 inbox
             }
             None => {
-                let inbox = Arc::new(Inbox::new(room, self.cfg.room_bytes));
+                let inbox = Arc::new(Inbox::new(room, self.cfg.room_bytes, !push));
                 self.rooms.insert(
                     room,
                     Room {

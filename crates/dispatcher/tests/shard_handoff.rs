@@ -114,7 +114,7 @@ fn start_with(index: u32, ring_bytes: usize, policy: Policy) -> Harness {
 /// Queues the controls that open the pull room and join its player (sequence numbers 1
 /// and 2) and wakes the worker; the room's inbox.
 fn open_pull_room(shared: &Shared) -> Arc<Inbox> {
-    let inbox = Arc::new(Inbox::new(PULL, 1 << 16));
+    let inbox = Arc::new(Inbox::new(PULL, 1 << 16, true));
     let controls = [
         Control::OpenRoom {
             inbox: Arc::clone(&inbox),
@@ -188,8 +188,8 @@ fn moves_controls_and_deliveries_cross_without_lost_wakeups() {
         shared.wake();
         seq
     };
-    let pull = Arc::new(Inbox::new(PULL, 1024));
-    let push = Arc::new(Inbox::new(PUSH, 1024));
+    let pull = Arc::new(Inbox::new(PULL, 1024, true));
+    let push = Arc::new(Inbox::new(PUSH, 1024, false));
     for (inbox, is_push) in [(&pull, false), (&push, true)] {
         control(Control::OpenRoom {
             inbox: Arc::clone(inbox),

@@ -20,14 +20,11 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type Delivery, Dispatcher } from '../index';
 import { frameLength, inversePermutation, loadStore, permutation, playerKey, roomCount, roomOf } from './lib/frames';
-import { Histogram, type Summary } from './lib/hist';
+import { Histogram, type Summary, TWO_31 } from './lib/hist';
 import type { GcFigures, RunResult, RunSpec } from './lib/types';
 import { splitTicks, threadTicks, type ThreadSplit } from './lib/threads';
 import { WtPipeline } from './wt/pipeline';
 import { HandPipeline } from './hand/pipeline';
-
-/** Latencies below this many nanoseconds are recorded as int32 (unboxed by V8). */
-const TWO_31 = 2 ** 31;
 
 interface Sut {
   dispatchStream(chunk: Uint8Array): { consumed: number; backpressure: boolean; malformed: boolean; rejected: number };

@@ -11,7 +11,8 @@ const SUB = 1 << SUB_BITS;
 /** Powers of two covered: up to 2^46 ns (~19.5 hours). */
 const POWERS = 40;
 
-const TWO_31 = 2 ** 31;
+/** Below this, an integer is an int32 (V8 passes it unboxed) and shifts exactly. */
+export const TWO_31 = 2 ** 31;
 
 function floorLog2(v: number): number {
   if (v < TWO_31) return 31 - Math.clz32(v);

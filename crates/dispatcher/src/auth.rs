@@ -227,10 +227,8 @@ pub fn sha256(data: &[u8]) -> [u8; TAG_BYTES] {
 /// ~4 % of a busy worker.)
 pub fn ct_eq(a: &[u8; TAG_BYTES], b: &[u8; TAG_BYTES]) -> bool {
     let mut diff = 0u64;
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let x = u64::from_ne_bytes(x.try_into().unwrap_or_default());
-        let y = u64::from_ne_bytes(y.try_into().unwrap_or_default());
-        diff |= std::hint::black_box(x ^ y);
+    for (x, y) in a.as_chunks::<8>().0.iter().zip(b.as_chunks::<8>().0) {
+        diff |= std::hint::black_box(u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y));
     }
     std::hint::black_box(diff) == 0
 }

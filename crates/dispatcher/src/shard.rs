@@ -419,11 +419,9 @@ struct Dirty {
 }
 
 impl Dirty {
-    /// The entry's inbox: the closed room's, or the open room's in `rooms`.
-    fn inbox<'a>(&'a self, rooms: &'a Rooms<Room>) -> Option<&'a Arc<Inbox>> {
-        self.closed
-            .as_ref()
-            .or_else(|| rooms.at(self.slot).map(|r| &r.inbox))
+    /// The entry's inbox: the closed room's, or that of `room`, the open room at its slot.
+    fn inbox<'a>(&'a self, room: Option<&'a Room>) -> Option<&'a Arc<Inbox>> {
+        self.closed.as_ref().or(room.map(|r| &r.inbox))
     }
 }
 
@@ -1135,7 +1133,7 @@ impl Worker {
                 self.rooms.prefetch(d.slot);
             }
             for d in &self.dirty {
-                if let Some(inbox) = d.inbox(&self.rooms) {
+                if let Some(inbox) = d.inbox(self.rooms.at(d.slot)) {
                     inbox.prefetch_budget();
                 }
             }
@@ -1144,7 +1142,7 @@ impl Worker {
                 if let Some(r) = room {
                     r.listed.set(NOT_LISTED);
                 }
-                let Some(inbox) = d.closed.as_ref().or(room.map(|r| &r.inbox)) else {
+                let Some(inbox) = d.inbox(room) else {
                     continue;
                 };
                 d.at = if d.inbox_used {

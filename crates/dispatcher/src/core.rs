@@ -329,6 +329,34 @@ impl Cursor {
     }
 }
 
+/// Equal consecutive samples, recorded once with their count ([`Core::count_delivery`]).
+#[derive(Default)]
+struct Run {
+    value: u64,
+    count: u64,
+}
+
+impl Run {
+    /// Counts `value`; a different value first records the run before it.
+    #[inline]
+    fn add(&mut self, value: u64, to: &mut crate::latency::Recorder) {
+        if self.count > 0 && self.value != value {
+            to.record_n(self.value, self.count);
+            self.count = 0;
+        }
+        self.value = value;
+        self.count += 1;
+    }
+
+    /// Records the run in progress.
+    fn flush(&mut self, to: &mut crate::latency::Recorder) {
+        if self.count > 0 {
+            to.record_n(self.value, self.count);
+            self.count = 0;
+        }
+    }
+}
+
 /// The most moves of a shard that wait for their worker's wake-up when it is deferred.
 pub const WAKE_EVERY: u32 = 64;
 
@@ -1042,9 +1070,14 @@ impl Core {
         // Without wait histograms no room is looked up (two likely cache misses per room
         // with thousands of rooms).
         let track_waits = self.rooms_keep_waits();
+        // Runs of equal values are recorded once with their count: a delivery's moves carry
+        // few distinct stamps (a `dispatchStream` chunk's frames share one) and most of its
+        // rooms hold one move or a few, in room order.
+        let mut waits_run = Run::default();
+        let mut sizes_run = Run::default();
         for e in m.room_entries() {
             if e.moves > 0 {
-                self.batch_size.recorder.record(u64::from(e.moves));
+                sizes_run.add(u64::from(e.moves), &mut self.batch_size.recorder);
             }
             let mut waits = if track_waits {
                 self.rooms
@@ -1055,12 +1088,14 @@ impl Core {
             };
             for stamp in stamps.by_ref().take(e.moves as usize) {
                 let wait = now.saturating_sub(stamp);
-                self.delivered.recorder.record(wait);
+                waits_run.add(wait, &mut self.delivered.recorder);
                 if let Some(w) = waits.as_deref_mut() {
                     w.record(wait);
                 }
             }
         }
+        waits_run.flush(&mut self.delivered.recorder);
+        sizes_run.flush(&mut self.batch_size.recorder);
     }
 
     /// The latency and size histograms, shards merged. `reset` (with [`View::Stats`])
@@ -1399,6 +1434,22 @@ mod tests {
         let mut f = frame::encode_unsigned(&h, payload).unwrap();
         auth::sign(&mut f, key);
         f
+    }
+
+    #[test]
+    fn runs_record_every_sample_once() {
+        let (mut rec, mut obs) = crate::latency::pair(Scale::LATENCY_NS);
+        let mut run = Run::default();
+        let samples = [5_u64, 5, 5, 9, 5, 5, 1_000, 1_000, 9];
+        for v in samples {
+            run.add(v, &mut rec);
+        }
+        run.flush(&mut rec);
+        run.flush(&mut rec); // nothing left: records nothing
+        let s = obs.snapshot(false);
+        assert_eq!(s.count(), samples.len() as u64);
+        assert_eq!(s.sum(), samples.iter().sum::<u64>() as f64);
+        assert_eq!((s.min(), s.max()), (5, 1_000));
     }
 
     fn core(cfg: Config) -> (Core, Arc<AtomicUsize>) {

@@ -1050,15 +1050,15 @@ impl Core {
         &self.pool
     }
 
-    /// Counts a delivery handed to JavaScript and records its latencies (from each move's
-    /// dispatch stamp to now, overall and per room for overload events) and the size of
-    /// each room's batch.
     /// Whether rooms keep a histogram of their moves' waits: only with a room overload
     /// mark, which is all that reads them.
     fn rooms_keep_waits(&self) -> bool {
         self.cfg.overload_room_bytes > 0
     }
 
+    /// Counts a delivery handed to JavaScript and records its latencies (from each move's
+    /// dispatch stamp to now, overall and per room for overload events) and the size of
+    /// each room's batch.
     fn count_delivery(&mut self, m: &Moves) {
         self.counters.delivered += u64::from(m.moves());
         self.counters.batches += u64::from(m.rooms());

@@ -160,6 +160,8 @@ export interface NativeListenOptions extends ListenAddresses {
   maxMessageBytes: number;
   handshakeTimeoutMs: number;
   maxRefusals: number;
+  /** Whether connection events are wanted (`onConnection` or `onDisconnect` given): none are queued otherwise. */
+  connectionEvents: boolean;
   echoForTesting?: boolean;
 }
 
@@ -249,6 +251,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
     maxMessageBytes: int(options.maxMessageBytes, 'maxMessageBytes', 128, 16 << 20, LISTEN_DEFAULTS.maxMessageBytes),
     handshakeTimeoutMs: int(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 1, 600_000, LISTEN_DEFAULTS.handshakeTimeoutMs),
     maxRefusals: int(options.maxRefusals, 'maxRefusals', 0, 1_000_000, LISTEN_DEFAULTS.maxRefusals),
+    connectionEvents: options.onConnection !== undefined || options.onDisconnect !== undefined,
     ...(echo ? { echoForTesting: true } : {}),
   };
 }

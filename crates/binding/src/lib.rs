@@ -335,6 +335,8 @@ pub struct NativeListenOptions {
     pub max_message_bytes: u32,
     pub handshake_timeout_ms: u32,
     pub max_refusals: u32,
+    /// Whether JavaScript listens for connection events (absent: yes, as before the option).
+    pub connection_events: Option<bool>,
     pub echo_for_testing: Option<bool>,
 }
 
@@ -735,6 +737,7 @@ impl NativeDispatcher {
             max_message_bytes: options.max_message_bytes as usize,
             handshake_timeout_ms: u64::from(options.handshake_timeout_ms),
             max_refusals: options.max_refusals,
+            connection_events: options.connection_events.unwrap_or(true),
             echo_for_testing: options.echo_for_testing.unwrap_or(false),
         };
         with_entry(self.id, |e| {

@@ -190,7 +190,6 @@ impl Outbox {
         self.wake();
     }
 
-    /// Wakes JavaScript without news (capacity was freed: retry what met `Backpressure`).
     /// Queues a connection event; events published close together reach JavaScript in one
     /// poll (the wake-up is coalesced until JavaScript takes them).
     pub fn publish_connection(&self, event: ConnectionEvent) {
@@ -198,6 +197,7 @@ impl Outbox {
         self.wake();
     }
 
+    /// Wakes JavaScript without news (capacity was freed: retry what met `Backpressure`).
     pub fn notify(&self) {
         self.wake();
     }

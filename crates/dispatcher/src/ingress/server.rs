@@ -120,6 +120,9 @@ pub struct Options {
     pub handshake_timeout_ms: u64,
     /// Frames refused in a row after which a connection is closed (0: never).
     pub max_refusals: u32,
+    /// Whether connection opens and closes are published to JavaScript: without a listener
+    /// for them each would cost it a wake-up and an object for nothing.
+    pub connection_events: bool,
     /// Test hook for the WebSocket conformance suite: echo every message instead of
     /// taking it as moves, and accept text (validated UTF-8); no ticket needed.
     pub echo_for_testing: bool,
@@ -480,6 +483,9 @@ impl Hub {
     }
 
     fn event(&self, opened: bool, c: &Conn, reason: u8) {
+        if !self.opts.connection_events {
+            return;
+        }
         self.parts.outbox.publish_connection(ConnectionEvent {
             opened,
             id: c.id,
@@ -1607,6 +1613,73 @@ mod tests {
     use crate::config::Config;
     use crate::core::Core;
 
+    /// A TCP client admitted with a ticket, then gone: whether its open and close reached
+    /// the outbox (JavaScript's poll) follows `connection_events`.
+    #[test]
+    fn connection_events_are_published_only_when_wanted() {
+        for wanted in [false, true] {
+            let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
+            assert_eq!(
+                core.open_room(3, false, true, None),
+                crate::verdict::Status::Ok
+            );
+            assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
+            let parts = core.ingress_parts().unwrap();
+            let outbox = Arc::clone(&parts.outbox);
+            let key = vec![7; 32];
+            let ingress = Ingress::start(
+                parts,
+                Options {
+                    ws: None,
+                    tcp: Some("127.0.0.1:0".parse().unwrap()),
+                    grpc: None,
+                    ticket_key: key.clone(),
+                    max_connections: 8,
+                    idle_timeout_ms: 0,
+                    max_backpressure_bytes: 1 << 16,
+                    max_message_bytes: 1 << 16,
+                    handshake_timeout_ms: 5_000,
+                    max_refusals: 0,
+                    connection_events: wanted,
+                    echo_for_testing: false,
+                },
+            )
+            .unwrap();
+            let at = ingress.address(Transport::Tcp).unwrap();
+            let ticket = crate::ingress::ticket::tests::mint(
+                &key,
+                3,
+                9,
+                crate::ingress::ticket::now_unix_ms() + 60_000,
+                [1; 16],
+            );
+            let mut s = StdStream::connect(at).unwrap();
+            s.write_all(format!("ticket {ticket}\n").as_bytes())
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while ingress.connections() == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(ingress.connections(), 1, "the ticket admits the client");
+            drop(s);
+            while ingress.connections() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(ingress.connections(), 0, "the close is seen");
+            let events = outbox
+                .take()
+                .into_iter()
+                .filter(|d| matches!(d, crate::outbox::Delivery::Connection(_)))
+                .count();
+            assert_eq!(
+                events,
+                if wanted { 2 } else { 0 },
+                "connection_events: {wanted}"
+            );
+            ingress.close();
+        }
+    }
+
     /// A core and its ingress in echo mode, on a free port of 127.0.0.1.
     fn echo_server(max_message_bytes: usize, max_backpressure_bytes: usize) -> (Core, Ingress) {
         echo_server_idle(max_message_bytes, max_backpressure_bytes, 0)
@@ -1633,6 +1706,7 @@ mod tests {
                 max_message_bytes,
                 handshake_timeout_ms: 5_000,
                 max_refusals: 0,
+                connection_events: true,
                 echo_for_testing: true,
             },
         )

@@ -296,7 +296,7 @@ fn decode(text: &[u8]) -> Option<[u8; TICKET_BYTES]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The shared fixed vector (also in `__test__/ticket.test.ts`), computed independently
@@ -327,7 +327,13 @@ mod tests {
     }
 
     /// Mints a ticket as `src/ticket.ts` does.
-    fn mint(key: &[u8], room: u32, player: u32, expires: u64, nonce: [u8; 16]) -> String {
+    pub(crate) fn mint(
+        key: &[u8],
+        room: u32,
+        player: u32,
+        expires: u64,
+        nonce: [u8; 16],
+    ) -> String {
         let mut raw = [0u8; TICKET_BYTES];
         raw[0] = TICKET_VERSION;
         raw[1..5].copy_from_slice(&room.to_le_bytes());

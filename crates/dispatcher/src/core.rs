@@ -339,7 +339,7 @@ struct Run {
 impl Run {
     /// Counts `value`; a different value first records the run before it.
     #[inline]
-    fn add(&mut self, value: u64, to: &mut crate::latency::Recorder) {
+    fn add(&mut self, value: u64, to: &mut Recorder) {
         if self.count > 0 && self.value != value {
             to.record_n(self.value, self.count);
             self.count = 0;
@@ -349,7 +349,7 @@ impl Run {
     }
 
     /// Records the run in progress.
-    fn flush(&mut self, to: &mut crate::latency::Recorder) {
+    fn flush(&mut self, to: &mut Recorder) {
         if self.count > 0 {
             to.record_n(self.value, self.count);
             self.count = 0;

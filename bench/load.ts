@@ -386,7 +386,7 @@ async function run(spec: RunSpec): Promise<RunResult> {
     if (r.malformed) throw new Error('the frame store holds a malformed frame');
     const n = r.consumed / fl;
     if (n > 0) {
-      // Recorded from the first feed on, as whole nanoseconds (see `delivered`): a first call
+      // Recorded from the first feed on, as whole nanoseconds (see `settle`): a first call
       // at the window's start with a double deoptimised `Histogram.record` for every caller.
       const lag = Math.round((tf - (t0 + reads * sliceMs)) * 1e6);
       (windowOpen && !windowClosed ? feedLag : warmFeedLag).record(lag < TWO_31 ? lag | 0 : lag);
@@ -436,7 +436,7 @@ async function run(spec: RunSpec): Promise<RunResult> {
   // Everything accepted reaches JavaScript (late moves are recorded with their real latency).
   hold(performance.now());
   await sut.flush();
-  hold(performance.now()); // records what the last hold left (a segment's, the last move's)
+  settle(); // what the last hold left (a segment's, the last move's)
   const tStop = performance.now();
   // Window moves never sent: recorded with the latency reached at the stop (a lower bound).
   let censored = 0;

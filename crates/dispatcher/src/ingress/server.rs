@@ -1613,6 +1613,25 @@ mod tests {
     use crate::config::Config;
     use crate::core::Core;
 
+    /// The tests' listen options: no transport, a fixed ticket key, small limits, connection
+    /// events published, no echo.
+    fn test_options() -> Options {
+        Options {
+            ws: None,
+            tcp: None,
+            grpc: None,
+            ticket_key: vec![7; 32],
+            max_connections: 8,
+            idle_timeout_ms: 0,
+            max_backpressure_bytes: 1 << 16,
+            max_message_bytes: 1 << 16,
+            handshake_timeout_ms: 5_000,
+            max_refusals: 0,
+            connection_events: true,
+            echo_for_testing: false,
+        }
+    }
+
     /// A TCP client admitted with a ticket, then gone: whether its open and close reached
     /// the outbox (JavaScript's poll) follows `connection_events`.
     #[test]
@@ -1626,25 +1645,16 @@ mod tests {
             assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
             let parts = core.ingress_parts().unwrap();
             let outbox = Arc::clone(&parts.outbox);
-            let key = vec![7; 32];
             let ingress = Ingress::start(
                 parts,
                 Options {
-                    ws: None,
                     tcp: Some("127.0.0.1:0".parse().unwrap()),
-                    grpc: None,
-                    ticket_key: key.clone(),
-                    max_connections: 8,
-                    idle_timeout_ms: 0,
-                    max_backpressure_bytes: 1 << 16,
-                    max_message_bytes: 1 << 16,
-                    handshake_timeout_ms: 5_000,
-                    max_refusals: 0,
                     connection_events: wanted,
-                    echo_for_testing: false,
+                    ..test_options()
                 },
             )
             .unwrap();
+            let key = test_options().ticket_key;
             let at = ingress.address(Transport::Tcp).unwrap();
             let ticket = crate::ingress::ticket::tests::mint(
                 &key,
@@ -1697,17 +1707,11 @@ mod tests {
             parts,
             Options {
                 ws: Some("127.0.0.1:0".parse().unwrap()),
-                tcp: None,
-                grpc: None,
-                ticket_key: vec![7; 32],
-                max_connections: 8,
                 idle_timeout_ms,
                 max_backpressure_bytes,
                 max_message_bytes,
-                handshake_timeout_ms: 5_000,
-                max_refusals: 0,
-                connection_events: true,
                 echo_for_testing: true,
+                ..test_options()
             },
         )
         .unwrap();

@@ -263,8 +263,8 @@ async function main(): Promise<void> {
     windowS: opts.window ?? (q ? 2 : 8),
     drainLimitS: q ? 2 : 5,
     probe: q
-      ? { warmupS: 0.5, windowS: 1, drainLimitS: 0.5, maxRate: 4_000_000, resolution: 1.3, maxProbes: 6 }
-      : { warmupS: 1, windowS: 2, drainLimitS: 1, maxRate: 4_000_000, resolution: 1.1, maxProbes: 12 },
+      ? { warmupS: 0.5, windowS: 1, drainLimitS: 0.5, maxRate: 4_000_000, resolution: 1.3, maxProbes: 6, votes: 1 }
+      : { warmupS: 1, windowS: 2, drainLimitS: 1, maxRate: 4_000_000, resolution: 1.1, maxProbes: 12, votes: 3 },
     wtWorkers: opts.wtWorkers,
     equalLoadFraction: 0.5,
   };
@@ -361,31 +361,48 @@ async function main(): Promise<void> {
       let best: Measured | null = null;
       let rate = roundRate(100_000);
       let retries = 0;
+      // A rate holds when a majority of `votes` probes at it pass (stopping once the
+      // majority is decided); one probe per rate let a single stall of the shared machine
+      // decide the row's rate either way.
+      const need = Math.floor(p.votes / 2) + 1;
       for (let n = 0; n < p.maxProbes; n++) {
-        const r = await load(row, rate, p.warmupS, p.windowS, p.drainLimitS, `sustainable · ${ROW_LABELS[row]} · probe ${n + 1}: ${fmtInt(rate)}/s`);
-        // A failure while other processes held the machine says nothing about the row: the
-        // probe is run again (it stays listed), at most PROBE_RETRIES times a row.
-        const disturbed = !r.sustained && r.foreignCpuPercent > DISTURBED_PERCENT && retries < PROBE_RETRIES;
-        probes.push({
-          rate,
-          sustained: r.sustained,
-          p99Ns: r.latency?.p99 ?? null,
-          achieved: r.achieved,
-          growing: r.growing,
-          censored: r.censored,
-          foreignCpuPercent: r.foreignCpuPercent,
-          hash: r.hash?.chosen ?? null,
-          retried: disturbed,
-        });
-        if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
-        if (disturbed) {
-          retries++;
-          n--;
-          continue;
+        let passes = 0;
+        let fails = 0;
+        let worstPass: Measured | null = null;
+        while (passes < need && fails < need) {
+          const vote = passes + fails + 1;
+          const r = await load(row, rate, p.warmupS, p.windowS, p.drainLimitS, `sustainable · ${ROW_LABELS[row]} · rate ${n + 1}${p.votes > 1 ? `, probe ${vote}` : ''}: ${fmtInt(rate)}/s`);
+          // A failure while other processes held the machine says nothing about the row: the
+          // probe is run again (it stays listed), at most PROBE_RETRIES times a row.
+          const disturbed = !r.sustained && r.foreignCpuPercent > DISTURBED_PERCENT && retries < PROBE_RETRIES;
+          probes.push({
+            rate,
+            sustained: r.sustained,
+            p99Ns: r.latency?.p99 ?? null,
+            achieved: r.achieved,
+            growing: r.growing,
+            censored: r.censored,
+            foreignCpuPercent: r.foreignCpuPercent,
+            hash: r.hash?.chosen ?? null,
+            retried: disturbed,
+          });
+          if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
+          if (disturbed) {
+            retries++;
+            continue;
+          }
+          if (r.sustained) {
+            passes++;
+            // Reported at the rate: the passing probe with the higher p99 (the median of
+            // three when one failed, the worse of two otherwise).
+            if (worstPass === null || (r.latency?.p99 ?? 0) > (worstPass.latency?.p99 ?? 0)) worstPass = r;
+          } else {
+            fails++;
+          }
         }
-        if (r.sustained) {
+        if (passes >= need) {
           lo = rate;
-          best = r;
+          best = worstPass;
         } else {
           hi = rate;
         }

@@ -58,7 +58,7 @@ export interface Settings {
   warmupS: number;
   windowS: number;
   drainLimitS: number;
-  probe: { warmupS: number; windowS: number; drainLimitS: number; maxRate: number; resolution: number; maxProbes: number };
+  probe: { warmupS: number; windowS: number; drainLimitS: number; maxRate: number; resolution: number; maxProbes: number; votes: number };
   wtWorkers: number;
   equalLoadFraction: number;
 }
@@ -399,7 +399,7 @@ export function renderMarkdown(res: Results, svgName: string): string {
     L.push(`## Sustainable throughput (p99 < 5 ms, no growing backlog, nothing left unsent)`);
     L.push('');
     L.push(
-      `Search: short runs (${s.probe.warmupS} s warm-up, ${s.probe.windowS} s window), doubling from the first rate, then bisecting to within ${((s.probe.resolution - 1) * 100).toFixed(0)} %, capped at ${fmtInt(s.probe.maxRate)} moves/s. A probe that failed while other processes used more than 10 % of the machine is struck through and run again (at most 3 times a row).`,
+      `Search: short runs (${s.probe.warmupS} s warm-up, ${s.probe.windowS} s window), doubling from the first rate, then bisecting to within ${((s.probe.resolution - 1) * 100).toFixed(0)} %, capped at ${fmtInt(s.probe.maxRate)} moves/s. ${s.probe.votes > 1 ? `A rate holds when ${Math.floor(s.probe.votes / 2) + 1} of ${s.probe.votes} probes at it pass (the third runs only when the first two disagree); the p99 shown there is the worse passing probe's. ` : ''}A probe that failed while other processes used more than 10 % of the machine is struck through and run again (at most 3 times a row).`,
     );
     L.push('');
     const base = res.baseline;

@@ -18,7 +18,8 @@
  * the rate (messages/s) steps up the ladder until a step fails — p99 ≥ the gate (5 ms; pull
  * rows 50 ms + 5 ms: their latency includes the wait for the next drain), or any move lost
  * (sent − received), or the generator could not send what it planned. Server CPU per message
- * is utime + stime of every thread (/proc/<pid>/stat) over the window / messages sent in it.
+ * is utime + stime of every thread (/proc/<pid>/stat) over the window / messages sent in it;
+ * the Node rows' JavaScript thread's part (its schedstat time) is reported beside it.
  * Then RSS per idle connection (fresh server; VmRSS after connecting N clients that each sent
  * one message and idled 2 s, minus VmRSS before, / N) and connections held per process
  * (fresh server, cap = `ulimit -Hn` − 300; more attempts than the cap, from two generator
@@ -220,6 +221,15 @@ function cpuMs(pid: number): number {
   }
 }
 
+/** Time on CPU of the process's main thread (the JavaScript thread of a Node server), in ms (schedstat: ns). */
+function mainThreadCpuMs(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m === null ? Number.NaN : Number(m[1]);
@@ -261,6 +271,8 @@ interface Step {
   serverCpuPercent: number;
   cpuUsPerMessage: number;
   cpuUsPerMove: number;
+  /** The JavaScript thread's share of `cpuUsPerMessage` (Node rows; null for Go). */
+  jsCpuUsPerMessage: number | null;
   generatorCpuPercent: number;
   /** CPU of every other process on the machine during the window, % of one core. */
   otherCpuPercent: number;
@@ -274,12 +286,14 @@ async function step(row: Row, server: Proc, gen: Proc, rate: number, frames: num
   gen.send(`run ${rate} ${warmMs} ${windowMs} ${drainMs}`);
   await gen.next('window-start', 60_000);
   const s0 = cpuMs(server.pid);
+  const j0 = mainThreadCpuMs(server.pid);
   const g0 = cpuMs(gen.pid);
   const m0 = machineTicks();
   const t0 = performance.now();
   await gen.next('window-end', windowMs + 60_000);
   const wall = performance.now() - t0;
   const s1 = cpuMs(server.pid);
+  const j1 = mainThreadCpuMs(server.pid);
   const g1 = cpuMs(gen.pid);
   const m1 = machineTicks();
   const res = await gen.next('result', 120_000);
@@ -317,6 +331,7 @@ async function step(row: Row, server: Proc, gen: Proc, rate: number, frames: num
     serverCpuPercent: (serverCpu / wall) * 100,
     cpuUsPerMessage: (serverCpu * 1000) / Math.max(1, sentMessages),
     cpuUsPerMove: (serverCpu * 1000) / Math.max(1, sentMoves),
+    jsCpuUsPerMessage: row === 'go' ? null : ((j1 - j0) * 1000) / Math.max(1, sentMessages),
     generatorCpuPercent: (genCpu / wall) * 100,
     otherCpuPercent: Math.max(0, ((machineMs - serverCpu - genCpu) / wall) * 100),
     generatorLagUs: { p50: res.lagP50Us as number, p99: res.lagP99Us as number, max: res.lagMaxUs as number },
@@ -356,7 +371,7 @@ async function load(row: Row, frames: number): Promise<LoadResult> {
       out.steps.push(s);
       log(
         `    ${String(rate).padStart(7)} msg/s  p50 ${s.latencyMs.p50.toFixed(2)}  p99 ${s.latencyMs.p99.toFixed(2)}  p99.9 ${s.latencyMs.p999.toFixed(2)} ms  ` +
-          `cpu ${s.cpuUsPerMessage.toFixed(1)} µs/msg (${s.serverCpuPercent.toFixed(0)} %)  gen ${s.generatorCpuPercent.toFixed(0)} %  other ${s.otherCpuPercent.toFixed(0)} %  lost ${s.lost}  ${s.pass ? 'ok' : s.why.join('; ')}`,
+          `cpu ${s.cpuUsPerMessage.toFixed(1)} µs/msg (${s.serverCpuPercent.toFixed(0)} %${s.jsCpuUsPerMessage === null ? '' : `; JS thread ${s.jsCpuUsPerMessage.toFixed(2)}`})  gen ${s.generatorCpuPercent.toFixed(0)} %  other ${s.otherCpuPercent.toFixed(0)} %  lost ${s.lost}  ${s.pass ? 'ok' : s.why.join('; ')}`,
       );
       if (rate === commonRate[frames]) out.atCommon = s;
       if (!s.pass) break;
@@ -498,6 +513,10 @@ function log(line: string): void {
 const f1 = (x: number | undefined | null, d = 1): string => (x === undefined || x === null || !Number.isFinite(x) ? '—' : x.toFixed(d));
 const k = (x: number | null): string => (x === null ? '< ladder' : x >= 1000 ? `${x / 1000}k` : String(x));
 
+/** CPU per message, with the JavaScript thread's part in parentheses (Node rows). */
+const withJs = (x: Step | null | undefined): string =>
+  x === null || x === undefined ? '—' : `${f1(x.cpuUsPerMessage)}${x.jsCpuUsPerMessage === null || x.jsCpuUsPerMessage === undefined ? '' : ` (${f1(x.jsCpuUsPerMessage, 2)})`}`;
+
 function markdown(r: Report): string {
   const L: string[] = [];
   L.push(`# WebSocket ingress benchmark${r.quick ? ' — QUICK SMOKE RUN (short windows, few connections: not the official figures)' : ''}`);
@@ -513,13 +532,13 @@ function markdown(r: Report): string {
   for (const frames of r.config.shapes) {
     L.push(`## ${frames} frame${frames === 1 ? '' : 's'} per message`);
     L.push('');
-    L.push(`| row | sustainable msgs/s | CPU µs/msg @ ${k(r.config.commonRate[frames] ?? 0)}/s | p50 / p99 / p99.9 ms @ ${k(r.config.commonRate[frames] ?? 0)}/s | CPU µs/msg @ sustainable | lost @ ${k(r.config.commonRate[frames] ?? 0)}/s |`);
+    L.push(`| row | sustainable msgs/s | CPU µs/msg @ ${k(r.config.commonRate[frames] ?? 0)}/s (JS thread) | p50 / p99 / p99.9 ms @ ${k(r.config.commonRate[frames] ?? 0)}/s | CPU µs/msg @ sustainable (JS thread) | lost @ ${k(r.config.commonRate[frames] ?? 0)}/s |`);
     L.push('|---|---|---|---|---|---|');
     for (const l of r.loads.filter((x) => x.frames === frames)) {
       const c = l.atCommon;
       const top = l.steps.filter((s) => s.pass && s.rate === l.sustainable).at(-1);
       L.push(
-        `| ${l.row} | ${l.error !== undefined ? `error: ${l.error}` : k(l.sustainable)} | ${f1(c?.cpuUsPerMessage)} | ${c === null ? '—' : `${f1(c.latencyMs.p50, 2)} / ${f1(c.latencyMs.p99, 2)} / ${f1(c.latencyMs.p999, 2)}`} | ${f1(top?.cpuUsPerMessage)} | ${c?.lost ?? '—'} |`,
+        `| ${l.row} | ${l.error !== undefined ? `error: ${l.error}` : k(l.sustainable)} | ${withJs(c)} | ${c === null ? '—' : `${f1(c.latencyMs.p50, 2)} / ${f1(c.latencyMs.p99, 2)} / ${f1(c.latencyMs.p999, 2)}`} | ${withJs(top)} | ${c?.lost ?? '—'} |`,
       );
     }
     L.push('');
@@ -554,12 +573,12 @@ function markdown(r: Report): string {
   }
   L.push('## Every step');
   L.push('');
-  L.push('| row | frames | msgs/s | pass | p50 / p99 / p99.9 ms | server CPU µs/msg (% core) | generator % | other % | gen lag p99 µs | lost | why |');
-  L.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  L.push('| row | frames | msgs/s | pass | p50 / p99 / p99.9 ms | server CPU µs/msg (% core) | JS thread µs/msg | generator % | other % | gen lag p99 µs | lost | why |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const l of r.loads) {
     for (const s of l.steps) {
       L.push(
-        `| ${l.row} | ${s.frames} | ${s.rate} | ${s.pass ? 'yes' : 'no'} | ${f1(s.latencyMs.p50, 2)} / ${f1(s.latencyMs.p99, 2)} / ${f1(s.latencyMs.p999, 2)} | ${f1(s.cpuUsPerMessage)} (${f1(s.serverCpuPercent, 0)}) | ${f1(s.generatorCpuPercent, 0)} | ${f1(s.otherCpuPercent, 0)} | ${f1(s.generatorLagUs.p99, 0)} | ${s.lost} | ${s.why.join('; ')} |`,
+        `| ${l.row} | ${s.frames} | ${s.rate} | ${s.pass ? 'yes' : 'no'} | ${f1(s.latencyMs.p50, 2)} / ${f1(s.latencyMs.p99, 2)} / ${f1(s.latencyMs.p999, 2)} | ${f1(s.cpuUsPerMessage)} (${f1(s.serverCpuPercent, 0)}) | ${f1(s.jsCpuUsPerMessage, 2)} | ${f1(s.generatorCpuPercent, 0)} | ${f1(s.otherCpuPercent, 0)} | ${f1(s.generatorLagUs.p99, 0)} | ${s.lost} | ${s.why.join('; ')} |`,
       );
     }
   }

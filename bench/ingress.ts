@@ -557,7 +557,7 @@ function markdown(r: Report): string {
       `${r.config.conns} connections from ${sources} source addresses, open loop on 1 ms ticks, warm-up ${r.config.warmMs / 1000} s, window ${r.config.windowMs / 1000} s a step. ` +
       `Latency: planned send time (stamped in the payload) → JavaScript (Go: the consumer goroutine) holds the validated move. ` +
       `Gate: p99 < ${GATE_MS} ms (pull rows: < ${GATE_MS + PULL_TICK_MS} ms, their latency includes the wait for the next 50 ms \`drainAll()\`), nothing lost, the generator on plan` +
-      (r.config.votes > 1 ? `; a rate holds when ${Math.floor(r.config.votes / 2) + 1} of ${r.config.votes} steps at it pass (the figures shown for a rate are its median step by p99, the worse of two).` : '.'),
+      (r.config.votes > 1 ? `; a rate holds when ${Math.floor(r.config.votes / 2) + 1} of ${r.config.votes} steps at it pass (the figures shown at the common rate are its median step by p99, of two the worse; at the sustainable rate, the worse of the passing steps).` : '.'),
   );
   L.push('');
   for (const frames of r.config.shapes) {

@@ -393,8 +393,8 @@ async function main(): Promise<void> {
           }
           if (r.sustained) {
             passes++;
-            // Reported at the rate: the passing probe with the higher p99 (the median of
-            // three when one failed, the worse of two otherwise).
+            // Reported at the rate: the passing probe with the higher p99 (the worse of
+            // the two that decided it).
             if (worstPass === null || (r.latency?.p99 ?? 0) > (worstPass.latency?.p99 ?? 0)) worstPass = r;
           } else {
             fails++;

@@ -545,7 +545,7 @@ const k = (x: number | null): string => (x === null ? '< ladder' : x >= 1000 ? `
 
 /** CPU per message, with the JavaScript thread's part in parentheses (Node rows). */
 const withJs = (x: Step | null | undefined): string =>
-  x === null || x === undefined ? '—' : `${f1(x.cpuUsPerMessage)}${x.jsCpuUsPerMessage === null || x.jsCpuUsPerMessage === undefined ? '' : ` (${f1(x.jsCpuUsPerMessage, 2)})`}`;
+  x === null || x === undefined ? '—' : `${f1(x.cpuUsPerMessage)}${x.jsCpuUsPerMessage === null ? '' : ` (${f1(x.jsCpuUsPerMessage, 2)})`}`;
 
 function markdown(r: Report): string {
   const L: string[] = [];

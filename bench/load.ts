@@ -323,6 +323,7 @@ async function run(spec: RunSpec): Promise<RunResult> {
   let threads: ThreadSplit = { main: 0, engine: 0, clock: 0, other: 0 };
 
   let sent = prime;
+  let idleReads = 0;
   let syncRejected = primedRejected;
   let stopped = false;
   let windowOpen = false;
@@ -374,8 +375,20 @@ async function run(spec: RunSpec): Promise<RunResult> {
     if (!windowOpen && tf >= wsPlanned) openWindow(tf);
     if (windowOpen && !windowClosed && backlogMid < 0 && tf >= ws + (spec.windowS * 1000) / 2) backlogMid = backlog(tf);
     if (windowOpen && !windowClosed && tf >= we) closeWindow(tf);
-    if (stopped || spec.row === 'idle') return;
+    if (stopped) return;
     const reads = Math.min(totalReads, Math.floor((tf - t0) / sliceMs));
+    if (spec.row === 'idle') {
+      // Nothing to send: the idle row records how late the event loop runs each new read of
+      // the clock — one timer wake-up and one message, no work: the floor under every row's
+      // latency on this machine in this run.
+      if (reads > idleReads) {
+        // From the due time of the oldest read not yet run (read k is due at (k + 1) slices).
+        const lag = Math.round((tf - (t0 + (idleReads + 1) * sliceMs)) * 1e6);
+        idleReads = reads;
+        (windowOpen && !windowClosed ? feedLag : warmFeedLag).record(lag < TWO_31 ? lag | 0 : lag);
+      }
+      return;
+    }
     const target = prime + reads * q;
     if (sent >= target) return;
     // Stamped before the call: the hand-written row delivers inside it. Reads left unsent

@@ -26,13 +26,14 @@
  * processes: held, refused with 503, failed otherwise, and how long the slowest refusal took).
  *
  * Writes `bench/results/ingress/<date>-<host>.json` and `latest.md` (quick: under
- * `bench/results/quick/ingress/`, ignored by git).
+ * `bench/results/quick/ingress/`, ignored by git). `--render <json>` only rewrites the
+ * `latest.md` beside a result file from it (after a change to the report's wording).
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, release, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { issueTicket } from '../index';
 import type { IngressRow, IngressServerSpec } from './ingress-server';
@@ -629,6 +630,15 @@ interface Report {
 }
 
 async function main(): Promise<void> {
+  const renderOnly = opt('render');
+  if (renderOnly !== undefined) {
+    // `--render <json>`: rewrite latest.md beside a committed result with this report's
+    // wording; no load is run and no figure changes.
+    const report = JSON.parse(readFileSync(renderOnly, 'utf8')) as Report;
+    writeFileSync(join(dirname(renderOnly), 'latest.md'), markdown(report));
+    log(`rewrote ${join(dirname(renderOnly), 'latest.md')} from ${renderOnly}`);
+    return;
+  }
   const t0 = performance.now();
   const { goVersion } = buildGo();
   const report: Report = {

@@ -14,11 +14,13 @@
  * --no-sustainable, --no-low-rates, --no-per-message, --wt-workers N, --window S,
  * --keep-frames, --wait-idle S (before each
  * step, wait up to S seconds for other processes to leave the machine quiet).
+ * `node dist/bench/run.js --render FILE.json` runs nothing: it rewrites latest.md and
+ * latency.svg beside a result file from it (after a change of the report's wording).
  */
 import { execFileSync, fork } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, hostname, release, tmpdir, totalmem } from 'node:os';
-import { join, relative } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { benchAddonPath } from './lib/binding';
 import type { PerMessageResult, PerMessageSpec } from './permessage';
 import { ensureStore, frameLength, type Store, type StoreSpec } from './lib/frames';
@@ -236,7 +238,23 @@ async function child<T>(script: string, arg: unknown, label: string): Promise<{ 
 
 // ---------------------------------------------------------------------------------------
 
+/** `--render FILE.json`: rewrites latest.md and latency.svg beside a result file (no run). */
+function renderOnly(file: string): void {
+  const res = JSON.parse(readFileSync(file, 'utf8')) as Results;
+  const dir = dirname(file);
+  writeFileSync(join(dir, 'latency.svg'), renderPlot(res));
+  writeFileSync(join(dir, 'latest.md'), renderMarkdown(res, 'latency.svg'));
+  say(`rewrote ${relative(process.cwd(), join(dir, 'latest.md'))} and latency.svg from ${relative(process.cwd(), file)}`);
+}
+
 async function main(): Promise<void> {
+  const render = process.argv.indexOf('--render');
+  if (render >= 0) {
+    const file = process.argv[render + 1];
+    if (file === undefined) throw new TypeError('--render takes a result file (.json)');
+    renderOnly(file);
+    return;
+  }
   const opts = parseArgs(process.argv.slice(2));
   waitIdleS = opts.waitIdle;
   // Every step (children inherit the environment) runs the dispatcher on the bench build of

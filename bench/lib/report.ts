@@ -364,7 +364,7 @@ export function renderMarkdown(res: Results, svgName: string): string {
   const floor = floorOf(res.idle);
   if (floor !== null) {
     L.push(
-      `- ${ROW_LABELS.idle}: its latency cells are the floor — how late the event loop ran each ${s.sliceMs} ms read of the clock with no moves sent (one timer wake-up and one message between threads, no work; ${fmtInt(floor.count)} reads): what the harness and the machine alone add, under every row's latency in this run. A row's moves cross more threads than that.`,
+      `- ${ROW_LABELS.idle}: its latency cells are the floor — how late the event loop ran each ${s.sliceMs} ms read of the clock with no moves sent (one timer wake-up and one message between threads, no work; ${fmtInt(floor.count)} reads): what the harness and this machine alone add in one window. Every row's moves pay that and cross more threads besides; a row measured in a quieter window can still show a lower tail than this one.`,
     );
   }
   L.push(...noteRuns(res.macro));

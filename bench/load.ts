@@ -80,6 +80,8 @@ async function run(spec: RunSpec): Promise<RunResult> {
   const warmFromDispatch = new Histogram();
   const feedLag = new Histogram();
   const warmFeedLag = new Histogram();
+  const floor = new Histogram();
+  const warmFloor = new Histogram();
   const done = new Uint32Array(Math.ceil(totalFrames / 32) + 1);
   const fedAt = new Float64Array(totalReads + 1);
   let duplicates = 0;
@@ -378,15 +380,15 @@ async function run(spec: RunSpec): Promise<RunResult> {
     if (stopped) return;
     const reads = Math.min(totalReads, Math.floor((tf - t0) / sliceMs));
     if (spec.row === 'idle') {
-      // Nothing to send: the idle row records how late the event loop runs each new read of
-      // the clock — one timer wake-up and one message, no work: the floor under every row's
-      // latency on this machine in this run.
-      if (reads > idleReads) {
-        // From the due time of the oldest read not yet run (read k is due at (k + 1) slices).
-        const lag = Math.round((tf - (t0 + (idleReads + 1) * sliceMs)) * 1e6);
-        idleReads = reads;
-        (windowOpen && !windowClosed ? feedLag : warmFeedLag).record(lag < TWO_31 ? lag | 0 : lag);
+      // Nothing to send: the idle row records, for every read of the clock, how late the
+      // event loop ran it (read k is due at (k + 1) slices) — one timer wake-up and one
+      // message, no work: the floor of this harness on this machine. Every read counts from
+      // its own due time, and the window is chosen by read number, as the rows' moves are.
+      for (let k = idleReads; k < reads; k++) {
+        const lag = Math.round((tf - (t0 + (k + 1) * sliceMs)) * 1e6);
+        (k >= warmReads ? floor : warmFloor).record(lag < TWO_31 ? lag | 0 : lag);
       }
+      idleReads = Math.max(idleReads, reads);
       return;
     }
     const target = prime + reads * q;
@@ -478,6 +480,7 @@ async function run(spec: RunSpec): Promise<RunResult> {
     fromDispatch: spec.row === 'idle' ? null : fromDispatch.summary(),
     censored,
     feedLag: feedLag.summary(),
+    floor: spec.row === 'idle' ? floor.summary() : null,
     gc: {
       count: inWindow.length,
       totalMs: inWindow.reduce((a, g) => a + g.duration, 0),

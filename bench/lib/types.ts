@@ -61,6 +61,13 @@ export interface RunResult {
   censored: number;
   /** How late the feeder ran against the newest due read, ns, per feed in the window. */
   feedLag: Summary;
+  /**
+   * The idle row only: how late the main thread ran each read of the clock in the window
+   * (from that read's due time), ns; no moves sent. Absent in older results; the run of
+   * 6caf652 kept it in the idle row's `feedLag`, sampled once per wake-up (the oldest read
+   * not yet run), which misses the other reads of a late wake-up: its tail reads low.
+   */
+  floor?: Summary | null;
   gc: GcFigures;
   /** GC of the worker_threads row's verification workers (their own isolates). */
   workerGc: GcFigures | null;

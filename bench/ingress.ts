@@ -555,10 +555,10 @@ function markdown(r: Report): string {
   L.push(`${r.date}, ${r.machine.cpu} × ${r.machine.cores}, Linux ${r.machine.kernel}, Node ${r.machine.node}, ${r.machine.go}; \`ulimit -Hn\` ${r.machine.hardLimit}.`);
   L.push(
     `**The load generator (bench/wsload, Go) runs on the same ${r.machine.cores} cores as the server under test**; its CPU and that of every other process are in the step table. ` +
-      `${r.config.conns} connections from ${sources} source addresses, open loop on 1 ms ticks, warm-up ${r.config.warmMs / 1000} s, window ${r.config.windowMs / 1000} s a step. ` +
+      `${r.config.conns} connections from ${r.config.sources ?? sources} source addresses, open loop on 1 ms ticks, warm-up ${r.config.warmMs / 1000} s, window ${r.config.windowMs / 1000} s a step. ` +
       `Latency: planned send time (stamped in the payload) → JavaScript (Go: the consumer goroutine) holds the validated move. ` +
-      `Gate: p99 < ${GATE_MS} ms (pull rows: < ${GATE_MS + PULL_TICK_MS} ms, their latency includes the wait for the next 50 ms \`drainAll()\`), nothing lost, the generator on plan` +
-      (r.config.votes > 1 ? `; a rate holds when ${Math.floor(r.config.votes / 2) + 1} of ${r.config.votes} steps at it pass (the figures shown at the common rate are its median step by p99, of two the worse; at the sustainable rate, the worse of the passing steps).` : '.'),
+      `Gate: p99 < ${r.config.gateMs} ms (pull rows: < ${r.config.pullGateMs} ms, their latency includes the wait for the next ${r.config.pullGateMs - r.config.gateMs} ms \`drainAll()\`), nothing lost, the generator on plan` +
+      (r.config.votes > 1 ? `; a rate holds when ${Math.floor(r.config.votes / 2) + 1} of ${r.config.votes} steps at it pass (the figures shown at the common rate are its median step by p99 (of two, the worse); at the sustainable rate, the worse of the passing steps).` : '.'),
   );
   L.push('');
   for (const frames of r.config.shapes) {
@@ -622,7 +622,7 @@ interface Report {
   date: string;
   quick: boolean;
   machine: { host: string; cpu: string; cores: number; kernel: string; node: string; go: string; hardLimit: number };
-  config: { rows: Row[]; shapes: number[]; conns: number; roomSize: number; warmMs: number; windowMs: number; drainMs: number; ladders: Record<number, number[]>; commonRate: Record<number, number>; rssSizes: number[]; cap: number; capAttempts: number; gateMs: number; pullGateMs: number; votes: number };
+  config: { rows: Row[]; shapes: number[]; conns: number; roomSize: number; warmMs: number; windowMs: number; drainMs: number; ladders: Record<number, number[]>; commonRate: Record<number, number>; rssSizes: number[]; cap: number; capAttempts: number; gateMs: number; pullGateMs: number; votes: number; sources?: number };
   loads: LoadResult[];
   rss: RssResult[];
   cap: CapResult[];
@@ -631,6 +631,7 @@ interface Report {
 
 async function main(): Promise<void> {
   const renderOnly = opt('render');
+  if (flag('render') && (renderOnly === undefined || renderOnly.startsWith('--'))) throw new TypeError('--render takes a result file (.json)');
   if (renderOnly !== undefined) {
     // `--render <json>`: rewrite latest.md beside a committed result with this report's
     // wording; no load is run and no figure changes.
@@ -645,7 +646,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     quick,
     machine: { host: hostname(), cpu: cpus()[0]?.model ?? '?', cores: cpus().length, kernel: release(), node: process.version, go: goVersion, hardLimit },
-    config: { rows, shapes, conns, roomSize, warmMs, windowMs, drainMs, ladders, commonRate, rssSizes, cap: capConns, capAttempts, gateMs: GATE_MS, pullGateMs: GATE_MS + PULL_TICK_MS, votes },
+    config: { rows, shapes, conns, roomSize, warmMs, windowMs, drainMs, ladders, commonRate, rssSizes, cap: capConns, capAttempts, gateMs: GATE_MS, pullGateMs: GATE_MS + PULL_TICK_MS, votes, sources },
     loads: [],
     rss: [],
     cap: [],

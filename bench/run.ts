@@ -251,7 +251,7 @@ async function main(): Promise<void> {
   const render = process.argv.indexOf('--render');
   if (render >= 0) {
     const file = process.argv[render + 1];
-    if (file === undefined) throw new TypeError('--render takes a result file (.json)');
+    if (file === undefined || file.startsWith('--')) throw new TypeError('--render takes a result file (.json)');
     renderOnly(file);
     return;
   }

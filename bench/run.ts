@@ -138,14 +138,17 @@ function machine(): Machine {
   };
 }
 
-/** Busy and total jiffies of the whole machine (/proc/stat), or null off Linux. */
-function machineJiffies(): { busy: number; total: number } | null {
+/**
+ * Busy and total jiffies of the whole machine (/proc/stat), or null off Linux. `busy`
+ * includes `steal`: time the host ran something else on a vCPU that wanted to run.
+ */
+function machineJiffies(): { busy: number; total: number; steal: number } | null {
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
     const v = line.trim().split(/\s+/).slice(1).map(Number);
     const total = v.reduce((a, b) => a + b, 0);
     const idle = (v[3] ?? 0) + (v[4] ?? 0);
-    return { busy: total - idle, total };
+    return { busy: total - idle, total, steal: v[7] ?? 0 };
   } catch {
     return null;
   }
@@ -200,7 +203,7 @@ async function waitForIdle(label: string): Promise<void> {
   }
 }
 
-async function child<T>(script: string, arg: unknown, label: string): Promise<{ result: T; foreignCpuPercent: number }> {
+async function child<T>(script: string, arg: unknown, label: string): Promise<{ result: T; foreignCpuPercent: number; stealPercent: number }> {
   await waitForIdle(label);
   const before = machineJiffies();
   const t0 = Date.now();
@@ -229,11 +232,13 @@ async function child<T>(script: string, arg: unknown, label: string): Promise<{ 
   const after = machineJiffies();
   const wallMs = Date.now() - t0;
   let foreign = 0;
+  let steal = 0;
   if (before !== null && after !== null) {
     const busyMs = (after.busy - before.busy) * 10;
     foreign = Math.max(0, ((busyMs - cpuMs) / (wallMs * availableParallelism())) * 100);
+    steal = Math.min(foreign, ((after.steal - before.steal) * 10 * 100) / (wallMs * availableParallelism()));
   }
-  return { result, foreignCpuPercent: foreign };
+  return { result, foreignCpuPercent: foreign, stealPercent: steal };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,8 +326,8 @@ async function main(): Promise<void> {
     // The idle row sends nothing: it needs no frames.
     const s = row === 'idle' ? { path: '', spec, frames: 0 } : await storeFor(opts.players + Math.ceil(rate * (warmupS + windowS)) + rateUnit);
     const runSpec: RunSpec = { row, rate, spec, store: s, warmupS, windowS, drainLimitS, sliceMs, wtWorkers: opts.wtWorkers };
-    const { result, foreignCpuPercent } = await child<RunResult>('load.js', runSpec, label);
-    return { ...result, foreignCpuPercent };
+    const { result, foreignCpuPercent, stealPercent } = await child<RunResult>('load.js', runSpec, label);
+    return { ...result, foreignCpuPercent, stealPercent };
   };
   const brief = (r: Measured): string =>
     r.row === 'idle'
@@ -330,7 +335,7 @@ async function main(): Promise<void> {
       : `achieved ${fmtInt(r.achieved)}/s, p50 ${fmtNs(r.latency?.p50)}, p99 ${r.censored > 0 ? '≥ ' : ''}${fmtNs(r.latency?.p99)}, p99.9 ${fmtNs(
           r.latency?.p999,
         )}, CPU ${r.cpuPercent.toFixed(0)} %, lost ${r.lost}${r.hash === null ? '' : `, hash ${r.hash.chosen} (${r.hash.candidates.map((c) => `${c.name} ${fmtNs(c.nsPerVerify)}`).join(', ')})`}${
-          r.foreignCpuPercent > 10 ? `  [other processes: ${r.foreignCpuPercent.toFixed(0)} % of the machine]` : ''
+          r.foreignCpuPercent > 10 ? `  [other processes: ${r.foreignCpuPercent.toFixed(0)} % of the machine${r.stealPercent === undefined || r.stealPercent < 0.5 ? '' : `, of which host steal ${r.stealPercent.toFixed(0)} %`}]` : ''
         }`;
 
   const results: Results = {

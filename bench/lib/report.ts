@@ -63,7 +63,13 @@ export interface Settings {
   equalLoadFraction: number;
 }
 
-export type Measured = RunResult & { foreignCpuPercent: number };
+/**
+ * A run with what the rest of the machine did meanwhile: `foreignCpuPercent`, the busy
+ * time not the run's own (other processes, kernel threads, interrupts and the host's
+ * steal), and `stealPercent`, the host's steal alone (absent in results before 2026-12-06's
+ * steal split).
+ */
+export type Measured = RunResult & { foreignCpuPercent: number; stealPercent?: number };
 
 export interface Results {
   /** 2: the hand-written row, `baseline`, `ratioToBaseline` (was `ratioToPureNode`, against the js engine). */
@@ -201,7 +207,7 @@ function noteRuns(runs: Measured[]): string[] {
       `dispatchStream call → JavaScript p99 ${r.fromDispatch === null ? 'n/a' : fmtNs(r.fromDispatch.p99)}`,
       r.engineDelivered === null ? null : `engine's own dispatch → delivered p99 ${fmtNs(r.engineDelivered.p99)}`,
       `feeder lateness p99 ${fmtNs(r.feedLag.p99)}`,
-      `other processes used ${r.foreignCpuPercent.toFixed(0)} % of the machine meanwhile`,
+      `other processes used ${r.foreignCpuPercent.toFixed(0)} % of the machine meanwhile${r.stealPercent === undefined ? '' : ` (of which the host's steal ${r.stealPercent.toFixed(0)} %)`}`,
     ].filter((b) => b !== null);
     out.push(`- ${bits.join('; ')}.`);
   }

@@ -66,8 +66,7 @@ export interface Settings {
 /**
  * A run with what the rest of the machine did meanwhile: `foreignCpuPercent`, the busy
  * time not the run's own (other processes, kernel threads, interrupts and the host's
- * steal), and `stealPercent`, the host's steal alone (absent in results before 2026-12-06's
- * steal split).
+ * steal), and `stealPercent`, the host's steal alone (absent in results before 8c4b630).
  */
 export type Measured = RunResult & { foreignCpuPercent: number; stealPercent?: number };
 

@@ -160,10 +160,13 @@ class MoveCursor implements MoveView {
   frameOffset = 0;
   frameLength = 0;
   // Truly private: JSON.stringify / Object.keys of a view never reach the delivery memory.
-  readonly #bytes: Uint8Array;
+  readonly #buffer: ArrayBufferLike;
+  /** Where the delivery starts in `#buffer` (read once: a detached view reports 0). */
+  readonly #base: number;
   readonly #dv: DataView;
   constructor(bytes: Uint8Array, dv: DataView) {
-    this.#bytes = bytes;
+    this.#buffer = bytes.buffer;
+    this.#base = bytes.byteOffset;
     this.#dv = dv;
   }
 
@@ -189,8 +192,10 @@ class MoveCursor implements MoveView {
     return this.frameLength - FRAME_OVERHEAD;
   }
   get payload(): Uint8Array {
-    const start = this.frameOffset + HEADER_BYTES;
-    return this.#bytes.subarray(start, start + this.frameLength - FRAME_OVERHEAD);
+    // The constructor, not `subarray`: no species lookup, about twice as fast per view in
+    // V8 (bench/micro.ts measures the read). Over a released (detached) delivery both
+    // throw the same TypeError.
+    return new Uint8Array(this.#buffer, this.#base + this.frameOffset + HEADER_BYTES, this.frameLength - FRAME_OVERHEAD);
   }
 
   [INSPECT](depth: number, options: unknown, inspect?: Inspect): string {

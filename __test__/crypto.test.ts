@@ -6,7 +6,7 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../src/errors';
 import { encodeMove, encodeMoveInto, frameLength, parseHeader } from '../src/encode';
-import { hmacSha256, sha256 } from '../src/sha256';
+import { HMAC_MIDSTATE_WORDS, hmacMidstates, hmacSha256, sha256, verifyHmac, verifySha256 } from '../src/sha256';
 import type { EncodeMoveInput } from '../src/types';
 import { type WireVector, loadWireVectors } from './helpers';
 
@@ -72,6 +72,72 @@ describe('hmacSha256', () => {
     const first = hex(hmacSha256(key, data));
     sha256(randomBytes(70));
     expect(hex(hmacSha256(key, data))).toBe(first);
+  });
+});
+
+describe('verifySha256 / verifyHmac (the JS engine\'s in-place tag checks)', () => {
+  /** `data` at offset `at` of a larger buffer, followed by `tag`, then junk. */
+  function framed(data: Uint8Array, tag: Uint8Array, at: number): Uint8Array {
+    const buf = randomBytes(at + data.length + 32 + 7);
+    buf.set(data, at);
+    buf.set(tag, at + data.length);
+    return new Uint8Array(buf.buffer, buf.byteOffset, buf.length);
+  }
+
+  it('accept the tag node:crypto computes, at any offset, for every length 0..300', () => {
+    for (const n of LENGTHS) {
+      const data = randomBytes(n);
+      const at = n % 13;
+      expect(verifySha256(framed(data, createHash('sha256').update(data).digest(), at), at, n), `length ${n}`).toBe(true);
+      const key = randomBytes(16 + (n % 49));
+      expect(verifyHmac(hmacMidstates(key), framed(data, createHmac('sha256', key).update(data).digest(), at), at, n), `hmac length ${n}`).toBe(true);
+    }
+  });
+
+  it('refuse a tag with any one bit flipped, and a flipped message bit', () => {
+    const data = randomBytes(88);
+    const key = randomBytes(32);
+    const mid = hmacMidstates(key);
+    const sha = framed(data, createHash('sha256').update(data).digest(), 5);
+    const mac = framed(data, createHmac('sha256', key).update(data).digest(), 5);
+    for (let bit = 0; bit < (88 + 32) * 8; bit++) {
+      const at = 5 + (bit >>> 3);
+      sha[at]! ^= 1 << (bit & 7);
+      mac[at]! ^= 1 << (bit & 7);
+      expect(verifySha256(sha, 5, 88), `sha bit ${bit}`).toBe(false);
+      expect(verifyHmac(mid, mac, 5, 88), `hmac bit ${bit}`).toBe(false);
+      sha[at]! ^= 1 << (bit & 7);
+      mac[at]! ^= 1 << (bit & 7);
+    }
+    expect([verifySha256(sha, 5, 88), verifyHmac(mid, mac, 5, 88)]).toEqual([true, true]);
+  });
+
+  it('midstates match node:crypto for keys shorter than 16 and longer than 64 bytes; another key fails', () => {
+    const data = randomBytes(120);
+    for (const keyLength of [0, 1, 15, 64, 65, 100, 200]) {
+      const key = randomBytes(keyLength);
+      const buf = framed(data, createHmac('sha256', key).update(data).digest(), 0);
+      expect(verifyHmac(hmacMidstates(key), buf, 0, 120), `key ${keyLength}`).toBe(true);
+      expect(verifyHmac(hmacMidstates(randomBytes(32)), buf, 0, 120), `other key ${keyLength}`).toBe(false);
+    }
+  });
+
+  it('answer false, never throw, when the tag does not fit or the midstates are not a key\'s', () => {
+    const data = randomBytes(40);
+    const buf = framed(data, createHash('sha256').update(data).digest(), 0);
+    expect(verifySha256(buf, 0, 40)).toBe(true);
+    expect([verifySha256(buf, 0, buf.length - 31), verifySha256(buf, -1, 40), verifySha256(buf, 0, -1), verifySha256(new Uint8Array(0), 0, 0)]).toEqual([false, false, false, false]);
+    expect(verifyHmac(new Int32Array(HMAC_MIDSTATE_WORDS - 1), buf, 0, 40)).toBe(false);
+  });
+
+  it('are unaffected by interleaved sha256 / hmacSha256 calls (shared scratch state)', () => {
+    const data = randomBytes(88);
+    const key = randomBytes(24);
+    const mid = hmacMidstates(key);
+    sha256(randomBytes(70));
+    const mac = framed(data, hmacSha256(key, data), 3);
+    hmacSha256(randomBytes(20), randomBytes(130));
+    expect(verifyHmac(mid, mac, 3, 88)).toBe(true);
   });
 });
 

@@ -4,8 +4,15 @@
  * No imports at all, so `encodeMove` runs in browsers. The compression function works on
  * 32-bit integers with one preallocated message schedule, and a message is hashed without
  * copying it (only its last one or two padded blocks go through a scratch buffer).
- * Not constant-time with respect to anything but the data length; the engines verify tags
- * with `node:crypto` (JS engine) or Rust, never with this module.
+ *
+ * The JS engine verifies tags with `verifySha256` / `verifyHmac`: in place in its ring,
+ * with no allocation at all (`crypto.hash` allocates a Buffer per call and, with
+ * `timingSafeEqual`, cost about twice as much per 120-byte frame here), HMAC from each key's
+ * two midstates (the state after `key ⊕ ipad` and after `key ⊕ opad`, computed once at
+ * join, as OpenSSL's `HMAC_CTX` and Rust's `hmac` crate keep them). Their time depends only
+ * on the data's length: 32-bit integer arithmetic, no table lookups or branches on the data
+ * or the key, and the tag is compared word by word with the differences OR-ed together (no
+ * early exit). Checked against `node:crypto` in __test__/crypto.test.ts.
  */
 
 /** Round constants: the first 32 bits of the fractional parts of the cube roots of the first 64 primes. */
@@ -83,25 +90,43 @@ function compress(bytes: Uint8Array, at: number): void {
 }
 
 /**
+ * Hashes `src[at..at + n]` into `STATE`, which holds the state to continue from;
+ * `prefixBytes` bytes were hashed before (for the bit length in the padding). Whole blocks
+ * are read in place; the last one or two, padded, go through `TAIL`. No allocation.
+ */
+function update(src: Uint8Array, at: number, n: number, prefixBytes: number): void {
+  const end = at + n;
+  let p = at;
+  for (; end - p >= BLOCK; p += BLOCK) compress(src, p);
+  const rest = end - p;
+  TAIL.fill(0);
+  for (let i = 0; i < rest; i++) TAIL[i] = src[p + i]!;
+  TAIL[rest] = 0x80;
+  const tailBytes = rest + 9 <= BLOCK ? BLOCK : 2 * BLOCK;
+  const bits = (n + prefixBytes) * 8;
+  writeU32BE(TAIL, tailBytes - 8, Math.floor(bits / 0x1_0000_0000));
+  writeU32BE(TAIL, tailBytes - 4, bits >>> 0);
+  for (let q = 0; q < tailBytes; q += BLOCK) compress(TAIL, q);
+}
+
+/**
  * Writes SHA-256(`prefix` ‖ `data`) into `out[0..32]`. `prefix` is one whole block or
  * null; it lets HMAC hash its padded key and the message without concatenating them.
  */
 function digestInto(prefix: Uint8Array | null, data: Uint8Array, out: Uint8Array): void {
   STATE.set(IV);
   if (prefix !== null) compress(prefix, 0);
-  const n = data.length;
-  const whole = n - (n % BLOCK);
-  for (let at = 0; at < whole; at += BLOCK) compress(data, at);
-  const rest = n - whole;
-  TAIL.fill(0);
-  TAIL.set(data.subarray(whole), 0);
-  TAIL[rest] = 0x80;
-  const tailBytes = rest + 9 <= BLOCK ? BLOCK : 2 * BLOCK;
-  const bits = (n + (prefix === null ? 0 : BLOCK)) * 8;
-  writeU32BE(TAIL, tailBytes - 8, Math.floor(bits / 0x1_0000_0000));
-  writeU32BE(TAIL, tailBytes - 4, bits >>> 0);
-  for (let at = 0; at < tailBytes; at += BLOCK) compress(TAIL, at);
+  update(data, 0, data.length, prefix === null ? 0 : BLOCK);
   for (let i = 0; i < 8; i++) writeU32BE(out, i * 4, STATE[i]!);
+}
+
+/** Whether `STATE` differs from the 32 bytes at `tag[at..]`: every word compared, no early exit. */
+function differs(tag: Uint8Array, at: number): boolean {
+  let diff = 0;
+  for (let i = 0; i < 8; i++, at += 4) {
+    diff |= STATE[i]! ^ ((tag[at]! << 24) | (tag[at + 1]! << 16) | (tag[at + 2]! << 8) | tag[at + 3]!);
+  }
+  return diff !== 0;
 }
 
 function writeU32BE(out: Uint8Array, at: number, value: number): void {
@@ -122,11 +147,8 @@ export function sha256(data: Uint8Array): Uint8Array {
   return out;
 }
 
-/**
- * HMAC-SHA256 of `data` under `key` (RFC 2104; a key longer than 64 bytes is hashed first).
- * @returns a new 32-byte array.
- */
-export function hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
+/** Puts HMAC's key block in `PAD`: the key (or its digest, if longer than a block), zero-padded. */
+function keyBlock(key: Uint8Array): void {
   PAD.fill(0);
   if (key.length > BLOCK) {
     digestInto(null, key, INNER);
@@ -134,6 +156,14 @@ export function hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
   } else {
     PAD.set(key);
   }
+}
+
+/**
+ * HMAC-SHA256 of `data` under `key` (RFC 2104; a key longer than 64 bytes is hashed first).
+ * @returns a new 32-byte array.
+ */
+export function hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
+  keyBlock(key);
   for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ IPAD;
   digestInto(PAD, data, INNER);
   for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ (IPAD ^ OPAD);
@@ -142,4 +172,60 @@ export function hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
   PAD.fill(0);
   INNER.fill(0);
   return out;
+}
+
+/**
+ * Whether SHA-256(`src[at..at + n]`) equals the 32 bytes that follow it (a v1 frame's tag
+ * after its header and payload). Reads `src` in place and allocates nothing; false when
+ * the tag does not fit in `src`.
+ */
+export function verifySha256(src: Uint8Array, at: number, n: number): boolean {
+  if (at < 0 || n < 0 || at + n + 32 > src.length) return false;
+  STATE.set(IV);
+  update(src, at, n, 0);
+  return !differs(src, at + n);
+}
+
+/** Words of one key's HMAC midstates ([`hmacMidstates`]): inner (8), then outer (8). */
+export const HMAC_MIDSTATE_WORDS = 16;
+
+/**
+ * The HMAC-SHA256 midstates of `key` (RFC 2104; a key longer than 64 bytes is hashed
+ * first): the SHA-256 state after `key ⊕ ipad`, then after `key ⊕ opad`. They are as secret
+ * as the key (they sign like it). `key` is not kept.
+ */
+export function hmacMidstates(key: Uint8Array): Int32Array {
+  const mid = new Int32Array(HMAC_MIDSTATE_WORDS);
+  keyBlock(key);
+  for (let pass = 0; pass < 2; pass++) {
+    const pad = pass === 0 ? IPAD : OPAD;
+    for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ pad;
+    STATE.set(IV);
+    compress(PAD, 0);
+    mid.set(STATE, 8 * pass);
+    for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ pad;
+  }
+  PAD.fill(0);
+  INNER.fill(0);
+  STATE.fill(0);
+  return mid;
+}
+
+/**
+ * Whether HMAC-SHA256(key, `src[at..at + n]`) equals the 32 bytes that follow it, the key
+ * given by its midstates ([`hmacMidstates`]). Reads `src` in place and allocates nothing;
+ * false when the tag does not fit in `src` or `mid` is not a key's midstates.
+ */
+export function verifyHmac(mid: Int32Array, src: Uint8Array, at: number, n: number): boolean {
+  if (mid.length !== HMAC_MIDSTATE_WORDS || at < 0 || n < 0 || at + n + 32 > src.length) return false;
+  for (let i = 0; i < 8; i++) STATE[i] = mid[i]!;
+  update(src, at, n, BLOCK);
+  // The outer hash: the outer midstate, then one block of the inner digest and its padding.
+  for (let i = 0; i < 8; i++) writeU32BE(TAIL, 4 * i, STATE[i]!);
+  TAIL.fill(0, 32, BLOCK);
+  TAIL[32] = 0x80;
+  writeU32BE(TAIL, BLOCK - 4, (BLOCK + 32) * 8);
+  for (let i = 0; i < 8; i++) STATE[i] = mid[8 + i]!;
+  compress(TAIL, 0);
+  return !differs(src, at + n);
 }

@@ -638,14 +638,35 @@ export class Dispatcher {
       get connections() {
         return state.closed ? 0 : (engine.ingressStats?.()?.open ?? 0);
       },
-      close: () => {
-        if (!state.closed) {
-          state.closed = true;
-          engine.stopListening?.();
-        }
-        return Promise.resolve();
-      },
+      close: () => this.#stopListening(state),
     };
+  }
+
+  /**
+   * Stops `state`'s ingress (once) and resolves when its connections have closed — each
+   * sends its close frame or status, half-closes and lingers (well under a second) — or
+   * after `INGRESS_CLOSE_WAIT_MS`, whichever comes first. Their `onDisconnect` events
+   * (`shutdown`) arrive meanwhile.
+   */
+  #stopListening(state: IngressState): Promise<void> {
+    if (state.stopped !== undefined) return state.stopped;
+    state.closed = true;
+    const engine = this.#engine;
+    engine.stopListening?.();
+    const deadline = Date.now() + INGRESS_CLOSE_WAIT_MS;
+    state.stopped = new Promise<void>((resolve) => {
+      const check = (): void => {
+        if ((engine.ingressClosing?.() ?? 0) === 0 || Date.now() >= deadline) {
+          // The close events the connections published: to onDisconnect before resolving.
+          this.#poll();
+          resolve();
+        } else {
+          setTimeout(check, 5);
+        }
+      };
+      check();
+    });
+    return state.stopped;
   }
 
   /**
@@ -693,7 +714,9 @@ export class Dispatcher {
   }
 
   /**
-   * Refuses new frames, delivers everything accepted, stops the threads. Later calls answer
+   * Refuses new frames, closes native ingress as `server.close()` does (its connections
+   * closed with reason `shutdown`, waited for up to 2 s), delivers everything accepted,
+   * stops the threads. Later calls answer
    * `Verdict.Closed` (dispatch) or throw `ERR_MOVE_DISPATCHER_CLOSED`; pull rooms can still
    * be drained. Idempotent.
    */
@@ -701,6 +724,10 @@ export class Dispatcher {
     if (this.#closing !== undefined) return this.#closing;
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
+    // Native ingress closes first, as `server.close()` does: its connections get their close
+    // frame or status (`shutdown`) and their onDisconnect events before the runtime stops.
+    const ingress = this.#ingress;
+    const stopped = ingress === undefined ? undefined : this.#stopListening(ingress);
     this.#engine.closeInput();
     for (const w of this.#writableWaiters.splice(0)) w.resolve();
     // Push batches nobody has consumed yet would hold their shards (one push delivery out per
@@ -711,6 +738,7 @@ export class Dispatcher {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
       // by the engine: they answer Closed.
       for (const item of this.#asyncQueue.takeAll()) item.resolve(Verdict.Closed);
+      await stopped;
       await this.#requestFlush();
       this.#engine.shutdown();
       this.#poll();
@@ -961,7 +989,12 @@ interface IngressState {
   onConnection?: (info: ConnectionInfo) => void;
   onDisconnect?: (info: DisconnectInfo) => void;
   closed: boolean;
+  /** Once stopped: resolves when its connections have closed (or the wait ran out). */
+  stopped?: Promise<void>;
 }
+
+/** How long closing an ingress waits for its connections to finish closing. */
+const INGRESS_CLOSE_WAIT_MS = 2_000;
 
 /** The user callbacks whose errors go to `onError`. */
 type CallbackName = 'onDelivery' | 'onBatch' | 'onOverload' | 'onRecovered' | 'onConnection' | 'onDisconnect';

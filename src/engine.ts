@@ -170,6 +170,8 @@ export interface Engine {
   /** Native ingress (the native engine only). */
   listen?(options: NativeListenOptions): NativeListenInfo;
   stopListening?(): void;
+  /** Connections of a stopped ingress that have not finished closing yet. */
+  ingressClosing?(): number;
   /** 0 sent, 1 backpressure, 2 dropped, 3 closed. */
   send?(room: number, player: number, bytes: Uint8Array): number;
   broadcast?(room: number, bytes: Uint8Array, except: number[] | undefined): number;

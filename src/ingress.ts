@@ -133,7 +133,7 @@ export interface IngressServer<Listened extends Transport = never> {
   address(transport: Transport): { host: string; port: number } | null;
   /** Open connections. */
   readonly connections: number;
-  /** Stops accepting and closes every connection (`shutdown`). */
+  /** Stops accepting and closes every connection (`shutdown`); resolves once they have closed (their `onDisconnect` events delivered), waiting at most 2 s. */
   close(): Promise<void>;
 }
 

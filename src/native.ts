@@ -49,6 +49,7 @@ interface NativeDispatcherInstance {
   /** Native ingress. Absent in addons built before it existed. */
   listen?(options: NativeListenOptions): NativeListenInfo;
   stopListening?(): void;
+  ingressClosing?(): number;
   send?(room: number, player: number, bytes: Uint8Array): number;
   broadcast?(room: number, bytes: Uint8Array, except?: Uint32Array): number;
   disconnect?(room: number, player?: number): number;
@@ -409,6 +410,9 @@ class NativeEngine implements Engine {
   }
   stopListening(): void {
     this.#n.stopListening?.();
+  }
+  ingressClosing(): number {
+    return this.#n.ingressClosing?.() ?? 0;
   }
   send(room: number, player: number, bytes: Uint8Array): number {
     return this.#n.send?.(room, player, bytes) ?? 3;

@@ -314,6 +314,8 @@ struct Entry {
     deliveries: VecDeque<Moves>,
     /// Native ingress, once `listen` started it.
     ingress: Option<Ingress>,
+    /// Stopped ingresses whose connections may still be closing (`ingressClosing`).
+    stopped: Vec<Ingress>,
     /// The workers' wake-up of this thread; closed when the entry goes (the core's workers,
     /// maybe still stopping in the background, then wake nothing).
     _wake: JsWake,
@@ -420,6 +422,7 @@ fn insert_core(core: Core, wake: JsWake) -> u32 {
         failures: Vec::new(),
         deliveries: VecDeque::new(),
         ingress: None,
+        stopped: Vec::new(),
     };
     CORES.with_borrow_mut(|slab| {
         if let Some(id) = slab.free.pop() {
@@ -700,6 +703,7 @@ impl NativeDispatcher {
             if let Some(i) = e.ingress.take() {
                 i.close();
             }
+            e.stopped.clear();
             e.core.shutdown();
         });
     }
@@ -780,14 +784,27 @@ impl NativeDispatcher {
         })
     }
 
-    /// Stops native ingress: listeners close, connections close (reason `shutdown`).
+    /// Stops native ingress: listeners close, connections close (reason `shutdown`) on
+    /// their own tasks; `ingressClosing` counts those not closed yet.
     #[napi(catch_unwind)]
     pub fn stop_listening(&self) {
         with_entry(self.id, |e| {
             if let Some(i) = e.ingress.take() {
                 i.close();
+                e.stopped.push(i);
             }
         });
+    }
+
+    /// Connections of stopped ingresses still closing (their close frame, half-close and
+    /// linger), so that a close can wait for them before the runtime stops.
+    #[napi(catch_unwind)]
+    pub fn ingress_closing(&self) -> u32 {
+        with_entry(self.id, |e| {
+            e.stopped.retain(|i| i.counters().open > 0);
+            e.stopped.iter().map(|i| i.counters().open).sum::<u64>()
+        })
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Queues `bytes` for a connected player: 0 sent, 1 backpressure, 2 dropped, 3 closed.

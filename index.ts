@@ -17,7 +17,7 @@ export { Dispatcher } from './src/dispatcher';
 export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './src/constants';
 export { ErrorCode } from './src/errors';
 export { encodeMove, encodeMoveInto, encodeMoveUnsigned, frameBody, frameLength, parseHeader, setTag } from './src/encode';
-export { signMove, type SubtleCryptoLike } from './src/webcrypto';
+export { signMove, type BufferSourceLike, type SubtleCryptoLike } from './src/webcrypto';
 export { DEFAULTS } from './src/options';
 export { issueTicket, TICKET_VERSION, MAX_TICKET_TTL_MS, DEFAULT_TICKET_TTL_MS } from './src/ticket';
 export type {

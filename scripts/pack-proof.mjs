@@ -167,9 +167,9 @@ step("import … from 'move-dispatcher/encode': the ES module build (dist/esm), 
 
 step('tsc (module nodenext): a CommonJS and an ES module consumer type-check', () => {
   const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  const use = `const d = new Dispatcher({ engine: 'js' });\nconst v: Verdict = d.dispatch(encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(0) }));\nconst s: DispatcherStats = d.stats();\nexport const out = [v, s.accepted];\n// @ts-expect-error: not part of the API\nd.noSuchMethod();\n`;
-  writeFileSync(join(app, 'consumer-cjs.cts'), `import { Dispatcher, Verdict, encodeMove, type DispatcherStats } from '${pkg.name}';\n${use}`);
-  writeFileSync(join(app, 'consumer-esm.mts'), `import md, { Dispatcher, Verdict, encodeMove, type DispatcherStats } from '${pkg.name}';\nexport const same: typeof Dispatcher = md.Dispatcher;\n${use}`);
+  const use = `const d = new Dispatcher({ engine: 'js' });\nconst v: Verdict = d.dispatch(encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(0) }));\nconst s: DispatcherStats = d.stats();\nexport const out = [v, s.accepted];\n// WebCrypto's own type (lib dom) fits signMove's parameter.\nexport const signed: Promise<Uint8Array> = signMove({ room: 1, player: 1, seq: 1, key: new Uint8Array(32) }, crypto.subtle);\n// @ts-expect-error: not part of the API\nd.noSuchMethod();\n`;
+  writeFileSync(join(app, 'consumer-cjs.cts'), `import { Dispatcher, Verdict, encodeMove, signMove, type DispatcherStats } from '${pkg.name}';\n${use}`);
+  writeFileSync(join(app, 'consumer-esm.mts'), `import md, { Dispatcher, Verdict, encodeMove, signMove, type DispatcherStats } from '${pkg.name}';\nexport const same: typeof Dispatcher = md.Dispatcher;\n${use}`);
   writeFileSync(
     join(app, 'tsconfig.json'),
     JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', strict: true, noEmit: true, types: [], lib: ['es2022', 'dom'] }, files: ['consumer-cjs.cts', 'consumer-esm.mts'] }),

@@ -10,7 +10,7 @@
  * `setTag`.
  */
 export { encodeMove, encodeMoveInto, encodeMoveUnsigned, frameBody, frameLength, parseHeader, setTag, type FrameHeader } from './encode.js';
-export { signMove, type SubtleCryptoLike } from './webcrypto.js';
+export { signMove, type BufferSourceLike, type SubtleCryptoLike } from './webcrypto.js';
 export { hmacSha256, sha256 } from './sha256.js';
 export { Verdict, Reason, VERDICT_NAMES, REASON_NAMES, REPLAY_WINDOW, FRAME_OVERHEAD, HEADER_BYTES, TAG_BYTES, MAX_WIRE_PAYLOAD } from './constants.js';
 export { ErrorCode } from './errors.js';

@@ -15,10 +15,17 @@ import type { EncodeMoveInput } from './types.js';
  * structurally so that `crypto.subtle` fits without the DOM library in `lib`.
  */
 export interface SubtleCryptoLike {
-  importKey(format: 'raw', keyData: Uint8Array, algorithm: { name: 'HMAC'; hash: 'SHA-256' }, extractable: boolean, keyUsages: ['sign']): Promise<unknown>;
-  sign(algorithm: 'HMAC', key: unknown, data: Uint8Array): Promise<ArrayBuffer>;
-  digest(algorithm: 'SHA-256', data: Uint8Array): Promise<ArrayBuffer>;
+  importKey(format: 'raw', keyData: BufferSourceLike, algorithm: { name: 'HMAC'; hash: 'SHA-256' }, extractable: boolean, keyUsages: ['sign']): Promise<unknown>;
+  sign(algorithm: 'HMAC', key: unknown, data: BufferSourceLike): Promise<ArrayBuffer>;
+  digest(algorithm: 'SHA-256', data: BufferSourceLike): Promise<ArrayBuffer>;
 }
+
+/**
+ * The bytes `SubtleCryptoLike` passes: wide enough that the DOM's `BufferSource`
+ * parameters (`ArrayBuffer | ArrayBufferView<ArrayBuffer>` in TypeScript ≥ 5.7) fit it, so
+ * that `crypto.subtle` type-checks with the DOM library as well as with Node's types.
+ */
+export type BufferSourceLike = ArrayBuffer | ArrayBufferView;
 
 /**
  * Builds one v1 frame like `encodeMove(input)` — HMAC-SHA256 with `input.key`, SHA-256

@@ -1130,6 +1130,7 @@ describe.each(ENGINES)('conformance [%s engine]', (engine) => {
       // an already aborted signal rejects at once
       await expect(d.whenWritable({ signal: AbortSignal.abort() })).rejects.toMatchObject({ code: ErrorCode.Aborted });
       expect(() => d.whenWritable({ signal: 'x' as never })).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'signal' }));
+      expect(() => d.whenWritable({ signl: ac.signal } as never)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'signl', message: expect.stringMatching(/did you mean signal\?/) }));
       // a drain is a freeing event: the waiter resolves, and a later call resolves at once
       expect(d.drain(1).count).toBe(73);
       await first.promise;

@@ -155,6 +155,9 @@ function released(what: string, room?: number): Error {
   );
 }
 
+/** A move view's fields, as `toJSON` gives them. */
+type MoveFields = Pick<MoveView, 'room' | 'player' | 'seq' | 'tick' | 'kind' | 'payloadOffset' | 'payloadLength' | 'frameOffset' | 'frameLength'>;
+
 /** The reused view of one move (its fields move from frame to frame). */
 class MoveCursor implements MoveView {
   frameOffset = 0;
@@ -198,8 +201,9 @@ class MoveCursor implements MoveView {
     return new Uint8Array(this.#buffer, this.#base + this.frameOffset + HEADER_BYTES, this.frameLength - FRAME_OVERHEAD);
   }
 
-  [INSPECT](depth: number, options: unknown, inspect?: Inspect): string {
-    const fields = {
+  /** The move's fields (never its payload bytes): what `JSON.stringify` and `util.inspect` show. */
+  toJSON(): MoveFields {
+    return {
       room: this.room,
       player: this.player,
       seq: this.seq,
@@ -210,7 +214,10 @@ class MoveCursor implements MoveView {
       frameOffset: this.frameOffset,
       frameLength: this.frameLength,
     };
-    return inspected('MoveView', fields, depth, options, inspect);
+  }
+
+  [INSPECT](depth: number, options: unknown, inspect?: Inspect): string {
+    return inspected('MoveView', this.toJSON(), depth, options, inspect);
   }
 }
 

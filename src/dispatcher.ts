@@ -389,6 +389,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `whenWritable: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
+    rejectUnknownKeys(options, ['signal'], 'whenWritable', ErrorCode.InvalidArgument);
     const signal = options.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw typeError(ErrorCode.InvalidArgument, `whenWritable: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });

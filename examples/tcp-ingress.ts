@@ -34,6 +34,7 @@ export interface TcpIngressOptions {
 }
 
 export interface TcpIngressStats {
+  /** Connections accepted since the server started (open or since closed). */
   connections: number;
   /** Connections dropped for a malformed stream. */
   malformed: number;
@@ -151,7 +152,7 @@ async function main(): Promise<void> {
   const ingress = await startTcpIngress(d, { port: Number(process.argv[2] ?? 7070), admit: (p) => p >= 1 && p <= 100 });
   console.log(`listening on 127.0.0.1:${ingress.port}: send a 4-byte little-endian player id (1..100), then frames for room 1`);
   console.log(`for example, one move: ${Buffer.from(encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array([1, 2, 3]) })).toString('hex')}`);
-  const timer = setInterval(() => console.log(`${ingress.stats.connections} connections, ${moves} moves, ${ingress.stats.pauses} pauses`), 5000);
+  const timer = setInterval(() => console.log(`${ingress.stats.connections} connections served, ${moves} moves, ${ingress.stats.pauses} pauses`), 5000);
   process.once('SIGINT', () => {
     clearInterval(timer);
     void ingress.close().then(() => d.close());

@@ -299,7 +299,10 @@ function flags(argv: readonly string[]): Map<string, string> {
     const a = argv[i]!;
     if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
     const [k, inline] = a.slice(2).split('=', 2) as [string, string | undefined];
-    out.set(k, inline ?? argv[++i] ?? '');
+    const value = inline ?? argv[i + 1];
+    if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new Error(`--${k} needs a value`);
+    if (inline === undefined) i++;
+    out.set(k, value);
   }
   return out;
 }

@@ -209,6 +209,8 @@ describe('DeliveryView', () => {
     expect(d.released).toBe(true);
     expect(view.released).toBe(true);
     expect([d.buffer.byteLength, whole.byteLength, bytes.byteLength, overBuffer.byteLength, payload!.byteLength, view.buffer.byteLength]).toEqual([0, 0, 0, 0, 0, 0]);
+    // A kept move view still serialises, to its position only (its fields read released memory).
+    expect(JSON.parse(JSON.stringify(move))).toEqual({ frameOffset: move!.frameOffset, frameLength: move!.frameLength });
     expectCode(() => it.next(), ErrorCode.BatchReleased);
     expectCode(() => [...d], ErrorCode.BatchReleased);
     expectCode(() => [...view], ErrorCode.BatchReleased);

@@ -540,8 +540,7 @@ describe.each(ENGINES)('security [%s engine]', (engine: EngineName) => {
         expect(leaksIn(what, printed).length, what).toBeGreaterThan(0);
       }
       expectClean(texts);
-      // a view serialises its position only, never the memory behind it
-      // The fields (toJSON), never the payload bytes (the leak check above).
+      // a view serialises its fields (toJSON), never the memory behind it (the leak check above)
       expect([...viewKeys].sort()).toEqual(['frameLength', 'frameOffset', 'kind', 'payloadLength', 'payloadOffset', 'player', 'room', 'seq', 'tick']);
     });
 

@@ -201,8 +201,12 @@ class MoveCursor implements MoveView {
     return new Uint8Array(this.#buffer, this.#base + this.frameOffset + HEADER_BYTES, this.frameLength - FRAME_OVERHEAD);
   }
 
-  /** The move's fields (never its payload bytes): what `JSON.stringify` and `util.inspect` show. */
-  toJSON(): MoveFields {
+  /**
+   * The move's fields (never its payload bytes): what `JSON.stringify` and `util.inspect`
+   * show. Once the delivery is released only the position is left to show.
+   */
+  toJSON(): MoveFields | Pick<MoveFields, 'frameOffset' | 'frameLength'> {
+    if (this.#buffer.byteLength === 0) return { frameOffset: this.frameOffset, frameLength: this.frameLength };
     return {
       room: this.room,
       player: this.player,

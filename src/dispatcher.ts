@@ -654,10 +654,10 @@ export class Dispatcher {
     state.closed = true;
     const engine = this.#engine;
     engine.stopListening?.();
-    const deadline = Date.now() + INGRESS_CLOSE_WAIT_MS;
+    const deadline = performance.now() + INGRESS_CLOSE_WAIT_MS;
     state.stopped = new Promise<void>((resolve) => {
       const check = (): void => {
-        if ((engine.ingressClosing?.() ?? 0) === 0 || Date.now() >= deadline) {
+        if ((engine.ingressClosing?.() ?? 0) === 0 || performance.now() >= deadline) {
           // The close events the connections published: to onDisconnect before resolving.
           this.#poll();
           resolve();
@@ -665,7 +665,8 @@ export class Dispatcher {
           setTimeout(check, 5);
         }
       };
-      check();
+      // Never at once: the poll runs user callbacks, which must not run inside close().
+      queueMicrotask(check);
     });
     return state.stopped;
   }
@@ -725,11 +726,11 @@ export class Dispatcher {
     if (this.#closing !== undefined) return this.#closing;
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
-    // Native ingress closes first, as `server.close()` does: its connections get their close
-    // frame or status (`shutdown`) and their onDisconnect events before the runtime stops.
+    this.#engine.closeInput();
+    // Native ingress closes as `server.close()` does: its connections get their close frame
+    // or status (`shutdown`) and their onDisconnect events before the runtime stops.
     const ingress = this.#ingress;
     const stopped = ingress === undefined ? undefined : this.#stopListening(ingress);
-    this.#engine.closeInput();
     for (const w of this.#writableWaiters.splice(0)) w.resolve();
     // Push batches nobody has consumed yet would hold their shards (one push delivery out per
     // shard), and the flush below would wait for them forever: keep copies for a later

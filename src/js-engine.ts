@@ -624,7 +624,10 @@ export class JsEngine implements Engine {
     this.#shut = true;
     if (this.#immediate !== null) clearImmediate(this.#immediate);
     this.#immediate = null;
-    for (const room of this.#rooms.values()) room.players.clear();
+    for (const room of this.#rooms.values()) {
+      for (const player of room.players.values()) player.key?.fill(0);
+      room.players.clear();
+    }
   }
 
   /** @internal Test hook (see `Engine.pause`). */

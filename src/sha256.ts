@@ -208,6 +208,8 @@ export function hmacMidstates(key: Uint8Array): Int32Array {
   PAD.fill(0);
   INNER.fill(0);
   STATE.fill(0);
+  W.fill(0);
+  TAIL.fill(0);
   return mid;
 }
 

@@ -469,6 +469,28 @@ describe.skipIf(skip !== null)('native ingress', () => {
     await tcpEnded;
   });
 
+  it('close() never runs user callbacks synchronously, with ingress listening', async () => {
+    let inClose = false;
+    const seen: boolean[] = [];
+    const d = make({ onDelivery: () => void seen.push(inClose) });
+    d.openRoom(1, { delivery: 'push' });
+    d.join(1, 7);
+    await start(d);
+    for (let seq = 1; seq <= 200; seq++) expect(d.dispatch(frame({ room: 1, player: 7, seq }))).toBe(Verdict.Accepted);
+    // Hold the JavaScript thread while the worker validates and publishes the delivery: it is
+    // pending (not polled) when close() is called.
+    const until = performance.now() + 50;
+    while (performance.now() < until) {
+      // spin
+    }
+    inClose = true;
+    const closed = d.close();
+    inClose = false;
+    await closed;
+    expect(seen.length).toBeGreaterThan(0);
+    expect(seen.every((sync) => !sync)).toBe(true);
+  });
+
   it('rejects bad options with typed errors', async () => {
     const d = make();
     expect(d.stats().ingress).toBeNull();

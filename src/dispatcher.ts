@@ -540,7 +540,7 @@ export class Dispatcher {
     const rooms = this.#engine.roomStats(top);
     const latency = withLatency ? this.#engine.latencies(options.reset === true) : null;
     const allocator = this.#engine.allocator();
-    const i = this.#ingress === undefined || this.#ingress.closed ? null : (this.#engine.ingressStats?.() ?? null);
+    const i = this.#listening() ? (this.#engine.ingressStats?.() ?? null) : null;
     const ingress =
       i === null
         ? null
@@ -612,7 +612,7 @@ export class Dispatcher {
     if (engine.listen === undefined) {
       throw stateError(ErrorCode.NativeUnavailable, 'listen: native ingress needs the native engine (this dispatcher runs the js engine)');
     }
-    if (this.#ingress !== undefined && !this.#ingress.closed) throw stateError(ErrorCode.InvalidArgument, 'listen: this dispatcher is already listening; close that server first');
+    if (this.#listening()) throw stateError(ErrorCode.InvalidArgument, 'listen: this dispatcher is already listening; close that server first');
     let info;
     try {
       info = engine.listen(resolved);
@@ -622,7 +622,7 @@ export class Dispatcher {
     } finally {
       resolved.ticketKey.fill(0);
     }
-    const state: IngressState = { closed: false };
+    const state: IngressState = {};
     if (options.onConnection !== undefined) state.onConnection = options.onConnection;
     if (options.onDisconnect !== undefined) state.onDisconnect = options.onDisconnect;
     this.#ingress = state;
@@ -637,10 +637,15 @@ export class Dispatcher {
         return a === null || a === undefined ? null : { ...a };
       },
       get connections() {
-        return state.closed ? 0 : (engine.ingressStats?.()?.open ?? 0);
+        return state.stopped === undefined ? (engine.ingressStats?.()?.open ?? 0) : 0;
       },
       close: () => this.#stopListening(state),
     };
+  }
+
+  /** Whether native ingress runs: `listen()` was called and its server not stopped. */
+  #listening(): boolean {
+    return this.#ingress !== undefined && this.#ingress.stopped === undefined;
   }
 
   /**
@@ -651,7 +656,6 @@ export class Dispatcher {
    */
   #stopListening(state: IngressState): Promise<void> {
     if (state.stopped !== undefined) return state.stopped;
-    state.closed = true;
     const engine = this.#engine;
     engine.stopListening?.();
     const deadline = performance.now() + INGRESS_CLOSE_WAIT_MS;
@@ -682,7 +686,7 @@ export class Dispatcher {
    */
   send(room: number, player: number, bytes: Uint8Array): SendResult {
     checkBytes(bytes, 'bytes', 'send');
-    if (this.#ingress === undefined || this.#ingress.closed) return 'closed';
+    if (!this.#listening()) return 'closed';
     return SEND_RESULTS[this.#engine.send?.(room >>> 0, player >>> 0, bytes) ?? 3] ?? 'closed';
   }
 
@@ -701,7 +705,7 @@ export class Dispatcher {
     if (e !== undefined && !(typeof e === 'number' || (Array.isArray(e) && e.every((p) => typeof p === 'number')))) {
       throw typeError(ErrorCode.InvalidArgument, `broadcast: except must be a player id or an array of them, got ${describe(e)}`, { field: 'except' });
     }
-    if (this.#ingress === undefined || this.#ingress.closed) return 0;
+    if (!this.#listening()) return 0;
     const except = e === undefined ? undefined : typeof e === 'number' ? [e >>> 0] : e.map((p) => p >>> 0);
     return this.#engine.broadcast?.(room >>> 0, bytes, except) ?? 0;
   }
@@ -711,7 +715,7 @@ export class Dispatcher {
    * room (reason `kicked`); returns how many.
    */
   disconnect(room: number, player?: number): number {
-    if (this.#ingress === undefined || this.#ingress.closed) return 0;
+    if (!this.#listening()) return 0;
     return this.#engine.disconnect?.(room >>> 0, player === undefined ? undefined : player >>> 0) ?? 0;
   }
 
@@ -990,8 +994,7 @@ export class Dispatcher {
 interface IngressState {
   onConnection?: (info: ConnectionInfo) => void;
   onDisconnect?: (info: DisconnectInfo) => void;
-  closed: boolean;
-  /** Once stopped: resolves when its connections have closed (or the wait ran out). */
+  /** Set when stopped: resolves when its connections have closed (or the wait ran out). */
   stopped?: Promise<void>;
 }
 

@@ -55,7 +55,6 @@ const MIN_ROOM_MEMORY = 1024;
 /** `validate()` answer for a move that passed. */
 const VALID = -1;
 
-
 function align8(n: number): number {
   return (n + 7) & ~7;
 }

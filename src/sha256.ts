@@ -42,7 +42,7 @@ const STATE = new Int32Array(8);
 const TAIL = new Uint8Array(2 * BLOCK);
 /** HMAC key block (key, or its digest, zero-padded) xor a pad. */
 const PAD = new Uint8Array(BLOCK);
-/** HMAC inner digest. */
+/** The digest of an HMAC key longer than a block (it stands for the key). */
 const INNER = new Uint8Array(32);
 
 /** Mixes the 64-byte block at `bytes[at..at + 64]` into `STATE`. */
@@ -109,14 +109,10 @@ function update(src: Uint8Array, at: number, n: number, prefixBytes: number): vo
   for (let q = 0; q < tailBytes; q += BLOCK) compress(TAIL, q);
 }
 
-/**
- * Writes SHA-256(`prefix` ‖ `data`) into `out[0..32]`. `prefix` is one whole block or
- * null; it lets HMAC hash its padded key and the message without concatenating them.
- */
-function digestInto(prefix: Uint8Array | null, data: Uint8Array, out: Uint8Array): void {
+/** Writes SHA-256(`data`) into `out[0..32]`. */
+function digestInto(data: Uint8Array, out: Uint8Array): void {
   STATE.set(IV);
-  if (prefix !== null) compress(prefix, 0);
-  update(data, 0, data.length, prefix === null ? 0 : BLOCK);
+  update(data, 0, data.length, 0);
   for (let i = 0; i < 8; i++) writeU32BE(out, i * 4, STATE[i]!);
 }
 
@@ -143,19 +139,8 @@ function writeU32BE(out: Uint8Array, at: number, value: number): void {
  */
 export function sha256(data: Uint8Array): Uint8Array {
   const out = new Uint8Array(32);
-  digestInto(null, data, out);
+  digestInto(data, out);
   return out;
-}
-
-/** Puts HMAC's key block in `PAD`: the key (or its digest, if longer than a block), zero-padded. */
-function keyBlock(key: Uint8Array): void {
-  PAD.fill(0);
-  if (key.length > BLOCK) {
-    digestInto(null, key, INNER);
-    PAD.set(INNER);
-  } else {
-    PAD.set(key);
-  }
 }
 
 /**
@@ -163,14 +148,11 @@ function keyBlock(key: Uint8Array): void {
  * @returns a new 32-byte array.
  */
 export function hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
-  keyBlock(key);
-  for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ IPAD;
-  digestInto(PAD, data, INNER);
-  for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ (IPAD ^ OPAD);
+  const mid = hmacMidstates(key);
+  hmacInto(mid, data, 0, data.length);
+  mid.fill(0);
   const out = new Uint8Array(32);
-  digestInto(PAD, INNER, out);
-  PAD.fill(0);
-  INNER.fill(0);
+  for (let i = 0; i < 8; i++) writeU32BE(out, i * 4, STATE[i]!);
   return out;
 }
 
@@ -196,7 +178,14 @@ export const HMAC_MIDSTATE_WORDS = 16;
  */
 export function hmacMidstates(key: Uint8Array): Int32Array {
   const mid = new Int32Array(HMAC_MIDSTATE_WORDS);
-  keyBlock(key);
+  // The key block: the key (or its digest, if longer than a block), zero-padded.
+  PAD.fill(0);
+  if (key.length > BLOCK) {
+    digestInto(key, INNER);
+    PAD.set(INNER);
+  } else {
+    PAD.set(key);
+  }
   for (let pass = 0; pass < 2; pass++) {
     const pad = pass === 0 ? IPAD : OPAD;
     for (let i = 0; i < BLOCK; i++) PAD[i] = PAD[i]! ^ pad;
@@ -213,13 +202,8 @@ export function hmacMidstates(key: Uint8Array): Int32Array {
   return mid;
 }
 
-/**
- * Whether HMAC-SHA256(key, `src[at..at + n]`) equals the 32 bytes that follow it, the key
- * given by its midstates ([`hmacMidstates`]). Reads `src` in place and allocates nothing;
- * false when the tag does not fit in `src` or `mid` is not a key's midstates.
- */
-export function verifyHmac(mid: Int32Array, src: Uint8Array, at: number, n: number): boolean {
-  if (mid.length !== HMAC_MIDSTATE_WORDS || at < 0 || n < 0 || at + n + 32 > src.length) return false;
+/** Puts HMAC-SHA256(key, `src[at..at + n]`) in `STATE`, the key given by its midstates. */
+function hmacInto(mid: Int32Array, src: Uint8Array, at: number, n: number): void {
   for (let i = 0; i < 8; i++) STATE[i] = mid[i]!;
   update(src, at, n, BLOCK);
   // The outer hash: the outer midstate, then one block of the inner digest and its padding.
@@ -229,5 +213,15 @@ export function verifyHmac(mid: Int32Array, src: Uint8Array, at: number, n: numb
   writeU32BE(TAIL, BLOCK - 4, (BLOCK + 32) * 8);
   for (let i = 0; i < 8; i++) STATE[i] = mid[8 + i]!;
   compress(TAIL, 0);
+}
+
+/**
+ * Whether HMAC-SHA256(key, `src[at..at + n]`) equals the 32 bytes that follow it, the key
+ * given by its midstates ([`hmacMidstates`]). Reads `src` in place and allocates nothing;
+ * false when the tag does not fit in `src` or `mid` is not a key's midstates.
+ */
+export function verifyHmac(mid: Int32Array, src: Uint8Array, at: number, n: number): boolean {
+  if (mid.length !== HMAC_MIDSTATE_WORDS || at < 0 || n < 0 || at + n + 32 > src.length) return false;
+  hmacInto(mid, src, at, n);
   return !differs(src, at + n);
 }

@@ -801,8 +801,13 @@ impl NativeDispatcher {
     #[napi(catch_unwind)]
     pub fn ingress_closing(&self) -> u32 {
         with_entry(self.id, |e| {
-            e.stopped.retain(|i| i.counters().open > 0);
-            e.stopped.iter().map(|i| i.counters().open).sum::<u64>()
+            let mut closing = 0;
+            e.stopped.retain(|i| {
+                let open = i.counters().open;
+                closing += open;
+                open > 0
+            });
+            closing
         })
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
     }

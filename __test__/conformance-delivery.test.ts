@@ -234,14 +234,15 @@ describe.each(ENGINES)('delivery v2 [%s engine]', (engine) => {
       expect(two.count).toBe(2);
       expect(all.released).toBe(false);
       expect([...movesSeq(one)]).toEqual([1, 2, 3]);
-      // a room drained by drainAll has nothing for drain(room): empty, the previous drain(1) kept
+      // a room drained by drainAll has nothing for drain(room): empty — and, as the room's
+      // next drain, it releases the previous drain(1) batch (drainAll did not)
       const rest = d.drainAll();
       expect(rest.rooms).toBe(1);
       expect(all.released).toBe(true);
       expect(one.released).toBe(false);
       const emptyOne = d.drain(1);
       expect(emptyOne.count).toBe(0);
-      expect(one.released).toBe(false);
+      expect(one.released).toBe(true);
       const s = d.stats();
       expect(s.delivered).toBe(13);
       expect(s.accepted).toBe(s.delivered + s.rejected);
@@ -437,7 +438,7 @@ describe.each(ENGINES)('delivery v2 [%s engine]', (engine) => {
 
   // -------------------------------------------------------------------------------------
   describe('detach on release', () => {
-    it('drain(room): views kept past the next non-empty drain read as detached; an empty drain keeps them', async () => {
+    it('drain(room): views kept past the next drain read as detached, an empty one included', async () => {
       const d = make();
       d.openRoom(1);
       d.join(1, 7);
@@ -446,22 +447,29 @@ describe.each(ENGINES)('delivery v2 [%s engine]', (engine) => {
       const b1 = d.drain(1);
       const views = keepViews(b1);
       expect(views.every((v) => v.byteLength > 0)).toBe(true);
+      // An empty drain supersedes the batch before it too (DESIGN: valid until the next drain).
       expect(d.drain(1).count).toBe(0);
-      expect(views.every((v) => v.byteLength > 0)).toBe(true);
-      d.dispatch(frame({ room: 1, player: 7, seq: 4 }));
-      await d.flush();
-      const b2 = d.drain(1);
-      expect(b2.count).toBe(1);
       expect(b1.released).toBe(true);
       expect(views.map((v) => v.byteLength)).toEqual([0, 0, 0]);
       expect(b1.buffer.byteLength).toBe(0);
       expectCode(() => [...b1], ErrorCode.BatchReleased);
       expectCode(() => b1.bytes(), ErrorCode.BatchReleased);
+      d.dispatch(frame({ room: 1, player: 7, seq: 4 }));
+      await d.flush();
+      const b2 = d.drain(1);
+      expect(b2.count).toBe(1);
+      const kept = keepViews(b2);
+      d.dispatch(frame({ room: 1, player: 7, seq: 5 }));
+      await d.flush();
+      const b3 = d.drain(1);
+      expect(b3.count).toBe(1);
+      expect(b2.released).toBe(true);
+      expect(kept.map((v) => v.byteLength)).toEqual([0, 0, 0]);
       // release() detaches too; idempotent
-      const v2 = keepViews(b2);
-      b2.release();
-      b2.release();
-      expect(v2.map((v) => v.byteLength)).toEqual([0, 0, 0]);
+      const v3 = keepViews(b3);
+      b3.release();
+      b3.release();
+      expect(v3.map((v) => v.byteLength)).toEqual([0, 0, 0]);
     });
 
     it('drainAll(): replaced by the next drainAll', async () => {

@@ -167,7 +167,7 @@ export class Dispatcher {
   readonly #onError: ((error: unknown) => void) | undefined;
   readonly #onOverload: ((event: OverloadEvent) => void) | undefined;
   readonly #onRecovered: ((event: OverloadEvent) => void) | undefined;
-  /** The last batch handed out by `drain()`, per pull room (released by the room's next non-empty drain). */
+  /** The last batch handed out by `drain()`, per pull room (released by the room's next drain). */
   readonly #lastDrain = new Map<number, RoomBatch>();
   /** The last delivery handed out by `drainAll()` (released by the next `drainAll()`). */
   #lastDrainAll: DeliveryView | undefined;
@@ -402,8 +402,8 @@ export class Dispatcher {
 
   /**
    * Pull rooms: every move (and rejection) of `room` since its last drain, in a delivery of its
-   * own. A non-empty drain releases (detaches) the room's previous drain batch; an empty drain
-   * returns an empty batch and leaves the previous one valid.
+   * own. It releases (detaches) the room's previous drain batch, whether or not it finds
+   * anything: a batch is valid until `release()` or the room's next `drain()`.
    */
   drain(room: number): MoveBatchType {
     checkId(room, 'room', 'drain');
@@ -414,12 +414,14 @@ export class Dispatcher {
       this.#status(raw as Status, 'drain', room);
       throw stateError(ErrorCode.UnknownRoom, `drain: unexpected engine status ${raw}`, { room });
     }
+    const previous = this.#lastDrain.get(room);
     if (raw === null) {
+      this.#lastDrain.delete(room);
+      previous?.release();
       if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
       return emptyBatch(room);
     }
     const batch = new DeliveryView(raw, this.#releasePull).single();
-    const previous = this.#lastDrain.get(room);
     this.#lastDrain.set(room, batch);
     previous?.release();
     if (this.#closingRooms.has(room)) this.#forgetIfGone(room);

@@ -164,7 +164,7 @@ export interface MoveView {
  * them: frames from `offset` to `offset + length` of `buffer`, in dispatch order.
  * `buffer` is the delivery's `ArrayBuffer`, shared with the other rooms of the delivery;
  * nothing writes it again, and releasing detaches it (every view over it then reads as
- * empty). A pull batch is valid until `release()` or the room's next non-empty `drain()`;
+ * empty). A pull batch is valid until `release()` or the room's next `drain()`;
  * a push batch until `onBatch` returns (or the `batches()` loop asks for the next one).
  * `copy()` keeps the data longer.
  */

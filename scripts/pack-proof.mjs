@@ -170,17 +170,45 @@ step('tsc (module nodenext): a CommonJS and an ES module consumer type-check', (
   const use = `const d = new Dispatcher({ engine: 'js' });\nconst v: Verdict = d.dispatch(encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(0) }));\nconst s: DispatcherStats = d.stats();\nexport const out = [v, s.accepted];\n// WebCrypto's own type (lib dom) fits signMove's parameter.\nexport const signed: Promise<Uint8Array> = signMove({ room: 1, player: 1, seq: 1, key: new Uint8Array(32) }, crypto.subtle);\n// @ts-expect-error: not part of the API\nd.noSuchMethod();\n`;
   writeFileSync(join(app, 'consumer-cjs.cts'), `import { Dispatcher, Verdict, encodeMove, signMove, type DispatcherStats } from '${pkg.name}';\n${use}`);
   writeFileSync(join(app, 'consumer-esm.mts'), `import md, { Dispatcher, Verdict, encodeMove, signMove, type DispatcherStats } from '${pkg.name}';\nexport const same: typeof Dispatcher = md.Dispatcher;\n${use}`);
+  // The encode subpath: named exports from both module systems; the ES module build has no
+  // default export, and its types must say so (a default import that type-checked failed at
+  // run time).
+  const encodeUse = `export const frame: Uint8Array = encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(0) });\n`;
+  writeFileSync(join(app, 'encode-cjs.cts'), `import { encodeMove } from '${pkg.name}/encode';\n${encodeUse}`);
+  writeFileSync(join(app, 'encode-esm.mts'), `import { encodeMove } from '${pkg.name}/encode';\n// @ts-expect-error: the ES module build has no default export\nimport enc from '${pkg.name}/encode';\nexport const none: unknown = enc;\n${encodeUse}`);
+  const files = ['consumer-cjs.cts', 'consumer-esm.mts', 'encode-cjs.cts', 'encode-esm.mts'];
   writeFileSync(
     join(app, 'tsconfig.json'),
-    JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', strict: true, noEmit: true, types: [], lib: ['es2022', 'dom'] }, files: ['consumer-cjs.cts', 'consumer-esm.mts'] }),
+    JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', strict: true, noEmit: true, types: [], lib: ['es2022', 'dom'] }, files }),
   );
   const out = run(process.execPath, [tsc, '-p', 'tsconfig.json', '--traceResolution'], app);
   // Each consumer resolved through its own condition of the exports map.
-  for (const [file, types] of [['consumer-cjs.cts', 'index.d.ts'], ['consumer-esm.mts', 'index.d.mts']]) {
-    const re = new RegExp(`'${pkg.name}' from '[^']*${file.replace('.', '\\.')}'[\\s\\S]*?successfully resolved to '([^']+)'`);
+  const resolved = [
+    ['consumer-cjs.cts', '', 'index.d.ts'],
+    ['consumer-esm.mts', '', 'index.d.mts'],
+    ['encode-cjs.cts', '/encode', 'dist/src/browser.d.ts'],
+    ['encode-esm.mts', '/encode', 'encode.d.mts'],
+  ];
+  for (const [file, sub, types] of resolved) {
+    const re = new RegExp(`'${pkg.name}${sub}' from '[^']*${file.replace('.', '\\.')}'[\\s\\S]*?successfully resolved to '([^']+)'`);
     const m = re.exec(out);
-    if (!m || !m[1].endsWith(`/node_modules/${pkg.name}/${types}`)) throw new Error(`${file} resolved to ${m?.[1]}`);
+    if (!m || !m[1].endsWith(`/node_modules/${pkg.name}/${types}`)) throw new Error(`${file} resolved ${pkg.name}${sub} to ${m?.[1]}`);
   }
+});
+
+step('tsc (moduleResolution node10, no exports map): the main entry and the encode subpath type-check', () => {
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  const dir = join(app, 'node10');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(
+    join(dir, 'consumer.ts'),
+    `import { Dispatcher, Verdict } from '${pkg.name}';\nimport { encodeMove } from '${pkg.name}/encode';\nconst d = new Dispatcher({ engine: 'js' });\nexport const v: Verdict = d.dispatch(encodeMove({ room: 1, player: 1, seq: 1, payload: new Uint8Array(0) }));\n`,
+  );
+  writeFileSync(
+    join(dir, 'tsconfig.json'),
+    JSON.stringify({ compilerOptions: { module: 'commonjs', moduleResolution: 'node10', target: 'es2022', strict: true, noEmit: true, types: [] }, files: ['consumer.ts'] }),
+  );
+  run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir);
 });
 
 rmSync(tmp, { recursive: true, force: true });

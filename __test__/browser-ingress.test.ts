@@ -47,8 +47,9 @@ if (skip !== null) console.warn(`browser-ingress: ${skip}`);
 
 /** What `move-dispatcher/encode` resolves to, by the package's own `exports`. */
 function encodeEntry(): string {
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { exports: Record<string, { default: string }> };
-  return join(ROOT, pkg.exports['./encode']!.default);
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { exports: Record<string, { default: string | { default: string } }> };
+  const entry = pkg.exports['./encode']!.default;
+  return join(ROOT, typeof entry === 'string' ? entry : entry.default);
 }
 
 /**

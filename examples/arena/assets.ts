@@ -23,8 +23,11 @@ export function publicDir(root: string = packageRoot()): string {
 
 /** The directory of the ES module build `import 'move-dispatcher/encode'` resolves to, by the package's own `exports`. */
 export function encodeDir(root: string = packageRoot()): string {
-  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { import?: string } | undefined> };
-  const target = pkg.exports['./encode']?.import;
+  type Target = string | { default?: string } | undefined;
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { import?: Target } | undefined> };
+  const entry = pkg.exports['./encode']?.import;
+  // A path, or a condition object whose `default` is the path (`types` beside it).
+  const target = typeof entry === 'string' ? entry : entry?.default;
   if (target === undefined) throw new Error("arena: package.json has no exports['./encode'].import");
   const file = join(root, target);
   if (!existsSync(file)) throw new Error(`arena: ${file} is missing: run 'npm run build' first`);

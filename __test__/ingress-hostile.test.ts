@@ -352,6 +352,38 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     });
   });
 
+  it('a handshake in flight when the server closes is refused at once (503 / error shutdown), never let in, and does not hold close() up', async () => {
+    for (const how of ['server', 'dispatcher'] as const) {
+      const s = await setup(make, { handshakeTimeoutMs: 5000 });
+      const ws = await dial(s.wsPort);
+      const request = upgradeRequest(`/moves?ticket=${s.ticket(BAD)}`);
+      ws.write(request.slice(0, 40));
+      const tcp = await dial(s.tcpPort);
+      const line = `ticket ${s.ticket(BAD, 2)}\n`;
+      tcp.write(line.slice(0, 20));
+      await sleep(50);
+      const t0 = Date.now();
+      await (how === 'server' ? s.server.close() : s.d.close());
+      // It used to wait out its 2 s cap for the half-done handshakes, then let them in.
+      expect(Date.now() - t0).toBeLessThan(1000);
+      // The rest of each handshake, and a frame after it: too late.
+      ws.write(request.slice(40));
+      ws.write(wsFrame(OP.binary, frame({ room: ROOM, player: BAD, seq: 1 })));
+      tcp.write(Buffer.concat([Buffer.from(line.slice(20)), frame({ room: 2, player: BAD, seq: 1 })]));
+      await until(() => ws.ended && tcp.ended, 3000, 'both refused and closed');
+      expect(ws.status).toBe(503);
+      expect(tcp.text).toBe('error shutdown\n');
+      await sleep(50);
+      expect(s.opened).toEqual([]);
+      expect(s.closed).toEqual([]);
+      if (how === 'server') {
+        s.collect();
+        expect(s.seqs.size).toBe(0);
+        expect(s.d.stats().accepted).toBe(0);
+      }
+    }
+  });
+
   it('a frame header announcing 2^40 bytes is closed with 1009 at once, without memory growth', async () => {
     const s = await setup(make);
     await goodClientAround(s, async () => {

@@ -929,7 +929,13 @@ async fn admission(
         return None;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
-    let shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)).await;
+    // A handshake still in flight when the server closes ends then (answered `503` /
+    // `error shutdown`): it must not be let in after `close()` resolved, nor hold that
+    // close up until its own timeout.
+    let shaken = tokio::select! {
+        shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)) => shaken,
+        () = hub.stopped() => Ok(Err(shutdown_response(transport).to_vec())),
+    };
     let (who, leftover) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
@@ -950,13 +956,24 @@ async fn admission(
     };
     let conn = hub.admit(&who, transport);
     let mut r = Reader::new(hub, &conn);
-    // The bytes that followed the handshake.
-    let first = if leftover.is_empty() {
+    // The bytes that followed the handshake; none once the server closes (the connection
+    // is asked to close at once by `admit`, and takes in no frame after `close()`).
+    let first = if leftover.is_empty() || hub.stopping() {
         Next::Go
     } else {
         process(hub, &conn, &mut r, &mut { leftover })
     };
     Some((conn, r, first))
+}
+
+/// The answer to a handshake that the server's close interrupted.
+fn shutdown_response(transport: Transport) -> &'static [u8] {
+    match transport {
+        Transport::Ws => {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        }
+        _ => b"error shutdown\n",
+    }
 }
 
 /// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
@@ -1010,6 +1027,10 @@ async fn handshake(
             match ws::parse_request(&buf) {
                 Ok(None) => {}
                 Ok(Some((req, used))) => {
+                    // Before the ticket is spent: a client refused by the close keeps it.
+                    if hub.stopping() {
+                        return Err(shutdown_response(transport).to_vec());
+                    }
                     let who = if hub.opts.echo_for_testing {
                         Who { room: 0, player: 0 }
                     } else {
@@ -1043,6 +1064,10 @@ async fn handshake(
                     let Some(t) = line.strip_prefix("ticket ") else {
                         return Err(b"error ticket_malformed\n".to_vec());
                     };
+                    // Before the ticket is spent: a client refused by the close keeps it.
+                    if hub.stopping() {
+                        return Err(shutdown_response(transport).to_vec());
+                    }
                     return match hub.check_ticket(t.trim()) {
                         Ok(who) => Ok((who, buf[nl + 1..].to_vec())),
                         Err(reason) => Err(format!("error {reason}\n").into_bytes()),

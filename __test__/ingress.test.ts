@@ -294,16 +294,31 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(await drainAllOf(d, 1, 1)).toEqual([{ player: 8, seq: 1 }]);
   });
 
-  it("applies the room's rate limit per connection (RateLimited, nothing kept)", async () => {
+  it("applies the room's rate limit to each connection from its player's bucket: a reconnect does not refill it (RateLimited, nothing kept)", async () => {
     const d = make();
-    d.openRoom(1, { rateLimit: { perSecond: 1, burst: 3 } });
+    d.openRoom(1, { rateLimit: { perSecond: 0.01, burst: 3 } });
     d.join(1, 7);
-    const { wsUrl } = await start(d);
+    const { wsUrl, events } = await start(d);
     const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
     ws.send(concat([1, 2, 3, 4, 5, 6].map((seq) => frame({ room: 1, player: 7, seq }))));
     await until(() => d.stats().verdicts.RateLimited === 3, 2000, 'three frames over the burst refused');
     expect(await drainAllOf(d, 1, 3)).toEqual([1, 2, 3].map((seq) => ({ player: 7, seq })));
     expect(d.stats().verdicts.Accepted).toBe(3);
+    // A new ticket, a new connection (the old one is replaced): the same empty bucket.
+    const again = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    await until(() => events.closed.some((e) => e.reason === 'replaced'), 2000, 'the first connection replaced');
+    again.send(concat([7, 8].map((seq) => frame({ room: 1, player: 7, seq }))));
+    await until(() => d.stats().verdicts.RateLimited === 5, 2000, 'both refused: the bucket was not refilled');
+    expect(d.stats().verdicts.Accepted).toBe(3);
+    // A second join keeps the bucket; leave and join again starts a full one.
+    d.join(1, 7);
+    again.send(frame({ room: 1, player: 7, seq: 9 }));
+    await until(() => d.stats().verdicts.RateLimited === 6, 2000, 'refused after a second join');
+    d.leave(1, 7);
+    d.join(1, 7);
+    const third = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    third.send(frame({ room: 1, player: 7, seq: 10 }));
+    await until(() => d.stats().verdicts.Accepted === 4, 2000, 'accepted from a full bucket after leave and join');
   });
 
   it('closes a WebSocket that sends text with 1003, and one that sends a partial frame as malformed', async () => {

@@ -34,7 +34,7 @@
 //! deliveries may allocate.
 
 use std::cell::Cell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -376,6 +376,11 @@ struct Room {
     rate: Option<RateLimit>,
     /// Its members (their entries are in [`Worker::members`]), for closing the room.
     players: HashSet<u32, IdHashBuilder>,
+    /// With a `rate`: each member's token bucket for the frames of its connections (native
+    /// ingress), made full at `join` (kept by a second `join`), gone at `leave`. Per player,
+    /// not per connection: reconnecting does not refill it. (`dispatch` spends the buckets
+    /// of the JavaScript thread's member table.)
+    buckets: HashMap<u32, Bucket, IdHashBuilder>,
     inbox: Arc<Inbox>,
     /// Its id and its slot in [`Worker::rooms`].
     id: u32,
@@ -965,6 +970,7 @@ impl Worker {
                         push,
                         rate,
                         players: HashSet::default(),
+                        buckets: HashMap::default(),
                         inbox: Arc::clone(&inbox),
                         id,
                         slot: 0,
@@ -1000,12 +1006,18 @@ impl Worker {
                     self.members.join(room, player, slot).0.key = key;
                     if let Some(r) = self.rooms.at_mut(slot, room) {
                         r.players.insert(player);
+                        if let Some(rate) = r.rate {
+                            r.buckets
+                                .entry(player)
+                                .or_insert_with(|| Bucket::full(Some(rate)));
+                        }
                     }
                 }
             }
             Control::Leave { room, player } => {
                 if let Some(r) = self.rooms.get_mut(room) {
                     r.players.remove(&player);
+                    r.buckets.remove(&player);
                     self.members.leave(room, player);
                 }
             }
@@ -1234,18 +1246,12 @@ pub fn lock_worker(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 pub struct Sender {
     pub room: u32,
     pub player: u32,
-    /// The connection's token bucket, made on its first frame of a rate-limited room.
-    bucket: Option<Bucket>,
 }
 
 impl Sender {
     /// The sender `player` of `room`.
     pub fn new(room: u32, player: u32) -> Self {
-        Self {
-            room,
-            player,
-            bucket: None,
-        }
+        Self { room, player }
     }
 }
 
@@ -1390,18 +1396,25 @@ impl Worker {
         if !self.members.contains(h.room, h.player) {
             return Verdict::NotMember;
         }
-        if let Some(rate) = room.rate {
-            let bucket = sender
-                .bucket
-                .get_or_insert_with(|| Bucket::full(Some(rate)));
-            if !bucket.ready(rate, stamp) {
-                return Verdict::RateLimited;
+        // The member's bucket (made at `join`), not the connection's: a reconnect does not
+        // refill it.
+        let bucket = match room.rate {
+            Some(rate) => {
+                let bucket = room
+                    .buckets
+                    .entry(h.player)
+                    .or_insert_with(|| Bucket::full(Some(rate)));
+                if !bucket.ready(rate, stamp) {
+                    return Verdict::RateLimited;
+                }
+                Some(bucket)
             }
-        }
+            None => None,
+        };
         if !room.inbox.try_reserve(bytes.len()) {
             return Verdict::Backpressure;
         }
-        if let (Some(_), Some(bucket)) = (room.rate, sender.bucket.as_mut()) {
+        if let Some(bucket) = bucket {
             bucket.tokens -= 1.0;
         }
         let hot = HotPath::enter();

@@ -384,6 +384,40 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     }
   });
 
+  it('a message holds whole frames while its room is out of budget too: a frame cut across two messages held back closes the connection as malformed', async () => {
+    const s = await setup(() => make({ roomBytes: 4096 }));
+    const c = await openWs(s.wsPort, s.ticket(BAD));
+    expect(c.status).toBe(101);
+    // One write: 30 messages of one 156-byte frame (26 fit the room's budget, the rest are
+    // held back: nothing is drained yet), then one frame cut across two messages.
+    const cut = frame({ room: ROOM, player: BAD, seq: 31, payload: 100 });
+    c.write(
+      Buffer.concat([
+        ...Array.from({ length: 30 }, (_, i) => wsFrame(OP.binary, frame({ room: ROOM, player: BAD, seq: i + 1, payload: 100 }))),
+        wsFrame(OP.binary, cut.subarray(0, 70)),
+        wsFrame(OP.binary, cut.subarray(70)),
+      ]),
+    );
+    // Held-back messages used to be joined up when offered again: the cut frame was accepted.
+    await until(() => c.closeCode !== null, 3000, 'the close frame');
+    expect(c.closeCode).toBe(1007);
+    await until(() => s.closed.some((e) => e.player === BAD), 2000, 'onDisconnect');
+    expect(s.closed.find((e) => e.player === BAD)?.reason).toBe('malformed');
+    // What was accepted before the stall is delivered; nothing after it was taken in.
+    await until(
+      () => {
+        s.collect();
+        return (s.seqs.get(BAD)?.length ?? 0) >= 26;
+      },
+      3000,
+      '26 moves',
+    );
+    await sleep(100);
+    s.collect();
+    expect(s.seqs.get(BAD)).toEqual(Array.from({ length: 26 }, (_, i) => i + 1));
+    expect(s.d.stats().accepted).toBe(26);
+  });
+
   it('a frame header announcing 2^40 bytes is closed with 1009 at once, without memory growth', async () => {
     const s = await setup(make);
     await goodClientAround(s, async () => {

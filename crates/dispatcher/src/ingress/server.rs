@@ -1169,6 +1169,11 @@ impl Intake {
         frames: &[u8],
     ) -> Result<(Offered, bool), CloseReason> {
         if self.stalled() {
+            // A message must hold whole frames, held back or not: held messages are offered
+            // again as one run of bytes, where a frame cut across two of them would join up.
+            if !whole_frames(frames) {
+                return Ok((Offered::default(), true));
+            }
             // Behind frames already held back: in order, after them.
             self.stalled.extend_from_slice(frames);
             return Ok((Offered::default(), false));
@@ -1193,6 +1198,23 @@ impl Intake {
         }
         Ok((o, held))
     }
+}
+
+/// Whether `bytes` are back-to-back frames by the lengths their headers announce (the
+/// headers themselves are checked when the frames are taken in).
+fn whole_frames(mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        let Some(&[lo, hi]) = bytes.get(22..24) else {
+            return false;
+        };
+        let Some(rest) =
+            bytes.get(crate::frame::FRAME_OVERHEAD + usize::from(u16::from_le_bytes([lo, hi]))..)
+        else {
+            return false;
+        };
+        bytes = rest;
+    }
+    true
 }
 
 /// Per-connection reading state of a socket transport (kept small: it lives as long as
@@ -1637,6 +1659,36 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::core::Core;
+
+    #[test]
+    fn whole_frames_follows_the_announced_lengths() {
+        let f = |len: u16| {
+            let h = crate::frame::Header {
+                flags: 0,
+                room: 1,
+                player: 2,
+                seq: 3,
+                tick: 0,
+                kind: 0,
+                len,
+            };
+            crate::frame::encode_unsigned(&h, &vec![1; usize::from(len)]).unwrap()
+        };
+        let (a, b) = (f(100), f(3));
+        assert!(whole_frames(&[]));
+        assert!(whole_frames(&a));
+        assert!(whole_frames(&[a.clone(), b.clone(), a.clone()].concat()));
+        let ab = [a.clone(), b].concat();
+        for cut in 1..ab.len() {
+            if cut != a.len() {
+                assert!(!whole_frames(&ab[..cut]), "cut at {cut}");
+            }
+        }
+        assert!(
+            !whole_frames(&[a, vec![0; 23]].concat()),
+            "a header cut short"
+        );
+    }
 
     /// The tests' listen options: no transport, a fixed ticket key, small limits, connection
     /// events published, no echo.

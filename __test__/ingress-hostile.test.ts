@@ -415,7 +415,11 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     await sleep(100);
     s.collect();
     expect(s.seqs.get(BAD)).toEqual(Array.from({ length: 26 }, (_, i) => i + 1));
-    expect(s.d.stats().accepted).toBe(26);
+    const st = s.d.stats();
+    expect(st.accepted).toBe(26);
+    // The stall's Backpressure verdicts, by cause: the room's budget (ingress has no other).
+    expect(st.verdicts.Backpressure).toBeGreaterThan(0);
+    expect(st.backpressure).toEqual({ queue: 0, arena: 0, room: st.verdicts.Backpressure });
   });
 
   it('a frame header announcing 2^40 bytes is closed with 1009 at once, without memory growth', async () => {

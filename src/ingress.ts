@@ -16,9 +16,9 @@ export type Transport = 'ws' | 'tcp' | 'grpc';
 
 /** Why a connection closed (`onDisconnect`). */
 export type DisconnectReason =
-  /** The client closed it (WebSocket close handshake, or end of stream between frames). */
+  /** The client closed it: the WebSocket close handshake, a TCP stream ended between frames, a gRPC call ended or cancelled by the client. */
   | 'closed'
-  /** The stream ended or failed mid-frame, or the socket failed. */
+  /** The stream ended or failed mid-frame, a WebSocket ended without its close handshake (RFC 6455: abnormal), or the socket failed. */
   | 'reset'
   /** Nothing arrived for `idleTimeoutMs`. */
   | 'idle'

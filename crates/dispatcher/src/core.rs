@@ -1244,6 +1244,11 @@ impl Core {
             if i == Verdict::Accepted as usize {
                 c.accepted += n;
             }
+            // Native ingress answers `Backpressure` for one cause only: the room's budget (it
+            // stores in place, with no queue or arena between the read and the worker).
+            if i == Verdict::Backpressure as usize {
+                c.backpressure[Pressure::Room as usize] += n;
+            }
         }
         for s in &self.shards {
             for (i, r) in s.shared.reasons.iter().enumerate() {

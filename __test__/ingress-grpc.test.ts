@@ -6,6 +6,7 @@
  * MoveFrames is acked with its counts; send and broadcast come back as MoveAcks messages;
  * the call ends with a status named after the close reason.
  */
+import * as http2 from 'node:http2';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -229,6 +230,46 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     expect(await c.ended).toEqual({ code: grpc.status.INVALID_ARGUMENT, details: 'malformed' });
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
     expect(events.closed[0]!.reason).toBe('malformed');
+  });
+
+  it('a gRPC message prefix that is not one (compressed flag without grpc-encoding, flag 0x80), or a message cut short by the end of the call, is malformed', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [1, 2, 3]) d.join(1, p);
+    const { port, events } = await start(d);
+    const one = frame({ room: 1, player: 1, seq: 1 });
+    // The gRPC length prefix: flag, then the length (big-endian) of the protobuf that follows.
+    const prefix = (flag: number, length: number): Buffer => {
+      const b = Buffer.alloc(5);
+      b[0] = flag;
+      b.writeUInt32BE(length, 1);
+      return b;
+    };
+    const bodies = [
+      prefix(1, 0),
+      prefix(0x80, 0),
+      Buffer.concat([prefix(0, 200), Buffer.from(one.subarray(0, 20))]),
+    ];
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    try {
+      for (const [i, body] of bodies.entries()) {
+        const req = session.request({
+          ':method': 'POST',
+          ':path': '/move_dispatcher.v1.Ingress/Moves',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+          authorization: `Bearer ${issueTicket(KEY, { room: 1, player: i + 1 })}`,
+        });
+        req.on('data', () => undefined);
+        const done = new Promise<void>((resolve) => req.on('close', () => resolve()));
+        req.end(body);
+        await done;
+        await until(() => events.closed.length === i + 1, 2000, `onDisconnect ${i + 1}`);
+        expect(events.closed[i]).toMatchObject({ player: i + 1, transport: 'grpc', reason: 'malformed' });
+      }
+    } finally {
+      session.close();
+    }
   });
 
   it('disconnect(), server.close() and dispatcher.close() end calls with a status', async () => {

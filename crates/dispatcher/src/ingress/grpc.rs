@@ -591,8 +591,17 @@ fn reason_of(status: &Status) -> CloseReason {
     match status.code() {
         // tonic: a message over `max_decoding_message_size`.
         Code::OutOfRange => CloseReason::TooBig,
-        // tonic-prost: bytes that are not a `MoveFrames`.
-        Code::Internal if status.message().starts_with("failed to decode") => {
+        // Bytes that are not a `MoveFrames` (tonic-prost), a gRPC message prefix that is
+        // not one (a compressed flag without `grpc-encoding`, a flag other than 0 or 1), or
+        // a message cut short by the end of the call (tonic's decoder): the client's
+        // framing, not the connection's failure. (A reset arrives as an HTTP/2 error.)
+        Code::Internal
+            if status.message().starts_with("failed to decode")
+                || status.message().starts_with("protocol error:")
+                || status
+                    .message()
+                    .starts_with("Unexpected EOF decoding stream") =>
+        {
             CloseReason::Malformed
         }
         _ => CloseReason::Reset,

@@ -384,20 +384,24 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     }
   });
 
-  it('a message holds whole frames while its room is out of budget too: a frame cut across two messages held back closes the connection as malformed', async () => {
+  it.each([
+    ['a message held back whole, then a frame cut across the next two', 30],
+    ['the message that runs out of budget ending with a cut frame', 26],
+  ])('a message holds whole frames while its room is out of budget too (%s): malformed', async (_, before) => {
     const s = await setup(() => make({ roomBytes: 4096 }));
     const c = await openWs(s.wsPort, s.ticket(BAD));
     expect(c.status).toBe(101);
-    // One write: 30 messages of one 156-byte frame (26 fit the room's budget, the rest are
-    // held back: nothing is drained yet), then one frame cut across two messages.
+    // One write: messages of one 156-byte frame (26 fit the room's budget, the rest are
+    // held back: nothing is drained yet), then a frame cut across two messages — its first
+    // part alone, or at the end of the message that runs out of budget, followed by a whole
+    // frame (held back unchecked, the two would have been joined on the retry).
     const cut = frame({ room: ROOM, player: BAD, seq: 31, payload: 100 });
-    c.write(
-      Buffer.concat([
-        ...Array.from({ length: 30 }, (_, i) => wsFrame(OP.binary, frame({ room: ROOM, player: BAD, seq: i + 1, payload: 100 }))),
-        wsFrame(OP.binary, cut.subarray(0, 70)),
-        wsFrame(OP.binary, cut.subarray(70)),
-      ]),
-    );
+    const whole = (seq: number): Uint8Array => frame({ room: ROOM, player: BAD, seq, payload: 100 });
+    const messages =
+      before === 30
+        ? [...Array.from({ length: 30 }, (_, i) => whole(i + 1)), cut.subarray(0, 70), Buffer.concat([cut.subarray(70), whole(32)])]
+        : [...Array.from({ length: 26 }, (_, i) => whole(i + 1)), Buffer.concat([whole(27), cut.subarray(0, 70)]), whole(28)];
+    c.write(Buffer.concat(messages.map((m) => wsFrame(OP.binary, m))));
     // Held-back messages used to be joined up when offered again: the cut frame was accepted.
     await until(() => c.closeCode !== null, 3000, 'the close frame');
     expect(c.closeCode).toBe(1007);

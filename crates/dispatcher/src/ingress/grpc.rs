@@ -336,11 +336,17 @@ impl Service<Request<Streaming<MoveFrames>>> for Moves {
 
 /// Admits a call (capacity, then ticket, before any message is read) and starts its task.
 fn open(hub: Arc<Hub>, req: Request<Streaming<MoveFrames>>) -> Result<Response<Acks>, Status> {
-    if hub.stopping() {
-        return Err(Status::unavailable("shutdown"));
-    }
     if !hub.reserve() {
         return Err(Status::resource_exhausted("full"));
+    }
+    // After the slot is taken, as the other transports do: either this sees the close, or
+    // the close's count of open connections sees this call (and waits for it). Checked
+    // first, a close between the check and the slot was missed: the call was let in after
+    // `close()` had resolved.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if hub.stopping() {
+        hub.refuse();
+        return Err(Status::unavailable("shutdown"));
     }
     let ticket = req
         .metadata()

@@ -623,14 +623,18 @@ impl Ingress {
         }
     }
 
-    /// Open connections.
+    /// Open connections. The fence pairs with a gRPC call's admission: a call that took
+    /// a slot after [`Ingress::close`] sees the close, or is counted here.
     pub fn connections(&self) -> usize {
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.hub.open.load(Ordering::Acquire)
     }
 
-    /// The counters.
+    /// The counters. (`open` after a fence, as [`Ingress::connections`] reads it: what a
+    /// close waits on.)
     pub fn counters(&self) -> CounterSnapshot {
         let c = &self.hub.counters;
+        std::sync::atomic::fence(Ordering::SeqCst);
         CounterSnapshot {
             open: self.hub.open.load(Ordering::Relaxed) as u64,
             accepted_connections: c.accepted_connections.load(Ordering::Relaxed),
@@ -699,7 +703,7 @@ impl Ingress {
     /// Stops accepting and closes every connection (reason `Shutdown`); returns at once.
     /// Their close events follow as the tasks end.
     pub fn close(&self) {
-        if self.hub.stopping.swap(true, Ordering::AcqRel) {
+        if self.hub.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
         self.hub.stop.notify_waiters();
@@ -936,7 +940,7 @@ async fn admission(
         shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)) => shaken,
         () = hub.stopped() => Ok(Err(shutdown_response(transport).to_vec())),
     };
-    let (who, leftover) = match shaken {
+    let (who, leftover, accept) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) => {
             hub.refuse();
@@ -954,6 +958,12 @@ async fn admission(
             return None;
         }
     };
+    // The WebSocket's `101`, written here rather than inside the handshake that a close can
+    // drop: a client never reads a `101` followed by a `503`.
+    if !accept.is_empty() && stream.write_all(&accept).await.is_err() {
+        hub.refuse();
+        return None;
+    }
     let conn = hub.admit(&who, transport);
     let mut r = Reader::new(hub, &conn);
     // The bytes that followed the handshake; none once the server closes (the connection
@@ -992,14 +1002,14 @@ pub(super) struct Who {
     player: u32,
 }
 
-/// Reads the upgrade request (WebSocket) or the ticket line (TCP), checks the ticket, and
-/// answers; the bytes that followed the handshake are returned with the sender. On error,
-/// the response to write before closing.
+/// Reads the upgrade request (WebSocket) or the ticket line (TCP) and checks the ticket:
+/// the sender, the bytes that followed the handshake, and the answer to write (the
+/// WebSocket's `101`; nothing for TCP). On error, the response to write before closing.
 async fn handshake(
     hub: &Hub,
     stream: &mut TcpStream,
     transport: Transport,
-) -> Result<(Who, Vec<u8>), Vec<u8>> {
+) -> Result<(Who, Vec<u8>, Vec<u8>), Vec<u8>> {
     let cap = match transport {
         Transport::Ws => ws::MAX_REQUEST_BYTES,
         _ => MAX_TCP_LINE,
@@ -1046,9 +1056,7 @@ async fn handshake(
                     };
                     let mut out = Vec::new();
                     ws::response_101(req.key, &mut out);
-                    let rest = buf[used..].to_vec();
-                    stream.write_all(&out).await.map_err(|_| Vec::new())?;
-                    return Ok((who, rest));
+                    return Ok((who, buf[used..].to_vec(), out));
                 }
                 Err(e) => {
                     let mut out = Vec::new();
@@ -1069,7 +1077,7 @@ async fn handshake(
                         return Err(shutdown_response(transport).to_vec());
                     }
                     return match hub.check_ticket(t.trim()) {
-                        Ok(who) => Ok((who, buf[nl + 1..].to_vec())),
+                        Ok(who) => Ok((who, buf[nl + 1..].to_vec(), Vec::new())),
                         Err(reason) => Err(format!("error {reason}\n").into_bytes()),
                     };
                 }
@@ -1180,7 +1188,13 @@ impl Intake {
         }
         let o = self.offer(hub, frames)?;
         if o.held {
-            self.stalled.extend_from_slice(&frames[o.consumed..]);
+            // What the room had no budget for: whole frames only (`ingest` stopped at the
+            // first frame it could not take, without reading past it).
+            let rest = &frames[o.consumed..];
+            if !whole_frames(rest) {
+                return Ok((o, true));
+            }
+            self.stalled.extend_from_slice(rest);
             return Ok((o, false));
         }
         Ok((o, o.consumed < frames.len()))
@@ -1870,6 +1884,10 @@ mod tests {
         accepted.set_nonblocking(true).unwrap();
         let _guard = ingress.hub.parts.runtime.enter();
         let stream = TcpStream::from_std(accepted).unwrap();
+        let mut stream = stream;
+        let admission_size =
+            std::mem::size_of_val(&admission(&ingress.hub, &mut stream, Transport::Ws));
+        println!("admission future (boxed while a handshake is in flight): {admission_size} B");
         let task = connection_task(Arc::clone(&ingress.hub), stream, Transport::Ws);
         let size = std::mem::size_of_val(&task);
         println!(
@@ -1878,9 +1896,15 @@ mod tests {
             std::mem::size_of::<Reader>(),
             std::mem::size_of::<Outbound>()
         );
-        // 280 bytes in release builds (288 in debug ones): tokio's task cell (header and
-        // trailer around the future, aligned to 128) is then 384 bytes; 8 more would make it 512.
+        // 256 bytes in release builds (264 in debug ones): tokio's task cell (header and
+        // trailer around the future, aligned to 128) is then 384 bytes; past 288 it would be
+        // 512. The admission (boxed only while a handshake is in flight, and racing the
+        // server's close) is 560 bytes in both.
         assert!(size <= 288, "the connection task grew to {size} bytes");
+        assert!(
+            admission_size <= 576,
+            "the admission grew to {admission_size} bytes"
+        );
     }
 
     #[test]

@@ -321,6 +321,22 @@ describe.skipIf(skip !== null)('native ingress', () => {
     await until(() => d.stats().verdicts.Accepted === 4, 2000, 'accepted from a full bucket after leave and join');
   });
 
+  it('a ticket spent on one listen is spent on the next: close() and a new listen() do not make it good again', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const first = await start(d);
+    const ticket = issueTicket(KEY, { room: 1, player: 7 });
+    const ws = await openWs(first.wsUrl(ticket));
+    ws.terminate();
+    await first.server.close();
+    const second = await start(d);
+    expect(await refusedWith(second.wsUrl(ticket))).toBe(401);
+    // A fresh ticket still gets in.
+    const again = await openWs(second.wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    expect(again.readyState).toBe(WebSocket.OPEN);
+  });
+
   it('closes a WebSocket that sends text with 1003, and one that sends a partial frame as malformed', async () => {
     const d = make();
     d.openRoom(1);

@@ -237,6 +237,9 @@ pub struct Core {
     workers: Vec<Arc<Mutex<Worker>>>,
     /// Verdicts of native ingress, counted by the threads that read the connections.
     ingress_verdicts: Arc<[AtomicU64; Verdict::COUNT]>,
+    /// Tickets spent on any of this dispatcher's listens (single use across `close()` and a
+    /// new `listen()` too).
+    tickets: Arc<Mutex<crate::ingress::ticket::Nonces>>,
     /// The workers of a core built by [`Core::new_inline`], run by [`Core::step_workers`]
     /// on the caller's thread (`None` once stopped for good, as a runtime task would have
     /// returned); empty when they run on the runtime.
@@ -486,6 +489,7 @@ impl Core {
             wakes: Wakes::Now,
             workers,
             ingress_verdicts: Arc::default(),
+            tickets: Arc::default(),
             #[cfg(any(test, feature = "inline-workers"))]
             inline: parked,
             #[cfg(test)]
@@ -510,6 +514,7 @@ impl Core {
             runtime: self.stopper.handle()?,
             outbox: Arc::clone(&self.outbox),
             max_payload: self.cfg.max_payload,
+            tickets: Arc::clone(&self.tickets),
         })
     }
 

@@ -36,6 +36,8 @@ pub struct Parts {
     pub outbox: Arc<Outbox>,
     /// The dispatcher's `maxPayload`.
     pub max_payload: usize,
+    /// The dispatcher's memory of spent tickets, shared by its listens.
+    pub tickets: Arc<Mutex<ticket::Nonces>>,
 }
 
 impl std::fmt::Debug for Parts {

@@ -548,10 +548,14 @@ impl Ingress {
                 "give at least one of ws, tcp, grpc".into(),
             ));
         }
-        let verifier = TicketVerifier::new(&opts.ticket_key, opts.max_connections.max(1) * 4)
-            .map_err(|e| {
-                ListenError::Invalid("ticketKey", format!("must be 16 to 64 bytes ({e:?})"))
-            })?;
+        let verifier = TicketVerifier::with_memory(
+            &opts.ticket_key,
+            opts.max_connections.max(1) * 4,
+            Arc::clone(&parts.tickets),
+        )
+        .map_err(|e| {
+            ListenError::Invalid("ticketKey", format!("must be 16 to 64 bytes ({e:?})"))
+        })?;
         if opts.max_connections == 0 {
             return Err(ListenError::Invalid(
                 "maxConnections",

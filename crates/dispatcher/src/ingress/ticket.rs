@@ -43,6 +43,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::{ct_eq, PlayerKey};
@@ -127,12 +128,36 @@ impl std::error::Error for TicketError {}
 pub struct TicketVerifier {
     key: Box<PlayerKey>,
     max_live: usize,
+    /// The nonces of accepted tickets, shared with every other verifier made with the same
+    /// memory ([`TicketVerifier::with_memory`]): a dispatcher's listens, so that a ticket
+    /// spent on one server is not good again after `close()` and a new `listen()`.
+    memory: Arc<Mutex<Nonces>>,
+}
+
+/// The single-use memory of tickets: nonces of accepted tickets until they expire. Nonces
+/// are 16 random bytes, so verifiers with different keys can share one.
+#[derive(Debug, Default)]
+pub struct Nonces {
     /// Accepted nonces still live, with their expiry.
     seen: HashMap<[u8; NONCE_BYTES], u64>,
     /// The same nonces, soonest expiry on top.
     by_expiry: BinaryHeap<Reverse<(u64, [u8; NONCE_BYTES])>>,
-    /// The largest `now_ms` seen (the verifier's clock never goes backwards).
+    /// The largest `now_ms` seen (the memory's clock never goes backwards).
     now_ms: u64,
+}
+
+impl Nonces {
+    /// Forgets the nonces of tickets expired at `now` (`now >= expiry`: `verify` refuses
+    /// them as `Expired` before it looks at the nonce).
+    fn evict(&mut self, now: u64) {
+        while let Some(&Reverse((expires, nonce))) = self.by_expiry.peek() {
+            if expires > now {
+                break;
+            }
+            self.by_expiry.pop();
+            self.seen.remove(&nonce);
+        }
+    }
 }
 
 impl std::fmt::Debug for TicketVerifier {
@@ -141,7 +166,7 @@ impl std::fmt::Debug for TicketVerifier {
         f.debug_struct("TicketVerifier")
             .field("key", &self.key)
             .field("max_live", &self.max_live)
-            .field("live", &self.seen.len())
+            .field("live", &self.live())
             .finish_non_exhaustive()
     }
 }
@@ -153,18 +178,34 @@ impl TicketVerifier {
     /// # Errors
     /// [`KeyError`] when `key` is outside 16..=64 bytes.
     pub fn new(key: &[u8], max_live: usize) -> Result<Self, KeyError> {
+        Self::with_memory(key, max_live, Arc::default())
+    }
+
+    /// [`TicketVerifier::new`], remembering accepted tickets in `memory`, which other
+    /// verifiers may share.
+    ///
+    /// # Errors
+    /// [`KeyError`] when `key` is outside 16..=64 bytes.
+    pub fn with_memory(
+        key: &[u8],
+        max_live: usize,
+        memory: Arc<Mutex<Nonces>>,
+    ) -> Result<Self, KeyError> {
         Ok(Self {
             key: PlayerKey::new(key)?,
             max_live,
-            seen: HashMap::new(),
-            by_expiry: BinaryHeap::new(),
-            now_ms: 0,
+            memory,
         })
     }
 
-    /// Nonces remembered right now (accepted tickets not yet known to have expired).
+    fn memory(&self) -> MutexGuard<'_, Nonces> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Nonces remembered right now (accepted tickets not yet known to have expired), in
+    /// the memory this verifier shares.
     pub fn live(&self) -> usize {
-        self.seen.len()
+        self.memory().seen.len()
     }
 
     /// The most nonces this verifier remembers.
@@ -195,41 +236,30 @@ impl TicketVerifier {
         let mut nonce = [0u8; NONCE_BYTES];
         nonce.copy_from_slice(&body[17..BODY_BYTES]);
 
-        self.now_ms = self.now_ms.max(now_ms);
-        let now = self.now_ms;
+        let mut m = self.memory();
+        m.now_ms = m.now_ms.max(now_ms);
+        let now = m.now_ms;
         if now >= claims.expires_at_ms {
             return Err(TicketError::Expired);
         }
         if claims.expires_at_ms > now.saturating_add(MAX_TTL_MS + ALLOWED_SKEW_MS) {
             return Err(TicketError::TooLong);
         }
-        self.evict(now);
-        if self.seen.contains_key(&nonce) {
+        m.evict(now);
+        if m.seen.contains_key(&nonce) {
             return Err(TicketError::Reused);
         }
-        if self.seen.len() >= self.max_live {
+        if m.seen.len() >= self.max_live {
             return Err(TicketError::Busy);
         }
-        self.seen.insert(nonce, claims.expires_at_ms);
-        self.by_expiry.push(Reverse((claims.expires_at_ms, nonce)));
+        m.seen.insert(nonce, claims.expires_at_ms);
+        m.by_expiry.push(Reverse((claims.expires_at_ms, nonce)));
         Ok(claims)
     }
 
     /// [`verify`](Self::verify) for a ticket held as text.
     pub fn verify_str(&mut self, ticket: &str, now_ms: u64) -> Result<Claims, TicketError> {
         self.verify(ticket.as_bytes(), now_ms)
-    }
-
-    /// Forgets the nonces of tickets expired at `now` (`now >= expiry`: `verify` refuses
-    /// them as `Expired` before it looks at the nonce).
-    fn evict(&mut self, now: u64) {
-        while let Some(&Reverse((expires, nonce))) = self.by_expiry.peek() {
-            if expires > now {
-                break;
-            }
-            self.by_expiry.pop();
-            self.seen.remove(&nonce);
-        }
     }
 }
 
@@ -523,6 +553,28 @@ pub(crate) mod tests {
         assert_eq!(v.live(), 2);
     }
 
+    /// A dispatcher's listens share one memory: a ticket spent on one is spent on the
+    /// next (a new `listen()` after `close()`), whatever key each verifies with.
+    #[test]
+    fn verifiers_sharing_a_memory_refuse_each_others_spent_tickets() {
+        const OTHER: &[u8] = b"another key, thirty-two bytes ..";
+        let memory = Arc::new(Mutex::new(Nonces::default()));
+        let mut first = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
+        let t = mint(KEY, 1, 1, 1_000, nonce_of(1));
+        assert!(first.verify_str(&t, 0).is_ok());
+        drop(first);
+        let mut second = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
+        assert_eq!(second.verify_str(&t, 1), Err(TicketError::Reused));
+        let mut other = TicketVerifier::with_memory(OTHER, 8, Arc::clone(&memory)).unwrap();
+        assert!(other
+            .verify_str(&mint(OTHER, 1, 1, 1_000, nonce_of(2)), 2)
+            .is_ok());
+        assert_eq!(second.live(), 2);
+        // A verifier of its own does not know them.
+        let mut alone = TicketVerifier::new(KEY, 8).unwrap();
+        assert!(alone.verify_str(&t, 3).is_ok());
+    }
+
     #[test]
     fn zero_capacity_refuses_everything() {
         let mut v = TicketVerifier::new(KEY, 0).unwrap();
@@ -553,7 +605,7 @@ pub(crate) mod tests {
                 Err(e) => panic!("ticket {i}: {e}"),
             }
             assert!(v.live() <= MAX);
-            assert!(v.by_expiry.len() <= MAX);
+            assert!(v.memory().by_expiry.len() <= MAX);
         }
         // ~1250 would be live at a time at this rate: some are refused, most accepted.
         assert!(busy > 0 && busy < 50_000, "busy {busy}");

@@ -946,6 +946,14 @@ async fn admission(
     };
     let (who, leftover, accept) = match shaken {
         Ok(Ok(x)) => x,
+        Ok(Err(response)) if hub.stopping() => {
+            // The slot is kept until the refusal is written and lingered (at most ~400 ms):
+            // the close waits for it, so `dispatcher.close()` does not stop the runtime
+            // under a refusal that a client still sending would then see as a reset.
+            refuse(stream, &response).await;
+            hub.refuse();
+            return None;
+        }
         Ok(Err(response)) => {
             hub.refuse();
             refuse(stream, &response).await;

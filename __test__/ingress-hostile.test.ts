@@ -172,6 +172,8 @@ interface Setup {
   seqs: Map<number, number[]>;
   /** Drains the room into `seqs`. */
   collect(): void;
+  /** Drains the room into `seqs` until `player` has `n` moves there (or `ms` pass). */
+  collected(player: number, n: number, ms: number, what: string): Promise<void>;
   ticket(player: number, room?: number, ttlMs?: number): string;
 }
 
@@ -194,6 +196,15 @@ async function setup(make: () => Dispatcher, extra: Partial<ListenOptions> = {})
   });
   servers.push(server);
   const seqs = new Map<number, number[]>();
+  const collect = (): void => {
+    for (const room of [ROOM, 2]) {
+      for (const m of d.drain(room)) {
+        const list = seqs.get(m.player) ?? [];
+        list.push(m.seq);
+        seqs.set(m.player, list);
+      }
+    }
+  };
   return {
     d,
     server,
@@ -202,14 +213,16 @@ async function setup(make: () => Dispatcher, extra: Partial<ListenOptions> = {})
     opened,
     closed,
     seqs,
-    collect() {
-      for (const room of [ROOM, 2]) {
-        for (const m of d.drain(room)) {
-          const list = seqs.get(m.player) ?? [];
-          list.push(m.seq);
-          seqs.set(m.player, list);
-        }
-      }
+    collect,
+    async collected(player, n, ms, what) {
+      await until(
+        () => {
+          collect();
+          return (seqs.get(player)?.length ?? 0) >= n;
+        },
+        ms,
+        what,
+      );
     },
     ticket: (player, room = ROOM, ttlMs) => issueTicket(KEY, { room, player, ...(ttlMs === undefined ? {} : { ttlMs }) }),
   };
@@ -234,14 +247,7 @@ async function goodClientAround(s: Setup, during: () => Promise<void>, n = 40): 
     running = false;
     await sender;
   }
-  await until(
-    () => {
-      s.collect();
-      return (s.seqs.get(GOOD)?.length ?? 0) >= n;
-    },
-    5000,
-    `the good client's ${n} moves`,
-  );
+  await s.collected(GOOD, n, 5000, `the good client's ${n} moves`);
   expect(s.seqs.get(GOOD)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
   expect(good.ended).toBe(false);
   expect(good.closeCode).toBeNull();
@@ -321,14 +327,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
         c.write(bytes.subarray(i, i + 1));
         if (i % 16 === 0) await sleep(1);
       }
-      await until(
-        () => {
-          s.collect();
-          return (s.seqs.get(BAD)?.length ?? 0) >= 5;
-        },
-        5000,
-        'five moves',
-      );
+      await s.collected(BAD, 5, 5000, 'five moves');
       expect(s.seqs.get(BAD)).toEqual([1, 2, 3, 4, 5]);
       await until(() => c.frames.some((f) => f.opcode === OP.pong), 2000, 'the pong');
       expect(c.frames.find((f) => f.opcode === OP.pong)!.payload.toString()).toBe('split');
@@ -412,14 +411,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     await until(() => s.closed.some((e) => e.player === BAD), 2000, 'onDisconnect');
     expect(s.closed.find((e) => e.player === BAD)?.reason).toBe('malformed');
     // What was accepted before the stall is delivered; nothing after it was taken in.
-    await until(
-      () => {
-        s.collect();
-        return (s.seqs.get(BAD)?.length ?? 0) >= 26;
-      },
-      3000,
-      '26 moves',
-    );
+    await s.collected(BAD, 26, 3000, '26 moves');
     await sleep(100);
     s.collect();
     expect(s.seqs.get(BAD)).toEqual(Array.from({ length: 26 }, (_, i) => i + 1));
@@ -468,14 +460,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
       c.write(wsFrame(OP.continuation, message.subarray(50, 120), { fin: false }));
       c.write(wsFrame(OP.pong, Buffer.from('unsolicited')));
       c.write(wsFrame(OP.continuation, message.subarray(120)));
-      await until(
-        () => {
-          s.collect();
-          return (s.seqs.get(BAD)?.length ?? 0) >= 3;
-        },
-        3000,
-        'three moves',
-      );
+      await s.collected(BAD, 3, 3000, 'three moves');
       expect(s.seqs.get(BAD)).toEqual([1, 2, 3]);
       await until(() => c.frames.some((f) => f.opcode === OP.pong), 2000, 'the pong');
       expect(c.frames.map((f) => [f.opcode, f.payload.toString()])).toEqual([[OP.pong, 'are you there']]);
@@ -642,14 +627,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
         c.write(bytes.subarray(i, i + 1));
         if (i % 16 === 0) await sleep(1);
       }
-      await until(
-        () => {
-          s.collect();
-          return (s.seqs.get(BAD)?.length ?? 0) >= 3;
-        },
-        5000,
-        'three moves',
-      );
+      await s.collected(BAD, 3, 5000, 'three moves');
       expect(s.seqs.get(BAD)).toEqual([1, 2, 3]);
       expect(s.opened.find((e) => e.player === BAD)?.transport).toBe('tcp');
     });

@@ -216,7 +216,7 @@ impl TicketVerifier {
     /// Checks `ticket` (the 87 characters, as bytes) at `now_ms` (Unix time in ms, e.g.
     /// [`now_unix_ms`]) and, if it is valid and unused, remembers its nonce and returns its
     /// claims. See the module docs for the order of the checks.
-    pub fn verify(&mut self, ticket: &[u8], now_ms: u64) -> Result<Claims, TicketError> {
+    pub fn verify(&self, ticket: &[u8], now_ms: u64) -> Result<Claims, TicketError> {
         let raw = decode(ticket).ok_or(TicketError::Malformed)?;
         if raw[0] != TICKET_VERSION {
             return Err(TicketError::Malformed);
@@ -258,7 +258,7 @@ impl TicketVerifier {
     }
 
     /// [`verify`](Self::verify) for a ticket held as text.
-    pub fn verify_str(&mut self, ticket: &str, now_ms: u64) -> Result<Claims, TicketError> {
+    pub fn verify_str(&self, ticket: &str, now_ms: u64) -> Result<Claims, TicketError> {
         self.verify(ticket.as_bytes(), now_ms)
     }
 }
@@ -390,7 +390,7 @@ pub(crate) mod tests {
         let nonce: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
         assert_eq!(mint(&key, 7, 42, VECTOR_EXPIRES, nonce), VECTOR);
         assert_eq!(VECTOR.len(), TICKET_CHARS);
-        let mut v = TicketVerifier::new(&key, 16).unwrap();
+        let v = TicketVerifier::new(&key, 16).unwrap();
         let claims = v.verify_str(VECTOR, VECTOR_EXPIRES - 60_000).unwrap();
         assert_eq!(
             claims,
@@ -421,7 +421,7 @@ pub(crate) mod tests {
         let text = VECTOR;
         let raw = decode(text.as_bytes()).unwrap();
         let now = VECTOR_EXPIRES - 1;
-        let mut v = TicketVerifier::new(&vector_key(), 1024).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 1024).unwrap();
         for byte in 0..TICKET_BYTES {
             for bit in 0..8 {
                 let mut bad = raw;
@@ -440,7 +440,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_bit_flip_of_the_text_is_refused() {
-        let mut v = TicketVerifier::new(&vector_key(), 1024).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 1024).unwrap();
         for at in 0..TICKET_CHARS {
             for bit in 0..8 {
                 let mut bad = VECTOR.as_bytes().to_vec();
@@ -459,13 +459,13 @@ pub(crate) mod tests {
     fn another_key_is_a_bad_signature() {
         let mut other = vector_key();
         other[31] ^= 1;
-        let mut v = TicketVerifier::new(&other, 16).unwrap();
+        let v = TicketVerifier::new(&other, 16).unwrap();
         assert_eq!(
             v.verify_str(VECTOR, VECTOR_EXPIRES - 1),
             Err(TicketError::BadSignature)
         );
         // A shorter key that is a prefix of the real one.
-        let mut v = TicketVerifier::new(&vector_key()[..16], 16).unwrap();
+        let v = TicketVerifier::new(&vector_key()[..16], 16).unwrap();
         assert_eq!(
             v.verify_str(VECTOR, VECTOR_EXPIRES - 1),
             Err(TicketError::BadSignature)
@@ -485,7 +485,7 @@ pub(crate) mod tests {
 
     #[test]
     fn expiry_bounds() {
-        let mut v = TicketVerifier::new(&vector_key(), 16).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 16).unwrap();
         assert_eq!(
             v.verify_str(VECTOR, VECTOR_EXPIRES),
             Err(TicketError::Expired)
@@ -494,14 +494,14 @@ pub(crate) mod tests {
             v.verify_str(VECTOR, VECTOR_EXPIRES + 1),
             Err(TicketError::Expired)
         );
-        let mut v = TicketVerifier::new(&vector_key(), 16).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 16).unwrap();
         let limit = VECTOR_EXPIRES - MAX_TTL_MS - ALLOWED_SKEW_MS;
         assert_eq!(v.verify_str(VECTOR, limit - 1), Err(TicketError::TooLong));
         assert_eq!(v.live(), 0);
         assert!(v.verify_str(VECTOR, limit).is_ok());
         // The far future, and now near u64::MAX, do not overflow.
         let far = mint(KEY, 1, 1, u64::MAX, nonce_of(1));
-        let mut v = TicketVerifier::new(KEY, 16).unwrap();
+        let v = TicketVerifier::new(KEY, 16).unwrap();
         assert_eq!(v.verify_str(&far, 0), Err(TicketError::TooLong));
         assert!(v.verify_str(&far, u64::MAX - 1).is_ok());
         assert_eq!(v.verify_str(&far, u64::MAX), Err(TicketError::Expired));
@@ -509,7 +509,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_ticket_is_good_once() {
-        let mut v = TicketVerifier::new(&vector_key(), 16).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 16).unwrap();
         let now = VECTOR_EXPIRES - 10_000;
         assert!(v.verify_str(VECTOR, now).is_ok());
         assert_eq!(v.verify_str(VECTOR, now), Err(TicketError::Reused));
@@ -522,7 +522,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_clock_never_goes_backwards() {
-        let mut v = TicketVerifier::new(KEY, 16).unwrap();
+        let v = TicketVerifier::new(KEY, 16).unwrap();
         let t = mint(KEY, 1, 2, 10_000, nonce_of(1));
         assert!(v.verify_str(&t, 5_000).is_ok());
         // Another ticket at a later time forgets the first one's nonce...
@@ -535,7 +535,7 @@ pub(crate) mod tests {
 
     #[test]
     fn busy_when_full_of_live_tickets_then_accepts_after_they_expire() {
-        let mut v = TicketVerifier::new(KEY, 4).unwrap();
+        let v = TicketVerifier::new(KEY, 4).unwrap();
         for i in 0..4 {
             let t = mint(KEY, 1, i as u32, 1_000 + i, nonce_of(i));
             assert!(v.verify_str(&t, 0).is_ok());
@@ -559,25 +559,25 @@ pub(crate) mod tests {
     fn verifiers_sharing_a_memory_refuse_each_others_spent_tickets() {
         const OTHER: &[u8] = b"another key, thirty-two bytes ..";
         let memory = Arc::new(Mutex::new(Nonces::default()));
-        let mut first = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
+        let first = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
         let t = mint(KEY, 1, 1, 1_000, nonce_of(1));
         assert!(first.verify_str(&t, 0).is_ok());
         drop(first);
-        let mut second = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
+        let second = TicketVerifier::with_memory(KEY, 8, Arc::clone(&memory)).unwrap();
         assert_eq!(second.verify_str(&t, 1), Err(TicketError::Reused));
-        let mut other = TicketVerifier::with_memory(OTHER, 8, Arc::clone(&memory)).unwrap();
+        let other = TicketVerifier::with_memory(OTHER, 8, Arc::clone(&memory)).unwrap();
         assert!(other
             .verify_str(&mint(OTHER, 1, 1, 1_000, nonce_of(2)), 2)
             .is_ok());
         assert_eq!(second.live(), 2);
         // A verifier of its own does not know them.
-        let mut alone = TicketVerifier::new(KEY, 8).unwrap();
+        let alone = TicketVerifier::new(KEY, 8).unwrap();
         assert!(alone.verify_str(&t, 3).is_ok());
     }
 
     #[test]
     fn zero_capacity_refuses_everything() {
-        let mut v = TicketVerifier::new(KEY, 0).unwrap();
+        let v = TicketVerifier::new(KEY, 0).unwrap();
         let t = mint(KEY, 1, 1, 1_000, nonce_of(1));
         assert_eq!(v.verify_str(&t, 0), Err(TicketError::Busy));
     }
@@ -585,7 +585,7 @@ pub(crate) mod tests {
     #[test]
     fn memory_stays_bounded_over_many_short_tickets() {
         const MAX: usize = 1_000;
-        let mut v = TicketVerifier::new(KEY, MAX).unwrap();
+        let v = TicketVerifier::new(KEY, MAX).unwrap();
         let key = PlayerKey::new(KEY).unwrap();
         let mut busy = 0;
         for i in 0..100_000u64 {
@@ -613,7 +613,7 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_inputs() {
-        let mut v = TicketVerifier::new(&vector_key(), 16).unwrap();
+        let v = TicketVerifier::new(&vector_key(), 16).unwrap();
         let now = VECTOR_EXPIRES - 1;
         let cases: Vec<Vec<u8>> = vec![
             Vec::new(),
@@ -675,7 +675,7 @@ pub(crate) mod tests {
     #[test]
     fn debug_shows_no_key_or_ticket() {
         let key = vector_key();
-        let mut v = TicketVerifier::new(&key, 16).unwrap();
+        let v = TicketVerifier::new(&key, 16).unwrap();
         v.verify_str(VECTOR, VECTOR_EXPIRES - 1).unwrap();
         let dbg = format!(
             "{v:?} {:?} {:#?}",

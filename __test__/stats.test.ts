@@ -75,6 +75,10 @@ describe.each(['js', 'native'] as const)('stats [%s]', (engine) => {
     expect(d.dispatch(move(1, 100, 4096))).toBe(Verdict.Accepted);
     expect(d.stats().shards[0]!.arena.wraps).toBe(1);
     await d.close();
+    // The arena's memory is freed at close, its figures stay: a counter never goes back.
+    expect(d.stats().shards[0]!.arena).toMatchObject({ capacity: 64 << 10, wraps: 1 });
+    expect(d.metrics()).toMatch(/move_dispatcher_arena_wraps_total\{shard="0"\} 1\n/);
+    expect(d.metrics()).toMatch(/move_dispatcher_arena_capacity_bytes\{shard="0"\} 65536\n/);
   });
 
   it('runtime describes the engine', async () => {

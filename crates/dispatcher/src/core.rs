@@ -106,6 +106,9 @@ pub(crate) struct ShardHandle {
     pub(crate) consumed_cache: u64,
     depth_high_water: u64,
     arena_high_water: usize,
+    /// The arena's capacity and wrap count when [`Core::shutdown`] freed it: `stats()` and
+    /// `metrics()` keep reporting them (a counter must never go back).
+    retired_arena: Option<(usize, u64)>,
     /// Dispatch → validated, recorded by the worker: one observer for `stats` (reset on
     /// request), one for `metrics` (never reset, as Prometheus histograms must be), one for
     /// overload events (reset at each event of the shard).
@@ -447,6 +450,7 @@ impl Core {
                 consumed_cache: 0,
                 depth_high_water: 0,
                 arena_high_water: 0,
+                retired_arena: None,
                 validated: [observer.clone(), observer.clone(), observer],
                 overloaded: false,
                 raise_pending: None,
@@ -1268,13 +1272,18 @@ impl Core {
     pub fn shard_stats(&self) -> Vec<ShardStats> {
         self.shards
             .iter()
-            .map(|s| ShardStats {
-                queue_depth: s.pushed - s.shared.consumed.0.load(Ordering::Acquire),
-                queue_high_water: s.depth_high_water,
-                arena_capacity: s.producer.capacity(),
-                arena_used: s.producer.used(),
-                arena_high_water: s.arena_high_water,
-                arena_wraps: s.producer.wraps(),
+            .map(|s| {
+                let (arena_capacity, arena_wraps) = s
+                    .retired_arena
+                    .unwrap_or_else(|| (s.producer.capacity(), s.producer.wraps()));
+                ShardStats {
+                    queue_depth: s.pushed - s.shared.consumed.0.load(Ordering::Acquire),
+                    queue_high_water: s.depth_high_water,
+                    arena_capacity,
+                    arena_used: s.producer.used(),
+                    arena_high_water: s.arena_high_water,
+                    arena_wraps,
+                }
             })
             .collect()
     }
@@ -1343,7 +1352,11 @@ impl Core {
         self.outbox.drop_waker();
         for s in &mut self.shards {
             // A minimal ring in place of the arena frees its memory; nothing pushes any more.
+            // Its figures stay: `stats()` after `close()` reports the arena that was.
             if let Ok((p, _)) = arena::try_ring(0) {
+                if s.retired_arena.is_none() {
+                    s.retired_arena = Some((s.producer.capacity(), s.producer.wraps()));
+                }
                 s.producer = p;
             }
         }

@@ -2,7 +2,7 @@
  * Regressions found in review, on both engines where the behaviour is shared.
  */
 import { describe, expect, it } from 'vitest';
-import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove } from '../index';
+import { Dispatcher, ErrorCode, Reason, Verdict, encodeMove, issueTicket } from '../index';
 import type { MoveBatch } from '../index';
 import { pauseForTesting } from './helpers';
 
@@ -81,7 +81,134 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
     const s = d.stats();
     expect(s.accepted).toBe(s.delivered + s.rejected);
   });
+
+  it('flush() called while close() runs resolves with it (a flush queued behind close’s own could be dropped by the shutdown and hang)', async () => {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const d = new Dispatcher({ engine, shards: 16 });
+      d.openRoom(1);
+      const closing = d.close();
+      const flushing = (async () => {
+        for (let i = 0; i < 3; i++) await d.flush();
+      })();
+      await within(Promise.all([closing, flushing]), 5_000, `attempt ${attempt}: close() and three flushes`);
+    }
+  });
+
+  it('await close() inside a batches() loop resolves while the loop holds a batch with more moves queued behind it; the held batch stays readable', async () => {
+    const d = new Dispatcher({ engine, shards: 1 });
+    d.openRoom(1, { delivery: 'push' });
+    d.join(1, 1);
+    expect(d.dispatch(move(1, 1))).toBe(Verdict.Accepted);
+    const seqs: number[] = [];
+    let closed = false;
+    for await (const b of d.batches()) {
+      for (const m of b) seqs.push(m.seq);
+      if (closed) continue;
+      expect(d.dispatch(move(1, 2))).toBe(Verdict.Accepted);
+      await within(d.close(), 5_000, 'close() inside the loop');
+      closed = true;
+      expect(b.released).toBe(false);
+      expect([...b].map((m) => m.seq)).toEqual([1]);
+      expect(b.buffer.byteLength).toBeGreaterThan(0);
+    }
+    expect(seqs).toEqual([1, 2]);
+    const s = d.stats();
+    expect(s.accepted).toBe(s.delivered + s.rejected);
+  });
+
+  it('send, broadcast and disconnect refuse ids that are not u32 integers instead of coercing them to another room or player', () => {
+    const d = new Dispatcher({ engine });
+    const bytes = new Uint8Array(4);
+    for (const bad of [Number.NaN, -1, 1.5, 2 ** 32, undefined, 'zero', null]) {
+      const id = bad as number;
+      expectCode(() => d.send(id, 1, bytes), ErrorCode.InvalidArgument);
+      expectCode(() => d.send(1, id, bytes), ErrorCode.InvalidArgument);
+      expectCode(() => d.broadcast(id, bytes), ErrorCode.InvalidArgument);
+      if (bad !== undefined) expectCode(() => d.broadcast(1, bytes, { except: id }), ErrorCode.InvalidArgument);
+      expectCode(() => d.broadcast(1, bytes, { except: [1, id] }), ErrorCode.InvalidArgument);
+      expectCode(() => d.disconnect(id), ErrorCode.InvalidArgument);
+      if (bad !== undefined) expectCode(() => d.disconnect(1, id), ErrorCode.InvalidArgument);
+    }
+    // Valid ids, nothing listening: the documented answers.
+    expect(d.send(0, 0, bytes)).toBe('closed');
+    expect(d.broadcast(0, bytes, { except: [0] })).toBe(0);
+    expect(d.disconnect(0)).toBe(0);
+  });
+
+  it('a Proxy, an object with Uint8Array.prototype, or a subclass lying about its length is refused or read by its real bytes, with a coded error', async () => {
+    const d = new Dispatcher({ engine });
+    d.openRoom(1);
+    d.openRoom(2, { auth: 'hmac-sha256' });
+    d.join(1, 1);
+    const real = move(1, 1);
+    const fakes: unknown[] = [new Proxy(real, {}), Object.setPrototypeOf({ length: real.length }, Uint8Array.prototype)];
+    for (const fake of fakes) {
+      const f = fake as Uint8Array;
+      // dispatch() keeps a cheap instanceof on its hot path: the engine may read such an object
+      // (a verdict) or refuse it, but any error is the coded one.
+      try {
+        expect(typeof d.dispatch(f)).toBe('number');
+      } catch (e) {
+        expect((e as { code?: string }).code).toBe(ErrorCode.InvalidArgument);
+      }
+      expectCode(() => d.dispatchStream(f), ErrorCode.InvalidArgument);
+      expectCode(() => d.join(2, 7, { key: f }), ErrorCode.InvalidArgument);
+      expectCode(() => d.send(1, 1, f), ErrorCode.InvalidArgument);
+      expectCode(() => issueTicket(f, { room: 1, player: 1 }), ErrorCode.InvalidArgument);
+    }
+    class Liar extends Uint8Array {
+      override get length(): number {
+        return 32;
+      }
+    }
+    // A 4-byte key that claims 32 bytes: too short, by its real length.
+    expectCode(() => d.join(2, 7, { key: new Liar(4) }), ErrorCode.InvalidArgument);
+    expect(d.dispatch(real)).toBe(Verdict.Accepted);
+    await d.close();
+  });
+
+  it('pinCores with a hole is refused with a coded error (map() skipped the hole, which reached the addon)', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    expectCode(() => new Dispatcher({ engine, pinCores: [, 0] as number[] }), ErrorCode.InvalidOption);
+  });
+
+  it('an unknown listen option lists the public options only (not the internal test hooks)', async () => {
+    const d = new Dispatcher({ engine });
+    const options = { ws: { port: 0 }, ticketKey: 'k'.repeat(32), maxConection: 1 } as unknown as Parameters<Dispatcher['listen']>[0];
+    const error = (await d.listen(options).then(
+      () => new Error('listen() accepted an unknown option'),
+      (e: unknown) => e,
+    )) as Error & { code?: string };
+    expect(error.code).toBe(ErrorCode.InvalidOption);
+    expect(error.message).toMatch(/unknown option "maxConection" \(did you mean maxConnections\?\)/);
+    expect(error.message).not.toMatch(/ForTesting/);
+    await d.close();
+  });
 });
+
+/** Throws if `promise` has not settled within `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function expectCode(fn: () => unknown, code: string): void {
+  let error: unknown;
+  try {
+    fn();
+  } catch (e) {
+    error = e;
+  }
+  expect(error, `expected ${code}`).toBeInstanceOf(Error);
+  expect((error as { code?: string }).code).toBe(code);
+}
 
 describe('native deliveries', () => {
   it('the last drain of a closed room is memory of its own: it outlives the room; the drain it replaced is detached', async () => {

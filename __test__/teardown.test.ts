@@ -336,6 +336,18 @@ describe.each(ENGINES)('teardown and exit [%s engine]', (engine: EngineName) => 
   });
 
   // -------------------------------------------------------------------------------------
+  it.each([['closed', 'close'], ['abandoned open', 'abandon']])('a batch released after its dispatcher (%s) was garbage-collected reads as detached (child, --expose-gc)', (_what, mode) => {
+    const r = runChild(['--expose-gc'], 'release-after-gc.cjs', [engine, mode]);
+    expect(r.signal, r.out).toBeNull();
+    expect(r.status, r.out).toBe(0);
+    const got = lastJson<{ finalized: boolean; before: { count: number; byteLength: number }; released: boolean; bufferBytes: number; viewBytes: number }>(r);
+    expect(got.finalized, 'the dispatcher was garbage-collected').toBe(true);
+    expect(got.before.count).toBe(10);
+    expect(got.before.byteLength).toBeGreaterThan(0);
+    expect({ released: got.released, bufferBytes: got.bufferBytes, viewBytes: got.viewBytes }).toEqual({ released: true, bufferBytes: 0, viewBytes: 0 });
+  });
+
+  // -------------------------------------------------------------------------------------
   describe('memory JavaScript holds stays readable after close(), GC and reuse, or reads as detached once released (child, --expose-gc)', () => {
     interface MemoryResult {
       finalized: boolean;

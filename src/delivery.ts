@@ -359,6 +359,11 @@ export class RoomBatch implements MoveBatchType {
     hook?.();
   }
 
+  /** Lets the batch's push delivery free its shard while the batch stays readable (see `DeliveryView.freeShard`). */
+  freeShard(free: DeliveryReleaseHook): void {
+    this.#delivery.freeShard(free);
+  }
+
   /** The same moves and rejections in a delivery of their own; it never needs releasing (release() detaches it). */
   copy(): MoveBatchType {
     this.#check();
@@ -455,6 +460,8 @@ export class DeliveryView implements DeliveryType {
   readonly #rejectionsOffset: number;
   readonly #nRejections: number;
   #released = false;
+  /** Its shard was let go (`freeShard`): the release only detaches. */
+  #shardFreed = false;
   #onRelease: DeliveryReleaseHook | undefined;
   #rejections: readonly Rejection[] | undefined;
   #iterator: RoomIterator | undefined;
@@ -528,7 +535,17 @@ export class DeliveryView implements DeliveryType {
     this.#released = true;
     const hook = this.#onRelease;
     this.#onRelease = undefined;
-    hook?.(this.#buffer, this.#shard);
+    hook?.(this.#buffer, this.#shardFreed ? PULL_SHARD : this.#shard);
+  }
+
+  /**
+   * A push delivery still held: lets its shard deliver again now (`free`), keeping the
+   * memory attached until `release()`, which then only detaches. Once; not after release.
+   */
+  freeShard(free: DeliveryReleaseHook): void {
+    if (this.#released || this.#shardFreed || this.#shard === PULL_SHARD) return;
+    this.#shardFreed = true;
+    free(this.#buffer, this.#shard);
   }
 
   /**

@@ -8,7 +8,7 @@ import { isUint8Array } from 'node:util/types';
 import { AUTH_HMAC, AUTH_SHA256, MAX_KEY_BYTES, MIN_KEY_BYTES, REASON_NAMES, VERDICT_NAMES, Verdict } from './constants';
 import { type Engine, type EngineConfig, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
-import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, detachBuffer, emptyBatch } from './delivery';
+import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, emptyBatch } from './delivery';
 import { registerEngine } from './internal';
 import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type ListenedTransports, type ListenOptions, type SendResult, type Transport, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
 import { JsEngine } from './js-engine';
@@ -33,6 +33,7 @@ const ROOM_KEYS = allKeys<RoomOptions>()(['auth', 'delivery', 'rateLimit']);
 const RATE_LIMIT_KEYS = allKeys<RateLimit>()(['perSecond', 'burst']);
 const JOIN_KEYS = allKeys<JoinOptions>()(['key']);
 const STATS_KEYS = allKeys<StatsOptions>()(['reset', 'topRooms']);
+const noop = (): void => {};
 
 function checkId(value: unknown, field: string, method: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > U32_MAX) {
@@ -43,8 +44,10 @@ function checkId(value: unknown, field: string, method: string): number {
 }
 
 function checkBytes(value: unknown, field: string, method: string): Uint8Array {
-  // `isUint8Array` also accepts views from another realm (vm contexts), which instanceof misses.
-  if (!(value instanceof Uint8Array) && !isUint8Array(value)) {
+  // `isUint8Array` reads the object's internal slots: it accepts views from another realm (vm
+  // contexts), which instanceof misses, and refuses a Proxy or an object that merely has
+  // Uint8Array.prototype as its prototype, which instanceof lets through.
+  if (!isUint8Array(value)) {
     // Never echo a string here: a key or a frame passed as a (hex, base64, binary) string by
     // mistake would end up in logs.
     const got = typeof value === 'string' ? `a string of ${value.length} characters` : describe(value);
@@ -175,6 +178,8 @@ export class Dispatcher {
   readonly #closingRooms = new Set<number>();
   /** Push batches (one per room of a push delivery) waiting for a `batches()` consumer. */
   readonly #pending: MoveBatchType[] = [];
+  /** Batches a `batches()` loop holds now (released when it asks for the next). */
+  readonly #held = new Set<MoveBatchType>();
   readonly #batchWaiters: Waiter[] = [];
   readonly #flushes = new Map<number, () => void>();
   /** `dispatchAsync` calls waiting for capacity, in call order (at most `#maxPendingAsync`). */
@@ -212,6 +217,7 @@ export class Dispatcher {
   #ingress: IngressState | undefined;
   readonly #releasePull: DeliveryReleaseHook;
   readonly #releasePush: DeliveryReleaseHook;
+  readonly #freeShard: DeliveryReleaseHook;
 
   constructor(options?: DispatcherOptions) {
     const { engine, config, maxPendingAsync } = resolveOptions(options);
@@ -233,15 +239,24 @@ export class Dispatcher {
     };
     this.#engine = engine === 'js' ? new JsEngine(config, wake) : loadNativeEngine(config, wake);
     registerEngine(this, this.#engine);
+    // A delivery kept past its dispatcher's life still detaches on release, through the
+    // engine's `detach`, which holds nothing of the engine (a native delivery is an external
+    // ArrayBuffer, which only the addon can detach). Nothing here may hold the engine: the
+    // wake-up above shares this scope, and the addon keeps it alive.
+    const detach = this.#engine.detach;
     this.#releasePull = (buffer, shard) => {
       const d = self.deref();
-      if (d === undefined) detachBuffer(buffer);
+      if (d === undefined) detach(buffer);
       else d.#engine.releaseDelivery(buffer, shard);
+    };
+    this.#freeShard = (buffer, shard) => {
+      const d = self.deref();
+      if (d !== undefined) d.#engine.freeShard(buffer, shard);
     };
     this.#releasePush = (buffer, shard) => {
       const d = self.deref();
       if (d === undefined) {
-        detachBuffer(buffer);
+        detach(buffer);
         return;
       }
       d.#engine.releaseDelivery(buffer, shard);
@@ -282,7 +297,8 @@ export class Dispatcher {
     rejectUnknownKeys(options, JOIN_KEYS, 'join', ErrorCode.InvalidArgument);
     let key: Uint8Array | null = null;
     if (options.key !== undefined) {
-      key = checkBytes(options.key, 'key', 'join');
+      // A copy made from the view's internal slots: a subclass cannot lie about its length.
+      key = new Uint8Array(checkBytes(options.key, 'key', 'join'));
       if (key.length < MIN_KEY_BYTES || key.length > MAX_KEY_BYTES) {
         throw rangeError(ErrorCode.InvalidArgument, `join: key must be ${MIN_KEY_BYTES}–${MAX_KEY_BYTES} bytes, got ${key.length}`, { field: 'key' });
       }
@@ -326,7 +342,16 @@ export class Dispatcher {
    */
   dispatch(frame: Uint8Array, sender?: number): Verdict {
     if (!(frame instanceof Uint8Array)) checkBytes(frame, 'frame', 'dispatch');
-    const verdict = this.#engine.dispatch(frame, sender === undefined ? -1 : checkSender(sender, 'dispatch')) as Verdict;
+    const from = sender === undefined ? -1 : checkSender(sender, 'dispatch');
+    let verdict: Verdict;
+    try {
+      verdict = this.#engine.dispatch(frame, from) as Verdict;
+    } catch (error) {
+      // The cheap instanceof above let a Proxy or a fake view through: say so as every
+      // other check does (a real Uint8Array never throws here).
+      checkBytes(frame, 'frame', 'dispatch');
+      throw error;
+    }
     if (verdict === Verdict.Backpressure) this.#pressured();
     return verdict;
   }
@@ -457,7 +482,11 @@ export class Dispatcher {
 
   /** Resolves once every move accepted before the call is delivered (push) or drainable (pull). */
   flush(): Promise<void> {
-    if (this.#closed && this.#closing === undefined) return Promise.resolve();
+    // While closing, every accepted move came before close(), whose own flush covers them:
+    // wait for the close (a flush queued behind close's could be dropped by the shutdown).
+    const closing = this.#closing;
+    if (closing !== undefined) return closing.then(noop, noop);
+    if (this.#closed) return Promise.resolve();
     return this.#requestFlush();
   }
 
@@ -493,14 +522,20 @@ export class Dispatcher {
       throw typeError(ErrorCode.InvalidArgument, `batches: signal must be an AbortSignal, got ${describe(signal)}`, { field: 'signal' });
     }
     let current: MoveBatchType | undefined;
+    const letGo = (): void => {
+      if (current === undefined) return;
+      this.#held.delete(current);
+      current.release();
+      current = undefined;
+    };
     try {
       for (;;) {
-        current?.release();
-        current = undefined;
+        letGo();
         if (signal?.aborted) return;
         const next = this.#pending.shift();
         if (next !== undefined) {
           current = next;
+          this.#held.add(next);
           yield next;
           continue;
         }
@@ -508,7 +543,7 @@ export class Dispatcher {
         await waitIn(this.#batchWaiters, signal);
       }
     } finally {
-      current?.release();
+      letGo();
     }
   }
 
@@ -687,9 +722,11 @@ export class Dispatcher {
    * The bytes are copied before the call returns: the caller may reuse its buffer at once.
    */
   send(room: number, player: number, bytes: Uint8Array): SendResult {
+    checkId(room, 'room', 'send');
+    checkId(player, 'player', 'send');
     checkBytes(bytes, 'bytes', 'send');
     if (!this.#listening()) return 'closed';
-    return SEND_RESULTS[this.#engine.send?.(room >>> 0, player >>> 0, bytes) ?? 3] ?? 'closed';
+    return SEND_RESULTS[this.#engine.send?.(room, player, bytes) ?? 3] ?? 'closed';
   }
 
   /**
@@ -698,18 +735,19 @@ export class Dispatcher {
    * The bytes are copied before the call returns: the caller may reuse its buffer at once.
    */
   broadcast(room: number, bytes: Uint8Array, options: { except?: number | readonly number[] } = {}): number {
+    checkId(room, 'room', 'broadcast');
     checkBytes(bytes, 'bytes', 'broadcast');
     if (typeof options !== 'object' || options === null) {
       throw typeError(ErrorCode.InvalidArgument, `broadcast: options must be an object, got ${describe(options)}`, { field: 'options' });
     }
     rejectUnknownKeys(options, ['except'], 'broadcast', ErrorCode.InvalidArgument);
     const e: unknown = options.except;
-    if (e !== undefined && !(typeof e === 'number' || (Array.isArray(e) && e.every((p) => typeof p === 'number')))) {
+    if (e !== undefined && typeof e !== 'number' && !Array.isArray(e)) {
       throw typeError(ErrorCode.InvalidArgument, `broadcast: except must be a player id or an array of them, got ${describe(e)}`, { field: 'except' });
     }
+    const except = e === undefined ? undefined : typeof e === 'number' ? [checkId(e, 'except', 'broadcast')] : (e as unknown[]).map((p) => checkId(p, 'except', 'broadcast'));
     if (!this.#listening()) return 0;
-    const except = e === undefined ? undefined : typeof e === 'number' ? [e >>> 0] : e.map((p) => p >>> 0);
-    return this.#engine.broadcast?.(room >>> 0, bytes, except) ?? 0;
+    return this.#engine.broadcast?.(room, bytes, except) ?? 0;
   }
 
   /**
@@ -717,8 +755,10 @@ export class Dispatcher {
    * room (reason `kicked`); returns how many.
    */
   disconnect(room: number, player?: number): number {
+    checkId(room, 'room', 'disconnect');
+    if (player !== undefined) checkId(player, 'player', 'disconnect');
     if (!this.#listening()) return 0;
-    return this.#engine.disconnect?.(room >>> 0, player === undefined ? undefined : player >>> 0) ?? 0;
+    return this.#engine.disconnect?.(room, player) ?? 0;
   }
 
   /**
@@ -742,6 +782,10 @@ export class Dispatcher {
     // shard), and the flush below would wait for them forever: keep copies for a later
     // batches() loop and release the deliveries.
     for (let i = 0; i < this.#pending.length; i++) this.#pending[i] = this.#detach(this.#pending[i]!);
+    // A batch a batches() loop holds (close() awaited inside the loop) stays readable, but its
+    // shard must deliver what came after it, or the flush below would wait for the loop.
+    const free = this.#freeShard;
+    for (const b of this.#held) (b as RoomBatch).freeShard(free);
     this.#closing = (async () => {
       // Frames already waiting in dispatchAsync were accepted by the caller's intent but never
       // by the engine: they answer Closed.
@@ -750,6 +794,8 @@ export class Dispatcher {
       await this.#requestFlush();
       this.#engine.shutdown();
       this.#poll();
+      // Nothing is delivered after the shutdown: a flush still waiting (none should) is over.
+      for (const done of [...this.#flushes.values()]) done();
     })().finally(() => {
       this.#closing = undefined;
       for (const w of this.#batchWaiters.splice(0)) w.resolve();

@@ -139,6 +139,17 @@ export interface Engine {
    * delivery out). Idempotent.
    */
   releaseDelivery(buffer: ArrayBuffer, shard: number): void;
+  /**
+   * Lets the push delivery `buffer` of `shard` free its shard without detaching it (the
+   * caller keeps reading it; its later release must pass `PULL_SHARD`, which only detaches).
+   * `close()` uses it for batches a `batches()` loop still holds.
+   */
+  freeShard(buffer: ArrayBuffer, shard: number): void;
+  /**
+   * Detaches a delivery's buffer without the engine (its dispatcher may be gone): a function
+   * that holds no reference to the engine.
+   */
+  readonly detach: (buffer: ArrayBuffer) => void;
   /** Whether the room is open or still closing (not yet forgotten). */
   hasRoom(room: number): boolean;
   /** Ask every shard to report `{type:'flushed', token}` once everything queued before is delivered. */

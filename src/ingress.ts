@@ -2,6 +2,7 @@
  * Native ingress: `listen()` options, their resolution, and the names of transports and
  * close reasons the addon numbers.
  */
+import { isUint8Array } from 'node:util/types';
 import { ErrorCode, rangeError, typeError } from './errors';
 import { allKeys, rejectUnknownKeys } from './options';
 
@@ -165,24 +166,23 @@ export interface NativeListenOptions extends ListenAddresses {
   echoForTesting?: boolean;
 }
 
-/** `listen()`'s option keys (`echoForTesting`: internal, for the tests). */
-const LISTEN_KEYS = [
-  ...allKeys<ListenOptions>()([
-    'ws',
-    'tcp',
-    'grpc',
-    'ticketKey',
-    'maxConnections',
-    'idleTimeoutMs',
-    'maxBackpressureBytes',
-    'maxMessageBytes',
-    'handshakeTimeoutMs',
-    'maxRefusals',
-    'onConnection',
-    'onDisconnect',
-  ]),
-  'echoForTesting',
-];
+/** `listen()`'s option keys. */
+const LISTEN_KEYS = allKeys<ListenOptions>()([
+  'ws',
+  'tcp',
+  'grpc',
+  'ticketKey',
+  'maxConnections',
+  'idleTimeoutMs',
+  'maxBackpressureBytes',
+  'maxMessageBytes',
+  'handshakeTimeoutMs',
+  'maxRefusals',
+  'onConnection',
+  'onDisconnect',
+]);
+/** Internal test hooks `listen` takes without listing them. */
+const LISTEN_HIDDEN_KEYS = ['echoForTesting'];
 const ADDRESS_KEYS = allKeys<ListenAddress>()(['port', 'host']);
 
 export const LISTEN_DEFAULTS = {
@@ -222,7 +222,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   if (options === null || typeof options !== 'object') {
     throw typeError(ErrorCode.InvalidOption, 'listen: options must be an object', { field: 'options' });
   }
-  rejectUnknownKeys(options, LISTEN_KEYS, 'listen', ErrorCode.InvalidOption);
+  rejectUnknownKeys(options, LISTEN_KEYS, 'listen', ErrorCode.InvalidOption, '', LISTEN_HIDDEN_KEYS);
   const ws = address(options.ws, 'ws');
   const tcp = address(options.tcp, 'tcp');
   const grpc = address(options.grpc, 'grpc');
@@ -230,7 +230,9 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
     throw typeError(ErrorCode.InvalidOption, 'listen: give at least one transport (ws, tcp, grpc)', { field: 'ws' });
   }
   const key = options.ticketKey;
-  const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : key instanceof Uint8Array ? Buffer.from(key) : undefined;
+  // A copy made from the view's internal slots (`new Uint8Array(view)`): a Proxy or a fake
+  // view is refused, and a subclass cannot lie about its length.
+  const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : isUint8Array(key) ? Buffer.from(new Uint8Array(key).buffer) : undefined;
   if (bytes === undefined || bytes.length < 16 || bytes.length > 64) {
     throw rangeError(ErrorCode.InvalidOption, 'listen: ticketKey must be 16 to 64 bytes (a Uint8Array, or a string taken as UTF-8)', { field: 'ticketKey' });
   }

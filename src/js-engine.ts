@@ -450,6 +450,15 @@ export class JsEngine implements Engine {
     if (s.pushPending.length > 0) this.#schedule(s);
   }
 
+  readonly detach = detachBuffer;
+
+  freeShard(buffer: ArrayBuffer, shard: number): void {
+    const s = this.#shards[shard];
+    if (s === undefined || s.out !== buffer) return;
+    s.out = null;
+    if (s.pushPending.length > 0) this.#schedule(s);
+  }
+
   hasRoom(room: number): boolean {
     return this.#rooms.has(room);
   }

@@ -9,6 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, NativeIngressStats, NativeListenInfo, PromHistograms, Status, StreamResult, WakeFn } from './engine';
 import type { NativeListenOptions } from './ingress';
 import { ErrorCode, stateError } from './errors';
+import { detachBuffer } from './delivery';
 import type { AllocatorStats, HistogramStats, LatencyStats, OverloadEvent, RateLimit } from './types';
 
 /** The binding's overload event (`subject` is a plain string there). */
@@ -28,6 +29,8 @@ interface NativeDispatcherInstance {
   drainAll(): ArrayBuffer | null | undefined;
   /** Detaches `buffer` (unless already detached); a push delivery (`shard` ≠ 0xFFFFFFFF) frees its shard. Idempotent. */
   releaseDelivery(buffer: ArrayBuffer, shard: number): void;
+  /** Lets a push delivery's shard deliver again without detaching it (`releaseDelivery` with `shard` 0xFFFFFFFF detaches it later). Absent in older addons. */
+  freeShard?(shard: number): void;
   hasRoom(room: number): boolean;
   requestFlush(token: number): void;
   /** One-shot: call `wake` after capacity is next freed. Absent in addons built before it existed. */
@@ -61,7 +64,19 @@ const HOT_PATH = 2;
 /** Set on a `dispatch` answer when a worker it fed sleeps: `wakeOwed(id)` must be scheduled. */
 const WAKE_DUE = 0x100;
 
+/**
+ * Detaches a delivery's external ArrayBuffer through the loaded addon, with no dispatcher
+ * (`structuredClone` copies an external buffer instead of detaching it).
+ */
+function detachNative(buffer: ArrayBuffer): void {
+  if (buffer.byteLength === 0) return;
+  if (binding?.detachDelivery !== undefined) binding.detachDelivery(buffer);
+  else detachBuffer(buffer);
+}
+
 interface Binding {
+  /** Detaches `buffer` unless it already is. Absent in older addons. */
+  detachDelivery?(buffer: ArrayBuffer): void;
   /** The hot path's calling convention (`HOT_PATH`). */
   hotPath?: number;
   NativeDispatcher: new (config: Omit<EngineConfig, 'pinCores'> & { pinCores?: number[] }, wake: () => void) => NativeDispatcherInstance;
@@ -309,6 +324,12 @@ class NativeEngine implements Engine {
 
   releaseDelivery(buffer: ArrayBuffer, shard: number): void {
     this.#n.releaseDelivery(buffer, shard);
+  }
+
+  readonly detach = detachNative;
+
+  freeShard(_buffer: ArrayBuffer, shard: number): void {
+    this.#n.freeShard?.(shard);
   }
 
   hasRoom(room: number): boolean {

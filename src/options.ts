@@ -68,9 +68,10 @@ function distance(a: string, b: string): number {
  * (`onDeliver` for `onDelivery`: a dispatcher that never delivers). A key set to `undefined`
  * counts as left out. The message suggests the closest known key.
  */
-export function rejectUnknownKeys(value: object, known: readonly string[], where: string, code: ErrorCode, prefix = ''): void {
+export function rejectUnknownKeys(value: object, known: readonly string[], where: string, code: ErrorCode, prefix = '', hidden: readonly string[] = []): void {
   for (const key of Object.keys(value)) {
-    if (known.includes(key) || (value as Record<string, unknown>)[key] === undefined) continue;
+    // `hidden`: accepted (internal test hooks) but never listed or suggested.
+    if (known.includes(key) || hidden.includes(key) || (value as Record<string, unknown>)[key] === undefined) continue;
     let best: string | undefined;
     let bestDistance = Number.POSITIVE_INFINITY;
     for (const k of known) {
@@ -220,7 +221,8 @@ function resolvePinCores(value: unknown, workers: number, n: number): number[] |
   }
   // A core the machine does not have would be silently left unpinned by the OS: refuse it.
   const online = Math.max(1, cpus().length);
-  return value.map((core: unknown) => {
+  // Array.from visits holes (as undefined, refused below), which map() would skip.
+  return Array.from(value as unknown[], (core: unknown) => {
     if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= online) {
       throw rangeError(ErrorCode.InvalidOption, `options.pinCores entries must be core ids in 0..${online - 1} (this machine has ${online} CPUs), got ${describe(core)}`, {
         field: 'pinCores',

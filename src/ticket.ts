@@ -57,8 +57,9 @@ function keyBytes(key: unknown, method: string): Buffer {
   let bytes: Buffer;
   if (typeof key === 'string') {
     bytes = Buffer.from(key, 'utf8');
-  } else if (key instanceof Uint8Array || isUint8Array(key)) {
-    bytes = Buffer.from(key);
+  } else if (isUint8Array(key)) {
+    // A copy made from the view's internal slots: a subclass cannot lie about its length.
+    bytes = Buffer.from(new Uint8Array(key).buffer);
   } else {
     throw typeError(ErrorCode.InvalidArgument, `${method}: key must be a Uint8Array (or Buffer) or a string, got ${describe(key)}`, { field: 'key' });
   }
@@ -134,7 +135,7 @@ export function encodeTicket(key: Uint8Array | string, room: number, player: num
   integer(room, 'room', method, 0, U32_MAX);
   integer(player, 'player', method, 0, U32_MAX);
   integer(expiresAt, 'expiresAt', method, 0, Number.MAX_SAFE_INTEGER);
-  if (!(nonce instanceof Uint8Array || isUint8Array(nonce))) {
+  if (!isUint8Array(nonce)) {
     throw typeError(ErrorCode.InvalidArgument, `${method}: nonce must be a Uint8Array of ${NONCE_BYTES} bytes, got ${describe(nonce)}`, { field: 'nonce' });
   }
   if (nonce.length !== NONCE_BYTES) {

@@ -470,6 +470,17 @@ fn with_entry<R>(id: u32, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
         .flatten()
 }
 
+/// Detaches a delivery's `ArrayBuffer` (unless it already is) without its dispatcher: the
+/// release of a batch kept past its dispatcher's life (`src/native.ts`). Its memory goes back
+/// to its pool from the finalizer, as always.
+#[napi(catch_unwind)]
+pub fn detach_delivery(buffer: ArrayBuffer) -> Result<()> {
+    if !buffer.is_detached()? {
+        buffer.detach()?;
+    }
+    Ok(())
+}
+
 /// The dispatcher class behind `src/native.ts`: owns a core in this thread's slab.
 #[napi(custom_finalize)]
 pub struct NativeDispatcher {
@@ -589,6 +600,17 @@ impl NativeDispatcher {
             with_core(self.id, |c| c.release_delivery(shard));
         }
         Ok(())
+    }
+
+    /// Lets `shard` deliver again while JavaScript keeps its push delivery attached (the
+    /// delivery's memory stays with its `ArrayBuffer` until V8 lets go of it, so the worker
+    /// never writes it); the delivery's own release then passes the pull marker and only
+    /// detaches. `close()` uses it for batches a `batches()` loop still holds.
+    #[napi(catch_unwind)]
+    pub fn free_shard(&self, shard: u32) {
+        if shard != move_dispatcher::delivery::PULL {
+            with_core(self.id, |c| c.release_delivery(shard));
+        }
     }
 
     /// Whether the room is open or still closing (moves of it still on their way).

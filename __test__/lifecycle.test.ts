@@ -3,8 +3,10 @@
  * dispatcher with moves in flight never hangs or crashes the process on exit, and
  * dispatchers in several worker threads can be terminated mid-traffic.
  */
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../index';
 import { type NodeRun, runNode } from './helpers';
 
 const FIXTURES = join(__dirname, 'fixtures');
@@ -43,6 +45,19 @@ describe('native engine lifecycle', () => {
     expect(r.signal, r.out).toBeNull();
     expect(r.status, r.out).toBe(0);
     expect(r.out).toContain('ok');
+  });
+
+  // An address-space limit breaks the AddressSanitizer runtime's shadow memory: not under it.
+  it.skipIf(process.env.ASAN_OPTIONS !== undefined)('memory the options ask for that the machine will not give is a coded error, not an abort (child under ulimit -v)', () => {
+    const fixture = join(FIXTURES, 'oom.cjs');
+    const r = spawnSync('bash', ['-c', `ulimit -v 6000000 && exec "${process.execPath}" "${fixture}"`], { encoding: 'utf8', timeout: 30_000 });
+    const out = `${r.stdout}${r.stderr}`;
+    expect(r.signal, out).toBeNull();
+    expect(r.status, out).toBe(0);
+    const got = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+    expect(got).toMatchObject({ ctor: ErrorCode.OutOfMemory, ctorField: 'arenaBytes', rooms: ErrorCode.OutOfMemory, roomsField: 'roomBytes', closed: true });
+    expect(got.opened).toBeGreaterThan(0);
+    expect(got.opened).toBeLessThan(1000);
   });
 
   it('abandoned dispatchers (closed or not) are garbage-collected and their threads stop', () => {

@@ -834,6 +834,11 @@ export class Dispatcher {
           });
         }
         throw typeError(ErrorCode.WrongDelivery, `${method}: room ${room} is a push room; its moves arrive through onDelivery / onBatch / batches()`, { ...fields, field: 'room' });
+      case Status.OutOfMemory:
+        throw stateError(ErrorCode.OutOfMemory, `${method}: room ${room} could not be opened: its ${this.#config.roomBytes} bytes (roomBytes) could not be allocated`, {
+          ...fields,
+          field: 'roomBytes',
+        });
       case Status.Closed: {
         if (this.#closed) throw stateError(ErrorCode.Closed, `${method}: the dispatcher is closed`, fields);
         // Not closed: the room's shard has failed (its failure may not have been polled yet).

@@ -35,6 +35,8 @@ export const Status = {
   UnknownPlayer: 3,
   WrongDelivery: 4,
   Closed: 5,
+  /** The memory the call needs (a pull room's `roomBytes`) could not be allocated. */
+  OutOfMemory: 6,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 

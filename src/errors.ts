@@ -32,6 +32,11 @@ export const ErrorCode = {
    * reported once per shard to `onError`, with the `shard`. Its rooms are closed from then on.
    */
   ShardFailed: 'ERR_MOVE_DISPATCHER_SHARD_FAILED',
+  /**
+   * Memory the options ask for could not be allocated: `new Dispatcher` (each shard's
+   * `arenaBytes`, twice) or `openRoom` (a pull room holds `roomBytes`). Nothing was created.
+   */
+  OutOfMemory: 'ERR_MOVE_DISPATCHER_OUT_OF_MEMORY',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { Delivery, Engine, EngineConfig, EngineCounters, EngineShardStats, NativeIngressStats, NativeListenInfo, PromHistograms, Status, StreamResult, WakeFn } from './engine';
 import type { NativeListenOptions } from './ingress';
-import { ErrorCode, stateError } from './errors';
+import { ErrorCode, rangeError, stateError } from './errors';
 import { detachBuffer } from './delivery';
 import type { AllocatorStats, HistogramStats, LatencyStats, OverloadEvent, RateLimit } from './types';
 
@@ -63,6 +63,20 @@ interface NativeDispatcherInstance {
 const HOT_PATH = 2;
 /** Set on a `dispatch` answer when a worker it fed sleeps: `wakeOwed(id)` must be scheduled. */
 const WAKE_DUE = 0x100;
+
+/**
+ * The addon's constructor errors (`options.<field>: <why>`, crates/dispatcher config.rs) as
+ * coded ones: memory it could not allocate, or an option it refused.
+ */
+function constructionError(error: unknown): unknown {
+  const m = error instanceof Error ? /^options\.(\w+): (.*)$/s.exec(error.message) : null;
+  if (m === null) return error;
+  const [, field, why] = m as unknown as [string, string, string];
+  if (why.startsWith('could not allocate')) {
+    return stateError(ErrorCode.OutOfMemory, `new Dispatcher: options.${field}: ${why}`, { field });
+  }
+  return rangeError(ErrorCode.InvalidOption, `new Dispatcher: options.${field}: ${why}`, { field });
+}
 
 /**
  * Detaches a delivery's external ArrayBuffer through the loaded addon, with no dispatcher
@@ -259,7 +273,11 @@ class NativeEngine implements Engine {
     const b = loadBinding();
     // napi's Option<Vec<_>> takes `undefined`, not `null`, for "none".
     const { pinCores, ...rest } = config;
-    this.#n = new b.NativeDispatcher(pinCores === null ? rest : { ...rest, pinCores }, wake);
+    try {
+      this.#n = new b.NativeDispatcher(pinCores === null ? rest : { ...rest, pinCores }, wake);
+    } catch (error) {
+      throw constructionError(error);
+    }
     this.#b = b;
     const id = this.#n.id;
     this.#id = id;

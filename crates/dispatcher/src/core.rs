@@ -363,6 +363,14 @@ impl Run {
     }
 }
 
+/// The error of a shard's memory (sized by `arenaBytes`) the machine would not give.
+fn unallocated(bytes: usize, what: &str) -> ConfigError {
+    ConfigError {
+        field: "arenaBytes",
+        message: format!("could not allocate {bytes} bytes for {what}"),
+    }
+}
+
 /// The most moves of a shard that wait for their worker's wake-up when it is deferred.
 pub const WAKE_EVERY: u32 = 64;
 
@@ -419,11 +427,8 @@ impl Core {
         let mut shards = Vec::with_capacity(cfg.shards);
         for index in 0..cfg.shards {
             let shared = Arc::new(Shared::default());
-            let (producer, consumer) =
-                arena::try_ring(cfg.arena_bytes).map_err(|e| ConfigError {
-                    field: "arenaBytes",
-                    message: format!("could not allocate {} bytes for a shard arena", e.bytes),
-                })?;
+            let (producer, consumer) = arena::try_ring(cfg.arena_bytes)
+                .map_err(|e| unallocated(e.bytes, "a shard arena"))?;
             let (validated, observer) = latency::pair(Scale::LATENCY_NS);
             let worker = Worker::new(
                 u32::try_from(index).unwrap_or(u32::MAX),
@@ -433,7 +438,8 @@ impl Core {
                 Arc::clone(&pool),
                 policy,
                 validated,
-            );
+            )
+            .map_err(|bytes| unallocated(bytes, "a shard's staging"))?;
             match &runtime {
                 Some(rt) => {
                     let worker = Arc::new(Mutex::new(worker));
@@ -824,7 +830,12 @@ impl Core {
                 inbox
             }
             None => {
-                let inbox = Arc::new(Inbox::new(room, self.cfg.room_bytes, !push));
+                // A pull room's inbox holds `roomBytes` up front: a size the machine cannot
+                // give (many rooms, a large roomBytes) is refused, not an abort.
+                let Some(inbox) = Inbox::try_new(room, self.cfg.room_bytes, !push) else {
+                    return Status::OutOfMemory;
+                };
+                let inbox = Arc::new(inbox);
                 self.rooms.insert(
                     room,
                     Room {

@@ -79,19 +79,31 @@ impl Inbox {
     /// the room closes before they went out (a control, off the hot path, which grows the
     /// list then): reserving 256 KiB per push room up front made 5,000 rooms map 1.28 GB
     /// that jemalloc's `resident` and `active` figures counted.
+    ///
+    /// # Panics
+    /// If the memory cannot be allocated (for tests: the dispatcher uses [`Inbox::try_new`]).
     pub fn new(room: u32, capacity: usize, pull: bool) -> Self {
-        Self {
+        Self::try_new(room, capacity, pull).expect("an inbox's memory")
+    }
+
+    /// [`Inbox::new`], or `None` if its frame list cannot be allocated.
+    pub fn try_new(room: u32, capacity: usize, pull: bool) -> Option<Self> {
+        let mut frames = Vec::new();
+        frames
+            .try_reserve_exact(if pull { capacity } else { 0 })
+            .ok()?;
+        Some(Self {
             room,
             capacity,
             reserved: crate::shard::Padded(AtomicUsize::new(0)),
             state: Mutex::new(State {
-                frames: Vec::with_capacity(if pull { capacity } else { 0 }),
+                frames,
                 stamps: Vec::with_capacity(STAMPS_AT_FIRST.min(capacity / 56 + 1)),
                 // A room's first rejection would otherwise allocate on the hot path.
                 rejections: Vec::with_capacity(REJECTIONS_AT_FIRST),
                 ..State::default()
             }),
-        }
+        })
     }
 
     /// The room id.

@@ -586,9 +586,19 @@ impl Worker {
         pool: Arc<Pool>,
         policy: Policy,
         validated: Recorder,
-    ) -> Self {
+    ) -> Result<Self, usize> {
         let arena = consumer.capacity();
-        Self {
+        // Sized like the arena: what a delivery held out by JavaScript lets accumulate
+        // without growing on the hot path (more only once moves pile up beyond it). Allocated
+        // fallibly, like the arena: a size the machine cannot give is an error, not an abort.
+        let mut staging = Staging::default();
+        staging.bytes.try_reserve_exact(arena).map_err(|_| arena)?;
+        let moves = arena / 64;
+        staging
+            .moves
+            .try_reserve_exact(moves)
+            .map_err(|_| moves * std::mem::size_of::<Staged>())?;
+        Ok(Self {
             index,
             shared,
             consumer,
@@ -601,12 +611,7 @@ impl Worker {
             members: Members::default(),
             ahead: Ahead::default(),
             dirty: Vec::new(),
-            // Sized like the arena: what a delivery held out by JavaScript lets accumulate
-            // without growing on the hot path (more only once moves pile up beyond it).
-            staging: Staging {
-                bytes: Vec::with_capacity(arena),
-                moves: Vec::with_capacity(arena / 64),
-            },
+            staging,
             builds: 0,
             flushes: Vec::new(),
             builder: Builder::new(),
@@ -620,7 +625,7 @@ impl Worker {
             validated,
             unrecorded: Unrecorded::default(),
             push_rooms: 0,
-        }
+        })
     }
 
     /// The shared state.

@@ -77,4 +77,6 @@ pub enum Status {
     /// fit the room's auth mode (join).
     WrongDelivery = 4,
     Closed = 5,
+    /// The memory the call needs (a pull room's `roomBytes`) could not be allocated.
+    OutOfMemory = 6,
 }

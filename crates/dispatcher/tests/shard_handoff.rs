@@ -88,15 +88,18 @@ fn start_with(index: u32, ring_bytes: usize, policy: Policy) -> Harness {
         Arc::new(Outbox::new(Box::new(move || wake.signal())))
     };
     let (recorder, _observer) = pair(Scale::new(1, 1 << 20, 1).unwrap());
-    let worker = Arc::new(Mutex::new(Worker::new(
-        index,
-        Arc::clone(&shared),
-        consumer,
-        Arc::clone(&outbox),
-        Arc::new(Pool::new()),
-        policy,
-        recorder,
-    )));
+    let worker = Arc::new(Mutex::new(
+        Worker::new(
+            index,
+            Arc::clone(&shared),
+            consumer,
+            Arc::clone(&outbox),
+            Arc::new(Pool::new()),
+            policy,
+            recorder,
+        )
+        .expect("the worker's staging"),
+    ));
     let thread = {
         let worker = Arc::clone(&worker);
         std::thread::spawn(move || worker_loop(worker))

@@ -346,6 +346,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
       }
       expect(slow.ended).toBe(true);
       expect(slow.status).toBe(408);
+      expect(slow.text.endsWith('\r\n\r\ntimeout\n')).toBe(true);
       expect(Date.now() - t0).toBeLessThan(1500);
       expect(s.opened.some((e) => e.player === BAD)).toBe(false);
     });
@@ -375,6 +376,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
       expect(Date.now() - t0).toBeLessThan(1000);
       await until(() => ws.ended && tcp.ended, 3000, 'both refused and closed');
       expect(ws.status).toBe(503);
+      expect(ws.text.endsWith('\r\n\r\nshutdown\n')).toBe(true);
       expect(tcp.text).toBe('error shutdown\n');
       await sleep(50);
       expect(s.opened).toEqual([]);
@@ -586,6 +588,8 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
       const refused = flood.filter((c) => c.ended);
       expect(refused.length).toBe(151);
       expect(refused.every((c) => c.status === 503)).toBe(true);
+      // The body says why, as the TCP transport's `error full` does.
+      expect(refused.every((c) => c.text.endsWith('\r\n\r\nfull\n'))).toBe(true);
       expect(s.server.connections).toBe(50);
       // A ticketed client now is refused too; once the flood goes away, it gets in.
       const late = await openWs(s.wsPort, s.ticket(BAD));

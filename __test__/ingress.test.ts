@@ -165,6 +165,21 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.stats().ingress).toMatchObject({ connections: 1 });
   });
 
+  it('disconnect() closes a WebSocket with 1000 "kicked" (a client can tell it from its own close), after the messages sent before it', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 7);
+    const { wsUrl } = await start(d);
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    const got: string[] = [];
+    ws.on('message', (m: Buffer) => got.push(m.toString()));
+    const closed = closeOf(ws);
+    expect(d.send(1, 7, Buffer.from('you are out'))).toBe('sent');
+    expect(d.disconnect(1, 7)).toBe(1);
+    expect(await closed).toEqual({ code: 1000, reason: 'kicked' });
+    expect(got).toEqual(['you are out']);
+  });
+
   it('delivers ingress moves through onDelivery (push rooms) and HMAC rooms check the player key', async () => {
     const got: number[] = [];
     const d = make({

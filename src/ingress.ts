@@ -91,7 +91,7 @@ export interface ListenOptions {
   grpc?: ListenAddress;
   /** The key tickets are signed with (`issueTicket`): 16–64 bytes, or a string taken as UTF-8. */
   ticketKey: Uint8Array | string;
-  /** Open connections at most, every transport together; more are refused at once (WebSocket 503, TCP `error full`, gRPC `RESOURCE_EXHAUSTED`). The gRPC port also holds at most this many TCP sockets. Default 10,000. */
+  /** Open connections at most, every transport together, handshakes in flight included (a socket holds its slot from accept until its handshake fails, at most `handshakeTimeoutMs`); more are refused at once (WebSocket 503 `full`, TCP `error full`, gRPC `RESOURCE_EXHAUSTED`). The gRPC port also holds at most this many TCP sockets. Default 10,000. */
   maxConnections?: number;
   /** A connection with nothing to read for this long is closed (`idle`); WebSocket clients are pinged at half of it. 0 = never. Default 60,000. */
   idleTimeoutMs?: number;
@@ -132,7 +132,7 @@ export interface IngressServer<Listened extends Transport = never> {
   address(transport: Listened): { host: string; port: number };
   /** The address a transport is bound to; `null` for a transport `listen` was not given. */
   address(transport: Transport): { host: string; port: number } | null;
-  /** Open connections. */
+  /** Open connections, handshakes in flight included (each holds a slot of `maxConnections`). */
   readonly connections: number;
   /** Stops accepting and closes every connection (`shutdown`); resolves once they have closed (their `onDisconnect` events delivered), waiting at most 2 s. */
   close(): Promise<void>;

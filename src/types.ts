@@ -350,7 +350,7 @@ export interface DispatcherStats {
 
 /** Native ingress figures (`stats().ingress`). */
 export interface IngressStats {
-  /** Connections open now. */
+  /** Connections open now, handshakes in flight included (each holds a slot of `maxConnections`). */
   connections: number;
   /** Connections admitted (ticket checked) since `listen`. */
   accepted: number;

@@ -928,7 +928,7 @@ async fn admission(
     // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
     if !hub.reserve() {
         let msg: &[u8] = match transport {
-            Transport::Ws => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Transport::Ws => WS_FULL,
             _ => b"error full\n",
         };
         refuse(stream, msg).await;
@@ -961,7 +961,7 @@ async fn admission(
             // Slowloris: no complete request in time.
             hub.refuse();
             let msg: &[u8] = match transport {
-                Transport::Ws => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                Transport::Ws => WS_TIMEOUT,
                 _ => b"error timeout\n",
             };
             refuse(stream, msg).await;
@@ -986,12 +986,16 @@ async fn admission(
     Some((conn, r, first))
 }
 
+/// WebSocket refusals, as [`ws::response_error`] writes them: the body names the reason, as
+/// the TCP transport's error line does (`full`, `shutdown`, `timeout`).
+const WS_FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nfull\n";
+const WS_SHUTDOWN: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\r\nshutdown\n";
+const WS_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\ntimeout\n";
+
 /// The answer to a handshake that the server's close interrupted.
 fn shutdown_response(transport: Transport) -> &'static [u8] {
     match transport {
-        Transport::Ws => {
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        }
+        Transport::Ws => WS_SHUTDOWN,
         _ => b"error shutdown\n",
     }
 }
@@ -1485,9 +1489,8 @@ fn close_frame(reason: CloseReason, decoder: Option<ws::Close>) -> (u16, &'stati
         CloseReason::Backpressure => (ws::CLOSE_POLICY_VIOLATION, "not reading"),
         CloseReason::Replaced => (ws::CLOSE_POLICY_VIOLATION, "replaced by a new connection"),
         CloseReason::Shutdown => (ws::CLOSE_GOING_AWAY, "server closing"),
-        CloseReason::Kicked | CloseReason::Closed | CloseReason::Reset => {
-            (ws::CLOSE_NORMAL, "closed")
-        }
+        CloseReason::Kicked => (ws::CLOSE_NORMAL, "kicked"),
+        CloseReason::Closed | CloseReason::Reset => (ws::CLOSE_NORMAL, "closed"),
     }
 }
 
@@ -1683,6 +1686,19 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::core::Core;
+
+    #[test]
+    fn websocket_refusals_name_their_reason_as_response_error_writes_it() {
+        for (bytes, status, reason) in [
+            (WS_FULL, 503, "full"),
+            (WS_SHUTDOWN, 503, "shutdown"),
+            (WS_TIMEOUT, 408, "timeout"),
+        ] {
+            let mut want = Vec::new();
+            ws::response_error(status, reason, &mut want);
+            assert_eq!(bytes, &want[..], "{reason}");
+        }
+    }
 
     #[test]
     fn whole_frames_follows_the_announced_lengths() {

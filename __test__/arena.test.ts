@@ -292,4 +292,22 @@ describe.skipIf(noNative !== null)('arena reconnect with npm ws (no browser)', (
     expect(mine(second)!.lastSeq).toBe(1);
     second.ws.close();
   });
+
+  it("a player flooding valid inputs is rate-limited and then cut off; its roommate's inputs still apply each tick", async () => {
+    const [flooder, mate] = await Promise.all([post('/api/login', { name: 'flood' }), post('/api/login', { name: 'mate' })]);
+    expect(mate.room).toBe(flooder.room);
+    const f = await connect(flooder.url);
+    const m = await connect(mate.url);
+    const limited = arena.dispatcher.stats().verdicts.RateLimited;
+    // 500 signed, valid inputs in one message (under maxMessageBytes): the room takes its rate
+    // (2 × 20/s, a burst of 20), and 32 refusals in a row close the connection.
+    const frames = Array.from({ length: 500 }, (_, i) => input(flooder, i + 1, 127));
+    f.ws.send(Buffer.concat(frames));
+    await until('the flooder cut off (1008, too many frames refused)', () => f.closed(), (c) => c === 1008);
+    expect(arena.dispatcher.stats().verdicts.RateLimited - limited).toBeGreaterThan(0);
+    m.ws.send(input(mate, 1, -127));
+    const mateDot = (): DotState | undefined => m.last()?.dots.find((d) => d.id === mate.player);
+    await until("the mate's input applied", () => mateDot()?.lastSeq, (s) => s === 1);
+    m.ws.close();
+  });
 });

@@ -33,6 +33,13 @@ export interface ControlOptions {
   maxPlayers: number;
   /** Lifetime of the tickets handed out (ms; a client connects within it). */
   ticketTtlMs: number;
+  /**
+   * Inputs a player may send per second (the clients send one per tick). The room's rate
+   * limit: a player flooding valid inputs is answered `RateLimited` (its connection closed
+   * after `maxRefusals` in a row) instead of filling the room's budget and delaying the
+   * inputs of everyone else in it.
+   */
+  inputsPerSecond: number;
 }
 
 /** What a player needs to connect to the data plane (the HTTP answer adds the URL). */
@@ -222,7 +229,10 @@ export class Control {
   #openRoom(waiting: Waiting[]): void {
     const id = this.#nextRoom++;
     const room: ArenaRoom = { id, world: new RoomWorld(id), players: new Map() };
-    this.d.openRoom(room.id, { auth: 'hmac-sha256', delivery: 'pull' });
+    // Twice the clients' rate, a second of it as burst: jitter and a reconnect's catch-up
+    // pass, a flood does not.
+    const perSecond = this.options.inputsPerSecond;
+    this.d.openRoom(room.id, { auth: 'hmac-sha256', delivery: 'pull', rateLimit: { perSecond: 2 * perSecond, burst: perSecond } });
     this.rooms.set(room.id, room);
     this.counters.roomsOpened++;
     for (const { session, resolve } of waiting) {

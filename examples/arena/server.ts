@@ -87,6 +87,7 @@ export async function startArena(options: ArenaOptions = {}): Promise<Arena> {
     graceMs: options.graceMs ?? 10_000,
     maxPlayers: options.maxPlayers ?? 1_000,
     ticketTtlMs: 15_000,
+    inputsPerSecond: hz,
   });
   const ingress = await d.listen({
     ws: { port: options.wsPort ?? (port === 0 ? 0 : port + 1), host },

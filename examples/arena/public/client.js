@@ -46,6 +46,8 @@ const game = {
   statesReceived: 0,
   movesSent: 0,
   reconnects: 0,
+  /** Connections in a row that closed without opening (the reconnect backoff). */
+  failures: 0,
   signing: false,
 };
 
@@ -106,17 +108,27 @@ function play(/** @type {Seat} */ seat) {
   setStatus('connecting…');
   ws.onopen = () => {
     game.connected = true;
+    game.failures = 0;
     setStatus('playing');
   };
   ws.onmessage = (event) => {
     if (event.data instanceof ArrayBuffer) receive(new Uint8Array(event.data));
   };
   ws.onclose = (event) => {
+    const opened = game.connected;
     game.connected = false;
     if (game.ws !== ws) return;
     game.ws = null;
+    if (event.code === 1008 && event.reason === 'replaced by a new connection') {
+      // Our seat connected from elsewhere (another tab of this session): reconnecting here
+      // would replace that one, which would reconnect and replace us, forever.
+      setStatus('playing in another tab or window: reload this page to play here');
+      return;
+    }
+    // Connections that fail before opening (503 full, 401) back off like failed requests.
+    if (!opened) game.failures++;
     setStatus(`disconnected (${event.code}${event.reason ? ` ${event.reason}` : ''}), reconnecting…`);
-    retry(0);
+    retry(game.failures);
   };
 }
 
@@ -132,7 +144,7 @@ function retry(attempt) {
       if (attempt < 8) retry(attempt + 1);
       else setStatus('the server does not answer');
     }
-  }, Math.min(4000, 250 * 2 ** attempt));
+  }, attempt === 0 ? 250 : Math.min(8000, 250 * 2 ** attempt));
 }
 
 function receive(/** @type {Uint8Array} */ message) {

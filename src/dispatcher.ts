@@ -14,7 +14,7 @@ import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type List
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
-import { allKeys, describe, rejectUnknownKeys, resolveOptions } from './options';
+import { allKeys, copyOfBytes, describe, rejectUnknownKeys, resolveOptions } from './options';
 import type {
   Delivery,
   DispatcherOptions,
@@ -298,7 +298,7 @@ export class Dispatcher {
     let key: Uint8Array | null = null;
     if (options.key !== undefined) {
       // A copy made from the view's internal slots: a subclass cannot lie about its length.
-      key = new Uint8Array(checkBytes(options.key, 'key', 'join'));
+      key = copyOfBytes(checkBytes(options.key, 'key', 'join'));
       if (key.length < MIN_KEY_BYTES || key.length > MAX_KEY_BYTES) {
         throw rangeError(ErrorCode.InvalidArgument, `join: key must be ${MIN_KEY_BYTES}–${MAX_KEY_BYTES} bytes, got ${key.length}`, { field: 'key' });
       }

@@ -4,12 +4,12 @@
  */
 import { isUint8Array } from 'node:util/types';
 import { ErrorCode, rangeError, typeError } from './errors';
-import { allKeys, rejectUnknownKeys } from './options';
+import { allKeys, copyOfBytes, rejectUnknownKeys } from './options';
 
 /** Where a transport listens. `port` 0 picks a free port (see `IngressServer.address`). */
 export interface ListenAddress {
   port: number;
-  /** An IP address (default `127.0.0.1`; `0.0.0.0` for every interface). */
+  /** An IP address, or `localhost` (127.0.0.1); no other host names. Default `127.0.0.1`; `0.0.0.0` for every interface. */
   host?: string;
 }
 
@@ -232,7 +232,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   const key = options.ticketKey;
   // A copy made from the view's internal slots (`new Uint8Array(view)`): a Proxy or a fake
   // view is refused, and a subclass cannot lie about its length.
-  const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : isUint8Array(key) ? Buffer.from(new Uint8Array(key).buffer) : undefined;
+  const bytes = typeof key === 'string' ? Buffer.from(key, 'utf8') : isUint8Array(key) ? Buffer.from(copyOfBytes(key).buffer) : undefined;
   if (bytes === undefined || bytes.length < 16 || bytes.length > 64) {
     throw rangeError(ErrorCode.InvalidOption, 'listen: ticketKey must be 16 to 64 bytes (a Uint8Array, or a string taken as UTF-8)', { field: 'ticketKey' });
   }

@@ -68,6 +68,18 @@ function distance(a: string, b: string): number {
  * (`onDeliver` for `onDelivery`: a dispatcher that never delivers). A key set to `undefined`
  * counts as left out. The message suggests the closest known key.
  */
+/**
+ * A copy of a view's bytes made from its internal slots (`new Uint8Array(view)`), so a
+ * subclass cannot lie about its length; a view over a detached buffer copies as empty.
+ */
+export function copyOfBytes(view: Uint8Array): Uint8Array {
+  try {
+    return new Uint8Array(view);
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
 export function rejectUnknownKeys(value: object, known: readonly string[], where: string, code: ErrorCode, prefix = '', hidden: readonly string[] = []): void {
   for (const key of Object.keys(value)) {
     // `hidden`: accepted (internal test hooks) but never listed or suggested.

@@ -27,7 +27,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { isUint8Array } from 'node:util/types';
 import { MAX_KEY_BYTES, MIN_KEY_BYTES } from './constants';
 import { ErrorCode, rangeError, typeError } from './errors';
-import { allKeys, describe, rejectUnknownKeys } from './options';
+import { allKeys, copyOfBytes, describe, rejectUnknownKeys } from './options';
 
 /** The format version in a ticket's first byte. */
 export const TICKET_VERSION = 1;
@@ -59,7 +59,7 @@ function keyBytes(key: unknown, method: string): Buffer {
     bytes = Buffer.from(key, 'utf8');
   } else if (isUint8Array(key)) {
     // A copy made from the view's internal slots: a subclass cannot lie about its length.
-    bytes = Buffer.from(new Uint8Array(key).buffer);
+    bytes = Buffer.from(copyOfBytes(key).buffer);
   } else {
     throw typeError(ErrorCode.InvalidArgument, `${method}: key must be a Uint8Array (or Buffer) or a string, got ${describe(key)}`, { field: 'key' });
   }

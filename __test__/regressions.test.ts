@@ -167,6 +167,66 @@ describe.each(['js', 'native'] as const)('regressions [%s]', (engine) => {
     await d.close();
   });
 
+  it('an empty drain(room) batch is released by the room\'s next drain, like any batch', async () => {
+    const d = new Dispatcher({ engine, shards: 1 });
+    d.openRoom(1);
+    d.join(1, 1);
+    const empty = d.drain(1);
+    expect(empty.count).toBe(0);
+    expect(d.dispatch(move(1, 1))).toBe(Verdict.Accepted);
+    await d.flush();
+    const full = d.drain(1);
+    expect(empty.released).toBe(true);
+    expect(full.released).toBe(false);
+    expect(full.count).toBe(1);
+    d.drain(1);
+    expect(full.released).toBe(true);
+    await d.close();
+  });
+
+  it('a push delivery of a batch filled to maxBatchMoves records its moves\' dispatch → delivered times with it (js: one delivery late)', async () => {
+    const d = new Dispatcher({ engine, shards: 1, maxBatchMoves: 1, onDelivery: () => {} });
+    d.openRoom(1, { delivery: 'push' });
+    d.join(1, 1);
+    for (let seq = 1; seq <= 3; seq++) {
+      expect(d.dispatch(move(1, seq))).toBe(Verdict.Accepted);
+      await d.flush();
+      const s = d.stats();
+      expect(s.delivered).toBe(seq);
+      expect(s.latency?.deliveredNs.count).toBe(seq);
+    }
+    await d.close();
+  });
+
+  it('drain() never runs the dispatcher\'s poll inside itself: a push delivery and a waiting dispatchAsync come after it returns', async () => {
+    let inDrain = false;
+    const calls: string[] = [];
+    const d = new Dispatcher({ engine, shards: 1, roomBytes: 4096, onDelivery: () => calls.push(inDrain ? 'inside' : 'after') });
+    d.openRoom(1);
+    d.openRoom(2, { delivery: 'push' });
+    d.join(1, 1);
+    d.join(2, 1);
+    pauseForTesting(d, true);
+    expect(d.dispatch(move(2, 1))).toBe(Verdict.Accepted);
+    // Fill room 1's budget; one more waits in dispatchAsync.
+    let seq = 1;
+    while (d.dispatch(move(1, seq)) === Verdict.Accepted) seq++;
+    const waiting = d.dispatchAsync(move(1, seq));
+    const pressured = d.stats().verdicts.Backpressure;
+    pauseForTesting(d, false);
+    inDrain = true;
+    d.drain(1);
+    inDrain = false;
+    const counted = d.stats().verdicts.Backpressure - pressured;
+    expect(await waiting).toBe(Verdict.Accepted);
+    await d.flush();
+    expect(calls).not.toContain('inside');
+    expect(calls.length).toBeGreaterThan(0);
+    // The drain made no retry of its own before it had freed the budget.
+    expect(counted).toBe(0);
+    await d.close();
+  });
+
   it('pinCores with a hole is refused with a coded error (map() skipped the hole, which reached the addon)', () => {
     // eslint-disable-next-line no-sparse-arrays
     expectCode(() => new Dispatcher({ engine, pinCores: [, 0] as number[] }), ErrorCode.InvalidOption);

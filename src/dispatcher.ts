@@ -441,10 +441,12 @@ export class Dispatcher {
     }
     const previous = this.#lastDrain.get(room);
     if (raw === null) {
-      this.#lastDrain.delete(room);
+      // Empty, but a batch like any other: the room's next drain releases it.
+      const empty = emptyBatch(room);
+      this.#lastDrain.set(room, empty);
       previous?.release();
       if (this.#closingRooms.has(room)) this.#forgetIfGone(room);
-      return emptyBatch(room);
+      return empty;
     }
     const batch = new DeliveryView(raw, this.#releasePull).single();
     this.#lastDrain.set(room, batch);

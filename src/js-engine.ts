@@ -274,6 +274,8 @@ export class JsEngine implements Engine {
   readonly kind = 'js' as const;
   readonly #config: EngineConfig;
   readonly #wake: WakeFn;
+  /** A round run inside a call (`#catchUp`) wakes on the next microtask, not inside the call. */
+  #wakeLater = false;
   readonly #shards: Shard[];
   readonly #rooms = new Map<number, Room>();
   /**
@@ -752,7 +754,15 @@ export class JsEngine implements Engine {
   #catchUp(): void {
     if (this.#immediate === null || this.#readyCount === 0) return;
     clearImmediate(this.#immediate);
-    this.#round();
+    // Inside a call (drain, drainAll, flush...): the round's wake-up must not run the
+    // dispatcher's poll (push deliveries, dispatchAsync retries) inside that call, as the
+    // native engine's wake-up never does: it comes once the caller's code has returned.
+    this.#wakeLater = true;
+    try {
+      this.#round();
+    } finally {
+      this.#wakeLater = false;
+    }
   }
 
   #scheduleRound(): void {
@@ -787,7 +797,10 @@ export class JsEngine implements Engine {
     this.#spare = shards;
     const writable = this.#writableWake;
     this.#writableWake = false;
-    if (this.#outbox.length > before || writable) this.#wake();
+    if (this.#outbox.length > before || writable) {
+      if (this.#wakeLater) queueMicrotask(this.#wake);
+      else this.#wake();
+    }
   };
 
   /**
@@ -900,8 +913,10 @@ export class JsEngine implements Engine {
       shard.validatedNs.record(waitNs);
       shard.waits.record(waitNs);
       if (reason === VALID) {
-        this.#append(room, ring, start, FRAME_OVERHEAD + len);
+        // The stamp first: a batch that fills up (maxBatchMoves) is delivered inside
+        // #append, and its moves' dispatch → delivered times are recorded then.
         room.stamps.push(stamp);
+        this.#append(room, ring, start, FRAME_OVERHEAD + len);
       } else {
         this.#reject(room, player, seq, reason, FRAME_OVERHEAD + len);
       }

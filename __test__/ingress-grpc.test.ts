@@ -139,11 +139,11 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
       { accepted: 1, refused: 0 },
       { accepted: 5, refused: 0 },
     ]);
-    expect(events.opened).toEqual([{ connectionId: expect.any(Number), room: 1, player: 7, transport: 'grpc' }]);
+    expect(events.opened).toEqual([{ connectionId: expect.any(Number), room: 1, player: 7, transport: 'grpc', remoteAddress: '127.0.0.1', remotePort: expect.any(Number) }]);
     c.stream.end();
     expect((await c.ended).code).toBe(grpc.status.OK);
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ connectionId: events.opened[0]!.connectionId, room: 1, player: 7, transport: 'grpc', reason: 'closed' });
+    expect(events.closed[0]).toEqual({ connectionId: events.opened[0]!.connectionId, room: 1, player: 7, transport: 'grpc', remoteAddress: '127.0.0.1', remotePort: expect.any(Number), reason: 'closed' });
   });
 
   it('send and broadcast reach the call as MoveAcks messages; broadcast skips `except`', async () => {
@@ -216,7 +216,7 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     ]);
     expect(d.stats().verdicts.WrongSender).toBe(5);
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ connectionId: expect.any(Number), room: 1, player: 7, transport: 'grpc', reason: 'refused' });
+    expect(events.closed[0]).toEqual({ connectionId: expect.any(Number), room: 1, player: 7, transport: 'grpc', remoteAddress: '127.0.0.1', remotePort: expect.any(Number), reason: 'refused' });
     expect(await drainAllOf(d, 1, 1)).toEqual([{ player: 7, seq: 1 }]);
   });
 
@@ -310,7 +310,7 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
       expect(await silent.ended).toEqual({ code: grpc.status.DEADLINE_EXCEEDED, details: 'idle' });
       expect(performance.now() - t0).toBeGreaterThanOrEqual(280);
       await sleep(400);
-      expect(events.closed).toEqual([{ connectionId: expect.any(Number), room: 1, player: 1, transport: 'grpc', reason: 'idle' }]);
+      expect(events.closed).toEqual([{ connectionId: expect.any(Number), room: 1, player: 1, transport: 'grpc', remoteAddress: '127.0.0.1', remotePort: expect.any(Number), reason: 'idle' }]);
     } finally {
       clearInterval(sending);
     }

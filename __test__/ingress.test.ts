@@ -92,7 +92,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
     const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
     await until(() => events.opened.length === 1, 2000, 'onConnection');
     const { connectionId } = events.opened[0]!;
-    expect(events.opened[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws' });
+    expect(events.opened[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws', remoteAddress: '127.0.0.1', remotePort: expect.any(Number) });
     expect(Number.isSafeInteger(connectionId) && connectionId >= 1).toBe(true);
     for (let seq = 1; seq <= 3; seq++) ws.send(frame({ room: 1, player: 7, seq, payload: 64 }));
     ws.send(concat([4, 5, 6, 7, 8].map((seq) => frame({ room: 1, player: 7, seq, payload: 64 }))));
@@ -105,7 +105,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(d.metrics()).toContain('move_dispatcher_ingress_connections 1\n');
     ws.close(1000);
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws', reason: 'closed' });
+    expect(events.closed[0]).toEqual({ connectionId, room: 1, player: 7, transport: 'ws', remoteAddress: '127.0.0.1', remotePort: expect.any(Number), reason: 'closed' });
     expect(d.stats().ingress).toMatchObject({ connections: 0, accepted: 1, closed: 1 });
   });
 
@@ -163,6 +163,32 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(b! > a! && c! > b!).toBe(true);
     expect(await firstClosed).toEqual({ code: 1008, reason: 'replaced by a new connection' });
     expect(d.stats().ingress).toMatchObject({ connections: 1 });
+  });
+
+  it('connection events carry the client address and port, IPv4 and IPv6, on open and close', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [7, 8, 9]) d.join(1, p);
+    const { server, events, wsUrl, tcpPort } = await start(d);
+    const ws = await openWs(wsUrl(issueTicket(KEY, { room: 1, player: 7 })));
+    const tcp = await openTcp(tcpPort);
+    tcp.write(`ticket ${issueTicket(KEY, { room: 1, player: 8 })}\n`);
+    await until(() => events.opened.length === 2, 2000, 'two opens');
+    const wsLocal = (ws as unknown as { _socket: Socket })._socket.localPort;
+    const byPlayer = new Map(events.opened.map((e) => [e.player, e]));
+    expect(byPlayer.get(7)).toMatchObject({ transport: 'ws', remoteAddress: '127.0.0.1', remotePort: wsLocal });
+    expect(byPlayer.get(8)).toMatchObject({ transport: 'tcp', remoteAddress: '127.0.0.1', remotePort: tcp.localPort });
+    expect(byPlayer.get(7)).not.toHaveProperty('reason');
+    ws.close();
+    await until(() => events.closed.length === 1, 2000, 'the ws close');
+    expect(events.closed[0]).toMatchObject({ player: 7, remoteAddress: '127.0.0.1', remotePort: wsLocal, reason: 'closed' });
+    // IPv6: a listener on ::1 (this machine and CI have IPv6 loopback).
+    await server.close();
+    const v6 = await d.listen({ ws: { port: 0, host: '::1' }, ticketKey: KEY, onConnection: (c) => events.opened.push(c) });
+    servers.push(v6);
+    const six = await openWs(`ws://[::1]:${v6.address('ws').port}/moves?ticket=${issueTicket(KEY, { room: 1, player: 9 })}`);
+    await until(() => events.opened.length === 3, 2000, 'the IPv6 open');
+    expect(events.opened[2]).toMatchObject({ player: 9, remoteAddress: '::1', remotePort: (six as unknown as { _socket: Socket })._socket.localPort });
   });
 
   it('disconnect() closes a WebSocket with 1000 "kicked" (a client can tell it from its own close), after the messages sent before it', async () => {
@@ -420,7 +446,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
       if (i % 7 === 0) await sleep(1);
     }
     expect(await drainAllOf(d, 3, 3)).toEqual([1, 2, 3].map((seq) => ({ player: 5, seq })));
-    expect(events.opened[0]).toEqual({ connectionId: expect.any(Number), room: 3, player: 5, transport: 'tcp' });
+    expect(events.opened[0]).toEqual({ connectionId: expect.any(Number), room: 3, player: 5, transport: 'tcp', remoteAddress: '127.0.0.1', remotePort: expect.any(Number) });
     expect(d.send(3, 5, Buffer.from('state'))).toBe('sent');
     await until(() => Buffer.concat(received).length === 9, 2000, 'outbound bytes');
     const got = Buffer.concat(received);
@@ -483,7 +509,7 @@ describe.skipIf(skip !== null)('native ingress', () => {
     await until(() => events.opened.length === 1, 2000, 'onConnection');
     await ended;
     await until(() => events.closed.length === 1, 2000, 'onDisconnect');
-    expect(events.closed[0]).toEqual({ connectionId: expect.any(Number), room: 1, player: 4, transport: 'tcp', reason: 'idle' });
+    expect(events.closed[0]).toEqual({ connectionId: expect.any(Number), room: 1, player: 4, transport: 'tcp', remoteAddress: '127.0.0.1', remotePort: expect.any(Number), reason: 'idle' });
   });
 
   it('server.close() and dispatcher.close() close every connection with a reason', async () => {

@@ -869,7 +869,7 @@ export class Dispatcher {
           if (d.type === 'delivery') this.#deliver(d.buffer);
           else if (d.type === 'flushed') this.#flushes.get(d.token)?.();
           else if (d.type === 'overload') this.#notify(d.event);
-          else if (d.type === 'connection') this.#connection(d.flags, d.room, d.player, d.id);
+          else if (d.type === 'connection') this.#connection(d.flags, d.room, d.player, d.id, d.peer);
           else this.#shardFailed(d.shard, d.message);
         }
       }
@@ -904,13 +904,14 @@ export class Dispatcher {
   }
 
   /** A native ingress connection opened or closed: tell `onConnection` / `onDisconnect`. */
-  #connection(flags: number, room: number, player: number, id: number): void {
-    const { opened, info } = connectionEvent(flags, room, player, id);
+  #connection(flags: number, room: number, player: number, id: number, peer: readonly number[]): void {
+    const { opened, info } = connectionEvent(flags, room, player, id, peer);
     const ingress = this.#ingress;
     if (ingress === undefined) return;
     if (opened) {
       const fn = ingress.onConnection;
-      if (fn !== undefined) this.#guard(() => fn({ connectionId: id, room, player, transport: info.transport }), 'onConnection');
+      const { reason: _, ...open } = info;
+      if (fn !== undefined) this.#guard(() => fn(open), 'onConnection');
     } else {
       const fn = ingress.onDisconnect;
       if (fn !== undefined) this.#guard(() => fn(info), 'onDisconnect');

@@ -83,7 +83,7 @@ export type Delivery =
   | { type: 'overload'; event: OverloadEvent }
   /** The shard's worker failed (once per shard); `message` is the panic / exception message. */
   | { type: 'failed'; shard: number; message: string }
-  | { type: 'connection'; flags: number; room: number; player: number; id: number };
+  | { type: 'connection'; flags: number; room: number; player: number; id: number; peer: readonly number[] };
 
 export type { StreamResult } from './types';
 

@@ -71,6 +71,14 @@ export interface ConnectionInfo {
   room: number;
   player: number;
   transport: Transport;
+  /**
+   * The client's IP address as the socket saw it (`'203.0.113.7'`, `'2001:db8::1'`; an
+   * IPv4 client of a dual-stack listener as IPv4), for per-address limits, bans and logs;
+   * behind a proxy, the proxy's. `null` if the socket no longer knew it.
+   */
+  remoteAddress: string | null;
+  /** The client's port (0 when `remoteAddress` is null). */
+  remotePort: number;
 }
 
 /** A connection closed. */
@@ -258,8 +266,10 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
   };
 }
 
-/** @internal The connection event of an addon record. */
-export function connectionEvent(flags: number, room: number, player: number, connectionId: number): { opened: boolean; info: DisconnectInfo } {
+/** @internal The connection event of an addon record (`peer`: its five address words). */
+export function connectionEvent(flags: number, room: number, player: number, connectionId: number, peer: readonly number[]): { opened: boolean; info: DisconnectInfo } {
+  const port = (peer[0] ?? 0) & 0xffff;
+  const remoteAddress = addressOf(peer);
   return {
     opened: (flags & 1) === 1,
     info: {
@@ -267,9 +277,47 @@ export function connectionEvent(flags: number, room: number, player: number, con
       room,
       player,
       transport: TRANSPORTS[(flags >> 8) & 0xff] ?? 'ws',
+      remoteAddress,
+      remotePort: remoteAddress === null ? 0 : port,
       reason: REASONS[(flags >> 16) & 0xff] ?? 'reset',
     },
   };
+}
+
+/**
+ * The text of an address record: `port | family << 16`, then four big-endian words
+ * (crates/binding `peer_words`). IPv4 dotted; IPv6 as RFC 5952 writes it (lower case, the
+ * longest run of two or more zero groups as `::`).
+ */
+function addressOf(peer: readonly number[]): string | null {
+  const family = ((peer[0] ?? 0) >>> 16) & 0xff;
+  if (family === 4) {
+    const a = (peer[1] ?? 0) >>> 0;
+    return `${a >>> 24}.${(a >>> 16) & 0xff}.${(a >>> 8) & 0xff}.${a & 0xff}`;
+  }
+  if (family !== 6) return null;
+  const groups: number[] = [];
+  for (let i = 1; i <= 4; i++) {
+    const w = (peer[i] ?? 0) >>> 0;
+    groups.push(w >>> 16, w & 0xffff);
+  }
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = (g: number[]): string => g.map((x) => x.toString(16)).join(':');
+  return best < 0 ? hex(groups) : `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
 }
 
 export const SEND_RESULTS: readonly SendResult[] = ['sent', 'backpressure', 'dropped', 'closed'];

@@ -390,8 +390,8 @@ class NativeEngine implements Engine {
         out.push({ type: 'overload', event: { ...e, subject: e.subject === 'room' ? 'room' : 'shard' } });
         i += 1;
       } else if (kind === REC_CONNECTION) {
-        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]!, id: u64At(w, i + 4) });
-        i += 6;
+        out.push({ type: 'connection', flags: w[i + 1]!, room: w[i + 2]!, player: w[i + 3]!, id: u64At(w, i + 4), peer: Array.from(w.subarray(i + 6, i + 11)) });
+        i += 11;
       } else if (kind === REC_FAILED) {
         failures ??= this.#b.takeFailures(this.#id);
         const shard = w[i + 1]!;

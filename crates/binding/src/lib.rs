@@ -245,7 +245,7 @@ fn record_words(d: &Delivery) -> usize {
         Delivery::Moves(_) | Delivery::Overload(_) => 1,
         Delivery::Flushed { .. } => 3,
         Delivery::Failed { .. } => 2,
-        Delivery::Connection(_) => 6,
+        Delivery::Connection(_) => 11,
     }
 }
 
@@ -277,7 +277,35 @@ fn write_record(e: &mut Entry, d: Delivery, out: &mut [u32]) -> usize {
                 u32::from(c.opened) | (u32::from(c.transport) << 8) | (u32::from(c.reason) << 16);
             let (lo, hi) = split_u64(c.id);
             out[..6].copy_from_slice(&[REC_CONNECTION, flags, c.room, c.player, lo, hi]);
-            6
+            out[6..11].copy_from_slice(&peer_words(c.peer));
+            11
+        }
+    }
+}
+
+/// A connection's client address as five words: the port and the family (`4`, `6`, or `0`
+/// when unknown) as `port | family << 16`, then the address's 16 bytes as four big-endian
+/// words (an IPv4 address in the first word).
+fn peer_words(peer: Option<std::net::SocketAddr>) -> [u32; 5] {
+    let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    match peer {
+        None => [0; 5],
+        Some(std::net::SocketAddr::V4(a)) => [
+            u32::from(a.port()) | 4 << 16,
+            u32::from_be_bytes(a.ip().octets()),
+            0,
+            0,
+            0,
+        ],
+        Some(std::net::SocketAddr::V6(a)) => {
+            let o = a.ip().octets();
+            [
+                u32::from(a.port()) | 6 << 16,
+                word(&o[0..4]),
+                word(&o[4..8]),
+                word(&o[8..12]),
+                word(&o[12..16]),
+            ]
         }
     }
 }
@@ -962,7 +990,10 @@ fn expose(env: &Env, moves: Moves, pool: Arc<Pool>) -> Result<ArrayBuffer<'_>> {
 /// - `2` overload event: the next of `takeEvents(id)`, in order;
 /// - `3` the next record needs `out.length >= words` (the second word): grow and call again;
 /// - `4` shard failed: `shard`; its message is the next of `takeFailures(id)`;
-/// - `5` a push delivery: the next of `takeDelivery(id)`, in order.
+/// - `5` a push delivery: the next of `takeDelivery(id)`, in order;
+/// - `6` a native ingress connection opened or closed: flags (`opened | transport << 8 |
+///   reason << 16`), room, player, id low word, high word, then the client's address
+///   ([`peer_words`]: five words).
 ///
 /// Deliveries that do not fit wait for the next call, in order.
 #[napi(catch_unwind)]

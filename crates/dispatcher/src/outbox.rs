@@ -39,6 +39,8 @@ pub struct ConnectionEvent {
     pub player: u32,
     pub transport: u8,
     pub reason: u8,
+    /// The client's address, if known.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// What crossed its mark.

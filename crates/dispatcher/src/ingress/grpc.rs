@@ -157,10 +157,14 @@ impl Drop for Slot {
     }
 }
 
-/// What a socket's calls tell it: one was admitted (its handshake deadline is over). Handed
-/// to every request of the socket as its connect info.
+/// What a socket's calls tell it — one was admitted (its handshake deadline is over) — and
+/// learn of it: the client's address. Handed to every request of the socket as its connect
+/// info.
 #[derive(Clone, Debug, Default)]
-pub struct SocketInfo(Arc<AtomicBool>);
+pub struct SocketInfo {
+    admitted: Arc<AtomicBool>,
+    peer: Option<std::net::SocketAddr>,
+}
 
 /// A TCP connection of the gRPC port, which ends (reads and writes fail) when no call was
 /// admitted on it within `handshake_timeout_ms`, or [`STOP_GRACE`] after the server stopped.
@@ -180,9 +184,13 @@ impl Socket {
     fn new(hub: &Arc<Hub>, io: TcpStream, slot: Slot) -> Self {
         let ms = hub.opts.handshake_timeout_ms;
         let hub = Arc::clone(hub);
+        let peer = io.peer_addr().ok().map(super::server::canonical);
         Self {
             io,
-            info: SocketInfo::default(),
+            info: SocketInfo {
+                admitted: Arc::default(),
+                peer,
+            },
             handshake: (ms > 0).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms)))),
             stop: Box::pin(async move {
                 hub.stopped().await;
@@ -197,7 +205,7 @@ impl Socket {
     fn ending(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.ended {
             if let Some(h) = self.handshake.as_mut() {
-                if self.info.0.load(Ordering::Acquire) {
+                if self.info.admitted.load(Ordering::Acquire) {
                     self.handshake = None;
                 } else if h.as_mut().poll(cx).is_ready() {
                     self.ended = true;
@@ -361,10 +369,11 @@ fn open(hub: Arc<Hub>, req: Request<Streaming<MoveFrames>>) -> Result<Response<A
             return Err(Status::unauthenticated(reason));
         }
     };
-    if let Some(info) = req.extensions().get::<SocketInfo>() {
-        info.0.store(true, Ordering::Release);
+    let info = req.extensions().get::<SocketInfo>();
+    if let Some(info) = info {
+        info.admitted.store(true, Ordering::Release);
     }
-    let conn = hub.admit(&who, Transport::Grpc);
+    let conn = hub.admit(&who, Transport::Grpc, info.and_then(|i| i.peer));
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let end = Arc::new(Mutex::new(None));
     tokio::spawn(call(hub, conn, req.into_inner(), tx, Arc::clone(&end)));

@@ -167,6 +167,8 @@ pub(super) struct Conn {
     pub(super) room: u32,
     pub(super) player: u32,
     transport: Transport,
+    /// The client's address (IPv4-mapped IPv6 as IPv4), if the socket still knew it.
+    peer: Option<SocketAddr>,
     /// Whether the idle sweeper pinged the connection since its last read (WebSocket).
     pinged: AtomicBool,
     /// 0 while open; else the [`CloseReason`] the server side asked for.
@@ -422,12 +424,18 @@ impl Hub {
     /// the connection (an older one of the same room and player is closed, `Replaced`),
     /// counts it and tells JavaScript. A connection admitted while the server closes is
     /// asked to close at once.
-    pub(super) fn admit(&self, who: &Who, transport: Transport) -> Arc<Conn> {
+    pub(super) fn admit(
+        &self,
+        who: &Who,
+        transport: Transport,
+        peer: Option<SocketAddr>,
+    ) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             room: who.room,
             player: who.player,
             transport,
+            peer,
             pinged: AtomicBool::new(false),
             close: AtomicU8::new(0),
             last_read_ms: AtomicU32::new(Self::now_ms()),
@@ -491,6 +499,7 @@ impl Hub {
             player: c.player,
             transport: c.transport as u8,
             reason,
+            peer: c.peer,
         });
     }
 }
@@ -974,7 +983,8 @@ async fn admission(
         hub.refuse();
         return None;
     }
-    let conn = hub.admit(&who, transport);
+    let peer = stream.peer_addr().ok().map(canonical);
+    let conn = hub.admit(&who, transport, peer);
     let mut r = Reader::new(hub, &conn);
     // The bytes that followed the handshake; none once the server closes (the connection
     // is asked to close at once by `admit`, and takes in no frame after `close()`).
@@ -991,6 +1001,11 @@ async fn admission(
 const WS_FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nfull\n";
 const WS_SHUTDOWN: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\r\nshutdown\n";
 const WS_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\ntimeout\n";
+
+/// `addr` with an IPv4-mapped IPv6 address (a dual-stack listener's IPv4 client) as IPv4.
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
 
 /// The answer to a handshake that the server's close interrupted.
 fn shutdown_response(transport: Transport) -> &'static [u8] {

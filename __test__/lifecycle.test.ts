@@ -60,6 +60,15 @@ describe('native engine lifecycle', () => {
     expect(got.opened).toBeLessThan(1000);
   });
 
+  it.each(['dispatchAsync', 'whenWritable'])('an awaited %s() on a full queue keeps the process alive until the engine settles it (it exited with the promise pending)', (call) => {
+    for (let i = 0; i < 3; i++) {
+      const r = run('await-wake.cjs', 'native', call);
+      expect(r.status, r.out).toBe(0);
+      const got = JSON.parse(r.out.trim().split('\n').pop()!) as { code: number; result: string };
+      expect(got.result, r.out).toBe(call === 'dispatchAsync' ? 'Accepted, closed' : 'resolved, closed');
+    }
+  });
+
   it('abandoned dispatchers (closed or not) are garbage-collected and their threads stop', () => {
     const r = runWith(['--expose-gc'], 'gc.cjs');
     expect(r.status, r.out).toBe(0);

@@ -202,6 +202,8 @@ export class Dispatcher {
    * weak (it never holds the process open by itself), but an awaited flush must finish.
    */
   #keepAlive: ReturnType<typeof setInterval> | undefined;
+  /** Calls waiting on the engine's wake-up (flush, dispatchAsync, whenWritable): `#keepAlive` runs while any does. */
+  #waiting = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
   #polling = false;
@@ -371,7 +373,8 @@ export class Dispatcher {
    * Like `dispatch`, but waits for capacity instead of answering `Backpressure`: the call is
    * retried when the engine reports freed capacity (no timers), after a `drain()` and after
    * a push batch is released. Calls resolve in call order. A room that is never drained
-   * keeps its callers waiting.
+   * keeps its callers waiting. While a call waits it keeps the process alive, as a flush
+   * does (and as a socket write waiting for its peer does).
    *
    * At most `maxPendingAsync` calls wait at once; beyond that the promise resolves
    * `Verdict.Backpressure` at once. That answer comes from the dispatcher before the engine
@@ -391,12 +394,13 @@ export class Dispatcher {
       this.#pressured();
       return Promise.resolve(Verdict.Backpressure);
     }
-    return new Promise<Verdict>((resolve) => {
+    const waiting = new Promise<Verdict>((resolve) => {
       queue.push({ frame, sender: from, resolve });
       // The first waiter arms the engine's wake-up and tries again at once: capacity freed
       // between the first attempt and the arming would otherwise go unnoticed.
       if (queue.size === 1) this.#retryAsync();
     });
+    return this.#keptAlive(waiting);
   }
 
   /**
@@ -422,7 +426,25 @@ export class Dispatcher {
     if (signal?.aborted) return Promise.reject(aborted('whenWritable', signal));
     if (this.#closed || this.#freedSincePressure) return Promise.resolve();
     this.#arm();
-    return waitIn(this.#writableWaiters, signal, () => aborted('whenWritable', signal!));
+    return this.#keptAlive(waitIn(this.#writableWaiters, signal, () => aborted('whenWritable', signal!)));
+  }
+
+  /**
+   * `promise`, with the process kept alive until it settles: the native engine's wake-up
+   * (which settles flushes, `dispatchAsync` and `whenWritable`) holds no handle of the event
+   * loop, so an awaited call would otherwise let Node exit with it pending.
+   */
+  #keptAlive<T>(promise: Promise<T>): Promise<T> {
+    this.#waiting++;
+    this.#keepAlive ??= setInterval(noop, 1 << 30);
+    const done = (): void => {
+      if (--this.#waiting === 0 && this.#keepAlive !== undefined) {
+        clearInterval(this.#keepAlive);
+        this.#keepAlive = undefined;
+      }
+    };
+    promise.then(done, done);
+    return promise;
   }
 
   /**
@@ -494,18 +516,14 @@ export class Dispatcher {
 
   #requestFlush(): Promise<void> {
     const token = this.#nextToken++;
-    this.#keepAlive ??= setInterval(() => {}, 1 << 30);
-    return new Promise<void>((resolve) => {
+    const flushed = new Promise<void>((resolve) => {
       this.#flushes.set(token, () => {
         this.#flushes.delete(token);
-        if (this.#flushes.size === 0 && this.#keepAlive !== undefined) {
-          clearInterval(this.#keepAlive);
-          this.#keepAlive = undefined;
-        }
         resolve();
       });
       this.#engine.requestFlush(token);
     });
+    return this.#keptAlive(flushed);
   }
 
   /**

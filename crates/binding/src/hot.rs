@@ -193,6 +193,15 @@ unsafe fn typed(
 /// its buffer, JavaScript is blocked in this call (nothing on this thread can detach,
 /// resize or write the buffer meanwhile), and the buffers this addon hands out (delivery
 /// `ArrayBuffer`s) are written by no thread while JavaScript can reach them.
+///
+/// One case is outside that argument: a view over a `SharedArrayBuffer` that another
+/// JavaScript thread writes *during* the call (the caller racing itself). Telling such a
+/// view apart would cost every call a materialised `ArrayBuffer`; instead every byte is
+/// read at most once through the slice — the header is copied out first
+/// (`snapshot_header`), then the frame is copied once into the arena, and the lookahead
+/// only prefetches — so a concurrent write can change which verdict a frame gets, never
+/// make Rust read past the view or act on bytes it checked differently. It is formally a
+/// data race on `u8`s, documented (docs/architecture.md, "Shared memory").
 unsafe fn bytes<'a>(env: sys::napi_env, v: sys::napi_value) -> Option<&'a [u8]> {
     // SAFETY: per this function's contract.
     let (data, len) = unsafe { typed(env, v, sys::TypedarrayType::uint8_array) }?;

@@ -196,12 +196,13 @@ unsafe fn typed(
 ///
 /// One case is outside that argument: a view over a `SharedArrayBuffer` that another
 /// JavaScript thread writes *during* the call (the caller racing itself). Telling such a
-/// view apart would cost every call a materialised `ArrayBuffer`; instead every byte is
-/// read at most once through the slice — the header is copied out first
-/// (`snapshot_header`), then the frame is copied once into the arena, and the lookahead
-/// only prefetches — so a concurrent write can change which verdict a frame gets, never
-/// make Rust read past the view or act on bytes it checked differently. It is formally a
-/// data race on `u8`s, documented (docs/architecture.md, "Shared memory").
+/// view apart would cost every call a materialised `ArrayBuffer`. Every read of the slice
+/// is bounds-checked, the checks made at dispatch use a copy of the header
+/// (`snapshot_header`) that goes into the arena with the bytes copied after it, and the
+/// worker validates that copy: a concurrent write can change which verdict a frame gets
+/// (or stop a stream as malformed), never make Rust read past the view or store bytes other
+/// than those it checked. It is formally a data race on `u8`s, documented
+/// (docs/architecture.md, "Shared memory").
 unsafe fn bytes<'a>(env: sys::napi_env, v: sys::napi_value) -> Option<&'a [u8]> {
     // SAFETY: per this function's contract.
     let (data, len) = unsafe { typed(env, v, sys::TypedarrayType::uint8_array) }?;

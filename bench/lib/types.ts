@@ -71,6 +71,8 @@ export interface RunResult {
   gc: GcFigures;
   /** GC of the worker_threads row's verification workers (their own isolates). */
   workerGc: GcFigures | null;
+  /** worker_threads row: the tag check its workers' calibration chose. */
+  workerHash?: string | null;
   eventLoopDelayP99Ms: number;
   eventLoopDelayMaxMs: number;
   /**

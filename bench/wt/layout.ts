@@ -39,6 +39,8 @@ export interface WorkerSetup {
   output: SharedArrayBuffer;
   rooms: { room: number; hmac: boolean }[];
   joins: { room: number; player: number; key: Uint8Array | null }[];
+  /** Signed bytes of the load's frames (the hash calibration's size). */
+  signedBytes: number;
 }
 
 export interface WorkerReport {
@@ -47,4 +49,6 @@ export interface WorkerReport {
   gcTotalMs: number;
   gcMaxMs: number;
   moves: number;
+  /** The tag check the worker's calibration chose: `js` (../hand/sha256.ts) or `node:crypto`. */
+  hash: string;
 }

@@ -52,6 +52,8 @@ export interface WtOptions {
   ringBytes?: number;
   outRingBytes?: number;
   maxPayload?: number;
+  /** Signed bytes (header and payload) of the load's frames: the workers time their hash candidates on this size. Default 88 (a 64-byte payload). */
+  signedBytes?: number;
   consumer: WtConsumer;
 }
 
@@ -144,6 +146,7 @@ export class WtPipeline {
   backpressure = 0;
   #flushWaiters: (() => void)[] = [];
   #closed = false;
+  readonly #signedBytes: number;
 
   constructor(options: WtOptions) {
     this.workers = options.workers ?? Math.max(1, availableParallelism() - 1);
@@ -152,6 +155,7 @@ export class WtPipeline {
     this.#lanes = Array.from({ length: this.workers }, () => new Lane(ring, out));
     this.#consumer = options.consumer;
     this.#maxPayload = options.maxPayload ?? 1024;
+    this.#signedBytes = options.signedBytes ?? 88;
   }
 
   /** Starts the workers with their rooms and players (keys for HMAC rooms). */
@@ -167,6 +171,7 @@ export class WtPipeline {
               output: lane.output,
               rooms: rooms.filter((r) => r.room % this.workers === i),
               joins: joins.filter((j) => j.room % this.workers === i),
+              signedBytes: this.#signedBytes,
             };
             lane.worker = new Worker(join(__dirname, 'worker.js'), { workerData: setup });
             lane.worker.once('error', reject);

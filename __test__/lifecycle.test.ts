@@ -69,6 +69,15 @@ describe('native engine lifecycle', () => {
     }
   });
 
+  it.each(['flush', 'dispatchAsync', 'whenWritable'])('a dispatcher held only by a function awaiting its %s() is not collected while it waits (child, --expose-gc)', (call) => {
+    for (const engine of ['js', 'native']) {
+      const r = runWith(['--expose-gc'], 'gc-await.cjs', engine, call);
+      expect(r.status, r.out).toBe(0);
+      const got = JSON.parse(r.out.trim().split('\n').pop()!) as { result: string; finalized: string[] };
+      expect(got.result, `${engine}: ${r.out}`).toBe(call === 'flush' ? 'flushed' : call === 'dispatchAsync' ? 'Accepted' : 'writable');
+    }
+  });
+
   it('abandoned dispatchers (closed or not) are garbage-collected and their threads stop', () => {
     const r = runWith(['--expose-gc'], 'gc.cjs');
     expect(r.status, r.out).toBe(0);

@@ -34,6 +34,8 @@ const RATE_LIMIT_KEYS = allKeys<RateLimit>()(['perSecond', 'burst']);
 const JOIN_KEYS = allKeys<JoinOptions>()(['key']);
 const STATS_KEYS = allKeys<StatsOptions>()(['reset', 'topRooms']);
 const noop = (): void => {};
+/** Dispatchers with calls waiting on their engine's wake-up (see `#keptAlive`). */
+const WAITING = new Set<object>();
 
 function checkId(value: unknown, field: string, method: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > U32_MAX) {
@@ -435,12 +437,21 @@ export class Dispatcher {
    * loop, so an awaited call would otherwise let Node exit with it pending.
    */
   #keptAlive<T>(promise: Promise<T>): Promise<T> {
-    this.#waiting++;
-    this.#keepAlive ??= setInterval(noop, 1 << 30);
+    if (this.#waiting++ === 0) {
+      // The dispatcher itself is held too: the engine's wake-up reaches it only through a
+      // WeakRef, and a caller awaiting this promise may hold it nowhere else (its async
+      // function's frame is reachable only from the promise, which only the dispatcher
+      // settles): collected meanwhile, the promise would never settle.
+      WAITING.add(this);
+      this.#keepAlive ??= setInterval(noop, 1 << 30);
+    }
     const done = (): void => {
-      if (--this.#waiting === 0 && this.#keepAlive !== undefined) {
-        clearInterval(this.#keepAlive);
-        this.#keepAlive = undefined;
+      if (--this.#waiting === 0) {
+        WAITING.delete(this);
+        if (this.#keepAlive !== undefined) {
+          clearInterval(this.#keepAlive);
+          this.#keepAlive = undefined;
+        }
       }
     };
     promise.then(done, done);

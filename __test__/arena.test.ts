@@ -188,6 +188,26 @@ describe.skipIf(noBrowser !== null)('arena example in a real browser (Chromium)'
     expect(stats.reasons.Replay).toBe(0);
     expect(metric(arena, 'arena_ticks_total')).toBeGreaterThan(0);
   }, 60_000);
+
+  it('a second tab of the same session takes the seat once: the replaced tab stops and says so, no reconnect loop', async () => {
+    const [c] = await Promise.all([player('carol'), player('dave')]);
+    const ready = (s: Snapshot): boolean => s.connected && s.statesReceived > 0;
+    const sc = await until('page C in play', () => snapshot(c!), ready);
+    // window.open of the same origin copies sessionStorage (the session id) into the new tab.
+    const [twin] = await Promise.all([c!.waitForEvent('popup'), c!.evaluate(() => void (globalThis as unknown as { open(url: string): unknown }).open('/'))]);
+    pages.push(twin);
+    await twin.waitForFunction('window.arena !== undefined', undefined, { timeout: 10_000 });
+    const took = await until('the new tab in play on the same seat', () => snapshot(twin), ready);
+    expect(took.player).toBe(sc.player);
+    const old = await until('the old tab stopped', () => snapshot(c!), (s) => !s.connected && s.status.includes('another tab'));
+    expect(old.reconnects).toBe(0);
+    // Two seconds later: still one connection for the seat, and no reconnect since.
+    const reconnects = arena.control.counters.reconnects;
+    await sleep(2_000);
+    expect(arena.control.counters.reconnects).toBe(reconnects);
+    expect((await snapshot(c!)).connected).toBe(false);
+    expect((await snapshot(twin)).connected).toBe(true);
+  }, 30_000);
 });
 
 describe.skipIf(noNative !== null)('arena control plane (no browser)', () => {

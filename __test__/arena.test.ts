@@ -91,7 +91,7 @@ describe.skipIf(noBrowser !== null)('arena example in a real browser (Chromium)'
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(arena.url);
-    await page.waitForFunction('window.arena !== undefined', undefined, { timeout: 10_000 }).catch((e: Error) => {
+    await page.waitForFunction("typeof window.arena?.snapshot === 'function'", undefined, { timeout: 10_000 }).catch((e: Error) => {
       throw new Error(`the page did not start: ${errors.join('; ') || e.message}`);
     });
     await page.fill('#name', name);
@@ -160,7 +160,7 @@ describe.skipIf(noBrowser !== null)('arena example in a real browser (Chromium)'
     const reconnects = arena.control.counters.reconnects;
     const aBefore = dotOf(await snapshot(b!), sa.player)!;
     await a!.reload();
-    await a!.waitForFunction('window.arena !== undefined', undefined, { timeout: 10_000 });
+    await a!.waitForFunction("typeof window.arena?.snapshot === 'function'", undefined, { timeout: 10_000 });
     const back = await until('page A back in play', () => snapshot(a!), ready);
     expect(back.player).toBe(sa.player);
     expect(back.room).toBe(room);
@@ -196,7 +196,7 @@ describe.skipIf(noBrowser !== null)('arena example in a real browser (Chromium)'
     // window.open of the same origin copies sessionStorage (the session id) into the new tab.
     const [twin] = await Promise.all([c!.waitForEvent('popup'), c!.evaluate(() => void (globalThis as unknown as { open(url: string): unknown }).open('/'))]);
     pages.push(twin);
-    await twin.waitForFunction('window.arena !== undefined', undefined, { timeout: 10_000 });
+    await twin.waitForFunction("typeof window.arena?.snapshot === 'function'", undefined, { timeout: 10_000 });
     const took = await until('the new tab in play on the same seat', () => snapshot(twin), ready);
     expect(took.player).toBe(sc.player);
     const old = await until('the old tab stopped', () => snapshot(c!), (s) => !s.connected && s.status.includes('another tab'));

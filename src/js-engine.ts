@@ -444,18 +444,14 @@ export class JsEngine implements Engine {
 
   releaseDelivery(buffer: ArrayBuffer, shard: number): void {
     detachBuffer(buffer);
-    if (shard === PULL_SHARD) return;
-    const s = this.#shards[shard];
-    // Once per delivery: a stale or repeated release never frees the shard's next one.
-    if (s === undefined || s.out !== buffer) return;
-    s.out = null;
-    if (s.pushPending.length > 0) this.#schedule(s);
+    if (shard !== PULL_SHARD) this.freeShard(buffer, shard);
   }
 
   readonly detach = detachBuffer;
 
   freeShard(buffer: ArrayBuffer, shard: number): void {
     const s = this.#shards[shard];
+    // Once per delivery: a stale or repeated release never frees the shard's next one.
     if (s === undefined || s.out !== buffer) return;
     s.out = null;
     if (s.pushPending.length > 0) this.#schedule(s);

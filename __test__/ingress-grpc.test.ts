@@ -352,9 +352,9 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
    * A raw TCP socket to the gRPC port, reading (and discarding) what the server writes;
    * `closed` resolves, with the ms since connecting, when the server ends it.
    */
-  function rawSocket(port: number): Promise<{ socket: Socket; closed: Promise<number> }> {
+  function rawSocket(port: number, localAddress?: string): Promise<{ socket: Socket; closed: Promise<number> }> {
     return new Promise((resolve, reject) => {
-      const socket = connect(port, '127.0.0.1');
+      const socket = connect({ port, host: '127.0.0.1', ...(localAddress === undefined ? {} : { localAddress }) });
       socket.resume();
       rawSockets.push(socket);
       const t0 = Date.now();
@@ -404,6 +404,30 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     const next = await rawSocket(port);
     const race = await Promise.race([next.closed.then(() => 'closed'), sleep(500).then(() => 'open')]);
     expect(race).toBe('open');
+  });
+
+  it('the gRPC port holds at most maxHandshakesPerAddress sockets of one address with no call admitted; a socket with a call admitted is not counted', async () => {
+    const d = make();
+    d.openRoom(1);
+    d.join(1, 1);
+    const { port } = await start(d, { maxHandshakesPerAddress: 2, handshakeTimeoutMs: 60_000 });
+    // grpc-js's socket (from 127.0.0.1) has a call admitted: no longer a handshake.
+    const c = call(client(port), issueTicket(KEY, { room: 1, player: 1 }));
+    send(c, frame({ room: 1, player: 1, seq: 1 }));
+    await until(() => c.acks.length === 1, 2000, 'the ack');
+    const held = await Promise.all([0, 1].map(() => rawSocket(port)));
+    await sleep(100);
+    const refusedBefore = d.stats().ingress?.refused ?? 0;
+    const over = await rawSocket(port);
+    expect(await over.closed).toBeLessThan(2_000);
+    expect(d.stats().ingress?.refused).toBe(refusedBefore + 1);
+    // Another address is not affected; the two silent ones and the call are still open.
+    const other = await rawSocket(port, '127.0.0.2');
+    const race = await Promise.race([other.closed.then(() => 'closed'), sleep(500).then(() => 'open')]);
+    expect(race).toBe('open');
+    expect(held.every((h) => !h.socket.destroyed)).toBe(true);
+    send(c, frame({ room: 1, player: 1, seq: 2 }));
+    await until(() => c.acks.length === 2, 2000, 'the call goes on');
   });
 
   it('server.close() ends every socket of the gRPC port within the grace, even one whose client never reads', async () => {

@@ -133,9 +133,9 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await s.close();
 });
 
-function dial(port: number): Promise<RawClient> {
+function dial(port: number, localAddress?: string): Promise<RawClient> {
   return new Promise((resolve, reject) => {
-    const s = connect(port, '127.0.0.1', () => resolve(new RawClient(s)));
+    const s = connect({ port, host: '127.0.0.1', ...(localAddress === undefined ? {} : { localAddress }) }, () => resolve(new RawClient(s)));
     sockets.push(s);
     s.setNoDelay(true);
     s.once('error', reject);
@@ -150,8 +150,8 @@ function upgradeRequest(target: string): string {
 }
 
 /** A raw WebSocket client past its upgrade (or refused: see `status`). */
-async function openWs(port: number, ticket: string): Promise<RawClient> {
-  const c = await dial(port);
+async function openWs(port: number, ticket: string, localAddress?: string): Promise<RawClient> {
+  const c = await dial(port, localAddress);
   c.write(upgradeRequest(`/moves?ticket=${ticket}`));
   await until(() => c.response !== null || c.ended, 3000, 'the upgrade response');
   return c;
@@ -607,6 +607,42 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
         2000,
         'its move',
       );
+    });
+  });
+
+  it('sockets one address never completes are bounded by maxHandshakesPerAddress (503 busy, error busy) before they take slots; other addresses and admitted clients are not', async () => {
+    const s = await setup(make, { maxConnections: 100, maxHandshakesPerAddress: 20, handshakeTimeoutMs: 10_000 });
+    await goodClientAround(s, async () => {
+      // 60 requests from 127.0.0.1 that never end (the good client there is admitted: not counted).
+      const flood = await Promise.all(
+        Array.from({ length: 60 }, async () => {
+          const c = await dial(s.wsPort);
+          c.write('GET /moves HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+          return c;
+        }),
+      );
+      await until(() => flood.filter((c) => c.ended).length >= 40, 3000, '40 refused');
+      const refused = flood.filter((c) => c.ended);
+      expect(refused.length).toBe(40);
+      expect(refused.every((c) => c.status === 503 && c.text.endsWith('\r\n\r\nbusy\n'))).toBe(true);
+      // The refused took no slot: the good client and the 20 in flight.
+      expect(s.server.connections).toBe(21);
+      // The same address is busy on every transport, a ticket or not.
+      const same = await openWs(s.wsPort, s.ticket(BAD));
+      expect(same.status).toBe(503);
+      const tcp = await dial(s.tcpPort);
+      await until(() => tcp.ended, 2000, 'the TCP refusal');
+      expect(tcp.text).toBe('error busy\n');
+      // Another address gets in meanwhile.
+      const other = await openWs(s.wsPort, s.ticket(BAD, 2), '127.0.0.2');
+      expect(other.status).toBe(101);
+      // The flood gone, its address gets in again.
+      for (const c of flood) c.socket.destroy();
+      await until(() => s.server.connections === 2, 3000, 'the flood gone');
+      const after = await openWs(s.wsPort, s.ticket(BAD));
+      expect(after.status).toBe(101);
+      after.write(wsFrame(OP.binary, frame({ room: ROOM, player: BAD, seq: 1 })));
+      await s.collected(BAD, 1, 2000, 'its move');
     });
   });
 

@@ -577,6 +577,12 @@ describe.skipIf(skip !== null)('native ingress', () => {
       message: expect.stringMatching(/did you mean idleTimeoutMs\?/),
     });
     await expect(d.listen({ ws: { prot: 0 }, ticketKey: KEY } as never)).rejects.toMatchObject({ code: ErrorCode.InvalidOption, field: 'ws.prot' });
+    for (const bad of [-1, 1.5, 2_000_000, '8']) {
+      await expect(d.listen({ ws: { port: 0 }, ticketKey: KEY, maxHandshakesPerAddress: bad as number })).rejects.toMatchObject({
+        code: ErrorCode.InvalidOption,
+        field: 'maxHandshakesPerAddress',
+      });
+    }
     expect(d.stats().ingress).toBeNull();
     expect(() => d.send(1, 1, 'text' as unknown as Uint8Array)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument }));
     expect(d.send(1, 1, Buffer.from('x'))).toBe('closed');

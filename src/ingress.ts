@@ -109,6 +109,15 @@ export interface ListenOptions {
   maxMessageBytes?: number;
   /** How long a client may take to send its upgrade request (WebSocket) or ticket line (TCP), or to have a call admitted on a new socket (gRPC). Default 5,000. */
   handshakeTimeoutMs?: number;
+  /**
+   * Handshakes in flight at once from one client address (an IPv6 client: from its /64),
+   * every transport together; a gRPC socket counts until a call is admitted on it. More are
+   * refused at once (WebSocket `503` `busy`, TCP `error busy`, gRPC: the socket is closed),
+   * before they take a slot of `maxConnections`: one client opening sockets it never
+   * completes cannot hold the server's slots. Admitted connections are not counted (players
+   * behind one NAT address are not limited). 0 = no limit. Default 256.
+   */
+  maxHandshakesPerAddress?: number;
   /** Frames refused in a row after which a connection is closed (`refused`); 0 = never. Default 32. */
   maxRefusals?: number;
   /**
@@ -168,6 +177,7 @@ export interface NativeListenOptions extends ListenAddresses {
   maxBackpressureBytes: number;
   maxMessageBytes: number;
   handshakeTimeoutMs: number;
+  maxHandshakesPerAddress: number;
   maxRefusals: number;
   /** Whether connection events are wanted (`onConnection` or `onDisconnect` given): none are queued otherwise. */
   connectionEvents: boolean;
@@ -185,6 +195,7 @@ const LISTEN_KEYS = allKeys<ListenOptions>()([
   'maxBackpressureBytes',
   'maxMessageBytes',
   'handshakeTimeoutMs',
+  'maxHandshakesPerAddress',
   'maxRefusals',
   'onConnection',
   'onDisconnect',
@@ -199,6 +210,7 @@ export const LISTEN_DEFAULTS = {
   maxBackpressureBytes: 64 * 1024,
   maxMessageBytes: 64 * 1024,
   handshakeTimeoutMs: 5_000,
+  maxHandshakesPerAddress: 256,
   maxRefusals: 32,
 } as const;
 
@@ -260,6 +272,7 @@ export function resolveListenOptions(options: ListenOptions): NativeListenOption
     maxBackpressureBytes: int(options.maxBackpressureBytes, 'maxBackpressureBytes', 1024, 1 << 30, LISTEN_DEFAULTS.maxBackpressureBytes),
     maxMessageBytes: int(options.maxMessageBytes, 'maxMessageBytes', 128, 16 << 20, LISTEN_DEFAULTS.maxMessageBytes),
     handshakeTimeoutMs: int(options.handshakeTimeoutMs, 'handshakeTimeoutMs', 1, 600_000, LISTEN_DEFAULTS.handshakeTimeoutMs),
+    maxHandshakesPerAddress: int(options.maxHandshakesPerAddress, 'maxHandshakesPerAddress', 0, 1_000_000, LISTEN_DEFAULTS.maxHandshakesPerAddress),
     maxRefusals: int(options.maxRefusals, 'maxRefusals', 0, 1_000_000, LISTEN_DEFAULTS.maxRefusals),
     connectionEvents: options.onConnection !== undefined || options.onDisconnect !== undefined,
     ...(echo ? { echoForTesting: true } : {}),

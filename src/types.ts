@@ -354,7 +354,7 @@ export interface IngressStats {
   connections: number;
   /** Connections admitted (ticket checked) since `listen`. */
   accepted: number;
-  /** Connections refused before opening: bad ticket, `maxConnections`, bad or slow handshake. */
+  /** Connections refused before opening: bad ticket, `maxConnections`, `maxHandshakesPerAddress`, bad or slow handshake. */
   refused: number;
   /** Admitted connections closed since. */
   closed: number;

@@ -364,6 +364,8 @@ pub struct NativeListenOptions {
     pub max_backpressure_bytes: u32,
     pub max_message_bytes: u32,
     pub handshake_timeout_ms: u32,
+    /// Absent: no limit (as before the option).
+    pub max_handshakes_per_address: Option<u32>,
     pub max_refusals: u32,
     /// Whether JavaScript listens for connection events (absent: yes, as before the option).
     pub connection_events: Option<bool>,
@@ -790,6 +792,7 @@ impl NativeDispatcher {
             max_backpressure_bytes: options.max_backpressure_bytes as usize,
             max_message_bytes: options.max_message_bytes as usize,
             handshake_timeout_ms: u64::from(options.handshake_timeout_ms),
+            max_handshakes_per_address: options.max_handshakes_per_address.unwrap_or(0) as usize,
             max_refusals: options.max_refusals,
             connection_events: options.connection_events.unwrap_or(true),
             echo_for_testing: options.echo_for_testing.unwrap_or(false),

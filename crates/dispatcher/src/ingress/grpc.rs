@@ -24,7 +24,9 @@
 //! A TCP connection to the gRPC port is not a connection in the `max_connections` sense
 //! until it opens a call (HTTP/2 multiplexes calls, and a client may carry several players'
 //! calls over one socket), but the sockets themselves are bounded too ([`Socket`]): at most
-//! `max_connections` at once (more are closed at once and counted refused); one that has
+//! `max_connections` at once, and of one client address at most
+//! `max_handshakes_per_address` with no call admitted yet (more are closed at once and
+//! counted refused); one that has
 //! not had a call admitted within `handshake_timeout_ms` is closed (a client that connects
 //! and says nothing, or only fails tickets, holds no file for long); HTTP/2 keepalive pings
 //! at `idle_timeout_ms / 2` close a peer that stopped answering; and when the server stops,
@@ -53,7 +55,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::server::{CloseReason, Conn, Hub, Intake, Transport};
+use super::server::{CloseReason, Conn, Handshaking, Hub, Intake, Transport};
 
 /// `move_dispatcher.v1.MoveFrames`: what a client sends.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -132,6 +134,13 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener, tx: mpsc::Sender<std::io::
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // Its address's handshakes in flight first: a socket counts as one until a call is
+        // admitted on it (one client's silent sockets must not fill the port).
+        let peer = stream.peer_addr().ok().map(super::server::canonical);
+        let Ok(handshaking) = hub.begin_handshake(peer) else {
+            drop(stream);
+            continue;
+        };
         if open.fetch_add(1, Ordering::AcqRel) >= hub.opts.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
             hub.counters
@@ -141,7 +150,7 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener, tx: mpsc::Sender<std::io::
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let socket = Socket::new(&hub, stream, Slot(Arc::clone(&open)));
+        let socket = Socket::new(&hub, stream, peer, Slot(Arc::clone(&open)), handshaking);
         if tx.send(Ok(socket)).await.is_err() {
             return;
         }
@@ -173,6 +182,8 @@ struct Socket {
     info: SocketInfo,
     /// Until a call is admitted.
     handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its place among its address's handshakes in flight, until a call is admitted.
+    handshaking: Option<Handshaking>,
     /// The server's stop, then the grace.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// An end came: every later read and write fails at once.
@@ -181,10 +192,15 @@ struct Socket {
 }
 
 impl Socket {
-    fn new(hub: &Arc<Hub>, io: TcpStream, slot: Slot) -> Self {
+    fn new(
+        hub: &Arc<Hub>,
+        io: TcpStream,
+        peer: Option<std::net::SocketAddr>,
+        slot: Slot,
+        handshaking: Option<Handshaking>,
+    ) -> Self {
         let ms = hub.opts.handshake_timeout_ms;
         let hub = Arc::clone(hub);
-        let peer = io.peer_addr().ok().map(super::server::canonical);
         Self {
             io,
             info: SocketInfo {
@@ -192,6 +208,7 @@ impl Socket {
                 peer,
             },
             handshake: (ms > 0).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms)))),
+            handshaking,
             stop: Box::pin(async move {
                 hub.stopped().await;
                 tokio::time::sleep(STOP_GRACE).await;
@@ -203,6 +220,9 @@ impl Socket {
 
     /// Whether the socket must end now; registers `cx` for both ends otherwise.
     fn ending(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.handshaking.is_some() && self.info.admitted.load(Ordering::Acquire) {
+            self.handshaking = None;
+        }
         if !self.ended {
             if let Some(h) = self.handshake.as_mut() {
                 if self.info.admitted.load(Ordering::Acquire) {

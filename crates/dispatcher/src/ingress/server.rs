@@ -37,7 +37,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -118,6 +118,10 @@ pub struct Options {
     pub max_message_bytes: usize,
     /// How long a client may take to send its upgrade request or ticket line.
     pub handshake_timeout_ms: u64,
+    /// Handshakes in flight at once from one client address (IPv6: one /64), every
+    /// transport together (a gRPC socket counts until a call is admitted on it); more are
+    /// refused at once (`busy`). 0: no limit.
+    pub max_handshakes_per_address: usize,
     /// Frames refused in a row after which a connection is closed (0: never).
     pub max_refusals: u32,
     /// Whether connection opens and closes are published to JavaScript: without a listener
@@ -349,6 +353,40 @@ pub(super) struct Hub {
     stop: Notify,
     /// What the idle sweeper scans ([`sweep_idle`]).
     live: Mutex<Live>,
+    /// Handshakes in flight by client address ([`Hub::begin_handshake`]); an address is
+    /// listed only while it has one, so the map holds at most `max_connections` entries
+    /// (plus the gRPC port's sockets).
+    handshaking: Mutex<HashMap<u128, u32>>,
+}
+
+/// The key a client's address is counted under by [`Hub::begin_handshake`]: an IPv4 address
+/// as itself, an IPv6 address by its /64 — the prefix one subscriber is given, so holding
+/// many addresses of it costs an attacker nothing. The two never collide: an IPv4 key is
+/// below 2^32, and a /64 key with its high bits zero would be `::/64`, which no client has.
+fn address_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+    }
+}
+
+/// A handshake in flight counted against its client's address ([`Hub::begin_handshake`]);
+/// given back on drop.
+pub(super) struct Handshaking {
+    hub: Arc<Hub>,
+    key: u128,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut map = self.hub.handshaking();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -364,6 +402,47 @@ impl Hub {
 
     fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handshaking(&self) -> MutexGuard<'_, HashMap<u128, u32>> {
+        self.handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admission, before anything else (every transport): a place among the handshakes in
+    /// flight of `peer`'s address, held until the returned guard drops; `Err`, counted as
+    /// refused, when that address has `max_handshakes_per_address` in flight already. With
+    /// no limit, or no address known (a socket already gone), nothing is counted.
+    ///
+    /// Without it, handshakes in flight hold slots of `max_connections` until
+    /// `handshake_timeout_ms`, so one client opening sockets it never completes keeps
+    /// everyone out.
+    pub(super) fn begin_handshake(
+        self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<Handshaking>, ()> {
+        let max = self.opts.max_handshakes_per_address;
+        let Some(peer) = peer.filter(|_| max > 0) else {
+            return Ok(None);
+        };
+        let key = address_key(peer.ip());
+        {
+            let mut map = self.handshaking();
+            let n = map.entry(key).or_insert(0);
+            if *n as usize >= max {
+                drop(map);
+                self.counters
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(());
+            }
+            *n += 1;
+        }
+        Ok(Some(Handshaking {
+            hub: Arc::clone(self),
+            key,
+        }))
     }
 
     /// Whether [`Ingress::close`] was called.
@@ -601,6 +680,7 @@ impl Ingress {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             live: Mutex::default(),
+            handshaking: Mutex::default(),
         });
         let mut tasks = Vec::new();
         if hub.opts.idle_timeout_ms > 0 {
@@ -934,7 +1014,17 @@ async fn admission(
     stream: &mut TcpStream,
     transport: Transport,
 ) -> Option<(Arc<Conn>, Reader, Next)> {
-    // Capacity first (cheap, and a refused client keeps its ticket), then the handshake.
+    // The address's handshakes in flight, then capacity (cheap, and a refused client keeps
+    // its ticket), then the handshake.
+    let peer = stream.peer_addr().ok().map(canonical);
+    let Ok(_handshaking) = hub.begin_handshake(peer) else {
+        let msg: &[u8] = match transport {
+            Transport::Ws => WS_BUSY,
+            _ => b"error busy\n",
+        };
+        refuse(stream, msg).await;
+        return None;
+    };
     if !hub.reserve() {
         let msg: &[u8] = match transport {
             Transport::Ws => WS_FULL,
@@ -983,7 +1073,6 @@ async fn admission(
         hub.refuse();
         return None;
     }
-    let peer = stream.peer_addr().ok().map(canonical);
     let conn = hub.admit(&who, transport, peer);
     let mut r = Reader::new(hub, &conn);
     // The bytes that followed the handshake; none once the server closes (the connection
@@ -997,8 +1086,9 @@ async fn admission(
 }
 
 /// WebSocket refusals, as [`ws::response_error`] writes them: the body names the reason, as
-/// the TCP transport's error line does (`full`, `shutdown`, `timeout`).
+/// the TCP transport's error line does (`full`, `busy`, `shutdown`, `timeout`).
 const WS_FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nfull\n";
+const WS_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n";
 const WS_SHUTDOWN: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\r\nshutdown\n";
 const WS_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\ntimeout\n";
 
@@ -1758,6 +1848,7 @@ mod tests {
             max_backpressure_bytes: 1 << 16,
             max_message_bytes: 1 << 16,
             handshake_timeout_ms: 5_000,
+            max_handshakes_per_address: 0,
             max_refusals: 0,
             connection_events: true,
             echo_for_testing: false,
@@ -1820,6 +1911,86 @@ mod tests {
             );
             ingress.close();
         }
+    }
+
+    /// IPv4 addresses count alone, IPv6 ones by their /64, an IPv4-mapped one as IPv4.
+    #[test]
+    fn handshakes_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_ne!(key("127.0.0.1"), key("127.0.0.2"));
+        assert_eq!(key("::ffff:127.0.0.1"), key("127.0.0.1"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("::1"), key("0.0.0.1"));
+    }
+
+    /// Past `max_handshakes_per_address` silent sockets from one address, the next is
+    /// refused at once (`error busy`) while slots of `max_connections` are left; a place
+    /// comes back when one of them goes, and a ticket still gets in then.
+    #[test]
+    fn handshakes_in_flight_per_address_are_bounded() {
+        let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
+        assert_eq!(
+            core.open_room(3, false, true, None),
+            crate::verdict::Status::Ok
+        );
+        assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
+        let ingress = Ingress::start(
+            core.ingress_parts().unwrap(),
+            Options {
+                tcp: Some("127.0.0.1:0".parse().unwrap()),
+                max_handshakes_per_address: 2,
+                ..test_options()
+            },
+        )
+        .unwrap();
+        let at = ingress.address(Transport::Tcp).unwrap();
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let mut silent: Vec<StdStream> = (0..2).map(|_| StdStream::connect(at).unwrap()).collect();
+        wait_for("two handshakes in flight", &|| ingress.connections() == 2);
+        let mut third = StdStream::connect(at).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = String::new();
+        third.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "error busy\n");
+        assert_eq!(ingress.connections(), 2, "the refused one took no slot");
+        assert_eq!(ingress.counters().refused_connections, 1);
+        // One silent socket goes: its handshake fails (refused, with its place given back).
+        drop(silent.remove(0));
+        wait_for("the place given back", &|| {
+            ingress.hub.handshaking().values().sum::<u32>() == 1
+        });
+        let ticket = crate::ingress::ticket::tests::mint(
+            &test_options().ticket_key,
+            3,
+            9,
+            crate::ingress::ticket::now_unix_ms() + 60_000,
+            [2; 16],
+        );
+        let mut s = StdStream::connect(at).unwrap();
+        s.write_all(format!("ticket {ticket}\n").as_bytes())
+            .unwrap();
+        wait_for("the ticket admitted", &|| {
+            ingress.counters().accepted_connections == 1
+        });
+        // Admitted, it no longer counts among the handshakes in flight.
+        wait_for("one handshake left", &|| {
+            ingress.hub.handshaking().values().sum::<u32>() == 1
+        });
+        assert_eq!(
+            silent.len(),
+            1,
+            "the other silent socket is still in flight"
+        );
+        ingress.close();
     }
 
     /// A core and its ingress in echo mode, on a free port of 127.0.0.1.
@@ -1940,10 +2111,11 @@ mod tests {
         // 256 bytes in release builds (264 in debug ones): tokio's task cell (header and
         // trailer around the future, aligned to 128) is then 384 bytes; past 288 it would be
         // 512. The admission (boxed only while a handshake is in flight, and racing the
-        // server's close) is 560 bytes in both.
+        // server's close) is 624 bytes in both (560 before it held the client's address and
+        // its place among that address's handshakes in flight).
         assert!(size <= 288, "the connection task grew to {size} bytes");
         assert!(
-            admission_size <= 576,
+            admission_size <= 640,
             "the admission grew to {admission_size} bytes"
         );
     }

@@ -45,4 +45,4 @@ export type {
   StreamResult,
 } from './src/types';
 export type { TicketClaims } from './src/ticket';
-export type { ConnectionInfo, DisconnectInfo, DisconnectReason, IngressServer, ListenAddress, ListenedTransports, ListenOptions, SendResult, Transport } from './src/ingress';
+export type { ConnectionInfo, DisconnectInfo, DisconnectOptions, DisconnectReason, IngressServer, ListenAddress, ListenedTransports, ListenOptions, SendResult, Transport } from './src/ingress';

@@ -283,10 +283,15 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     await until(() => first.events.opened.length === 2, 2000, 'two calls');
     expect(d.disconnect(1, 1)).toBe(1);
     expect(await kicked.ended).toEqual({ code: grpc.status.ABORTED, details: 'kicked' });
+    // With a reason: the status message says it.
+    const banned = call(c, issueTicket(KEY, { room: 1, player: 1 }));
+    await until(() => first.events.opened.length === 3, 2000, 'the third call');
+    expect(d.disconnect(1, 1, { code: 4001, reason: 'banned' })).toBe(1);
+    expect(await banned.ended).toEqual({ code: grpc.status.ABORTED, details: 'banned' });
     await first.server.close();
     expect(await shut.ended).toEqual({ code: grpc.status.UNAVAILABLE, details: 'shutdown' });
-    await until(() => first.events.closed.length === 2, 2000, 'close events');
-    expect(first.events.closed.map((e) => e.reason)).toEqual(['kicked', 'shutdown']);
+    await until(() => first.events.closed.length === 3, 2000, 'close events');
+    expect(first.events.closed.map((e) => e.reason)).toEqual(['kicked', 'kicked', 'shutdown']);
     const second = await start(d);
     const last = call(client(second.port), issueTicket(KEY, { room: 1, player: 3 }));
     await until(() => second.events.opened.length === 1, 2000, 'the call');

@@ -206,6 +206,39 @@ describe.skipIf(skip !== null)('native ingress', () => {
     expect(got).toEqual(['you are out']);
   });
 
+  it('disconnect() with a code and a reason: the WebSocket close frame carries them (one player, or a whole room); bad ones are typed errors', async () => {
+    const d = make();
+    d.openRoom(1);
+    for (const p of [7, 8, 9]) d.join(1, p);
+    const { wsUrl, events } = await start(d);
+    const closedEvents = events.closed;
+    const [a, b, c] = await Promise.all([7, 8, 9].map((player) => openWs(wsUrl(issueTicket(KEY, { room: 1, player })))));
+    const closes = [a, b, c].map((ws) => closeOf(ws!));
+    expect(d.disconnect(1, 7, { code: 4001, reason: 'banned: cheating ✋' })).toBe(1);
+    expect(await closes[0]).toEqual({ code: 4001, reason: 'banned: cheating ✋' });
+    // A code alone keeps the default reason; the rest of the room at once.
+    expect(d.disconnect(1, undefined, { code: 4000 })).toBe(2);
+    expect(await closes[1]).toEqual({ code: 4000, reason: 'kicked' });
+    expect(await closes[2]).toEqual({ code: 4000, reason: 'kicked' });
+    await until(() => closedEvents.length === 3, 2000, 'three close events');
+    expect(closedEvents.every((e) => e.reason === 'kicked')).toBe(true);
+    // Checked before anything is closed, listening or not.
+    for (const [options, field] of [
+      [{ code: 1001 }, 'code'],
+      [{ code: 2999 }, 'code'],
+      [{ code: 5000 }, 'code'],
+      [{ code: 4000.5 }, 'code'],
+      [{ reason: 'x'.repeat(124) }, 'reason'],
+      [{ reason: '✋'.repeat(42) }, 'reason'],
+      [{ reason: 7 }, 'reason'],
+      [{ cause: 'x' }, 'cause'],
+    ] as const) {
+      expect(() => d.disconnect(1, 7, options as never), JSON.stringify(options)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field }));
+    }
+    expect(() => d.disconnect(1, 7, null as never)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'options' }));
+    expect(d.disconnect(1, 7, { reason: 'x'.repeat(123) })).toBe(0);
+  });
+
   it('delivers ingress moves through onDelivery (push rooms) and HMAC rooms check the player key', async () => {
     const got: number[] = [];
     const d = make({

@@ -10,7 +10,7 @@ import { type Engine, type EngineConfig, Status } from './engine';
 import { type ErrorCode as ErrorCodeType, ErrorCode, rangeError, stateError, typeError } from './errors';
 import { type DeliveryReleaseHook, DeliveryView, type RoomBatch, emptyBatch } from './delivery';
 import { registerEngine } from './internal';
-import { type ConnectionInfo, type DisconnectInfo, type IngressServer, type ListenedTransports, type ListenOptions, type SendResult, type Transport, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
+import { type ConnectionInfo, type DisconnectInfo, type DisconnectOptions, type IngressServer, type ListenedTransports, type ListenOptions, type SendResult, type Transport, MAX_CLOSE_REASON_BYTES, SEND_RESULTS, connectionEvent, resolveListenOptions } from './ingress';
 import { JsEngine } from './js-engine';
 import { loadNativeEngine } from './native';
 import { renderMetrics } from './metrics';
@@ -36,6 +36,26 @@ const STATS_KEYS = allKeys<StatsOptions>()(['reset', 'topRooms']);
 const noop = (): void => {};
 /** Dispatchers with calls waiting on their engine's wake-up (see `#keptAlive`). */
 const WAITING = new Set<object>();
+
+/** `disconnect()`'s options: `undefined` when none is given (the default close), else both resolved. */
+function checkDisconnectOptions(options: unknown): { code: number; reason: string } | undefined {
+  if (typeof options !== 'object' || options === null) {
+    throw typeError(ErrorCode.InvalidArgument, `disconnect: options must be an object, got ${describe(options)}`, { field: 'options' });
+  }
+  rejectUnknownKeys(options, ['code', 'reason'], 'disconnect', ErrorCode.InvalidArgument);
+  const { code, reason } = options as DisconnectOptions;
+  if (code === undefined && reason === undefined) return undefined;
+  if (code !== undefined && (typeof code !== 'number' || !Number.isInteger(code) || (code !== 1000 && (code < 3000 || code > 4999)))) {
+    throw rangeError(ErrorCode.InvalidArgument, `disconnect: code must be 1000 or an integer from 3000 to 4999, got ${describe(code)}`, { field: 'code' });
+  }
+  if (reason !== undefined && typeof reason !== 'string') {
+    throw typeError(ErrorCode.InvalidArgument, `disconnect: reason must be a string, got ${describe(reason)}`, { field: 'reason' });
+  }
+  if (reason !== undefined && Buffer.byteLength(reason, 'utf8') > MAX_CLOSE_REASON_BYTES) {
+    throw rangeError(ErrorCode.InvalidArgument, `disconnect: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes of UTF-8, got ${Buffer.byteLength(reason, 'utf8')}`, { field: 'reason' });
+  }
+  return { code: code ?? 1000, reason: reason ?? 'kicked' };
+}
 
 function checkId(value: unknown, field: string, method: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > U32_MAX) {
@@ -782,14 +802,18 @@ export class Dispatcher {
   }
 
   /**
-   * Closes `player`'s connection in `room` — or, without `player`, every connection of the
-   * room (reason `kicked`); returns how many.
+   * Closes `player`'s connection in `room` — or, without `player` (`undefined`), every
+   * connection of the room (reason `kicked`); returns how many. What was queued for a
+   * connection before the call is written first. A WebSocket is closed with 1000 "kicked",
+   * or with `options.code` / `options.reason` (say, 4001 "banned"); a gRPC call ends
+   * `ABORTED` with the reason as its message; a TCP stream just ends.
    */
-  disconnect(room: number, player?: number): number {
+  disconnect(room: number, player?: number, options: DisconnectOptions = {}): number {
     checkId(room, 'room', 'disconnect');
     if (player !== undefined) checkId(player, 'player', 'disconnect');
+    const kick = checkDisconnectOptions(options);
     if (!this.#listening()) return 0;
-    return this.#engine.disconnect?.(room, player) ?? 0;
+    return this.#engine.disconnect?.(room, player, kick?.code, kick?.reason) ?? 0;
   }
 
   /**

@@ -188,7 +188,8 @@ export interface Engine {
   /** 0 sent, 1 backpressure, 2 dropped, 3 closed. */
   send?(room: number, player: number, bytes: Uint8Array): number;
   broadcast?(room: number, bytes: Uint8Array, except: number[] | undefined): number;
-  disconnect?(room: number, player: number | undefined): number;
+  /** With `code` / `reason`: what a WebSocket's close frame says instead of 1000 "kicked". */
+  disconnect?(room: number, player: number | undefined, code: number | undefined, reason: string | undefined): number;
   ingressStats?(): NativeIngressStats | null;
   /** @internal Test hook: stop (true) or restart (false) validation, to fill queues deterministically. */
   pause(paused: boolean): void;

@@ -42,6 +42,23 @@ export type DisconnectReason =
   /** `disconnect()` from the control plane. */
   | 'kicked';
 
+/** What `disconnect()` tells the connections it closes (their `onDisconnect` reason is `kicked` either way). */
+export interface DisconnectOptions {
+  /**
+   * The WebSocket close code: 1000, or 3000–4999 (4000–4999 are the application's own, as
+   * Colyseus and uWebSockets.js clients use them). Default 1000.
+   */
+  code?: number;
+  /**
+   * The WebSocket close reason (at most 123 bytes of UTF-8), also the message of the gRPC
+   * status (`ABORTED`). Default `'kicked'`. A TCP stream just ends: `send` a message first.
+   */
+  reason?: string;
+}
+
+/** The largest close reason a WebSocket close frame holds (125 bytes, less the code's 2). */
+export const MAX_CLOSE_REASON_BYTES = 123;
+
 /** Reason names by the addon's numbers (crates/dispatcher/src/ingress/server.rs). */
 const REASONS: readonly (DisconnectReason | undefined)[] = [
   undefined,

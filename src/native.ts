@@ -55,7 +55,7 @@ interface NativeDispatcherInstance {
   ingressClosing?(): number;
   send?(room: number, player: number, bytes: Uint8Array): number;
   broadcast?(room: number, bytes: Uint8Array, except?: Uint32Array): number;
-  disconnect?(room: number, player?: number): number;
+  disconnect?(room: number, player?: number, code?: number, reason?: string): number;
   ingressStats?(): NativeIngressStats | null | undefined;
 }
 
@@ -459,8 +459,8 @@ class NativeEngine implements Engine {
   broadcast(room: number, bytes: Uint8Array, except: number[] | undefined): number {
     return this.#n.broadcast?.(room, bytes, except === undefined ? undefined : Uint32Array.from(except)) ?? 0;
   }
-  disconnect(room: number, player: number | undefined): number {
-    return this.#n.disconnect?.(room, player) ?? 0;
+  disconnect(room: number, player: number | undefined, code: number | undefined, reason: string | undefined): number {
+    return this.#n.disconnect?.(room, player, code, reason) ?? 0;
   }
   ingressStats(): NativeIngressStats | null {
     return this.#n.ingressStats?.() ?? null;

@@ -894,16 +894,39 @@ impl NativeDispatcher {
     }
 
     /// Closes a player's connection (`player` given) or every connection of `room`; how many.
+    /// With `code` or `reason`, that is what a WebSocket's close frame (and a gRPC status
+    /// message) says instead of 1000 "kicked" (checked by `src/dispatcher.ts` first).
+    ///
+    /// # Errors
+    /// A code other than 1000 or 3000–4999, or a reason over 123 bytes of UTF-8.
     #[napi(catch_unwind)]
-    pub fn disconnect(&self, room: u32, player: Option<u32>) -> u32 {
-        with_entry(self.id, |e| {
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "napi-rs converts a JavaScript string argument to an owned String"
+    )]
+    pub fn disconnect(
+        &self,
+        room: u32,
+        player: Option<u32>,
+        code: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<u32> {
+        let kick = if code.is_none() && reason.is_none() {
+            None
+        } else {
+            let code = u16::try_from(code.unwrap_or(1000)).unwrap_or(0);
+            let kick = ingress::Kick::new(code, reason.as_deref().unwrap_or("kicked"))
+                .map_err(|(field, why)| Error::new(Status::InvalidArg, format!("{field} {why}")))?;
+            Some(kick)
+        };
+        Ok(with_entry(self.id, |e| {
             e.ingress.as_ref().map(|i| match player {
-                Some(p) => u32::from(i.disconnect(room, p)),
-                None => u32_of(i.disconnect_room(room)),
+                Some(p) => u32::from(i.disconnect(room, p, kick)),
+                None => u32_of(i.disconnect_room(room, kick)),
             })
         })
         .flatten()
-        .unwrap_or(0)
+        .unwrap_or(0))
     }
 
     /// Native ingress figures; `undefined` when not listening.

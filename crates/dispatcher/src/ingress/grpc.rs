@@ -499,7 +499,15 @@ async fn call(
     end: Arc<Mutex<Option<End>>>,
 ) {
     let reason = pump(&hub, &conn, &mut inbound, &tx).await;
-    let status = status_of(reason).unwrap_or_else(|| Status::new(Code::Ok, ""));
+    let kick = if reason == CloseReason::Kicked {
+        hub.take_kick(&conn)
+    } else {
+        None
+    };
+    let status = match kick {
+        Some(k) => Status::aborted(k.reason()),
+        None => status_of(reason).unwrap_or_else(|| Status::new(Code::Ok, "")),
+    };
     let first = matches!(reason, CloseReason::Backpressure | CloseReason::Shutdown);
     *end.lock().unwrap_or_else(PoisonError::into_inner) = Some(End { status, first });
     drop(tx);

@@ -22,7 +22,7 @@ pub mod server;
 pub mod ticket;
 pub mod ws;
 
-pub use server::{CloseReason, Ingress, ListenError, Options, SendOutcome, Transport};
+pub use server::{CloseReason, Ingress, Kick, ListenError, Options, SendOutcome, Transport};
 
 /// What native ingress takes from a running dispatcher (`Core::ingress_parts`).
 pub struct Parts {

@@ -158,6 +158,60 @@ pub struct CounterSnapshot {
     pub dropped_out: u64,
 }
 
+/// What a kicked connection is told ([`Ingress::disconnect`] with one): the WebSocket close
+/// frame's code and reason, and the gRPC status message (`ABORTED`). TCP has no close
+/// message: its stream just ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    code: u16,
+    reason: Box<str>,
+}
+
+impl Kick {
+    /// The close frame's reason holds 123 bytes at most (a control frame's 125, less the code).
+    pub const MAX_REASON_BYTES: usize = 123;
+
+    /// A kick with a close code of 1000 or 3000–4999 (the codes an application may send;
+    /// 4000–4999 are private) and a reason of at most [`Kick::MAX_REASON_BYTES`] bytes.
+    ///
+    /// # Errors
+    /// The code or the reason out of bounds: which, and why.
+    pub fn new(code: u16, reason: &str) -> Result<Self, (&'static str, String)> {
+        if code != ws::CLOSE_NORMAL && !(3000..=4999).contains(&code) {
+            return Err((
+                "code",
+                format!("must be 1000 or from 3000 to 4999, got {code}"),
+            ));
+        }
+        if reason.len() > Self::MAX_REASON_BYTES {
+            return Err((
+                "reason",
+                format!(
+                    "must be at most {} bytes of UTF-8, got {}",
+                    Self::MAX_REASON_BYTES,
+                    reason.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            code,
+            reason: reason.into(),
+        })
+    }
+
+    /// The close code.
+    #[must_use]
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The reason.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 /// The outbound side of one connection, shared with `send` and `broadcast`.
 /// The next connection's [`Conn::id`]: one counter for every ingress of the process, so an
 /// id is never reused, not even by a later `listen` or another dispatcher.
@@ -242,10 +296,16 @@ impl Conn {
     }
 
     fn ask_close(&self, reason: CloseReason) {
-        let _ = self
-            .close
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.try_close(reason);
         self.notify();
+    }
+
+    /// Sets the close the server side asks for unless one is set already; whether it did.
+    /// The caller notifies.
+    fn try_close(&self, reason: CloseReason) -> bool {
+        self.close
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Wakes the connection's task (bytes to write, or a close to carry out); if it is not
@@ -357,6 +417,10 @@ pub(super) struct Hub {
     /// listed only while it has one, so the map holds at most `max_connections` entries
     /// (plus the gRPC port's sockets).
     handshaking: Mutex<HashMap<u128, u32>>,
+    /// What kicked connections are told, by connection id ([`Ingress::disconnect`] with a
+    /// [`Kick`]): kept here rather than in every [`Conn`], which few use; taken by the close,
+    /// removed at the latest by [`Hub::leave`].
+    kicks: Mutex<HashMap<u64, Arc<Kick>>>,
 }
 
 /// The key a client's address is counted under by [`Hub::begin_handshake`]: an IPv4 address
@@ -402,6 +466,30 @@ impl Hub {
 
     fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn kicks(&self) -> MutexGuard<'_, HashMap<u64, Arc<Kick>>> {
+        self.kicks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks `conn` to close as kicked, with what it is told (`None`: the default, code 1000
+    /// and "kicked"). A connection already closing for another reason keeps that one.
+    fn kick(&self, conn: &Conn, kick: Option<&Arc<Kick>>) {
+        if let Some(kick) = kick {
+            // Under the lock, so that the close, once it sees `Kicked`, finds the kick.
+            let mut kicks = self.kicks();
+            if conn.try_close(CloseReason::Kicked) {
+                kicks.insert(conn.id, Arc::clone(kick));
+            }
+        } else {
+            let _ = conn.try_close(CloseReason::Kicked);
+        }
+        conn.notify();
+    }
+
+    /// What a connection closing as kicked is told, if [`Hub::kick`] was given it.
+    pub(super) fn take_kick(&self, conn: &Conn) -> Option<Arc<Kick>> {
+        self.kicks().remove(&conn.id)
     }
 
     fn handshaking(&self) -> MutexGuard<'_, HashMap<u128, u32>> {
@@ -557,6 +645,10 @@ impl Hub {
             live.slots[slot as usize] = None;
             live.free.push(slot);
         }
+        if conn.close.load(Ordering::Acquire) == CloseReason::Kicked as u8 {
+            // Not taken if the connection ended another way first (a reset).
+            let _ = self.take_kick(conn);
+        }
         if !self.opts.echo_for_testing {
             self.registry().remove(conn);
             self.counters
@@ -681,6 +773,7 @@ impl Ingress {
             stop: Notify::new(),
             live: Mutex::default(),
             handshaking: Mutex::default(),
+            kicks: Mutex::default(),
         });
         let mut tasks = Vec::new();
         if hub.opts.idle_timeout_ms > 0 {
@@ -770,14 +863,16 @@ impl Ingress {
         n
     }
 
-    /// Closes the connection of `player` in `room` (reason `Kicked`); whether there was one.
-    pub fn disconnect(&self, room: u32, player: u32) -> bool {
+    /// Closes the connection of `player` in `room` (reason `Kicked`), telling it `kick` (by
+    /// default, WebSocket close 1000 "kicked"); whether there was one.
+    pub fn disconnect(&self, room: u32, player: u32, kick: Option<Kick>) -> bool {
         let c = self.hub.registry().by_player.get(&(room, player)).cloned();
-        c.inspect(|c| c.ask_close(CloseReason::Kicked)).is_some()
+        let kick = kick.map(Arc::new);
+        c.inspect(|c| self.hub.kick(c, kick.as_ref())).is_some()
     }
 
-    /// Closes every connection of `room` (reason `Kicked`); how many.
-    pub fn disconnect_room(&self, room: u32) -> usize {
+    /// Closes every connection of `room` (reason `Kicked`), telling each `kick`; how many.
+    pub fn disconnect_room(&self, room: u32, kick: Option<Kick>) -> usize {
         let list = self
             .hub
             .registry()
@@ -785,8 +880,9 @@ impl Ingress {
             .get(&room)
             .cloned()
             .unwrap_or_default();
+        let kick = kick.map(Arc::new);
         for c in &list {
-            c.ask_close(CloseReason::Kicked);
+            self.hub.kick(c, kick.as_ref());
         }
         list.len()
     }
@@ -1640,7 +1736,14 @@ async fn finish(
         // A client's Close was answered in the queue. Otherwise the close frame follows
         // whole frames only: after a frame cut short, the client could not parse it.
         if reason != CloseReason::Closed && between_frames {
-            let (code, text) = close_frame(reason, ws_close);
+            let kick = if reason == CloseReason::Kicked {
+                hub.take_kick(conn)
+            } else {
+                None
+            };
+            let (code, text) = kick
+                .as_deref()
+                .map_or_else(|| close_frame(reason, ws_close), |k| (k.code, k.reason()));
             let mut frame = Vec::new();
             ws::encode_close(code, text, &mut frame);
             let _ = tokio::time::timeout(CLOSE_FLUSH, stream.write_all(&frame)).await;
@@ -1990,6 +2093,63 @@ mod tests {
             1,
             "the other silent socket is still in flight"
         );
+        ingress.close();
+    }
+
+    /// A kick's code is 1000 or an application's (3000–4999); its reason fits a close frame.
+    #[test]
+    fn a_kick_is_a_close_an_application_may_send() {
+        assert!(Kick::new(1000, "").is_ok());
+        assert!(Kick::new(3000, "x").is_ok());
+        assert!(Kick::new(4999, &"x".repeat(123)).is_ok());
+        for code in [0, 999, 1001, 1008, 2999, 5000, u16::MAX] {
+            assert_eq!(Kick::new(code, "x").unwrap_err().0, "code", "{code}");
+        }
+        assert_eq!(Kick::new(4000, &"x".repeat(124)).unwrap_err().0, "reason");
+    }
+
+    /// A kicked TCP connection (no close message on TCP) leaves no kick behind.
+    #[test]
+    fn a_kick_no_close_frame_took_is_dropped_with_its_connection() {
+        let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
+        assert_eq!(
+            core.open_room(3, false, true, None),
+            crate::verdict::Status::Ok
+        );
+        assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
+        let ingress = Ingress::start(
+            core.ingress_parts().unwrap(),
+            Options {
+                tcp: Some("127.0.0.1:0".parse().unwrap()),
+                ..test_options()
+            },
+        )
+        .unwrap();
+        let ticket = crate::ingress::ticket::tests::mint(
+            &test_options().ticket_key,
+            3,
+            9,
+            crate::ingress::ticket::now_unix_ms() + 60_000,
+            [3; 16],
+        );
+        let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
+        s.write_all(format!("ticket {ticket}\n").as_bytes())
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ingress.counters().accepted_connections == 0 {
+            assert!(std::time::Instant::now() < deadline, "admitted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ingress.disconnect(3, 9, Some(Kick::new(4001, "banned").unwrap())));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "a TCP stream just ends");
+        while ingress.connections() > 0 {
+            assert!(std::time::Instant::now() < deadline, "closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ingress.hub.kicks().is_empty());
         ingress.close();
     }
 

@@ -2016,6 +2016,36 @@ mod tests {
         }
     }
 
+    /// A core with room 3 (player 9 a member) and its ingress on TCP, 127.0.0.1, with `opts`.
+    fn member_tcp_server(opts: Options) -> (Core, Ingress) {
+        let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
+        assert_eq!(
+            core.open_room(3, false, true, None),
+            crate::verdict::Status::Ok
+        );
+        assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
+        let ingress = Ingress::start(
+            core.ingress_parts().unwrap(),
+            Options {
+                tcp: Some("127.0.0.1:0".parse().unwrap()),
+                ..opts
+            },
+        )
+        .unwrap();
+        (core, ingress)
+    }
+
+    /// A ticket of player 9 in room 3 under the tests' key, for a minute.
+    fn ticket_of_9(nonce: [u8; 16]) -> String {
+        crate::ingress::ticket::tests::mint(
+            &test_options().ticket_key,
+            3,
+            9,
+            crate::ingress::ticket::now_unix_ms() + 60_000,
+            nonce,
+        )
+    }
+
     /// IPv4 addresses count alone, IPv6 ones by their /64, an IPv4-mapped one as IPv4.
     #[test]
     fn handshakes_are_counted_per_ipv4_address_and_per_ipv6_64() {
@@ -2032,21 +2062,10 @@ mod tests {
     /// comes back when one of them goes, and a ticket still gets in then.
     #[test]
     fn handshakes_in_flight_per_address_are_bounded() {
-        let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
-        assert_eq!(
-            core.open_room(3, false, true, None),
-            crate::verdict::Status::Ok
-        );
-        assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
-        let ingress = Ingress::start(
-            core.ingress_parts().unwrap(),
-            Options {
-                tcp: Some("127.0.0.1:0".parse().unwrap()),
-                max_handshakes_per_address: 2,
-                ..test_options()
-            },
-        )
-        .unwrap();
+        let (_core, ingress) = member_tcp_server(Options {
+            max_handshakes_per_address: 2,
+            ..test_options()
+        });
         let at = ingress.address(Transport::Tcp).unwrap();
         let wait_for = |what: &str, f: &dyn Fn() -> bool| {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -2071,13 +2090,7 @@ mod tests {
         wait_for("the place given back", &|| {
             ingress.hub.handshaking().values().sum::<u32>() == 1
         });
-        let ticket = crate::ingress::ticket::tests::mint(
-            &test_options().ticket_key,
-            3,
-            9,
-            crate::ingress::ticket::now_unix_ms() + 60_000,
-            [2; 16],
-        );
+        let ticket = ticket_of_9([2; 16]);
         let mut s = StdStream::connect(at).unwrap();
         s.write_all(format!("ticket {ticket}\n").as_bytes())
             .unwrap();
@@ -2111,27 +2124,8 @@ mod tests {
     /// A kicked TCP connection (no close message on TCP) leaves no kick behind.
     #[test]
     fn a_kick_no_close_frame_took_is_dropped_with_its_connection() {
-        let mut core = Core::new(Config::default(), Box::new(|| {})).unwrap();
-        assert_eq!(
-            core.open_room(3, false, true, None),
-            crate::verdict::Status::Ok
-        );
-        assert_eq!(core.join(3, 9, None), crate::verdict::Status::Ok);
-        let ingress = Ingress::start(
-            core.ingress_parts().unwrap(),
-            Options {
-                tcp: Some("127.0.0.1:0".parse().unwrap()),
-                ..test_options()
-            },
-        )
-        .unwrap();
-        let ticket = crate::ingress::ticket::tests::mint(
-            &test_options().ticket_key,
-            3,
-            9,
-            crate::ingress::ticket::now_unix_ms() + 60_000,
-            [3; 16],
-        );
+        let (_core, ingress) = member_tcp_server(test_options());
+        let ticket = ticket_of_9([3; 16]);
         let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
         s.write_all(format!("ticket {ticket}\n").as_bytes())
             .unwrap();

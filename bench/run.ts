@@ -3,7 +3,7 @@
  *
  * Steps, each in a fresh child process: micro floors (bench/micro.ts); the idle baseline;
  * the four rows at the target load (bench/load.ts); a search for each row's sustainable
- * rate; the four rows again at a load every row sustains, and at 1,000 and 10,000 moves/s;
+ * rate (the rows taking turns, one probe each per round); the four rows again at a load every row sustains, and at 1,000 and 10,000 moves/s;
  * one frame per message over loopback TCP (bench/permessage.ts). Writes
  * `<out>/<date>-<host>.json`, and refreshes `<out>/latest.md` and `<out>/latency.svg`.
  * `--quick` (CI's smoke test) runs shorter windows and writes to `bench/results/quick/`
@@ -252,6 +252,108 @@ function renderOnly(file: string): void {
   say(`rewrote ${relative(process.cwd(), join(dir, 'latest.md'))} and latency.svg from ${relative(process.cwd(), file)}`);
 }
 
+/**
+ * One row's search for its sustainable rate: from 100,000 moves/s, double until a rate
+ * fails, then bisect (geometric mean) to `resolution`, at most `maxProbes` rates. A rate
+ * holds when a majority of `votes` probes at it pass (stopping once the majority is
+ * decided): one probe per rate let a single stall of the shared machine decide the row's
+ * rate either way. A failure while other processes held the machine says nothing about the
+ * row: that probe is run again (it stays listed), at most PROBE_RETRIES times a row.
+ * Driven one probe at a time (`rate`, then `record`), so that rows can take turns.
+ */
+class RateSearch {
+  readonly probes: Probe[] = [];
+  /** The highest rate that held, and the probe reported for it (the worse passing one). */
+  lo = 0;
+  best: Measured | null = null;
+  /** The lowest rate that failed. */
+  #hi = Number.POSITIVE_INFINITY;
+  /** The rate of the next probe, its rate's number (from 1) and its vote there (from 1). */
+  rate: number;
+  step = 1;
+  done = false;
+  #retries = 0;
+  #passes = 0;
+  #fails = 0;
+  #worstPass: Measured | null = null;
+  readonly #need: number;
+
+  constructor(
+    readonly row: Row,
+    private readonly p: Settings['probe'],
+    /** Rates are whole multiples of it (one move per player per slice). */
+    private readonly unit: number,
+  ) {
+    this.#need = Math.floor(p.votes / 2) + 1;
+    this.rate = this.#round(100_000);
+  }
+
+  #round(r: number): number {
+    return Math.max(this.unit, Math.round(r / this.unit) * this.unit);
+  }
+
+  get vote(): number {
+    return this.#passes + this.#fails + 1;
+  }
+
+  record(r: Measured): void {
+    const disturbed = !r.sustained && r.foreignCpuPercent > DISTURBED_PERCENT && this.#retries < PROBE_RETRIES;
+    this.probes.push({
+      rate: this.rate,
+      sustained: r.sustained,
+      p99Ns: r.latency?.p99 ?? null,
+      achieved: r.achieved,
+      growing: r.growing,
+      censored: r.censored,
+      foreignCpuPercent: r.foreignCpuPercent,
+      hash: r.hash?.chosen ?? null,
+      retried: disturbed,
+    });
+    if (disturbed) {
+      this.#retries++;
+      return;
+    }
+    if (r.sustained) {
+      this.#passes++;
+      if (this.#worstPass === null || (r.latency?.p99 ?? 0) > (this.#worstPass.latency?.p99 ?? 0)) this.#worstPass = r;
+    } else {
+      this.#fails++;
+    }
+    if (this.#passes < this.#need && this.#fails < this.#need) return;
+    // The rate is decided: the next one, or the end.
+    if (this.#passes >= this.#need) {
+      this.lo = this.rate;
+      this.best = this.#worstPass;
+    } else {
+      this.#hi = this.rate;
+    }
+    this.#passes = 0;
+    this.#fails = 0;
+    this.#worstPass = null;
+    const { lo, p } = this;
+    const hi = this.#hi;
+    let next: number;
+    if (hi === Number.POSITIVE_INFINITY) next = Math.min(p.maxRate, this.rate * 2);
+    else if (lo === 0) next = this.rate / 2;
+    else next = Math.sqrt(lo * hi);
+    next = this.#round(next);
+    if (
+      this.step >= p.maxProbes ||
+      lo >= p.maxRate ||
+      next < this.unit ||
+      (lo > 0 && hi !== Number.POSITIVE_INFINITY && hi / lo <= p.resolution) ||
+      next === this.rate ||
+      next === lo ||
+      next === hi
+    ) {
+      this.done = true;
+      return;
+    }
+    this.rate = next;
+    this.step++;
+  }
+}
+
 async function main(): Promise<void> {
   const render = process.argv.indexOf('--render');
   if (render >= 0) {
@@ -377,71 +479,23 @@ async function main(): Promise<void> {
   // 3. sustainable throughput
   if (opts.sustainable) {
     const p = settings.probe;
-    for (const row of opts.rows) {
-      const probes: Probe[] = [];
-      let lo = 0;
-      let hi = Number.POSITIVE_INFINITY;
-      let best: Measured | null = null;
-      let rate = roundRate(100_000);
-      let retries = 0;
-      // A rate holds when a majority of `votes` probes at it pass (stopping once the
-      // majority is decided); one probe per rate let a single stall of the shared machine
-      // decide the row's rate either way.
-      const need = Math.floor(p.votes / 2) + 1;
-      for (let n = 0; n < p.maxProbes; n++) {
-        let passes = 0;
-        let fails = 0;
-        let worstPass: Measured | null = null;
-        while (passes < need && fails < need) {
-          const vote = passes + fails + 1;
-          const r = await load(row, rate, p.warmupS, p.windowS, p.drainLimitS, `sustainable · ${ROW_LABELS[row]} · rate ${n + 1}${p.votes > 1 ? `, probe ${vote}` : ''}: ${fmtInt(rate)}/s`);
-          // A failure while other processes held the machine says nothing about the row: the
-          // probe is run again (it stays listed), at most PROBE_RETRIES times a row.
-          const disturbed = !r.sustained && r.foreignCpuPercent > DISTURBED_PERCENT && retries < PROBE_RETRIES;
-          probes.push({
-            rate,
-            sustained: r.sustained,
-            p99Ns: r.latency?.p99 ?? null,
-            achieved: r.achieved,
-            growing: r.growing,
-            censored: r.censored,
-            foreignCpuPercent: r.foreignCpuPercent,
-            hash: r.hash?.chosen ?? null,
-            retried: disturbed,
-          });
-          if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
-          if (disturbed) {
-            retries++;
-            continue;
-          }
-          if (r.sustained) {
-            passes++;
-            // Reported at the rate: the passing probe with the higher p99 (the worse of
-            // the two that decided it).
-            if (worstPass === null || (r.latency?.p99 ?? 0) > (worstPass.latency?.p99 ?? 0)) worstPass = r;
-          } else {
-            fails++;
-          }
-        }
-        if (passes >= need) {
-          lo = rate;
-          best = worstPass;
-        } else {
-          hi = rate;
-        }
-        let next: number;
-        if (hi === Number.POSITIVE_INFINITY) next = Math.min(p.maxRate, rate * 2);
-        else if (lo === 0) next = rate / 2;
-        else next = Math.sqrt(lo * hi);
-        next = roundRate(next);
-        if (lo >= p.maxRate || next < rateUnit) break;
-        if (lo > 0 && hi !== Number.POSITIVE_INFINITY && hi / lo <= p.resolution) break;
-        if (next === rate || next === lo || next === hi) break;
-        rate = next;
+    // The rows' searches take turns, one probe each per round: this VM's speed drifts over
+    // minutes, and rows searched one after the other would each be measured in a different
+    // stretch of it — a drift that lands on the ratios between rows.
+    const searches = opts.rows.map((row) => new RateSearch(row, p, rateUnit));
+    for (let round = 1; searches.some((x) => !x.done); round++) {
+      for (const x of searches) {
+        if (x.done) continue;
+        const label = `sustainable · round ${round} · ${ROW_LABELS[x.row]} · rate ${x.step}${p.votes > 1 ? `, probe ${x.vote}` : ''}: ${fmtInt(x.rate)}/s`;
+        const r = await load(x.row, x.rate, p.warmupS, p.windowS, p.drainLimitS, label);
+        if (r.lost !== 0 || r.duplicates !== 0) results.macro.push(r); // surfaced below as a failure
+        x.record(r);
       }
-      const x: Sustainable = { row, rate: lo, ratioToBaseline: null, capped: lo >= p.maxRate, probes, at: best };
-      results.sustainable.push(x);
-      say(`sustainable ${ROW_LABELS[row].padEnd(27)} ${lo > 0 ? `${fmtInt(lo)} moves/s (p99 ${fmtNs(best?.latency?.p99)})` : 'none found'}; probes: ${probes.map((y) => `${fmtInt(y.rate)}${y.sustained ? '✓' : y.retried ? '✗(disturbed, run again)' : '✗'}`).join(' ')}`);
+    }
+    for (const x of searches) {
+      const y: Sustainable = { row: x.row, rate: x.lo, ratioToBaseline: null, capped: x.lo >= p.maxRate, probes: x.probes, at: x.best };
+      results.sustainable.push(y);
+      say(`sustainable ${ROW_LABELS[x.row].padEnd(27)} ${x.lo > 0 ? `${fmtInt(x.lo)} moves/s (p99 ${fmtNs(x.best?.latency?.p99)})` : 'none found'}; probes: ${x.probes.map((z) => `${fmtInt(z.rate)}${z.sustained ? '✓' : z.retried ? '✗(disturbed, run again)' : '✗'}`).join(' ')}`);
     }
     // The strongest baseline: the best sustainable rate among the rows without the addon.
     const candidates = results.sustainable.filter((x) => BASELINE_ROWS.includes(x.row) && x.rate > 0);

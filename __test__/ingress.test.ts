@@ -231,11 +231,17 @@ describe.skipIf(skip !== null)('native ingress', () => {
       [{ reason: 'x'.repeat(124) }, 'reason'],
       [{ reason: '✋'.repeat(42) }, 'reason'],
       [{ reason: 7 }, 'reason'],
+      [{ reason: 'half a pair: \ud83d' }, 'reason'],
+      [{ code: '4000' }, 'code'],
       [{ cause: 'x' }, 'cause'],
     ] as const) {
       expect(() => d.disconnect(1, 7, options as never), JSON.stringify(options)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field }));
     }
-    expect(() => d.disconnect(1, 7, null as never)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'options' }));
+    expect(() => d.disconnect(1, 7, { code: '4000' } as never)).toThrow(TypeError);
+    expect(() => d.disconnect(1, 7, { code: 1001 })).toThrow(RangeError);
+    for (const bad of [null, [], 'banned']) {
+      expect(() => d.disconnect(1, 7, bad as never)).toThrow(expect.objectContaining({ code: ErrorCode.InvalidArgument, field: 'options' }));
+    }
     expect(d.disconnect(1, 7, { reason: 'x'.repeat(123) })).toBe(0);
   });
 

@@ -40,8 +40,10 @@ function lastJson<T>(r: ChildResult): T {
  * Node.js itself (not this library) sometimes aborts when a worker is terminated while V8
  * compiles its code on a background thread: `NodePlatform::ForIsolate ... (data.first) !=
  * nullptr` (seen about once in 40 runs here, with the pure TypeScript engine, i.e. without
- * the addon loaded in the worker). Only that exact signature earns one retry.
+ * the addon loaded in the worker; twice in a row once, in CI on 2026-12-06, on a busy
+ * machine). Only that exact signature earns a retry, at most this many.
  */
+const NODE_WORKER_TEARDOWN_RETRIES = 3;
 const NODE_WORKER_TEARDOWN_BUG = /NodePlatform::ForIsolate[\s\S]*Assertion failed: \(data\.first\) != nullptr|Assertion failed: \(data\.first\) != nullptr[\s\S]*ForIsolate/;
 
 describe.each(ENGINES)('teardown and exit [%s engine]', (engine: EngineName) => {
@@ -81,8 +83,8 @@ describe.each(ENGINES)('teardown and exit [%s engine]', (engine: EngineName) => 
   // -------------------------------------------------------------------------------------
   it('dispatchers in 4 worker threads at once, terminated at varied moments, 8 rounds; the main thread loses nothing', () => {
     let r = runChild([], 'teardown-workers.cjs', [engine, '8']);
-    if (r.signal === 'SIGABRT' && NODE_WORKER_TEARDOWN_BUG.test(r.out)) {
-      console.warn(`[${engine}] Node.js worker-teardown abort (not this library), retrying once:\n${r.out.slice(0, 400)}`);
+    for (let retry = 1; retry <= NODE_WORKER_TEARDOWN_RETRIES && r.signal === 'SIGABRT' && NODE_WORKER_TEARDOWN_BUG.test(r.out); retry++) {
+      console.warn(`[${engine}] Node.js worker-teardown abort (not this library), retry ${retry} of ${NODE_WORKER_TEARDOWN_RETRIES}:\n${r.out.slice(0, 400)}`);
       r = runChild([], 'teardown-workers.cjs', [engine, '8']);
     }
     expect(r.signal, r.out).toBeNull();
@@ -95,7 +97,7 @@ describe.each(ENGINES)('teardown and exit [%s engine]', (engine: EngineName) => 
     expect(got.errors, 'only the workers that throw report an error').toBe(4);
     expect(got.main.accepted).toBeGreaterThan(0);
     expect(got.main.accepted, 'main thread: accepted = delivered + rejected').toBe(got.main.delivered + got.main.rejected);
-  });
+  }, 60_000);
 
   // -------------------------------------------------------------------------------------
   describe('callbacks that throw (any value) or reject are reported and the process lives on', () => {

@@ -39,20 +39,30 @@ const WAITING = new Set<object>();
 
 /** `disconnect()`'s options: `undefined` when none is given (the default close), else both resolved. */
 function checkDisconnectOptions(options: unknown): { code: number; reason: string } | undefined {
-  if (typeof options !== 'object' || options === null) {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw typeError(ErrorCode.InvalidArgument, `disconnect: options must be an object, got ${describe(options)}`, { field: 'options' });
   }
   rejectUnknownKeys(options, ['code', 'reason'], 'disconnect', ErrorCode.InvalidArgument);
   const { code, reason } = options as DisconnectOptions;
   if (code === undefined && reason === undefined) return undefined;
-  if (code !== undefined && (typeof code !== 'number' || !Number.isInteger(code) || (code !== 1000 && (code < 3000 || code > 4999)))) {
+  if (code !== undefined && typeof code !== 'number') {
+    throw typeError(ErrorCode.InvalidArgument, `disconnect: code must be a number, got ${describe(code)}`, { field: 'code' });
+  }
+  if (code !== undefined && (!Number.isInteger(code) || (code !== 1000 && (code < 3000 || code > 4999)))) {
     throw rangeError(ErrorCode.InvalidArgument, `disconnect: code must be 1000 or an integer from 3000 to 4999, got ${describe(code)}`, { field: 'code' });
   }
   if (reason !== undefined && typeof reason !== 'string') {
     throw typeError(ErrorCode.InvalidArgument, `disconnect: reason must be a string, got ${describe(reason)}`, { field: 'reason' });
   }
-  if (reason !== undefined && Buffer.byteLength(reason, 'utf8') > MAX_CLOSE_REASON_BYTES) {
-    throw rangeError(ErrorCode.InvalidArgument, `disconnect: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes of UTF-8, got ${Buffer.byteLength(reason, 'utf8')}`, { field: 'reason' });
+  if (reason !== undefined) {
+    const bytes = Buffer.from(reason, 'utf8');
+    // A lone surrogate has no UTF-8: the client would read U+FFFD instead of the text given.
+    if (bytes.toString('utf8') !== reason) {
+      throw rangeError(ErrorCode.InvalidArgument, 'disconnect: reason must be well-formed text (it holds a lone surrogate)', { field: 'reason' });
+    }
+    if (bytes.length > MAX_CLOSE_REASON_BYTES) {
+      throw rangeError(ErrorCode.InvalidArgument, `disconnect: reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes of UTF-8, got ${bytes.length}`, { field: 'reason' });
+    }
   }
   return { code: code ?? 1000, reason: reason ?? 'kicked' };
 }

@@ -914,7 +914,13 @@ impl NativeDispatcher {
         let kick = if code.is_none() && reason.is_none() {
             None
         } else {
-            let code = u16::try_from(code.unwrap_or(1000)).unwrap_or(0);
+            let code = code.unwrap_or(1000);
+            let code = u16::try_from(code).map_err(|_| {
+                Error::new(
+                    Status::InvalidArg,
+                    format!("code must be 1000 or from 3000 to 4999, got {code}"),
+                )
+            })?;
             let kick = ingress::Kick::new(code, reason.as_deref().unwrap_or("kicked"))
                 .map_err(|(field, why)| Error::new(Status::InvalidArg, format!("{field} {why}")))?;
             Some(kick)

@@ -120,7 +120,8 @@ pub(super) async fn serve(hub: Arc<Hub>, listener: TcpListener) {
 }
 
 /// Accepts the gRPC port's sockets until the server stops, each wrapped as a [`Socket`];
-/// beyond `max_connections` open at once, closes them at once (counted refused).
+/// beyond `max_connections` open at once, or `max_handshakes_per_address` of one address
+/// with no call admitted, closes them at once (counted refused).
 async fn accept(hub: Arc<Hub>, listener: TcpListener, tx: mpsc::Sender<std::io::Result<Socket>>) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {

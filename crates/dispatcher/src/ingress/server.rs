@@ -120,7 +120,8 @@ pub struct Options {
     pub handshake_timeout_ms: u64,
     /// Handshakes in flight at once from one client address (IPv6: one /64), every
     /// transport together (a gRPC socket counts until a call is admitted on it); more are
-    /// refused at once (`busy`). 0: no limit.
+    /// refused at once (WebSocket `503` `busy`, TCP `error busy`, a gRPC socket closed).
+    /// 0: no limit.
     pub max_handshakes_per_address: usize,
     /// Frames refused in a row after which a connection is closed (0: never).
     pub max_refusals: u32,
@@ -414,19 +415,23 @@ pub(super) struct Hub {
     /// What the idle sweeper scans ([`sweep_idle`]).
     live: Mutex<Live>,
     /// Handshakes in flight by client address ([`Hub::begin_handshake`]); an address is
-    /// listed only while it has one, so the map holds at most `max_connections` entries
-    /// (plus the gRPC port's sockets).
+    /// listed only while it has one, and a handshake is counted only while it holds a slot
+    /// of `max_connections` (or a socket of the gRPC port, as many at most): the map holds
+    /// at most twice `max_connections` entries.
     handshaking: Mutex<HashMap<u128, u32>>,
     /// What kicked connections are told, by connection id ([`Ingress::disconnect`] with a
     /// [`Kick`]): kept here rather than in every [`Conn`], which few use; taken by the close,
-    /// removed at the latest by [`Hub::leave`].
+    /// removed at the latest by [`Hub::leave`], after which none can be added (under this
+    /// lock, `leave` marks the connection closed, and [`Hub::kick`] adds only while it is not).
     kicks: Mutex<HashMap<u64, Arc<Kick>>>,
 }
 
 /// The key a client's address is counted under by [`Hub::begin_handshake`]: an IPv4 address
 /// as itself, an IPv6 address by its /64 — the prefix one subscriber is given, so holding
-/// many addresses of it costs an attacker nothing. The two never collide: an IPv4 key is
-/// below 2^32, and a /64 key with its high bits zero would be `::/64`, which no client has.
+/// many addresses of it costs an attacker nothing. The two do not collide in practice: an
+/// IPv4 key is below 2^32 and an IPv6 one a multiple of 2^64, both 0 only for `0.0.0.0`
+/// (never a client) and `::/64` (`::1`, IPv6 loopback). Link-local clients (`fe80::/64`) of
+/// every interface share one key.
 fn address_key(ip: IpAddr) -> u128 {
     match ip.to_canonical() {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
@@ -645,9 +650,14 @@ impl Hub {
             live.slots[slot as usize] = None;
             live.free.push(slot);
         }
-        if conn.close.load(Ordering::Acquire) == CloseReason::Kicked as u8 {
-            // Not taken if the connection ended another way first (a reset).
-            let _ = self.take_kick(conn);
+        {
+            // A kick not taken by the close (a TCP stream, or a connection that ended another
+            // way first) goes now; marked closed under the same lock, the connection takes
+            // no later kick (`disconnect` may still hold it, taken from the registry before
+            // this removes it).
+            let mut kicks = self.kicks();
+            let _ = conn.try_close(CloseReason::Closed);
+            kicks.remove(&conn.id);
         }
         if !self.opts.echo_for_testing {
             self.registry().remove(conn);
@@ -1113,7 +1123,7 @@ async fn admission(
     // The address's handshakes in flight, then capacity (cheap, and a refused client keeps
     // its ticket), then the handshake.
     let peer = stream.peer_addr().ok().map(canonical);
-    let Ok(_handshaking) = hub.begin_handshake(peer) else {
+    let Ok(handshaking) = hub.begin_handshake(peer) else {
         let msg: &[u8] = match transport {
             Transport::Ws => WS_BUSY,
             _ => b"error busy\n",
@@ -1122,6 +1132,9 @@ async fn admission(
         return None;
     };
     if !hub.reserve() {
+        // Counted only while holding a slot: not during the refusal (a client of the same
+        // address is then told `full`, the true reason, not `busy`).
+        drop(handshaking);
         let msg: &[u8] = match transport {
             Transport::Ws => WS_FULL,
             _ => b"error full\n",
@@ -1137,6 +1150,9 @@ async fn admission(
         shaken = tokio::time::timeout_at(deadline, handshake(hub, stream, transport)) => shaken,
         () = hub.stopped() => Ok(Err(shutdown_response(transport).to_vec())),
     };
+    // The handshake is over, done or refused: its address's place goes back now, not after
+    // a refusal's linger.
+    drop(handshaking);
     let (who, leftover, accept) = match shaken {
         Ok(Ok(x)) => x,
         Ok(Err(response)) if hub.stopping() => {
@@ -2143,6 +2159,68 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "closed");
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert!(ingress.hub.kicks().is_empty());
+        ingress.close();
+    }
+
+    /// A client refused `full` does not hold its address's place during the refusal's
+    /// linger: the next client of that address is told the true reason.
+    #[test]
+    fn a_full_refusal_gives_its_address_place_back_at_once() {
+        let (_core, ingress) = member_tcp_server(Options {
+            max_connections: 1,
+            max_handshakes_per_address: 2,
+            ..test_options()
+        });
+        let at = ingress.address(Transport::Tcp).unwrap();
+        let places = || ingress.hub.handshaking().values().sum::<u32>();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let _silent = StdStream::connect(at).unwrap();
+        while places() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first handshake counted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Kept open: the server lingers ~200 ms on its refusal, waiting for this end.
+        let mut full = StdStream::connect(at).unwrap();
+        full.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = [0; 11];
+        full.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"error full\n");
+        assert_eq!(
+            places(),
+            1,
+            "the refused client's place went back with its slot"
+        );
+        ingress.close();
+    }
+
+    /// A kick that comes after its connection left (`disconnect` took it from the registry
+    /// just before) is not kept.
+    #[test]
+    fn a_kick_after_the_connection_left_is_not_kept() {
+        let (_core, ingress) = member_tcp_server(test_options());
+        let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
+        s.write_all(format!("ticket {}\n", ticket_of_9([4; 16])).as_bytes())
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let conn = loop {
+            if let Some(c) = ingress.hub.registry().by_player.get(&(3, 9)).cloned() {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "admitted");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        drop(s);
+        while ingress.connections() > 0 {
+            assert!(std::time::Instant::now() < deadline, "left");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ingress
+            .hub
+            .kick(&conn, Some(&Arc::new(Kick::new(4001, "late").unwrap())));
         assert!(ingress.hub.kicks().is_empty());
         ingress.close();
     }

@@ -424,6 +424,8 @@ pub(super) struct Hub {
     /// removed at the latest by [`Hub::leave`], after which none can be added (under this
     /// lock, `leave` marks the connection closed, and [`Hub::kick`] adds only while it is not).
     kicks: Mutex<HashMap<u64, Arc<Kick>>>,
+    /// Refusals being written and lingered ([`refuse`], at most [`MAX_LINGERING_REFUSALS`]).
+    lingering: AtomicUsize,
 }
 
 /// The key a client's address is counted under by [`Hub::begin_handshake`]: an IPv4 address
@@ -784,6 +786,7 @@ impl Ingress {
             live: Mutex::default(),
             handshaking: Mutex::default(),
             kicks: Mutex::default(),
+            lingering: AtomicUsize::new(0),
         });
         let mut tasks = Vec::new();
         if hub.opts.idle_timeout_ms > 0 {
@@ -1128,7 +1131,7 @@ async fn admission(
             Transport::Ws => WS_BUSY,
             _ => b"error busy\n",
         };
-        refuse(stream, msg).await;
+        refuse(hub, stream, msg).await;
         return None;
     };
     if !hub.reserve() {
@@ -1139,7 +1142,7 @@ async fn admission(
             Transport::Ws => WS_FULL,
             _ => b"error full\n",
         };
-        refuse(stream, msg).await;
+        refuse(hub, stream, msg).await;
         return None;
     }
     let deadline = Instant::now() + Duration::from_millis(hub.opts.handshake_timeout_ms);
@@ -1159,13 +1162,13 @@ async fn admission(
             // The slot is kept until the refusal is written and lingered (at most ~400 ms):
             // the close waits for it, so `dispatcher.close()` does not stop the runtime
             // under a refusal that a client still sending would then see as a reset.
-            refuse(stream, &response).await;
+            refuse(hub, stream, &response).await;
             hub.refuse();
             return None;
         }
         Ok(Err(response)) => {
             hub.refuse();
-            refuse(stream, &response).await;
+            refuse(hub, stream, &response).await;
             return None;
         }
         Err(_) => {
@@ -1175,7 +1178,7 @@ async fn admission(
                 Transport::Ws => WS_TIMEOUT,
                 _ => b"error timeout\n",
             };
-            refuse(stream, msg).await;
+            refuse(hub, stream, msg).await;
             return None;
         }
     };
@@ -1217,14 +1220,47 @@ fn shutdown_response(transport: Transport) -> &'static [u8] {
     }
 }
 
+/// Refusals written and lingered at once, at most ([`refuse`]); past it a refused socket
+/// gets its answer only if the socket takes it at once, and is closed at once.
+pub(super) const MAX_LINGERING_REFUSALS: usize = 512;
+
 /// Answers a refused connection (`response`: an HTTP error or a TCP error line) and closes
 /// it, in at most about 400 ms. The half-close and [`linger`] matter: the client has sent
 /// bytes the server did not read (its request, or the start of it), and closing a socket
 /// with unread input sends a reset that can destroy the answer before the client reads it.
-async fn refuse(stream: &mut TcpStream, response: &[u8]) {
+///
+/// At most [`MAX_LINGERING_REFUSALS`] do so at once: a flood of connections refused (full,
+/// busy) would otherwise hold a file and a task each for those ~400 ms, and could use up
+/// the process's files. Past it the answer is written only if the socket takes it without
+/// waiting, and the socket is closed at once (its client may then read a reset instead).
+async fn refuse(hub: &Hub, stream: &mut TcpStream, response: &[u8]) {
+    let Some(_lingering) = Lingering::enter(hub) else {
+        let _ = stream.try_write(response);
+        return;
+    };
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(response)).await;
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
     linger(stream).await;
+}
+
+/// A refusal counted among the [`MAX_LINGERING_REFUSALS`] ([`Hub::lingering`]) until it
+/// drops (also when its task is dropped mid-refusal, as at the runtime's shutdown).
+struct Lingering<'a>(&'a Hub);
+
+impl<'a> Lingering<'a> {
+    fn enter(hub: &'a Hub) -> Option<Self> {
+        if hub.lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING_REFUSALS {
+            hub.lingering.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(hub))
+    }
+}
+
+impl Drop for Lingering<'_> {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Who a connection is, from its ticket.
@@ -2222,6 +2258,43 @@ mod tests {
             .hub
             .kick(&conn, Some(&Arc::new(Kick::new(4001, "late").unwrap())));
         assert!(ingress.hub.kicks().is_empty());
+        ingress.close();
+    }
+
+    /// At most `MAX_LINGERING_REFUSALS` refusals linger at once; each gives its place back
+    /// when it ends, and refusals made meanwhile end with the counter back at 0.
+    #[test]
+    fn lingering_refusals_are_bounded() {
+        let (_core, ingress) = member_tcp_server(Options {
+            max_connections: 1,
+            ..test_options()
+        });
+        let hub = &ingress.hub;
+        let held: Vec<Lingering<'_>> = (0..MAX_LINGERING_REFUSALS)
+            .map(|_| Lingering::enter(hub).unwrap())
+            .collect();
+        assert!(Lingering::enter(hub).is_none(), "past the bound");
+        drop(held);
+        assert_eq!(hub.lingering.load(Ordering::Acquire), 0);
+        // Real refusals (`full`: the one slot is held by a silent socket) count while they
+        // linger and give their place back.
+        let at = ingress.address(Transport::Tcp).unwrap();
+        let _silent = StdStream::connect(at).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ingress.connections() != 1 {
+            assert!(std::time::Instant::now() < deadline, "the slot held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let refused: Vec<StdStream> = (0..8).map(|_| StdStream::connect(at).unwrap()).collect();
+        while ingress.counters().refused_connections < 8 {
+            assert!(std::time::Instant::now() < deadline, "eight refused");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(refused);
+        while hub.lingering.load(Ordering::Acquire) != 0 {
+            assert!(std::time::Instant::now() < deadline, "the refusals ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         ingress.close();
     }
 

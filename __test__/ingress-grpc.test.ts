@@ -381,6 +381,8 @@ describe.skipIf(skip !== null)('native ingress over gRPC', () => {
     expect(a).toBeGreaterThanOrEqual(250);
     expect(a).toBeLessThan(5_000);
     expect(b).toBeLessThan(5_000);
+    // Counted as slow handshakes are on the other transports.
+    expect(d.stats().ingress?.refused).toBe(2);
     // A socket with an admitted call outlives the deadline.
     d.openRoom(1);
     d.join(1, 1);

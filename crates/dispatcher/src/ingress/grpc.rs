@@ -190,6 +190,8 @@ struct Socket {
     /// An end came: every later read and write fails at once.
     ended: bool,
     _slot: Slot,
+    /// For the count of sockets refused (no call admitted in time).
+    hub: Arc<Hub>,
 }
 
 impl Socket {
@@ -201,7 +203,7 @@ impl Socket {
         handshaking: Option<Handshaking>,
     ) -> Self {
         let ms = hub.opts.handshake_timeout_ms;
-        let hub = Arc::clone(hub);
+        let stop_hub = Arc::clone(hub);
         Self {
             io,
             info: SocketInfo {
@@ -211,11 +213,12 @@ impl Socket {
             handshake: (ms > 0).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms)))),
             handshaking,
             stop: Box::pin(async move {
-                hub.stopped().await;
+                stop_hub.stopped().await;
                 tokio::time::sleep(STOP_GRACE).await;
             }),
             ended: false,
             _slot: slot,
+            hub: Arc::clone(hub),
         }
     }
 
@@ -229,7 +232,12 @@ impl Socket {
                 if self.info.admitted.load(Ordering::Acquire) {
                     self.handshake = None;
                 } else if h.as_mut().poll(cx).is_ready() {
+                    // A slow handshake, as on the other transports: counted refused.
                     self.ended = true;
+                    self.hub
+                        .counters
+                        .refused_connections
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             if !self.ended && self.stop.as_mut().poll(cx).is_ready() {

@@ -149,6 +149,20 @@ function upgradeRequest(target: string): string {
   );
 }
 
+/**
+ * `n` clients that each start an upgrade request and never end it: the server has unread
+ * input when it refuses them (a reset there could destroy the 503 before it is read).
+ */
+function unfinishedRequests(port: number, n: number): Promise<RawClient[]> {
+  return Promise.all(
+    Array.from({ length: n }, async () => {
+      const c = await dial(port);
+      c.write('GET /moves HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+      return c;
+    }),
+  );
+}
+
 /** A raw WebSocket client past its upgrade (or refused: see `status`). */
 async function openWs(port: number, ticket: string, localAddress?: string): Promise<RawClient> {
   const c = await dial(port, localAddress);
@@ -573,15 +587,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     const s = await setup(make, { maxConnections: 50, handshakeTimeoutMs: 10_000 });
     await goodClientAround(s, async () => {
       const t0 = Date.now();
-      // Each starts a request it never ends: the server has unread input when it refuses
-      // (a reset there could destroy the 503 before it is read).
-      const flood = await Promise.all(
-        Array.from({ length: 200 }, async () => {
-          const c = await dial(s.wsPort);
-          c.write('GET /moves HTTP/1.1\r\nHost: 127.0.0.1\r\n');
-          return c;
-        }),
-      );
+      const flood = await unfinishedRequests(s.wsPort, 200);
       // 49 places were left: the others are answered at once.
       await until(() => flood.filter((c) => c.ended).length >= 151, 3000, '151 refused');
       expect(Date.now() - t0).toBeLessThan(3000);
@@ -614,13 +620,7 @@ describe.skipIf(skip !== null)('native ingress under hostile input', () => {
     const s = await setup(make, { maxConnections: 100, maxHandshakesPerAddress: 20, handshakeTimeoutMs: 10_000 });
     await goodClientAround(s, async () => {
       // 60 requests from 127.0.0.1 that never end (the good client there is admitted: not counted).
-      const flood = await Promise.all(
-        Array.from({ length: 60 }, async () => {
-          const c = await dial(s.wsPort);
-          c.write('GET /moves HTTP/1.1\r\nHost: 127.0.0.1\r\n');
-          return c;
-        }),
-      );
+      const flood = await unfinishedRequests(s.wsPort, 60);
       await until(() => flood.filter((c) => c.ended).length >= 40, 3000, '40 refused');
       const refused = flood.filter((c) => c.ended);
       expect(refused.length).toBe(40);

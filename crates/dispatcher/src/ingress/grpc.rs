@@ -224,14 +224,16 @@ impl Socket {
 
     /// Whether the socket must end now; registers `cx` for both ends otherwise.
     fn ending(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.handshaking.is_some() && self.info.admitted.load(Ordering::Acquire) {
+        // A call admitted: the handshake deadline and the address's place both end.
+        if (self.handshake.is_some() || self.handshaking.is_some())
+            && self.info.admitted.load(Ordering::Acquire)
+        {
+            self.handshake = None;
             self.handshaking = None;
         }
         if !self.ended {
             if let Some(h) = self.handshake.as_mut() {
-                if self.info.admitted.load(Ordering::Acquire) {
-                    self.handshake = None;
-                } else if h.as_mut().poll(cx).is_ready() {
+                if h.as_mut().poll(cx).is_ready() {
                     // A slow handshake, as on the other transports: counted refused.
                     self.ended = true;
                     self.hub

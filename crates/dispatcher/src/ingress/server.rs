@@ -2098,6 +2098,23 @@ mod tests {
         )
     }
 
+    /// Waits until `f` holds, at most 5 s (then fails, saying `what`).
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A TCP client of `ingress` that sent player 9's ticket (minted with `nonce`).
+    fn ticketed_tcp_client(ingress: &Ingress, nonce: [u8; 16]) -> StdStream {
+        let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
+        s.write_all(format!("ticket {}\n", ticket_of_9(nonce)).as_bytes())
+            .unwrap();
+        s
+    }
+
     /// IPv4 addresses count alone, IPv6 ones by their /64, an IPv4-mapped one as IPv4.
     #[test]
     fn handshakes_are_counted_per_ipv4_address_and_per_ipv6_64() {
@@ -2119,15 +2136,8 @@ mod tests {
             ..test_options()
         });
         let at = ingress.address(Transport::Tcp).unwrap();
-        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !f() {
-                assert!(std::time::Instant::now() < deadline, "{what}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        };
         let mut silent: Vec<StdStream> = (0..2).map(|_| StdStream::connect(at).unwrap()).collect();
-        wait_for("two handshakes in flight", &|| ingress.connections() == 2);
+        wait_for("two handshakes in flight", || ingress.connections() == 2);
         let mut third = StdStream::connect(at).unwrap();
         third
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -2139,18 +2149,15 @@ mod tests {
         assert_eq!(ingress.counters().refused_connections, 1);
         // One silent socket goes: its handshake fails (refused, with its place given back).
         drop(silent.remove(0));
-        wait_for("the place given back", &|| {
+        wait_for("the place given back", || {
             ingress.hub.handshaking().values().sum::<u32>() == 1
         });
-        let ticket = ticket_of_9([2; 16]);
-        let mut s = StdStream::connect(at).unwrap();
-        s.write_all(format!("ticket {ticket}\n").as_bytes())
-            .unwrap();
-        wait_for("the ticket admitted", &|| {
+        let _s = ticketed_tcp_client(&ingress, [2; 16]);
+        wait_for("the ticket admitted", || {
             ingress.counters().accepted_connections == 1
         });
         // Admitted, it no longer counts among the handshakes in flight.
-        wait_for("one handshake left", &|| {
+        wait_for("one handshake left", || {
             ingress.hub.handshaking().values().sum::<u32>() == 1
         });
         assert_eq!(
@@ -2177,24 +2184,14 @@ mod tests {
     #[test]
     fn a_kick_no_close_frame_took_is_dropped_with_its_connection() {
         let (_core, ingress) = member_tcp_server(test_options());
-        let ticket = ticket_of_9([3; 16]);
-        let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
-        s.write_all(format!("ticket {ticket}\n").as_bytes())
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while ingress.counters().accepted_connections == 0 {
-            assert!(std::time::Instant::now() < deadline, "admitted");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut s = ticketed_tcp_client(&ingress, [3; 16]);
+        wait_for("admitted", || ingress.counters().accepted_connections == 1);
         assert!(ingress.disconnect(3, 9, Some(Kick::new(4001, "banned").unwrap())));
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "a TCP stream just ends");
-        while ingress.connections() > 0 {
-            assert!(std::time::Instant::now() < deadline, "closed");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("closed", || ingress.connections() == 0);
         assert!(ingress.hub.kicks().is_empty());
         ingress.close();
     }
@@ -2210,15 +2207,8 @@ mod tests {
         });
         let at = ingress.address(Transport::Tcp).unwrap();
         let places = || ingress.hub.handshaking().values().sum::<u32>();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let _silent = StdStream::connect(at).unwrap();
-        while places() != 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the first handshake counted"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("the first handshake counted", || places() == 1);
         // Kept open: the server lingers ~200 ms on its refusal, waiting for this end.
         let mut full = StdStream::connect(at).unwrap();
         full.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -2238,22 +2228,12 @@ mod tests {
     #[test]
     fn a_kick_after_the_connection_left_is_not_kept() {
         let (_core, ingress) = member_tcp_server(test_options());
-        let mut s = StdStream::connect(ingress.address(Transport::Tcp).unwrap()).unwrap();
-        s.write_all(format!("ticket {}\n", ticket_of_9([4; 16])).as_bytes())
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let conn = loop {
-            if let Some(c) = ingress.hub.registry().by_player.get(&(3, 9)).cloned() {
-                break c;
-            }
-            assert!(std::time::Instant::now() < deadline, "admitted");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let s = ticketed_tcp_client(&ingress, [4; 16]);
+        let registered = || ingress.hub.registry().by_player.get(&(3, 9)).cloned();
+        wait_for("admitted", || registered().is_some());
+        let conn = registered().unwrap();
         drop(s);
-        while ingress.connections() > 0 {
-            assert!(std::time::Instant::now() < deadline, "left");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("left", || ingress.connections() == 0);
         ingress
             .hub
             .kick(&conn, Some(&Arc::new(Kick::new(4001, "late").unwrap())));
@@ -2280,21 +2260,15 @@ mod tests {
         // linger and give their place back.
         let at = ingress.address(Transport::Tcp).unwrap();
         let _silent = StdStream::connect(at).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while ingress.connections() != 1 {
-            assert!(std::time::Instant::now() < deadline, "the slot held");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("the slot held", || ingress.connections() == 1);
         let refused: Vec<StdStream> = (0..8).map(|_| StdStream::connect(at).unwrap()).collect();
-        while ingress.counters().refused_connections < 8 {
-            assert!(std::time::Instant::now() < deadline, "eight refused");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("eight refused", || {
+            ingress.counters().refused_connections >= 8
+        });
         drop(refused);
-        while hub.lingering.load(Ordering::Acquire) != 0 {
-            assert!(std::time::Instant::now() < deadline, "the refusals ended");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("the refusals ended", || {
+            hub.lingering.load(Ordering::Acquire) == 0
+        });
         ingress.close();
     }
 

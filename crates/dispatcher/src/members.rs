@@ -24,16 +24,34 @@ use std::collections::HashMap;
 
 use crate::IdHashBuilder;
 
-/// One member: the key, its room's slot in a [`Rooms`], and what the table's owner keeps
-/// per member (`dispatch`: the rate-limit bucket, 32-byte slots, two per cache line; a
-/// worker: the replay window and key, 64-byte slots).
-#[derive(Debug, Default)]
-#[repr(C, align(32))]
+/// One member: the key, its room's slot in a [`Rooms`] ([`EMPTY`] in a free slot), and what
+/// the table's owner keeps per member (`dispatch`: where its rate-limit bucket is, 16-byte
+/// slots, four per cache line; a worker: the replay window and key, 64-byte slots).
+#[derive(Debug)]
+#[repr(C, align(16))]
 struct Slot<V> {
     key: u64,
     room: u32,
-    used: bool,
     value: V,
+}
+
+/// The room slot of a free [`Slot`]: no room has it ([`Rooms::insert`] stops short of it).
+const EMPTY: u32 = u32::MAX;
+
+impl<V: Default> Default for Slot<V> {
+    fn default() -> Self {
+        Self {
+            key: 0,
+            room: EMPTY,
+            value: V::default(),
+        }
+    }
+}
+
+impl<V> Slot<V> {
+    fn used(&self) -> bool {
+        self.room != EMPTY
+    }
 }
 
 /// Slots of a new table (a power of two).
@@ -89,7 +107,7 @@ impl<V: Default> Members<V> {
         let mut i = self.home(key);
         loop {
             let s = &self.slots[i];
-            if !s.used {
+            if !s.used() {
                 return None;
             }
             if s.key == key {
@@ -141,10 +159,10 @@ impl<V: Default> Members<V> {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
+        debug_assert_ne!(room_slot, EMPTY, "no room has the free slots' mark");
         let i = self.put(Slot {
             key: k,
             room: room_slot,
-            used: true,
             value: V::default(),
         });
         self.len += 1;
@@ -155,7 +173,7 @@ impl<V: Default> Members<V> {
     fn put(&mut self, slot: Slot<V>) -> usize {
         let mask = self.mask();
         let mut i = self.home(slot.key);
-        while self.slots[i].used {
+        while self.slots[i].used() {
             i = (i + 1) & mask;
         }
         self.slots[i] = slot;
@@ -164,24 +182,22 @@ impl<V: Default> Members<V> {
 
     fn grow(&mut self) {
         let old = std::mem::replace(self, Self::with_slots(self.slots.len() * 2));
-        for s in old.slots.into_vec().into_iter().filter(|s| s.used) {
+        for s in old.slots.into_vec().into_iter().filter(Slot::used) {
             self.put(s);
         }
         self.len = old.len;
     }
 
-    /// Removes `player` from `room`; whether it was a member.
-    pub(crate) fn leave(&mut self, room: u32, player: u32) -> bool {
-        let Some(mut hole) = self.find(key(room, player)) else {
-            return false;
-        };
+    /// Removes `player` from `room`; its value, if it was a member.
+    pub(crate) fn leave(&mut self, room: u32, player: u32) -> Option<V> {
+        let mut hole = self.find(key(room, player))?;
         // Backward shift: every slot of the run after the hole that may live at the hole
         // (the hole lies between its home and where it is) moves there, leaving its own
         // slot as the next hole, until the run ends. The removed member travels along
         // (swaps) and is dropped at the end.
         let mask = self.mask();
         let mut j = (hole + 1) & mask;
-        while self.slots[j].used {
+        while self.slots[j].used() {
             let origin = self.home(self.slots[j].key);
             if (j.wrapping_sub(origin) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.slots.swap(hole, j);
@@ -189,9 +205,9 @@ impl<V: Default> Members<V> {
             }
             j = (j + 1) & mask;
         }
-        self.slots[hole] = Slot::default();
+        let gone = std::mem::take(&mut self.slots[hole]);
         self.len -= 1;
-        true
+        Some(gone.value)
     }
 
     /// Starts loading the slot a lookup of `player` in `room` reads first.
@@ -322,7 +338,10 @@ impl<R> Rooms<R> {
             slot
         } else {
             self.by_slot.push(Some((id, room)));
-            u32::try_from(self.by_slot.len() - 1).expect("fewer than 2^32 rooms")
+            u32::try_from(self.by_slot.len() - 1)
+                .ok()
+                .filter(|&s| s != EMPTY)
+                .expect("fewer than 2^32 - 1 rooms")
         };
         self.by_id.insert(id, slot);
         slot
@@ -422,13 +441,10 @@ mod tests {
                 };
             if r & (1 << 41) == 0 || step < 20_000 {
                 let t = f64::from(step);
-                join(&mut m, room, player, room, t);
+                join(&mut m, room, player, room % 1000, t);
                 want.entry((room, player)).or_insert(t);
             } else {
-                assert_eq!(
-                    m.leave(room, player),
-                    want.remove(&(room, player)).is_some()
-                );
+                assert_eq!(m.leave(room, player), want.remove(&(room, player)));
             }
             assert_eq!(m.len(), want.len());
             assert!(m.len() * 2 <= m.slots.len());
@@ -437,16 +453,20 @@ mod tests {
                     let at = m.lookup(room, player).map(|x| *m.value(x));
                     assert_eq!(at, Some(t));
                 }
-                let full = m.slots.iter().filter(|s| s.used).count();
+                let full = m.slots.iter().filter(|s| s.used()).count();
                 assert_eq!(full, want.len(), "no stale slot left behind");
             }
         }
-        for &(room, player) in want.clone().keys() {
-            assert!(m.leave(room, player));
+        for (&(room, player), &t) in &want.clone() {
+            assert_eq!(
+                m.leave(room, player),
+                Some(t),
+                "leaving gives the value back"
+            );
             assert!(!m.contains(room, player));
         }
         assert_eq!(m.len(), 0);
-        assert!(m.slots.iter().all(|s| !s.used));
+        assert!(m.slots.iter().all(|s| !s.used()));
     }
 
     /// A run that wraps around the end of the table survives removals from its middle.
@@ -463,7 +483,7 @@ mod tests {
         for &(r, p) in &keys {
             join(&mut m, r, p, r, f64::from(p));
         }
-        assert!(m.leave(keys[1].0, keys[1].1));
+        assert!(m.leave(keys[1].0, keys[1].1).is_some());
         for (r, p) in [keys[0], keys[2], keys[3]] {
             let at = m.lookup(r, p).map(|x| *m.value(x));
             assert_eq!(at, Some(f64::from(p)));
@@ -498,7 +518,7 @@ mod tests {
         }
         assert_eq!(Rc::strong_count(&alive), 101);
         for p in (0..100).step_by(2) {
-            assert!(m.leave(5, p));
+            assert!(m.leave(5, p).is_some());
         }
         assert_eq!(Rc::strong_count(&alive), 51);
         for p in (1..100).step_by(2) {
@@ -509,14 +529,15 @@ mod tests {
         assert_eq!(Rc::strong_count(&alive), 1);
     }
 
-    /// The slot sizes the docs promise: `dispatch`'s 32 bytes (two per line), a worker's
-    /// 64 (its value: a replay window, 32 bytes aligned to 16, and a key pointer).
+    /// The slot sizes the docs promise: `dispatch`'s 16 bytes (four per line: its value is
+    /// the index of a bucket kept elsewhere), a worker's 64 (its value: a replay window, 32
+    /// bytes aligned to 16, and a key pointer).
     #[test]
     fn slots_fill_cache_lines_exactly() {
         #[expect(dead_code, reason = "only its layout matters")]
         #[derive(Default)]
         struct WorkerLike(crate::window::ReplayWindow, Option<Box<u8>>);
-        assert_eq!(std::mem::size_of::<Slot<crate::ratelimit::Bucket>>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<u32>>(), 16);
         assert_eq!(std::mem::size_of::<Slot<WorkerLike>>(), 64);
     }
 

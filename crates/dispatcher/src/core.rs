@@ -40,7 +40,7 @@ use crate::delivery::{Builder, Moves, Pool};
 use crate::frame::{self, FrameError};
 use crate::inbox::Inbox;
 use crate::latency::{self, Coarse, Observer, Recorder, Scale, Snapshot};
-use crate::members::{Members, Rooms, FAR, NEAR, NEAREST};
+use crate::members::{Members, Rooms, FAR, NEAR};
 use crate::outbox::{Delivery, Outbox, Waker};
 use crate::overload::{mark_room, mark_shard};
 use crate::ratelimit::Bucket;
@@ -217,6 +217,9 @@ pub struct Core {
     /// members gone are in `free_buckets`, for the next `join`.
     buckets: Vec<Bucket>,
     free_buckets: Vec<u32>,
+    /// By room slot: the address of the room's budget line ([`Inbox::budget_addr`]), a
+    /// prefetch hint for `dispatch` (a stale one, of a room gone, is a harmless hint).
+    budget_at: Vec<usize>,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) outbox: Arc<Outbox>,
     stopper: Arc<Stopper>,
@@ -278,13 +281,16 @@ fn new_bucket(buckets: &mut Vec<Bucket>, free: &mut Vec<u32>, rate: Option<RateL
 
 /// Prefetches for `dispatch_stream` (see [`Members`]): cursors running ahead of its checks
 /// over the chunk's frames — the member slot of the frame `FAR` ahead of the one checked,
-/// the room of the frame `NEAR` ahead (whose slot has arrived by then), the room budget of
-/// the frame `NEAREST` ahead (whose room has), and the chunk's own bytes a kilobyte ahead.
-/// The cache misses of a stream's frames overlap instead of adding up.
+/// the room and the room's budget of the frame `NEAR` ahead (whose slot has arrived by then;
+/// the budget's address is kept by room slot, so it need not wait for the room), and the
+/// chunk's own bytes a kilobyte ahead. The cache misses of a stream's frames overlap
+/// instead of adding up.
 struct Lookahead {
     far: Cursor,
     near: Cursor,
-    nearest: Cursor,
+    /// The chunk is too short for cursors: each frame prefetches its own room and budget
+    /// ([`Core::prefetch_member`]), as a `dispatch` does.
+    off: bool,
 }
 
 impl Lookahead {
@@ -297,7 +303,7 @@ impl Lookahead {
         let mut a = Self {
             far: cursor,
             near: cursor,
-            nearest: cursor,
+            off: done,
         };
         for _ in 0..FAR {
             a.far
@@ -305,9 +311,6 @@ impl Lookahead {
         }
         for _ in 0..NEAR {
             a.near.step(chunk, |_| {});
-        }
-        for _ in 0..NEAREST {
-            a.nearest.step(chunk, |_| {});
         }
         a
     }
@@ -322,12 +325,12 @@ impl Lookahead {
         self.far
             .step(chunk, |h| core.members.prefetch(h.room, h.player));
         self.near.step(chunk, |h| {
-            core.rooms
-                .prefetch_of_member(&core.members, h.room, h.player);
-        });
-        self.nearest.step(chunk, |h| {
-            if let Some(r) = core.rooms.of_member(&core.members, h.room, h.player) {
-                r.inbox.prefetch_budget();
+            if let Some(m) = core.members.lookup(h.room, h.player) {
+                let slot = core.members.room_slot(m);
+                core.rooms.prefetch(slot);
+                if let Some(&at) = core.budget_at.get(slot as usize) {
+                    crate::members::prefetch(std::ptr::without_provenance(at));
+                }
             }
         });
     }
@@ -508,6 +511,7 @@ impl Core {
             members: Members::default(),
             buckets: Vec::new(),
             free_buckets: Vec::new(),
+            budget_at: Vec::new(),
             shards,
             outbox,
             stopper,
@@ -562,7 +566,7 @@ impl Core {
     pub fn dispatch(&mut self, frame: &[u8], sender: Option<u32>) -> Verdict {
         // The hot path: dispatch must not allocate (counted by the global allocator).
         let _hot = HotPath::enter();
-        let v = self.dispatch_inner(frame, sender, None);
+        let v = self.dispatch_inner(frame, sender, None, true);
         self.counters.dispatched += 1;
         self.counters.verdicts[v as usize] += 1;
         v
@@ -570,13 +574,15 @@ impl Core {
 
     /// `chunk_stamp`: `Some` inside `dispatch_stream` — the call's one clock reading, used as
     /// every frame's dispatch stamp (they arrived together), and the worker's wake-up is
-    /// owed to the end of the call instead of paid per frame.
+    /// owed to the end of the call instead of paid per frame. `alone`: no stream cursor
+    /// prefetched this frame's room ([`Core::prefetch_member`]).
     #[inline]
     fn dispatch_inner(
         &mut self,
         bytes: &[u8],
         sender: Option<u32>,
         chunk_stamp: Option<u64>,
+        alone: bool,
     ) -> Verdict {
         if self.closed {
             return Verdict::Closed;
@@ -586,6 +592,9 @@ impl Core {
             Err(v) => return v,
         };
         let rest = bytes.get(frame::HEADER_BYTES..).unwrap_or_default();
+        if alone {
+            self.prefetch_member(h.room, h.player);
+        }
         // A member leads to its room by slot, with no second hash lookup (and only members
         // of open rooms are listed); anyone else is looked up by room id, for the verdict.
         let member = self.members.lookup(h.room, h.player);
@@ -693,6 +702,21 @@ impl Core {
         Verdict::Accepted
     }
 
+    /// For a frame checked alone (no stream cursors ahead): starts loading the member's
+    /// slot, then its room's entry and budget line — three cache misses at once, not one
+    /// after the other (the member names the room, whose entry names the budget). The room
+    /// map itself is small and stays cached.
+    #[inline]
+    fn prefetch_member(&self, room: u32, player: u32) {
+        self.members.prefetch(room, player);
+        if let Some(slot) = self.rooms.slot(room) {
+            self.rooms.prefetch(slot);
+            if let Some(&at) = self.budget_at.get(slot as usize) {
+                crate::members::prefetch(std::ptr::without_provenance(at));
+            }
+        }
+    }
+
     /// The verdict on a frame for a room that is not open: a failed shard answers `Closed`
     /// for any room it would own, open or not (no division on the hot path: only unknown
     /// rooms pay for it).
@@ -734,7 +758,7 @@ impl Core {
             let Some(frame) = rest.get(..len) else { break };
             let v = {
                 let _hot = HotPath::enter();
-                self.dispatch_inner(frame, sender, Some(stamp))
+                self.dispatch_inner(frame, sender, Some(stamp), ahead.off)
             };
             self.counters.dispatched += 1;
             self.counters.verdicts[v as usize] += 1;
@@ -861,7 +885,7 @@ impl Core {
                     return Status::OutOfMemory;
                 };
                 let inbox = Arc::new(inbox);
-                self.rooms.insert(
+                let slot = self.rooms.insert(
                     room,
                     Room {
                         shard,
@@ -876,7 +900,11 @@ impl Core {
                         rate,
                         inbox: Arc::clone(&inbox),
                     },
-                );
+                ) as usize;
+                if self.budget_at.len() <= slot {
+                    self.budget_at.resize(slot + 1, 0);
+                }
+                self.budget_at[slot] = inbox.budget_addr();
                 // Room for every known room to be flagged inside `dispatch` without growing.
                 self.overloaded_rooms.reserve(self.rooms.len());
                 inbox

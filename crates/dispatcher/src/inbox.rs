@@ -145,6 +145,12 @@ impl Inbox {
             .is_ok()
     }
 
+    /// Where the budget's cache line is: a prefetch hint for a caller that can compute it
+    /// before it has the inbox at hand.
+    pub(crate) fn budget_addr(&self) -> usize {
+        std::ptr::from_ref(&self.reserved).addr()
+    }
+
     /// Starts loading the budget's cache line, which [`Inbox::try_reserve`] will update.
     #[inline]
     pub(crate) fn prefetch_budget(&self) {

@@ -132,7 +132,7 @@ impl<V: Default> Members<V> {
 
     /// The member's room slot in its [`Rooms`].
     #[inline]
-    fn room_slot(&self, m: Member) -> u32 {
+    pub(crate) fn room_slot(&self, m: Member) -> u32 {
         self.slots[m.0].room
     }
 
@@ -376,8 +376,9 @@ impl<R> Rooms<R> {
 
 /// How far ahead of the frame it checks a batch looks (in frames; `dispatchStream`'s
 /// chunk and a worker's arena alike): the member slot `FAR` ahead, the room `NEAR` ahead
-/// (its slot has arrived by then), the room's budget or inbox `NEAREST` ahead (the room
-/// has). Tried longer (12/6/3, 16/8/4): no faster.
+/// (its slot has arrived by then) — and `dispatchStream` the room's budget with it (its
+/// address is kept by room slot) — and a worker the room's inbox `NEAREST` ahead (the room
+/// has arrived). Tried longer (12/6/3, 14/6, 16/8/4): no faster.
 pub(crate) const FAR: usize = 8;
 pub(crate) const NEAR: usize = 4;
 pub(crate) const NEAREST: usize = 2;

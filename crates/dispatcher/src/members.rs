@@ -320,13 +320,20 @@ impl<R> Rooms<R> {
         }
     }
 
-    /// Starts loading the room in `slot` (its first two cache lines).
+    /// Starts loading the room in `slot`: every cache line its entry touches (an entry of
+    /// 65–128 bytes that starts late in a line spans three; prefetching only the first two
+    /// lines left the fields at its end to miss).
     #[inline]
     pub(crate) fn prefetch(&self, slot: u32) {
         if let Some(r) = self.by_slot.get(slot as usize) {
             let at = std::ptr::from_ref(r).cast::<u8>();
-            crate::members::prefetch(at);
-            crate::members::prefetch(at.wrapping_add(64));
+            let size = std::mem::size_of_val(r);
+            let mut off = 0;
+            while off < size {
+                crate::members::prefetch(at.wrapping_add(off));
+                off += 64;
+            }
+            crate::members::prefetch(at.wrapping_add(size - 1));
         }
     }
 

@@ -80,7 +80,7 @@ pub(crate) struct Room {
     /// event's p99); `None` when room overload events are off.
     pub(crate) waits: Option<Box<Coarse>>,
     /// Members: those of [`Core::members`] in this room (which `dispatch` checks, with
-    /// their rate-limit buckets), listed for `closeRoom`; in step with the worker's through
+    /// their rate-limit buckets' indices), listed for `closeRoom`; in step with the worker's through
     /// the ordered `join` / `leave` controls.
     players: HashSet<u32, IdHashBuilder>,
     rate: Option<RateLimit>,
@@ -291,6 +291,8 @@ struct Lookahead {
     /// The chunk is too short for cursors: each frame prefetches its own room and budget
     /// ([`Core::prefetch_member`]), as a `dispatch` does.
     off: bool,
+    /// Frames the cursors moved on for ([`Lookahead::advance`]).
+    advanced: usize,
 }
 
 impl Lookahead {
@@ -304,6 +306,7 @@ impl Lookahead {
             far: cursor,
             near: cursor,
             off: done,
+            advanced: 0,
         };
         for _ in 0..FAR {
             a.far
@@ -315,9 +318,18 @@ impl Lookahead {
         a
     }
 
+    /// Whether the frame about to be checked has no room prefetched by a cursor: in a
+    /// short chunk, or among the first `NEAR` frames of a long one (the `near` cursor
+    /// starts `NEAR` frames ahead).
+    #[inline]
+    fn alone(&self) -> bool {
+        self.off || self.advanced <= NEAR
+    }
+
     /// Before the checks of the next frame: every cursor moves one frame on.
     #[inline]
     fn advance(&mut self, core: &Core, chunk: &[u8]) {
+        self.advanced += 1;
         if let Some(b) = chunk.get(self.far.at + 1024..self.far.at + 1152) {
             crate::members::prefetch(b.as_ptr());
             crate::members::prefetch(b[64..].as_ptr());
@@ -575,7 +587,7 @@ impl Core {
     /// `chunk_stamp`: `Some` inside `dispatch_stream` — the call's one clock reading, used as
     /// every frame's dispatch stamp (they arrived together), and the worker's wake-up is
     /// owed to the end of the call instead of paid per frame. `alone`: no stream cursor
-    /// prefetched this frame's room ([`Core::prefetch_member`]).
+    /// prefetched this frame's room, so the frame does ([`Core::prefetch_member`]).
     #[inline]
     fn dispatch_inner(
         &mut self,
@@ -758,7 +770,7 @@ impl Core {
             let Some(frame) = rest.get(..len) else { break };
             let v = {
                 let _hot = HotPath::enter();
-                self.dispatch_inner(frame, sender, Some(stamp), ahead.off)
+                self.dispatch_inner(frame, sender, Some(stamp), ahead.alone())
             };
             self.counters.dispatched += 1;
             self.counters.verdicts[v as usize] += 1;

@@ -1,6 +1,7 @@
 //! Room membership as `dispatch` and the shard workers check it: one open-addressing table
 //! keyed by `(room, player)` per side, holding what that side keeps per member (`dispatch`:
-//! the rate-limit bucket; a worker: the replay window and key), and the rooms in a slab.
+//! the index of its rate-limit bucket, kept beside the table; a worker: the replay window
+//! and key), and the rooms in a slab.
 //!
 //! With thousands of rooms a lookup misses the cache, and a per-room map behind a map of
 //! rooms missed three or four times (the rooms map's control bytes and entry, the room's own
@@ -159,7 +160,9 @@ impl<V: Default> Members<V> {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        debug_assert_ne!(room_slot, EMPTY, "no room has the free slots' mark");
+        // A member in a slot marked free would vanish from the table (`Rooms` never hands
+        // out the mark): the control path can afford the check.
+        assert_ne!(room_slot, EMPTY, "no room has the free slots' mark");
         let i = self.put(Slot {
             key: k,
             room: room_slot,
@@ -194,7 +197,7 @@ impl<V: Default> Members<V> {
         // Backward shift: every slot of the run after the hole that may live at the hole
         // (the hole lies between its home and where it is) moves there, leaving its own
         // slot as the next hole, until the run ends. The removed member travels along
-        // (swaps) and is dropped at the end.
+        // (swaps) and its value is returned at the end.
         let mask = self.mask();
         let mut j = (hole + 1) & mask;
         while self.slots[j].used() {
@@ -344,11 +347,12 @@ impl<R> Rooms<R> {
             self.by_slot[slot as usize] = Some((id, room));
             slot
         } else {
-            self.by_slot.push(Some((id, room)));
-            u32::try_from(self.by_slot.len() - 1)
+            let slot = u32::try_from(self.by_slot.len())
                 .ok()
                 .filter(|&s| s != EMPTY)
-                .expect("fewer than 2^32 - 1 rooms")
+                .expect("fewer than 2^32 - 1 rooms");
+            self.by_slot.push(Some((id, room)));
+            slot
         };
         self.by_id.insert(id, slot);
         slot

@@ -1,6 +1,6 @@
 //! Per-player rate limits: a token bucket per member of a rate-limited room, checked
-//! synchronously (a refused frame spends nothing) — by `dispatch`, in the JavaScript
-//! thread's member table, and by native ingress, in the shard worker's room (one bucket per
+//! synchronously (a refused frame spends nothing) — by `dispatch`, in an array beside the
+//! JavaScript thread's member table (whose slots hold the index), and by native ingress, in the shard worker's room (one bucket per
 //! path).
 
 /// A room's per-player rate limit: `per_second` tokens a second, at most `burst` saved.

@@ -80,8 +80,8 @@ pub(crate) struct Room {
     /// event's p99); `None` when room overload events are off.
     pub(crate) waits: Option<Box<Coarse>>,
     /// Members: those of [`Core::members`] in this room (which `dispatch` checks, with
-    /// their rate-limit buckets' indices), listed for `closeRoom`; in step with the worker's through
-    /// the ordered `join` / `leave` controls.
+    /// their rate-limit buckets' indices), listed for `closeRoom`; in step with the
+    /// worker's through the ordered `join` / `leave` controls.
     players: HashSet<u32, IdHashBuilder>,
     rate: Option<RateLimit>,
     pub(crate) inbox: Arc<Inbox>,
@@ -338,11 +338,7 @@ impl Lookahead {
             .step(chunk, |h| core.members.prefetch(h.room, h.player));
         self.near.step(chunk, |h| {
             if let Some(m) = core.members.lookup(h.room, h.player) {
-                let slot = core.members.room_slot(m);
-                core.rooms.prefetch(slot);
-                if let Some(&at) = core.budget_at.get(slot as usize) {
-                    crate::members::prefetch(std::ptr::without_provenance(at));
-                }
+                core.prefetch_room(core.members.room_slot(m));
             }
         });
     }
@@ -722,10 +718,17 @@ impl Core {
     fn prefetch_member(&self, room: u32, player: u32) {
         self.members.prefetch(room, player);
         if let Some(slot) = self.rooms.slot(room) {
-            self.rooms.prefetch(slot);
-            if let Some(&at) = self.budget_at.get(slot as usize) {
-                crate::members::prefetch(std::ptr::without_provenance(at));
-            }
+            self.prefetch_room(slot);
+        }
+    }
+
+    /// Starts loading the entry and the budget line of the room in `slot` (the budget's
+    /// address is kept by slot, so it need not wait for the entry).
+    #[inline]
+    fn prefetch_room(&self, slot: u32) {
+        self.rooms.prefetch(slot);
+        if let Some(&at) = self.budget_at.get(slot as usize) {
+            crate::members::prefetch(std::ptr::without_provenance(at));
         }
     }
 

@@ -1,13 +1,14 @@
 // A/B of builds of the addon on the JavaScript thread's dispatch cost: each build runs in a
 // fresh process, the builds take turns, and each figure is the median of the runs' medians.
 //
-//   npm run build   # dist/ (the TypeScript API these runs load)
+//   npm run build   # dist/ (the TypeScript API and the bench's frame order these runs load)
 //   node bench/dispatch-ab.mjs frame 6 ./old.node ./new.node
 //
 // Modes: `frame` — dispatch(frame), ns per call; `one` — dispatchStream(frame) with one
 // frame per call; `stream` — dispatchStream of 1,000 back-to-back frames, ns per move.
-// ROOMS=n (default 5,000; 10 players each). Players send in a fixed random order, as in
-// `npm run bench` (a regular order lets the hardware prefetcher hide the misses). Each run
+// ROOMS=n (default 5,000; 10 players each). Players send in the fixed random order of
+// `npm run bench`'s frame store (a regular order lets the hardware prefetcher hide the
+// misses). Each run
 // also times an empty N-API call taking a Buffer (the bench addon's `emptyCall`) when the
 // build has it. Figures are for comparing builds measured together, never absolute.
 import { execFileSync } from 'node:child_process';
@@ -28,16 +29,11 @@ function median(xs) {
 
 async function child(mode, trials) {
   const { Dispatcher, encodeMove } = require('../dist/index.js');
+  // The order the bench's frame store sends in (bench/lib/frames.ts).
+  const { permutation } = require('../dist/bench/lib/frames.js');
   const rooms = Number(process.env.ROOMS ?? 5000);
   const players = rooms * 10;
-  const perm = new Int32Array(players);
-  for (let i = 0; i < players; i++) perm[i] = i;
-  let x = 12345;
-  for (let i = players - 1; i > 0; i--) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const j = x % (i + 1);
-    [perm[i], perm[j]] = [perm[j], perm[i]];
-  }
+  const perm = permutation(players);
   const n = PER * (trials + WARM);
   const seqs = new Uint32Array(players);
   const frames = [];

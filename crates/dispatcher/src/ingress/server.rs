@@ -1182,8 +1182,7 @@ async fn admission(
             return None;
         }
     };
-    // The WebSocket's `101`, written here rather than inside the handshake that a close can
-    // drop: a client never reads a `101` followed by a `503`.
+    // What the socket did not take of the WebSocket's `101` at once (none, as a rule).
     if !accept.is_empty() && stream.write_all(&accept).await.is_err() {
         hub.refuse();
         return None;
@@ -1269,23 +1268,47 @@ pub(super) struct Who {
     player: u32,
 }
 
-/// Reads the upgrade request (WebSocket) or the ticket line (TCP) and checks the ticket:
-/// the sender, the bytes that followed the handshake, and the answer to write (the
-/// WebSocket's `101`; nothing for TCP). On error, the response to write before closing.
-async fn handshake(
-    hub: &Hub,
-    stream: &mut TcpStream,
-    transport: Transport,
-) -> Result<(Who, Vec<u8>, Vec<u8>), Vec<u8>> {
+/// What a handshake decided: the sender, the bytes that followed the handshake, and what
+/// is left to write of the answer (the WebSocket's `101`, tried at once; nothing for TCP);
+/// or the response to write before closing.
+type Shaken = Result<(Who, Vec<u8>, Vec<u8>), Vec<u8>>;
+
+/// Reads the upgrade request (WebSocket) or the ticket line (TCP) and checks the ticket
+/// ([`settle`]).
+///
+/// The first read goes into the thread's read buffer: a request that arrives whole, as
+/// clients send it, is settled there and its `101` written from the stack, with no
+/// allocation of its own (in a burst of connections, thousands of handshake buffers freed
+/// a moment later would stay as dirty pages). Only a request that arrives in pieces is
+/// gathered in a buffer of the handshake's own.
+async fn handshake(hub: &Hub, stream: &mut TcpStream, transport: Transport) -> Shaken {
     let cap = match transport {
         Transport::Ws => ws::MAX_REQUEST_BYTES,
         _ => MAX_TCP_LINE,
     };
     // Read straight into `buf` (no chunk in the future: every handshake in flight pays for
     // its future, and a burst of connections has thousands in flight).
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::new();
     loop {
         stream.readable().await.map_err(|_| Vec::new())?;
+        if buf.is_empty() {
+            let first = READ_BUF.with_borrow_mut(|rb| {
+                let limit = (cap + 1).min(rb.len());
+                match stream.try_read(&mut rb[..limit]) {
+                    Ok(0) => Some(Err(Vec::new())),
+                    Ok(n) => settle(hub, stream, transport, &rb[..n]).or_else(|| {
+                        buf.extend_from_slice(&rb[..n]);
+                        None
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    Err(_) => Some(Err(Vec::new())),
+                }
+            });
+            match first {
+                Some(done) => return done,
+                None => continue,
+            }
+        }
         let had = buf.len();
         // What the buffer holds without growing (at least 512 bytes), up to one past `cap`.
         let room = (cap + 1)
@@ -1300,70 +1323,85 @@ async fn handshake(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(Vec::new()),
         }
-        if transport == Transport::Ws {
-            match ws::parse_request(&buf) {
-                Ok(None) => {}
-                Ok(Some((req, used))) => {
-                    // Before the ticket is spent: a client refused by the close keeps it.
-                    if hub.stopping() {
-                        return Err(shutdown_response(transport).to_vec());
-                    }
-                    let who = if hub.opts.echo_for_testing {
-                        Who { room: 0, player: 0 }
-                    } else {
-                        let t = ticket::ticket_from_query(req.target).unwrap_or("");
-                        match hub.check_ticket(t) {
-                            Ok(w) => w,
-                            Err(reason) => {
-                                let mut out = Vec::new();
-                                ws::response_error(401, reason, &mut out);
-                                return Err(out);
-                            }
-                        }
-                    };
-                    let mut out = Vec::new();
-                    ws::response_101(req.key, &mut out);
-                    return Ok((who, buf[used..].to_vec(), out));
-                }
-                Err(e) => {
-                    let mut out = Vec::new();
-                    ws::response_error(e.status(), e.as_str(), &mut out);
-                    return Err(out);
-                }
-            }
-        } else {
-            {
-                if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                    let line = std::str::from_utf8(&buf[..nl]).unwrap_or("");
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    let Some(t) = line.strip_prefix("ticket ") else {
-                        return Err(b"error ticket_malformed\n".to_vec());
-                    };
-                    // Before the ticket is spent: a client refused by the close keeps it.
-                    if hub.stopping() {
-                        return Err(shutdown_response(transport).to_vec());
-                    }
-                    return match hub.check_ticket(t.trim()) {
-                        Ok(who) => Ok((who, buf[nl + 1..].to_vec(), Vec::new())),
-                        Err(reason) => Err(format!("error {reason}\n").into_bytes()),
-                    };
-                }
-                if buf.len() > MAX_TCP_LINE {
-                    return Err(b"error ticket_malformed\n".to_vec());
-                }
-            }
-        }
-        if buf.len() > cap {
-            return Err(match transport {
-                Transport::Ws => {
-                    let mut out = Vec::new();
-                    ws::response_error(431, "request too large", &mut out);
-                    out
-                }
-                _ => b"error ticket_malformed\n".to_vec(),
-            });
+        if let Some(done) = settle(hub, stream, transport, &buf) {
+            return done;
         }
     }
+}
+
+/// What the handshake's bytes so far decide, `None` while the request (or the ticket line)
+/// is incomplete: the ticket checked, and for a WebSocket the `101` written as far as the
+/// socket takes it without waiting (all of it, on a new connection's empty send buffer).
+fn settle(hub: &Hub, stream: &TcpStream, transport: Transport, buf: &[u8]) -> Option<Shaken> {
+    let cap = match transport {
+        Transport::Ws => ws::MAX_REQUEST_BYTES,
+        _ => MAX_TCP_LINE,
+    };
+    if transport == Transport::Ws {
+        match ws::parse_request(buf) {
+            Ok(None) => {}
+            Ok(Some((req, used))) => {
+                // Before the ticket is spent: a client refused by the close keeps it.
+                if hub.stopping() {
+                    return Some(Err(shutdown_response(transport).to_vec()));
+                }
+                let who = if hub.opts.echo_for_testing {
+                    Who { room: 0, player: 0 }
+                } else {
+                    let t = ticket::ticket_from_query(req.target).unwrap_or("");
+                    match hub.check_ticket(t) {
+                        Ok(w) => w,
+                        Err(reason) => {
+                            let mut out = Vec::new();
+                            ws::response_error(401, reason, &mut out);
+                            return Some(Err(out));
+                        }
+                    }
+                };
+                // Written here, where no close can cut it short (nothing awaits): a client
+                // never reads a `101` followed by a `503`.
+                let reply = ws::response_101(req.key);
+                let wrote = match stream.try_write(&reply) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(_) => return Some(Err(Vec::new())),
+                };
+                return Some(Ok((who, buf[used..].to_vec(), reply[wrote..].to_vec())));
+            }
+            Err(e) => {
+                let mut out = Vec::new();
+                ws::response_error(e.status(), e.as_str(), &mut out);
+                return Some(Err(out));
+            }
+        }
+    } else if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        let line = std::str::from_utf8(&buf[..nl]).unwrap_or("");
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let Some(t) = line.strip_prefix("ticket ") else {
+            return Some(Err(b"error ticket_malformed\n".to_vec()));
+        };
+        // Before the ticket is spent: a client refused by the close keeps it.
+        if hub.stopping() {
+            return Some(Err(shutdown_response(transport).to_vec()));
+        }
+        return Some(match hub.check_ticket(t.trim()) {
+            Ok(who) => Ok((who, buf[nl + 1..].to_vec(), Vec::new())),
+            Err(reason) => Err(format!("error {reason}\n").into_bytes()),
+        });
+    } else if buf.len() > MAX_TCP_LINE {
+        return Some(Err(b"error ticket_malformed\n".to_vec()));
+    }
+    if buf.len() > cap {
+        return Some(Err(match transport {
+            Transport::Ws => {
+                let mut out = Vec::new();
+                ws::response_error(431, "request too large", &mut out);
+                out
+            }
+            _ => b"error ticket_malformed\n".to_vec(),
+        }));
+    }
+    None
 }
 
 /// Where a connection's v1 frames go, whatever the transport: `Worker::ingest` of the
@@ -2397,6 +2435,55 @@ mod tests {
             admission_size <= 640,
             "the admission grew to {admission_size} bytes"
         );
+    }
+
+    #[test]
+    fn an_upgrade_request_whole_or_in_pieces_gets_its_101_and_the_bytes_after_it() {
+        // Whole: settled in the thread's read buffer, the message after it in the same
+        // write kept as the leftover. In pieces (cut anywhere): gathered in the
+        // handshake's own buffer, settled once complete.
+        let (_core, ingress) = echo_server(1 << 16, 64 << 20);
+        let request: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        let message = client_frame(0x82, b"after the upgrade");
+        let mut bytes = request.to_vec();
+        bytes.extend_from_slice(&message);
+        for cut in [
+            0,
+            1,
+            17,
+            request.len() - 1,
+            request.len(),
+            request.len() + 3,
+        ] {
+            let mut s = StdStream::connect(ingress.address(Transport::Ws).unwrap()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_nodelay(true).unwrap();
+            if cut > 0 {
+                s.write_all(&bytes[..cut]).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            s.write_all(&bytes[cut..]).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            assert_eq!(
+                std::str::from_utf8(&head).unwrap(),
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                "cut at {cut}"
+            );
+            let (b0, payload) = read_frame(&mut s);
+            assert_eq!(
+                (b0, payload.as_slice()),
+                (0x82, &b"after the upgrade"[..]),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

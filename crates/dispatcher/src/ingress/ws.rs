@@ -289,17 +289,26 @@ pub fn accept_key(key: &str) -> [u8; 28] {
     out
 }
 
-/// Appends the `101 Switching Protocols` response accepting a request whose
-/// `Sec-WebSocket-Key` is `key` ([`Request::key`]). No extension, no subprotocol.
-pub fn response_101(key: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\n\
-          Upgrade: websocket\r\n\
-          Connection: Upgrade\r\n\
-          Sec-WebSocket-Accept: ",
-    );
-    out.extend_from_slice(&accept_key(key));
-    out.extend_from_slice(b"\r\n\r\n");
+/// The head of [`response_101`], up to the accept value.
+const HEAD_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
+    Upgrade: websocket\r\n\
+    Connection: Upgrade\r\n\
+    Sec-WebSocket-Accept: ";
+
+/// Bytes of a [`response_101`].
+pub const RESPONSE_101_BYTES: usize = HEAD_101.len() + 28 + 4;
+
+/// The `101 Switching Protocols` response accepting a request whose `Sec-WebSocket-Key` is
+/// `key` ([`Request::key`]). No extension, no subprotocol. A fixed-size array: a server
+/// writes it from the stack, with no allocation per connection.
+pub fn response_101(key: &str) -> [u8; RESPONSE_101_BYTES] {
+    let mut out = [0; RESPONSE_101_BYTES];
+    let (head, rest) = out.split_at_mut(HEAD_101.len());
+    head.copy_from_slice(HEAD_101);
+    let (accept, end) = rest.split_at_mut(28);
+    accept.copy_from_slice(&accept_key(key));
+    end.copy_from_slice(b"\r\n\r\n");
+    out
 }
 
 /// Appends a short plain-text response refusing the upgrade: status line with the standard
@@ -1404,11 +1413,9 @@ mod tests {
 
     #[test]
     fn writes_the_101() {
-        let mut out = b"kept".to_vec();
-        response_101(KEY, &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "keptHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            std::str::from_utf8(&response_101(KEY)).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
     }

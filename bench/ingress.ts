@@ -21,7 +21,12 @@
  * is utime + stime of every thread (/proc/<pid>/stat) over the window / messages sent in it;
  * the Node rows' JavaScript thread's part (its schedstat time) is reported beside it.
  * Then RSS per idle connection (fresh server; VmRSS after connecting N clients that each sent
- * one message and idled 2 s, minus VmRSS before, / N) and connections held per process
+ * one message and idled 2 s, minus VmRSS before, / N; "before" is read after a warm-up of
+ * `--rss-warm` (200) other clients that connected, sent one message and left, so that the
+ * process's first-use costs — code pages first run, a thread's read buffer, the allocator's
+ * caches, V8's young generation grown by the first deliveries — are not counted as the
+ * connections'; the figure from the fresh server's RSS is reported beside it) and
+ * connections held per process
  * (fresh server, cap = `ulimit -Hn` − 300; more attempts than the cap, from two generator
  * processes: held, refused with 503, failed otherwise, and how long the slowest refusal took).
  *
@@ -69,6 +74,8 @@ const ladders: Record<number, number[]> = {
 /** The rate every row is compared at (p99, CPU per message), per shape. */
 const commonRate: Record<number, number> = { 1: Number(opt('common-rate') ?? 20_000), 8: Number(opt('common-rate8') ?? 2_500) };
 const rssSizes = flag('no-rss') ? [] : (nums(opt('rss')) ?? (quick ? [1_000] : [1_000, 5_000, 15_000]));
+/** Clients that connect, send one message and leave before an RSS baseline is read (0: none). */
+const rssWarm = Number(opt('rss-warm') ?? 200);
 const noCap = flag('no-cap');
 /** Skips the load ladders (`--no-load --no-cap`: only the idle-RSS rows, e.g. `--rows native --rss 15000`; `--no-rss` skips those). */
 const noLoad = flag('no-load');
@@ -188,7 +195,9 @@ function tickets(first: number, n: number): string {
   return file;
 }
 
-const maxPlayers = Math.max(conns, ...rssSizes, noCap ? 0 : capAttempts);
+/** The warm-up clients' first player: past every RSS size's, on a room boundary. */
+const rssWarmFirst = Math.ceil(Math.max(0, ...rssSizes) / roomSize) * roomSize;
+const maxPlayers = Math.max(conns, rssWarmFirst + rssWarm, noCap ? 0 : capAttempts);
 const rooms = Math.ceil(maxPlayers / roomSize);
 
 async function startServer(row: Row, cap: number): Promise<{ proc: Proc; port: number }> {
@@ -431,9 +440,16 @@ interface RssResult {
   row: Row;
   conns: number;
   held: number;
+  /** VmRSS of the fresh server, before the warm-up. */
+  coldKiB: number;
+  /** VmRSS after the warm-up: the baseline. */
   baseKiB: number;
   loadedKiB: number;
   kibPerConn: number;
+  /** (loaded − cold) / held: with the process's first-use costs. */
+  coldKibPerConn?: number;
+  /** Warm-up clients before the baseline (absent in results from before the warm-up). */
+  warm?: number;
   pinged: number;
   received: number;
   /** Native rows: growth per connection of jemalloc's stats.allocated, .active and .resident, in bytes. */
@@ -445,9 +461,24 @@ async function rss(row: Row, n: number): Promise<RssResult> {
   let gen: Proc | null = null;
   try {
     await sleep(1_000);
-    const baseKiB = rssKiB(server.pid);
+    const coldKiB = rssKiB(server.pid);
+    if (rssWarm > 0) {
+      server.send('stats');
+      await server.next('stats');
+      const w = startGen(port, rssWarm, rssWarmFirst, 1);
+      try {
+        await w.next('connected', 60_000);
+        w.send('ping');
+        await w.next('pinged', 60_000);
+      } finally {
+        w.send('close');
+        await w.stop();
+      }
+      await sleep(1_000);
+    }
     server.send('stats');
     const st0 = await server.next('stats');
+    const baseKiB = rssKiB(server.pid);
     gen = startGen(port, n, 0, 1);
     const c = await gen.next('connected', 180_000);
     gen.send('ping');
@@ -464,11 +495,14 @@ async function rss(row: Row, n: number): Promise<RssResult> {
       row,
       conns: n,
       held: c.held as number,
+      coldKiB,
       baseKiB,
       loadedKiB,
       kibPerConn: (loadedKiB - baseKiB) / held,
+      coldKibPerConn: (loadedKiB - coldKiB) / held,
+      warm: rssWarm,
       pinged: p.sent as number,
-      received: st.received as number,
+      received: (st.received as number) - (st0.received as number),
       ...(a0 !== undefined && a1 !== undefined
         ? { jemallocBytesPerConn: { allocated: (a1.allocated - a0.allocated) / held, active: (a1.active - a0.active) / held, resident: (a1.resident - a0.resident) / held } }
         : {}),
@@ -578,14 +612,24 @@ function markdown(r: Report): string {
     L.push('');
   }
   if (r.rss.length > 0) {
+    const warm = r.rss[0]?.warm ?? 0;
     L.push('## RSS per idle connection (KiB; each client sent one message, then idled 2 s)');
     L.push('');
+    if (warm > 0) {
+      L.push(
+        `Baseline read after a warm-up of ${warm} other clients that connected, sent one message and left (the process's first-use costs are not the connections'); ` +
+          'in brackets, the same from the fresh server\'s RSS, first-use costs included.',
+      );
+      L.push('');
+    }
     L.push(`| row | ${r.config.rssSizes.map((n) => `${k(n)} conns`).join(' | ')} |`);
     L.push(`|---|${r.config.rssSizes.map(() => '---').join('|')}|`);
     for (const row of r.config.rows) {
       const cells = r.config.rssSizes.map((n) => {
         const x = r.rss.find((y) => y.row === row && y.conns === n);
-        return x === undefined ? '—' : `${f1(x.kibPerConn, 2)}${x.held !== n ? ` (held ${x.held})` : ''}`;
+        if (x === undefined) return '—';
+        const cold = x.coldKibPerConn === undefined || (x.warm ?? 0) === 0 ? '' : ` (${f1(x.coldKibPerConn, 2)})`;
+        return `${f1(x.kibPerConn, 2)}${cold}${x.held !== n ? ` (held ${x.held})` : ''}`;
       });
       L.push(`| ${row} | ${cells.join(' | ')} |`);
     }
@@ -676,7 +720,7 @@ async function main(): Promise<void> {
         report.rss.push(x);
         const j = x.jemallocBytesPerConn;
         const alloc = j === undefined ? '' : `; jemalloc per connection: ${f1(j.allocated, 0)} B allocated, ${f1(j.active, 0)} active, ${f1(j.resident, 0)} resident`;
-        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n}${alloc} (received ${x.received} pings)`);
+        log(`${row}: RSS ${f1(x.kibPerConn, 2)} KiB per idle connection at ${x.held}/${n} (${f1(x.coldKibPerConn ?? Number.NaN, 2)} from the fresh server's RSS)${alloc} (received ${x.received} pings)`);
       } catch (e) {
         log(`${row}: RSS at ${n}: ${e instanceof Error ? e.message : String(e)}`);
       }

@@ -25,7 +25,8 @@
  * `--rss-warm` (200) other clients that connected, sent one message and left, so that the
  * process's first-use costs — code pages first run, a thread's read buffer, the allocator's
  * caches, V8's young generation grown by the first deliveries — are not counted as the
- * connections'; the figure from the fresh server's RSS is reported beside it) and
+ * connections'; the figure from the fresh server's RSS, which also counts what the warm-up
+ * left behind, is reported beside it) and
  * connections held per process
  * (fresh server, cap = `ulimit -Hn` − 300; more attempts than the cap, from two generator
  * processes: held, refused with 503, failed otherwise, and how long the slowest refusal took).
@@ -197,15 +198,17 @@ function tickets(first: number, n: number): string {
 
 /** The warm-up clients' first player: past every RSS size's, on a room boundary. */
 const rssWarmFirst = Math.ceil(Math.max(0, ...rssSizes) / roomSize) * roomSize;
-const maxPlayers = Math.max(conns, rssWarmFirst + rssWarm, noCap ? 0 : capAttempts);
+const maxPlayers = Math.max(conns, ...rssSizes, noCap ? 0 : capAttempts);
 const rooms = Math.ceil(maxPlayers / roomSize);
+/** Rooms of the RSS rows' servers: the warm-up's players too (the load servers keep `rooms`). */
+const rssRooms = Math.max(rooms, Math.ceil((rssWarmFirst + rssWarm) / roomSize));
 
-async function startServer(row: Row, cap: number): Promise<{ proc: Proc; port: number }> {
+async function startServer(row: Row, cap: number, serverRooms = rooms): Promise<{ proc: Proc; port: number }> {
   let proc: Proc;
   if (row === 'go') {
-    proc = start(join(bin, 'wsgo'), ['-ticket-key', ticketKey.toString('hex'), '-rooms', String(rooms), '-room-size', String(roomSize), '-cap', String(cap)], 'wsgo');
+    proc = start(join(bin, 'wsgo'), ['-ticket-key', ticketKey.toString('hex'), '-rooms', String(serverRooms), '-room-size', String(roomSize), '-cap', String(cap)], 'wsgo');
   } else {
-    const spec: IngressServerSpec = { row, rooms, roomSize, cap, ticketKeyHex: ticketKey.toString('hex') };
+    const spec: IngressServerSpec = { row, rooms: serverRooms, roomSize, cap, ticketKeyHex: ticketKey.toString('hex') };
     proc = start(process.execPath, [join(__dirname, 'ingress-server.js'), JSON.stringify(spec)], row);
   }
   const ready = await proc.next('ready', 60_000);
@@ -446,7 +449,7 @@ interface RssResult {
   baseKiB: number;
   loadedKiB: number;
   kibPerConn: number;
-  /** (loaded − cold) / held: with the process's first-use costs. */
+  /** (loaded − cold) / held: with the process's first-use costs, and what the warm-up left behind. */
   coldKibPerConn?: number;
   /** Warm-up clients before the baseline (absent in results from before the warm-up). */
   warm?: number;
@@ -457,11 +460,12 @@ interface RssResult {
 }
 
 async function rss(row: Row, n: number): Promise<RssResult> {
-  const { proc: server, port } = await startServer(row, Math.max(capConns, n + 100));
+  const { proc: server, port } = await startServer(row, Math.max(capConns, n + 100), rssRooms);
   let gen: Proc | null = null;
   try {
     await sleep(1_000);
     const coldKiB = rssKiB(server.pid);
+    let baseKiB = coldKiB;
     if (rssWarm > 0) {
       server.send('stats');
       await server.next('stats');
@@ -475,10 +479,10 @@ async function rss(row: Row, n: number): Promise<RssResult> {
         await w.stop();
       }
       await sleep(1_000);
+      baseKiB = rssKiB(server.pid);
     }
     server.send('stats');
     const st0 = await server.next('stats');
-    const baseKiB = rssKiB(server.pid);
     gen = startGen(port, n, 0, 1);
     const c = await gen.next('connected', 180_000);
     gen.send('ping');
@@ -618,7 +622,7 @@ function markdown(r: Report): string {
     if (warm > 0) {
       L.push(
         `Baseline read after a warm-up of ${warm} other clients that connected, sent one message and left (the process's first-use costs are not the connections'); ` +
-          'in brackets, the same from the fresh server\'s RSS, first-use costs included.',
+          'in brackets, the same from the fresh server\'s RSS: first-use costs included, and what the warm-up clients left behind.',
       );
       L.push('');
     }

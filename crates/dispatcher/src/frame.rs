@@ -113,28 +113,25 @@ pub enum FrameError {
 ///
 /// Returns `Err(Short)` below 24 bytes and `Err(BadHeader)` for bad magic, version or flags.
 pub fn read_header(bytes: &[u8]) -> Result<Header, FrameError> {
-    let mut r = Reader::new(bytes);
-    let short = FrameError::Short { len: bytes.len() };
-    let magic: [u8; 2] = r.array().ok_or(short)?;
-    let version = r.array::<1>().ok_or(short)?[0];
-    let flags = r.array::<1>().ok_or(short)?[0];
-    let room = r.u32().ok_or(short)?;
-    let player = r.u32().ok_or(short)?;
-    let seq = r.u32().ok_or(short)?;
-    let tick = r.u32().ok_or(short)?;
-    let kind = r.u16().ok_or(short)?;
-    let len = r.u16().ok_or(short)?;
-    if magic != MAGIC || version != VERSION || flags & !FLAG_HMAC != 0 {
+    // One bounds check, then loads at fixed offsets: this runs several times per move on
+    // the hot path (the stream's loop and look-ahead, the frame's own checks).
+    let Some(b) = bytes.first_chunk::<HEADER_BYTES>() else {
+        return Err(FrameError::Short { len: bytes.len() });
+    };
+    let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let flags = b[3];
+    if [b[0], b[1]] != MAGIC || b[2] != VERSION || flags & !FLAG_HMAC != 0 {
         return Err(FrameError::BadHeader);
     }
     Ok(Header {
         flags,
-        room,
-        player,
-        seq,
-        tick,
-        kind,
-        len,
+        room: u32_at(4),
+        player: u32_at(8),
+        seq: u32_at(12),
+        tick: u32_at(16),
+        kind: u16_at(20),
+        len: u16_at(22),
     })
 }
 

@@ -635,15 +635,30 @@ impl Core {
                 return Verdict::RateLimited;
             }
         }
-        // Causes in the documented order: queue, arena, room budget.
+        // Causes in the documented order: queue, arena, room budget. The arena is asked
+        // by pushing (one look at its space, not a check and then the push): the room's
+        // budget is reserved first and given back if the push finds no space, and a room
+        // out of budget asks the arena before answering that its budget is the cause.
+        let stamp = now.unwrap_or_else(crate::clock::now_ns);
         let pressure = if shard.queue_full(self.cfg.channel_capacity as u64) {
             Some(Pressure::Queue)
-        } else if !shard.producer.fits(bytes.len()) {
-            Some(Pressure::Arena)
         } else if !room.inbox.try_reserve(bytes.len()) {
-            Some(Pressure::Room)
-        } else {
+            Some(if shard.producer.fits(bytes.len()) {
+                Pressure::Room
+            } else {
+                Pressure::Arena
+            })
+        } else if shard.push(
+            stamp,
+            &head,
+            rest,
+            chunk_stamp.is_some(),
+            &mut self.arena_alloc.recorder,
+        ) {
             None
+        } else {
+            room.inbox.unreserve(bytes.len());
+            Some(Pressure::Arena)
         };
         if let Some(p) = pressure {
             self.counters.backpressure[p as usize] += 1;
@@ -658,18 +673,6 @@ impl Core {
                 &self.outbox,
                 &shard.shared,
             );
-            return Verdict::Backpressure;
-        }
-        let stamp = now.unwrap_or_else(crate::clock::now_ns);
-        if !shard.push(
-            stamp,
-            &head,
-            rest,
-            chunk_stamp.is_some(),
-            &mut self.arena_alloc.recorder,
-        ) {
-            debug_assert!(false, "fits() said the record fits");
-            room.inbox.unreserve(bytes.len());
             return Verdict::Backpressure;
         }
         if room.rate.is_some() {
@@ -1818,6 +1821,86 @@ mod tests {
             c.dispatch(&frame(2, 7, 500, b"abcd", None), None),
             Verdict::Accepted
         );
+    }
+
+    #[test]
+    fn a_full_arena_is_named_before_a_room_and_spends_none_of_its_budget() {
+        let cfg = Config {
+            channel_capacity: 1 << 10,
+            arena_bytes: 64 << 10,
+            room_bytes: 8192,
+            ..Config::default()
+        };
+        let (mut c, _) = core(cfg);
+        for r in 1..=20 {
+            c.open_room(r, false, false, None);
+            c.join(r, 7, None);
+        }
+        c.pause(true);
+        let payload = [9_u8; 1000];
+        let per_room = 8192 / (1000 + frame::FRAME_OVERHEAD as u32);
+        // Fill the arena from rooms 2.. (each within its own budget) until it is full.
+        let mut arena_full = false;
+        'fill: for r in 2..=20 {
+            for s in 1..=per_room {
+                match c.dispatch(&frame(r, 7, s, &payload, None), None) {
+                    Verdict::Accepted => {}
+                    Verdict::Backpressure => {
+                        arena_full = true;
+                        break 'fill;
+                    }
+                    v => panic!("{v:?}"),
+                }
+            }
+        }
+        assert!(arena_full);
+        assert_eq!(c.counters.backpressure, [0, 1, 0], "queue, arena, room");
+        // Room 1 has all its budget: the arena is the cause, and the budget stays whole.
+        for s in 1..=3 {
+            assert_eq!(
+                c.dispatch(&frame(1, 7, s, &payload, None), None),
+                Verdict::Backpressure
+            );
+        }
+        assert_eq!(c.counters.backpressure, [0, 4, 0]);
+        c.pause(false);
+        flush(&mut c, 1);
+        // With the arena free again, room 1 takes exactly its budget, then names itself.
+        for s in 1..=per_room {
+            assert_eq!(
+                c.dispatch(&frame(1, 7, s, &payload, None), None),
+                Verdict::Accepted,
+                "frame {s}"
+            );
+        }
+        assert_eq!(
+            c.dispatch(&frame(1, 7, per_room + 1, &payload, None), None),
+            Verdict::Backpressure
+        );
+        assert_eq!(c.counters.backpressure, [0, 4, 1]);
+        // A room out of budget while the arena is full too: the arena is named.
+        c.pause(true);
+        let mut refilled = false;
+        'refill: for r in 11..=20 {
+            for s in 1..=per_room {
+                if c.dispatch(&frame(r, 7, s, &payload, None), None) == Verdict::Backpressure {
+                    refilled = true;
+                    break 'refill;
+                }
+            }
+        }
+        assert!(refilled, "the arena filled again");
+        let before = c.counters.backpressure;
+        assert_eq!(
+            c.dispatch(&frame(1, 7, per_room + 1, &payload, None), None),
+            Verdict::Backpressure
+        );
+        assert_eq!(
+            c.counters.backpressure,
+            [before[0], before[1] + 1, before[2]],
+            "queue, arena, room"
+        );
+        c.pause(false);
     }
 
     #[test]

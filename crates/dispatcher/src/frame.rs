@@ -4,8 +4,9 @@
 //! seq u32, tick u32, kind u16, len u16, `len` payload bytes, 32-byte tag over bytes
 //! `0 .. 24 + len`. A frame is exactly [`FRAME_OVERHEAD`]` + len` bytes.
 //!
-//! The parser reads through a [`Reader`] that hands out sub-slices with `take(n)`,
-//! never by indexing, and checks every limit before anything is copied.
+//! The header is read from a fixed 24-byte array taken with one bounds check (fields at
+//! constant offsets inside it, so no index can fail); [`Reader`] hands out sub-slices with
+//! `take(n)` for variable parts. Every limit is checked before anything is copied.
 //!
 //! # Panics
 //! Never: every function here is total over arbitrary input.

@@ -134,7 +134,10 @@ impl Inbox {
 
     /// Producer side: reserves `bytes` of budget, or refuses if the room is full. The
     /// JavaScript thread (`dispatch`) and native ingress both reserve: one compare-and-swap,
-    /// so the budget is exact with several producers.
+    /// so the budget is exact with several producers. (`dispatch` reserves before it pushes
+    /// and gives the bytes back if its arena is full: for that moment another producer of
+    /// the room may find one frame's less budget and answer `Backpressure` — held and
+    /// offered again, never lost.)
     pub fn try_reserve(&self, bytes: usize) -> bool {
         let budget = &self.reserved.0;
         budget

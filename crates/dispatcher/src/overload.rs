@@ -114,7 +114,8 @@ pub(crate) fn mark_shard(shard: &mut ShardHandle, mark: u64, outbox: &Outbox) {
 
 /// Flags `room` overloaded when its undelivered bytes reach `mark` (0 = off), like
 /// [`mark_shard`]. `list` has spare capacity for it (see `Core::overloaded_rooms`).
-/// Inlined: it runs for every accepted move, and with no mark (the default) it is one test.
+/// Inlined: it runs for every move accepted (and every one refused for backpressure), and
+/// with no mark (the default) it is one test.
 #[expect(
     clippy::inline_always,
     reason = "measured: left out of line (as `#[inline]` left it) the call cost 23 instructions \

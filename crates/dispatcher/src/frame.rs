@@ -5,8 +5,11 @@
 //! `0 .. 24 + len`. A frame is exactly [`FRAME_OVERHEAD`]` + len` bytes.
 //!
 //! The header is read from a fixed 24-byte array taken with one bounds check (fields at
-//! constant offsets inside it, so no index can fail); [`Reader`] hands out sub-slices with
-//! `take(n)` for variable parts. Every limit is checked before anything is copied.
+//! constant offsets inside it, so no index can fail), and every limit is checked before
+//! anything is copied. [`Reader`], a cursor that hands out sub-slices with `take(n)` and
+//! never moves on a short read, is no longer used by the parser itself (the header's
+//! fixed offsets replaced it on the hot path); it stays public, checked by its test and the
+//! frame fuzz target.
 //!
 //! # Panics
 //! Never: every function here is total over arbitrary input.

@@ -1268,6 +1268,15 @@ pub(super) struct Who {
     player: u32,
 }
 
+/// The most bytes a handshake may take before it is complete: an upgrade request's header
+/// block, or a ticket line.
+fn request_cap(transport: Transport) -> usize {
+    match transport {
+        Transport::Ws => ws::MAX_REQUEST_BYTES,
+        _ => MAX_TCP_LINE,
+    }
+}
+
 /// What a handshake decided: the sender, the bytes that followed the handshake, and what
 /// is left to write of the answer (the WebSocket's `101`, tried at once; nothing for TCP);
 /// or the response to write before closing.
@@ -1282,10 +1291,7 @@ type Shaken = Result<(Who, Vec<u8>, Vec<u8>), Vec<u8>>;
 /// a moment later would stay as dirty pages). Only a request that arrives in pieces is
 /// gathered in a buffer of the handshake's own.
 async fn handshake(hub: &Hub, stream: &mut TcpStream, transport: Transport) -> Shaken {
-    let cap = match transport {
-        Transport::Ws => ws::MAX_REQUEST_BYTES,
-        _ => MAX_TCP_LINE,
-    };
+    let cap = request_cap(transport);
     // Read straight into `buf` (no chunk in the future: every handshake in flight pays for
     // its future, and a burst of connections has thousands in flight).
     let mut buf = Vec::new();
@@ -1333,10 +1339,7 @@ async fn handshake(hub: &Hub, stream: &mut TcpStream, transport: Transport) -> S
 /// is incomplete: the ticket checked, and for a WebSocket the `101` written as far as the
 /// socket takes it without waiting (all of it, on a new connection's empty send buffer).
 fn settle(hub: &Hub, stream: &TcpStream, transport: Transport, buf: &[u8]) -> Option<Shaken> {
-    let cap = match transport {
-        Transport::Ws => ws::MAX_REQUEST_BYTES,
-        _ => MAX_TCP_LINE,
-    };
+    let cap = request_cap(transport);
     if transport == Transport::Ws {
         match ws::parse_request(buf) {
             Ok(None) => {}
